@@ -1,0 +1,136 @@
+//! Cilium-compatible Service annotations.
+//!
+//! A Service annotated `service.cilium.io/global: "true"` behaves as if a
+//! `GlobalServicePolicy` selected it; `service.cilium.io/shared` and
+//! `service.cilium.io/affinity` map to `export` and `affinity`. This module
+//! turns annotations into the same [`ServicePolicy`] a policy yields, so the
+//! rest of Knit never looks at annotations.
+
+use std::collections::BTreeMap;
+
+use crate::{Affinity, Error, GlobalServicePolicySpec, Result};
+
+/// Marks a Service global (Cilium's annotation).
+pub const GLOBAL: &str = "service.cilium.io/global";
+/// Older spelling of [`GLOBAL`] that Cilium still honours.
+pub const GLOBAL_LEGACY: &str = "io.cilium/global-service";
+/// `"false"` keeps this cluster's backends to itself (export = false).
+pub const SHARED: &str = "service.cilium.io/shared";
+/// `local`, `remote` or `none`.
+pub const AFFINITY: &str = "service.cilium.io/affinity";
+
+/// How one Service takes part in the mesh, whatever declared it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePolicy {
+    /// Share local backends with peers.
+    pub export: bool,
+    /// Use peers' backends.
+    pub import: bool,
+    /// Preferred side.
+    pub affinity: Affinity,
+    /// Peer clusters whose backends may be used; `None` means all.
+    pub clusters: Option<Vec<String>>,
+}
+
+impl From<&GlobalServicePolicySpec> for ServicePolicy {
+    fn from(spec: &GlobalServicePolicySpec) -> Self {
+        Self {
+            export: spec.export,
+            import: spec.import,
+            affinity: spec.affinity,
+            clusters: spec.clusters.clone(),
+        }
+    }
+}
+
+/// Reads the Cilium annotations of a Service. `Ok(None)` when the Service is
+/// not global; an error names the annotation and the values it accepts.
+pub fn policy_from_annotations(annotations: &BTreeMap<String, String>) -> Result<Option<ServicePolicy>> {
+    let global = match annotations.get(GLOBAL).or_else(|| annotations.get(GLOBAL_LEGACY)) {
+        None => return Ok(None),
+        Some(v) => parse_bool(GLOBAL, v)?,
+    };
+    if !global {
+        return Ok(None);
+    }
+    let export = match annotations.get(SHARED) {
+        None => true,
+        Some(v) => parse_bool(SHARED, v)?,
+    };
+    let affinity = match annotations.get(AFFINITY).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Affinity::None,
+        Some(v) => match v.as_str() {
+            "local" => Affinity::Local,
+            "remote" => Affinity::Remote,
+            "none" | "" => Affinity::None,
+            _ => {
+                return Err(Error::InvalidAnnotation {
+                    annotation: AFFINITY,
+                    value: v,
+                    expected: "local, remote or none",
+                });
+            }
+        },
+    };
+    Ok(Some(ServicePolicy {
+        export,
+        import: true,
+        affinity,
+        clusters: None,
+    }))
+}
+
+fn parse_bool(annotation: &'static str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Error::InvalidAnnotation {
+            annotation,
+            value: value.to_owned(),
+            expected: "\"true\" or \"false\"",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn unannotated_and_non_global_services_are_not_global() {
+        assert_eq!(policy_from_annotations(&annotations(&[])).unwrap(), None);
+        assert_eq!(policy_from_annotations(&annotations(&[(GLOBAL, "false")])).unwrap(), None);
+    }
+
+    #[test]
+    fn global_service_defaults_to_shared_without_affinity() {
+        let p = policy_from_annotations(&annotations(&[(GLOBAL, "true")])).unwrap().unwrap();
+        assert!(p.export && p.import);
+        assert_eq!(p.affinity, Affinity::None);
+    }
+
+    #[test]
+    fn shared_false_and_affinity_map_to_export_and_affinity() {
+        let p = policy_from_annotations(&annotations(&[
+            (GLOBAL_LEGACY, "True"),
+            (SHARED, "false"),
+            (AFFINITY, "local"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(!p.export && p.import);
+        assert_eq!(p.affinity, Affinity::Local);
+    }
+
+    #[test]
+    fn bad_values_name_the_annotation_and_the_fix() {
+        let err = policy_from_annotations(&annotations(&[(GLOBAL, "yes")])).unwrap_err();
+        assert!(err.to_string().contains(GLOBAL) && err.to_string().contains("\"true\""), "{err}");
+        let err = policy_from_annotations(&annotations(&[(GLOBAL, "true"), (AFFINITY, "near")])).unwrap_err();
+        assert!(err.to_string().contains(AFFINITY) && err.to_string().contains("local, remote or none"), "{err}");
+    }
+}

@@ -1,0 +1,135 @@
+//! `ClusterMeshPeer`: one remote cluster this cluster meshes with.
+//!
+//! The spec is what a user commits to git (usually the output of
+//! `knitctl peer export` run in the other cluster); the status is written only
+//! by the operator. Schema rules reject bad input at the API server with a
+//! message naming the field; the cross-field rules are CEL.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Longest cluster name the mesh accepts (it becomes part of etcd user names
+/// and identity labels).
+pub const MAX_CLUSTER_NAME_LEN: usize = 32;
+/// Highest cluster ID: identities are 24-bit with the cluster ID in the top 9 bits.
+pub const MAX_CLUSTER_ID: u16 = 511;
+/// Pattern every cluster name must match: a lower-case RFC 1123 DNS label.
+pub const CLUSTER_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Desired state of a peer cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "knit.dev",
+    version = "v1alpha1",
+    kind = "ClusterMeshPeer",
+    doc = "A remote cluster this cluster meshes with: its name, ID, mesh apiserver endpoints and CA.",
+    plural = "clustermeshpeers",
+    shortname = "cmp",
+    category = "knit",
+    status = "ClusterMeshPeerStatus",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterName"),
+    printcolumn(name = "ID", type_ = "integer", json_path = ".spec.clusterID"),
+    printcolumn(name = "Connected", type_ = "string", json_path = ".status.connected"),
+    printcolumn(
+        name = "Synced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Synced\")].status"
+    ),
+    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.remoteEndpoints"),
+    printcolumn(name = "Services", type_ = "integer", json_path = ".status.remoteServices"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("has(self.caBundle) != has(self.caSecretRef)")
+    .message("exactly one of spec.caBundle (the peer's CA certificate as PEM) or spec.caSecretRef (a Secret holding it) must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMeshPeerSpec {
+    /// Name of the peer cluster: a lower-case DNS label of at most 32
+    /// characters, the same as the peer's own configured cluster name.
+    #[schemars(length(min = 1, max = 32), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub cluster_name: String,
+
+    /// Numeric ID of the peer cluster (1–511), unique in the mesh. It forms
+    /// the high bits of every identity the peer announces.
+    #[serde(rename = "clusterID")]
+    #[schemars(range(min = 1, max = 511))]
+    pub cluster_id: u16,
+
+    /// URLs of the peer's mesh apiserver, e.g. `https://mesh.b.example.com:2379`.
+    #[schemars(length(min = 1, max = 16), inner(regex(pattern = "^https://[^/\\s]+(/.*)?$")))]
+    pub endpoints: Vec<String>,
+
+    /// PEM of the peer's mesh CA certificate. Public, safe to commit to git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub ca_bundle: Option<String>,
+
+    /// A Secret holding the peer's mesh CA certificate, instead of `caBundle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+
+    /// Pod CIDRs the peer may announce; records with IPs outside them are
+    /// rejected. Empty means "whatever the peer's cluster config declares".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = "^(([0-9]{1,3}\\.){3}[0-9]{1,3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"))
+    )]
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+}
+
+/// Reference to one key of a Secret in the operator's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the namespace the operator runs in.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret; defaults to `ca.crt`.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_owned()
+}
+
+/// Observed state of a peer, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMeshPeerStatus {
+    /// `CertificateReady`, `Connected`, `Synced` and `Ready`, keyed by type.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Agents of this cluster connected to the peer's data, as `n/m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<String>,
+    /// Nodes the peer announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_nodes: Option<u64>,
+    /// Endpoints (pod IPs) the peer announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_endpoints: Option<u64>,
+    /// Global services the peer exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_services: Option<u64>,
+    /// Security identities the peer announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_identities: Option<u64>,
+    /// When the mirror of the peer last completed a sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// When the client certificate used to reach the peer expires (it is
+    /// renewed well before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_expiry: Option<Time>,
+    /// The last problem, in words a person can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
