@@ -1,1 +1,44 @@
-//! placeholder
+//! Logs, traces, metrics and health endpoints shared by every Knit binary.
+//!
+//! [`init_tracing`] installs structured `tracing` logs (text, or JSON when
+//! `KNIT_LOG_FORMAT=json`) filtered by `RUST_LOG`, plus an OpenTelemetry
+//! exporter when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! [`serve`] exposes a Prometheus registry on `/metrics` and the process's
+//! [`Health`] on `/healthz` (alive) and `/readyz` (ready to serve).
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod health;
+mod server;
+mod tracing_setup;
+
+pub use health::Health;
+pub use prometheus_client;
+pub use server::{serve, router};
+pub use tracing_setup::{TracingGuard, init_tracing};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Installing the global tracing subscriber failed.
+    #[error("installing the tracing subscriber")]
+    InstallSubscriber(#[source] tracing_subscriber::util::TryInitError),
+    /// Building the OTLP exporter from `OTEL_EXPORTER_OTLP_*` failed.
+    #[error("building the OpenTelemetry OTLP exporter (check OTEL_EXPORTER_OTLP_ENDPOINT)")]
+    BuildOtlpExporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// Binding the metrics and health listener failed.
+    #[error("binding the metrics/health listener on {addr}")]
+    BindListener {
+        /// The address that could not be bound.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error("serving metrics/health")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
