@@ -97,18 +97,26 @@ mod tests {
     use super::*;
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn unannotated_and_non_global_services_are_not_global() {
         assert_eq!(policy_from_annotations(&annotations(&[])).unwrap(), None);
-        assert_eq!(policy_from_annotations(&annotations(&[(GLOBAL, "false")])).unwrap(), None);
+        assert_eq!(
+            policy_from_annotations(&annotations(&[(GLOBAL, "false")])).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn global_service_defaults_to_shared_without_affinity() {
-        let p = policy_from_annotations(&annotations(&[(GLOBAL, "true")])).unwrap().unwrap();
+        let p = policy_from_annotations(&annotations(&[(GLOBAL, "true")]))
+            .unwrap()
+            .unwrap();
         assert!(p.export && p.import);
         assert_eq!(p.affinity, Affinity::None);
     }
@@ -129,8 +137,14 @@ mod tests {
     #[test]
     fn bad_values_name_the_annotation_and_the_fix() {
         let err = policy_from_annotations(&annotations(&[(GLOBAL, "yes")])).unwrap_err();
-        assert!(err.to_string().contains(GLOBAL) && err.to_string().contains("\"true\""), "{err}");
+        assert!(
+            err.to_string().contains(GLOBAL) && err.to_string().contains("\"true\""),
+            "{err}"
+        );
         let err = policy_from_annotations(&annotations(&[(GLOBAL, "true"), (AFFINITY, "near")])).unwrap_err();
-        assert!(err.to_string().contains(AFFINITY) && err.to_string().contains("local, remote or none"), "{err}");
+        assert!(
+            err.to_string().contains(AFFINITY) && err.to_string().contains("local, remote or none"),
+            "{err}"
+        );
     }
 }

@@ -53,7 +53,10 @@ pub enum Affinity {
 pub struct GlobalServicePolicySpec {
     /// Names of Services in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 63), regex(pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$")))]
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(length(min = 1, max = 63), regex(pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$"))
+    )]
     pub services: Option<Vec<String>>,
 
     /// Label selector over Services in this namespace.
@@ -192,7 +195,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn req(key: &str, operator: SelectorOperator, values: &[&str]) -> SelectorRequirement {
@@ -216,8 +222,18 @@ mod tests {
         };
         assert!(sel.matches(&labels(&[("app", "web"), ("tier", "edge"), ("team", "a")])));
         assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "back"), ("team", "a")])));
-        assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "edge"), ("team", "a"), ("legacy", "")])));
-        assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "edge"), ("team", "a"), ("env", "dev")])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "web"),
+            ("tier", "edge"),
+            ("team", "a"),
+            ("legacy", "")
+        ])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "web"),
+            ("tier", "edge"),
+            ("team", "a"),
+            ("env", "dev")
+        ])));
         assert!(!sel.matches(&labels(&[("app", "web"), ("tier", "edge")])));
         assert!(!sel.matches(&labels(&[("app", "db"), ("tier", "edge"), ("team", "a")])));
         assert!(ServiceSelector::default().matches(&labels(&[])));

@@ -6,6 +6,9 @@ fn committed_crd_yaml_matches_the_types() {
     for (file, yaml) in knit_crds::crd_manifests().unwrap() {
         let committed = std::fs::read_to_string(dir.join(&file))
             .unwrap_or_else(|e| panic!("crds/{file} is missing ({e}); run `make crds`"));
-        assert!(committed == yaml, "crds/{file} drifted from the Rust types; run `make crds` and commit it");
+        assert!(
+            committed == yaml,
+            "crds/{file} drifted from the Rust types; run `make crds` and commit it"
+        );
     }
 }

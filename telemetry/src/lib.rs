@@ -14,7 +14,7 @@ mod tracing_setup;
 
 pub use health::Health;
 pub use prometheus_client;
-pub use server::{serve, router};
+pub use server::{router, serve};
 pub use tracing_setup::{TracingGuard, init_tracing};
 
 /// Errors of this crate.

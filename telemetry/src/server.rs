@@ -39,22 +39,32 @@ pub async fn serve(
         .await
         .map_err(|source| Error::BindListener { addr, source })?;
     if let Some(tx) = bound {
-        let local = listener.local_addr().map_err(|source| Error::BindListener { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::BindListener { addr, source })?;
         let _ = tx.send(local);
     }
-    axum::serve(listener, router(registry, health)).await.map_err(Error::Serve)
+    axum::serve(listener, router(registry, health))
+        .await
+        .map_err(Error::Serve)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = String::new();
     let encoded = {
-        let registry = state.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let registry = state
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         prometheus_client::encoding::text::encode(&mut body, &registry)
     };
     match encoded {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(_) => (

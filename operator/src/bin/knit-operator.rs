@@ -1,1 +1,86 @@
-fn main(){}
+//! knit-operator: reconciles ClusterMeshPeers into the mesh control plane
+//! and GlobalServicePolicies into status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use clap::Parser;
+use knit_operator::config::ClusterConfig;
+use knit_operator::kube::{Applier, gsp_controller, mesh};
+use knit_telemetry::prometheus_client::metrics::counter::Counter;
+use knit_telemetry::prometheus_client::metrics::gauge::Gauge;
+use knit_telemetry::prometheus_client::registry::Registry;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Knit operator: certificates, mesh apiserver and peer configs from ClusterMeshPeers"
+)]
+struct Args {
+    /// Cluster config file (mounted from the knit-operator-config ConfigMap).
+    #[arg(long, env = "KNIT_CONFIG", default_value = "/etc/knit/config.yaml")]
+    config: PathBuf,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "KNIT_METRICS_ADDR", default_value = "0.0.0.0:9963")]
+    metrics_addr: SocketAddr,
+    /// Name of this pod, shown as the Events' reporting instance.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _tracing = knit_telemetry::init_tracing("knit-operator")?;
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading cluster config {}", args.config.display()))?;
+    let config = ClusterConfig::from_yaml(&text)?;
+    tracing::info!(cluster = %config.cluster_name, id = config.cluster_id, "starting knit-operator");
+
+    let mut registry = Registry::with_prefix("knit_operator");
+    let reconciles = Counter::<u64>::default();
+    let failures = Counter::<u64>::default();
+    let peers = Gauge::<i64>::default();
+    registry.register("mesh_reconciles", "Completed mesh reconciles", reconciles.clone());
+    registry.register(
+        "mesh_reconcile_failures",
+        "Failed mesh reconciles",
+        failures.clone(),
+    );
+    registry.register("accepted_peers", "ClusterMeshPeers configured", peers.clone());
+    let health = knit_telemetry::Health::default();
+    let server = knit_telemetry::serve(
+        args.metrics_addr,
+        Arc::new(Mutex::new(registry)),
+        health.clone(),
+        None,
+    );
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let applier = Applier::new(client, &config.namespace, args.pod_name);
+    let mesh_ctx = mesh::MeshContext {
+        config,
+        applier: applier.clone(),
+    };
+    let mesh_loop = mesh::run(mesh_ctx, move |outcome| match outcome {
+        Ok(plan) => {
+            reconciles.inc();
+            peers.set(plan.accepted.len() as i64);
+            health.set_ready(true);
+        }
+        Err(_) => {
+            failures.inc();
+        }
+    });
+    tokio::select! {
+        r = server => r.context("metrics server")?,
+        () = mesh_loop => anyhow::bail!("mesh loop ended"),
+        () = gsp_controller::run(applier) => anyhow::bail!("policy controller ended"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The local cluster's own identity and how its mesh apiserver is exposed.
+//!
+//! Read from a YAML file (mounted from the `knit-operator-config` ConfigMap
+//! in a cluster, or given to `knitctl render` elsewhere), like Cilium's
+//! `cluster.name` / `cluster.id`. Validation names the field and the fix.
+
+use std::net::IpAddr;
+
+use knit_crds::{CLUSTER_NAME_PATTERN, MAX_CLUSTER_ID, MAX_CLUSTER_NAME_LEN};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Configuration of the operator for one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This cluster's name (a DNS label, at most 32 characters).
+    pub cluster_name: String,
+    /// This cluster's ID (1–511), unique in the mesh.
+    #[serde(rename = "clusterID")]
+    pub cluster_id: u16,
+    /// Pod CIDRs this cluster announces.
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+    /// Namespace of the operator and everything it creates.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// How the mesh apiserver is exposed.
+    #[serde(default)]
+    pub apiserver: ApiserverExposure,
+    /// Container images of the mesh apiserver Deployment.
+    #[serde(default)]
+    pub images: Images,
+    /// Certificate lifetimes.
+    #[serde(default)]
+    pub certificates: CertificatePolicy,
+}
+
+/// Kubernetes Service type of the mesh apiserver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only (peers reach it through some other path).
+    ClusterIP,
+    /// A port on every node.
+    NodePort,
+    /// A cloud load balancer.
+    #[default]
+    LoadBalancer,
+}
+
+/// How peers reach this cluster's mesh apiserver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiserverExposure {
+    /// Service type.
+    #[serde(default)]
+    pub service_type: ServiceType,
+    /// Port of the etcd client endpoint.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Fixed node port for `NodePort` (30000–32767); chosen by Kubernetes when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// Host names and IPs peers use; they go into the server certificate and
+    /// into `knitctl peer export`.
+    #[serde(default)]
+    pub external_addresses: Vec<String>,
+}
+
+/// Images of the mesh apiserver Deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Images {
+    /// knit-apiserver image.
+    #[serde(default = "default_apiserver_image")]
+    pub apiserver: String,
+    /// etcd sidecar image.
+    #[serde(default = "default_etcd_image")]
+    pub etcd: String,
+}
+
+/// Lifetimes of the certificates the operator issues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificatePolicy {
+    /// Validity of the mesh CA.
+    #[serde(default = "default_ca_days")]
+    pub ca_validity_days: u32,
+    /// Validity of server and client certificates.
+    #[serde(default = "default_leaf_days")]
+    pub leaf_validity_days: u32,
+    /// A certificate is re-issued once less than this fraction (in percent)
+    /// of its lifetime remains; the old one stays valid meanwhile.
+    #[serde(default = "default_renew_percent")]
+    pub renew_when_remaining_percent: u8,
+}
+
+fn default_namespace() -> String {
+    "knit-system".into()
+}
+fn default_port() -> u16 {
+    2379
+}
+fn default_apiserver_image() -> String {
+    format!("ghcr.io/knit-dev/knit-apiserver:v{}", env!("CARGO_PKG_VERSION"))
+}
+fn default_etcd_image() -> String {
+    "registry.k8s.io/etcd:3.5.21-0".into()
+}
+fn default_ca_days() -> u32 {
+    3650
+}
+fn default_leaf_days() -> u32 {
+    365
+}
+fn default_renew_percent() -> u8 {
+    33
+}
+
+impl Default for ApiserverExposure {
+    fn default() -> Self {
+        Self {
+            service_type: ServiceType::default(),
+            port: default_port(),
+            node_port: None,
+            external_addresses: Vec::new(),
+        }
+    }
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Self {
+            apiserver: default_apiserver_image(),
+            etcd: default_etcd_image(),
+        }
+    }
+}
+
+impl Default for CertificatePolicy {
+    fn default() -> Self {
+        Self {
+            ca_validity_days: default_ca_days(),
+            leaf_validity_days: default_leaf_days(),
+            renew_when_remaining_percent: default_renew_percent(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Parses and validates a config file's text.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let config: Self = serde_yaml::from_str(text).map_err(Error::ParseConfig)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field, naming the first bad one and the fix.
+    pub fn validate(&self) -> Result<()> {
+        validate_cluster_name("clusterName", &self.cluster_name)?;
+        if self.cluster_id == 0 || self.cluster_id > MAX_CLUSTER_ID {
+            return invalid(
+                "clusterID",
+                format!("is {}; use a number from 1 to {MAX_CLUSTER_ID}", self.cluster_id),
+            );
+        }
+        for cidr in &self.pod_cidrs {
+            parse_cidr(cidr).ok_or_else(|| Error::InvalidConfig {
+                field: "podCIDRs",
+                problem: format!("{cidr:?} is not a CIDR such as 10.1.0.0/16"),
+            })?;
+        }
+        if let Some(port) = self.apiserver.node_port
+            && !(30000..=32767).contains(&port)
+        {
+            return invalid(
+                "apiserver.nodePort",
+                format!("is {port}; use 30000–32767 or leave it unset"),
+            );
+        }
+        let c = &self.certificates;
+        if c.leaf_validity_days == 0 || c.leaf_validity_days > c.ca_validity_days {
+            return invalid(
+                "certificates.leafValidityDays",
+                "must be at least 1 and at most certificates.caValidityDays".into(),
+            );
+        }
+        if !(1..=90).contains(&c.renew_when_remaining_percent) {
+            return invalid(
+                "certificates.renewWhenRemainingPercent",
+                "use a value from 1 to 90".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// In-cluster DNS names of the mesh apiserver Service.
+    pub fn service_dns_names(&self) -> Vec<String> {
+        let (svc, ns) = (crate::names::APISERVER, &self.namespace);
+        vec![
+            svc.to_owned(),
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.cluster.local"),
+        ]
+    }
+
+    /// URLs peers use to reach this cluster (for `knitctl peer export`).
+    pub fn peer_endpoints(&self) -> Vec<String> {
+        let port = match self.apiserver.service_type {
+            ServiceType::NodePort => self.apiserver.node_port.unwrap_or(self.apiserver.port),
+            _ => self.apiserver.port,
+        };
+        self.apiserver
+            .external_addresses
+            .iter()
+            .map(|addr| match addr.parse::<IpAddr>() {
+                Ok(IpAddr::V6(v6)) => format!("https://[{v6}]:{port}"),
+                _ => format!("https://{addr}:{port}"),
+            })
+            .collect()
+    }
+}
+
+/// Checks a cluster name, reporting `field` when it is not a DNS label.
+pub fn validate_cluster_name(field: &'static str, name: &str) -> Result<()> {
+    let label_ok = !name.is_empty()
+        && name.len() <= MAX_CLUSTER_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if label_ok {
+        Ok(())
+    } else {
+        invalid(
+            field,
+            format!(
+                "{name:?} is not a lower-case DNS label of at most {MAX_CLUSTER_NAME_LEN} characters ({CLUSTER_NAME_PATTERN})"
+            ),
+        )
+    }
+}
+
+/// Parses `addr/len`, checking the length fits the address family.
+pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = cidr.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+fn invalid<T>(field: &'static str, problem: String) -> Result<T> {
+    Err(Error::InvalidConfig { field, problem })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "clusterName: a\nclusterID: 1\npodCIDRs: [10.1.0.0/16]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = ClusterConfig::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.namespace, "knit-system");
+        assert_eq!(c.apiserver.port, 2379);
+        assert_eq!(c.apiserver.service_type, ServiceType::LoadBalancer);
+        assert!(
+            c.service_dns_names()
+                .contains(&"knit-apiserver.knit-system.svc".to_owned())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (yaml, field) in [
+            ("clusterName: A\nclusterID: 1\n", "clusterName"),
+            ("clusterName: a\nclusterID: 0\n", "clusterID"),
+            ("clusterName: a\nclusterID: 512\n", "clusterID"),
+            (
+                "clusterName: a\nclusterID: 1\npodCIDRs: [10.1.0.0/33]\n",
+                "podCIDRs",
+            ),
+            (
+                "clusterName: a\nclusterID: 1\napiserver: {nodePort: 80}\n",
+                "apiserver.nodePort",
+            ),
+        ] {
+            let err = ClusterConfig::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.contains(field), "{yaml:?} gave {err}");
+        }
+        let err = ClusterConfig::from_yaml("clusterName: a\nclusterId: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clusterId"), "unknown field must be named: {err}");
+    }
+
+    #[test]
+    fn peer_endpoints_use_external_addresses_and_node_port() {
+        let mut c = ClusterConfig::from_yaml(MINIMAL).unwrap();
+        c.apiserver.external_addresses = vec!["mesh.a.example.com".into(), "fd00::1".into()];
+        assert_eq!(
+            c.peer_endpoints(),
+            vec!["https://mesh.a.example.com:2379", "https://[fd00::1]:2379"]
+        );
+        c.apiserver.service_type = ServiceType::NodePort;
+        c.apiserver.node_port = Some(32379);
+        assert_eq!(c.peer_endpoints()[0], "https://mesh.a.example.com:32379");
+    }
+}

@@ -1,0 +1,155 @@
+//! The mesh loop: any change to a ClusterMeshPeer or to a managed Secret,
+//! and an hourly tick for certificate renewal, triggers one render of the
+//! whole control plane and its apply.
+//!
+//! Inputs are read fresh from the API at each reconcile (peers from the
+//! reflector, Secrets by a direct list) so a render always sees the
+//! certificates the previous one wrote and never issues them twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use knit_crds::ClusterMeshPeer;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::config::ClusterConfig;
+use crate::kube::Applier;
+use crate::render::{self, MeshInputs, MeshPlan, PeerInput};
+use crate::{Result, names};
+
+/// Shared state of the mesh loop.
+pub struct MeshContext {
+    /// Local config.
+    pub config: ClusterConfig,
+    /// Writer.
+    pub applier: Applier,
+}
+
+/// Builds render inputs for the peers in `peers`, resolving `caSecretRef`s.
+pub async fn peer_inputs(applier: &Applier, peers: &[Arc<ClusterMeshPeer>]) -> Vec<PeerInput> {
+    let mut out = Vec::with_capacity(peers.len());
+    for peer in peers {
+        let ca = match (&peer.spec.ca_bundle, &peer.spec.ca_secret_ref) {
+            (Some(pem), _) => Ok(pem.clone()),
+            (None, Some(r)) => match applier.secret_key(&r.name, &r.key).await {
+                Ok(Some(pem)) => Ok(pem),
+                Ok(None) => Err(format!(
+                    "spec.caSecretRef: Secret {:?} with key {:?} not found in the operator's namespace; create it \
+                     with the peer's CA certificate",
+                    r.name, r.key
+                )),
+                Err(e) => Err(format!("spec.caSecretRef: {e}")),
+            },
+            (None, None) => Err("set spec.caBundle or spec.caSecretRef to the peer's CA certificate".into()),
+        };
+        out.push(PeerInput {
+            name: peer.name_any(),
+            generation: peer.metadata.generation,
+            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            spec: peer.spec.clone(),
+            ca,
+            status: peer.status.clone(),
+            sync: None,
+        });
+    }
+    out
+}
+
+/// One reconcile: read, render, apply, write changed statuses, record Events.
+pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -> Result<MeshPlan> {
+    let existing = ctx.applier.managed_secrets().await?;
+    let stored = render::stored_from_secrets(&existing);
+    let inputs = peer_inputs(&ctx.applier, peers).await;
+    let plan = render::render_mesh(&MeshInputs {
+        config: &ctx.config,
+        peers: &inputs,
+        stored: &stored,
+        now: jiff::Timestamp::now(),
+    })?;
+    ctx.applier.apply_plan(&plan, &existing).await?;
+    for peer in &inputs {
+        if let Some(desired) = plan.peer_statuses.get(&peer.name)
+            && peer.status.as_ref() != Some(desired)
+        {
+            ctx.applier.patch_peer_status(&peer.name, desired).await?;
+        }
+    }
+    ctx.applier.publish(&plan.events).await;
+    Ok(plan)
+}
+
+/// Runs the mesh loop until the process stops. `on_reconciled` is told the
+/// outcome of each pass (for metrics and readiness).
+pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
+    let client = ctx.applier.client().clone();
+    let peers_api: Api<ClusterMeshPeer> = Api::all(client.clone());
+    let secrets_api: Api<Secret> = Api::namespaced(client, &ctx.config.namespace);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+
+    let (peer_store, peer_writer) = reflector::store();
+    let peer_events = watcher(peers_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(peer_writer)
+        .touched_objects()
+        .map(|_| ());
+    let secret_cfg =
+        watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::FIELD_MANAGER));
+    let secret_events = watcher(secrets_api, secret_cfg)
+        .default_backoff()
+        .touched_objects()
+        .map(|_| ());
+    let mut events = futures::stream::select(peer_events, secret_events).boxed();
+    tokio::spawn(async move {
+        while events.next().await.is_some() {
+            // A full channel already holds a pending trigger: coalesce.
+            let _ = tx.try_send(());
+        }
+    });
+
+    if peer_store.wait_until_ready().await.is_err() {
+        tracing::error!("ClusterMeshPeer watch ended before its first list");
+        return;
+    }
+    loop {
+        let peers = peer_store.state();
+        let outcome = reconcile_mesh(&ctx, &peers).await;
+        match &outcome {
+            Ok(plan) => tracing::info!(
+                peers = peers.len(),
+                accepted = plan.accepted.len(),
+                "mesh reconciled"
+            ),
+            Err(e) => tracing::warn!(error = %chain(e), "mesh reconcile failed; retrying in 10s"),
+        }
+        on_reconciled(&outcome);
+        let wait = if outcome.is_err() { RETRY } else { RENEWAL_CHECK };
+        tokio::select! {
+            trigger = rx.recv() => if trigger.is_none() { return },
+            () = tokio::time::sleep(wait) => {}
+        }
+        // Let a burst of changes settle into one render.
+        tokio::time::sleep(DEBOUNCE).await;
+        while rx.try_recv().is_ok() {}
+    }
+}
+
+const RETRY: Duration = Duration::from_secs(10);
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// An error and its causes, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,52 @@
+//! Names of every object the operator creates, and the labels it puts on
+//! them. One place, so the closing list in the docs and the code agree.
+
+use std::collections::BTreeMap;
+
+/// Deployment and Service of the mesh apiserver (knit-apiserver + etcd).
+pub const APISERVER: &str = "knit-apiserver";
+/// Secret: the mesh CA certificate and key (`ca.crt`, `ca.key`, `previous-cas.crt`).
+pub const CA_SECRET: &str = "knit-ca";
+/// Secret: the etcd server certificate of the mesh apiserver.
+pub const SERVER_CERT_SECRET: &str = "knit-apiserver-server-cert";
+/// Secret: read-write client certificate of the local apiserver (etcd user `admin`).
+pub const ADMIN_CERT_SECRET: &str = "knit-admin-client-cert";
+/// Secret: read-only client certificate of local agents (etcd user `local`).
+pub const LOCAL_CERT_SECRET: &str = "knit-local-client-cert";
+/// Secret: one etcd client config per peer, read by the KVStoreMesh.
+pub const PEER_CONFIGS_SECRET: &str = "knit-peer-configs";
+/// ConfigMap: CA bundle etcd trusts for client certificates (ours + every peer's).
+pub const TRUSTED_CAS_CONFIGMAP: &str = "knit-trusted-client-cas";
+/// ConfigMap: etcd users and roles the apiserver bootstraps.
+pub const ETCD_USERS_CONFIGMAP: &str = "knit-etcd-users";
+/// Field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "knit-operator";
+/// etcd user of the local writer.
+pub const ADMIN_USER: &str = "admin";
+/// etcd user of local readers (agents).
+pub const LOCAL_USER: &str = "local";
+/// Label selecting everything the operator manages (used to prune leftovers).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Pod template annotation that rolls the apiserver when etcd's trust changes.
+pub const TRUST_HASH_ANNOTATION: &str = "knit.dev/trust-hash";
+/// Port of the apiserver's metrics and health endpoints.
+pub const APISERVER_METRICS_PORT: i32 = 9962;
+
+/// etcd user a peer cluster authenticates as: its client certificate's CN.
+pub fn remote_user(peer_cluster: &str) -> String {
+    format!("remote-{peer_cluster}")
+}
+
+/// Labels on every object the operator creates.
+pub fn managed_labels(component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "knit".to_owned()),
+        ("app.kubernetes.io/component".to_owned(), component.to_owned()),
+    ])
+}
+
+/// Pod labels of the mesh apiserver (also its Service selector).
+pub fn apiserver_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".to_owned(), APISERVER.to_owned())])
+}

@@ -1,0 +1,274 @@
+//! Pure render of the whole mesh control plane of one cluster.
+//!
+//! [`render_mesh`] takes the local config, every ClusterMeshPeer (with its CA
+//! resolved), the operator's stored Secrets and the time, and returns every
+//! object the cluster should have, each peer's status and the Events worth
+//! recording. No I/O: the Kubernetes layer (`crate::kube`) and `knitctl
+//! render` both apply the same [`MeshPlan`].
+//!
+//! Objects that depend on all peers at once (peer configs, trusted CAs, etcd
+//! users) are recomputed from the current peer list every time, so deleting
+//! a ClusterMeshPeer removes its entries on the next render with no finalizer.
+
+pub mod peers;
+pub mod pki_plan;
+pub mod workloads;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use knit_crds::ClusterMeshPeerStatus;
+use knit_kvstore::EtcdClientConfig;
+
+use crate::conditions;
+use crate::config::ClusterConfig;
+use crate::pki::CertKeyPair;
+use crate::{Result, names};
+pub use peers::{AcceptedPeer, PeerInput, PeerSyncReport};
+pub use pki_plan::StoredSecrets;
+
+/// Everything the render reads.
+#[derive(Clone, Debug)]
+pub struct MeshInputs<'a> {
+    /// Local cluster configuration.
+    pub config: &'a ClusterConfig,
+    /// Every ClusterMeshPeer.
+    pub peers: &'a [PeerInput],
+    /// The operator's Secrets as stored now.
+    pub stored: &'a StoredSecrets,
+    /// Current time.
+    pub now: Timestamp,
+}
+
+/// Who an Event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventTarget {
+    /// A ClusterMeshPeer, by name.
+    Peer(String),
+    /// The mesh apiserver Deployment (cluster-wide happenings).
+    MeshApiserver,
+}
+
+/// An Event to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanEvent {
+    /// Subject.
+    pub target: EventTarget,
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Sentence.
+    pub note: String,
+}
+
+/// Everything the cluster should have.
+#[derive(Clone, Debug)]
+pub struct MeshPlan {
+    /// Secrets, in apply order.
+    pub secrets: Vec<Secret>,
+    /// ConfigMaps, in apply order.
+    pub config_maps: Vec<ConfigMap>,
+    /// The mesh apiserver Deployment.
+    pub deployment: Deployment,
+    /// The mesh apiserver Service.
+    pub service: Service,
+    /// Desired status per ClusterMeshPeer name.
+    pub peer_statuses: BTreeMap<String, ClusterMeshPeerStatus>,
+    /// Peers configured, sorted by cluster name.
+    pub accepted: Vec<AcceptedPeer>,
+    /// Events to record.
+    pub events: Vec<PlanEvent>,
+}
+
+/// Renders the mesh control plane.
+pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
+    let config = inputs.config;
+    let (accepted, problems) = peers::check_peers(config, inputs.peers);
+    let cluster_names: Vec<String> = accepted.iter().map(|p| p.cluster_name.clone()).collect();
+    let pki = pki_plan::plan_pki(config, inputs.stored, &cluster_names, inputs.now)?;
+
+    let mut events: Vec<PlanEvent> = pki
+        .issued
+        .iter()
+        .map(|note| normal(EventTarget::MeshApiserver, "CertificateIssued", note))
+        .chain(pki.warnings.iter().map(|note| PlanEvent {
+            target: EventTarget::MeshApiserver,
+            warning: true,
+            reason: "CertificateExpiring".into(),
+            note: note.clone(),
+        }))
+        .collect();
+
+    let port = config.apiserver.port;
+    let local_endpoint = format!("https://{}.{}.svc:{port}", names::APISERVER, config.namespace);
+    let secrets = vec![
+        secret(
+            config,
+            names::CA_SECRET,
+            "Opaque",
+            [("ca.crt", &pki.ca.cert_pem), ("ca.key", &pki.ca.key_pem)].into(),
+        ),
+        secret(
+            config,
+            names::SERVER_CERT_SECRET,
+            "kubernetes.io/tls",
+            tls_data(&pki.server, &pki.ca, None)?,
+        ),
+        secret(
+            config,
+            names::ADMIN_CERT_SECRET,
+            "Opaque",
+            tls_data(&pki.admin, &pki.ca, Some(format!("https://127.0.0.1:{port}")))?,
+        ),
+        secret(
+            config,
+            names::LOCAL_CERT_SECRET,
+            "Opaque",
+            tls_data(&pki.local, &pki.ca, Some(local_endpoint))?,
+        ),
+        secret(
+            config,
+            names::PEER_CONFIGS_SECRET,
+            "Opaque",
+            peers::peer_config_data(&accepted, &pki.peer_clients)?,
+        ),
+    ];
+
+    let trusted = peers::trusted_client_cas(config, &pki.ca.cert_pem, &accepted);
+    let users = peers::etcd_access(config, &accepted).to_yaml()?;
+    let trust_hash = short_sha256(&format!("{trusted}\n{users}"));
+    let config_maps = vec![
+        config_map(config, names::TRUSTED_CAS_CONFIGMAP, "ca.crt", trusted),
+        config_map(config, names::ETCD_USERS_CONFIGMAP, "users.yaml", users),
+    ];
+
+    let mut peer_statuses = BTreeMap::new();
+    for peer in inputs.peers {
+        let problem = problems.get(&peer.name).map(String::as_str);
+        let client = accepted
+            .iter()
+            .find(|a| a.name == peer.name)
+            .and_then(|a| pki.peer_clients.get(&a.cluster_name));
+        let status = peers::peer_status(peer, problem, client, inputs.now);
+        let before = peer
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        for flip in conditions::flipped(before, &status.conditions) {
+            if flip.type_ == "Ready" || (flip.type_ == "CertificateReady" && flip.status == "False") {
+                events.push(PlanEvent {
+                    target: EventTarget::Peer(peer.name.clone()),
+                    warning: flip.status == "False",
+                    reason: format!("{}{}", flip.type_, flip.status),
+                    note: flip.message.clone(),
+                });
+            }
+        }
+        peer_statuses.insert(peer.name.clone(), status);
+    }
+
+    Ok(MeshPlan {
+        secrets,
+        config_maps,
+        deployment: workloads::apiserver_deployment(config, &trust_hash)?,
+        service: workloads::apiserver_service(config)?,
+        peer_statuses,
+        accepted,
+        events,
+    })
+}
+
+/// Decodes the operator's stored Secrets into the render's input form.
+pub fn stored_from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> StoredSecrets {
+    secrets
+        .into_iter()
+        .filter_map(|s| {
+            let name = s.metadata.name.clone()?;
+            let data = s
+                .data
+                .iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+                .collect();
+            Some((name, data))
+        })
+        .collect()
+}
+
+fn tls_data(
+    pair: &CertKeyPair,
+    ca: &CertKeyPair,
+    endpoint: Option<String>,
+) -> Result<BTreeMap<String, String>> {
+    let mut data = BTreeMap::from([
+        ("ca.crt".to_owned(), ca.cert_pem.clone()),
+        ("tls.crt".to_owned(), pair.cert_pem.clone()),
+        ("tls.key".to_owned(), pair.key_pem.clone()),
+    ]);
+    if let Some(endpoint) = endpoint {
+        let client = EtcdClientConfig {
+            endpoints: vec![endpoint],
+            trusted_ca_file: "ca.crt".into(),
+            cert_file: "tls.crt".into(),
+            key_file: "tls.key".into(),
+            peer: None,
+        };
+        data.insert("config.yaml".to_owned(), client.to_yaml()?);
+    }
+    Ok(data)
+}
+
+fn normal(target: EventTarget, reason: &str, note: &str) -> PlanEvent {
+    PlanEvent {
+        target,
+        warning: false,
+        reason: reason.into(),
+        note: note.into(),
+    }
+}
+
+fn meta(config: &ClusterConfig, name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(config.namespace.clone()),
+        labels: Some(names::managed_labels(component)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn secret<K: Into<String>>(
+    config: &ClusterConfig,
+    name: &str,
+    type_: &str,
+    data: BTreeMap<K, impl Into<String>>,
+) -> Secret {
+    Secret {
+        metadata: meta(config, name, "mesh-pki"),
+        type_: Some(type_.to_owned()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.into(), ByteString(v.into().into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+fn config_map(config: &ClusterConfig, name: &str, key: &str, value: String) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(config, name, "mesh-apiserver"),
+        data: Some(BTreeMap::from([(key.to_owned(), value)])),
+        ..ConfigMap::default()
+    }
+}
+
+fn short_sha256(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}

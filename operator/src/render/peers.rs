@@ -1,0 +1,351 @@
+//! Peers: which ClusterMeshPeers are usable, the files that let the
+//! KVStoreMesh reach them, what etcd must trust and allow for them, and the
+//! status each ClusterMeshPeer reports.
+//!
+//! A peer with a problem (unreadable CA, a name or ID clashing with this
+//! cluster or an older peer) is left out and says why in its status; the
+//! other peers are unaffected.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use knit_crds::{ClusterMeshPeerSpec, ClusterMeshPeerStatus};
+use knit_kvstore::{Access, EtcdAccess, EtcdClientConfig, EtcdUser, PeerIdentity};
+
+use crate::conditions::{self, Desired};
+use crate::config::{ClusterConfig, parse_cidr};
+use crate::pki::{self, CertKeyPair};
+use crate::{Result, names};
+
+/// One ClusterMeshPeer with everything the render needs resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerInput {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.creationTimestamp`; the older of two clashing peers wins.
+    pub created: Option<Timestamp>,
+    /// The spec.
+    pub spec: ClusterMeshPeerSpec,
+    /// The peer's CA PEM, or why it could not be read (e.g. a missing Secret).
+    pub ca: Result<String, String>,
+    /// The status currently stored.
+    pub status: Option<ClusterMeshPeerStatus>,
+    /// What the mesh apiserver last reported about this peer, if anything.
+    pub sync: Option<PeerSyncReport>,
+}
+
+/// The mesh apiserver's view of one peer (connection and mirror state).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSyncReport {
+    /// The KVStoreMesh holds a connection to the peer's etcd.
+    pub connected: bool,
+    /// Every canary of the peer has been seen.
+    pub synced: bool,
+    /// Local agents reading this peer's data, and all local agents.
+    pub agents: (u32, u32),
+    /// Counts of mirrored records.
+    pub nodes: u64,
+    /// Endpoints mirrored.
+    pub endpoints: u64,
+    /// Services mirrored.
+    pub services: u64,
+    /// Identities mirrored.
+    pub identities: u64,
+    /// Last completed sync.
+    pub last_sync: Option<Timestamp>,
+    /// Last problem, in words.
+    pub last_error: Option<String>,
+}
+
+/// A peer the render builds configuration for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedPeer {
+    /// `metadata.name` of its ClusterMeshPeer.
+    pub name: String,
+    /// Its cluster name (keys of the peer-config Secret).
+    pub cluster_name: String,
+    /// Its cluster ID.
+    pub cluster_id: u16,
+    /// Its apiserver URLs.
+    pub endpoints: Vec<String>,
+    /// Its CA certificate.
+    pub ca_pem: String,
+    /// CIDRs it may announce.
+    pub pod_cidrs: Vec<String>,
+}
+
+/// Splits peers into usable ones and problems (by `metadata.name`).
+pub fn check_peers(
+    config: &ClusterConfig,
+    peers: &[PeerInput],
+) -> (Vec<AcceptedPeer>, BTreeMap<String, String>) {
+    let mut ordered: Vec<&PeerInput> = peers.iter().collect();
+    ordered.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    let mut accepted: Vec<AcceptedPeer> = Vec::new();
+    let mut problems = BTreeMap::new();
+    for peer in ordered {
+        match check_peer(config, peer, &accepted) {
+            Ok(ok) => accepted.push(ok),
+            Err(problem) => {
+                problems.insert(peer.name.clone(), problem);
+            }
+        }
+    }
+    accepted.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    (accepted, problems)
+}
+
+fn check_peer(
+    config: &ClusterConfig,
+    peer: &PeerInput,
+    earlier: &[AcceptedPeer],
+) -> Result<AcceptedPeer, String> {
+    let spec = &peer.spec;
+    if spec.cluster_name == config.cluster_name {
+        return Err(format!(
+            "spec.clusterName {:?} is this cluster's own name; a ClusterMeshPeer describes another cluster",
+            spec.cluster_name
+        ));
+    }
+    if spec.cluster_id == config.cluster_id {
+        return Err(format!(
+            "spec.clusterID {} is this cluster's own ID; every cluster in the mesh needs a different ID",
+            spec.cluster_id
+        ));
+    }
+    if let Some(other) = earlier.iter().find(|p| p.cluster_name == spec.cluster_name) {
+        return Err(format!(
+            "spec.clusterName {:?} is already used by ClusterMeshPeer {:?}; delete one of the two",
+            spec.cluster_name, other.name
+        ));
+    }
+    if let Some(other) = earlier.iter().find(|p| p.cluster_id == spec.cluster_id) {
+        return Err(format!(
+            "spec.clusterID {} is already used by ClusterMeshPeer {:?}; cluster IDs must be unique in the mesh",
+            spec.cluster_id, other.name
+        ));
+    }
+    if let Some((i, bad)) = spec
+        .pod_cidrs
+        .iter()
+        .enumerate()
+        .find(|(_, c)| parse_cidr(c).is_none())
+    {
+        return Err(format!(
+            "spec.podCIDRs[{i}] {bad:?} is not a CIDR such as 10.2.0.0/16"
+        ));
+    }
+    let ca_pem = peer.ca.clone()?;
+    let field = if spec.ca_bundle.is_some() {
+        "spec.caBundle"
+    } else {
+        "spec.caSecretRef"
+    };
+    pki::check_pem_certificate(&ca_pem).map_err(|e| {
+        format!("{field} does not hold a PEM certificate ({e}); paste the CA printed by `knitctl peer export` in the peer cluster")
+    })?;
+    Ok(AcceptedPeer {
+        name: peer.name.clone(),
+        cluster_name: spec.cluster_name.clone(),
+        cluster_id: spec.cluster_id,
+        endpoints: spec.endpoints.clone(),
+        ca_pem,
+        pod_cidrs: spec.pod_cidrs.clone(),
+    })
+}
+
+/// Data of the peer-config Secret: per peer `<cluster>.yaml` (etcd client
+/// config), `<cluster>.ca.crt`, `<cluster>.crt`, `<cluster>.key`.
+pub fn peer_config_data(
+    peers: &[AcceptedPeer],
+    clients: &BTreeMap<String, CertKeyPair>,
+) -> Result<BTreeMap<String, String>> {
+    let mut data = BTreeMap::new();
+    for peer in peers {
+        let Some(client) = clients.get(&peer.cluster_name) else {
+            continue;
+        };
+        let c = &peer.cluster_name;
+        let config = EtcdClientConfig {
+            endpoints: peer.endpoints.clone(),
+            trusted_ca_file: format!("{c}.ca.crt").into(),
+            cert_file: format!("{c}.crt").into(),
+            key_file: format!("{c}.key").into(),
+            peer: Some(PeerIdentity {
+                cluster_name: c.clone(),
+                cluster_id: peer.cluster_id,
+                pod_cidrs: peer.pod_cidrs.clone(),
+            }),
+        };
+        data.insert(format!("{c}.yaml"), config.to_yaml()?);
+        data.insert(format!("{c}.ca.crt"), peer.ca_pem.clone());
+        data.insert(format!("{c}.crt"), client.cert_pem.clone());
+        data.insert(format!("{c}.key"), client.key_pem.clone());
+    }
+    Ok(data)
+}
+
+/// The CA bundle etcd trusts for client certificates: our CA, then each
+/// accepted peer's, each under a comment naming it.
+pub fn trusted_client_cas(config: &ClusterConfig, own_ca: &str, peers: &[AcceptedPeer]) -> String {
+    let mut bundle = format!(
+        "# mesh CA of this cluster ({})\n{}",
+        config.cluster_name,
+        ensure_newline(own_ca)
+    );
+    for peer in peers {
+        bundle.push_str(&format!(
+            "# mesh CA of peer {} (ClusterMeshPeer {})\n{}",
+            peer.cluster_name,
+            peer.name,
+            ensure_newline(&peer.ca_pem)
+        ));
+    }
+    bundle
+}
+
+/// The etcd users: the local writer, local readers and one read-only user
+/// per accepted peer.
+pub fn etcd_access(config: &ClusterConfig, peers: &[AcceptedPeer]) -> EtcdAccess {
+    let mut users = vec![
+        EtcdUser {
+            name: names::ADMIN_USER.into(),
+            access: Access::ReadWrite,
+        },
+        EtcdUser {
+            name: names::LOCAL_USER.into(),
+            access: Access::ReadAll,
+        },
+    ];
+    let remote: BTreeSet<String> = peers
+        .iter()
+        .map(|p| names::remote_user(&p.cluster_name))
+        .collect();
+    users.extend(remote.into_iter().map(|name| EtcdUser {
+        name,
+        access: Access::ReadOwnCluster,
+    }));
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    EtcdAccess {
+        cluster_name: config.cluster_name.clone(),
+        users,
+    }
+}
+
+/// The status one ClusterMeshPeer should show.
+pub fn peer_status(
+    peer: &PeerInput,
+    problem: Option<&str>,
+    client_cert: Option<&CertKeyPair>,
+    now: Timestamp,
+) -> ClusterMeshPeerStatus {
+    let old = peer.status.clone().unwrap_or_default();
+    let expiry = client_cert
+        .and_then(|c| pki::inspect(&c.cert_pem).ok())
+        .map(|i| i.not_after);
+    let certificate = match (problem, expiry) {
+        (Some(p), _) => Desired::new("CertificateReady", "False", "InvalidPeer", p),
+        (None, Some(until)) => Desired::new(
+            "CertificateReady",
+            "True",
+            "Issued",
+            format!("client certificate for this peer is valid until {until}"),
+        ),
+        (None, None) => Desired::new(
+            "CertificateReady",
+            "False",
+            "Pending",
+            "client certificate not issued yet",
+        ),
+    };
+    let waiting = |t: &'static str| {
+        Desired::new(
+            t,
+            "Unknown",
+            "AwaitingMeshApiserver",
+            "the mesh apiserver has not reported on this peer yet",
+        )
+    };
+    let (connected, synced) = match (&peer.sync, problem) {
+        (_, Some(_)) => (
+            Desired::new(
+                "Connected",
+                "False",
+                "InvalidPeer",
+                "not configured; see CertificateReady",
+            ),
+            Desired::new(
+                "Synced",
+                "False",
+                "InvalidPeer",
+                "not configured; see CertificateReady",
+            ),
+        ),
+        (None, None) => (waiting("Connected"), waiting("Synced")),
+        (Some(s), None) => (
+            if s.connected {
+                Desired::new(
+                    "Connected",
+                    "True",
+                    "Connected",
+                    "connected to the peer's mesh apiserver",
+                )
+            } else {
+                let why = s.last_error.clone().unwrap_or_else(|| "no connection yet".into());
+                Desired::new("Connected", "False", "Unreachable", why)
+            },
+            if s.synced {
+                Desired::new(
+                    "Synced",
+                    "True",
+                    "Synced",
+                    "every kind of record has completed its initial sync",
+                )
+            } else {
+                Desired::new(
+                    "Synced",
+                    "False",
+                    "Syncing",
+                    "waiting for the peer's sync canaries",
+                )
+            },
+        ),
+    };
+    let parts = [&certificate, &connected, &synced];
+    let ready = match parts.iter().find(|d| !d.is_true()) {
+        None => Desired::new("Ready", "True", "Ready", "peer is connected and synced"),
+        Some(d) => Desired::new("Ready", "False", &d.reason, format!("{}: {}", d.type_, d.message)),
+    };
+    let conditions = conditions::settle(
+        &old.conditions,
+        vec![certificate, connected, synced, ready],
+        peer.generation,
+        now,
+    );
+    let sync = peer.sync.as_ref();
+    ClusterMeshPeerStatus {
+        conditions,
+        observed_generation: peer.generation,
+        connected: sync.map(|s| format!("{}/{}", s.agents.0, s.agents.1)),
+        remote_nodes: sync.map(|s| s.nodes),
+        remote_endpoints: sync.map(|s| s.endpoints),
+        remote_services: sync.map(|s| s.services),
+        remote_identities: sync.map(|s| s.identities),
+        last_sync_time: sync.and_then(|s| s.last_sync).map(Time),
+        client_certificate_expiry: if problem.is_none() { expiry.map(Time) } else { None },
+        last_error: problem
+            .map(str::to_owned)
+            .or_else(|| sync.and_then(|s| s.last_error.clone())),
+    }
+}
+
+fn ensure_newline(pem: &str) -> String {
+    if pem.ends_with('\n') {
+        pem.to_owned()
+    } else {
+        format!("{pem}\n")
+    }
+}

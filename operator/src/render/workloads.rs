@@ -1,0 +1,160 @@
+//! The mesh apiserver's Deployment and Service.
+//!
+//! One pod runs etcd (client-certificate auth; the CA bundle of this cluster
+//! and its peers) and knit-apiserver beside it, which bootstraps etcd's users
+//! and roles from `knit-etcd-users`, exports cluster state and mirrors peers.
+//! Leaf certificates are renewed in place: etcd reads its certificate files
+//! on every handshake, so open connections survive. A change of trust (a
+//! peer added or removed) changes the pod template's trust hash and rolls the
+//! pod with surge, so the new one is ready before the old one goes.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use serde_json::json;
+
+use crate::config::{ClusterConfig, ServiceType};
+use crate::{Error, Result, names};
+
+/// The Deployment, with `trust_hash` on its pod template.
+pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<Deployment> {
+    let ns = &config.namespace;
+    let port = config.apiserver.port;
+    let advertise = format!("https://{}.{ns}.svc:{port}", names::APISERVER);
+    let value = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": names::APISERVER,
+            "namespace": ns,
+            "labels": names::managed_labels("mesh-apiserver"),
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": names::apiserver_selector() },
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } },
+            "template": {
+                "metadata": {
+                    "labels": names::apiserver_selector(),
+                    "annotations": { names::TRUST_HASH_ANNOTATION: trust_hash },
+                },
+                "spec": {
+                    "serviceAccountName": names::APISERVER,
+                    "automountServiceAccountToken": true,
+                    "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532,
+                                         "seccompProfile": { "type": "RuntimeDefault" } },
+                    "containers": [
+                        {
+                            "name": "etcd",
+                            "image": config.images.etcd,
+                            "command": ["etcd"],
+                            "args": [
+                                "--name=knit",
+                                "--data-dir=/var/run/etcd/data",
+                                format!("--listen-client-urls=https://0.0.0.0:{port}"),
+                                format!("--advertise-client-urls={advertise}"),
+                                "--listen-peer-urls=http://127.0.0.1:2380",
+                                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                                "--initial-cluster=knit=http://127.0.0.1:2380",
+                                "--client-cert-auth=true",
+                                "--trusted-ca-file=/etc/knit/trusted-cas/ca.crt",
+                                "--cert-file=/etc/knit/server/tls.crt",
+                                "--key-file=/etc/knit/server/tls.key",
+                                "--auto-compaction-retention=1",
+                                "--quota-backend-bytes=4294967296",
+                            ],
+                            "ports": [{ "name": "etcd", "containerPort": port }],
+                            "readinessProbe": { "tcpSocket": { "port": port }, "periodSeconds": 5 },
+                            "resources": { "requests": { "cpu": "100m", "memory": "128Mi" } },
+                            "securityContext": security_context(),
+                            "volumeMounts": [
+                                { "name": "etcd-data", "mountPath": "/var/run/etcd" },
+                                { "name": "server-cert", "mountPath": "/etc/knit/server", "readOnly": true },
+                                { "name": "trusted-cas", "mountPath": "/etc/knit/trusted-cas", "readOnly": true },
+                            ],
+                        },
+                        {
+                            "name": "apiserver",
+                            "image": config.images.apiserver,
+                            "args": [
+                                format!("--cluster-name={}", config.cluster_name),
+                                format!("--cluster-id={}", config.cluster_id),
+                                "--etcd-config=/etc/knit/admin/config.yaml",
+                                "--etcd-users=/etc/knit/users/users.yaml",
+                                "--peer-configs=/etc/knit/peers",
+                                format!("--metrics-addr=0.0.0.0:{}", names::APISERVER_METRICS_PORT),
+                            ],
+                            "ports": [{ "name": "metrics", "containerPort": names::APISERVER_METRICS_PORT }],
+                            "livenessProbe": { "httpGet": { "path": "/healthz", "port": "metrics" } },
+                            "readinessProbe": { "httpGet": { "path": "/readyz", "port": "metrics" } },
+                            "resources": { "requests": { "cpu": "100m", "memory": "128Mi" } },
+                            "securityContext": security_context(),
+                            "volumeMounts": [
+                                { "name": "admin-cert", "mountPath": "/etc/knit/admin", "readOnly": true },
+                                { "name": "etcd-users", "mountPath": "/etc/knit/users", "readOnly": true },
+                                { "name": "peer-configs", "mountPath": "/etc/knit/peers", "readOnly": true },
+                            ],
+                        },
+                    ],
+                    "volumes": [
+                        { "name": "etcd-data", "emptyDir": {} },
+                        { "name": "server-cert", "secret": { "secretName": names::SERVER_CERT_SECRET } },
+                        { "name": "trusted-cas", "configMap": { "name": names::TRUSTED_CAS_CONFIGMAP } },
+                        { "name": "admin-cert", "secret": { "secretName": names::ADMIN_CERT_SECRET } },
+                        { "name": "etcd-users", "configMap": { "name": names::ETCD_USERS_CONFIGMAP } },
+                        { "name": "peer-configs", "secret": { "secretName": names::PEER_CONFIGS_SECRET } },
+                    ],
+                },
+            },
+        },
+    });
+    serde_json::from_value(value).map_err(|source| Error::RenderObject {
+        kind: "Deployment",
+        source,
+    })
+}
+
+/// The Service peers (and local agents) reach etcd through.
+pub fn apiserver_service(config: &ClusterConfig) -> Result<Service> {
+    let service_type = match config.apiserver.service_type {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    let mut port = json!({
+        "name": "etcd",
+        "port": config.apiserver.port,
+        "targetPort": "etcd",
+        "protocol": "TCP",
+    });
+    if let (ServiceType::NodePort, Some(node_port)) =
+        (config.apiserver.service_type, config.apiserver.node_port)
+    {
+        port["nodePort"] = json!(node_port);
+    }
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": names::APISERVER,
+            "namespace": config.namespace,
+            "labels": names::managed_labels("mesh-apiserver"),
+        },
+        "spec": {
+            "type": service_type,
+            "selector": names::apiserver_selector(),
+            "ports": [port],
+        },
+    });
+    serde_json::from_value(value).map_err(|source| Error::RenderObject {
+        kind: "Service",
+        source,
+    })
+}
+
+fn security_context() -> serde_json::Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": { "drop": ["ALL"] },
+    })
+}
