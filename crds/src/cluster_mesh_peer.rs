@@ -5,6 +5,9 @@
 //! by the operator. Schema rules reject bad input at the API server with a
 //! message naming the field; the cross-field rules are CEL.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as duplication.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -5,6 +5,9 @@
 //! A Service annotated the Cilium way behaves as if a policy selected it; see
 //! [`CiliumAnnotations`](crate::CiliumAnnotations).
 
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads that as duplication.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

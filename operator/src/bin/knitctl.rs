@@ -1,1 +1,201 @@
-fn main() {}
+//! knitctl: the Knit command line.
+//!
+//! - `knitctl peer export` prints the ClusterMeshPeer manifest describing this
+//!   cluster, for the other clusters' git repositories.
+//! - `knitctl render` writes the certificates and peer configs of a site
+//!   without Kubernetes to a directory, through the operator's render code.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use knit_crds::ClusterMeshPeer;
+use knit_operator::config::ClusterConfig;
+use knit_operator::{files, names, peer_export};
+use kube::api::Api;
+
+#[derive(Parser)]
+#[command(version, about = "Knit command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Peer manifests.
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
+    },
+    /// Render certificates and peer configs to a directory (no Kubernetes).
+    Render {
+        /// Cluster config file (same format as the operator's).
+        #[arg(long)]
+        config: PathBuf,
+        /// ClusterMeshPeer manifests: files or directories of *.yaml.
+        #[arg(long = "peers")]
+        peers: Vec<PathBuf>,
+        /// Output directory; existing certificates in it are kept until due.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Print the ClusterMeshPeer manifest that describes this cluster.
+    Export {
+        /// Offline: the cluster config file (use with --pki-dir).
+        #[arg(long, requires = "pki_dir")]
+        config: Option<PathBuf>,
+        /// Offline: directory written by `knitctl render`.
+        #[arg(long)]
+        pki_dir: Option<PathBuf>,
+        /// Namespace of the operator (when reading from Kubernetes).
+        #[arg(long, default_value = "knit-system")]
+        namespace: String,
+        /// URL peers use, instead of the configured external addresses. Repeatable.
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Render { config, peers, out } => render(&config, &peers, &out),
+        Command::Peer {
+            command:
+                PeerCommand::Export {
+                    config,
+                    pki_dir,
+                    namespace,
+                    endpoints,
+                },
+        } => {
+            let yaml = match (config, pki_dir) {
+                (Some(config), Some(dir)) => export_offline(&config, &dir, endpoints)?,
+                _ => export_from_cluster(&namespace, endpoints).await?,
+            };
+            print!("{yaml}");
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<ClusterConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ClusterConfig::from_yaml(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn render(config: &Path, peer_paths: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let config = load_config(config)?;
+    let mut peers = Vec::new();
+    for path in peer_paths {
+        for file in yaml_files(path)? {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let peer: ClusterMeshPeer = serde_yaml::from_str(&text)
+                .with_context(|| format!("{} is not a ClusterMeshPeer", file.display()))?;
+            peers.push(peer);
+        }
+    }
+    let plan = files::render_to_dir(&config, &peers, out, jiff::Timestamp::now())?;
+    for event in &plan.events {
+        eprintln!("{}: {}", event.reason, event.note);
+    }
+    for (name, status) in &plan.peer_statuses {
+        match &status.last_error {
+            Some(problem) => eprintln!("peer {name}: NOT configured: {problem}"),
+            None => eprintln!("peer {name}: configured"),
+        }
+    }
+    println!("rendered {} peer(s) into {}", plan.accepted.len(), out.display());
+    if plan.accepted.len() < plan.peer_statuses.len() {
+        bail!("some peers were not configured; see above");
+    }
+    Ok(())
+}
+
+fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        Ok(files)
+    } else {
+        Ok(vec![path.to_owned()])
+    }
+}
+
+fn export_offline(config: &Path, dir: &Path, endpoints: Vec<String>) -> anyhow::Result<String> {
+    let config = load_config(config)?;
+    let ca_path = dir.join(names::CA_SECRET).join("ca.crt");
+    let ca = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading {} (run `knitctl render` first)", ca_path.display()))?;
+    let endpoints = if endpoints.is_empty() {
+        config.peer_endpoints()
+    } else {
+        endpoints
+    };
+    Ok(peer_export::export_peer_yaml(&config, &ca, endpoints)?)
+}
+
+async fn export_from_cluster(namespace: &str, endpoints: Vec<String>) -> anyhow::Result<String> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let cm = cms
+        .get("knit-operator-config")
+        .await
+        .with_context(|| format!("reading ConfigMap {namespace}/knit-operator-config"))?;
+    let text = cm
+        .data
+        .and_then(|d| d.get("config.yaml").cloned())
+        .context("ConfigMap knit-operator-config has no config.yaml")?;
+    let config = ClusterConfig::from_yaml(&text)?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let ca = secrets
+        .get(names::CA_SECRET)
+        .await
+        .with_context(|| {
+            format!(
+                "reading Secret {namespace}/{} (is the operator running?)",
+                names::CA_SECRET
+            )
+        })?
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .context("Secret knit-ca has no ca.crt")?;
+    let mut endpoints = if endpoints.is_empty() {
+        config.peer_endpoints()
+    } else {
+        endpoints
+    };
+    if endpoints.is_empty() {
+        let services: Api<Service> = Api::namespaced(client, namespace);
+        let svc = services
+            .get(names::APISERVER)
+            .await
+            .context("reading the mesh apiserver Service")?;
+        let ingress = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default();
+        endpoints = ingress
+            .into_iter()
+            .filter_map(|i| i.hostname.or(i.ip))
+            .map(|host| format!("https://{host}:{}", config.apiserver.port))
+            .collect();
+    }
+    Ok(peer_export::export_peer_yaml(&config, &ca, endpoints)?)
+}

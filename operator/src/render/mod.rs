@@ -92,17 +92,20 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
     let cluster_names: Vec<String> = accepted.iter().map(|p| p.cluster_name.clone()).collect();
     let pki = pki_plan::plan_pki(config, inputs.stored, &cluster_names, inputs.now)?;
 
-    let mut events: Vec<PlanEvent> = pki
-        .issued
-        .iter()
-        .map(|note| normal(EventTarget::MeshApiserver, "CertificateIssued", note))
-        .chain(pki.warnings.iter().map(|note| PlanEvent {
-            target: EventTarget::MeshApiserver,
-            warning: true,
-            reason: "CertificateExpiring".into(),
-            note: note.clone(),
-        }))
-        .collect();
+    let mut events = Vec::new();
+    if !pki.issued.is_empty() {
+        events.push(normal(
+            EventTarget::MeshApiserver,
+            "CertificateIssued",
+            &pki.issued.join("; "),
+        ));
+    }
+    events.extend(pki.warnings.iter().map(|note| PlanEvent {
+        target: EventTarget::MeshApiserver,
+        warning: true,
+        reason: "CertificateExpiring".into(),
+        note: note.clone(),
+    }));
 
     let port = config.apiserver.port;
     let local_endpoint = format!("https://{}.{}.svc:{port}", names::APISERVER, config.namespace);

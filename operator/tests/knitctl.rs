@@ -1,0 +1,203 @@
+//! `knitctl render` and `knitctl peer export` as a user runs them: two
+//! clusters exchange peer manifests and render their configs to disk.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use knit_crds::ClusterMeshPeer;
+use knit_kvstore::EtcdClientConfig;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("knitctl-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn knitctl(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_knitctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "knitctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn site(root: &Path, name: &str, id: u16) -> (PathBuf, PathBuf, PathBuf) {
+    let config = root.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!("clusterName: {name}\nclusterID: {id}\npodCIDRs: [10.{id}.0.0/16]\napiserver:\n  externalAddresses: [10.99.0.{id}]\n"),
+    )
+    .unwrap();
+    let peers = root.join(format!("{name}-peers"));
+    std::fs::create_dir_all(&peers).unwrap();
+    (config, peers, root.join(format!("{name}-out")))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn two_sites_exchange_peer_manifests_and_render_each_other() {
+    let tmp = TempDir::new("exchange");
+    let (a_cfg, a_peers, a_out) = site(&tmp.0, "a", 1);
+    let (b_cfg, b_peers, b_out) = site(&tmp.0, "b", 2);
+
+    knitctl(&[
+        "render",
+        "--config",
+        s(&a_cfg),
+        "--peers",
+        s(&a_peers),
+        "--out",
+        s(&a_out),
+    ]);
+    knitctl(&[
+        "render",
+        "--config",
+        s(&b_cfg),
+        "--peers",
+        s(&b_peers),
+        "--out",
+        s(&b_out),
+    ]);
+    let a_ca = std::fs::read_to_string(a_out.join("knit-ca/ca.crt")).unwrap();
+
+    let a_manifest = knitctl(&["peer", "export", "--config", s(&a_cfg), "--pki-dir", s(&a_out)]);
+    let b_manifest = knitctl(&["peer", "export", "--config", s(&b_cfg), "--pki-dir", s(&b_out)]);
+    let exported: ClusterMeshPeer = serde_yaml::from_str(&a_manifest).unwrap();
+    assert_eq!(exported.spec.cluster_name, "a");
+    assert_eq!(exported.spec.cluster_id, 1);
+    assert_eq!(exported.spec.endpoints, vec!["https://10.99.0.1:2379"]);
+    assert_eq!(exported.spec.ca_bundle.as_deref(), Some(a_ca.as_str()));
+    assert!(
+        !a_manifest.contains("PRIVATE KEY"),
+        "an export must carry public data only"
+    );
+
+    std::fs::write(b_peers.join("a.yaml"), &a_manifest).unwrap();
+    std::fs::write(a_peers.join("b.yaml"), &b_manifest).unwrap();
+    knitctl(&[
+        "render",
+        "--config",
+        s(&b_cfg),
+        "--peers",
+        s(&b_peers),
+        "--out",
+        s(&b_out),
+    ]);
+    knitctl(&[
+        "render",
+        "--config",
+        s(&a_cfg),
+        "--peers",
+        s(&a_peers),
+        "--out",
+        s(&a_out),
+    ]);
+
+    // b reaches a with a's CA and a certificate of its own named remote-b,
+    // which a's etcd trusts because b's CA is in a's bundle.
+    let cfg = EtcdClientConfig::from_yaml(
+        &std::fs::read_to_string(b_out.join("knit-peer-configs/a.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg.endpoints, vec!["https://10.99.0.1:2379"]);
+    assert_eq!(
+        std::fs::read_to_string(b_out.join("knit-peer-configs/a.ca.crt")).unwrap(),
+        a_ca
+    );
+    let b_client = std::fs::read_to_string(b_out.join("knit-peer-configs/a.crt")).unwrap();
+    let b_ca = std::fs::read_to_string(b_out.join("knit-ca/ca.crt")).unwrap();
+    assert_eq!(
+        knit_operator::pki::inspect(&b_client).unwrap().common_name,
+        "remote-b"
+    );
+    assert!(knit_operator::pki::is_signed_by(&b_client, &b_ca));
+    assert!(
+        std::fs::read_to_string(a_out.join("knit-trusted-client-cas/ca.crt"))
+            .unwrap()
+            .contains(&b_ca)
+    );
+    assert!(
+        std::fs::read_to_string(a_out.join("knit-etcd-users/users.yaml"))
+            .unwrap()
+            .contains("remote-b")
+    );
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(b_out.join("knit-peer-configs/a.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+
+    // Rendering again keeps every certificate.
+    let before = std::fs::read_to_string(a_out.join("knit-apiserver-server-cert/tls.crt")).unwrap();
+    knitctl(&[
+        "render",
+        "--config",
+        s(&a_cfg),
+        "--peers",
+        s(&a_peers),
+        "--out",
+        s(&a_out),
+    ]);
+    assert_eq!(
+        before,
+        std::fs::read_to_string(a_out.join("knit-apiserver-server-cert/tls.crt")).unwrap()
+    );
+
+    // Removing the peer removes its files, trust and user.
+    std::fs::remove_file(a_peers.join("b.yaml")).unwrap();
+    knitctl(&[
+        "render",
+        "--config",
+        s(&a_cfg),
+        "--peers",
+        s(&a_peers),
+        "--out",
+        s(&a_out),
+    ]);
+    assert!(!a_out.join("knit-peer-configs/b.yaml").exists());
+    assert!(!a_out.join("knit-peer-configs/b.key").exists());
+    assert!(
+        !std::fs::read_to_string(a_out.join("knit-trusted-client-cas/ca.crt"))
+            .unwrap()
+            .contains(&b_ca)
+    );
+    assert!(
+        !std::fs::read_to_string(a_out.join("knit-etcd-users/users.yaml"))
+            .unwrap()
+            .contains("remote-b")
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_naming_the_field() {
+    let tmp = TempDir::new("badcfg");
+    let cfg = tmp.0.join("bad.yaml");
+    std::fs::write(&cfg, "clusterName: Cluster_A\nclusterID: 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_knitctl"))
+        .args(["render", "--config", s(&cfg), "--out", s(&tmp.0.join("out"))])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("clusterName") && err.contains("DNS label"), "{err}");
+}

@@ -1,0 +1,340 @@
+//! The pure mesh render: spec + stored state in, objects + status out.
+
+mod common;
+
+use common::*;
+use jiff::SignedDuration;
+use knit_kvstore::{Access, EtcdAccess, EtcdClientConfig};
+use knit_operator::names;
+use knit_operator::pki;
+use knit_operator::render::PeerSyncReport;
+
+fn names_of(plan: &knit_operator::render::MeshPlan) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .secrets
+        .iter()
+        .map(|s| format!("Secret/{}", s.metadata.name.clone().unwrap()))
+        .collect();
+    out.extend(
+        plan.config_maps
+            .iter()
+            .map(|c| format!("ConfigMap/{}", c.metadata.name.clone().unwrap())),
+    );
+    out.push(format!(
+        "Deployment/{}",
+        plan.deployment.metadata.name.clone().unwrap()
+    ));
+    out.push(format!("Service/{}", plan.service.metadata.name.clone().unwrap()));
+    out
+}
+
+#[test]
+fn one_peer_yields_every_object_with_its_name() {
+    let config = config_a();
+    let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
+
+    assert_eq!(
+        names_of(&plan),
+        vec![
+            "Secret/knit-ca",
+            "Secret/knit-apiserver-server-cert",
+            "Secret/knit-admin-client-cert",
+            "Secret/knit-local-client-cert",
+            "Secret/knit-peer-configs",
+            "ConfigMap/knit-trusted-client-cas",
+            "ConfigMap/knit-etcd-users",
+            "Deployment/knit-apiserver",
+            "Service/knit-apiserver",
+        ]
+    );
+    for s in &plan.secrets {
+        assert_eq!(s.metadata.namespace.as_deref(), Some("knit-system"));
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()[names::MANAGED_BY_LABEL],
+            "knit-operator"
+        );
+    }
+
+    // Peer config: etcd client config with the peer's identity, its CA, our client cert.
+    let cfg = EtcdClientConfig::from_yaml(&secret_text(&plan, names::PEER_CONFIGS_SECRET, "b.yaml").unwrap())
+        .unwrap();
+    assert_eq!(cfg.endpoints, vec!["https://mesh.b.example.com:2379"]);
+    assert_eq!(cfg.cert_file.to_str(), Some("b.crt"));
+    let identity = cfg.peer.unwrap();
+    assert_eq!((identity.cluster_name.as_str(), identity.cluster_id), ("b", 2));
+    assert_eq!(identity.pod_cidrs, vec!["10.2.0.0/16"]);
+    assert_eq!(
+        secret_text(&plan, names::PEER_CONFIGS_SECRET, "b.ca.crt").unwrap(),
+        *b.ca.as_ref().unwrap()
+    );
+    let client = secret_text(&plan, names::PEER_CONFIGS_SECRET, "b.crt").unwrap();
+    assert_eq!(pki::inspect(&client).unwrap().common_name, "remote-a");
+    let ca = secret_text(&plan, names::CA_SECRET, "ca.crt").unwrap();
+    assert!(pki::is_signed_by(&client, &ca));
+
+    // etcd trusts our CA and b's; b's user may read our prefix only.
+    let trusted = cm_text(&plan, names::TRUSTED_CAS_CONFIGMAP, "ca.crt").unwrap();
+    assert!(trusted.contains(&ca) && trusted.contains(b.ca.as_ref().unwrap()));
+    let access =
+        EtcdAccess::from_yaml(&cm_text(&plan, names::ETCD_USERS_CONFIGMAP, "users.yaml").unwrap()).unwrap();
+    let user = access.users.iter().find(|u| u.name == "remote-b").unwrap();
+    assert_eq!(user.access, Access::ReadOwnCluster);
+    assert_eq!(
+        access
+            .users
+            .iter()
+            .filter(|u| u.access == Access::ReadWrite)
+            .count(),
+        1
+    );
+
+    // Server certificate covers the Service names, loopback and the external address.
+    let server = pki::inspect(&secret_text(&plan, names::SERVER_CERT_SECRET, "tls.crt").unwrap()).unwrap();
+    for san in [
+        "knit-apiserver.knit-system.svc",
+        "127.0.0.1",
+        "mesh.a.example.com",
+    ] {
+        assert!(
+            server.sans.iter().any(|s| s == san),
+            "missing SAN {san}: {:?}",
+            server.sans
+        );
+    }
+
+    // Status: certificate ready, waiting for the apiserver's report.
+    let status = &plan.peer_statuses["b"];
+    let cond = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap();
+    assert_eq!(cond("CertificateReady").status, "True");
+    assert_eq!(cond("Connected").status, "Unknown");
+    assert_eq!(cond("Ready").status, "False");
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(status.client_certificate_expiry.is_some());
+}
+
+#[test]
+fn rendering_again_changes_nothing_and_issues_nothing() {
+    let config = config_a();
+    let mut b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let first = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
+    assert!(first.events.iter().any(|e| e.reason == "CertificateIssued"));
+    b.status = Some(first.peer_statuses["b"].clone());
+    let later = t0() + SignedDuration::from_hours(24);
+    let second = render(&config, std::slice::from_ref(&b), &stored(&first), later);
+    assert_eq!(first.secrets, second.secrets);
+    assert_eq!(first.config_maps, second.config_maps);
+    assert_eq!(first.deployment, second.deployment);
+    assert_eq!(
+        first.peer_statuses, second.peer_statuses,
+        "status must not churn, or the watch re-triggers"
+    );
+    assert!(second.events.is_empty(), "{:?}", second.events);
+}
+
+#[test]
+fn deleting_a_peer_removes_its_config_trust_and_user_and_rolls_etcd() {
+    let config = config_a();
+    let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let c = peer("c", "c", 3, "2026-01-01T00:00:00Z");
+    let both = render(&config, &[b.clone(), c], &Default::default(), t0());
+    assert!(secret_text(&both, names::PEER_CONFIGS_SECRET, "c.yaml").is_some());
+    let only_b = render(&config, std::slice::from_ref(&b), &stored(&both), t0());
+    let keys: Vec<&String> = only_b.secrets[4].data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, vec!["b.ca.crt", "b.crt", "b.key", "b.yaml"]);
+    assert!(
+        !cm_text(&only_b, names::ETCD_USERS_CONFIGMAP, "users.yaml")
+            .unwrap()
+            .contains("remote-c")
+    );
+    assert!(
+        !cm_text(&only_b, names::TRUSTED_CAS_CONFIGMAP, "ca.crt")
+            .unwrap()
+            .contains("peer c")
+    );
+    let hash = |p: &knit_operator::render::MeshPlan| {
+        p.deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[names::TRUST_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&both), hash(&only_b));
+    // b's client certificate was kept, not re-issued.
+    assert_eq!(
+        secret_text(&both, names::PEER_CONFIGS_SECRET, "b.crt"),
+        secret_text(&only_b, names::PEER_CONFIGS_SECRET, "b.crt")
+    );
+}
+
+#[test]
+fn certificates_due_for_renewal_are_reissued_by_the_same_ca_before_expiry() {
+    let config = config_a();
+    let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let first = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
+    let at = t0() + SignedDuration::from_hours(24 * 250);
+    let renewed = render(&config, std::slice::from_ref(&b), &stored(&first), at);
+    let ca = secret_text(&first, names::CA_SECRET, "ca.crt").unwrap();
+    assert_eq!(
+        secret_text(&renewed, names::CA_SECRET, "ca.crt").unwrap(),
+        ca,
+        "the CA is pinned by peers"
+    );
+    for (secret, key) in [
+        (names::SERVER_CERT_SECRET, "tls.crt"),
+        (names::PEER_CONFIGS_SECRET, "b.crt"),
+    ] {
+        let old = secret_text(&first, secret, key).unwrap();
+        let new = secret_text(&renewed, secret, key).unwrap();
+        assert_ne!(old, new, "{secret}/{key} was not renewed");
+        assert!(pki::is_signed_by(&new, &ca));
+        assert!(
+            pki::inspect(&old).unwrap().not_after > at,
+            "the old certificate must still be valid at renewal"
+        );
+    }
+    let issued = renewed
+        .events
+        .iter()
+        .find(|e| e.reason == "CertificateIssued")
+        .unwrap();
+    assert_eq!(
+        issued.note.matches("issued certificate").count(),
+        4,
+        "{}",
+        issued.note
+    );
+}
+
+#[test]
+fn changing_external_addresses_reissues_only_the_server_certificate() {
+    let mut config = config_a();
+    let first = render(&config, &[], &Default::default(), t0());
+    config.apiserver.external_addresses.push("192.0.2.7".into());
+    let second = render(&config, &[], &stored(&first), t0());
+    assert_ne!(
+        secret_text(&first, names::SERVER_CERT_SECRET, "tls.crt"),
+        secret_text(&second, names::SERVER_CERT_SECRET, "tls.crt")
+    );
+    assert_eq!(
+        secret_text(&first, names::ADMIN_CERT_SECRET, "tls.crt"),
+        secret_text(&second, names::ADMIN_CERT_SECRET, "tls.crt")
+    );
+}
+
+#[test]
+fn a_bad_peer_is_reported_by_field_and_the_others_still_work() {
+    let config = config_a();
+    let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let dup_id = peer("c", "c", 2, "2026-02-01T00:00:00Z");
+    let own_name = peer("self", "a", 9, "2026-01-01T00:00:00Z");
+    let mut bad_ca = peer("d", "d", 4, "2026-01-01T00:00:00Z");
+    bad_ca.ca = Ok("not a certificate".into());
+    let mut missing_secret = peer("e", "e", 5, "2026-01-01T00:00:00Z");
+    missing_secret.ca = Err("spec.caSecretRef: Secret \"e-ca\" with key \"ca.crt\" not found".into());
+
+    let plan = render(
+        &config,
+        &[b, dup_id, own_name, bad_ca, missing_secret],
+        &Default::default(),
+        t0(),
+    );
+    assert_eq!(
+        plan.accepted.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    for (peer, field) in [
+        ("c", "spec.clusterID 2 is already used by ClusterMeshPeer \"b\""),
+        ("self", "spec.clusterName \"a\" is this cluster's own name"),
+        ("d", "spec.caBundle does not hold a PEM certificate"),
+        ("e", "spec.caSecretRef"),
+    ] {
+        let status = &plan.peer_statuses[peer];
+        let err = status.last_error.as_deref().unwrap_or_default();
+        assert!(err.contains(field), "{peer}: {err}");
+        let cert = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "CertificateReady")
+            .unwrap();
+        assert_eq!(
+            (cert.status.as_str(), cert.reason.as_str()),
+            ("False", "InvalidPeer")
+        );
+        assert!(
+            plan.events.iter().any(|e| e.warning && e.note.contains(field)),
+            "no warning Event for {peer}"
+        );
+    }
+    assert!(secret_text(&plan, names::PEER_CONFIGS_SECRET, "b.yaml").is_some());
+    assert!(secret_text(&plan, names::PEER_CONFIGS_SECRET, "c.yaml").is_none());
+}
+
+#[test]
+fn the_apiservers_report_fills_counts_and_readiness() {
+    let config = config_a();
+    let mut b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    b.sync = Some(PeerSyncReport {
+        connected: true,
+        synced: true,
+        agents: (3, 3),
+        nodes: 2,
+        endpoints: 40,
+        services: 5,
+        identities: 7,
+        last_sync: Some(t0()),
+        last_error: None,
+    });
+    let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
+    let status = &plan.peer_statuses["b"];
+    assert_eq!(status.connected.as_deref(), Some("3/3"));
+    assert_eq!(
+        (status.remote_endpoints, status.remote_services),
+        (Some(40), Some(5))
+    );
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "True");
+    assert!(plan.events.iter().any(|e| e.reason == "ReadyTrue"));
+}
+
+#[test]
+fn the_apiserver_runs_etcd_with_client_certificate_auth() {
+    let plan = render(&config_a(), &[], &Default::default(), t0());
+    let pod = plan
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let etcd = pod.containers.iter().find(|c| c.name == "etcd").unwrap();
+    let args = etcd.args.as_ref().unwrap();
+    for arg in [
+        "--client-cert-auth=true",
+        "--trusted-ca-file=/etc/knit/trusted-cas/ca.crt",
+    ] {
+        assert!(args.iter().any(|a| a == arg), "missing {arg}");
+    }
+    let apiserver = pod.containers.iter().find(|c| c.name == "apiserver").unwrap();
+    assert!(
+        apiserver
+            .args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--cluster-id=1")
+    );
+    assert_eq!(
+        plan.service.spec.as_ref().unwrap().type_.as_deref(),
+        Some("LoadBalancer")
+    );
+}
