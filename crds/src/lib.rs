@@ -2,7 +2,7 @@
 //!
 //! Owns the custom resource types, the Cilium-compatible Service annotations
 //! and the generated CRD manifests. `crdgen` writes [`crd_manifests`] to
-//! `crds/*.yaml`; a test fails when the committed files drift from the types.
+//! `crds/*.yaml` and `config/crd/*.yaml`; a test fails when the committed files drift from the types.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -54,6 +54,13 @@ pub enum Error {
 
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Directories holding committed copies of the CRD manifests: `crds/` and
+/// the kustomize base `config/crd/`.
+pub fn manifest_dirs() -> [std::path::PathBuf; 2] {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    [crate_dir.to_path_buf(), crate_dir.join("../config/crd")]
+}
 
 /// Every CRD manifest as `(file name, YAML)`, in a stable order.
 pub fn crd_manifests() -> Result<Vec<(String, String)>> {

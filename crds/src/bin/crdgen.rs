@@ -1,37 +1,34 @@
-//! Writes the CRD manifests to a directory (default `crds/`), or with
-//! `--check` exits non-zero when the committed files differ.
+//! Writes the CRD manifests to `crds/` and `config/crd/` (the kustomize base
+//! needs its own copy), or with `--check` exits non-zero when the committed
+//! files differ from what the Rust types generate.
 
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
-    let mut check = false;
-    let mut dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR")));
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--check" => check = true,
-            "-h" | "--help" => {
-                println!("usage: crdgen [--check] [DIR]   (DIR defaults to the crds/ directory)");
-                return Ok(());
-            }
-            other => dir = PathBuf::from(other),
+    let check = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--check") => true,
+        Some(_) => {
+            println!("usage: crdgen [--check]");
+            return Ok(());
         }
-    }
+    };
     let mut drifted = Vec::new();
-    for (file, yaml) in knit_crds::crd_manifests()? {
-        let path = dir.join(&file);
-        if check {
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                drifted.push(path.display().to_string());
+    for dir in knit_crds::manifest_dirs() {
+        for (file, yaml) in knit_crds::crd_manifests()? {
+            let path: PathBuf = dir.join(&file);
+            if check {
+                if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                    drifted.push(path.display().to_string());
+                }
+            } else {
+                std::fs::write(&path, yaml)?;
+                println!("wrote {}", path.display());
             }
-        } else {
-            std::fs::write(&path, yaml)?;
-            println!("wrote {}", path.display());
         }
     }
     if !drifted.is_empty() {
-        anyhow::bail!(
-            "CRD manifests drifted from the Rust types: {drifted:?}; run `make crds` and commit the result"
-        );
+        anyhow::bail!("CRD manifests drifted from the Rust types: {drifted:?}; run `make crds` and commit the result");
     }
     Ok(())
 }

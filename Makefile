@@ -1,0 +1,42 @@
+# Entry points a newcomer types. Every target installs what it needs first
+# (scripts/setup.sh is idempotent).
+.PHONY: setup test demo bench crds e2e-kind fmt lint images
+
+CARGO ?= cargo
+PYTHON := .venv/bin/python
+
+setup:
+	@scripts/setup.sh
+
+## make test: formatting, lints, every Rust test, manifest validation.
+test: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	$(PYTHON) tests/manifests/validate.py
+
+## make demo: the local demo (see README).
+demo: setup
+	@scripts/demo.sh
+
+## make bench: benchmarks, printed as a table.
+bench: setup
+	$(CARGO) run --release -q -p knit-operator --example render_bench
+
+## make crds: regenerate crds/*.yaml and config/crd/*.yaml from the Rust types.
+crds:
+	$(CARGO) run -q -p knit-crds --bin crdgen
+
+## make e2e-kind: the kind-based suite (needs Docker, kind and network access).
+e2e-kind:
+	@e2e/kind/run.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## make images: container images (needs a Docker engine).
+images:
+	for c in operator apiserver agent; do docker build -f images/$$c.Dockerfile -t knit-$$c:dev . || exit 1; done

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Offline validation of everything under config/ and of the CRD schemas.
+
+1. `kubectl kustomize config/default` renders; built-in kinds pass
+   kubernetes-validate (strict); the CRDs in it are the generated ones.
+2. The samples (config/samples/*) pass the generated CRD schemas, CEL rules
+   included (evaluated with cel-python, as the API server would).
+3. Every manifest in tests/manifests/invalid/ is rejected, and each of its
+   `# expect: ...` lines appears in an error message: the message names the
+   field, as the API server's would.
+
+The schema check follows the API server: defaults are applied first, unknown
+fields are errors (kubectl's default --validate=strict), then OpenAPI
+constraints, then x-kubernetes-validations at each node.
+"""
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import celpy
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+K8S_VERSION = "1.33.0"
+CEL = celpy.Environment()
+
+
+def kustomize(path):
+    out = subprocess.run(["kubectl", "kustomize", path], check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def load_crds():
+    crds = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "crds", "*.yaml"))):
+        with open(path) as f:
+            crd = yaml.safe_load(f)
+        for version in crd["spec"]["versions"]:
+            key = (crd["spec"]["group"] + "/" + version["name"], crd["spec"]["names"]["kind"])
+            crds[key] = (crd, version["schema"]["openAPIV3Schema"])
+    return crds
+
+
+def fmt(value):
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def apply_defaults(schema, value):
+    if isinstance(value, dict):
+        for name, sub in (schema.get("properties") or {}).items():
+            if name not in value and "default" in sub:
+                value[name] = sub["default"]
+            if name in value:
+                apply_defaults(sub, value[name])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for v in value.values():
+                apply_defaults(extra, v)
+    elif isinstance(value, list) and "items" in schema:
+        for v in value:
+            apply_defaults(schema["items"], v)
+
+
+def join(path, key):
+    return f"{path}.{key}" if path else key
+
+
+def check(schema, value, path, errors):
+    if value is None:
+        if not schema.get("nullable"):
+            errors.append(f"{path}: Invalid value: null: {path} in body must not be null")
+        return
+    typ = schema.get("type")
+    ok = {
+        "object": isinstance(value, dict),
+        "array": isinstance(value, list),
+        "string": isinstance(value, str),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        None: True,
+    }[typ]
+    if not ok:
+        errors.append(f"{path}: Invalid value: {fmt(value)}: {path} in body must be of type {typ}")
+        return
+    if "enum" in schema and value not in schema["enum"]:
+        supported = ", ".join(f'"{e}"' for e in schema["enum"])
+        errors.append(f"{path}: Unsupported value: {fmt(value)}: supported values: {supported}")
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{path}: Invalid value: \"{value}\": {path} in body should match '{schema['pattern']}'")
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            errors.append(f"{path}: Invalid value: \"{value}\": {path} in body should be at least {schema['minLength']} chars long")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(f"{path}: Too long: may not be more than {schema['maxLength']} bytes")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{path}: Invalid value: {value}: {path} in body should be greater than or equal to {int(schema['minimum'])}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path}: Invalid value: {value}: {path} in body should be less than or equal to {int(schema['maximum'])}")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{path}: Invalid value: {len(value)}: {path} in body should have at least {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{path}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
+        for i, item in enumerate(value):
+            check(schema.get("items", {}), item, f"{path}[{i}]", errors)
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for req in schema.get("required", []):
+            if req not in value:
+                errors.append(f"{join(path, req)}: Required value")
+        for k, v in value.items():
+            if props is not None and k in props:
+                check(props[k], v, join(path, k), errors)
+            elif isinstance(extra, dict):
+                check(extra, v, f"{path}[{k}]", errors)
+            elif props is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
+                errors.append(f'unknown field "{join(path, k)}"')
+    for rule in schema.get("x-kubernetes-validations", []):
+        try:
+            ok = CEL.program(CEL.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        except Exception as e:  # a rule that cannot run is a failed rule, as in the API server
+            ok = False
+            rule = dict(rule, message=f"{rule.get('message', rule['rule'])} (evaluation error: {e})")
+        if not bool(ok):
+            field = (path or "<root>") + rule.get("fieldPath", "")
+            errors.append(f"{field}: Invalid value: \"object\": {rule.get('message') or 'failed rule: ' + rule['rule']}")
+
+
+def validate_cr(doc, crds):
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key not in crds:
+        return [f"no CRD for {key}"]
+    crd, schema = crds[key]
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+    errors = []
+    scope_ns = crd["spec"]["scope"] == "Namespaced"
+    if scope_ns != ("namespace" in (doc.get("metadata") or {})):
+        errors.append(f"metadata.namespace: {'Required' if scope_ns else 'Forbidden'} for a {crd['spec']['scope']}-scoped resource")
+    sub = dict(schema)
+    sub["properties"] = {k: v for k, v in schema["properties"].items() if k not in ("apiVersion", "kind", "metadata")}
+    apply_defaults(sub, body)
+    check(sub, body, "", errors)
+    return errors
+
+
+def main():
+    crds = load_crds()
+    failures = []
+
+    rendered = kustomize(os.path.join(ROOT, "config", "default"))
+    builtin = 0
+    for doc in rendered:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "CustomResourceDefinition":
+            generated = next((c for c, _ in crds.values() if c["metadata"]["name"] == doc["metadata"]["name"]), None)
+            if generated != doc:
+                failures.append(f"config/default: {name} differs from crds/ (run `make crds`)")
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            builtin += 1
+        except kubernetes_validate.ValidationError as e:
+            failures.append(f"config/default: {name}: {e.message} at {'.'.join(map(str, e.path))}")
+    print(f"config/default: {len(rendered)} objects rendered, {builtin} built-in objects valid for Kubernetes {K8S_VERSION}")
+
+    for sample in sorted(glob.glob(os.path.join(ROOT, "config", "samples", "*", "kustomization.yaml"))):
+        d = os.path.dirname(sample)
+        for doc in kustomize(d):
+            errors = validate_cr(doc, crds)
+            label = f"{os.path.relpath(d, ROOT)}: {doc['kind']}/{doc['metadata']['name']}"
+            if errors:
+                failures.append(f"{label} is invalid: {errors}")
+            else:
+                print(f"{label}: valid")
+
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "manifests", "invalid", "*.yaml"))):
+        text = open(path).read()
+        expects = re.findall(r"^# expect: (.+)$", text, re.M)
+        doc = yaml.safe_load(text)
+        errors = validate_cr(doc, crds)
+        rel = os.path.relpath(path, ROOT)
+        if not errors:
+            failures.append(f"{rel}: accepted, but must be rejected")
+            continue
+        for want in expects:
+            if not any(want in e for e in errors):
+                failures.append(f"{rel}: no error mentions {want!r}; got {errors}")
+        print(f"{rel}: rejected:")
+        for e in errors:
+            print(f"    {doc['kind']}.knit.dev \"{doc['metadata']['name']}\" is invalid: {e}")
+
+    if failures:
+        print("\nFAILED:", *failures, sep="\n  ")
+        sys.exit(1)
+    print("manifests: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
