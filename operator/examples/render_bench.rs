@@ -56,8 +56,12 @@ fn main() {
             .collect(),
     );
 
-    println!("| peers | first render (issues all certs) | steady render (nothing to issue) | per peer (steady) |");
-    println!("|------:|-------------------------------:|---------------------------------:|------------------:|");
+    println!(
+        "| peers | first render (issues all certs) | steady render (nothing to issue) | per peer (steady) |"
+    );
+    println!(
+        "|------:|-------------------------------:|---------------------------------:|------------------:|"
+    );
     for n in [1u16, 10, 100, 500] {
         let inputs = peers(n, now);
         let t = Instant::now();

@@ -28,7 +28,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if !drifted.is_empty() {
-        anyhow::bail!("CRD manifests drifted from the Rust types: {drifted:?}; run `make crds` and commit the result");
+        anyhow::bail!(
+            "CRD manifests drifted from the Rust types: {drifted:?}; run `make crds` and commit the result"
+        );
     }
     Ok(())
 }
