@@ -73,19 +73,7 @@ pub fn offline_peer_input(peer: &ClusterMeshPeer) -> PeerInput {
         )),
         (None, None) => Err("set spec.caBundle to the peer's CA certificate".into()),
     };
-    PeerInput {
-        name: peer
-            .metadata
-            .name
-            .clone()
-            .unwrap_or_else(|| peer.spec.cluster_name.clone()),
-        generation: peer.metadata.generation,
-        created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        spec: peer.spec.clone(),
-        ca,
-        status: peer.status.clone(),
-        sync: None,
-    }
+    PeerInput::from_peer(peer, ca)
 }
 
 /// Reads every `<dir>/<secret>/<key>` written earlier.

@@ -37,6 +37,18 @@ fn knitctl(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+fn render(config: &Path, peers: &Path, out: &Path) {
+    knitctl(&[
+        "render",
+        "--config",
+        s(config),
+        "--peers",
+        s(peers),
+        "--out",
+        s(out),
+    ]);
+}
+
 fn site(root: &Path, name: &str, id: u16) -> (PathBuf, PathBuf, PathBuf) {
     let config = root.join(format!("{name}.yaml"));
     std::fs::write(
@@ -59,24 +71,8 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
     let (a_cfg, a_peers, a_out) = site(&tmp.0, "a", 1);
     let (b_cfg, b_peers, b_out) = site(&tmp.0, "b", 2);
 
-    knitctl(&[
-        "render",
-        "--config",
-        s(&a_cfg),
-        "--peers",
-        s(&a_peers),
-        "--out",
-        s(&a_out),
-    ]);
-    knitctl(&[
-        "render",
-        "--config",
-        s(&b_cfg),
-        "--peers",
-        s(&b_peers),
-        "--out",
-        s(&b_out),
-    ]);
+    render(&a_cfg, &a_peers, &a_out);
+    render(&b_cfg, &b_peers, &b_out);
     let a_ca = std::fs::read_to_string(a_out.join("knit-ca/ca.crt")).unwrap();
 
     let a_manifest = knitctl(&["peer", "export", "--config", s(&a_cfg), "--pki-dir", s(&a_out)]);
@@ -93,24 +89,8 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
 
     std::fs::write(b_peers.join("a.yaml"), &a_manifest).unwrap();
     std::fs::write(a_peers.join("b.yaml"), &b_manifest).unwrap();
-    knitctl(&[
-        "render",
-        "--config",
-        s(&b_cfg),
-        "--peers",
-        s(&b_peers),
-        "--out",
-        s(&b_out),
-    ]);
-    knitctl(&[
-        "render",
-        "--config",
-        s(&a_cfg),
-        "--peers",
-        s(&a_peers),
-        "--out",
-        s(&a_out),
-    ]);
+    render(&b_cfg, &b_peers, &b_out);
+    render(&a_cfg, &a_peers, &a_out);
 
     // b reaches a with a's CA and a certificate of its own named remote-b,
     // which a's etcd trusts because b's CA is in a's bundle.
@@ -149,15 +129,7 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
 
     // Rendering again keeps every certificate.
     let before = std::fs::read_to_string(a_out.join("knit-apiserver-server-cert/tls.crt")).unwrap();
-    knitctl(&[
-        "render",
-        "--config",
-        s(&a_cfg),
-        "--peers",
-        s(&a_peers),
-        "--out",
-        s(&a_out),
-    ]);
+    render(&a_cfg, &a_peers, &a_out);
     assert_eq!(
         before,
         std::fs::read_to_string(a_out.join("knit-apiserver-server-cert/tls.crt")).unwrap()
@@ -165,15 +137,7 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
 
     // Removing the peer removes its files, trust and user.
     std::fs::remove_file(a_peers.join("b.yaml")).unwrap();
-    knitctl(&[
-        "render",
-        "--config",
-        s(&a_cfg),
-        "--peers",
-        s(&a_peers),
-        "--out",
-        s(&a_out),
-    ]);
+    render(&a_cfg, &a_peers, &a_out);
     assert!(!a_out.join("knit-peer-configs/b.yaml").exists());
     assert!(!a_out.join("knit-peer-configs/b.key").exists());
     assert!(

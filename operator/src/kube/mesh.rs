@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use knit_crds::ClusterMeshPeer;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -47,15 +46,7 @@ pub async fn peer_inputs(applier: &Applier, peers: &[Arc<ClusterMeshPeer>]) -> V
             },
             (None, None) => Err("set spec.caBundle or spec.caSecretRef to the peer's CA certificate".into()),
         };
-        out.push(PeerInput {
-            name: peer.name_any(),
-            generation: peer.metadata.generation,
-            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            spec: peer.spec.clone(),
-            ca,
-            status: peer.status.clone(),
-            sync: None,
-        });
+        out.push(PeerInput::from_peer(peer, ca));
     }
     out
 }

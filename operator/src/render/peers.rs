@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use knit_crds::{ClusterMeshPeerSpec, ClusterMeshPeerStatus};
+use knit_crds::{ClusterMeshPeer, ClusterMeshPeerSpec, ClusterMeshPeerStatus};
 use knit_kvstore::{Access, EtcdAccess, EtcdClientConfig, EtcdUser, PeerIdentity};
 
 use crate::conditions::{self, Desired};
@@ -35,6 +35,25 @@ pub struct PeerInput {
     pub status: Option<ClusterMeshPeerStatus>,
     /// What the mesh apiserver last reported about this peer, if anything.
     pub sync: Option<PeerSyncReport>,
+}
+
+impl PeerInput {
+    /// The render input for a ClusterMeshPeer whose CA was resolved to `ca`.
+    pub fn from_peer(peer: &ClusterMeshPeer, ca: Result<String, String>) -> Self {
+        Self {
+            name: peer
+                .metadata
+                .name
+                .clone()
+                .unwrap_or_else(|| peer.spec.cluster_name.clone()),
+            generation: peer.metadata.generation,
+            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            spec: peer.spec.clone(),
+            ca,
+            status: peer.status.clone(),
+            sync: None,
+        }
+    }
 }
 
 /// The mesh apiserver's view of one peer (connection and mirror state).
