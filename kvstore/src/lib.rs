@@ -1,25 +1,28 @@
 //! The wire contract between Knit clusters.
 //!
-//! For now this holds the etcd client configuration file and the etcd users
-//! file, in exactly the format the operator (and `knitctl render`) writes and the apiserver, the
-//! KVStoreMesh and the agents read. The key schema, typed records, sync
-//! store and watch store join it with the apiserver work.
+//! - [`keys`] and [`records`]: the `knit/v1` key schema and its JSON values;
+//! - [`validate`]: what a peer may publish, checked before mirroring;
+//! - [`EtcdClientConfig`] / [`EtcdAccess`]: the files the operator (and
+//!   `knitctl render`) writes and every etcd client reads; [`etcd`] connects
+//!   with mTLS from them;
+//! - [`sync_store`] (writer: leases, skip unchanged, canaries last) and
+//!   [`watch_store`] (reader: list + watch, stale keys drained on reconnect).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod access;
 mod client_config;
+pub mod etcd;
+pub mod keys;
+pub mod records;
+pub mod sync_store;
+pub mod validate;
+pub mod watch_store;
 
 pub use access::{Access, EtcdAccess, EtcdUser};
 pub use client_config::{EtcdClientConfig, PeerIdentity};
 
-/// Prefix of every key Knit writes; a breaking change bumps the version.
-pub const KEY_PREFIX: &str = "knit/v1";
-
-/// The prefix under which a cluster publishes its own state.
-pub fn cluster_prefix(cluster: &str) -> String {
-    format!("{KEY_PREFIX}/clusters/{cluster}/")
-}
+pub use keys::{KEY_PREFIX, Kind, RelativeKey, cache_prefix, cluster_prefix};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,30 @@ pub enum Error {
     /// A configuration file could not be serialised.
     #[error("writing etcd configuration")]
     WriteClientConfig(#[source] serde_yaml::Error),
+    /// A file named in a client configuration could not be read.
+    #[error("reading {path}")]
+    ReadFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An etcd request failed.
+    #[error("{action}")]
+    Etcd {
+        /// What was being done.
+        action: String,
+        /// Cause.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// etcd canceled a watch (usually: the revision was compacted).
+    #[error("watch canceled by etcd: {0}")]
+    WatchCanceled(String),
+    /// The receiver of watch events went away.
+    #[error("the watch event receiver is gone")]
+    ReaderGone,
     /// A client configuration is incomplete or inconsistent.
     #[error("etcd client config field {field}: {problem}")]
     InvalidClientConfig {
@@ -41,6 +68,18 @@ pub enum Error {
         /// What is wrong and how to fix it.
         problem: String,
     },
+}
+
+/// An error and its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 /// Result of this crate.

@@ -1,0 +1,55 @@
+//! Connecting to etcd over mTLS from an [`EtcdClientConfig`] file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use crate::{EtcdClientConfig, Error, Result};
+
+/// Reads a client config file and resolves its relative paths against the
+/// file's directory.
+pub fn load_client_config(path: &Path) -> Result<EtcdClientConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let config = EtcdClientConfig::from_yaml(&text)?;
+    Ok(config.resolved_in(path.parent().unwrap_or(Path::new("."))))
+}
+
+/// Connects with mutual TLS. Paths in `config` must already be resolved.
+/// HTTP/2 keepalives detect a dead server within about ten seconds, so a
+/// watch on a vanished peer ends instead of hanging.
+pub async fn connect(config: &EtcdClientConfig) -> Result<Client> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| Error::ReadFile {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read(&config.trusted_ca_file)?))
+        .identity(Identity::from_pem(read(&config.cert_file)?, read(&config.key_file)?));
+    let options = ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(3), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true);
+    Client::connect(&config.endpoints, Some(options)).await.map_err(|source| Error::Etcd {
+        action: format!("connecting to {}", config.endpoints.join(",")),
+        source,
+    })
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

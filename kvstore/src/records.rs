@@ -1,0 +1,205 @@
+//! Typed records stored as JSON values under the keys of [`crate::keys`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Bits of an identity that hold the cluster-local number; the cluster ID
+/// sits above them, so identities of different clusters never collide.
+pub const LOCAL_IDENTITY_BITS: u32 = 15;
+/// Largest cluster-local identity number.
+pub const MAX_LOCAL_IDENTITY: u32 = (1 << LOCAL_IDENTITY_BITS) - 1;
+
+/// The 24-bit identity of `local` in cluster `cluster_id`.
+pub fn identity(cluster_id: u16, local: u32) -> u32 {
+    (u32::from(cluster_id) << LOCAL_IDENTITY_BITS) | (local & MAX_LOCAL_IDENTITY)
+}
+
+/// The cluster ID an identity belongs to.
+pub fn identity_cluster(identity: u32) -> u32 {
+    identity >> LOCAL_IDENTITY_BITS
+}
+
+/// `clusters/<c>/config`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfigRecord {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster ID.
+    pub id: u16,
+    /// Pod CIDRs the cluster announces.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Optional features the writer supports.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// `clusters/<c>/nodes/<node>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRecord {
+    /// Node name.
+    pub name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Addresses on the underlay network.
+    pub underlay_ips: Vec<IpAddr>,
+    /// Pod CIDRs assigned to the node.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Where VXLAN packets for this node's pods go.
+    pub tunnel_endpoint: IpAddr,
+    /// Changes when the node reboots.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+/// A named container port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    /// Port number.
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: Protocol,
+}
+
+/// L4 protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// `clusters/<c>/endpoints/<ip>`: one pod IP (ipcache entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointRecord {
+    /// Pod IP.
+    pub ip: IpAddr,
+    /// Cluster name.
+    pub cluster: String,
+    /// Security identity.
+    pub identity: u32,
+    /// Node hosting the pod.
+    pub node: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Named container ports.
+    #[serde(default)]
+    pub named_ports: BTreeMap<String, PortSpec>,
+}
+
+/// `clusters/<c>/identities/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityRecord {
+    /// Identity number.
+    pub id: u32,
+    /// Cluster name.
+    pub cluster: String,
+    /// Labels, including `knit.dev/cluster` and the pod's namespace.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which backends clients prefer (mirrors the CRD's `affinity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Local first.
+    Local,
+    /// Remote first.
+    Remote,
+    /// All.
+    #[default]
+    None,
+}
+
+/// A Service port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Port name (may be empty for a single-port Service).
+    #[serde(default)]
+    pub name: String,
+    /// Service port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// One backend address with its ports by Service port name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// Backend (pod) IP.
+    pub ip: IpAddr,
+    /// Target port per Service port name.
+    pub ports: BTreeMap<String, u16>,
+    /// Ready to receive traffic.
+    pub ready: bool,
+}
+
+/// `clusters/<c>/services/<ns>/<name>`: a global service as one cluster sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRecord {
+    /// Cluster name.
+    pub cluster: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Service ports.
+    pub ports: Vec<ServicePort>,
+    /// This cluster's backends (empty when not exported).
+    pub backends: Vec<Backend>,
+    /// Backends are shared with peers.
+    pub export: bool,
+    /// Peers' backends are used here.
+    pub import: bool,
+    /// Preferred side.
+    pub affinity: Affinity,
+    /// Set by the KVStoreMesh when the peer has been unreachable for longer
+    /// than its grace period: agents must stop sending new connections here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
+}
+
+/// `mesh-status/<peer>`: the KVStoreMesh's report on one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatusRecord {
+    /// Peer cluster name.
+    pub peer: String,
+    /// A watch on the peer's etcd is established.
+    pub connected: bool,
+    /// Every kind's canary has been seen since the last connect.
+    pub synced: bool,
+    /// Mirrored records per kind.
+    pub counts: BTreeMap<String, u64>,
+    /// Records rejected since start, per reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Unix seconds of the last completed initial sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_unix: Option<i64>,
+    /// Unix seconds since which the peer has been unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since_unix: Option<i64>,
+    /// Services are withdrawn (grace period exceeded).
+    #[serde(default)]
+    pub withdrawn: bool,
+    /// Last problem, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
