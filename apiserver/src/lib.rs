@@ -1,5 +1,46 @@
-//! knit-apiserver: exports this cluster's state to its etcd and mirrors peers
-//! (KVStoreMesh). Not built yet; see DESIGN.md and the apiserver issue. The
-//! crate exists so the workspace layout matches the design from day one.
+//! knit-apiserver: exports this cluster's state to its etcd and mirrors
+//! every peer's state into it (KVStoreMesh).
+//!
+//! Data flow: [`source`] (directory of Kubernetes YAML) → [`export`] (pure:
+//! state → keys) → [`exporter`] (SyncStore writes, canaries) → local etcd;
+//! peers' etcd → [`mesh`] (WatchStore → validation → SyncStore) → local
+//! etcd under `knit/v1/cache/<peer>/`. [`bootstrap`] sets etcd's users and
+//! roles from the operator's `users.yaml` before anything is written.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
+
+pub mod bootstrap;
+pub mod export;
+pub mod exporter;
+pub mod identity;
+pub mod mesh;
+pub mod metrics;
+pub mod source;
+
+/// Errors of the apiserver.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An etcd request failed.
+    #[error("{action}")]
+    Etcd {
+        /// What was being done.
+        action: String,
+        /// Cause.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// The kvstore layer failed.
+    #[error("kvstore")]
+    Store(#[source] knit_kvstore::Error),
+}
+
+/// Result of the apiserver.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}

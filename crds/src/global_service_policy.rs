@@ -145,6 +145,18 @@ impl ServiceSelector {
     }
 }
 
+impl GlobalServicePolicySpec {
+    /// Whether this policy selects the Service `name` with `labels` (in the
+    /// policy's namespace).
+    pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        match (&self.services, &self.selector) {
+            (Some(names), _) => names.iter().any(|n| n == name),
+            (None, Some(selector)) => selector.matches(labels),
+            (None, None) => false,
+        }
+    }
+}
+
 fn enabled() -> bool {
     true
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
-use crate::{EtcdClientConfig, Error, Result};
+use crate::{Error, EtcdClientConfig, Result};
 
 /// Reads a client config file and resolves its relative paths against the
 /// file's directory.
@@ -30,16 +30,21 @@ pub async fn connect(config: &EtcdClientConfig) -> Result<Client> {
     };
     let tls = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(read(&config.trusted_ca_file)?))
-        .identity(Identity::from_pem(read(&config.cert_file)?, read(&config.key_file)?));
+        .identity(Identity::from_pem(
+            read(&config.cert_file)?,
+            read(&config.key_file)?,
+        ));
     let options = ConnectOptions::new()
         .with_tls(tls)
         .with_connect_timeout(Duration::from_secs(3))
         .with_keep_alive(Duration::from_secs(3), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
-    Client::connect(&config.endpoints, Some(options)).await.map_err(|source| Error::Etcd {
-        action: format!("connecting to {}", config.endpoints.join(",")),
-        source,
-    })
+    Client::connect(&config.endpoints, Some(options))
+        .await
+        .map_err(|source| Error::Etcd {
+            action: format!("connecting to {}", config.endpoints.join(",")),
+            source,
+        })
 }
 
 /// The smallest key greater than every key starting with `prefix`.

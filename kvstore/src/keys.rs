@@ -97,7 +97,9 @@ impl RelativeKey {
         let kind = Kind::parse(head)?;
         let valid_name = !rest.is_empty()
             && rest.len() <= 512
-            && rest.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+            && rest
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
             && rest.split('/').count() <= if kind == Kind::Services { 2 } else { 1 };
         valid_name.then(|| Self::Record(kind, rest.to_owned()))
     }
@@ -128,7 +130,16 @@ mod tests {
             let key = rel.under(&p);
             assert_eq!(RelativeKey::parse(key.strip_prefix(&p).unwrap()), Some(rel));
         }
-        for bad in ["", "nodes", "nodes/", "nodes/a/b", "pods/x", "synced/pods", "services/../x", "services/a/b/c"] {
+        for bad in [
+            "",
+            "nodes",
+            "nodes/",
+            "nodes/a/b",
+            "pods/x",
+            "synced/pods",
+            "services/../x",
+            "services/a/b/c",
+        ] {
             assert_eq!(RelativeKey::parse(bad), None, "{bad:?}");
         }
     }

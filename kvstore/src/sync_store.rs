@@ -83,7 +83,12 @@ impl SyncStore {
 
     /// Desires exactly `entries` under `prefix`.
     pub fn replace_prefix(&mut self, prefix: &str, entries: BTreeMap<String, Vec<u8>>) {
-        let stale: Vec<String> = self.desired.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<String> = self
+            .desired
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in stale {
             self.desired.remove(&key);
         }
@@ -119,7 +124,12 @@ impl SyncStore {
         if !self.cleaned {
             for prefix in self.owned.clone() {
                 let options = GetOptions::new().with_range(prefix_end(&prefix)).with_keys_only();
-                let existing = self.client.kv_client().get(prefix.as_str(), Some(options)).await.map_err(etcd("listing owned keys"))?;
+                let existing = self
+                    .client
+                    .kv_client()
+                    .get(prefix.as_str(), Some(options))
+                    .await
+                    .map_err(etcd("listing owned keys"))?;
                 for kv in existing.kvs() {
                     if let Ok(key) = kv.key_str() {
                         self.written.entry(key.to_owned()).or_default();
@@ -137,7 +147,11 @@ impl SyncStore {
                     ops.push((key.clone(), Some(value.clone())));
                 }
             }
-            let gone: BTreeSet<&String> = self.written.keys().filter(|k| !self.desired.contains_key(*k)).collect();
+            let gone: BTreeSet<&String> = self
+                .written
+                .keys()
+                .filter(|k| !self.desired.contains_key(*k))
+                .collect();
             for key in gone {
                 if is_canary(key) == canaries {
                     ops.push((key.clone(), None));
@@ -152,7 +166,8 @@ impl SyncStore {
 
     async fn apply(&mut self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<FlushReport> {
         let lease = self.lease;
-        let chunks: Vec<Vec<(String, Option<Vec<u8>>)>> = ops.chunks(OPS_PER_TXN).map(<[_]>::to_vec).collect();
+        let chunks: Vec<Vec<(String, Option<Vec<u8>>)>> =
+            ops.chunks(OPS_PER_TXN).map(<[_]>::to_vec).collect();
         let client = self.client.clone();
         let mut results = futures::stream::iter(chunks.into_iter().map(|chunk| {
             let mut kv = client.kv_client();
@@ -160,7 +175,9 @@ impl SyncStore {
                 let txn_ops: Vec<TxnOp> = chunk
                     .iter()
                     .map(|(k, v)| match v {
-                        Some(v) => TxnOp::put(k.as_str(), v.clone(), Some(PutOptions::new().with_lease(lease))),
+                        Some(v) => {
+                            TxnOp::put(k.as_str(), v.clone(), Some(PutOptions::new().with_lease(lease)))
+                        }
                         None => TxnOp::delete(k.as_str(), None::<DeleteOptions>),
                     })
                     .collect();
@@ -204,7 +221,11 @@ impl SyncStore {
     /// Revokes the lease: every key this store wrote disappears at once.
     pub async fn revoke(self) -> Result<()> {
         self.keeper.abort();
-        self.client.lease_client().revoke(self.lease).await.map_err(etcd("revoking lease"))?;
+        self.client
+            .lease_client()
+            .revoke(self.lease)
+            .await
+            .map_err(etcd("revoking lease"))?;
         Ok(())
     }
 }
@@ -215,7 +236,11 @@ async fn grant(
     lost: Arc<AtomicBool>,
 ) -> Result<(i64, tokio::task::JoinHandle<()>)> {
     let mut leases = client.lease_client();
-    let lease = leases.grant(ttl, None).await.map_err(etcd("granting lease"))?.id();
+    let lease = leases
+        .grant(ttl, None)
+        .await
+        .map_err(etcd("granting lease"))?
+        .id();
     let keeper = tokio::spawn(async move {
         let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
         loop {

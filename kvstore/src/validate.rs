@@ -86,7 +86,12 @@ impl PeerValidator {
                 if c.id != self.id {
                     return Err(Rejection::ForeignCluster);
                 }
-                if !self.declared.is_empty() && !c.pod_cidrs.iter().all(|n| self.declared.iter().any(|d| d.contains(n))) {
+                if !self.declared.is_empty()
+                    && !c
+                        .pod_cidrs
+                        .iter()
+                        .all(|n| self.declared.iter().any(|d| d.contains(n)))
+                {
                     return Err(Rejection::OutsidePodCidrs);
                 }
                 self.announced = c.pod_cidrs;
@@ -95,7 +100,11 @@ impl PeerValidator {
                 let n: NodeRecord = parse(value)?;
                 self.own_cluster(&n.cluster)?;
                 same(&n.name, name)?;
-                if !n.pod_cidrs.iter().all(|c| self.allowed().iter().any(|a| a.contains(c))) {
+                if !n
+                    .pod_cidrs
+                    .iter()
+                    .all(|c| self.allowed().iter().any(|a| a.contains(c)))
+                {
                     return Err(Rejection::OutsidePodCidrs);
                 }
             }
@@ -128,15 +137,27 @@ impl PeerValidator {
     }
 
     fn allowed(&self) -> &[IpNet] {
-        if self.declared.is_empty() { &self.announced } else { &self.declared }
+        if self.declared.is_empty() {
+            &self.announced
+        } else {
+            &self.declared
+        }
     }
 
     fn own_cluster(&self, cluster: &str) -> Result<(), Rejection> {
-        if cluster == self.name { Ok(()) } else { Err(Rejection::ForeignCluster) }
+        if cluster == self.name {
+            Ok(())
+        } else {
+            Err(Rejection::ForeignCluster)
+        }
     }
 
     fn ip_allowed(&self, ip: IpAddr) -> Result<(), Rejection> {
-        if self.allowed().iter().any(|n| n.contains(&ip)) { Ok(()) } else { Err(Rejection::OutsidePodCidrs) }
+        if self.allowed().iter().any(|n| n.contains(&ip)) {
+            Ok(())
+        } else {
+            Err(Rejection::OutsidePodCidrs)
+        }
     }
 
     fn identity_allowed(&self, identity: u32) -> Result<(), Rejection> {
@@ -154,7 +175,11 @@ fn parse<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, Rejection> {
 }
 
 fn same(a: &str, b: &str) -> Result<(), Rejection> {
-    if a == b { Ok(()) } else { Err(Rejection::KeyMismatch) }
+    if a == b {
+        Ok(())
+    } else {
+        Err(Rejection::KeyMismatch)
+    }
 }
 
 #[cfg(test)]
@@ -182,11 +207,31 @@ mod tests {
         let good = endpoint("10.2.0.5", "b", identity(2, 7));
         assert!(v.check("endpoints/10.2.0.5", &good).is_ok());
         let cases: Vec<(&str, Vec<u8>, Rejection)> = vec![
-            ("endpoints/10.9.0.5", endpoint("10.9.0.5", "b", identity(2, 7)), Rejection::OutsidePodCidrs),
-            ("endpoints/10.2.0.5", endpoint("10.2.0.5", "c", identity(2, 7)), Rejection::ForeignCluster),
-            ("endpoints/10.2.0.5", endpoint("10.2.0.5", "b", identity(3, 7)), Rejection::IdentityOutOfRange),
-            ("endpoints/10.2.0.6", endpoint("10.2.0.5", "b", identity(2, 7)), Rejection::KeyMismatch),
-            ("endpoints/10.2.0.5", b"{not json".to_vec(), Rejection::MalformedValue),
+            (
+                "endpoints/10.9.0.5",
+                endpoint("10.9.0.5", "b", identity(2, 7)),
+                Rejection::OutsidePodCidrs,
+            ),
+            (
+                "endpoints/10.2.0.5",
+                endpoint("10.2.0.5", "c", identity(2, 7)),
+                Rejection::ForeignCluster,
+            ),
+            (
+                "endpoints/10.2.0.5",
+                endpoint("10.2.0.5", "b", identity(3, 7)),
+                Rejection::IdentityOutOfRange,
+            ),
+            (
+                "endpoints/10.2.0.6",
+                endpoint("10.2.0.5", "b", identity(2, 7)),
+                Rejection::KeyMismatch,
+            ),
+            (
+                "endpoints/10.2.0.5",
+                b"{not json".to_vec(),
+                Rejection::MalformedValue,
+            ),
             ("pods/x", good.clone(), Rejection::MalformedKey),
         ];
         for (key, value, want) in cases {
@@ -202,7 +247,10 @@ mod tests {
             pod_cidrs: vec![],
         });
         let ep = endpoint("10.2.0.5", "b", identity(2, 7));
-        assert_eq!(v.check("endpoints/10.2.0.5", &ep), Err(Rejection::OutsidePodCidrs));
+        assert_eq!(
+            v.check("endpoints/10.2.0.5", &ep),
+            Err(Rejection::OutsidePodCidrs)
+        );
         let config = serde_json::to_vec(&json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"]})).unwrap();
         assert!(v.check("config", &config).is_ok());
         assert!(v.check("endpoints/10.2.0.5", &ep).is_ok());

@@ -88,7 +88,10 @@ async fn list_and_watch(
         if revision > 0 {
             options = options.with_revision(revision);
         }
-        let page = client.get(from.clone(), Some(options)).await.map_err(etcd("listing"))?;
+        let page = client
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(etcd("listing"))?;
         if revision == 0 {
             revision = page.header().map(|h| h.revision()).unwrap_or_default();
         }
@@ -97,7 +100,14 @@ async fn list_and_watch(
             stale.remove(key);
             if known.get(key) != Some(&kv.mod_revision()) {
                 known.insert(key.to_owned(), kv.mod_revision());
-                send(tx, WatchEvent::Upsert { key: key.to_owned(), value: kv.value().to_vec() }).await?;
+                send(
+                    tx,
+                    WatchEvent::Upsert {
+                        key: key.to_owned(),
+                        value: kv.value().to_vec(),
+                    },
+                )
+                .await?;
             }
         }
         match (page.more(), page.kvs().last()) {
@@ -115,8 +125,13 @@ async fn list_and_watch(
     send(tx, WatchEvent::ListDone).await?;
     *backoff = Duration::from_millis(100);
 
-    let options = WatchOptions::new().with_range(end).with_start_revision(revision + 1);
-    let mut stream = client.watch(prefix, Some(options)).await.map_err(etcd("watching"))?;
+    let options = WatchOptions::new()
+        .with_range(end)
+        .with_start_revision(revision + 1);
+    let mut stream = client
+        .watch(prefix, Some(options))
+        .await
+        .map_err(etcd("watching"))?;
     while let Some(resp) = stream.message().await.map_err(etcd("watching"))? {
         if resp.canceled() {
             return Err(Error::WatchCanceled(resp.cancel_reason().to_owned()));
@@ -127,7 +142,14 @@ async fn list_and_watch(
             match event.event_type() {
                 EventType::Put => {
                     known.insert(key.to_owned(), kv.mod_revision());
-                    send(tx, WatchEvent::Upsert { key: key.to_owned(), value: kv.value().to_vec() }).await?;
+                    send(
+                        tx,
+                        WatchEvent::Upsert {
+                            key: key.to_owned(),
+                            value: kv.value().to_vec(),
+                        },
+                    )
+                    .await?;
                 }
                 EventType::Delete => {
                     known.remove(key);

@@ -134,28 +134,19 @@ fn selected_services<'s>(
     services: &'s [ServiceInfo],
     missing: &mut Vec<String>,
 ) -> Vec<&'s str> {
-    if let Some(names) = &spec.services {
-        let mut out = Vec::new();
-        for name in names {
-            match services.iter().find(|s| &s.name == name) {
-                Some(s) => out.push(s.name.as_str()),
-                None => missing.push(name.clone()),
-            }
+    for name in spec.services.iter().flatten() {
+        if !services.iter().any(|s| &s.name == name) {
+            missing.push(name.clone());
         }
-        out.sort();
-        out.dedup();
-        out
-    } else if let Some(selector) = &spec.selector {
-        let mut out: Vec<&str> = services
-            .iter()
-            .filter(|s| selector.matches(&s.labels))
-            .map(|s| s.name.as_str())
-            .collect();
-        out.sort();
-        out
-    } else {
-        Vec::new()
     }
+    let mut out: Vec<&str> = services
+        .iter()
+        .filter(|s| spec.selects(&s.name, &s.labels))
+        .map(|s| s.name.as_str())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,324 @@
+//! Pure export: a [`ClusterState`] becomes the key/value set this cluster
+//! publishes. No I/O; the exporter loop hands the result to a SyncStore.
+//!
+//! - `clusters/<c>/config`, `nodes/<node>`, `endpoints/<ip>`,
+//!   `identities/<id>` for every running pod IP inside the cluster's pod
+//!   CIDRs, and `services/<ns>/<name>` for every *exported* global service;
+//! - `local/services/<ns>/<name>` for every global service, exported or
+//!   not, with its local backends: local agents read it, peers cannot (their
+//!   etcd role covers only `clusters/<c>/`), so a non-exported service never
+//!   leaves the cluster.
+//!
+//! A Service is global when the oldest GlobalServicePolicy of its namespace
+//! selects it, or else when it carries the Cilium annotations.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use knit_crds::{GlobalServicePolicy, ServicePolicy, policy_from_annotations};
+use knit_kvstore::keys::{KEY_PREFIX, Kind, RelativeKey, cluster_prefix};
+use knit_kvstore::records::{
+    Affinity, Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, Protocol,
+    ServicePort, ServiceRecord,
+};
+
+use crate::identity::{IdentityAllocator, Labels};
+use crate::source::ClusterState;
+
+/// This cluster's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster ID.
+    pub id: u16,
+    /// Pod CIDRs.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// `knit/v1/local/`: local-only data (not readable by peers).
+pub fn local_prefix() -> String {
+    format!("{KEY_PREFIX}/local/")
+}
+
+/// What one export produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exported {
+    /// Keys under `clusters/<c>/` (without canaries).
+    pub published: BTreeMap<String, Vec<u8>>,
+    /// Keys under `local/`.
+    pub local: BTreeMap<String, Vec<u8>>,
+    /// Records per kind.
+    pub counts: BTreeMap<Kind, usize>,
+    /// Pods left out, with why (IP outside the pod CIDRs, identities exhausted).
+    pub skipped_pods: Vec<String>,
+}
+
+/// Computes everything this cluster publishes.
+pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAllocator) -> Exported {
+    let prefix = cluster_prefix(&cluster.name);
+    let mut out = Exported::default();
+    let put = |out: &mut Exported, key: RelativeKey, value: Vec<u8>| {
+        if let RelativeKey::Record(kind, _) = &key {
+            *out.counts.entry(*kind).or_default() += 1;
+        }
+        out.published.insert(key.under(&prefix), value);
+    };
+
+    let config = ClusterConfigRecord {
+        name: cluster.name.clone(),
+        id: cluster.id,
+        pod_cidrs: cluster.pod_cidrs.clone(),
+        capabilities: vec!["services-local-prefix".into()],
+    };
+    put(&mut out, RelativeKey::Config, json(&config));
+
+    for node in state.nodes.values() {
+        let Some(name) = node.metadata.name.clone() else {
+            continue;
+        };
+        let status = node.status.as_ref();
+        let underlay: Vec<IpAddr> = status
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        let Some(tunnel) = underlay.first().copied() else {
+            continue;
+        };
+        let pod_cidrs = node
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.pod_cidrs
+                    .clone()
+                    .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let record = NodeRecord {
+            name: name.clone(),
+            cluster: cluster.name.clone(),
+            underlay_ips: underlay,
+            pod_cidrs,
+            tunnel_endpoint: tunnel,
+            boot_id: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.boot_id.clone())
+                .unwrap_or_default(),
+        };
+        put(&mut out, RelativeKey::Record(Kind::Nodes, name), json(&record));
+    }
+
+    let mut in_use = BTreeSet::new();
+    for pod in state.pods.values() {
+        let Some(ips) = pod_ips(pod) else { continue };
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let labels = identity_labels(cluster, state, pod, &ns);
+        let Some(id) = ids.allocate(&labels) else {
+            out.skipped_pods.push(format!("{ns}/{name}: no free identity"));
+            continue;
+        };
+        for ip in ips {
+            if !cluster.pod_cidrs.iter().any(|c| c.contains(&ip)) {
+                out.skipped_pods
+                    .push(format!("{ns}/{name}: {ip} is outside the cluster's pod CIDRs"));
+                continue;
+            }
+            in_use.insert(id);
+            let record = EndpointRecord {
+                ip,
+                cluster: cluster.name.clone(),
+                identity: id,
+                node: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                namespace: ns.clone(),
+                pod: name.clone(),
+                named_ports: Default::default(),
+            };
+            put(
+                &mut out,
+                RelativeKey::Record(Kind::Endpoints, ip.to_string()),
+                json(&record),
+            );
+        }
+    }
+    ids.retain_used(&in_use);
+    for (id, labels) in ids.identities() {
+        let record = IdentityRecord {
+            id,
+            cluster: cluster.name.clone(),
+            labels: labels.clone(),
+        };
+        put(
+            &mut out,
+            RelativeKey::Record(Kind::Identities, id.to_string()),
+            json(&record),
+        );
+    }
+
+    for (key, service) in &state.services {
+        let Some(policy) = service_policy(state, service) else {
+            continue;
+        };
+        let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+        let record = ServiceRecord {
+            cluster: cluster.name.clone(),
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            ports: service_ports(service),
+            backends: backends(state, ns, name),
+            export: policy.export,
+            import: policy.import,
+            affinity: match policy.affinity {
+                knit_crds::Affinity::Local => Affinity::Local,
+                knit_crds::Affinity::Remote => Affinity::Remote,
+                knit_crds::Affinity::None => Affinity::None,
+            },
+            withdrawn: false,
+        };
+        out.local
+            .insert(format!("{}services/{ns}/{name}", local_prefix()), json(&record));
+        if policy.export {
+            put(
+                &mut out,
+                RelativeKey::Record(Kind::Services, format!("{ns}/{name}")),
+                json(&record),
+            );
+        }
+    }
+    out
+}
+
+/// The policy governing a Service: the oldest selecting GlobalServicePolicy
+/// of its namespace, else its Cilium annotations.
+pub fn service_policy(state: &ClusterState, service: &Service) -> Option<ServicePolicy> {
+    let ns = service.metadata.namespace.as_deref().unwrap_or("default");
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let labels = service.metadata.labels.clone().unwrap_or_default();
+    let mut candidates: Vec<&GlobalServicePolicy> = state
+        .policies
+        .values()
+        .filter(|p| {
+            p.metadata.namespace.as_deref().unwrap_or("default") == ns && p.spec.selects(name, &labels)
+        })
+        .collect();
+    candidates.sort_by_key(|p| {
+        (
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            p.metadata.name.clone(),
+        )
+    });
+    if let Some(p) = candidates.first() {
+        return Some(ServicePolicy::from(&p.spec));
+    }
+    let annotations = service.metadata.annotations.clone().unwrap_or_default();
+    policy_from_annotations(&annotations).unwrap_or_else(|e| {
+        tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "ignoring bad Cilium annotation");
+        None
+    })
+}
+
+fn pod_ips(pod: &Pod) -> Option<Vec<IpAddr>> {
+    if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+    }
+    (!ips.is_empty()).then_some(ips)
+}
+
+fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &Pod, ns: &str) -> Labels {
+    let mut labels: Labels = pod.metadata.labels.clone().unwrap_or_default();
+    labels.remove("pod-template-hash");
+    labels.insert("io.kubernetes.pod.namespace".into(), ns.to_owned());
+    if let Some(namespace) = state.namespaces.get(ns) {
+        for (k, v) in namespace.metadata.labels.iter().flatten() {
+            labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v.clone());
+        }
+    }
+    labels.insert(knit_crds::CLUSTER_LABEL.into(), cluster.name.clone());
+    labels
+}
+
+fn service_ports(service: &Service) -> Vec<ServicePort> {
+    service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            port: u16::try_from(p.port).unwrap_or_default(),
+            protocol: protocol(p.protocol.as_deref()),
+        })
+        .collect()
+}
+
+fn backends(state: &ClusterState, ns: &str, service: &str) -> Vec<Backend> {
+    let mut by_ip: BTreeMap<IpAddr, Backend> = BTreeMap::new();
+    for slice in state.endpoint_slices.values() {
+        let owner = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"));
+        if slice.metadata.namespace.as_deref().unwrap_or("default") != ns
+            || owner.map(String::as_str) != Some(service)
+        {
+            continue;
+        }
+        let ports: BTreeMap<String, u16> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), u16::try_from(p.port?).ok()?)))
+            .collect();
+        for endpoint in &slice.endpoints {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for address in &endpoint.addresses {
+                let Ok(ip) = address.parse() else { continue };
+                let entry = by_ip.entry(ip).or_insert_with(|| Backend {
+                    ip,
+                    ports: BTreeMap::new(),
+                    ready,
+                });
+                entry.ports.extend(ports.clone());
+                entry.ready &= ready;
+            }
+        }
+    }
+    by_ip.into_values().collect()
+}
+
+fn protocol(p: Option<&str>) -> Protocol {
+    match p {
+        Some("UDP") => Protocol::Udp,
+        Some("SCTP") => Protocol::Sctp,
+        _ => Protocol::Tcp,
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}

@@ -1,0 +1,128 @@
+//! The export loop: poll the source, [`export`] the state, hand the result
+//! to a [`SyncStore`] and flush. Canaries (`synced/<kind>`) join the
+//! desired set only after the first complete flush, so a peer that sees
+//! them has everything. Identities published by an earlier run are read
+//! back first, so numbers survive restarts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use knit_kvstore::keys::{HEARTBEAT_KEY, Kind, RelativeKey, cluster_prefix};
+use knit_kvstore::records::IdentityRecord;
+use knit_kvstore::sync_store::SyncStore;
+use knit_telemetry::Health;
+
+use crate::export::{LocalCluster, export, local_prefix};
+use crate::identity::IdentityAllocator;
+use crate::metrics::{Metrics, PeerDetail};
+use crate::source::directory::DirectorySource;
+use crate::{Error, Result, unix_now};
+
+/// Exporter settings.
+pub struct ExporterSettings {
+    /// This cluster.
+    pub cluster: LocalCluster,
+    /// How often the directory source is scanned.
+    pub poll: Duration,
+    /// Lease TTL of published keys.
+    pub lease_ttl_secs: i64,
+}
+
+/// Runs until the process stops. Fails only if the store cannot be created.
+pub async fn run_exporter(
+    local: Client,
+    mut source: DirectorySource,
+    settings: ExporterSettings,
+    metrics: Metrics,
+    health: Health,
+) -> Result<()> {
+    let own = cluster_prefix(&settings.cluster.name);
+    let mut ids = IdentityAllocator::new(settings.cluster.id);
+    restore_identities(&local, &own, &mut ids).await?;
+    let mut store = SyncStore::new(local, vec![own.clone(), local_prefix()], settings.lease_ttl_secs)
+        .await
+        .map_err(Error::Store)?;
+    let mut synced = false;
+    let synced_at = unix_now();
+    let mut pending = true;
+    let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
+    loop {
+        pending |= source.poll();
+        if last_heartbeat.elapsed() >= Duration::from_secs(5) {
+            store.set(HEARTBEAT_KEY.to_owned(), unix_now().to_string().into_bytes());
+            last_heartbeat = Instant::now();
+            pending = true;
+        }
+        if pending {
+            let exported = export(&settings.cluster, &source.state(), &mut ids);
+            for kind in Kind::ALL {
+                let n = exported.counts.get(&kind).copied().unwrap_or_default();
+                metrics
+                    .exported
+                    .get_or_create(&PeerDetail {
+                        peer: settings.cluster.name.clone(),
+                        detail: kind.to_string(),
+                    })
+                    .set(n as i64);
+            }
+            let mut published = exported.published;
+            if synced {
+                published.extend(canaries(&own, synced_at));
+            }
+            store.replace_prefix(&own, published);
+            store.replace_prefix(&local_prefix(), exported.local);
+            match store.flush().await {
+                Ok(_) if !synced => {
+                    for (k, v) in canaries(&own, synced_at) {
+                        store.set(k, v);
+                    }
+                    if store.flush().await.is_ok() {
+                        synced = true;
+                        health.set_ready(true);
+                        tracing::info!(cluster = %settings.cluster.name, "initial export complete; canaries written");
+                    }
+                    pending = !synced;
+                }
+                Ok(_) => pending = false,
+                Err(e) => {
+                    metrics.export_failures.inc();
+                    tracing::warn!(error = %knit_kvstore::error_chain(&e), "export write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        tokio::time::sleep(settings.poll).await;
+    }
+}
+
+/// Canary keys, valued with the time of this run's first complete sync.
+fn canaries(own: &str, synced_at: i64) -> BTreeMap<String, Vec<u8>> {
+    Kind::ALL
+        .into_iter()
+        .map(|k| {
+            (
+                RelativeKey::Synced(k).under(own),
+                synced_at.to_string().into_bytes(),
+            )
+        })
+        .collect()
+}
+
+async fn restore_identities(local: &Client, own: &str, ids: &mut IdentityAllocator) -> Result<()> {
+    let prefix = RelativeKey::Record(Kind::Identities, String::new()).under(own);
+    let mut client = local.clone();
+    let resp = client
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|source| Error::Etcd {
+            action: "reading published identities".into(),
+            source,
+        })?;
+    for kv in resp.kvs() {
+        if let Ok(record) = serde_json::from_slice::<IdentityRecord>(kv.value()) {
+            ids.restore(record.id, record.labels);
+        }
+    }
+    Ok(())
+}

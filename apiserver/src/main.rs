@@ -1,0 +1,157 @@
+//! knit-apiserver binary: bootstrap etcd, export this cluster, mirror peers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use knit_apiserver::export::LocalCluster;
+use knit_apiserver::exporter::{ExporterSettings, run_exporter};
+use knit_apiserver::mesh::{MeshSettings, run_mesh};
+use knit_apiserver::metrics::Metrics;
+use knit_apiserver::source::directory::DirectorySource;
+use knit_kvstore::{EtcdAccess, etcd};
+use prometheus_client::registry::Registry;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Knit mesh apiserver: exports this cluster to etcd and mirrors peers"
+)]
+struct Args {
+    /// This cluster's name.
+    #[arg(long)]
+    cluster_name: String,
+    /// This cluster's ID (1–511).
+    #[arg(long)]
+    cluster_id: u16,
+    /// Pod CIDRs of this cluster (comma-separated); pods outside are not exported.
+    #[arg(long, value_delimiter = ',')]
+    pod_cidrs: Vec<ipnet::IpNet>,
+    /// etcd client config of the local writer (the `admin` certificate).
+    #[arg(long)]
+    etcd_config: PathBuf,
+    /// etcd users file written by the operator; applied before anything else.
+    #[arg(long)]
+    etcd_users: Option<PathBuf>,
+    /// Directory of peer etcd client configs (`<peer>.yaml`).
+    #[arg(long)]
+    peer_configs: Option<PathBuf>,
+    /// Read cluster state from this directory of Kubernetes YAML.
+    #[arg(long)]
+    source_dir: PathBuf,
+    /// How often the source directory is scanned.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// How long a peer may be unreachable before its services are withdrawn.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace_period: Duration,
+    /// TTL of the leases holding published and mirrored keys, in seconds.
+    #[arg(long, default_value_t = 30)]
+    lease_ttl: i64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9962")]
+    metrics_addr: SocketAddr,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .trim()
+        .split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 100ms, 30s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} has an unknown unit; use ms, s or m")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _tracing = knit_telemetry::init_tracing("knit-apiserver")?;
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let health = knit_telemetry::Health::default();
+    let server = knit_telemetry::serve(
+        args.metrics_addr,
+        Arc::new(Mutex::new(registry)),
+        health.clone(),
+        None,
+    );
+
+    let config = etcd::load_client_config(&args.etcd_config).context("loading the etcd client config")?;
+    let mut client = loop {
+        match etcd::connect(&config).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %knit_kvstore::error_chain(&e), "waiting for the local etcd");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    if let Some(users) = &args.etcd_users {
+        let text = std::fs::read_to_string(users).with_context(|| format!("reading {}", users.display()))?;
+        let access = EtcdAccess::from_yaml(&text)?;
+        loop {
+            match knit_apiserver::bootstrap::bootstrap(&mut client, &access).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %knit_kvstore::error_chain(&e), "etcd bootstrap failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::info!(
+            users = access.users.len(),
+            "etcd users and roles bootstrapped; auth enabled"
+        );
+    }
+
+    let cluster = LocalCluster {
+        name: args.cluster_name.clone(),
+        id: args.cluster_id,
+        pod_cidrs: args.pod_cidrs.clone(),
+    };
+    let exporter = run_exporter(
+        client.clone(),
+        DirectorySource::new(&args.source_dir),
+        ExporterSettings {
+            cluster,
+            poll: args.poll_interval,
+            lease_ttl_secs: args.lease_ttl,
+        },
+        metrics.clone(),
+        health,
+    );
+    let mesh = async {
+        match &args.peer_configs {
+            Some(dir) => {
+                run_mesh(
+                    client.clone(),
+                    dir.clone(),
+                    MeshSettings {
+                        grace_period: args.grace_period,
+                        lease_ttl_secs: args.lease_ttl,
+                        metrics: metrics.clone(),
+                    },
+                )
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = server => r.context("metrics server")?,
+        r = exporter => r.context("exporter")?,
+        () = mesh => anyhow::bail!("mesh ended"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

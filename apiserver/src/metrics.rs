@@ -1,0 +1,84 @@
+//! Prometheus metrics of the apiserver (registered once, shared by tasks).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels naming a peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// Peer cluster.
+    pub peer: String,
+}
+
+/// Labels naming a peer and a record kind or reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerDetail {
+    /// Peer cluster.
+    pub peer: String,
+    /// Kind of record, or rejection reason.
+    pub detail: String,
+}
+
+/// Every metric of the apiserver.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Records exported per kind.
+    pub exported: Family<PeerDetail, Gauge>,
+    /// Export passes that failed to write.
+    pub export_failures: Counter,
+    /// 1 while the KVStoreMesh is connected to a peer.
+    pub peer_connected: Family<PeerLabel, Gauge>,
+    /// 1 once every canary of a peer has been mirrored.
+    pub peer_synced: Family<PeerLabel, Gauge>,
+    /// 1 while a peer's services are withdrawn (grace period exceeded).
+    pub peer_withdrawn: Family<PeerLabel, Gauge>,
+    /// Mirrored records per peer and kind.
+    pub peer_records: Family<PeerDetail, Gauge>,
+    /// Records rejected per peer and reason.
+    pub peer_rejected: Family<PeerDetail, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric under `knit_apiserver_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("knit_apiserver");
+        r.register(
+            "exported_records",
+            "Records this cluster publishes, by kind (detail)",
+            self.exported.clone(),
+        );
+        r.register(
+            "export_failures",
+            "Export passes that failed to write to etcd",
+            self.export_failures.clone(),
+        );
+        r.register(
+            "peer_connected",
+            "KVStoreMesh connected to the peer",
+            self.peer_connected.clone(),
+        );
+        r.register(
+            "peer_synced",
+            "Every canary of the peer mirrored",
+            self.peer_synced.clone(),
+        );
+        r.register(
+            "peer_withdrawn",
+            "Peer services withdrawn after the grace period",
+            self.peer_withdrawn.clone(),
+        );
+        r.register(
+            "peer_records",
+            "Mirrored records by peer and kind (detail)",
+            self.peer_records.clone(),
+        );
+        r.register(
+            "peer_rejected",
+            "Records rejected by peer and reason (detail)",
+            self.peer_rejected.clone(),
+        );
+    }
+}
