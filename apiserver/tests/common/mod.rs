@@ -1,0 +1,42 @@
+//! Helpers for the apiserver's tests against real etcd.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use knit_e2e::TestCluster;
+
+pub const APISERVER: &str = env!("CARGO_BIN_EXE_knit-apiserver");
+
+/// Every key/value under `prefix`.
+pub async fn dump(client: &Client, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut c = client.clone();
+    let resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await.expect("get");
+    resp.kvs().iter().map(|kv| (kv.key_str().unwrap().to_owned(), kv.value().to_vec())).collect()
+}
+
+/// Keys under `prefix`.
+pub async fn keys(client: &Client, prefix: &str) -> Vec<String> {
+    dump(client, prefix).await.into_keys().collect()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `secs` with the logs.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, clusters: &[&TestCluster], mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = clusters.iter().map(|c| c.logs()).collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,230 @@
+//! One test cluster's control plane: certificates rendered by the
+//! operator's code (as `knitctl render` does), a real etcd with client
+//! certificate auth, and optionally a real `knit-apiserver`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use knit_crds::ClusterMeshPeer;
+use knit_kvstore::{EtcdClientConfig, etcd};
+use knit_operator::config::ClusterConfig;
+use knit_operator::{files, names, peer_export};
+
+use crate::process::{ChildProcess, TempDir, free_port};
+
+/// A cluster of the local mesh.
+pub struct TestCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster ID.
+    pub id: u16,
+    /// Port of its etcd on 127.0.0.1.
+    pub port: u16,
+    peer_port: u16,
+    config: ClusterConfig,
+    peers: Vec<ClusterMeshPeer>,
+    etcd: Option<ChildProcess>,
+    apiserver: Option<ChildProcess>,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    /// Renders the cluster's certificates (no peers yet). Pod CIDR `10.<id>.0.0/16`.
+    pub fn new(name: &str, id: u16) -> Self {
+        let port = free_port();
+        let yaml = format!(
+            "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{}]\napiserver:\n  port: {port}\n  externalAddresses: [127.0.0.1]\n",
+            pod_cidr(id)
+        );
+        let config = ClusterConfig::from_yaml(&yaml).expect("test cluster config");
+        let cluster = Self {
+            name: name.to_owned(),
+            id,
+            port,
+            peer_port: free_port(),
+            config,
+            peers: Vec::new(),
+            etcd: None,
+            apiserver: None,
+            dir: TempDir::new(&format!("cluster-{name}")),
+        };
+        std::fs::create_dir_all(cluster.source_dir()).expect("source dir");
+        cluster.render();
+        cluster
+    }
+
+    fn render(&self) {
+        files::render_to_dir(&self.config, &self.peers, &self.pki(), jiff::Timestamp::now()).expect("render");
+    }
+
+    /// The ClusterMeshPeer other clusters apply for this one (`knitctl peer export`).
+    pub fn manifest(&self) -> ClusterMeshPeer {
+        let ca = std::fs::read_to_string(self.pki().join(names::CA_SECRET).join("ca.crt")).expect("CA");
+        peer_export::export_peer(&self.config, &ca, self.config.peer_endpoints()).expect("export")
+    }
+
+    /// Makes `peers` this cluster's peers and renders again. Restart etcd
+    /// afterwards for a change of trust to take effect.
+    pub fn set_peers(&mut self, peers: &[ClusterMeshPeer]) {
+        self.peers = peers.to_vec();
+        self.render();
+    }
+
+    /// The pod CIDR of this cluster.
+    pub fn pod_cidr(&self) -> String {
+        pod_cidr(self.id)
+    }
+
+    /// Directory of rendered Secrets/ConfigMaps.
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// Directory source of the apiserver.
+    pub fn source_dir(&self) -> PathBuf {
+        self.dir.path().join("source")
+    }
+
+    /// Directory of peer etcd client configs.
+    pub fn peer_configs(&self) -> PathBuf {
+        self.pki().join(names::PEER_CONFIGS_SECRET)
+    }
+
+    /// The etcd users file.
+    pub fn users_file(&self) -> PathBuf {
+        self.pki().join(names::ETCD_USERS_CONFIGMAP).join("users.yaml")
+    }
+
+    /// Path of the admin (local writer) client config.
+    pub fn admin_config_path(&self) -> PathBuf {
+        self.pki().join(names::ADMIN_CERT_SECRET).join("config.yaml")
+    }
+
+    /// The admin client config, resolved.
+    pub fn admin_config(&self) -> EtcdClientConfig {
+        etcd::load_client_config(&self.admin_config_path()).expect("admin config")
+    }
+
+    /// The client config this cluster uses to reach `peer`, resolved.
+    pub fn peer_config(&self, peer: &str) -> EtcdClientConfig {
+        etcd::load_client_config(&self.peer_configs().join(format!("{peer}.yaml"))).expect("peer config")
+    }
+
+    /// Starts etcd with client-certificate auth and waits until it accepts connections.
+    pub fn start_etcd(&mut self) {
+        let pki = self.pki();
+        let data = self.dir.path().join("etcd");
+        let (port, peer_port) = (self.port, self.peer_port);
+        let args: Vec<String> = vec![
+            format!("--name={}", self.name),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls=https://127.0.0.1:{port}"),
+            format!("--advertise-client-urls=https://127.0.0.1:{port}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster={}=http://127.0.0.1:{peer_port}", self.name),
+            "--client-cert-auth=true".into(),
+            format!("--trusted-ca-file={}", pki.join(names::TRUSTED_CAS_CONFIGMAP).join("ca.crt").display()),
+            format!("--cert-file={}", pki.join(names::SERVER_CERT_SECRET).join("tls.crt").display()),
+            format!("--key-file={}", pki.join(names::SERVER_CERT_SECRET).join("tls.key").display()),
+            "--log-level=warn".into(),
+        ];
+        let log = self.dir.path().join("etcd.log");
+        let mut child = ChildProcess::spawn(&format!("etcd {}", self.name), "etcd", &args, &log);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.is_running() && Instant::now() < deadline, "etcd did not start\n{}", child.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.etcd = Some(child);
+    }
+
+    /// Kills etcd (by PID); its data directory stays for a restart.
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut e) = self.etcd.take() {
+            e.stop();
+        }
+    }
+
+    /// A client with the admin certificate, retrying until etcd answers.
+    pub async fn admin(&self) -> Client {
+        connect_retrying(&self.admin_config()).await
+    }
+
+    /// Starts the `knit-apiserver` binary at `bin` for this cluster.
+    pub fn start_apiserver(&mut self, bin: &str, extra: &[&str]) {
+        let mut args = vec![
+            format!("--cluster-name={}", self.name),
+            format!("--cluster-id={}", self.id),
+            format!("--pod-cidrs={}", self.pod_cidr()),
+            format!("--etcd-config={}", self.admin_config_path().display()),
+            format!("--etcd-users={}", self.users_file().display()),
+            format!("--peer-configs={}", self.peer_configs().display()),
+            format!("--source-dir={}", self.source_dir().display()),
+            format!("--metrics-addr=127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = self.dir.path().join("apiserver.log");
+        self.apiserver = Some(ChildProcess::spawn(&format!("knit-apiserver {}", self.name), bin, &args, &log));
+    }
+
+    /// Kills the apiserver (by PID).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut a) = self.apiserver.take() {
+            a.stop();
+        }
+    }
+
+    /// Tails of the etcd and apiserver logs.
+    pub fn logs(&self) -> String {
+        [&self.etcd, &self.apiserver].iter().filter_map(|p| p.as_ref().map(ChildProcess::log_tail)).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Writes a source manifest atomically (write + rename).
+    pub fn write_source(&self, file: &str, yaml: &str) {
+        write_atomic(&self.source_dir().join(file), yaml);
+    }
+
+    /// Removes a source manifest.
+    pub fn remove_source(&self, file: &str) {
+        let _ = std::fs::remove_file(self.source_dir().join(file));
+    }
+}
+
+/// Makes every cluster a peer of every other (as exchanging `knitctl peer
+/// export` manifests would).
+pub fn full_mesh(clusters: &mut [TestCluster]) {
+    let manifests: Vec<ClusterMeshPeer> = clusters.iter().map(TestCluster::manifest).collect();
+    for c in clusters.iter_mut() {
+        let others: Vec<ClusterMeshPeer> =
+            manifests.iter().filter(|m| m.spec.cluster_name != c.name).cloned().collect();
+        c.set_peers(&others);
+    }
+}
+
+/// Connects with `config`, retrying for up to 20 s.
+pub async fn connect_retrying(config: &EtcdClientConfig) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let error = match etcd::connect(config).await {
+            Ok(mut c) => match c.status().await {
+                Ok(_) => return c,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => knit_kvstore::error_chain(&e),
+        };
+        assert!(Instant::now() < deadline, "cannot reach etcd at {:?}: {error}", config.endpoints);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn pod_cidr(id: u16) -> String {
+    format!("10.{id}.0.0/16")
+}
+
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).expect("writing a source file");
+    std::fs::rename(&tmp, path).expect("renaming a source file");
+}
