@@ -4,25 +4,52 @@
 mod common;
 
 use common::*;
+use knit_e2e::TestCluster;
 use knit_e2e::cluster::full_mesh;
 use knit_e2e::manifests::{global_service, node, pod};
-use knit_e2e::TestCluster;
 use knit_kvstore::keys::{cache_prefix, cluster_prefix, mesh_status_key};
 use knit_kvstore::records::{EndpointRecord, PeerStatusRecord, ServiceRecord};
 
 fn seed(c: &TestCluster) {
     let n = c.id;
-    let mut yaml = node(&format!("{}-node-1", c.name), &format!("192.168.{n}.1"), &format!("10.{n}.1.0/24"));
-    yaml += &node(&format!("{}-node-2", c.name), &format!("192.168.{n}.2"), &format!("10.{n}.2.0/24"));
+    let mut yaml = node(
+        &format!("{}-node-1", c.name),
+        &format!("192.168.{n}.1"),
+        &format!("10.{n}.1.0/24"),
+    );
+    yaml += &node(
+        &format!("{}-node-2", c.name),
+        &format!("192.168.{n}.2"),
+        &format!("10.{n}.2.0/24"),
+    );
     for i in 1..=3 {
-        yaml += &pod("shop", &format!("web-{i}"), &format!("{}-node-1", c.name), &format!("10.{n}.1.{i}"), "web");
+        yaml += &pod(
+            "shop",
+            &format!("web-{i}"),
+            &format!("{}-node-1", c.name),
+            &format!("10.{n}.1.{i}"),
+            "web",
+        );
     }
-    yaml += &pod("shop", "db-1", &format!("{}-node-2", c.name), &format!("10.{n}.2.1"), "db");
+    yaml += &pod(
+        "shop",
+        "db-1",
+        &format!("{}-node-2", c.name),
+        &format!("10.{n}.2.1"),
+        "db",
+    );
     c.write_source("cluster.yaml", &yaml);
-    let backends = [format!("10.{n}.1.1"), format!("10.{n}.1.2"), format!("10.{n}.1.3")];
+    let backends = [
+        format!("10.{n}.1.1"),
+        format!("10.{n}.1.2"),
+        format!("10.{n}.1.3"),
+    ];
     let b: Vec<&str> = backends.iter().map(String::as_str).collect();
     c.write_source("web.yaml", &global_service("shop", "web", 80, &b, true));
-    c.write_source("db.yaml", &global_service("shop", "db", 5432, &[&format!("10.{n}.2.1")], false));
+    c.write_source(
+        "db.yaml",
+        &global_service("shop", "db", 5432, &[&format!("10.{n}.2.1")], false),
+    );
 }
 
 fn start(names: &[(&str, u16)], extra: &[&str]) -> Vec<TestCluster> {
@@ -48,27 +75,45 @@ async fn three_clusters_export_and_mirror_each_other() {
     for local in &clusters {
         let client = local.admin().await;
         for peer in clusters.iter().filter(|p| p.name != local.name) {
-            let st = eventually(30, &format!("{} to sync {}", local.name, peer.name), &refs, || async {
-                status(&client, &peer.name).await.filter(|s| s.synced)
-            })
+            let st = eventually(
+                30,
+                &format!("{} to sync {}", local.name, peer.name),
+                &refs,
+                || async { status(&client, &peer.name).await.filter(|s| s.synced) },
+            )
             .await;
             assert!(st.connected);
             assert_eq!(st.counts.get("endpoints"), Some(&4), "{st:?}");
             assert_eq!(st.counts.get("nodes"), Some(&2), "{st:?}");
-            assert_eq!(st.counts.get("services"), Some(&1), "only the exported service leaves {}", peer.name);
+            assert_eq!(
+                st.counts.get("services"),
+                Some(&1),
+                "only the exported service leaves {}",
+                peer.name
+            );
             assert!(st.rejected.is_empty(), "{st:?}");
 
             let cache = dump(&client, &cache_prefix(&peer.name)).await;
-            let ep: EndpointRecord =
-                serde_json::from_slice(&cache[&format!("{}endpoints/10.{}.1.1", cache_prefix(&peer.name), peer.id)]).unwrap();
+            let ep: EndpointRecord = serde_json::from_slice(
+                &cache[&format!("{}endpoints/10.{}.1.1", cache_prefix(&peer.name), peer.id)],
+            )
+            .unwrap();
             assert_eq!(ep.cluster, peer.name);
-            assert_eq!(ep.identity >> 15, u32::from(peer.id), "identity carries the cluster ID");
+            assert_eq!(
+                ep.identity >> 15,
+                u32::from(peer.id),
+                "identity carries the cluster ID"
+            );
             let web: ServiceRecord =
-                serde_json::from_slice(&cache[&format!("{}services/shop/web", cache_prefix(&peer.name))]).unwrap();
+                serde_json::from_slice(&cache[&format!("{}services/shop/web", cache_prefix(&peer.name))])
+                    .unwrap();
             assert_eq!(web.backends.len(), 3);
             assert!(!cache.contains_key(&format!("{}services/shop/db", cache_prefix(&peer.name))));
             for kind in ["nodes", "endpoints", "identities", "services"] {
-                assert!(cache.contains_key(&format!("{}synced/{kind}", cache_prefix(&peer.name))), "canary {kind}");
+                assert!(
+                    cache.contains_key(&format!("{}synced/{kind}", cache_prefix(&peer.name))),
+                    "canary {kind}"
+                );
             }
         }
         // Local-only data: the non-exported service with its backends.
@@ -76,7 +121,10 @@ async fn three_clusters_export_and_mirror_each_other() {
     }
 
     // A change in a's source reaches b's mirror.
-    clusters[0].write_source("web.yaml", &global_service("shop", "web", 80, &["10.1.1.1"], true));
+    clusters[0].write_source(
+        "web.yaml",
+        &global_service("shop", "web", 80, &["10.1.1.1"], true),
+    );
     let b = clusters[1].admin().await;
     let key = format!("{}services/shop/web", cache_prefix("a"));
     eventually(10, "b to see a's web service shrink", &refs, || async {
@@ -93,7 +141,10 @@ async fn a_peer_restart_with_deletions_converges_and_the_grace_period_withdraws_
     let b = clusters[1].admin().await;
     {
         let refs: Vec<&TestCluster> = clusters.iter().collect();
-        eventually(30, "b to sync a", &refs, || async { status(&b, "a").await.filter(|s| s.synced) }).await;
+        eventually(30, "b to sync a", &refs, || async {
+            status(&b, "a").await.filter(|s| s.synced)
+        })
+        .await;
     }
 
     // a's whole control plane goes down; b keeps a's records (fail static)...
@@ -106,19 +157,32 @@ async fn a_peer_restart_with_deletions_converges_and_the_grace_period_withdraws_
         })
         .await;
         assert!(st.last_error.is_some());
-        assert_eq!(keys(&b, &format!("{}endpoints/", cache_prefix("a"))).await.len(), 4, "fail static");
+        assert_eq!(
+            keys(&b, &format!("{}endpoints/", cache_prefix("a"))).await.len(),
+            4,
+            "fail static"
+        );
         // ...until the grace period ends: then a's services are withdrawn, the rest stays.
         eventually(10, "a's services to be withdrawn", &refs, || async {
-            let v = dump(&b, &format!("{}services/shop/web", cache_prefix("a"))).await.into_values().next()?;
-            serde_json::from_slice::<ServiceRecord>(&v).ok().filter(|s| s.withdrawn)
+            let v = dump(&b, &format!("{}services/shop/web", cache_prefix("a")))
+                .await
+                .into_values()
+                .next()?;
+            serde_json::from_slice::<ServiceRecord>(&v)
+                .ok()
+                .filter(|s| s.withdrawn)
         })
         .await;
-        assert_eq!(keys(&b, &format!("{}endpoints/", cache_prefix("a"))).await.len(), 4);
+        assert_eq!(
+            keys(&b, &format!("{}endpoints/", cache_prefix("a"))).await.len(),
+            4
+        );
     }
 
     // While a is down its operator deletes two pods; then a comes back.
     let n = 1;
-    let mut yaml = node("a-node-1", "192.168.1.1", "10.1.1.0/24") + &node("a-node-2", "192.168.1.2", "10.1.2.0/24");
+    let mut yaml =
+        node("a-node-1", "192.168.1.1", "10.1.1.0/24") + &node("a-node-2", "192.168.1.2", "10.1.2.0/24");
     yaml += &pod("shop", "web-1", "a-node-1", &format!("10.{n}.1.1"), "web");
     yaml += &pod("shop", "db-1", "a-node-2", &format!("10.{n}.2.1"), "db");
     clusters[0].write_source("cluster.yaml", &yaml);
@@ -132,14 +196,29 @@ async fn a_peer_restart_with_deletions_converges_and_the_grace_period_withdraws_
     })
     .await;
     let p = cache_prefix("a");
-    assert_eq!(endpoints, vec![format!("{p}endpoints/10.1.1.1"), format!("{p}endpoints/10.1.2.1")]);
+    assert_eq!(
+        endpoints,
+        vec![format!("{p}endpoints/10.1.1.1"), format!("{p}endpoints/10.1.2.1")]
+    );
     eventually(10, "a's services to be restored", &refs, || async {
-        let v = dump(&b, &format!("{p}services/shop/web")).await.into_values().next()?;
-        serde_json::from_slice::<ServiceRecord>(&v).ok().filter(|s| !s.withdrawn)
+        let v = dump(&b, &format!("{p}services/shop/web"))
+            .await
+            .into_values()
+            .next()?;
+        serde_json::from_slice::<ServiceRecord>(&v)
+            .ok()
+            .filter(|s| !s.withdrawn)
     })
     .await;
     // Nothing stale anywhere under the mirror: it equals a's own prefix.
     let a = clusters[0].admin().await;
-    let own: Vec<String> = keys(&a, &cluster_prefix("a")).await.iter().map(|k| k.replacen("clusters/a/", "cache/a/", 1)).collect();
-    eventually(10, "mirror == source", &refs, || async { (keys(&b, &p).await == own).then_some(()) }).await;
+    let own: Vec<String> = keys(&a, &cluster_prefix("a"))
+        .await
+        .iter()
+        .map(|k| k.replacen("clusters/a/", "cache/a/", 1))
+        .collect();
+    eventually(10, "mirror == source", &refs, || async {
+        (keys(&b, &p).await == own).then_some(())
+    })
+    .await;
 }

@@ -125,16 +125,29 @@ impl TestCluster {
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
             format!("--initial-cluster={}=http://127.0.0.1:{peer_port}", self.name),
             "--client-cert-auth=true".into(),
-            format!("--trusted-ca-file={}", pki.join(names::TRUSTED_CAS_CONFIGMAP).join("ca.crt").display()),
-            format!("--cert-file={}", pki.join(names::SERVER_CERT_SECRET).join("tls.crt").display()),
-            format!("--key-file={}", pki.join(names::SERVER_CERT_SECRET).join("tls.key").display()),
+            format!(
+                "--trusted-ca-file={}",
+                pki.join(names::TRUSTED_CAS_CONFIGMAP).join("ca.crt").display()
+            ),
+            format!(
+                "--cert-file={}",
+                pki.join(names::SERVER_CERT_SECRET).join("tls.crt").display()
+            ),
+            format!(
+                "--key-file={}",
+                pki.join(names::SERVER_CERT_SECRET).join("tls.key").display()
+            ),
             "--log-level=warn".into(),
         ];
         let log = self.dir.path().join("etcd.log");
         let mut child = ChildProcess::spawn(&format!("etcd {}", self.name), "etcd", &args, &log);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(child.is_running() && Instant::now() < deadline, "etcd did not start\n{}", child.log_tail());
+            assert!(
+                child.is_running() && Instant::now() < deadline,
+                "etcd did not start\n{}",
+                child.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         self.etcd = Some(child);
@@ -166,7 +179,12 @@ impl TestCluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.path().join("apiserver.log");
-        self.apiserver = Some(ChildProcess::spawn(&format!("knit-apiserver {}", self.name), bin, &args, &log));
+        self.apiserver = Some(ChildProcess::spawn(
+            &format!("knit-apiserver {}", self.name),
+            bin,
+            &args,
+            &log,
+        ));
     }
 
     /// Kills the apiserver (by PID).
@@ -178,7 +196,11 @@ impl TestCluster {
 
     /// Tails of the etcd and apiserver logs.
     pub fn logs(&self) -> String {
-        [&self.etcd, &self.apiserver].iter().filter_map(|p| p.as_ref().map(ChildProcess::log_tail)).collect::<Vec<_>>().join("\n")
+        [&self.etcd, &self.apiserver]
+            .iter()
+            .filter_map(|p| p.as_ref().map(ChildProcess::log_tail))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Writes a source manifest atomically (write + rename).
@@ -197,8 +219,11 @@ impl TestCluster {
 pub fn full_mesh(clusters: &mut [TestCluster]) {
     let manifests: Vec<ClusterMeshPeer> = clusters.iter().map(TestCluster::manifest).collect();
     for c in clusters.iter_mut() {
-        let others: Vec<ClusterMeshPeer> =
-            manifests.iter().filter(|m| m.spec.cluster_name != c.name).cloned().collect();
+        let others: Vec<ClusterMeshPeer> = manifests
+            .iter()
+            .filter(|m| m.spec.cluster_name != c.name)
+            .cloned()
+            .collect();
         c.set_peers(&others);
     }
 }
@@ -214,7 +239,11 @@ pub async fn connect_retrying(config: &EtcdClientConfig) -> Client {
             },
             Err(e) => knit_kvstore::error_chain(&e),
         };
-        assert!(Instant::now() < deadline, "cannot reach etcd at {:?}: {error}", config.endpoints);
+        assert!(
+            Instant::now() < deadline,
+            "cannot reach etcd at {:?}: {error}",
+            config.endpoints
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

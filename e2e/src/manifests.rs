@@ -21,7 +21,11 @@ pub fn global_service(ns: &str, name: &str, port: u16, backends: &[&str], export
         .iter()
         .map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions:\n    ready: true\n"))
         .collect();
-    let endpoints = if endpoints.is_empty() { "[]\n".to_owned() } else { format!("\n{endpoints}") };
+    let endpoints = if endpoints.is_empty() {
+        "[]\n".to_owned()
+    } else {
+        format!("\n{endpoints}")
+    };
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  ports:\n  - name: http\n    port: {port}\n    protocol: TCP\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\n  protocol: TCP\nendpoints: {endpoints}---\n\

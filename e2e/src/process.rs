@@ -37,7 +37,10 @@ fn unique() -> u64 {
 
 /// A free TCP port on loopback (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
 }
 
 /// A child process killed (by PID) and reaped on drop, and killed by the
@@ -79,14 +82,21 @@ impl ChildProcess {
 
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- {} ({}) ---\n{}", self.name, self.log.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 
     /// Kills it (SIGKILL by PID) and waits for it.

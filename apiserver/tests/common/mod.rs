@@ -13,8 +13,14 @@ pub const APISERVER: &str = env!("CARGO_BIN_EXE_knit-apiserver");
 /// Every key/value under `prefix`.
 pub async fn dump(client: &Client, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let mut c = client.clone();
-    let resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await.expect("get");
-    resp.kvs().iter().map(|kv| (kv.key_str().unwrap().to_owned(), kv.value().to_vec())).collect()
+    let resp = c
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_owned(), kv.value().to_vec()))
+        .collect()
 }
 
 /// Keys under `prefix`.

@@ -1,0 +1,142 @@
+//! What a peer can and cannot do to our etcd, and what happens to the bad
+//! records a peer publishes.
+
+mod common;
+
+use common::*;
+use etcd_client::{GetOptions, PutOptions};
+use knit_e2e::TestCluster;
+use knit_e2e::cluster::{connect_retrying, full_mesh};
+use knit_e2e::manifests::{global_service, node, pod};
+use knit_kvstore::etcd;
+use knit_kvstore::keys::{cache_prefix, mesh_status_key};
+use knit_kvstore::records::{PeerStatusRecord, identity};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_certificate_is_read_only_on_our_prefix_and_an_untrusted_ca_is_refused() {
+    let mut clusters = vec![TestCluster::new("a", 1), TestCluster::new("b", 2)];
+    full_mesh(&mut clusters);
+    let [a, b] = &mut clusters[..] else { unreachable!() };
+    a.write_source(
+        "cluster.yaml",
+        &(node("a-n1", "192.168.1.1", "10.1.1.0/24") + &pod("x", "p", "a-n1", "10.1.1.5", "web")),
+    );
+    a.start_etcd();
+    a.start_apiserver(APISERVER, &[]);
+    let admin = a.admin().await;
+    eventually(30, "a's first export", &[&*a], || async {
+        (!keys(&admin, "knit/v1/clusters/a/synced/").await.is_empty()).then_some(())
+    })
+    .await;
+    admin
+        .clone()
+        .put("knit/v1/local/secret-ish", "x", None)
+        .await
+        .expect("the admin writes");
+
+    // b's client certificate for a (CN remote-b, signed by b's CA).
+    let mut remote = connect_retrying(&b.peer_config("a")).await;
+    let own = remote
+        .get("knit/v1/clusters/a/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("reads a's prefix");
+    assert!(own.kvs().len() >= 5, "remote-b reads a's own prefix");
+    for key in [
+        "knit/v1/clusters/a/nodes/evil",
+        "knit/v1/cache/b/nodes/x",
+        "knit/v1/clusters/b/nodes/x",
+    ] {
+        let err = remote
+            .put(key, "{}", None::<PutOptions>)
+            .await
+            .expect_err("a peer must not write");
+        assert!(err.to_string().contains("permission denied"), "{key}: {err}");
+    }
+    let err = remote
+        .delete("knit/v1/clusters/a/nodes/a-n1", None)
+        .await
+        .expect_err("a peer must not delete");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    for prefix in ["knit/v1/local/", "knit/v1/cache/", "knit/v1/"] {
+        let err = remote
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .expect_err("outside its prefix");
+        assert!(err.to_string().contains("permission denied"), "{prefix}: {err}");
+    }
+    let err = remote.user_list().await.expect_err("no user management");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+
+    // A cluster a never exchanged manifests with: its CA is not trusted.
+    let stranger = TestCluster::new("z", 9);
+    let mut config = stranger.admin_config();
+    config.endpoints = vec![format!("https://127.0.0.1:{}", a.port)];
+    config.trusted_ca_file = a.pki().join("knit-ca/ca.crt");
+    let refused = match etcd::connect(&config).await {
+        Err(_) => true,
+        Ok(mut c) => c.get("knit/v1/clusters/a/config", None).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a client certificate from an untrusted CA must be refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_foreign_records_from_a_peer_are_rejected_and_counted() {
+    let mut clusters = vec![TestCluster::new("a", 1), TestCluster::new("b", 2)];
+    full_mesh(&mut clusters);
+    for c in clusters.iter_mut() {
+        c.start_etcd();
+    }
+    let [a, b] = &mut clusters[..] else { unreachable!() };
+    b.write_source(
+        "cluster.yaml",
+        &(node("b-n1", "192.168.2.1", "10.2.1.0/24") + &pod("x", "good", "b-n1", "10.2.1.5", "web")),
+    );
+    b.write_source("web.yaml", &global_service("x", "web", 80, &["10.2.1.5"], true));
+    b.start_apiserver(APISERVER, &[]);
+    let b_admin = b.admin().await;
+    eventually(30, "b's first export", &[&*b], || async {
+        (!keys(&b_admin, "knit/v1/clusters/b/synced/").await.is_empty()).then_some(())
+    })
+    .await;
+
+    // A misbehaving b publishes bad records next to its good ones.
+    let p = "knit/v1/clusters/b/";
+    let bad = [
+        (format!("{p}endpoints/10.9.0.1"), json!({"ip": "10.9.0.1", "cluster": "b", "identity": identity(2, 9), "node": "b-n1", "namespace": "x", "pod": "p"}).to_string()),
+        (format!("{p}endpoints/10.2.1.9"), json!({"ip": "10.2.1.9", "cluster": "a", "identity": identity(2, 9), "node": "b-n1", "namespace": "x", "pod": "p"}).to_string()),
+        (format!("{p}endpoints/10.2.1.10"), json!({"ip": "10.2.1.10", "cluster": "b", "identity": identity(1, 9), "node": "b-n1", "namespace": "x", "pod": "p"}).to_string()),
+        (format!("{p}endpoints/10.2.1.11"), "{this is not json".to_owned()),
+        (format!("{p}pods/whatever"), "{}".to_owned()),
+    ];
+    let mut w = b_admin.clone();
+    for (k, v) in &bad {
+        w.put(k.as_str(), v.as_str(), None).await.unwrap();
+    }
+
+    a.start_apiserver(APISERVER, &[]);
+    let a_admin = a.admin().await;
+    let st: PeerStatusRecord = eventually(30, "a to sync b and count rejections", &[&*a, &*b], || async {
+        let v = dump(&a_admin, &mesh_status_key("b")).await.into_values().next()?;
+        let st: PeerStatusRecord = serde_json::from_slice(&v).ok()?;
+        (st.synced && st.rejected.values().sum::<u64>() >= 5).then_some(st)
+    })
+    .await;
+    assert_eq!(st.rejected.get("outside_pod_cidrs"), Some(&1), "{st:?}");
+    assert_eq!(st.rejected.get("foreign_cluster"), Some(&1), "{st:?}");
+    assert_eq!(st.rejected.get("identity_out_of_range"), Some(&1), "{st:?}");
+    assert_eq!(st.rejected.get("malformed_value"), Some(&1), "{st:?}");
+    assert_eq!(st.rejected.get("malformed_key"), Some(&1), "{st:?}");
+    // The good records still flowed, and none of the bad ones.
+    let mirrored = keys(&a_admin, &cache_prefix("b")).await;
+    assert!(mirrored.contains(&format!("{}endpoints/10.2.1.5", cache_prefix("b"))));
+    assert!(mirrored.contains(&format!("{}services/x/web", cache_prefix("b"))));
+    assert_eq!(
+        mirrored.iter().filter(|k| k.contains("/endpoints/")).count(),
+        1,
+        "{mirrored:?}"
+    );
+}
