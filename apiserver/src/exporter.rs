@@ -23,7 +23,7 @@ use crate::{Error, Result, unix_now};
 pub struct ExporterSettings {
     /// This cluster.
     pub cluster: LocalCluster,
-    /// How often the directory source is scanned.
+    /// How often the directory source is rescanned when inotify reports nothing.
     pub poll: Duration,
     /// Lease TTL of published keys.
     pub lease_ttl_secs: i64,
@@ -47,6 +47,14 @@ pub async fn run_exporter(
     let synced_at = unix_now();
     let mut pending = true;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
+    let (wake_tx, mut wake) = tokio::sync::mpsc::channel(1);
+    let _watcher = match crate::source::directory::watch_changes(source.root(), wake_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "no inotify on the source directory; relying on polling");
+            None
+        }
+    };
     loop {
         pending |= source.poll();
         if last_heartbeat.elapsed() >= Duration::from_secs(5) {
@@ -92,7 +100,10 @@ pub async fn run_exporter(
                 }
             }
         }
-        tokio::time::sleep(settings.poll).await;
+        tokio::select! {
+            _ = wake.recv() => {}
+            () = tokio::time::sleep(settings.poll) => {}
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The directory source: Kubernetes objects as YAML files (multi-document,
-//! any `*.yaml` / `*.yml` below a directory), polled for changes.
+//! any `*.yaml` / `*.yml` below a directory). [`DirectorySource::poll`]
+//! rescans; [`watch_changes`] wakes the caller through inotify as soon as
+//! anything below the directory changes, so polling is only a safety net.
 //!
 //! Only files whose size, modification time or inode changed are parsed
 //! again. A file that fails to parse keeps its last good contents and is
@@ -51,6 +53,11 @@ impl DirectorySource {
             errors: BTreeMap::new(),
             skipped: 0,
         }
+    }
+
+    /// The directory read.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Rescans the directory; returns whether anything changed.
@@ -183,4 +190,21 @@ fn stamp(path: &Path) -> Option<(u64, SystemTime, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// Sends `()` on `tx` whenever something below `root` changes (inotify).
+/// Keep the returned watcher alive for as long as notifications are wanted.
+pub fn watch_changes(
+    root: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already holds a wake-up: coalesce.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(root, notify::RecursiveMode::Recursive)?;
+    Ok(watcher)
 }
