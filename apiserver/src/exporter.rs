@@ -47,7 +47,7 @@ pub async fn run_exporter(
     let synced_at = unix_now();
     let mut pending = true;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
-    let (wake_tx, mut wake) = tokio::sync::mpsc::channel(1);
+    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = match crate::source::directory::watch_changes(source.root(), wake_tx) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -55,15 +55,15 @@ pub async fn run_exporter(
             None
         }
     };
+    pending |= source.poll();
     loop {
-        pending |= source.poll();
         if last_heartbeat.elapsed() >= Duration::from_secs(5) {
             store.set(HEARTBEAT_KEY.to_owned(), unix_now().to_string().into_bytes());
             last_heartbeat = Instant::now();
             pending = true;
         }
         if pending {
-            let exported = export(&settings.cluster, &source.state(), &mut ids);
+            let exported = export(&settings.cluster, source.state(), &mut ids);
             for kind in Kind::ALL {
                 let n = exported.counts.get(&kind).copied().unwrap_or_default();
                 metrics
@@ -101,8 +101,14 @@ pub async fn run_exporter(
             }
         }
         tokio::select! {
-            _ = wake.recv() => {}
-            () = tokio::time::sleep(settings.poll) => {}
+            Some(path) = wake.recv() => {
+                let mut paths = vec![path];
+                while let Ok(p) = wake.try_recv() {
+                    paths.push(p);
+                }
+                pending |= source.reload(&paths);
+            }
+            () = tokio::time::sleep(settings.poll) => pending |= source.poll(),
         }
     }
 }

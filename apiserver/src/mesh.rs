@@ -100,13 +100,15 @@ fn peer_configs(dir: &Path) -> BTreeMap<PathBuf, EtcdClientConfig> {
         .collect()
 }
 
-/// Mirror state of one peer.
+/// Mirror state of one peer. Every accepted record goes straight into the
+/// store; services are also kept here so they can be withdrawn and restored.
 struct Mirror {
     peer: String,
     src: String,
     dst: String,
     validator: PeerValidator,
-    accepted: BTreeMap<String, Vec<u8>>,
+    services: BTreeMap<String, Vec<u8>>,
+    counts: BTreeMap<Kind, u64>,
     status: PeerStatusRecord,
     unreachable_since: Option<Instant>,
     logged: BTreeSet<Rejection>,
@@ -114,9 +116,7 @@ struct Mirror {
 
 /// Mirrors one peer until aborted.
 pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: MeshSettings) {
-    let Some(identity) = config.peer.clone() else {
-        return;
-    };
+    let Some(identity) = config.peer.clone() else { return };
     let peer = identity.cluster_name.clone();
     let label = PeerLabel { peer: peer.clone() };
     let mut store = loop {
@@ -131,22 +131,19 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
     let (tx, mut rx) = mpsc::channel(8192);
     let src = cluster_prefix(&peer);
     let watch_config = config.clone();
-    let watcher = tokio::spawn(watch_prefix(
-        move || {
-            let c = watch_config.clone();
-            async move { etcd::connect(&c).await }
-        },
-        src.clone(),
-        tx,
-    ));
-    let _abort_watcher = AbortOnDrop(watcher);
+    let connect = move || {
+        let c = watch_config.clone();
+        async move { etcd::connect(&c).await }
+    };
+    let _watcher = AbortOnDrop(tokio::spawn(watch_prefix(connect, src.clone(), tx)));
 
     let mut m = Mirror {
         peer: peer.clone(),
         src,
         dst: cache_prefix(&peer),
         validator: PeerValidator::new(&identity),
-        accepted: BTreeMap::new(),
+        services: BTreeMap::new(),
+        counts: BTreeMap::new(),
         status: PeerStatusRecord {
             peer: peer.clone(),
             ..Default::default()
@@ -156,33 +153,29 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
     };
     let mut dirty = true;
     loop {
-        let deadline = tokio::time::sleep(Duration::from_millis(250));
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { return };
-                let mut list_done = m.handle(event, &settings.metrics);
+                m.handle(event, &mut store, &settings.metrics);
                 while let Ok(event) = rx.try_recv() {
-                    list_done |= m.handle(event, &settings.metrics);
+                    m.handle(event, &mut store, &settings.metrics);
                 }
                 dirty = true;
-                if list_done {
-                    m.status.last_sync_unix = Some(unix_now());
-                }
             }
-            () = deadline => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         if let Some(since) = m.unreachable_since
             && since.elapsed() > settings.grace_period
             && !m.status.withdrawn
         {
             tracing::warn!(%peer, grace = ?settings.grace_period, "peer unreachable past its grace period; withdrawing its services");
-            m.status.withdrawn = true;
+            m.set_withdrawn(true, &mut store);
             dirty = true;
         }
         if !dirty {
             continue;
         }
-        m.render(&mut store);
+        m.report(&mut store);
         match store.flush().await {
             Ok(_) => dirty = false,
             Err(e) => {
@@ -191,76 +184,52 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
             }
         }
         let metrics = &settings.metrics;
-        metrics
-            .peer_connected
-            .get_or_create(&label)
-            .set(i64::from(m.status.connected));
-        metrics
-            .peer_synced
-            .get_or_create(&label)
-            .set(i64::from(m.status.synced));
-        metrics
-            .peer_withdrawn
-            .get_or_create(&label)
-            .set(i64::from(m.status.withdrawn));
+        metrics.peer_connected.get_or_create(&label).set(i64::from(m.status.connected));
+        metrics.peer_synced.get_or_create(&label).set(i64::from(m.status.synced));
+        metrics.peer_withdrawn.get_or_create(&label).set(i64::from(m.status.withdrawn));
         for kind in Kind::ALL {
-            let n = m.status.counts.get(kind.as_str()).copied().unwrap_or_default();
-            metrics
-                .peer_records
-                .get_or_create(&PeerDetail {
-                    peer: peer.clone(),
-                    detail: kind.to_string(),
-                })
-                .set(n as i64);
+            let n = m.counts.get(&kind).copied().unwrap_or_default();
+            metrics.peer_records.get_or_create(&PeerDetail { peer: peer.clone(), detail: kind.to_string() }).set(n as i64);
         }
     }
 }
 
 impl Mirror {
-    /// Applies one watch event; returns whether it completed a list.
-    fn handle(&mut self, event: WatchEvent, metrics: &Metrics) -> bool {
+    /// Applies one watch event to the store.
+    fn handle(&mut self, event: WatchEvent, store: &mut SyncStore, metrics: &Metrics) {
         match event {
             WatchEvent::Upsert { key, value } => {
-                let Some(rel) = key.strip_prefix(&self.src) else {
-                    return false;
-                };
+                let Some(rel) = key.strip_prefix(&self.src) else { return };
                 match self.validator.check(rel, &value) {
-                    Ok(rk) => {
-                        self.accepted.insert(rk.under(&self.dst), value);
-                    }
+                    Ok(rk) => self.accept(rk, value, store),
                     Err(reason) => {
-                        self.accepted.remove(&format!("{}{rel}", self.dst));
+                        self.drop_key(rel, store);
                         *self.status.rejected.entry(reason.to_string()).or_default() += 1;
                         metrics
                             .peer_rejected
-                            .get_or_create(&PeerDetail {
-                                peer: self.peer.clone(),
-                                detail: reason.to_string(),
-                            })
+                            .get_or_create(&PeerDetail { peer: self.peer.clone(), detail: reason.to_string() })
                             .inc();
                         if self.logged.insert(reason) {
                             tracing::warn!(peer = %self.peer, %key, %reason, "rejected a record from a peer (logged once per reason)");
                         }
                     }
                 }
-                false
             }
             WatchEvent::Delete { key } => {
                 if let Some(rel) = key.strip_prefix(&self.src) {
-                    self.accepted.remove(&format!("{}{rel}", self.dst));
+                    self.drop_key(rel, store);
                 }
-                false
             }
             WatchEvent::ListDone => {
                 self.status.connected = true;
                 self.status.last_error = None;
                 self.status.unreachable_since_unix = None;
+                self.status.last_sync_unix = Some(unix_now());
                 self.unreachable_since = None;
                 if self.status.withdrawn {
                     tracing::info!(peer = %self.peer, "peer is back; restoring its services");
+                    self.set_withdrawn(false, store);
                 }
-                self.status.withdrawn = false;
-                true
             }
             WatchEvent::Disconnected { error } => {
                 if self.status.connected || self.status.last_error.as_deref() != Some(error.as_str()) {
@@ -272,41 +241,64 @@ impl Mirror {
                     self.unreachable_since = Some(Instant::now());
                     self.status.unreachable_since_unix = Some(unix_now());
                 }
-                false
             }
         }
     }
 
-    /// Writes the desired mirror (and report) into the store.
-    fn render(&mut self, store: &mut SyncStore) {
-        let mut entries = BTreeMap::new();
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for (key, value) in &self.accepted {
-            let rel = RelativeKey::parse(&key[self.dst.len()..]);
-            let mut value = value.clone();
-            if let Some(RelativeKey::Record(kind, _)) = &rel {
-                *counts.entry(kind.to_string()).or_default() += 1;
-                if *kind == Kind::Services
-                    && self.status.withdrawn
-                    && let Ok(mut service) = serde_json::from_slice::<ServiceRecord>(&value)
-                {
-                    service.withdrawn = true;
-                    value = serde_json::to_vec(&service).unwrap_or(value);
-                }
+    fn accept(&mut self, key: RelativeKey, value: Vec<u8>, store: &mut SyncStore) {
+        let dst = key.under(&self.dst);
+        if let RelativeKey::Record(kind, _) = &key {
+            if !store.contains(&dst) {
+                *self.counts.entry(*kind).or_default() += 1;
             }
-            entries.insert(key.clone(), value);
+            if *kind == Kind::Services {
+                self.services.insert(dst.clone(), value.clone());
+                store.set(dst, service_value(&value, self.status.withdrawn));
+                return;
+            }
         }
+        store.set(dst, value);
+    }
+
+    fn drop_key(&mut self, rel: &str, store: &mut SyncStore) {
+        let dst = format!("{}{rel}", self.dst);
+        if store.contains(&dst) {
+            if let Some(RelativeKey::Record(kind, _)) = RelativeKey::parse(rel) {
+                let n = self.counts.entry(kind).or_default();
+                *n = n.saturating_sub(1);
+            }
+            store.remove(&dst);
+        }
+        self.services.remove(&dst);
+    }
+
+    fn set_withdrawn(&mut self, withdrawn: bool, store: &mut SyncStore) {
+        self.status.withdrawn = withdrawn;
+        for (key, value) in &self.services {
+            store.set(key.clone(), service_value(value, withdrawn));
+        }
+    }
+
+    /// Updates the status record in the store.
+    fn report(&mut self, store: &mut SyncStore) {
         self.status.synced = self.status.connected
-            && Kind::ALL.iter().all(|k| {
-                self.accepted
-                    .contains_key(&RelativeKey::Synced(*k).under(&self.dst))
-            });
-        self.status.counts = counts;
-        store.replace_prefix(&self.dst, entries);
-        store.set(
-            mesh_status_key(&self.peer),
-            serde_json::to_vec(&self.status).unwrap_or_default(),
-        );
+            && Kind::ALL.iter().all(|k| store.contains(&RelativeKey::Synced(*k).under(&self.dst)));
+        self.status.counts = self.counts.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        store.set(mesh_status_key(&self.peer), serde_json::to_vec(&self.status).unwrap_or_default());
+    }
+}
+
+/// A mirrored service value, marked withdrawn when the peer is past its grace period.
+fn service_value(value: &[u8], withdrawn: bool) -> Vec<u8> {
+    if !withdrawn {
+        return value.to_vec();
+    }
+    match serde_json::from_slice::<ServiceRecord>(value) {
+        Ok(mut service) => {
+            service.withdrawn = true;
+            serde_json::to_vec(&service).unwrap_or_else(|_| value.to_vec())
+        }
+        Err(_) => value.to_vec(),
     }
 }
 

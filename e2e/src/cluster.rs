@@ -187,6 +187,11 @@ impl TestCluster {
         ));
     }
 
+    /// PID of the running apiserver.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().and_then(ChildProcess::pid)
+    }
+
     /// Kills the apiserver (by PID).
     pub fn stop_apiserver(&mut self) {
         if let Some(mut a) = self.apiserver.take() {

@@ -42,7 +42,10 @@ pub struct SyncStore {
     keeper: tokio::task::JoinHandle<()>,
     owned: Vec<String>,
     desired: BTreeMap<String, Vec<u8>>,
-    written: BTreeMap<String, Vec<u8>>,
+    /// Fingerprint of what etcd holds for each key this store wrote.
+    written: BTreeMap<String, u64>,
+    /// Keys whose desired state may differ from what was written.
+    dirty: BTreeSet<String>,
     cleaned: bool,
 }
 
@@ -67,18 +70,24 @@ impl SyncStore {
             owned,
             desired: BTreeMap::new(),
             written: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             cleaned: false,
         })
     }
 
     /// Desires `key` = `value`.
     pub fn set(&mut self, key: String, value: Vec<u8>) {
+        if self.written.get(&key) != Some(&fingerprint(&value)) {
+            self.dirty.insert(key.clone());
+        }
         self.desired.insert(key, value);
     }
 
     /// Desires `key` absent.
     pub fn remove(&mut self, key: &str) {
-        self.desired.remove(key);
+        if self.desired.remove(key).is_some() || self.written.contains_key(key) {
+            self.dirty.insert(key.to_owned());
+        }
     }
 
     /// Desires exactly `entries` under `prefix`.
@@ -87,12 +96,22 @@ impl SyncStore {
             .desired
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| !entries.contains_key(*k))
             .map(|(k, _)| k.clone())
             .collect();
         for key in stale {
-            self.desired.remove(&key);
+            self.remove(&key);
         }
-        self.desired.extend(entries);
+        for (key, value) in entries {
+            if self.desired.get(&key) != Some(&value) {
+                self.set(key, value);
+            }
+        }
+    }
+
+    /// Whether `key` is desired.
+    pub fn contains(&self, key: &str) -> bool {
+        self.desired.contains_key(key)
     }
 
     /// Number of keys desired.
@@ -107,7 +126,7 @@ impl SyncStore {
 
     /// Whether everything desired has been written.
     pub fn is_flushed(&self) -> bool {
-        self.desired == self.written && !self.lease_lost.load(Ordering::Relaxed)
+        self.dirty.is_empty() && !self.lease_lost.load(Ordering::Relaxed)
     }
 
     /// Writes the difference. On error, what was written stays recorded and
@@ -120,6 +139,7 @@ impl SyncStore {
             self.lease = lease;
             self.keeper = keeper;
             self.written.clear();
+            self.dirty = self.desired.keys().cloned().collect();
         }
         if !self.cleaned {
             for prefix in self.owned.clone() {
@@ -132,7 +152,9 @@ impl SyncStore {
                     .map_err(etcd("listing owned keys"))?;
                 for kv in existing.kvs() {
                     if let Ok(key) = kv.key_str() {
-                        self.written.entry(key.to_owned()).or_default();
+                        // Leftovers sit under an old lease: rewrite or delete every one.
+                        self.written.insert(key.to_owned(), u64::MAX);
+                        self.dirty.insert(key.to_owned());
                     }
                 }
             }
@@ -141,25 +163,20 @@ impl SyncStore {
         let mut report = FlushReport::default();
         let is_canary = |k: &str| k.contains("/synced/");
         for canaries in [false, true] {
-            let mut ops: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-            for (key, value) in &self.desired {
-                if is_canary(key) == canaries && self.written.get(key) != Some(value) {
-                    ops.push((key.clone(), Some(value.clone())));
-                }
-            }
-            let gone: BTreeSet<&String> = self
-                .written
-                .keys()
-                .filter(|k| !self.desired.contains_key(*k))
+            let ops: Vec<(String, Option<Vec<u8>>)> = self
+                .dirty
+                .iter()
+                .filter(|k| is_canary(k) == canaries)
+                .filter_map(|k| match self.desired.get(k) {
+                    Some(v) if self.written.get(k) != Some(&fingerprint(v)) => Some((k.clone(), Some(v.clone()))),
+                    Some(_) => None,
+                    None => self.written.contains_key(k).then(|| (k.clone(), None)),
+                })
                 .collect();
-            for key in gone {
-                if is_canary(key) == canaries {
-                    ops.push((key.clone(), None));
-                }
-            }
             let r = self.apply(ops).await?;
             report.puts += r.puts;
             report.deletes += r.deletes;
+            self.dirty.retain(|k| is_canary(k) != canaries);
         }
         Ok(report)
     }
@@ -195,7 +212,7 @@ impl SyncStore {
                         match v {
                             Some(v) => {
                                 report.puts += 1;
-                                self.written.insert(k, v);
+                                self.written.insert(k, fingerprint(&v));
                             }
                             None => {
                                 report.deletes += 1;
@@ -276,6 +293,12 @@ async fn grant(
         }
     });
     Ok((lease, keeper))
+}
+
+/// A 64-bit fingerprint of a value (FNV-1a), kept instead of the value
+/// itself to remember what etcd holds.
+fn fingerprint(value: &[u8]) -> u64 {
+    value.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn etcd(action: &'static str) -> impl Fn(etcd_client::Error) -> Error {

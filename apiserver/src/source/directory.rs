@@ -1,31 +1,47 @@
 //! The directory source: Kubernetes objects as YAML files (multi-document,
-//! any `*.yaml` / `*.yml` below a directory). [`DirectorySource::poll`]
-//! rescans; [`watch_changes`] wakes the caller through inotify as soon as
-//! anything below the directory changes, so polling is only a safety net.
+//! any `*.yaml` / `*.yml` below a directory). The [`ClusterState`] is kept
+//! up to date file by file: [`DirectorySource::reload`] re-reads the files
+//! inotify reported ([`watch_changes`]); [`DirectorySource::poll`] rescans
+//! everything as a safety net. Only the fields the export reads are kept.
 //!
-//! Only files whose size, modification time or inode changed are parsed
-//! again. A file that fails to parse keeps its last good contents and is
-//! counted; an object of a kind Knit does not read is skipped.
+//! A file that fails to parse keeps its last good contents and is reported
+//! in [`DirectorySource::errors`]; an object of a kind Knit does not read is
+//! skipped and counted. If two files define the same object, the one read
+//! last wins, and removing either removes the object.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use super::{ClusterState, object_key};
 
-/// One parsed file.
+/// What one file contributed.
 #[derive(Clone, Debug, Default)]
-struct FileObjects {
+struct FileEntry {
     stamp: Option<(u64, SystemTime, u64)>,
-    objects: Vec<Object>,
+    keys: Vec<(Slot, String)>,
+}
+
+/// Which map of the state an object lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Node,
+    Pod,
+    Namespace,
+    Service,
+    EndpointSlice,
+    NetworkPolicy,
+    Policy,
 }
 
 #[derive(Clone, Debug)]
 enum Object {
-    Node(Box<k8s_openapi::api::core::v1::Node>),
-    Pod(Box<k8s_openapi::api::core::v1::Pod>),
+    Node(Box<Node>),
+    Pod(Box<Pod>),
     Namespace(Box<k8s_openapi::api::core::v1::Namespace>),
     Service(Box<k8s_openapi::api::core::v1::Service>),
     EndpointSlice(Box<k8s_openapi::api::discovery::v1::EndpointSlice>),
@@ -37,7 +53,8 @@ enum Object {
 #[derive(Debug)]
 pub struct DirectorySource {
     root: PathBuf,
-    files: BTreeMap<PathBuf, FileObjects>,
+    files: BTreeMap<PathBuf, FileEntry>,
+    state: ClusterState,
     /// Files that failed to parse, with the problem (kept until fixed).
     pub errors: BTreeMap<PathBuf, String>,
     /// Documents of kinds Knit does not read.
@@ -50,6 +67,7 @@ impl DirectorySource {
         Self {
             root: root.into(),
             files: BTreeMap::new(),
+            state: ClusterState::default(),
             errors: BTreeMap::new(),
             skipped: 0,
         }
@@ -60,81 +78,104 @@ impl DirectorySource {
         &self.root
     }
 
-    /// Rescans the directory; returns whether anything changed.
+    /// The current state.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Rescans the whole directory; returns whether anything changed.
     pub fn poll(&mut self) -> bool {
         let mut found = Vec::new();
         collect_yaml(&self.root, &mut found);
-        let mut changed = false;
-        let before = self.files.len();
-        self.files.retain(|p, _| found.contains(p));
-        changed |= self.files.len() != before;
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !found.contains(p)).cloned().collect();
+        let mut changed = !gone.is_empty();
+        for path in gone {
+            self.forget(&path);
+        }
         for path in found {
-            let stamp = stamp(&path);
-            if stamp.is_some() && self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            match parse_documents(&text, &mut self.skipped) {
-                Ok(objects) => {
-                    self.errors.remove(&path);
-                    self.files.insert(path, FileObjects { stamp, objects });
+            changed |= self.read(&path);
+        }
+        changed
+    }
+
+    /// Re-reads the given paths (files created, changed or removed);
+    /// returns whether anything changed.
+    pub fn reload(&mut self, paths: &[PathBuf]) -> bool {
+        let mut changed = false;
+        for path in paths {
+            if path.is_dir() {
+                changed |= self.poll();
+            } else if is_manifest(path) {
+                if path.exists() {
+                    changed |= self.read(path);
+                } else if self.files.contains_key(path) {
+                    self.forget(path);
                     changed = true;
-                }
-                Err(problem) => {
-                    if self.errors.insert(path.clone(), problem.clone()).as_ref() != Some(&problem) {
-                        tracing::warn!(file = %path.display(), %problem, "keeping the last good contents of a manifest that does not parse");
-                    }
-                    // Remember the stamp so a broken file is not re-read every poll.
-                    if let Some(f) = self.files.get_mut(&path) {
-                        f.stamp = stamp;
-                    } else {
-                        self.files.insert(
-                            path,
-                            FileObjects {
-                                stamp,
-                                objects: Vec::new(),
-                            },
-                        );
-                    }
                 }
             }
         }
         changed
     }
 
-    /// The current state (later files win on duplicate keys).
-    pub fn state(&self) -> ClusterState {
-        let mut state = ClusterState::default();
-        for file in self.files.values() {
-            for object in &file.objects {
-                insert(&mut state, object.clone());
+    fn read(&mut self, path: &Path) -> bool {
+        let stamp = stamp(path);
+        if stamp.is_some() && self.files.get(path).is_some_and(|f| f.stamp == stamp) {
+            return false;
+        }
+        let Ok(text) = std::fs::read_to_string(path) else { return false };
+        match parse_documents(&text, &mut self.skipped) {
+            Ok(objects) => {
+                self.errors.remove(path);
+                self.forget(path);
+                let keys = objects.into_iter().map(|o| insert(&mut self.state, o)).collect();
+                self.files.insert(path.to_owned(), FileEntry { stamp, keys });
+                true
+            }
+            Err(problem) => {
+                if self.errors.insert(path.to_owned(), problem.clone()).as_ref() != Some(&problem) {
+                    tracing::warn!(file = %path.display(), %problem, "keeping the last good contents of a manifest that does not parse");
+                }
+                // Remember the stamp so a broken file is not re-read every poll.
+                self.files.entry(path.to_owned()).or_default().stamp = stamp;
+                false
             }
         }
-        state
+    }
+
+    fn forget(&mut self, path: &Path) {
+        let Some(entry) = self.files.remove(path) else { return };
+        for (slot, key) in entry.keys {
+            let s = &mut self.state;
+            match slot {
+                Slot::Node => drop(s.nodes.remove(&key)),
+                Slot::Pod => drop(s.pods.remove(&key)),
+                Slot::Namespace => drop(s.namespaces.remove(&key)),
+                Slot::Service => drop(s.services.remove(&key)),
+                Slot::EndpointSlice => drop(s.endpoint_slices.remove(&key)),
+                Slot::NetworkPolicy => drop(s.network_policies.remove(&key)),
+                Slot::Policy => drop(s.policies.remove(&key)),
+            }
+        }
     }
 }
 
-fn insert(state: &mut ClusterState, object: Object) {
+fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
     macro_rules! put {
-        ($map:ident, $obj:expr) => {{
+        ($map:ident, $slot:expr, $obj:expr) => {{
             let o = *$obj;
-            let key = object_key(
-                o.metadata.namespace.as_deref(),
-                o.metadata.name.as_deref().unwrap_or_default(),
-            );
-            state.$map.insert(key, o);
+            let key = object_key(o.metadata.namespace.as_deref(), o.metadata.name.as_deref().unwrap_or_default());
+            state.$map.insert(key.clone(), o);
+            ($slot, key)
         }};
     }
     match object {
-        Object::Node(o) => put!(nodes, o),
-        Object::Pod(o) => put!(pods, o),
-        Object::Namespace(o) => put!(namespaces, o),
-        Object::Service(o) => put!(services, o),
-        Object::EndpointSlice(o) => put!(endpoint_slices, o),
-        Object::NetworkPolicy(o) => put!(network_policies, o),
-        Object::Policy(o) => put!(policies, o),
+        Object::Node(o) => put!(nodes, Slot::Node, o),
+        Object::Pod(o) => put!(pods, Slot::Pod, o),
+        Object::Namespace(o) => put!(namespaces, Slot::Namespace, o),
+        Object::Service(o) => put!(services, Slot::Service, o),
+        Object::EndpointSlice(o) => put!(endpoint_slices, Slot::EndpointSlice, o),
+        Object::NetworkPolicy(o) => put!(network_policies, Slot::NetworkPolicy, o),
+        Object::Policy(o) => put!(policies, Slot::Policy, o),
     }
 }
 
@@ -151,8 +192,8 @@ fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String>
             .unwrap_or_default()
             .to_owned();
         let parsed = match kind.as_str() {
-            "Node" => serde_yaml::from_value(value).map(|o| Object::Node(Box::new(o))),
-            "Pod" => serde_yaml::from_value(value).map(|o| Object::Pod(Box::new(o))),
+            "Node" => serde_yaml::from_value(value).map(|o| Object::Node(Box::new(trim_node(o)))),
+            "Pod" => serde_yaml::from_value(value).map(|o| Object::Pod(Box::new(trim_pod(o)))),
             "Namespace" => serde_yaml::from_value(value).map(|o| Object::Namespace(Box::new(o))),
             "Service" => serde_yaml::from_value(value).map(|o| Object::Service(Box::new(o))),
             "EndpointSlice" => serde_yaml::from_value(value).map(|o| Object::EndpointSlice(Box::new(o))),
@@ -168,19 +209,63 @@ fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String>
     Ok(out)
 }
 
+/// Keeps only what the export reads of a Pod (saves most of its memory).
+fn trim_pod(pod: Pod) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: pod.metadata.name,
+            namespace: pod.metadata.namespace,
+            labels: pod.metadata.labels,
+            creation_timestamp: pod.metadata.creation_timestamp,
+            ..ObjectMeta::default()
+        },
+        spec: pod.spec.map(|s| PodSpec {
+            node_name: s.node_name,
+            host_network: s.host_network,
+            ..PodSpec::default()
+        }),
+        status: pod.status.map(|s| PodStatus {
+            phase: s.phase,
+            pod_ip: s.pod_ip,
+            pod_ips: s.pod_ips,
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// Keeps only what the export reads of a Node.
+fn trim_node(node: Node) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: node.metadata.name,
+            labels: node.metadata.labels,
+            ..ObjectMeta::default()
+        },
+        spec: node.spec.map(|s| NodeSpec {
+            pod_cidr: s.pod_cidr,
+            pod_cidrs: s.pod_cidrs,
+            ..NodeSpec::default()
+        }),
+        status: node.status.map(|s| NodeStatus {
+            addresses: s.addresses,
+            node_info: s.node_info,
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+        && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
             collect_yaml(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
-            && !path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
+        } else if is_manifest(&path) {
             out.push(path);
         }
     }
@@ -192,17 +277,18 @@ fn stamp(path: &Path) -> Option<(u64, SystemTime, u64)> {
     Some((m.len(), m.modified().ok()?, m.ino()))
 }
 
-/// Sends `()` on `tx` whenever something below `root` changes (inotify).
+/// Sends the paths of whatever changes below `root` on `tx` (inotify).
 /// Keep the returned watcher alive for as long as notifications are wanted.
 pub fn watch_changes(
     root: &Path,
-    tx: tokio::sync::mpsc::Sender<()>,
+    tx: tokio::sync::mpsc::UnboundedSender<PathBuf>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            // A full channel already holds a wake-up: coalesce.
-            let _ = tx.try_send(());
+        if let Ok(event) = event {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
         }
     })?;
     watcher.watch(root, notify::RecursiveMode::Recursive)?;
