@@ -42,8 +42,9 @@ struct Args {
     /// Read cluster state from this directory of Kubernetes YAML.
     #[arg(long)]
     source_dir: PathBuf,
-    /// How often the source directory is rescanned if inotify reports nothing.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How often the source directory is fully rescanned (a safety net: inotify
+    /// reports changes as they happen).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     poll_interval: Duration,
     /// How long a peer may be unreachable before its services are withdrawn.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

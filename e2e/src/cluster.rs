@@ -27,6 +27,8 @@ pub struct TestCluster {
     etcd: Option<ChildProcess>,
     apiserver: Option<ChildProcess>,
     dir: TempDir,
+    /// etcd's data, on tmpfs like the Deployment's `emptyDir: {medium: Memory}`.
+    data: TempDir,
 }
 
 impl TestCluster {
@@ -48,6 +50,7 @@ impl TestCluster {
             etcd: None,
             apiserver: None,
             dir: TempDir::new(&format!("cluster-{name}")),
+            data: TempDir::new_in(Path::new("/dev/shm"), &format!("etcd-{name}")),
         };
         std::fs::create_dir_all(cluster.source_dir()).expect("source dir");
         cluster.render();
@@ -114,7 +117,7 @@ impl TestCluster {
     /// Starts etcd with client-certificate auth and waits until it accepts connections.
     pub fn start_etcd(&mut self) {
         let pki = self.pki();
-        let data = self.dir.path().join("etcd");
+        let data = self.data.path().join("etcd");
         let (port, peer_port) = (self.port, self.peer_port);
         let args: Vec<String> = vec![
             format!("--name={}", self.name),

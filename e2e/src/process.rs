@@ -11,7 +11,12 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// A fresh, empty directory named after `tag` and this process.
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("knit-{tag}-{}-{}", std::process::id(), unique()));
+        Self::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A fresh, empty directory below `parent`.
+    pub fn new_in(parent: &Path, tag: &str) -> Self {
+        let dir = parent.join(format!("knit-{tag}-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating a temporary directory");
         Self(dir)

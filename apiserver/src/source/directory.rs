@@ -9,7 +9,7 @@
 //! skipped and counted. If two files define the same object, the one read
 //! last wins, and removing either removes the object.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -85,9 +85,9 @@ impl DirectorySource {
 
     /// Rescans the whole directory; returns whether anything changed.
     pub fn poll(&mut self) -> bool {
-        let mut found = Vec::new();
+        let mut found = BTreeSet::new();
         collect_yaml(&self.root, &mut found);
-        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !found.contains(p)).cloned().collect();
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !found.contains(*p)).cloned().collect();
         let mut changed = !gone.is_empty();
         for path in gone {
             self.forget(&path);
@@ -259,14 +259,14 @@ fn is_manifest(path: &Path) -> bool {
         && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+fn collect_yaml(dir: &Path, out: &mut BTreeSet<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
             collect_yaml(&path, out);
         } else if is_manifest(&path) {
-            out.push(path);
+            out.insert(path);
         }
     }
 }
