@@ -23,13 +23,20 @@ use knit_kvstore::records::PeerStatusRecord;
 fn apiserver_bin() -> String {
     std::env::var("KNIT_APISERVER_BIN").unwrap_or_else(|_| {
         let exe = std::env::current_exe().expect("current exe");
-        let dir: PathBuf = exe.parent().and_then(|p| p.parent()).expect("target dir").to_owned();
+        let dir: PathBuf = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target dir")
+            .to_owned();
         dir.join("knit-apiserver").display().to_string()
     })
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -45,7 +52,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_default()
 }
 
-async fn wait_synced(client: &etcd_client::Client, peer: &str, endpoints: u64, services: u64, limit: Duration) -> Option<Duration> {
+async fn wait_synced(
+    client: &etcd_client::Client,
+    peer: &str,
+    endpoints: u64,
+    services: u64,
+    limit: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     let mut c = client.clone();
     while start.elapsed() < limit {
@@ -68,7 +81,13 @@ async fn latency_under_churn(bin: &str) -> (Duration, Duration, usize) {
     full_mesh(&mut clusters);
     let mut base = node("a-n1", "192.168.1.1", "10.1.0.0/24");
     for i in 0..1000 {
-        base += &pod("bench", &format!("base-{i}"), "a-n1", &format!("10.1.{}.{}", 100 + i / 250, 1 + i % 250), "base");
+        base += &pod(
+            "bench",
+            &format!("base-{i}"),
+            "a-n1",
+            &format!("10.1.{}.{}", 100 + i / 250, 1 + i % 250),
+            "base",
+        );
     }
     clusters[0].write_source("base.yaml", &base);
     for c in clusters.iter_mut() {
@@ -76,10 +95,16 @@ async fn latency_under_churn(bin: &str) -> (Duration, Duration, usize) {
         c.start_apiserver(bin, &[]);
     }
     let b = clusters[1].admin().await;
-    wait_synced(&b, "a", 1000, 0, Duration::from_secs(60)).await.expect("initial sync for the latency run");
+    wait_synced(&b, "a", 1000, 0, Duration::from_secs(60))
+        .await
+        .expect("initial sync for the latency run");
 
     let prefix = format!("{}endpoints/", cache_prefix("a"));
-    let mut watch = b.clone().watch(prefix.as_str(), Some(WatchOptions::new().with_prefix())).await.expect("watch");
+    let mut watch = b
+        .clone()
+        .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch");
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     tokio::spawn(async move {
         while let Ok(Some(resp)) = watch.message().await {
@@ -101,7 +126,10 @@ async fn latency_under_churn(bin: &str) -> (Duration, Duration, usize) {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
         let ip = format!("10.1.{}.{}", 10 + i / 250, 1 + i % 250);
-        clusters[0].write_source(&format!("churn-{i}.yaml"), &pod("bench", &format!("churn-{i}"), "a-n1", &ip, "churn"));
+        clusters[0].write_source(
+            &format!("churn-{i}.yaml"),
+            &pod("bench", &format!("churn-{i}"), "a-n1", &ip, "churn"),
+        );
         sent.insert(format!("{prefix}{ip}"), Instant::now());
     }
     let mut latencies = Vec::new();
@@ -128,10 +156,20 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
         for i in f * per_file..((f + 1) * per_file).min(endpoints) {
             if i % 100 == 0 {
                 let n = i / 100;
-                yaml += &node(&format!("n{n}"), &format!("192.168.{}.{}", n / 250, 1 + n % 250), &format!("10.1.{}.0/24", n % 256));
+                yaml += &node(
+                    &format!("n{n}"),
+                    &format!("192.168.{}.{}", n / 250, 1 + n % 250),
+                    &format!("10.1.{}.0/24", n % 256),
+                );
             }
             let ip = format!("10.1.{}.{}", i / 250, 1 + i % 250);
-            yaml += &pod("bench", &format!("p{i}"), &format!("n{}", i / 100), &ip, &format!("app{}", i % 50));
+            yaml += &pod(
+                "bench",
+                &format!("p{i}"),
+                &format!("n{}", i / 100),
+                &ip,
+                &format!("app{}", i % 50),
+            );
         }
         clusters[0].write_source(&format!("pods-{f}.yaml"), &yaml);
     }
@@ -157,11 +195,22 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
     let a = clusters[0].admin().await;
     let mut c = a.clone();
     loop {
-        let r = c.get("knit/v1/clusters/a/synced/", Some(GetOptions::new().with_prefix().with_count_only())).await;
-        if r.map(|r| r.count()).unwrap_or_default() == 4 {
-            break;
+        let r = c
+            .get(
+                "knit/v1/clusters/a/synced/",
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await;
+        match r {
+            Ok(r) if r.kvs().len() == 4 => break,
+            Ok(_) => {}
+            Err(e) => eprintln!("checking a's canaries: {e}"),
         }
-        assert!(export_start.elapsed() < Duration::from_secs(600), "export did not finish\n{}", clusters[0].logs());
+        assert!(
+            export_start.elapsed() < Duration::from_secs(600),
+            "export did not finish\n{}",
+            clusters[0].logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let export_time = export_start.elapsed();
@@ -170,16 +219,25 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
 
     clusters[1].start_apiserver(bin, &["--lease-ttl=120"]);
     let b = clusters[1].admin().await;
-    let sync = wait_synced(&b, "a", endpoints as u64, services as u64, Duration::from_secs(600))
-        .await
-        .unwrap_or_else(|| panic!("b never synced a\n{}", clusters[1].logs()));
+    let sync = wait_synced(
+        &b,
+        "a",
+        endpoints as u64,
+        services as u64,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap_or_else(|| panic!("b never synced a\n{}", clusters[1].logs()));
     (export_time, sync, rss)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let bin = apiserver_bin();
-    assert!(std::path::Path::new(&bin).exists(), "{bin} not found; run `cargo build --release -p knit-apiserver`");
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} not found; run `cargo build --release -p knit-apiserver`"
+    );
     let endpoints = env_usize("KNIT_BENCH_ENDPOINTS", 100_000);
     let services = env_usize("KNIT_BENCH_SERVICES", 10_000);
 
@@ -190,10 +248,31 @@ async fn main() {
     println!("\n## knit-apiserver / KVStoreMesh (real etcd 3.4, mTLS, two clusters on loopback)\n");
     println!("| measure | figure | target | ratio to target |");
     println!("|---|---:|---:|---:|");
-    println!("| propagation p50, 200 updates/s ({seen} of 2000 seen) | {:.1} ms | — | — |", p50.as_secs_f64() * 1e3);
-    println!("| propagation p99, 200 updates/s | {:.1} ms | 100 ms | {:.2} |", p99.as_secs_f64() * 1e3, p99.as_secs_f64() / 0.1);
-    println!("| initial export of {endpoints} endpoints + {services} services (cluster a) | {:.2} s | — | — |", export.as_secs_f64());
-    println!("| initial sync of the same into a new peer (cluster b) | {:.2} s | 10 s | {:.2} |", sync.as_secs_f64(), sync.as_secs_f64() / 10.0);
-    println!("| apiserver resident memory | {:.1} MiB | — | — |", rss as f64 / 1024.0);
-    println!("| resident memory per endpoint | {:.0} B | 1024 B | {:.2} |", per_endpoint, per_endpoint / 1024.0);
+    println!(
+        "| propagation p50, 200 updates/s ({seen} of 2000 seen) | {:.1} ms | — | — |",
+        p50.as_secs_f64() * 1e3
+    );
+    println!(
+        "| propagation p99, 200 updates/s | {:.1} ms | 100 ms | {:.2} |",
+        p99.as_secs_f64() * 1e3,
+        p99.as_secs_f64() / 0.1
+    );
+    println!(
+        "| initial export of {endpoints} endpoints + {services} services (cluster a) | {:.2} s | — | — |",
+        export.as_secs_f64()
+    );
+    println!(
+        "| initial sync of the same into a new peer (cluster b) | {:.2} s | 10 s | {:.2} |",
+        sync.as_secs_f64(),
+        sync.as_secs_f64() / 10.0
+    );
+    println!(
+        "| apiserver resident memory | {:.1} MiB | — | — |",
+        rss as f64 / 1024.0
+    );
+    println!(
+        "| resident memory per endpoint | {:.0} B | 1024 B | {:.2} |",
+        per_endpoint,
+        per_endpoint / 1024.0
+    );
 }

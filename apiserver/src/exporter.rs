@@ -1,4 +1,4 @@
-//! The export loop: poll the source, [`export`] the state, hand the result
+//! The export loop: wait for the source to change, [`export`] the state, hand the result
 //! to a [`SyncStore`] and flush. Canaries (`synced/<kind>`) join the
 //! desired set only after the first complete flush, so a peer that sees
 //! them has everything. Identities published by an earlier run are read
@@ -16,23 +16,21 @@ use knit_telemetry::Health;
 use crate::export::{LocalCluster, export, local_prefix};
 use crate::identity::IdentityAllocator;
 use crate::metrics::{Metrics, PeerDetail};
-use crate::source::directory::DirectorySource;
+use crate::source::Source;
 use crate::{Error, Result, unix_now};
 
 /// Exporter settings.
 pub struct ExporterSettings {
     /// This cluster.
     pub cluster: LocalCluster,
-    /// How often the directory source is rescanned when inotify reports nothing.
-    pub poll: Duration,
     /// Lease TTL of published keys.
     pub lease_ttl_secs: i64,
 }
 
 /// Runs until the process stops. Fails only if the store cannot be created.
-pub async fn run_exporter(
+pub async fn run_exporter<S: Source>(
     local: Client,
-    mut source: DirectorySource,
+    mut source: S,
     settings: ExporterSettings,
     metrics: Metrics,
     health: Health,
@@ -47,15 +45,9 @@ pub async fn run_exporter(
     let synced_at = unix_now();
     let mut pending = true;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
-    let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = match crate::source::directory::watch_changes(source.root(), wake_tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "no inotify on the source directory; relying on polling");
-            None
-        }
-    };
-    pending |= source.poll();
+    while !source.is_ready() {
+        source.next_change().await;
+    }
     loop {
         if last_heartbeat.elapsed() >= Duration::from_secs(5) {
             store.set(HEARTBEAT_KEY.to_owned(), unix_now().to_string().into_bytes());
@@ -101,14 +93,8 @@ pub async fn run_exporter(
             }
         }
         tokio::select! {
-            Some(path) = wake.recv() => {
-                let mut paths = vec![path];
-                while let Ok(p) = wake.try_recv() {
-                    paths.push(p);
-                }
-                pending |= source.reload(&paths);
-            }
-            () = tokio::time::sleep(settings.poll) => pending |= source.poll(),
+            changed = source.next_change() => pending |= changed,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

@@ -12,6 +12,7 @@ use knit_apiserver::exporter::{ExporterSettings, run_exporter};
 use knit_apiserver::mesh::{MeshSettings, run_mesh};
 use knit_apiserver::metrics::Metrics;
 use knit_apiserver::source::directory::DirectorySource;
+use knit_apiserver::source::kubernetes::KubernetesSource;
 use knit_kvstore::{EtcdAccess, etcd};
 use prometheus_client::registry::Registry;
 
@@ -39,9 +40,10 @@ struct Args {
     /// Directory of peer etcd client configs (`<peer>.yaml`).
     #[arg(long)]
     peer_configs: Option<PathBuf>,
-    /// Read cluster state from this directory of Kubernetes YAML.
+    /// Read cluster state from this directory of Kubernetes YAML instead of
+    /// the Kubernetes API (sites without Kubernetes, the local mesh).
     #[arg(long)]
-    source_dir: PathBuf,
+    source_dir: Option<PathBuf>,
     /// How often the source directory is fully rescanned (a safety net: inotify
     /// reports changes as they happen).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -120,17 +122,26 @@ async fn main() -> anyhow::Result<()> {
         id: args.cluster_id,
         pod_cidrs: args.pod_cidrs.clone(),
     };
-    let exporter = run_exporter(
-        client.clone(),
-        DirectorySource::new(&args.source_dir),
-        ExporterSettings {
-            cluster,
-            poll: args.poll_interval,
-            lease_ttl_secs: args.lease_ttl,
-        },
-        metrics.clone(),
-        health,
-    );
+    let settings = ExporterSettings {
+        cluster,
+        lease_ttl_secs: args.lease_ttl,
+    };
+    let exporter = async {
+        match &args.source_dir {
+            Some(dir) => {
+                let source = DirectorySource::new(dir, args.poll_interval);
+                run_exporter(client.clone(), source, settings, metrics.clone(), health).await
+            }
+            None => {
+                let kube = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API")?;
+                let source = KubernetesSource::new(kube);
+                run_exporter(client.clone(), source, settings, metrics.clone(), health).await
+            }
+        }
+        .map_err(anyhow::Error::from)
+    };
     let mesh = async {
         match &args.peer_configs {
             Some(dir) => {

@@ -116,7 +116,9 @@ struct Mirror {
 
 /// Mirrors one peer until aborted.
 pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: MeshSettings) {
-    let Some(identity) = config.peer.clone() else { return };
+    let Some(identity) = config.peer.clone() else {
+        return;
+    };
     let peer = identity.cluster_name.clone();
     let label = PeerLabel { peer: peer.clone() };
     let mut store = loop {
@@ -184,12 +186,27 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
             }
         }
         let metrics = &settings.metrics;
-        metrics.peer_connected.get_or_create(&label).set(i64::from(m.status.connected));
-        metrics.peer_synced.get_or_create(&label).set(i64::from(m.status.synced));
-        metrics.peer_withdrawn.get_or_create(&label).set(i64::from(m.status.withdrawn));
+        metrics
+            .peer_connected
+            .get_or_create(&label)
+            .set(i64::from(m.status.connected));
+        metrics
+            .peer_synced
+            .get_or_create(&label)
+            .set(i64::from(m.status.synced));
+        metrics
+            .peer_withdrawn
+            .get_or_create(&label)
+            .set(i64::from(m.status.withdrawn));
         for kind in Kind::ALL {
             let n = m.counts.get(&kind).copied().unwrap_or_default();
-            metrics.peer_records.get_or_create(&PeerDetail { peer: peer.clone(), detail: kind.to_string() }).set(n as i64);
+            metrics
+                .peer_records
+                .get_or_create(&PeerDetail {
+                    peer: peer.clone(),
+                    detail: kind.to_string(),
+                })
+                .set(n as i64);
         }
     }
 }
@@ -199,7 +216,9 @@ impl Mirror {
     fn handle(&mut self, event: WatchEvent, store: &mut SyncStore, metrics: &Metrics) {
         match event {
             WatchEvent::Upsert { key, value } => {
-                let Some(rel) = key.strip_prefix(&self.src) else { return };
+                let Some(rel) = key.strip_prefix(&self.src) else {
+                    return;
+                };
                 match self.validator.check(rel, &value) {
                     Ok(rk) => self.accept(rk, value, store),
                     Err(reason) => {
@@ -207,7 +226,10 @@ impl Mirror {
                         *self.status.rejected.entry(reason.to_string()).or_default() += 1;
                         metrics
                             .peer_rejected
-                            .get_or_create(&PeerDetail { peer: self.peer.clone(), detail: reason.to_string() })
+                            .get_or_create(&PeerDetail {
+                                peer: self.peer.clone(),
+                                detail: reason.to_string(),
+                            })
                             .inc();
                         if self.logged.insert(reason) {
                             tracing::warn!(peer = %self.peer, %key, %reason, "rejected a record from a peer (logged once per reason)");
@@ -282,9 +304,14 @@ impl Mirror {
     /// Updates the status record in the store.
     fn report(&mut self, store: &mut SyncStore) {
         self.status.synced = self.status.connected
-            && Kind::ALL.iter().all(|k| store.contains(&RelativeKey::Synced(*k).under(&self.dst)));
+            && Kind::ALL
+                .iter()
+                .all(|k| store.contains(&RelativeKey::Synced(*k).under(&self.dst)));
         self.status.counts = self.counts.iter().map(|(k, n)| (k.to_string(), *n)).collect();
-        store.set(mesh_status_key(&self.peer), serde_json::to_vec(&self.status).unwrap_or_default());
+        store.set(
+            mesh_status_key(&self.peer),
+            serde_json::to_vec(&self.status).unwrap_or_default(),
+        );
     }
 }
 

@@ -168,7 +168,9 @@ impl SyncStore {
                 .iter()
                 .filter(|k| is_canary(k) == canaries)
                 .filter_map(|k| match self.desired.get(k) {
-                    Some(v) if self.written.get(k) != Some(&fingerprint(v)) => Some((k.clone(), Some(v.clone()))),
+                    Some(v) if self.written.get(k) != Some(&fingerprint(v)) => {
+                        Some((k.clone(), Some(v.clone())))
+                    }
                     Some(_) => None,
                     None => self.written.contains_key(k).then(|| (k.clone(), None)),
                 })
@@ -298,7 +300,9 @@ async fn grant(
 /// A 64-bit fingerprint of a value (FNV-1a), kept instead of the value
 /// itself to remember what etcd holds.
 fn fingerprint(value: &[u8]) -> u64 {
-    value.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    value.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn etcd(action: &'static str) -> impl Fn(etcd_client::Error) -> Error {

@@ -50,9 +50,14 @@ enum Object {
 }
 
 /// Reads a directory of manifests into a [`ClusterState`].
-#[derive(Debug)]
 pub struct DirectorySource {
     root: PathBuf,
+    poll_every: std::time::Duration,
+    changes: Option<(
+        notify::RecommendedWatcher,
+        tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+    )>,
+    polled: bool,
     files: BTreeMap<PathBuf, FileEntry>,
     state: ClusterState,
     /// Files that failed to parse, with the problem (kept until fixed).
@@ -62,10 +67,23 @@ pub struct DirectorySource {
 }
 
 impl DirectorySource {
-    /// A source over `root` (nothing read yet).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    /// A source over `root` (nothing read yet), rescanned every `poll_every`
+    /// and, where inotify works, as soon as a file changes.
+    pub fn new(root: impl Into<PathBuf>, poll_every: std::time::Duration) -> Self {
+        let root = root.into();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let changes = match watch_changes(&root, tx) {
+            Ok(watcher) => Some((watcher, rx)),
+            Err(e) => {
+                tracing::warn!(dir = %root.display(), error = %e, "no inotify on the source directory; polling only");
+                None
+            }
+        };
         Self {
-            root: root.into(),
+            root,
+            poll_every,
+            changes,
+            polled: false,
             files: BTreeMap::new(),
             state: ClusterState::default(),
             errors: BTreeMap::new(),
@@ -78,16 +96,16 @@ impl DirectorySource {
         &self.root
     }
 
-    /// The current state.
-    pub fn state(&self) -> &ClusterState {
-        &self.state
-    }
-
     /// Rescans the whole directory; returns whether anything changed.
     pub fn poll(&mut self) -> bool {
         let mut found = BTreeSet::new();
         collect_yaml(&self.root, &mut found);
-        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !found.contains(*p)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !found.contains(*p))
+            .cloned()
+            .collect();
         let mut changed = !gone.is_empty();
         for path in gone {
             self.forget(&path);
@@ -122,7 +140,9 @@ impl DirectorySource {
         if stamp.is_some() && self.files.get(path).is_some_and(|f| f.stamp == stamp) {
             return false;
         }
-        let Ok(text) = std::fs::read_to_string(path) else { return false };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return false;
+        };
         match parse_documents(&text, &mut self.skipped) {
             Ok(objects) => {
                 self.errors.remove(path);
@@ -143,7 +163,9 @@ impl DirectorySource {
     }
 
     fn forget(&mut self, path: &Path) {
-        let Some(entry) = self.files.remove(path) else { return };
+        let Some(entry) = self.files.remove(path) else {
+            return;
+        };
         for (slot, key) in entry.keys {
             let s = &mut self.state;
             match slot {
@@ -159,11 +181,52 @@ impl DirectorySource {
     }
 }
 
+impl super::Source for DirectorySource {
+    async fn next_change(&mut self) -> bool {
+        if !self.polled {
+            self.polled = true;
+            return self.poll();
+        }
+        let poll_every = self.poll_every;
+        let paths = match &mut self.changes {
+            Some((_, rx)) => tokio::select! {
+                Some(path) = rx.recv() => {
+                    let mut paths = vec![path];
+                    while let Ok(p) = rx.try_recv() {
+                        paths.push(p);
+                    }
+                    Some(paths)
+                }
+                () = tokio::time::sleep(poll_every) => None,
+            },
+            None => {
+                tokio::time::sleep(poll_every).await;
+                None
+            }
+        };
+        match paths {
+            Some(paths) => self.reload(&paths),
+            None => self.poll(),
+        }
+    }
+
+    fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    fn is_ready(&self) -> bool {
+        self.polled
+    }
+}
+
 fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
     macro_rules! put {
         ($map:ident, $slot:expr, $obj:expr) => {{
             let o = *$obj;
-            let key = object_key(o.metadata.namespace.as_deref(), o.metadata.name.as_deref().unwrap_or_default());
+            let key = object_key(
+                o.metadata.namespace.as_deref(),
+                o.metadata.name.as_deref().unwrap_or_default(),
+            );
             state.$map.insert(key.clone(), o);
             ($slot, key)
         }};
@@ -210,7 +273,7 @@ fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String>
 }
 
 /// Keeps only what the export reads of a Pod (saves most of its memory).
-fn trim_pod(pod: Pod) -> Pod {
+pub(crate) fn trim_pod(pod: Pod) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: pod.metadata.name,
@@ -234,7 +297,7 @@ fn trim_pod(pod: Pod) -> Pod {
 }
 
 /// Keeps only what the export reads of a Node.
-fn trim_node(node: Node) -> Node {
+pub(crate) fn trim_node(node: Node) -> Node {
     Node {
         metadata: ObjectMeta {
             name: node.metadata.name,
@@ -256,11 +319,15 @@ fn trim_node(node: Node) -> Node {
 
 fn is_manifest(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "yaml" || e == "yml")
-        && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 fn collect_yaml(dir: &Path, out: &mut BTreeSet<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {

@@ -1,8 +1,12 @@
 //! Where the apiserver learns the cluster's state: Kubernetes objects as
-//! one [`ClusterState`] value. The [`directory`] source reads them from YAML
-//! files (sites without Kubernetes, the local mesh, tests).
+//! one [`ClusterState`] value, kept current by a [`Source`]. The
+//! [`kubernetes`] source watches the API server; the [`directory`] source
+//! reads YAML files (sites without Kubernetes, the local mesh, tests).
 
 pub mod directory;
+pub mod kubernetes;
+
+use std::future::Future;
 
 use std::collections::BTreeMap;
 
@@ -29,6 +33,18 @@ pub struct ClusterState {
     pub network_policies: BTreeMap<String, NetworkPolicy>,
     /// GlobalServicePolicies.
     pub policies: BTreeMap<String, GlobalServicePolicy>,
+}
+
+/// A live view of the cluster's objects.
+pub trait Source: Send {
+    /// Waits for the next change and applies it; `false` when the wake-up
+    /// changed nothing.
+    fn next_change(&mut self) -> impl Future<Output = bool> + Send;
+    /// The current state.
+    fn state(&self) -> &ClusterState;
+    /// Whether every kind has been read completely once. Exporting before
+    /// would publish a partial state and delete what peers already have.
+    fn is_ready(&self) -> bool;
 }
 
 /// `namespace/name` or `name`.

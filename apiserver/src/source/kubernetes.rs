@@ -1,0 +1,183 @@
+//! The Kubernetes source: one watcher per kind (Nodes, Pods, Namespaces,
+//! Services, EndpointSlices, NetworkPolicies, GlobalServicePolicies), merged
+//! into one stream that updates a [`ClusterState`] in place.
+//!
+//! A (re)list is buffered and swapped in whole on `InitDone`, so a relist
+//! never shows a half-empty state. Pods and Nodes are trimmed to what the
+//! export reads, like the directory source does.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use futures::stream::{BoxStream, SelectAll};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use knit_crds::GlobalServicePolicy;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::{ClusterState, Source, object_key};
+
+// Boxing each event would cost an allocation per object for nothing: the
+// stream hands them over one at a time.
+#[allow(clippy::large_enum_variant)]
+enum Change {
+    Node(Event<Node>),
+    Pod(Event<Pod>),
+    Namespace(Event<Namespace>),
+    Service(Event<Service>),
+    EndpointSlice(Event<EndpointSlice>),
+    NetworkPolicy(Event<NetworkPolicy>),
+    Policy(Event<GlobalServicePolicy>),
+}
+
+/// Relist buffers and readiness per kind.
+#[derive(Default)]
+struct Buffers {
+    nodes: Option<BTreeMap<String, Node>>,
+    pods: Option<BTreeMap<String, Pod>>,
+    namespaces: Option<BTreeMap<String, Namespace>>,
+    services: Option<BTreeMap<String, Service>>,
+    endpoint_slices: Option<BTreeMap<String, EndpointSlice>>,
+    network_policies: Option<BTreeMap<String, NetworkPolicy>>,
+    policies: Option<BTreeMap<String, GlobalServicePolicy>>,
+}
+
+/// Watches the cluster through the Kubernetes API.
+pub struct KubernetesSource {
+    state: ClusterState,
+    buffers: Buffers,
+    listed: [bool; 7],
+    changes: SelectAll<BoxStream<'static, Change>>,
+}
+
+impl KubernetesSource {
+    /// Starts the watchers (cluster-wide).
+    pub fn new(client: Client) -> Self {
+        fn stream<K>(client: &Client, wrap: fn(Event<K>) -> Change) -> BoxStream<'static, Change>
+        where
+            K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+        {
+            watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+                .default_backoff()
+                .filter_map(move |r| async move {
+                    r.map_err(|e| tracing::warn!(error = %e, "Kubernetes watch error; retrying"))
+                        .ok()
+                        .map(wrap)
+                })
+                .boxed()
+        }
+        use kube::runtime::watcher::watcher;
+        let changes = futures::stream::select_all([
+            stream::<Node>(&client, Change::Node),
+            stream::<Pod>(&client, Change::Pod),
+            stream::<Namespace>(&client, Change::Namespace),
+            stream::<Service>(&client, Change::Service),
+            stream::<EndpointSlice>(&client, Change::EndpointSlice),
+            stream::<NetworkPolicy>(&client, Change::NetworkPolicy),
+            stream::<GlobalServicePolicy>(&client, Change::Policy),
+        ]);
+        Self {
+            state: ClusterState::default(),
+            buffers: Buffers::default(),
+            listed: [false; 7],
+            changes,
+        }
+    }
+
+    fn apply(&mut self, change: Change) -> bool {
+        let (s, b) = (&mut self.state, &mut self.buffers);
+        let (kind, applied) = match change {
+            Change::Node(e) => (
+                0,
+                apply(&mut s.nodes, &mut b.nodes, e, super::directory::trim_node),
+            ),
+            Change::Pod(e) => (1, apply(&mut s.pods, &mut b.pods, e, super::directory::trim_pod)),
+            Change::Namespace(e) => (2, apply(&mut s.namespaces, &mut b.namespaces, e, |o| o)),
+            Change::Service(e) => (3, apply(&mut s.services, &mut b.services, e, |o| o)),
+            Change::EndpointSlice(e) => (4, apply(&mut s.endpoint_slices, &mut b.endpoint_slices, e, |o| o)),
+            Change::NetworkPolicy(e) => (
+                5,
+                apply(&mut s.network_policies, &mut b.network_policies, e, |o| o),
+            ),
+            Change::Policy(e) => (6, apply(&mut s.policies, &mut b.policies, e, |o| o)),
+        };
+        if applied == Applied::ListDone {
+            self.listed[kind] = true;
+        }
+        applied != Applied::Buffered
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Applied {
+    Changed,
+    Buffered,
+    ListDone,
+}
+
+fn apply<K: Resource>(
+    map: &mut BTreeMap<String, K>,
+    buffer: &mut Option<BTreeMap<String, K>>,
+    event: Event<K>,
+    trim: fn(K) -> K,
+) -> Applied {
+    let key = |o: &K| {
+        object_key(
+            o.meta().namespace.as_deref(),
+            o.meta().name.as_deref().unwrap_or_default(),
+        )
+    };
+    match event {
+        Event::Apply(o) => {
+            map.insert(key(&o), trim(o));
+            Applied::Changed
+        }
+        Event::Delete(o) => {
+            map.remove(&key(&o));
+            Applied::Changed
+        }
+        Event::Init => {
+            *buffer = Some(BTreeMap::new());
+            Applied::Buffered
+        }
+        Event::InitApply(o) => {
+            buffer.get_or_insert_default().insert(key(&o), trim(o));
+            Applied::Buffered
+        }
+        Event::InitDone => {
+            *map = buffer.take().unwrap_or_default();
+            Applied::ListDone
+        }
+    }
+}
+
+impl Source for KubernetesSource {
+    async fn next_change(&mut self) -> bool {
+        match self.changes.next().await {
+            Some(change) => {
+                let mut changed = self.apply(change);
+                while let Some(Some(change)) = futures::FutureExt::now_or_never(self.changes.next()) {
+                    changed |= self.apply(change);
+                }
+                changed
+            }
+            None => {
+                std::future::pending::<()>().await;
+                false
+            }
+        }
+    }
+
+    fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    fn is_ready(&self) -> bool {
+        self.listed.iter().all(|l| *l)
+    }
+}

@@ -1,0 +1,163 @@
+//! The pure export and the directory source, without etcd.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use knit_apiserver::export::{LocalCluster, export};
+use knit_apiserver::identity::IdentityAllocator;
+use knit_apiserver::source::Source;
+use knit_apiserver::source::directory::DirectorySource;
+use knit_e2e::TempDir;
+use knit_e2e::manifests::{global_service, node, pod};
+use knit_kvstore::keys::Kind;
+use knit_kvstore::records::{Affinity, EndpointRecord, ServiceRecord};
+
+fn cluster() -> LocalCluster {
+    LocalCluster {
+        name: "a".into(),
+        id: 1,
+        pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+    }
+}
+
+fn source(files: &[(&str, String)]) -> (TempDir, DirectorySource) {
+    let dir = TempDir::new("export-test");
+    for (name, yaml) in files {
+        std::fs::write(dir.path().join(name), yaml).unwrap();
+    }
+    let mut src = DirectorySource::new(dir.path(), Duration::from_secs(60));
+    src.poll();
+    (dir, src)
+}
+
+fn service(out: &BTreeMap<String, Vec<u8>>, key: &str) -> ServiceRecord {
+    serde_json::from_slice(&out[key]).unwrap()
+}
+
+#[test]
+fn exports_nodes_endpoints_identities_and_only_exported_services() {
+    let mut yaml = node("n1", "192.168.1.1", "10.1.1.0/24");
+    yaml += &pod("shop", "web-1", "n1", "10.1.1.1", "web");
+    yaml += &pod("shop", "web-2", "n1", "10.1.1.2", "web");
+    yaml += &pod("shop", "db-1", "n1", "10.1.1.3", "db");
+    yaml += &pod("shop", "stray", "n1", "10.9.0.1", "web");
+    yaml += "apiVersion: v1\nkind: Pod\nmetadata: {name: host, namespace: kube-system}\nspec: {hostNetwork: true, containers: []}\nstatus: {phase: Running, podIP: 10.1.1.9}\n---\n";
+    yaml += "apiVersion: v1\nkind: Pod\nmetadata: {name: done, namespace: shop}\nspec: {containers: []}\nstatus: {phase: Succeeded, podIP: 10.1.1.8}\n---\n";
+    yaml += "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ignored}\n---\n";
+    let (_dir, src) = source(&[
+        ("cluster.yaml", yaml),
+        (
+            "web.yaml",
+            global_service("shop", "web", 80, &["10.1.1.1", "10.1.1.2"], true),
+        ),
+        (
+            "db.yaml",
+            global_service("shop", "db", 5432, &["10.1.1.3"], false),
+        ),
+    ]);
+    assert_eq!(src.skipped, 1);
+    let mut ids = IdentityAllocator::new(1);
+    let out = export(&cluster(), src.state(), &mut ids);
+
+    assert_eq!(out.counts[&Kind::Nodes], 1);
+    assert_eq!(
+        out.counts[&Kind::Endpoints],
+        3,
+        "host-network, finished and out-of-CIDR pods are not endpoints"
+    );
+    assert_eq!(
+        out.counts[&Kind::Identities],
+        2,
+        "web pods share one identity, db has another"
+    );
+    assert_eq!(
+        out.counts[&Kind::Services],
+        1,
+        "only the exported service is published"
+    );
+    assert!(
+        out.skipped_pods.iter().any(|s| s.contains("10.9.0.1")),
+        "{:?}",
+        out.skipped_pods
+    );
+
+    let web1: EndpointRecord =
+        serde_json::from_slice(&out.published["knit/v1/clusters/a/endpoints/10.1.1.1"]).unwrap();
+    let web2: EndpointRecord =
+        serde_json::from_slice(&out.published["knit/v1/clusters/a/endpoints/10.1.1.2"]).unwrap();
+    assert_eq!(web1.identity, web2.identity);
+    assert_eq!(web1.identity >> 15, 1);
+    let identity =
+        String::from_utf8(out.published[&format!("knit/v1/clusters/a/identities/{}", web1.identity)].clone())
+            .unwrap();
+    assert!(
+        identity.contains("\"knit.dev/cluster\":\"a\"")
+            && identity.contains("\"io.kubernetes.pod.namespace\":\"shop\""),
+        "{identity}"
+    );
+
+    let web = service(&out.published, "knit/v1/clusters/a/services/shop/web");
+    assert_eq!(
+        web.backends.iter().map(|b| b.ip.to_string()).collect::<Vec<_>>(),
+        vec!["10.1.1.1", "10.1.1.2"]
+    );
+    assert_eq!(web.backends[0].ports["http"], 80);
+    assert!(!out.published.contains_key("knit/v1/clusters/a/services/shop/db"));
+    let db = service(&out.local, "knit/v1/local/services/shop/db");
+    assert!(
+        !db.export && db.backends.len() == 1,
+        "the local copy keeps local backends"
+    );
+}
+
+#[test]
+fn cilium_annotations_make_a_service_global_and_the_oldest_policy_wins() {
+    let annotated = "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: shop\n  annotations:\n    service.cilium.io/global: \"true\"\n    service.cilium.io/affinity: remote\nspec:\n  ports: [{name: http, port: 8080}]\n---\n";
+    let policy = |name: &str, created: &str, affinity: &str| {
+        format!(
+            "apiVersion: knit.dev/v1alpha1\nkind: GlobalServicePolicy\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec:\n  selector: {{matchLabels: {{tier: front}}}}\n  affinity: {affinity}\n---\n"
+        )
+    };
+    let front = "apiVersion: v1\nkind: Service\nmetadata: {name: front, namespace: shop, labels: {tier: front}}\nspec:\n  ports: [{name: http, port: 80}]\n---\n";
+    let (_dir, src) = source(&[
+        ("api.yaml", annotated.to_owned()),
+        ("front.yaml", front.to_owned()),
+        ("p1.yaml", policy("newer", "2026-02-01T00:00:00Z", "local")),
+        ("p2.yaml", policy("older", "2026-01-01T00:00:00Z", "remote")),
+    ]);
+    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    assert_eq!(
+        service(&out.published, "knit/v1/clusters/a/services/shop/api").affinity,
+        Affinity::Remote
+    );
+    assert_eq!(
+        service(&out.published, "knit/v1/clusters/a/services/shop/front").affinity,
+        Affinity::Remote,
+        "the older policy governs"
+    );
+}
+
+#[test]
+fn a_broken_file_keeps_its_last_good_contents_and_a_removed_file_its_objects_go() {
+    let (dir, mut src) = source(&[("pods.yaml", pod("shop", "web-1", "n1", "10.1.1.1", "web"))]);
+    assert_eq!(src.state().pods.len(), 1);
+    std::fs::write(
+        dir.path().join("pods.yaml"),
+        "kind: Pod\nmetadata: [this is: not a pod\n",
+    )
+    .unwrap();
+    src.poll();
+    assert_eq!(src.state().pods.len(), 1, "a parse error loses nothing");
+    assert_eq!(src.errors.len(), 1);
+    std::fs::write(
+        dir.path().join("pods.yaml"),
+        pod("shop", "web-2", "n1", "10.1.1.2", "web"),
+    )
+    .unwrap();
+    assert!(src.reload(&[dir.path().join("pods.yaml")]));
+    assert!(src.state().pods.contains_key("shop/web-2") && !src.state().pods.contains_key("shop/web-1"));
+    assert!(src.errors.is_empty());
+    std::fs::remove_file(dir.path().join("pods.yaml")).unwrap();
+    assert!(src.reload(&[dir.path().join("pods.yaml")]));
+    assert!(src.state().pods.is_empty());
+}
