@@ -22,6 +22,8 @@ demo: setup
 ## make bench: benchmarks, printed as a table.
 bench: setup
 	$(CARGO) run --release -q -p knit-operator --example render_bench
+	$(CARGO) build --release -q -p knit-apiserver --bin knit-apiserver --example mesh_bench
+	./target/release/examples/mesh_bench
 
 ## make crds: regenerate crds/*.yaml and config/crd/*.yaml from the Rust types.
 crds:

@@ -146,8 +146,13 @@ async fn latency_under_churn(bin: &str) -> (Duration, Duration, usize) {
     (percentile(&latencies, 0.5), percentile(&latencies, 0.99), seen)
 }
 
+/// The `i`-th pod IP of the initial-sync run (10.64.0.1 onwards, in 10.64.0.0/12).
+fn ip(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 64, 0, 1)) + i as u32)
+}
+
 async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration, Duration, u64) {
-    let mut clusters = vec![TestCluster::new("a", 1), TestCluster::new("b", 2)];
+    let mut clusters = vec![TestCluster::with_pod_cidr("a", 1, "10.64.0.0/12"), TestCluster::new("b", 2)];
     full_mesh(&mut clusters);
     // 100 pods per node, 1,000 pods per file.
     let per_file = 1000;
@@ -156,20 +161,10 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
         for i in f * per_file..((f + 1) * per_file).min(endpoints) {
             if i % 100 == 0 {
                 let n = i / 100;
-                yaml += &node(
-                    &format!("n{n}"),
-                    &format!("192.168.{}.{}", n / 250, 1 + n % 250),
-                    &format!("10.1.{}.0/24", n % 256),
-                );
+                let host = format!("192.168.{}.{}", n / 250, 1 + n % 250);
+                yaml += &node(&format!("n{n}"), &host, &format!("{}/24", ip(n * 256)));
             }
-            let ip = format!("10.1.{}.{}", i / 250, 1 + i % 250);
-            yaml += &pod(
-                "bench",
-                &format!("p{i}"),
-                &format!("n{}", i / 100),
-                &ip,
-                &format!("app{}", i % 50),
-            );
+            yaml += &pod("bench", &format!("p{i}"), &format!("n{}", i / 100), &ip(i).to_string(), &format!("app{}", i % 50));
         }
         clusters[0].write_source(&format!("pods-{f}.yaml"), &yaml);
     }
@@ -181,8 +176,7 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s{s}-1\n  namespace: bench\n  labels:\n    kubernetes.io/service-name: s{s}\naddressType: IPv4\nports:\n- name: http\n  port: 8080\nendpoints:\n"
         );
         for b in 0..10 {
-            let i = (s * 10 + b) % endpoints.max(1);
-            yaml += &format!("- addresses: [\"10.1.{}.{}\"]\n", i / 250, 1 + i % 250);
+            yaml += &format!("- addresses: [\"{}\"]\n", ip((s * 10 + b) % endpoints.max(1)));
         }
         yaml += "---\n";
     }

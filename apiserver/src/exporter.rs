@@ -52,7 +52,9 @@ pub async fn run_exporter<S: Source>(
         if last_heartbeat.elapsed() >= Duration::from_secs(5) {
             store.set(HEARTBEAT_KEY.to_owned(), unix_now().to_string().into_bytes());
             last_heartbeat = Instant::now();
-            pending = true;
+            if !pending && let Err(e) = store.flush().await {
+                tracing::debug!(error = %knit_kvstore::error_chain(&e), "heartbeat write failed");
+            }
         }
         if pending {
             let exported = export(&settings.cluster, source.state(), &mut ids);

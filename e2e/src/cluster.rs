@@ -34,10 +34,14 @@ pub struct TestCluster {
 impl TestCluster {
     /// Renders the cluster's certificates (no peers yet). Pod CIDR `10.<id>.0.0/16`.
     pub fn new(name: &str, id: u16) -> Self {
+        Self::with_pod_cidr(name, id, &pod_cidr(id))
+    }
+
+    /// Like [`TestCluster::new`] with another pod CIDR.
+    pub fn with_pod_cidr(name: &str, id: u16, cidr: &str) -> Self {
         let port = free_port();
         let yaml = format!(
-            "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{}]\napiserver:\n  port: {port}\n  externalAddresses: [127.0.0.1]\n",
-            pod_cidr(id)
+            "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{cidr}]\napiserver:\n  port: {port}\n  externalAddresses: [127.0.0.1]\n"
         );
         let config = ClusterConfig::from_yaml(&yaml).expect("test cluster config");
         let cluster = Self {
@@ -76,7 +80,7 @@ impl TestCluster {
 
     /// The pod CIDR of this cluster.
     pub fn pod_cidr(&self) -> String {
-        pod_cidr(self.id)
+        self.config.pod_cidrs.first().cloned().unwrap_or_default()
     }
 
     /// Directory of rendered Secrets/ConfigMaps.

@@ -350,9 +350,14 @@ pub fn watch_changes(
     root: &Path,
     tx: tokio::sync::mpsc::UnboundedSender<PathBuf>,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
+    use notify::event::ModifyKind;
+    use notify::{EventKind, Watcher as _};
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        // Reads (ours included) raise access events; only changes matter.
+        if let Ok(event) = event
+            && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
+            && !matches!(event.kind, EventKind::Modify(ModifyKind::Metadata(_)))
+        {
             for path in event.paths {
                 let _ = tx.send(path);
             }
