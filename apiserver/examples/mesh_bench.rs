@@ -152,7 +152,10 @@ fn ip(i: usize) -> std::net::Ipv4Addr {
 }
 
 async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration, Duration, u64) {
-    let mut clusters = vec![TestCluster::with_pod_cidr("a", 1, "10.64.0.0/12"), TestCluster::new("b", 2)];
+    let mut clusters = vec![
+        TestCluster::with_pod_cidr("a", 1, "10.64.0.0/12"),
+        TestCluster::new("b", 2),
+    ];
     full_mesh(&mut clusters);
     // 100 pods per node, 1,000 pods per file.
     let per_file = 1000;
@@ -164,7 +167,13 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
                 let host = format!("192.168.{}.{}", n / 250, 1 + n % 250);
                 yaml += &node(&format!("n{n}"), &host, &format!("{}/24", ip(n * 256)));
             }
-            yaml += &pod("bench", &format!("p{i}"), &format!("n{}", i / 100), &ip(i).to_string(), &format!("app{}", i % 50));
+            yaml += &pod(
+                "bench",
+                &format!("p{i}"),
+                &format!("n{}", i / 100),
+                &ip(i).to_string(),
+                &format!("app{}", i % 50),
+            );
         }
         clusters[0].write_source(&format!("pods-{f}.yaml"), &yaml);
     }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use knit_crds::{GlobalServicePolicy, ServicePolicy, policy_from_annotations};
 use knit_kvstore::keys::{KEY_PREFIX, Kind, RelativeKey, cluster_prefix};
 use knit_kvstore::records::{
@@ -25,7 +25,7 @@ use knit_kvstore::records::{
 };
 
 use crate::identity::{IdentityAllocator, Labels};
-use crate::source::ClusterState;
+use crate::source::{ClusterState, PodInfo};
 
 /// This cluster's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,74 +76,48 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
     put(&mut out, RelativeKey::Config, json(&config));
 
     for node in state.nodes.values() {
-        let Some(name) = node.metadata.name.clone() else {
+        let Some(tunnel) = node.underlay_ips.first().copied() else {
             continue;
         };
-        let status = node.status.as_ref();
-        let underlay: Vec<IpAddr> = status
-            .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
-        let Some(tunnel) = underlay.first().copied() else {
-            continue;
-        };
-        let pod_cidrs = node
-            .spec
-            .as_ref()
-            .and_then(|s| {
-                s.pod_cidrs
-                    .clone()
-                    .or_else(|| s.pod_cidr.clone().map(|c| vec![c]))
-            })
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
         let record = NodeRecord {
-            name: name.clone(),
+            name: node.name.clone(),
             cluster: cluster.name.clone(),
-            underlay_ips: underlay,
-            pod_cidrs,
+            underlay_ips: node.underlay_ips.clone(),
+            pod_cidrs: node.pod_cidrs.clone(),
             tunnel_endpoint: tunnel,
-            boot_id: status
-                .and_then(|s| s.node_info.as_ref())
-                .map(|i| i.boot_id.clone())
-                .unwrap_or_default(),
+            boot_id: node.boot_id.clone(),
         };
-        put(&mut out, RelativeKey::Record(Kind::Nodes, name), json(&record));
+        put(
+            &mut out,
+            RelativeKey::Record(Kind::Nodes, node.name.clone()),
+            json(&record),
+        );
     }
 
     let mut in_use = BTreeSet::new();
-    for pod in state.pods.values() {
-        let Some(ips) = pod_ips(pod) else { continue };
-        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let labels = identity_labels(cluster, state, pod, &ns);
+    for pod in state.pods.values().filter(|p| !p.ips.is_empty()) {
+        let labels = identity_labels(cluster, state, pod);
         let Some(id) = ids.allocate(&labels) else {
-            out.skipped_pods.push(format!("{ns}/{name}: no free identity"));
+            out.skipped_pods
+                .push(format!("{}/{}: no free identity", pod.namespace, pod.name));
             continue;
         };
-        for ip in ips {
-            if !cluster.pod_cidrs.iter().any(|c| c.contains(&ip)) {
-                out.skipped_pods
-                    .push(format!("{ns}/{name}: {ip} is outside the cluster's pod CIDRs"));
+        for ip in &pod.ips {
+            if !cluster.pod_cidrs.iter().any(|c| c.contains(ip)) {
+                out.skipped_pods.push(format!(
+                    "{}/{}: {ip} is outside the cluster's pod CIDRs",
+                    pod.namespace, pod.name
+                ));
                 continue;
             }
             in_use.insert(id);
             let record = EndpointRecord {
-                ip,
+                ip: *ip,
                 cluster: cluster.name.clone(),
                 identity: id,
-                node: pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default(),
-                namespace: ns.clone(),
-                pod: name.clone(),
+                node: pod.node.clone(),
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
                 named_ports: Default::default(),
             };
             put(
@@ -229,31 +203,11 @@ pub fn service_policy(state: &ClusterState, service: &Service) -> Option<Service
     })
 }
 
-fn pod_ips(pod: &Pod) -> Option<Vec<IpAddr>> {
-    if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    let mut ips: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .collect();
-    if ips.is_empty() {
-        ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
-    }
-    (!ips.is_empty()).then_some(ips)
-}
-
-fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &Pod, ns: &str) -> Labels {
-    let mut labels: Labels = pod.metadata.labels.clone().unwrap_or_default();
+fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &PodInfo) -> Labels {
+    let mut labels: Labels = pod.labels.clone();
     labels.remove("pod-template-hash");
-    labels.insert("io.kubernetes.pod.namespace".into(), ns.to_owned());
-    if let Some(namespace) = state.namespaces.get(ns) {
+    labels.insert("io.kubernetes.pod.namespace".into(), pod.namespace.clone());
+    if let Some(namespace) = state.namespaces.get(&pod.namespace) {
         for (k, v) in namespace.metadata.labels.iter().flatten() {
             labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v.clone());
         }

@@ -2,7 +2,8 @@
 //! any `*.yaml` / `*.yml` below a directory). The [`ClusterState`] is kept
 //! up to date file by file: [`DirectorySource::reload`] re-reads the files
 //! inotify reported ([`watch_changes`]); [`DirectorySource::poll`] rescans
-//! everything as a safety net. Only the fields the export reads are kept.
+//! everything as a safety net. Pods and Nodes are kept as [`PodInfo`] /
+//! [`NodeInfo`], only what the export reads.
 //!
 //! A file that fails to parse keeps its last good contents and is reported
 //! in [`DirectorySource::errors`]; an object of a kind Knit does not read is
@@ -13,11 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use serde::Deserialize;
 
-use super::{ClusterState, object_key};
+use super::{ClusterState, NodeInfo, PodInfo, object_key};
 
 /// What one file contributed.
 #[derive(Clone, Debug, Default)]
@@ -40,8 +40,8 @@ enum Slot {
 
 #[derive(Clone, Debug)]
 enum Object {
-    Node(Box<Node>),
-    Pod(Box<Pod>),
+    Node(Box<NodeInfo>),
+    Pod(Box<PodInfo>),
     Namespace(Box<k8s_openapi::api::core::v1::Namespace>),
     Service(Box<k8s_openapi::api::core::v1::Service>),
     EndpointSlice(Box<k8s_openapi::api::discovery::v1::EndpointSlice>),
@@ -232,8 +232,16 @@ fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
         }};
     }
     match object {
-        Object::Node(o) => put!(nodes, Slot::Node, o),
-        Object::Pod(o) => put!(pods, Slot::Pod, o),
+        Object::Node(o) => {
+            let key = o.name.clone();
+            state.nodes.insert(key.clone(), *o);
+            (Slot::Node, key)
+        }
+        Object::Pod(o) => {
+            let key = object_key(Some(&o.namespace), &o.name);
+            state.pods.insert(key.clone(), *o);
+            (Slot::Pod, key)
+        }
         Object::Namespace(o) => put!(namespaces, Slot::Namespace, o),
         Object::Service(o) => put!(services, Slot::Service, o),
         Object::EndpointSlice(o) => put!(endpoint_slices, Slot::EndpointSlice, o),
@@ -255,8 +263,8 @@ fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String>
             .unwrap_or_default()
             .to_owned();
         let parsed = match kind.as_str() {
-            "Node" => serde_yaml::from_value(value).map(|o| Object::Node(Box::new(trim_node(o)))),
-            "Pod" => serde_yaml::from_value(value).map(|o| Object::Pod(Box::new(trim_pod(o)))),
+            "Node" => serde_yaml::from_value::<Node>(value).map(|o| Object::Node(Box::new(o.into()))),
+            "Pod" => serde_yaml::from_value::<Pod>(value).map(|o| Object::Pod(Box::new(o.into()))),
             "Namespace" => serde_yaml::from_value(value).map(|o| Object::Namespace(Box::new(o))),
             "Service" => serde_yaml::from_value(value).map(|o| Object::Service(Box::new(o))),
             "EndpointSlice" => serde_yaml::from_value(value).map(|o| Object::EndpointSlice(Box::new(o))),
@@ -270,51 +278,6 @@ fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String>
         out.push(parsed.map_err(|e| format!("document {} ({kind}): {e}", i + 1))?);
     }
     Ok(out)
-}
-
-/// Keeps only what the export reads of a Pod (saves most of its memory).
-pub(crate) fn trim_pod(pod: Pod) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: pod.metadata.name,
-            namespace: pod.metadata.namespace,
-            labels: pod.metadata.labels,
-            creation_timestamp: pod.metadata.creation_timestamp,
-            ..ObjectMeta::default()
-        },
-        spec: pod.spec.map(|s| PodSpec {
-            node_name: s.node_name,
-            host_network: s.host_network,
-            ..PodSpec::default()
-        }),
-        status: pod.status.map(|s| PodStatus {
-            phase: s.phase,
-            pod_ip: s.pod_ip,
-            pod_ips: s.pod_ips,
-            ..PodStatus::default()
-        }),
-    }
-}
-
-/// Keeps only what the export reads of a Node.
-pub(crate) fn trim_node(node: Node) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: node.metadata.name,
-            labels: node.metadata.labels,
-            ..ObjectMeta::default()
-        },
-        spec: node.spec.map(|s| NodeSpec {
-            pod_cidr: s.pod_cidr,
-            pod_cidrs: s.pod_cidrs,
-            ..NodeSpec::default()
-        }),
-        status: node.status.map(|s| NodeStatus {
-            addresses: s.addresses,
-            node_info: s.node_info,
-            ..NodeStatus::default()
-        }),
-    }
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -355,7 +318,10 @@ pub fn watch_changes(
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reads (ours included) raise access events; only changes matter.
         if let Ok(event) = event
-            && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
+            && matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+            )
             && !matches!(event.kind, EventKind::Modify(ModifyKind::Metadata(_)))
         {
             for path in event.paths {

@@ -3,8 +3,8 @@
 //! into one stream that updates a [`ClusterState`] in place.
 //!
 //! A (re)list is buffered and swapped in whole on `InitDone`, so a relist
-//! never shows a half-empty state. Pods and Nodes are trimmed to what the
-//! export reads, like the directory source does.
+//! never shows a half-empty state. Pods and Nodes are kept as
+//! [`PodInfo`] / [`NodeInfo`], like the directory source does.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +20,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{ClusterState, Source, object_key};
+use super::{ClusterState, NodeInfo, PodInfo, Source, object_key};
 
 // Boxing each event would cost an allocation per object for nothing: the
 // stream hands them over one at a time.
@@ -38,8 +38,8 @@ enum Change {
 /// Relist buffers and readiness per kind.
 #[derive(Default)]
 struct Buffers {
-    nodes: Option<BTreeMap<String, Node>>,
-    pods: Option<BTreeMap<String, Pod>>,
+    nodes: Option<BTreeMap<String, NodeInfo>>,
+    pods: Option<BTreeMap<String, PodInfo>>,
     namespaces: Option<BTreeMap<String, Namespace>>,
     services: Option<BTreeMap<String, Service>>,
     endpoint_slices: Option<BTreeMap<String, EndpointSlice>>,
@@ -92,11 +92,8 @@ impl KubernetesSource {
     fn apply(&mut self, change: Change) -> bool {
         let (s, b) = (&mut self.state, &mut self.buffers);
         let (kind, applied) = match change {
-            Change::Node(e) => (
-                0,
-                apply(&mut s.nodes, &mut b.nodes, e, super::directory::trim_node),
-            ),
-            Change::Pod(e) => (1, apply(&mut s.pods, &mut b.pods, e, super::directory::trim_pod)),
+            Change::Node(e) => (0, apply(&mut s.nodes, &mut b.nodes, e, NodeInfo::from)),
+            Change::Pod(e) => (1, apply(&mut s.pods, &mut b.pods, e, PodInfo::from)),
             Change::Namespace(e) => (2, apply(&mut s.namespaces, &mut b.namespaces, e, |o| o)),
             Change::Service(e) => (3, apply(&mut s.services, &mut b.services, e, |o| o)),
             Change::EndpointSlice(e) => (4, apply(&mut s.endpoint_slices, &mut b.endpoint_slices, e, |o| o)),
@@ -120,11 +117,11 @@ enum Applied {
     ListDone,
 }
 
-fn apply<K: Resource>(
-    map: &mut BTreeMap<String, K>,
-    buffer: &mut Option<BTreeMap<String, K>>,
+fn apply<K: Resource, V>(
+    map: &mut BTreeMap<String, V>,
+    buffer: &mut Option<BTreeMap<String, V>>,
     event: Event<K>,
-    trim: fn(K) -> K,
+    convert: fn(K) -> V,
 ) -> Applied {
     let key = |o: &K| {
         object_key(
@@ -134,7 +131,7 @@ fn apply<K: Resource>(
     };
     match event {
         Event::Apply(o) => {
-            map.insert(key(&o), trim(o));
+            map.insert(key(&o), convert(o));
             Applied::Changed
         }
         Event::Delete(o) => {
@@ -146,7 +143,7 @@ fn apply<K: Resource>(
             Applied::Buffered
         }
         Event::InitApply(o) => {
-            buffer.get_or_insert_default().insert(key(&o), trim(o));
+            buffer.get_or_insert_default().insert(key(&o), convert(o));
             Applied::Buffered
         }
         Event::InitDone => {

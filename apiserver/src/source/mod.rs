@@ -9,7 +9,9 @@ pub mod kubernetes;
 use std::future::Future;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -19,10 +21,10 @@ use knit_crds::GlobalServicePolicy;
 /// (or `name` for cluster-scoped kinds).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    /// Nodes.
-    pub nodes: BTreeMap<String, Node>,
-    /// Pods.
-    pub pods: BTreeMap<String, Pod>,
+    /// Nodes (what the export reads of them).
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Pods (what the export reads of them).
+    pub pods: BTreeMap<String, PodInfo>,
     /// Namespaces.
     pub namespaces: BTreeMap<String, Namespace>,
     /// Services.
@@ -33,6 +35,85 @@ pub struct ClusterState {
     pub network_policies: BTreeMap<String, NetworkPolicy>,
     /// GlobalServicePolicies.
     pub policies: BTreeMap<String, GlobalServicePolicy>,
+}
+
+/// What the export reads of a Pod: a few hundred bytes instead of the
+/// kilobytes a full `Pod` object takes in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Node the pod runs on.
+    pub node: String,
+    /// Pod IPs; empty for host-network and finished pods, which are not endpoints.
+    pub ips: Vec<IpAddr>,
+}
+
+impl From<Pod> for PodInfo {
+    fn from(pod: Pod) -> Self {
+        let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+        let status = pod.status.unwrap_or_default();
+        let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty() {
+            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+        }
+        if host_network || finished {
+            ips.clear();
+        }
+        Self {
+            namespace: pod.metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.unwrap_or_default(),
+            labels: pod.metadata.labels.unwrap_or_default(),
+            node: pod.spec.and_then(|s| s.node_name).unwrap_or_default(),
+            ips,
+        }
+    }
+}
+
+/// What the export reads of a Node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// InternalIP and ExternalIP addresses, in the order the Node lists them.
+    pub underlay_ips: Vec<IpAddr>,
+    /// Pod CIDRs assigned to the node.
+    pub pod_cidrs: Vec<IpNet>,
+    /// Boot ID.
+    pub boot_id: String,
+}
+
+impl From<Node> for NodeInfo {
+    fn from(node: Node) -> Self {
+        let status = node.status.unwrap_or_default();
+        let spec = node.spec.unwrap_or_default();
+        let cidrs = spec
+            .pod_cidrs
+            .or_else(|| spec.pod_cidr.map(|c| vec![c]))
+            .unwrap_or_default();
+        Self {
+            name: node.metadata.name.unwrap_or_default(),
+            underlay_ips: status
+                .addresses
+                .iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect(),
+            pod_cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+            boot_id: status.node_info.map(|i| i.boot_id).unwrap_or_default(),
+        }
+    }
 }
 
 /// A live view of the cluster's objects.
