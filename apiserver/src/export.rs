@@ -16,16 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Service;
-use knit_crds::{GlobalServicePolicy, ServicePolicy, policy_from_annotations};
+use knit_crds::{ServicePolicy, policy_from_annotations};
 use knit_kvstore::keys::{KEY_PREFIX, Kind, RelativeKey, cluster_prefix};
 use knit_kvstore::records::{
-    Affinity, Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, Protocol,
-    ServicePort, ServiceRecord,
+    Affinity, Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord,
 };
 
 use crate::identity::{IdentityAllocator, Labels};
-use crate::source::{ClusterState, PodInfo};
+use crate::source::{ClusterState, EndpointSliceInfo, PodInfo, ServiceInfo};
 
 /// This cluster's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,17 +139,29 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
         );
     }
 
-    for (key, service) in &state.services {
+    let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSliceInfo>> = BTreeMap::new();
+    for slice in state.endpoint_slices.values() {
+        slices
+            .entry((slice.namespace.as_str(), slice.service.as_str()))
+            .or_default()
+            .push(slice);
+    }
+    for service in state.services.values() {
         let Some(policy) = service_policy(state, service) else {
             continue;
         };
-        let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+        let (ns, name) = (&service.namespace, &service.name);
         let record = ServiceRecord {
             cluster: cluster.name.clone(),
-            namespace: ns.to_owned(),
-            name: name.to_owned(),
-            ports: service_ports(service),
-            backends: backends(state, ns, name),
+            namespace: ns.clone(),
+            name: name.clone(),
+            ports: service.ports.clone(),
+            backends: backends(
+                slices
+                    .get(&(ns.as_str(), name.as_str()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+            ),
             export: policy.export,
             import: policy.import,
             affinity: match policy.affinity {
@@ -176,28 +186,25 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
 
 /// The policy governing a Service: the oldest selecting GlobalServicePolicy
 /// of its namespace, else its Cilium annotations.
-pub fn service_policy(state: &ClusterState, service: &Service) -> Option<ServicePolicy> {
-    let ns = service.metadata.namespace.as_deref().unwrap_or("default");
-    let name = service.metadata.name.as_deref().unwrap_or_default();
-    let labels = service.metadata.labels.clone().unwrap_or_default();
-    let mut candidates: Vec<&GlobalServicePolicy> = state
+pub fn service_policy(state: &ClusterState, service: &ServiceInfo) -> Option<ServicePolicy> {
+    let (ns, name) = (service.namespace.as_str(), service.name.as_str());
+    let governing = state
         .policies
         .values()
         .filter(|p| {
-            p.metadata.namespace.as_deref().unwrap_or("default") == ns && p.spec.selects(name, &labels)
+            p.metadata.namespace.as_deref().unwrap_or("default") == ns
+                && p.spec.selects(name, &service.labels)
         })
-        .collect();
-    candidates.sort_by_key(|p| {
-        (
-            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            p.metadata.name.clone(),
-        )
-    });
-    if let Some(p) = candidates.first() {
+        .min_by_key(|p| {
+            (
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                p.metadata.name.clone(),
+            )
+        });
+    if let Some(p) = governing {
         return Some(ServicePolicy::from(&p.spec));
     }
-    let annotations = service.metadata.annotations.clone().unwrap_or_default();
-    policy_from_annotations(&annotations).unwrap_or_else(|e| {
+    policy_from_annotations(&service.annotations).unwrap_or_else(|e| {
         tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "ignoring bad Cilium annotation");
         None
     })
@@ -216,61 +223,20 @@ fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &PodInfo) 
     labels
 }
 
-fn service_ports(service: &Service) -> Vec<ServicePort> {
-    service
-        .spec
-        .iter()
-        .flat_map(|s| s.ports.iter().flatten())
-        .map(|p| ServicePort {
-            name: p.name.clone().unwrap_or_default(),
-            port: u16::try_from(p.port).unwrap_or_default(),
-            protocol: protocol(p.protocol.as_deref()),
-        })
-        .collect()
-}
-
-fn backends(state: &ClusterState, ns: &str, service: &str) -> Vec<Backend> {
+fn backends(slices: &[&EndpointSliceInfo]) -> Vec<Backend> {
     let mut by_ip: BTreeMap<IpAddr, Backend> = BTreeMap::new();
-    for slice in state.endpoint_slices.values() {
-        let owner = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"));
-        if slice.metadata.namespace.as_deref().unwrap_or("default") != ns
-            || owner.map(String::as_str) != Some(service)
-        {
-            continue;
-        }
-        let ports: BTreeMap<String, u16> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), u16::try_from(p.port?).ok()?)))
-            .collect();
-        for endpoint in &slice.endpoints {
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            for address in &endpoint.addresses {
-                let Ok(ip) = address.parse() else { continue };
-                let entry = by_ip.entry(ip).or_insert_with(|| Backend {
-                    ip,
-                    ports: BTreeMap::new(),
-                    ready,
-                });
-                entry.ports.extend(ports.clone());
-                entry.ready &= ready;
-            }
+    for slice in slices {
+        for (ip, ready) in &slice.endpoints {
+            let entry = by_ip.entry(*ip).or_insert_with(|| Backend {
+                ip: *ip,
+                ports: BTreeMap::new(),
+                ready: *ready,
+            });
+            entry.ports.extend(slice.ports.clone());
+            entry.ready &= *ready;
         }
     }
     by_ip.into_values().collect()
-}
-
-fn protocol(p: Option<&str>) -> Protocol {
-    match p {
-        Some("UDP") => Protocol::Udp,
-        Some("SCTP") => Protocol::Sctp,
-        _ => Protocol::Tcp,
-    }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -14,10 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
-use super::{ClusterState, NodeInfo, PodInfo, object_key};
+use super::{ClusterState, EndpointSliceInfo, NodeInfo, PodInfo, ServiceInfo, object_key};
 
 /// What one file contributed.
 #[derive(Clone, Debug, Default)]
@@ -43,8 +44,8 @@ enum Object {
     Node(Box<NodeInfo>),
     Pod(Box<PodInfo>),
     Namespace(Box<k8s_openapi::api::core::v1::Namespace>),
-    Service(Box<k8s_openapi::api::core::v1::Service>),
-    EndpointSlice(Box<k8s_openapi::api::discovery::v1::EndpointSlice>),
+    Service(Box<ServiceInfo>),
+    EndpointSlice(Box<EndpointSliceInfo>),
     NetworkPolicy(Box<k8s_openapi::api::networking::v1::NetworkPolicy>),
     Policy(Box<knit_crds::GlobalServicePolicy>),
 }
@@ -243,8 +244,16 @@ fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
             (Slot::Pod, key)
         }
         Object::Namespace(o) => put!(namespaces, Slot::Namespace, o),
-        Object::Service(o) => put!(services, Slot::Service, o),
-        Object::EndpointSlice(o) => put!(endpoint_slices, Slot::EndpointSlice, o),
+        Object::Service(o) => {
+            let key = object_key(Some(&o.namespace), &o.name);
+            state.services.insert(key.clone(), *o);
+            (Slot::Service, key)
+        }
+        Object::EndpointSlice(o) => {
+            let key = object_key(Some(&o.namespace), &o.name);
+            state.endpoint_slices.insert(key.clone(), *o);
+            (Slot::EndpointSlice, key)
+        }
         Object::NetworkPolicy(o) => put!(network_policies, Slot::NetworkPolicy, o),
         Object::Policy(o) => put!(policies, Slot::Policy, o),
     }
@@ -266,8 +275,11 @@ fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String>
             "Node" => serde_yaml::from_value::<Node>(value).map(|o| Object::Node(Box::new(o.into()))),
             "Pod" => serde_yaml::from_value::<Pod>(value).map(|o| Object::Pod(Box::new(o.into()))),
             "Namespace" => serde_yaml::from_value(value).map(|o| Object::Namespace(Box::new(o))),
-            "Service" => serde_yaml::from_value(value).map(|o| Object::Service(Box::new(o))),
-            "EndpointSlice" => serde_yaml::from_value(value).map(|o| Object::EndpointSlice(Box::new(o))),
+            "Service" => {
+                serde_yaml::from_value::<Service>(value).map(|o| Object::Service(Box::new(o.into())))
+            }
+            "EndpointSlice" => serde_yaml::from_value::<EndpointSlice>(value)
+                .map(|o| Object::EndpointSlice(Box::new(o.into()))),
             "NetworkPolicy" => serde_yaml::from_value(value).map(|o| Object::NetworkPolicy(Box::new(o))),
             "GlobalServicePolicy" => serde_yaml::from_value(value).map(|o| Object::Policy(Box::new(o))),
             _ => {

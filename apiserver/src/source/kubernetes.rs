@@ -20,7 +20,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{ClusterState, NodeInfo, PodInfo, Source, object_key};
+use super::{ClusterState, EndpointSliceInfo, NodeInfo, PodInfo, ServiceInfo, Source, object_key};
 
 // Boxing each event would cost an allocation per object for nothing: the
 // stream hands them over one at a time.
@@ -41,8 +41,8 @@ struct Buffers {
     nodes: Option<BTreeMap<String, NodeInfo>>,
     pods: Option<BTreeMap<String, PodInfo>>,
     namespaces: Option<BTreeMap<String, Namespace>>,
-    services: Option<BTreeMap<String, Service>>,
-    endpoint_slices: Option<BTreeMap<String, EndpointSlice>>,
+    services: Option<BTreeMap<String, ServiceInfo>>,
+    endpoint_slices: Option<BTreeMap<String, EndpointSliceInfo>>,
     network_policies: Option<BTreeMap<String, NetworkPolicy>>,
     policies: Option<BTreeMap<String, GlobalServicePolicy>>,
 }
@@ -95,8 +95,16 @@ impl KubernetesSource {
             Change::Node(e) => (0, apply(&mut s.nodes, &mut b.nodes, e, NodeInfo::from)),
             Change::Pod(e) => (1, apply(&mut s.pods, &mut b.pods, e, PodInfo::from)),
             Change::Namespace(e) => (2, apply(&mut s.namespaces, &mut b.namespaces, e, |o| o)),
-            Change::Service(e) => (3, apply(&mut s.services, &mut b.services, e, |o| o)),
-            Change::EndpointSlice(e) => (4, apply(&mut s.endpoint_slices, &mut b.endpoint_slices, e, |o| o)),
+            Change::Service(e) => (3, apply(&mut s.services, &mut b.services, e, ServiceInfo::from)),
+            Change::EndpointSlice(e) => (
+                4,
+                apply(
+                    &mut s.endpoint_slices,
+                    &mut b.endpoint_slices,
+                    e,
+                    EndpointSliceInfo::from,
+                ),
+            ),
             Change::NetworkPolicy(e) => (
                 5,
                 apply(&mut s.network_policies, &mut b.network_policies, e, |o| o),

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_crds::GlobalServicePolicy;
+use knit_kvstore::records::{Protocol, ServicePort};
 
 /// Every object the apiserver exports from, keyed by `namespace/name`
 /// (or `name` for cluster-scoped kinds).
@@ -27,10 +28,10 @@ pub struct ClusterState {
     pub pods: BTreeMap<String, PodInfo>,
     /// Namespaces.
     pub namespaces: BTreeMap<String, Namespace>,
-    /// Services.
-    pub services: BTreeMap<String, Service>,
-    /// EndpointSlices.
-    pub endpoint_slices: BTreeMap<String, EndpointSlice>,
+    /// Services (what the export reads of them).
+    pub services: BTreeMap<String, ServiceInfo>,
+    /// EndpointSlices (what the export reads of them).
+    pub endpoint_slices: BTreeMap<String, EndpointSliceInfo>,
     /// NetworkPolicies.
     pub network_policies: BTreeMap<String, NetworkPolicy>,
     /// GlobalServicePolicies.
@@ -112,6 +113,96 @@ impl From<Node> for NodeInfo {
                 .collect(),
             pod_cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
             boot_id: status.node_info.map(|i| i.boot_id).unwrap_or_default(),
+        }
+    }
+}
+
+/// What the export reads of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels (GlobalServicePolicy selectors match them).
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (the Cilium-style ones make a Service global).
+    pub annotations: BTreeMap<String, String>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+}
+
+impl From<Service> for ServiceInfo {
+    fn from(service: Service) -> Self {
+        let ports = service
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .map(|p| ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                port: u16::try_from(p.port).unwrap_or_default(),
+                protocol: match p.protocol.as_deref() {
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    _ => Protocol::Tcp,
+                },
+            })
+            .collect();
+        Self {
+            namespace: service.metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: service.metadata.name.unwrap_or_default(),
+            labels: service.metadata.labels.unwrap_or_default(),
+            annotations: service.metadata.annotations.unwrap_or_default(),
+            ports,
+        }
+    }
+}
+
+/// What the export reads of an EndpointSlice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSliceInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name of the slice.
+    pub name: String,
+    /// The Service it belongs to (`kubernetes.io/service-name`).
+    pub service: String,
+    /// Target port per port name.
+    pub ports: BTreeMap<String, u16>,
+    /// Addresses and whether each is ready.
+    pub endpoints: Vec<(IpAddr, bool)>,
+}
+
+impl From<EndpointSlice> for EndpointSliceInfo {
+    fn from(slice: EndpointSlice) -> Self {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name").cloned())
+            .unwrap_or_default();
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), u16::try_from(p.port?).ok()?)))
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flat_map(|e| {
+                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                e.addresses
+                    .iter()
+                    .filter_map(move |a| Some((a.parse().ok()?, ready)))
+            })
+            .collect();
+        Self {
+            namespace: slice.metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: slice.metadata.name.unwrap_or_default(),
+            service,
+            ports,
+            endpoints,
         }
     }
 }

@@ -60,7 +60,8 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                                 "--cert-file=/etc/knit/server/tls.crt",
                                 "--key-file=/etc/knit/server/tls.key",
                                 "--auto-compaction-retention=1",
-                                "--quota-backend-bytes=4294967296",
+                                // Below the memory volume's sizeLimit.
+                                "--quota-backend-bytes=805306368",
                             ],
                             "ports": [{ "name": "etcd", "containerPort": port }],
                             "readinessProbe": { "tcpSocket": { "port": port }, "periodSeconds": 5 },
@@ -78,6 +79,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                             "args": [
                                 format!("--cluster-name={}", config.cluster_name),
                                 format!("--cluster-id={}", config.cluster_id),
+                                format!("--pod-cidrs={}", config.pod_cidrs.join(",")),
                                 "--etcd-config=/etc/knit/admin/config.yaml",
                                 "--etcd-users=/etc/knit/users/users.yaml",
                                 "--peer-configs=/etc/knit/peers",
