@@ -12,8 +12,9 @@
 //! A Service is global when the oldest GlobalServicePolicy of its namespace
 //! selects it, or else when it carries the Cilium annotations.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use knit_crds::{ServicePolicy, policy_from_annotations};
@@ -93,9 +94,15 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
     }
 
     let mut in_use = BTreeSet::new();
+    // Pods with the same (interned) labels and namespace share an identity:
+    // build their label set once.
+    let mut memo: HashMap<(*const Labels, *const u8), Option<u32>> = HashMap::new();
     for pod in state.pods.values().filter(|p| !p.ips.is_empty()) {
-        let labels = identity_labels(cluster, state, pod);
-        let Some(id) = ids.allocate(&labels) else {
+        let memo_key = (Arc::as_ptr(&pod.labels), Arc::as_ptr(&pod.namespace).cast::<u8>());
+        let id = *memo
+            .entry(memo_key)
+            .or_insert_with(|| ids.allocate(&identity_labels(cluster, state, pod)));
+        let Some(id) = id else {
             out.skipped_pods
                 .push(format!("{}/{}: no free identity", pod.namespace, pod.name));
             continue;
@@ -113,8 +120,8 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
                 ip: *ip,
                 cluster: cluster.name.clone(),
                 identity: id,
-                node: pod.node.clone(),
-                namespace: pod.namespace.clone(),
+                node: pod.node.to_string(),
+                namespace: pod.namespace.to_string(),
                 pod: pod.name.clone(),
                 named_ports: Default::default(),
             };
@@ -211,10 +218,10 @@ pub fn service_policy(state: &ClusterState, service: &ServiceInfo) -> Option<Ser
 }
 
 fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &PodInfo) -> Labels {
-    let mut labels: Labels = pod.labels.clone();
+    let mut labels: Labels = (*pod.labels).clone();
     labels.remove("pod-template-hash");
-    labels.insert("io.kubernetes.pod.namespace".into(), pod.namespace.clone());
-    if let Some(namespace) = state.namespaces.get(&pod.namespace) {
+    labels.insert("io.kubernetes.pod.namespace".into(), pod.namespace.to_string());
+    if let Some(namespace) = state.namespaces.get(&*pod.namespace) {
         for (k, v) in namespace.metadata.labels.iter().flatten() {
             labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v.clone());
         }

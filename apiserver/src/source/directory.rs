@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
-use super::{ClusterState, EndpointSliceInfo, NodeInfo, PodInfo, ServiceInfo, object_key};
+use super::{ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceInfo, object_key};
 
 /// What one file contributed.
 #[derive(Clone, Debug, Default)]
@@ -61,6 +61,7 @@ pub struct DirectorySource {
     polled: bool,
     files: BTreeMap<PathBuf, FileEntry>,
     state: ClusterState,
+    interner: Interner,
     /// Files that failed to parse, with the problem (kept until fixed).
     pub errors: BTreeMap<PathBuf, String>,
     /// Documents of kinds Knit does not read.
@@ -87,6 +88,7 @@ impl DirectorySource {
             polled: false,
             files: BTreeMap::new(),
             state: ClusterState::default(),
+            interner: Interner::default(),
             errors: BTreeMap::new(),
             skipped: 0,
         }
@@ -114,6 +116,7 @@ impl DirectorySource {
         for path in found {
             changed |= self.read(&path);
         }
+        self.interner.prune();
         changed
     }
 
@@ -144,7 +147,7 @@ impl DirectorySource {
         let Ok(text) = std::fs::read_to_string(path) else {
             return false;
         };
-        match parse_documents(&text, &mut self.skipped) {
+        match parse_documents(&text, &mut self.skipped, &mut self.interner) {
             Ok(objects) => {
                 self.errors.remove(path);
                 self.forget(path);
@@ -259,7 +262,7 @@ fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
     }
 }
 
-fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String> {
+fn parse_documents(text: &str, skipped: &mut u64, interner: &mut Interner) -> Result<Vec<Object>, String> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
@@ -273,7 +276,8 @@ fn parse_documents(text: &str, skipped: &mut u64) -> Result<Vec<Object>, String>
             .to_owned();
         let parsed = match kind.as_str() {
             "Node" => serde_yaml::from_value::<Node>(value).map(|o| Object::Node(Box::new(o.into()))),
-            "Pod" => serde_yaml::from_value::<Pod>(value).map(|o| Object::Pod(Box::new(o.into()))),
+            "Pod" => serde_yaml::from_value::<Pod>(value)
+                .map(|o| Object::Pod(Box::new(PodInfo::from_pod(o, interner)))),
             "Namespace" => serde_yaml::from_value(value).map(|o| Object::Namespace(Box::new(o))),
             "Service" => {
                 serde_yaml::from_value::<Service>(value).map(|o| Object::Service(Box::new(o.into())))

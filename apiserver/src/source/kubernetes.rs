@@ -20,7 +20,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{ClusterState, EndpointSliceInfo, NodeInfo, PodInfo, ServiceInfo, Source, object_key};
+use super::{ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceInfo, Source, object_key};
 
 // Boxing each event would cost an allocation per object for nothing: the
 // stream hands them over one at a time.
@@ -50,6 +50,7 @@ struct Buffers {
 /// Watches the cluster through the Kubernetes API.
 pub struct KubernetesSource {
     state: ClusterState,
+    interner: Interner,
     buffers: Buffers,
     listed: [bool; 7],
     changes: SelectAll<BoxStream<'static, Change>>,
@@ -83,6 +84,7 @@ impl KubernetesSource {
         ]);
         Self {
             state: ClusterState::default(),
+            interner: Interner::default(),
             buffers: Buffers::default(),
             listed: [false; 7],
             changes,
@@ -90,29 +92,36 @@ impl KubernetesSource {
     }
 
     fn apply(&mut self, change: Change) -> bool {
-        let (s, b) = (&mut self.state, &mut self.buffers);
+        let (s, b, i) = (&mut self.state, &mut self.buffers, &mut self.interner);
         let (kind, applied) = match change {
-            Change::Node(e) => (0, apply(&mut s.nodes, &mut b.nodes, e, NodeInfo::from)),
-            Change::Pod(e) => (1, apply(&mut s.pods, &mut b.pods, e, PodInfo::from)),
-            Change::Namespace(e) => (2, apply(&mut s.namespaces, &mut b.namespaces, e, |o| o)),
-            Change::Service(e) => (3, apply(&mut s.services, &mut b.services, e, ServiceInfo::from)),
+            Change::Node(e) => (0, apply(&mut s.nodes, &mut b.nodes, e, &mut NodeInfo::from)),
+            Change::Pod(e) => (
+                1,
+                apply(&mut s.pods, &mut b.pods, e, &mut |p| PodInfo::from_pod(p, i)),
+            ),
+            Change::Namespace(e) => (2, apply(&mut s.namespaces, &mut b.namespaces, e, &mut |o| o)),
+            Change::Service(e) => (
+                3,
+                apply(&mut s.services, &mut b.services, e, &mut ServiceInfo::from),
+            ),
             Change::EndpointSlice(e) => (
                 4,
                 apply(
                     &mut s.endpoint_slices,
                     &mut b.endpoint_slices,
                     e,
-                    EndpointSliceInfo::from,
+                    &mut EndpointSliceInfo::from,
                 ),
             ),
             Change::NetworkPolicy(e) => (
                 5,
-                apply(&mut s.network_policies, &mut b.network_policies, e, |o| o),
+                apply(&mut s.network_policies, &mut b.network_policies, e, &mut |o| o),
             ),
-            Change::Policy(e) => (6, apply(&mut s.policies, &mut b.policies, e, |o| o)),
+            Change::Policy(e) => (6, apply(&mut s.policies, &mut b.policies, e, &mut |o| o)),
         };
         if applied == Applied::ListDone {
             self.listed[kind] = true;
+            self.interner.prune();
         }
         applied != Applied::Buffered
     }
@@ -129,7 +138,7 @@ fn apply<K: Resource, V>(
     map: &mut BTreeMap<String, V>,
     buffer: &mut Option<BTreeMap<String, V>>,
     event: Event<K>,
-    convert: fn(K) -> V,
+    convert: &mut dyn FnMut(K) -> V,
 ) -> Applied {
     let key = |o: &K| {
         object_key(

@@ -8,8 +8,9 @@ pub mod kubernetes;
 
 use std::future::Future;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -38,24 +39,62 @@ pub struct ClusterState {
     pub policies: BTreeMap<String, GlobalServicePolicy>,
 }
 
-/// What the export reads of a Pod: a few hundred bytes instead of the
-/// kilobytes a full `Pod` object takes in memory.
+/// Shares equal strings and label sets between objects: thousands of pods
+/// have the same namespace, node and labels, and a label map alone takes
+/// half a kilobyte.
+#[derive(Debug, Default)]
+pub struct Interner {
+    strings: HashSet<Arc<str>>,
+    labels: HashSet<Arc<BTreeMap<String, String>>>,
+}
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn str(&mut self, s: String) -> Arc<str> {
+        if let Some(found) = self.strings.get(s.as_str()) {
+            return found.clone();
+        }
+        let arc: Arc<str> = Arc::from(s);
+        self.strings.insert(arc.clone());
+        arc
+    }
+
+    /// The shared copy of a label set.
+    pub fn labels(&mut self, labels: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+        if let Some(found) = self.labels.get(&labels) {
+            return found.clone();
+        }
+        let arc = Arc::new(labels);
+        self.labels.insert(arc.clone());
+        arc
+    }
+
+    /// Forgets values no object uses any more.
+    pub fn prune(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.labels.retain(|l| Arc::strong_count(l) > 1);
+    }
+}
+
+/// What the export reads of a Pod: about a hundred bytes of its own, the
+/// rest shared through the [`Interner`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
     pub name: String,
     /// Labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Node the pod runs on.
-    pub node: String,
+    pub node: Arc<str>,
     /// Pod IPs; empty for host-network and finished pods, which are not endpoints.
     pub ips: Vec<IpAddr>,
 }
 
-impl From<Pod> for PodInfo {
-    fn from(pod: Pod) -> Self {
+impl PodInfo {
+    /// Converts a Pod, sharing repeated values through `interner`.
+    pub fn from_pod(pod: Pod, interner: &mut Interner) -> Self {
         let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
         let status = pod.status.unwrap_or_default();
         let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
@@ -71,11 +110,12 @@ impl From<Pod> for PodInfo {
         if host_network || finished {
             ips.clear();
         }
+        ips.shrink_to_fit();
         Self {
-            namespace: pod.metadata.namespace.unwrap_or_else(|| "default".into()),
+            namespace: interner.str(pod.metadata.namespace.unwrap_or_else(|| "default".into())),
             name: pod.metadata.name.unwrap_or_default(),
-            labels: pod.metadata.labels.unwrap_or_default(),
-            node: pod.spec.and_then(|s| s.node_name).unwrap_or_default(),
+            labels: interner.labels(pod.metadata.labels.unwrap_or_default()),
+            node: interner.str(pod.spec.and_then(|s| s.node_name).unwrap_or_default()),
             ips,
         }
     }
