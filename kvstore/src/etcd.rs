@@ -18,6 +18,14 @@ pub fn load_client_config(path: &Path) -> Result<EtcdClientConfig> {
     Ok(config.resolved_in(path.parent().unwrap_or(Path::new("."))))
 }
 
+/// Connects with mutual TLS from PEM held in memory (e.g. read from a Secret).
+pub async fn connect_pem(endpoints: &[String], ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Client> {
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
+    connect_tls(endpoints, tls).await
+}
+
 /// Connects with mutual TLS. Paths in `config` must already be resolved.
 /// HTTP/2 keepalives detect a dead server within about ten seconds, so a
 /// watch on a vanished peer ends instead of hanging.
@@ -34,15 +42,19 @@ pub async fn connect(config: &EtcdClientConfig) -> Result<Client> {
             read(&config.cert_file)?,
             read(&config.key_file)?,
         ));
+    connect_tls(&config.endpoints, tls).await
+}
+
+async fn connect_tls(endpoints: &[String], tls: TlsOptions) -> Result<Client> {
     let options = ConnectOptions::new()
         .with_tls(tls)
         .with_connect_timeout(Duration::from_secs(3))
         .with_keep_alive(Duration::from_secs(3), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
-    Client::connect(&config.endpoints, Some(options))
+    Client::connect(endpoints, Some(options))
         .await
         .map_err(|source| Error::Etcd {
-            action: format!("connecting to {}", config.endpoints.join(",")),
+            action: format!("connecting to {}", endpoints.join(",")),
             source,
         })
 }

@@ -96,6 +96,7 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     let ctx = MeshContext {
         config: config_a(),
         applier: Applier::new(client, "knit-system", Some("op-0".into())),
+        reports: Default::default(),
     };
     let peers = vec![Arc::new(cmp_b())];
     let task = tokio::spawn(async move { reconcile_mesh(&ctx, &peers).await });
@@ -224,6 +225,7 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
     let ctx = MeshContext {
         config,
         applier: Applier::new(client, "knit-system", None),
+        reports: Default::default(),
     };
     let peers = vec![Arc::new(cmp)];
     let task = tokio::spawn(async move { reconcile_mesh(&ctx, &peers).await });

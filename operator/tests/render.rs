@@ -284,7 +284,7 @@ fn the_apiservers_report_fills_counts_and_readiness() {
     b.sync = Some(PeerSyncReport {
         connected: true,
         synced: true,
-        agents: (3, 3),
+        agents: Some((3, 3)),
         nodes: 2,
         endpoints: 40,
         services: 5,
@@ -337,4 +337,34 @@ fn the_apiserver_runs_etcd_with_client_certificate_auth() {
         plan.service.spec.as_ref().unwrap().type_.as_deref(),
         Some("LoadBalancer")
     );
+}
+
+#[test]
+fn a_mesh_apiserver_report_becomes_peer_status() {
+    use knit_kvstore::records::PeerStatusRecord;
+    let report = PeerStatusRecord {
+        peer: "b".into(),
+        connected: false,
+        synced: false,
+        counts: [("endpoints".to_owned(), 12), ("services".to_owned(), 2)].into(),
+        last_error: Some("connection refused".into()),
+        withdrawn: true,
+        ..Default::default()
+    };
+    let mut b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    b.sync = Some(PeerSyncReport::from(&report));
+    let plan = render(&config_a(), std::slice::from_ref(&b), &Default::default(), t0());
+    let status = &plan.peer_statuses["b"];
+    assert_eq!(status.remote_endpoints, Some(12));
+    let connected = status.conditions.iter().find(|c| c.type_ == "Connected").unwrap();
+    assert_eq!(
+        (connected.status.as_str(), connected.reason.as_str()),
+        ("False", "Unreachable")
+    );
+    let err = status.last_error.as_deref().unwrap();
+    assert!(
+        err.contains("connection refused") && err.contains("withdrawn"),
+        "{err}"
+    );
+    assert_eq!(status.connected, None, "agent counts are not reported yet");
 }

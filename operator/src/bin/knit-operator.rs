@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let mesh_ctx = mesh::MeshContext {
         config,
         applier: applier.clone(),
+        reports: Default::default(),
     };
     let mesh_loop = mesh::run(mesh_ctx, move |outcome| match outcome {
         Ok(plan) => {

@@ -18,7 +18,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::config::ClusterConfig;
 use crate::kube::Applier;
-use crate::render::{self, MeshInputs, MeshPlan, PeerInput};
+use crate::kube::mesh_status::{MeshReports, watch_reports};
+use crate::render::{self, MeshInputs, MeshPlan, PeerInput, PeerSyncReport};
 use crate::{Result, names};
 
 /// Shared state of the mesh loop.
@@ -27,6 +28,8 @@ pub struct MeshContext {
     pub config: ClusterConfig,
     /// Writer.
     pub applier: Applier,
+    /// The mesh apiserver's latest report per peer cluster.
+    pub reports: MeshReports,
 }
 
 /// Builds render inputs for the peers in `peers`, resolving `caSecretRef`s.
@@ -55,7 +58,13 @@ pub async fn peer_inputs(applier: &Applier, peers: &[Arc<ClusterMeshPeer>]) -> V
 pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -> Result<MeshPlan> {
     let existing = ctx.applier.managed_secrets().await?;
     let stored = render::stored_from_secrets(&existing);
-    let inputs = peer_inputs(&ctx.applier, peers).await;
+    let mut inputs = peer_inputs(&ctx.applier, peers).await;
+    {
+        let reports = ctx.reports.lock().unwrap_or_else(|p| p.into_inner());
+        for input in &mut inputs {
+            input.sync = reports.get(&input.spec.cluster_name).map(PeerSyncReport::from);
+        }
+    }
     let plan = render::render_mesh(&MeshInputs {
         config: &ctx.config,
         peers: &inputs,
@@ -95,6 +104,12 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
         .touched_objects()
         .map(|_| ());
     let mut events = futures::stream::select(peer_events, secret_events).boxed();
+    tokio::spawn(watch_reports(
+        ctx.applier.clone(),
+        ctx.config.clone(),
+        ctx.reports.clone(),
+        tx.clone(),
+    ));
     tokio::spawn(async move {
         while events.next().await.is_some() {
             // A full channel already holds a pending trigger: coalesce.

@@ -6,5 +6,6 @@
 pub mod apply;
 pub mod gsp_controller;
 pub mod mesh;
+pub mod mesh_status;
 
 pub use apply::Applier;

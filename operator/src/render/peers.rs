@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use knit_crds::{ClusterMeshPeer, ClusterMeshPeerSpec, ClusterMeshPeerStatus};
+use knit_kvstore::records::PeerStatusRecord;
 use knit_kvstore::{Access, EtcdAccess, EtcdClientConfig, EtcdUser, PeerIdentity};
 
 use crate::conditions::{self, Desired};
@@ -63,8 +64,9 @@ pub struct PeerSyncReport {
     pub connected: bool,
     /// Every canary of the peer has been seen.
     pub synced: bool,
-    /// Local agents reading this peer's data, and all local agents.
-    pub agents: (u32, u32),
+    /// Local agents reading this peer's data, and all local agents, once
+    /// agents report it.
+    pub agents: Option<(u32, u32)>,
     /// Counts of mirrored records.
     pub nodes: u64,
     /// Endpoints mirrored.
@@ -77,6 +79,26 @@ pub struct PeerSyncReport {
     pub last_sync: Option<Timestamp>,
     /// Last problem, in words.
     pub last_error: Option<String>,
+}
+
+impl From<&PeerStatusRecord> for PeerSyncReport {
+    fn from(r: &PeerStatusRecord) -> Self {
+        let count = |k: &str| r.counts.get(k).copied().unwrap_or_default();
+        Self {
+            connected: r.connected,
+            synced: r.synced,
+            agents: None,
+            nodes: count("nodes"),
+            endpoints: count("endpoints"),
+            services: count("services"),
+            identities: count("identities"),
+            last_sync: r.last_sync_unix.and_then(|t| Timestamp::from_second(t).ok()),
+            last_error: match (&r.last_error, r.withdrawn) {
+                (Some(e), true) => Some(format!("{e}; its services are withdrawn (grace period exceeded)")),
+                (e, _) => e.clone(),
+            },
+        }
+    }
 }
 
 /// A peer the render builds configuration for.
@@ -348,7 +370,7 @@ pub fn peer_status(
     ClusterMeshPeerStatus {
         conditions,
         observed_generation: peer.generation,
-        connected: sync.map(|s| format!("{}/{}", s.agents.0, s.agents.1)),
+        connected: sync.and_then(|s| s.agents).map(|(n, m)| format!("{n}/{m}")),
         remote_nodes: sync.map(|s| s.nodes),
         remote_endpoints: sync.map(|s| s.endpoints),
         remote_services: sync.map(|s| s.services),
