@@ -99,15 +99,7 @@ async fn list_and_watch(
             let Ok(key) = kv.key_str() else { continue };
             stale.remove(key);
             if known.get(key) != Some(&kv.mod_revision()) {
-                known.insert(key.to_owned(), kv.mod_revision());
-                send(
-                    tx,
-                    WatchEvent::Upsert {
-                        key: key.to_owned(),
-                        value: kv.value().to_vec(),
-                    },
-                )
-                .await?;
+                upsert(known, tx, key, kv).await?;
             }
         }
         match (page.more(), page.kvs().last()) {
@@ -140,17 +132,7 @@ async fn list_and_watch(
             let Some(kv) = event.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
             match event.event_type() {
-                EventType::Put => {
-                    known.insert(key.to_owned(), kv.mod_revision());
-                    send(
-                        tx,
-                        WatchEvent::Upsert {
-                            key: key.to_owned(),
-                            value: kv.value().to_vec(),
-                        },
-                    )
-                    .await?;
-                }
+                EventType::Put => upsert(known, tx, key, kv).await?,
                 EventType::Delete => {
                     known.remove(key);
                     send(tx, WatchEvent::Delete { key: key.to_owned() }).await?;
@@ -159,6 +141,24 @@ async fn list_and_watch(
         }
     }
     Ok(())
+}
+
+/// Records `key` at its revision and reports it.
+async fn upsert(
+    known: &mut BTreeMap<String, i64>,
+    tx: &mpsc::Sender<WatchEvent>,
+    key: &str,
+    kv: &etcd_client::KeyValue,
+) -> Result<()> {
+    known.insert(key.to_owned(), kv.mod_revision());
+    send(
+        tx,
+        WatchEvent::Upsert {
+            key: key.to_owned(),
+            value: kv.value().to_vec(),
+        },
+    )
+    .await
 }
 
 async fn send(tx: &mpsc::Sender<WatchEvent>, event: WatchEvent) -> Result<()> {

@@ -105,6 +105,6 @@ async fn reconcile(policy: Arc<GlobalServicePolicy>, ctx: Arc<Ctx>) -> Result<Ac
 }
 
 fn error_policy(_policy: Arc<GlobalServicePolicy>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(error = %crate::kube::mesh::chain(error), "policy reconcile failed; retrying in 15s");
+    tracing::warn!(error = %knit_kvstore::error_chain(error), "policy reconcile failed; retrying in 15s");
     Action::requeue(Duration::from_secs(15))
 }

@@ -130,7 +130,9 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
                 accepted = plan.accepted.len(),
                 "mesh reconciled"
             ),
-            Err(e) => tracing::warn!(error = %chain(e), "mesh reconcile failed; retrying in 10s"),
+            Err(e) => {
+                tracing::warn!(error = %knit_kvstore::error_chain(e), "mesh reconcile failed; retrying in 10s")
+            }
         }
         on_reconciled(&outcome);
         let wait = if outcome.is_err() { RETRY } else { RENEWAL_CHECK };
@@ -147,15 +149,3 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
 const RETRY: Duration = Duration::from_secs(10);
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 const DEBOUNCE: Duration = Duration::from_millis(500);
-
-/// An error and its causes, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
