@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -81,13 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let health = knit_telemetry::Health::default();
-    let server = knit_telemetry::serve(
-        args.metrics_addr,
-        Arc::new(Mutex::new(registry)),
-        health.clone(),
-        None,
-    );
+    let (health, server) = knit_telemetry::serve_registry(args.metrics_addr, registry);
 
     let config = etcd::load_client_config(&args.etcd_config).context("loading the etcd client config")?;
     let mut client = loop {

@@ -14,7 +14,7 @@ mod tracing_setup;
 
 pub use health::Health;
 pub use prometheus_client;
-pub use server::{router, serve};
+pub use server::{router, serve, serve_registry};
 pub use tracing_setup::{TracingGuard, init_tracing};
 
 /// Errors of this crate.

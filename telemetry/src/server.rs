@@ -49,6 +49,17 @@ pub async fn serve(
         .map_err(Error::Serve)
 }
 
+/// The usual start of a binary: a fresh [`Health`] and the future serving
+/// `registry` and that health on `addr` (poll it alongside the real work).
+pub fn serve_registry(
+    addr: SocketAddr,
+    registry: Registry,
+) -> (Health, impl std::future::Future<Output = Result<()>>) {
+    let health = Health::default();
+    let server = serve(addr, Arc::new(Mutex::new(registry)), health.clone(), None);
+    (health, server)
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = String::new();
     let encoded = {

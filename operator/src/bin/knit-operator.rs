@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -50,13 +49,7 @@ async fn main() -> anyhow::Result<()> {
         failures.clone(),
     );
     registry.register("accepted_peers", "ClusterMeshPeers configured", peers.clone());
-    let health = knit_telemetry::Health::default();
-    let server = knit_telemetry::serve(
-        args.metrics_addr,
-        Arc::new(Mutex::new(registry)),
-        health.clone(),
-        None,
-    );
+    let (health, server) = knit_telemetry::serve_registry(args.metrics_addr, registry);
 
     let client = kube::Client::try_default()
         .await
