@@ -27,7 +27,7 @@ pub struct ExporterSettings {
     pub lease_ttl_secs: i64,
 }
 
-/// Runs until the process stops. Fails only if the store cannot be created.
+/// Runs until the process stops; etcd errors are retried.
 pub async fn run_exporter<S: Source>(
     local: Client,
     mut source: S,
@@ -37,10 +37,27 @@ pub async fn run_exporter<S: Source>(
 ) -> Result<()> {
     let own = cluster_prefix(&settings.cluster.name);
     let mut ids = IdentityAllocator::new(settings.cluster.id);
-    restore_identities(&local, &own, &mut ids).await?;
-    let mut store = SyncStore::new(local, vec![own.clone(), local_prefix()], settings.lease_ttl_secs)
-        .await
-        .map_err(Error::Store)?;
+    // etcd may refuse requests for a moment (e.g. right after auth is
+    // enabled): retry instead of giving up.
+    let mut store = loop {
+        let started = async {
+            restore_identities(&local, &own, &mut ids).await?;
+            SyncStore::new(
+                local.clone(),
+                vec![own.clone(), local_prefix()],
+                settings.lease_ttl_secs,
+            )
+            .await
+            .map_err(Error::Store)
+        };
+        match started.await {
+            Ok(store) => break store,
+            Err(e) => {
+                tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot start exporting yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let mut synced = false;
     let synced_at = unix_now();
     let mut pending = true;

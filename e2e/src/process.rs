@@ -40,12 +40,25 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A free TCP port on loopback (bound and released; good enough for tests).
+/// A free TCP port on loopback for a server the test starts later. Ports
+/// come from 20000–31999, below the kernel's ephemeral range, so an outgoing
+/// connection never takes one before its server binds it; a port is handed
+/// out once per test process, and the start depends on the PID so parallel
+/// test binaries rarely collide.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let start = (std::process::id() as usize * 97) % 12_000;
+    (0..12_000)
+        .map(|i| 20_000 + ((start + i) % 12_000) as u16)
+        .find(|port| !given.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .inspect(|port| {
+            given.insert(*port);
+        })
+        .expect("no free port in 20000-31999")
 }
 
 /// A child process killed (by PID) and reaped on drop, and killed by the
@@ -68,6 +81,7 @@ impl ChildProcess {
             .arg("--")
             .arg(program)
             .args(args)
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -92,14 +106,20 @@ impl ChildProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// The last lines of its log, for failure messages.
+    /// Its warnings and errors and the last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let problems: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("Error"))
+            .take(20)
+            .collect();
         let lines: Vec<&str> = text.lines().collect();
         format!(
-            "--- {} ({}) ---\n{}",
+            "--- {} ({}) ---\nproblems:\n{}\nlast lines:\n{}",
             self.name,
             self.log.display(),
+            problems.join("\n"),
             lines[lines.len().saturating_sub(30)..].join("\n")
         )
     }
