@@ -1,4 +1,99 @@
-//! knit-agent: the node datapath (index → BPF maps, tunnel device, routes).
-//! Not built yet; see DESIGN.md and the agent issue.
+//! knit-agent: programs this node's eBPF datapath from the local mesh
+//! kvstore.
+//!
+//! Data flow: etcd watch (own cluster, `local/services/`, peer caches) →
+//! [`index::MeshIndex`] (pure) and NetworkPolicies → [`render::render`]
+//! (pure) → [`datapath::state::DatapathState`] → [`datapath::Datapath`]
+//! (difference writes to pinned maps, links pinned in bpffs). [`netdev`]
+//! creates the node's VXLAN device over rtnetlink; [`run`] is the loop.
 #![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+pub mod datapath;
+pub mod index;
+pub mod metrics;
+pub mod netdev;
+pub mod policy;
+pub mod render;
+pub mod run;
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object could not be loaded.
+    #[error("load the eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program is not in the object.
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(String),
+    /// A map is not in the object.
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(String),
+    /// Loading or attaching a program failed.
+    #[error("load or attach program {name}")]
+    Program {
+        /// Program.
+        name: String,
+        /// Cause.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// Using a map failed.
+    #[error("use map {name}")]
+    Map {
+        /// Map.
+        name: String,
+        /// Cause.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// Creating, pinning or reusing a link failed.
+    #[error("{action}")]
+    Link {
+        /// What was being done.
+        action: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A bpffs or cgroup file operation failed.
+    #[error("{action}")]
+    Pin {
+        /// What was being done.
+        action: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A netlink request failed.
+    #[error("{action}")]
+    Netlink {
+        /// What was being done.
+        action: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The kvstore layer failed.
+    #[error("kvstore")]
+    Store(#[source] knit_kvstore::Error),
+}
+
+impl Error {
+    fn program(name: &str, source: aya::programs::ProgramError) -> Self {
+        Self::Program {
+            name: name.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    fn map(name: &str, source: aya::maps::MapError) -> Self {
+        Self::Map {
+            name: name.to_owned(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Result of the agent.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

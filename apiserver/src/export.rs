@@ -163,6 +163,7 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
             namespace: ns.clone(),
             name: name.clone(),
             ports: service.ports.clone(),
+            cluster_ips: service.cluster_ips.clone(),
             backends: backends(
                 slices
                     .get(&(ns.as_str(), name.as_str()))

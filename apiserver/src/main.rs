@@ -45,10 +45,10 @@ struct Args {
     source_dir: Option<PathBuf>,
     /// How often the source directory is fully rescanned (a safety net: inotify
     /// reports changes as they happen).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = knit_telemetry::parse_duration)]
     poll_interval: Duration,
     /// How long a peer may be unreachable before its services are withdrawn.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = knit_telemetry::parse_duration)]
     grace_period: Duration,
     /// TTL of the leases holding published and mirrored keys, in seconds.
     #[arg(long, default_value_t = 30)]
@@ -58,20 +58,6 @@ struct Args {
     metrics_addr: SocketAddr,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .trim()
-        .split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 100ms, 30s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has an unknown unit; use ms, s or m")),
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

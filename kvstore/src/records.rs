@@ -162,6 +162,10 @@ pub struct ServiceRecord {
     pub name: String,
     /// Service ports.
     pub ports: Vec<ServicePort>,
+    /// The Service's ClusterIPs in this cluster: the VIPs local clients
+    /// connect to.
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<IpAddr>,
     /// This cluster's backends (empty when not exported).
     pub backends: Vec<Backend>,
     /// Backends are shared with peers.

@@ -170,6 +170,8 @@ pub struct ServiceInfo {
     pub annotations: BTreeMap<String, String>,
     /// Ports.
     pub ports: Vec<ServicePort>,
+    /// ClusterIPs (none for headless Services).
+    pub cluster_ips: Vec<IpAddr>,
 }
 
 impl From<Service> for ServiceInfo {
@@ -188,12 +190,21 @@ impl From<Service> for ServiceInfo {
                 },
             })
             .collect();
+        let spec = service.spec.as_ref();
+        let cluster_ips = spec
+            .and_then(|s| s.cluster_ips.clone())
+            .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
         Self {
             namespace: service.metadata.namespace.unwrap_or_else(|| "default".into()),
             name: service.metadata.name.unwrap_or_default(),
             labels: service.metadata.labels.unwrap_or_default(),
             annotations: service.metadata.annotations.unwrap_or_default(),
             ports,
+            cluster_ips,
         }
     }
 }

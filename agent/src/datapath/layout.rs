@@ -1,0 +1,265 @@
+//! The Rust side of `ebpf/knit.h`: one `#[repr(C)]` type per map key and
+//! value, byte for byte. `tests::layouts_match_c` compares every size and
+//! offset with what the C compiler says, so the two cannot drift apart.
+//!
+//! Addresses and ports are kept in network byte order (as `[u8; N]`-like
+//! `u32`/`u16` holding the wire bytes), everything else in host order.
+#![allow(unsafe_code)]
+
+use std::net::Ipv4Addr;
+
+/// Wire-order `u32` of an address.
+pub fn addr_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// The address a wire-order `u32` holds.
+pub fn addr_from_be(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+/// Wire-order `u16` of a port.
+pub fn port_be(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+/// The port a wire-order `u16` holds.
+pub fn port_from_be(raw: u16) -> u16 {
+    u16::from_be_bytes(raw.to_ne_bytes())
+}
+
+/// `struct ipcache_key` (the LPM key's data part; aya adds `prefixlen`).
+pub type IpcacheAddr = u32;
+
+/// `struct ipcache_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheValue {
+    /// Security identity of the prefix.
+    pub identity: u32,
+    /// Wire-order underlay address of the hosting node; 0 on this node.
+    pub tunnel_endpoint: u32,
+}
+
+/// `ENDPOINT_F_POLICY`.
+pub const ENDPOINT_F_POLICY: u32 = 1;
+
+/// `struct endpoint_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointValue {
+    /// Host side of the pod's veth.
+    pub ifindex: u32,
+    /// The pod's identity.
+    pub identity: u32,
+    /// `ENDPOINT_F_*`.
+    pub flags: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// `struct policy_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// Wire-order pod address.
+    pub endpoint: u32,
+    /// Allowed source identity; 0 = any.
+    pub identity: u32,
+    /// Host-order destination port; 0 = any.
+    pub dport: u16,
+    /// IP protocol; 0 = any.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// `struct service_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Wire-order VIP.
+    pub vip: u32,
+    /// Wire-order port.
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// `struct service_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Key of the service's backend slots.
+    pub service_id: u32,
+    /// Valid slots.
+    pub count: u32,
+}
+
+/// `struct backend_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    /// Service.
+    pub service_id: u32,
+    /// Slot, `0..count`.
+    pub slot: u32,
+}
+
+/// `struct backend_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    /// Wire-order backend address.
+    pub addr: u32,
+    /// Wire-order backend port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// `struct sock_nat_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNatKey {
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Wire-order address.
+    pub addr: u32,
+    /// Wire-order port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// `struct sock_nat_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNatValue {
+    /// Wire-order address.
+    pub addr: u32,
+    /// Wire-order port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// `struct ct_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Wire-order source.
+    pub saddr: u32,
+    /// Wire-order destination.
+    pub daddr: u32,
+    /// Wire-order source port.
+    pub sport: u16,
+    /// Wire-order destination port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// `struct ct_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// `CT_F_*`.
+    pub flags: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// `struct node_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// Index of the node's VXLAN device.
+    pub tunnel_ifindex: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// `enum drop_reason`, in index order.
+pub const DROP_REASONS: [&str; 6] = [
+    "policy-denied",
+    "unknown-source",
+    "no-backend",
+    "no-route",
+    "malformed",
+    "redirect-failed",
+];
+
+// SAFETY: every type is `#[repr(C)]`, `Copy`, made of integers only, with
+// explicit padding fields, so any bit pattern is valid and no byte is
+// uninitialised.
+unsafe impl aya::Pod for IpcacheValue {}
+unsafe impl aya::Pod for EndpointValue {}
+unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for ServiceKey {}
+unsafe impl aya::Pod for ServiceValue {}
+unsafe impl aya::Pod for BackendKey {}
+unsafe impl aya::Pod for BackendValue {}
+unsafe impl aya::Pod for SockNatKey {}
+unsafe impl aya::Pod for SockNatValue {}
+unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for NodeConfig {}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+
+    const C_LAYOUT: &str = include_str!(concat!(env!("OUT_DIR"), "/c_layout.txt"));
+
+    macro_rules! layout {
+        ($out:ident, $c:literal, $t:ty, [$($cf:literal => $f:ident),*]) => {
+            $out.insert($c.to_string(), size_of::<$t>());
+            $( $out.insert(format!("{}.{}", $c, $cf), offset_of!($t, $f)); )*
+        };
+    }
+
+    #[test]
+    fn layouts_match_c() {
+        let c: BTreeMap<String, usize> = C_LAYOUT
+            .lines()
+            .map(|l| {
+                let (name, n) = l.split_once(' ').expect("name value");
+                (name.to_string(), n.parse().expect("number"))
+            })
+            .collect();
+        let mut rust = BTreeMap::new();
+        rust.insert("ipcache_key".to_string(), 8);
+        rust.insert("ipcache_key.prefixlen".to_string(), 0);
+        rust.insert("ipcache_key.addr".to_string(), 4);
+        layout!(rust, "ipcache_value", IpcacheValue, ["identity" => identity, "tunnel_endpoint" => tunnel_endpoint]);
+        layout!(rust, "endpoint_value", EndpointValue, ["ifindex" => ifindex, "identity" => identity, "flags" => flags]);
+        layout!(rust, "policy_key", PolicyKey, ["endpoint" => endpoint, "identity" => identity, "dport" => dport, "proto" => proto]);
+        layout!(rust, "service_key", ServiceKey, ["vip" => vip, "port" => port, "proto" => proto]);
+        layout!(rust, "service_value", ServiceValue, ["service_id" => service_id, "count" => count]);
+        layout!(rust, "backend_key", BackendKey, ["service_id" => service_id, "slot" => slot]);
+        layout!(rust, "backend_value", BackendValue, ["addr" => addr, "port" => port]);
+        layout!(rust, "sock_nat_key", SockNatKey, ["cookie" => cookie, "addr" => addr, "port" => port]);
+        layout!(rust, "sock_nat_value", SockNatValue, ["addr" => addr, "port" => port]);
+        layout!(rust, "ct_key", CtKey, ["saddr" => saddr, "daddr" => daddr, "sport" => sport, "dport" => dport, "proto" => proto]);
+        layout!(rust, "ct_value", CtValue, ["flags" => flags]);
+        layout!(rust, "node_config", NodeConfig, ["tunnel_ifindex" => tunnel_ifindex]);
+        assert_eq!(rust, c);
+    }
+
+    #[test]
+    fn byte_order_helpers_round_trip() {
+        let ip = Ipv4Addr::new(10, 1, 2, 3);
+        assert_eq!(addr_be(ip).to_ne_bytes(), [10, 1, 2, 3]);
+        assert_eq!(addr_from_be(addr_be(ip)), ip);
+        assert_eq!(port_be(8080).to_ne_bytes(), 8080u16.to_be_bytes());
+        assert_eq!(port_from_be(port_be(8080)), 8080);
+    }
+}

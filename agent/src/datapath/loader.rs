@@ -1,0 +1,171 @@
+//! Loads `knit.bpf.o` into the kernel and attaches it, so that everything
+//! survives the agent: maps are pinned by name under `<pin dir>/maps`, and
+//! every attachment is a BPF link pinned under `<pin dir>/links`.
+//!
+//! On start, a pinned tc link has its program swapped atomically
+//! (`attach_to_link`), so traffic never runs without a program; cgroup
+//! links get the new program attached next to the old one, after which the
+//! old link's pin is removed (the socket programs are idempotent, so
+//! running both for a moment is harmless).
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::{Error, Result};
+
+/// The compiled datapath.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knit.bpf.o"));
+
+/// Socket programs and where they hook.
+pub const SOCKET_PROGRAMS: [&str; 4] = [
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+];
+
+/// Loaded programs and their maps.
+pub struct Loaded {
+    /// The object (maps are taken out of it by the writer).
+    pub ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn pin_err(action: &str) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Pin {
+        action: action.to_owned(),
+        source,
+    }
+}
+
+/// Loads every program, reusing maps already pinned in `pin_dir`.
+pub fn load(pin_dir: &Path) -> Result<Loaded> {
+    let maps = pin_dir.join("maps");
+    std::fs::create_dir_all(&maps).map_err(pin_err("create the map pin directory"))?;
+    std::fs::create_dir_all(links_dir(pin_dir)).map_err(pin_err("create the link pin directory"))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps)
+        .load(OBJECT)
+        .map_err(|e| Error::Load(Box::new(e)))?;
+    for name in ["from_pod", "from_tunnel"] {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load().map_err(|e| Error::program(name, e))?;
+    }
+    for name in SOCKET_PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        prog.load().map_err(|e| Error::program(name, e))?;
+    }
+    Ok(Loaded {
+        ebpf,
+        pin_dir: pin_dir.to_owned(),
+    })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or_else(|| Error::MissingProgram(name.to_owned()))?;
+    prog.try_into().map_err(|e| Error::program(name, e))
+}
+
+impl Loaded {
+    fn link_path(&self, name: &str) -> PathBuf {
+        links_dir(&self.pin_dir).join(name)
+    }
+
+    /// Attaches `program` to tc ingress of `interface`, replacing the
+    /// program of the link pinned as `link_name` if there is one.
+    pub fn attach_tc(&mut self, program_name: &str, interface: &str, link_name: &str) -> Result<()> {
+        let path = self.link_path(link_name);
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, program_name)?;
+        let reused = match PinnedLink::from_pin(&path) {
+            Ok(old) => {
+                let fd = old.unpin().map_err(pin_err("unpin a tc link"))?;
+                // A link whose device went away cannot take a new program.
+                SchedClassifierLink::try_from(fd)
+                    .ok()
+                    .and_then(|link| prog.attach_to_link(link).ok())
+            }
+            Err(_) => None,
+        };
+        let id = match reused {
+            Some(id) => id,
+            None => prog
+                .attach_with_options(
+                    interface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| Error::program(program_name, e))?,
+        };
+        let link = prog.take_link(id).map_err(|e| Error::program(program_name, e))?;
+        let fd: FdLink = link.try_into().map_err(|e| Error::Link {
+            action: format!("pin the tc link of {interface}"),
+            source: Box::new(e),
+        })?;
+        fd.pin(&path).map_err(|e| Error::Link {
+            action: format!("pin the tc link of {interface}"),
+            source: Box::new(e),
+        })?;
+        Ok(())
+    }
+
+    /// Removes the pinned link `link_name` (detaching its program).
+    pub fn detach(&self, link_name: &str) -> Result<()> {
+        match std::fs::remove_file(self.link_path(link_name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_err("remove a link pin")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Names of the pinned links.
+    pub fn pinned_links(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(links_dir(&self.pin_dir)).map_err(pin_err("list link pins"))? {
+            let entry = entry.map_err(pin_err("list link pins"))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    /// Attaches the socket programs to the cgroup v2 directory `cgroup`.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = std::fs::File::open(cgroup).map_err(pin_err("open the pod cgroup"))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let old = self.pinned_links()?;
+        for name in SOCKET_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(dir.as_fd(), CgroupAttachMode::Single)
+                .map_err(|e| Error::program(name, e))?;
+            let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
+            let fd: FdLink = link.try_into().map_err(|e| Error::Link {
+                action: format!("pin the {name} link"),
+                source: Box::new(e),
+            })?;
+            fd.pin(self.link_path(&format!("cgroup-{name}-{stamp}")))
+                .map_err(|e| Error::Link {
+                    action: format!("pin the {name} link"),
+                    source: Box::new(e),
+                })?;
+        }
+        for name in old.iter().filter(|n| n.starts_with("cgroup-")) {
+            self.detach(name)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! The node's eBPF datapath: programs in `ebpf/knit.bpf.c`, maps laid out
+//! as in [`layout`], desired contents in [`state`], loading and attaching in
+//! [`loader`], difference writes in [`writer`]. [`Datapath`] ties them
+//! together for the agent: one call per change with the desired state and
+//! the current interface indexes.
+
+pub mod layout;
+pub mod loader;
+pub mod state;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use layout::NodeConfig;
+use loader::Loaded;
+use state::{DatapathState, Unplaced, to_map_contents};
+use writer::{ApplyReport, MapWriter};
+
+use crate::Result;
+
+/// Prefix of the pinned tc links on pod interfaces.
+const POD_LINK_PREFIX: &str = "pod-";
+/// Name of the pinned tc link on the tunnel device.
+const TUNNEL_LINK: &str = "tunnel";
+
+/// The loaded, attached datapath of one node.
+pub struct Datapath {
+    loaded: Loaded,
+    writer: MapWriter,
+    /// Pod interfaces with a pinned link, and the ifindex it was made for
+    /// (0: found pinned at start, not yet refreshed).
+    attached_pods: BTreeMap<String, u32>,
+}
+
+impl Datapath {
+    /// Loads the programs (reusing pinned maps and links under `pin_dir`),
+    /// attaches the tunnel program to `tunnel` (ifindex `tunnel_ifindex`)
+    /// and, when given, the socket programs to the cgroup v2 directory
+    /// `cgroup`.
+    pub fn start(pin_dir: &Path, tunnel: &str, tunnel_ifindex: u32, cgroup: Option<&Path>) -> Result<Self> {
+        let mut loaded = loader::load(pin_dir)?;
+        let mut writer = MapWriter::new(&mut loaded)?;
+        writer.set_config(NodeConfig {
+            tunnel_ifindex,
+            pad: 0,
+        })?;
+        loaded.attach_tc("from_tunnel", tunnel, TUNNEL_LINK)?;
+        if let Some(cgroup) = cgroup {
+            loaded.attach_cgroup(cgroup)?;
+        }
+        let attached_pods = loaded
+            .pinned_links()?
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(POD_LINK_PREFIX).map(|i| (i.to_owned(), 0)))
+            .collect();
+        Ok(Self {
+            loaded,
+            writer,
+            attached_pods,
+        })
+    }
+
+    /// Makes the maps hold `desired` and the pod program sit on every local
+    /// endpoint's interface. `interfaces` maps names to indexes.
+    pub fn apply(
+        &mut self,
+        desired: &DatapathState,
+        interfaces: &HashMap<String, u32>,
+    ) -> Result<(ApplyReport, Unplaced)> {
+        let (contents, unplaced) = to_map_contents(desired, interfaces, &self.writer.current().services);
+        let wanted: BTreeMap<&str, u32> = desired
+            .endpoints
+            .values()
+            .filter_map(|e| Some((e.interface.as_str(), *interfaces.get(&e.interface)?)))
+            .collect();
+        // Entries first, so the program finds its endpoint when it starts
+        // seeing the pod's packets.
+        let report = self.writer.apply(&contents);
+        // A pod re-created under the same interface name has a new ifindex
+        // and its old link is defunct: attach again.
+        for (iface, ifindex) in &wanted {
+            if self.attached_pods.get(*iface) != Some(ifindex) {
+                self.loaded
+                    .attach_tc("from_pod", iface, &format!("{POD_LINK_PREFIX}{iface}"))?;
+                self.attached_pods.insert((*iface).to_owned(), *ifindex);
+            }
+        }
+        let stale: Vec<String> = self
+            .attached_pods
+            .keys()
+            .filter(|i| !wanted.contains_key(i.as_str()))
+            .cloned()
+            .collect();
+        for iface in stale {
+            self.loaded.detach(&format!("{POD_LINK_PREFIX}{iface}"))?;
+            self.attached_pods.remove(&iface);
+        }
+        Ok((report, unplaced))
+    }
+
+    /// Entries per map.
+    pub fn map_sizes(&self) -> [(&'static str, usize); 5] {
+        self.writer.current().sizes()
+    }
+
+    /// Drop counters by reason.
+    pub fn drops(&self) -> Vec<(&'static str, u64)> {
+        self.writer.drops()
+    }
+}

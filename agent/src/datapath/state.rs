@@ -1,0 +1,331 @@
+//! What the datapath should hold, in two forms.
+//!
+//! [`DatapathState`] is the agent's desired state in its own words (routes,
+//! local endpoints by interface name, service frontends with backend
+//! addresses, allow entries); the render produces it without I/O.
+//! [`MapContents`] is the same thing as raw map entries, after interface
+//! names are resolved to indexes and frontends get their stable service
+//! IDs. [`diff`] compares two map contents entry by entry, so the writer only
+//! touches what changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
+
+use super::layout::{
+    BackendKey, BackendValue, ENDPOINT_F_POLICY, EndpointValue, IpcacheValue, PolicyKey, ServiceKey,
+    ServiceValue, addr_be, port_be,
+};
+
+/// IP protocol numbers the datapath knows.
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Where packets for a prefix go and who sends from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Security identity (0 when only the prefix's node is known).
+    pub identity: u32,
+    /// Underlay address of the hosting node; `None` on this node.
+    pub tunnel: Option<Ipv4Addr>,
+}
+
+/// A pod on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    /// Host side of the pod's veth.
+    pub interface: String,
+    /// The pod's identity.
+    pub identity: u32,
+    /// A NetworkPolicy selects the pod: ingress needs an allow entry.
+    pub policy_enforced: bool,
+}
+
+/// A Service address clients connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    /// ClusterIP.
+    pub vip: Ipv4Addr,
+    /// Service port.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+}
+
+/// One ingress allow entry; zero fields are wildcards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AllowEntry {
+    /// The selected pod.
+    pub endpoint: Ipv4Addr,
+    /// Allowed source identity (0 = any).
+    pub identity: u32,
+    /// Destination port (0 = any).
+    pub port: u16,
+    /// Protocol (0 = any).
+    pub proto: u8,
+}
+
+/// The desired datapath of one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathState {
+    /// ipcache.
+    pub routes: BTreeMap<Ipv4Net, Route>,
+    /// Pods on this node by IP.
+    pub endpoints: BTreeMap<Ipv4Addr, LocalEndpoint>,
+    /// Service frontends and the backends new connections may use.
+    pub services: BTreeMap<Frontend, Vec<SocketAddrV4>>,
+    /// Ingress allow entries of policy-enforced pods.
+    pub allow: BTreeSet<AllowEntry>,
+}
+
+/// Raw entries of every map the agent owns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    /// `knit_ipcache`, keyed by (prefix length, wire-order address).
+    pub ipcache: HashMap<(u32, u32), IpcacheValue>,
+    /// `knit_endpoints`, keyed by wire-order address.
+    pub endpoints: HashMap<u32, EndpointValue>,
+    /// `knit_policy`.
+    pub policy: HashMap<PolicyKey, u8>,
+    /// `knit_services`.
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    /// `knit_backends`.
+    pub backends: HashMap<BackendKey, BackendValue>,
+}
+
+impl MapContents {
+    /// Entries per map, for metrics.
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("ipcache", self.ipcache.len()),
+            ("endpoints", self.endpoints.len()),
+            ("policy", self.policy.len()),
+            ("services", self.services.len()),
+            ("backends", self.backends.len()),
+        ]
+    }
+}
+
+/// What [`to_map_contents`] could not place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unplaced {
+    /// Endpoints whose interface does not exist (yet).
+    pub missing_interfaces: Vec<String>,
+}
+
+/// Converts desired state into map entries. `interfaces` maps interface
+/// names to indexes; `current` supplies the service IDs already in use, so
+/// a frontend keeps its ID (and its backends' keys) for its lifetime.
+pub fn to_map_contents(
+    state: &DatapathState,
+    interfaces: &HashMap<String, u32>,
+    current: &HashMap<ServiceKey, ServiceValue>,
+) -> (MapContents, Unplaced) {
+    let mut out = MapContents::default();
+    let mut unplaced = Unplaced::default();
+    for (net, route) in &state.routes {
+        out.ipcache.insert(
+            (u32::from(net.prefix_len()), addr_be(net.network())),
+            IpcacheValue {
+                identity: route.identity,
+                tunnel_endpoint: route.tunnel.map(addr_be).unwrap_or(0),
+            },
+        );
+    }
+    for (ip, ep) in &state.endpoints {
+        let Some(&ifindex) = interfaces.get(&ep.interface) else {
+            unplaced.missing_interfaces.push(ep.interface.clone());
+            continue;
+        };
+        out.endpoints.insert(
+            addr_be(*ip),
+            EndpointValue {
+                ifindex,
+                identity: ep.identity,
+                flags: if ep.policy_enforced { ENDPOINT_F_POLICY } else { 0 },
+                pad: 0,
+            },
+        );
+    }
+    for a in &state.allow {
+        let key = PolicyKey {
+            endpoint: addr_be(a.endpoint),
+            identity: a.identity,
+            dport: a.port,
+            proto: a.proto,
+            pad: 0,
+        };
+        out.policy.insert(key, 1);
+    }
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let keys: Vec<(ServiceKey, &Vec<SocketAddrV4>)> = state
+        .services
+        .iter()
+        .map(|(f, b)| (service_key(f), b))
+        .collect();
+    for (key, _) in &keys {
+        if let Some(v) = current.get(key) {
+            used.insert(v.service_id);
+        }
+    }
+    let mut next_free = 1u32;
+    for (key, backends) in keys {
+        let service_id = match current.get(&key) {
+            Some(v) => v.service_id,
+            None => {
+                while used.contains(&next_free) {
+                    next_free += 1;
+                }
+                used.insert(next_free);
+                next_free
+            }
+        };
+        for (slot, b) in backends.iter().enumerate() {
+            out.backends.insert(
+                BackendKey {
+                    service_id,
+                    slot: slot as u32,
+                },
+                BackendValue {
+                    addr: addr_be(*b.ip()),
+                    port: port_be(b.port()),
+                    pad: 0,
+                },
+            );
+        }
+        out.services.insert(
+            key,
+            ServiceValue {
+                service_id,
+                count: backends.len() as u32,
+            },
+        );
+    }
+    (out, unplaced)
+}
+
+/// The map key of a frontend.
+pub fn service_key(f: &Frontend) -> ServiceKey {
+    ServiceKey {
+        vip: addr_be(f.vip),
+        port: port_be(f.port),
+        proto: f.proto,
+        pad: 0,
+    }
+}
+
+/// Changes that turn one map's entries into another's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diff<K, V> {
+    /// Entries to insert or overwrite.
+    pub upserts: Vec<(K, V)>,
+    /// Keys to delete.
+    pub removes: Vec<K>,
+}
+
+impl<K, V> Diff<K, V> {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removes.is_empty()
+    }
+}
+
+/// Entry-by-entry difference from `current` to `desired`.
+pub fn diff<K: Eq + Hash + Clone, V: PartialEq + Clone>(
+    current: &HashMap<K, V>,
+    desired: &HashMap<K, V>,
+) -> Diff<K, V> {
+    let upserts = desired
+        .iter()
+        .filter(|(k, v)| current.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let removes = current
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    Diff { upserts, removes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(services: &[(u16, &[&str])]) -> DatapathState {
+        let mut s = DatapathState::default();
+        for (port, backends) in services {
+            s.services.insert(
+                Frontend {
+                    vip: Ipv4Addr::new(10, 96, 0, 1),
+                    port: *port,
+                    proto: PROTO_TCP,
+                },
+                backends.iter().map(|b| b.parse().unwrap()).collect(),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn service_ids_are_stable_and_reused_only_when_free() {
+        let (first, _) = to_map_contents(
+            &state_with(&[(80, &["10.1.0.5:8080"]), (81, &["10.1.0.6:8080"])]),
+            &HashMap::new(),
+            &HashMap::new(),
+        );
+        let ids: BTreeSet<u32> = first.services.values().map(|v| v.service_id).collect();
+        assert_eq!(ids, BTreeSet::from([1, 2]));
+        // Port 80 goes away, a new port 82 arrives: 81 keeps its ID, 82 takes the free one.
+        let (second, _) = to_map_contents(
+            &state_with(&[(81, &["10.1.0.6:8080", "10.2.0.7:8080"]), (82, &["10.1.0.8:8080"])]),
+            &HashMap::new(),
+            &first.services,
+        );
+        let id_of = |c: &MapContents, port: u16| {
+            c.services
+                .iter()
+                .find(|(k, _)| k.port == port_be(port))
+                .map(|(_, v)| *v)
+                .unwrap()
+        };
+        assert_eq!(id_of(&second, 81).service_id, id_of(&first, 81).service_id);
+        assert_eq!(id_of(&second, 81).count, 2);
+        assert_ne!(id_of(&second, 82).service_id, id_of(&second, 81).service_id);
+        let d = diff(&first.backends, &second.backends);
+        assert_eq!(d.upserts.len(), 2, "one new slot for 81, one for 82: {d:?}");
+    }
+
+    #[test]
+    fn diff_touches_only_changes() {
+        let a: HashMap<u32, u32> = HashMap::from([(1, 1), (2, 2), (3, 3)]);
+        let b: HashMap<u32, u32> = HashMap::from([(1, 1), (2, 20), (4, 4)]);
+        let mut d = diff(&a, &b);
+        d.upserts.sort();
+        assert_eq!(d.upserts, vec![(2, 20), (4, 4)]);
+        assert_eq!(d.removes, vec![3]);
+        assert!(diff(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn endpoints_without_interface_are_reported_not_written() {
+        let mut s = DatapathState::default();
+        s.endpoints.insert(
+            Ipv4Addr::new(10, 1, 0, 5),
+            LocalEndpoint {
+                interface: "knabc".into(),
+                identity: 7,
+                policy_enforced: true,
+            },
+        );
+        let (c, u) = to_map_contents(&s, &HashMap::new(), &HashMap::new());
+        assert!(c.endpoints.is_empty());
+        assert_eq!(u.missing_interfaces, vec!["knabc".to_string()]);
+        let (c, _) = to_map_contents(&s, &HashMap::from([("knabc".into(), 9)]), &HashMap::new());
+        let v = c.endpoints[&addr_be(Ipv4Addr::new(10, 1, 0, 5))];
+        assert_eq!((v.ifindex, v.identity, v.flags), (9, 7, ENDPOINT_F_POLICY));
+    }
+}

@@ -1,0 +1,192 @@
+//! Applies desired [`MapContents`] to the pinned maps by difference.
+//!
+//! The writer remembers what it believes the maps hold (read back from the
+//! pinned maps at start, so a restarted agent rewrites nothing that is
+//! already right) and writes only the entries that differ, in an order that
+//! never exposes a half-made change: allow entries before the endpoint flag
+//! that enforces them, backend slots before the count that makes them
+//! reachable; removals in the reverse order. A failed write is counted and
+//! retried on the next apply; it never clears a map.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+
+use super::layout::{
+    BackendKey, BackendValue, DROP_REASONS, EndpointValue, IpcacheValue, NodeConfig, PolicyKey, ServiceKey,
+    ServiceValue,
+};
+use super::loader::Loaded;
+use super::state::{MapContents, diff};
+use crate::{Error, Result};
+
+/// The agent's handle on the datapath maps.
+pub struct MapWriter {
+    ipcache: LpmTrie<MapData, u32, IpcacheValue>,
+    endpoints: BpfHashMap<MapData, u32, EndpointValue>,
+    policy: BpfHashMap<MapData, PolicyKey, u8>,
+    services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    backends: BpfHashMap<MapData, BackendKey, BackendValue>,
+    config: Array<MapData, NodeConfig>,
+    drops: Array<MapData, u64>,
+    current: MapContents,
+}
+
+/// What one apply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Entries written.
+    pub written: usize,
+    /// Entries deleted.
+    pub deleted: usize,
+    /// Writes or deletes that failed (retried next time).
+    pub failed: usize,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(loaded: &mut Loaded, name: &str) -> Result<T> {
+    let map = loaded
+        .ebpf
+        .take_map(name)
+        .ok_or_else(|| Error::MissingMap(name.to_owned()))?;
+    T::try_from(map).map_err(|e| Error::map(name, e))
+}
+
+impl MapWriter {
+    /// Takes the maps out of `loaded` and reads what they already hold.
+    pub fn new(loaded: &mut Loaded) -> Result<Self> {
+        let mut w = Self {
+            ipcache: take(loaded, "knit_ipcache")?,
+            endpoints: take(loaded, "knit_endpoints")?,
+            policy: take(loaded, "knit_policy")?,
+            services: take(loaded, "knit_services")?,
+            backends: take(loaded, "knit_backends")?,
+            config: take(loaded, "knit_config")?,
+            drops: take(loaded, "knit_drops")?,
+            current: MapContents::default(),
+        };
+        for entry in w.ipcache.iter() {
+            let (k, v) = entry.map_err(|e| Error::map("knit_ipcache", e))?;
+            w.current.ipcache.insert((k.prefix_len(), k.data()), v);
+        }
+        w.current.endpoints = read(&w.endpoints, "knit_endpoints")?;
+        w.current.policy = read(&w.policy, "knit_policy")?;
+        w.current.services = read(&w.services, "knit_services")?;
+        w.current.backends = read(&w.backends, "knit_backends")?;
+        Ok(w)
+    }
+
+    /// What the maps hold, as far as the writer knows.
+    pub fn current(&self) -> &MapContents {
+        &self.current
+    }
+
+    /// Sets the node-wide configuration.
+    pub fn set_config(&mut self, config: NodeConfig) -> Result<()> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| Error::map("knit_config", e))
+    }
+
+    /// Drop counters by reason.
+    pub fn drops(&self) -> Vec<(&'static str, u64)> {
+        DROP_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, self.drops.get(&(i as u32), 0).unwrap_or(0)))
+            .collect()
+    }
+
+    /// Makes the maps hold `desired`, touching only entries that differ.
+    pub fn apply(&mut self, desired: &MapContents) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let cur = &mut self.current;
+
+        let ipcache = diff(&cur.ipcache, &desired.ipcache);
+        let endpoints = diff(&cur.endpoints, &desired.endpoints);
+        let policy = diff(&cur.policy, &desired.policy);
+        let services = diff(&cur.services, &desired.services);
+        let backends = diff(&cur.backends, &desired.backends);
+
+        let lpm = |k: &(u32, u32)| Key::new(k.0, k.1);
+        upsert(&mut report, &mut cur.ipcache, ipcache.upserts, |k, v| {
+            self.ipcache.insert(&lpm(k), v, 0)
+        });
+        upsert(&mut report, &mut cur.policy, policy.upserts, |k, v| {
+            self.policy.insert(k, v, 0)
+        });
+        upsert(&mut report, &mut cur.endpoints, endpoints.upserts, |k, v| {
+            self.endpoints.insert(k, v, 0)
+        });
+        upsert(&mut report, &mut cur.backends, backends.upserts, |k, v| {
+            self.backends.insert(k, v, 0)
+        });
+        upsert(&mut report, &mut cur.services, services.upserts, |k, v| {
+            self.services.insert(k, v, 0)
+        });
+        remove(&mut report, &mut cur.services, services.removes, |k| self.services.remove(k));
+        remove(&mut report, &mut cur.backends, backends.removes, |k| self.backends.remove(k));
+        remove(&mut report, &mut cur.endpoints, endpoints.removes, |k| {
+            self.endpoints.remove(k)
+        });
+        remove(&mut report, &mut cur.policy, policy.removes, |k| self.policy.remove(k));
+        remove(&mut report, &mut cur.ipcache, ipcache.removes, |k| {
+            self.ipcache.remove(&lpm(k))
+        });
+        report
+    }
+}
+
+fn read<K: aya::Pod + Eq + Hash, V: aya::Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &str,
+) -> Result<HashMap<K, V>> {
+    map.iter()
+        .map(|e| e.map_err(|e| Error::map(name, e)))
+        .collect()
+}
+
+fn upsert<K: Eq + Hash + Clone, V: Clone>(
+    report: &mut ApplyReport,
+    current: &mut HashMap<K, V>,
+    entries: Vec<(K, V)>,
+    mut write: impl FnMut(&K, V) -> std::result::Result<(), MapError>,
+) {
+    for (k, v) in entries {
+        match write(&k, v.clone()) {
+            Ok(()) => {
+                current.insert(k, v);
+                report.written += 1;
+            }
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(error = %e, "datapath map write failed; retrying on the next change");
+            }
+        }
+    }
+}
+
+fn remove<K: Eq + Hash, V>(
+    report: &mut ApplyReport,
+    current: &mut HashMap<K, V>,
+    keys: Vec<K>,
+    mut delete: impl FnMut(&K) -> std::result::Result<(), MapError>,
+) {
+    for k in keys {
+        match delete(&k) {
+            Ok(()) => {
+                current.remove(&k);
+                report.deleted += 1;
+            }
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+                current.remove(&k);
+                report.deleted += 1;
+            }
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(error = %e, "datapath map delete failed; retrying on the next change");
+            }
+        }
+    }
+}

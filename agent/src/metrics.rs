@@ -1,0 +1,60 @@
+//! Prometheus metrics of the agent (registered once, shared by the loop).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A label naming a map, a drop reason or a rejection reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Name {
+    /// The name.
+    pub name: String,
+}
+
+/// Every metric of the agent.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Entries per datapath map.
+    pub map_entries: Family<Name, Gauge>,
+    /// Packets or connections dropped by the datapath, per reason.
+    pub drops: Family<Name, Gauge>,
+    /// Milliseconds from the first unapplied kvstore change to the maps
+    /// being written, for the last apply.
+    pub sync_lag_ms: Gauge,
+    /// 1 while the kvstore watch is connected and listed.
+    pub kvstore_connected: Gauge,
+    /// Map writes that failed (retried).
+    pub write_failures: Counter,
+    /// Kvstore values skipped, per reason.
+    pub rejected: Family<Name, Gauge>,
+    /// Local endpoints whose interface does not exist yet.
+    pub pending_endpoints: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric under `knit_agent_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("knit_agent");
+        r.register("map_entries", "Entries per datapath map", self.map_entries.clone());
+        r.register("drops", "Datapath drops by reason", self.drops.clone());
+        r.register(
+            "sync_lag_ms",
+            "Milliseconds from a kvstore change to the maps being written (last apply)",
+            self.sync_lag_ms.clone(),
+        );
+        r.register(
+            "kvstore_connected",
+            "Kvstore watch connected and listed",
+            self.kvstore_connected.clone(),
+        );
+        r.register("map_write_failures", "Failed map writes", self.write_failures.clone());
+        r.register("rejected_values", "Kvstore values skipped by reason", self.rejected.clone());
+        r.register(
+            "pending_endpoints",
+            "Local endpoints whose interface does not exist yet",
+            self.pending_endpoints.clone(),
+        );
+    }
+}

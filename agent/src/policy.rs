@@ -1,0 +1,253 @@
+//! Kubernetes NetworkPolicy (ingress) compiled into per-endpoint allow
+//! entries over identities.
+//!
+//! A policy selects this node's pods of its namespace by `podSelector`;
+//! each ingress rule's peers are matched against the labels of every
+//! identity in the mesh (the pod's labels plus `knit.dev/cluster`,
+//! `io.kubernetes.pod.namespace` and the namespace's labels), so a rule can
+//! allow `app=frontend` from one cluster only. Selectors that do not name
+//! `knit.dev/cluster` match pods of every cluster. A pod no policy selects
+//! allows everything. Not compiled (documented): `ipBlock` peers, named
+//! ports and `endPort` ranges (such a port allows nothing), egress rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::datapath::state::{AllowEntry, PROTO_TCP, PROTO_UDP};
+
+/// Label holding a pod's namespace in identity labels.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// Prefix of namespace labels in identity labels.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+
+/// A local pod the compiler may select.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyTarget<'a> {
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// Pod namespace.
+    pub namespace: &'a str,
+    /// Identity labels.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// Compiled ingress policy of this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// Pods that only accept what `allow` lists.
+    pub enforced: BTreeSet<Ipv4Addr>,
+    /// Allow entries.
+    pub allow: BTreeSet<AllowEntry>,
+}
+
+/// Compiles `policies` for `targets`, with `identities` (number → labels)
+/// as the universe of possible peers.
+pub fn compile(
+    policies: &[&NetworkPolicy],
+    targets: &[PolicyTarget<'_>],
+    identities: &BTreeMap<u32, &BTreeMap<String, String>>,
+) -> CompiledPolicy {
+    let mut out = CompiledPolicy::default();
+    for policy in policies {
+        let Some(spec) = &policy.spec else { continue };
+        let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+        let ingress = match &spec.policy_types {
+            Some(types) => types.iter().any(|t| t == "Ingress"),
+            None => true,
+        };
+        if !ingress {
+            continue;
+        }
+        let selected: Vec<Ipv4Addr> = targets
+            .iter()
+            .filter(|t| t.namespace == ns && spec.pod_selector.as_ref().is_none_or(|s| selector_matches(s, t.labels)))
+            .map(|t| t.ip)
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        out.enforced.extend(selected.iter().copied());
+        for rule in spec.ingress.iter().flatten() {
+            let sources: Vec<u32> = match rule.from.as_deref() {
+                None | Some([]) => vec![0],
+                Some(peers) => identities
+                    .iter()
+                    .filter(|(_, labels)| peers.iter().any(|p| peer_matches(p, ns, labels)))
+                    .map(|(id, _)| *id)
+                    .collect(),
+            };
+            let ports: Vec<(u16, u8)> = match rule.ports.as_deref() {
+                None | Some([]) => vec![(0, 0)],
+                Some(ports) => ports.iter().filter_map(port_of).collect(),
+            };
+            for ip in &selected {
+                for id in &sources {
+                    for (port, proto) in &ports {
+                        out.allow.insert(AllowEntry {
+                            endpoint: *ip,
+                            identity: *id,
+                            port: *port,
+                            proto: *proto,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn port_of(p: &NetworkPolicyPort) -> Option<(u16, u8)> {
+    let proto = match p.protocol.as_deref() {
+        None | Some("TCP") => PROTO_TCP,
+        Some("UDP") => PROTO_UDP,
+        Some(_) => return None,
+    };
+    if p.end_port.is_some() {
+        return None;
+    }
+    match &p.port {
+        None => Some((0, proto)),
+        Some(IntOrString::Int(n)) => Some((u16::try_from(*n).ok()?, proto)),
+        Some(IntOrString::String(_)) => None,
+    }
+}
+
+fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, labels: &BTreeMap<String, String>) -> bool {
+    if peer.ip_block.is_some() {
+        return false;
+    }
+    let pod_ns = labels.get(NAMESPACE_LABEL).map(String::as_str).unwrap_or_default();
+    let ns_ok = match &peer.namespace_selector {
+        None => pod_ns == policy_ns,
+        Some(sel) => {
+            let mut ns_labels: BTreeMap<String, String> = labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(NAMESPACE_LABELS_PREFIX)?.to_owned(), v.clone())))
+                .collect();
+            ns_labels.insert("kubernetes.io/metadata.name".into(), pod_ns.to_owned());
+            selector_matches(sel, &ns_labels)
+        }
+    };
+    ns_ok
+        && peer
+            .pod_selector
+            .as_ref()
+            .is_none_or(|sel| selector_matches(sel, labels))
+}
+
+/// Whether a Kubernetes label selector matches `labels` (an empty selector
+/// matches everything).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expr = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_label && by_expr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn policy(yaml: &str) -> NetworkPolicy {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn cluster_label_selects_peers_of_one_cluster_only() {
+        let p = policy(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: frontend, knit.dev/cluster: cluster-a}}
+    ports: [{port: 8080}]
+"#,
+        );
+        let web = labels(&[("app", "web"), (NAMESPACE_LABEL, "shop"), ("knit.dev/cluster", "cluster-a")]);
+        let other = labels(&[("app", "db"), (NAMESPACE_LABEL, "shop")]);
+        let fe_a = labels(&[("app", "frontend"), (NAMESPACE_LABEL, "shop"), ("knit.dev/cluster", "cluster-a")]);
+        let fe_b = labels(&[("app", "frontend"), (NAMESPACE_LABEL, "shop"), ("knit.dev/cluster", "cluster-b")]);
+        let fe_a_other_ns = labels(&[("app", "frontend"), (NAMESPACE_LABEL, "dev"), ("knit.dev/cluster", "cluster-a")]);
+        let ids = BTreeMap::from([(1, &web), (2, &fe_a), (3, &fe_b), (4, &fe_a_other_ns)]);
+        let web_ip = Ipv4Addr::new(10, 1, 0, 5);
+        let db_ip = Ipv4Addr::new(10, 1, 0, 6);
+        let targets = [
+            PolicyTarget { ip: web_ip, namespace: "shop", labels: &web },
+            PolicyTarget { ip: db_ip, namespace: "shop", labels: &other },
+        ];
+        let c = compile(&[&p], &targets, &ids);
+        assert_eq!(c.enforced, BTreeSet::from([web_ip]));
+        assert_eq!(
+            c.allow,
+            BTreeSet::from([AllowEntry { endpoint: web_ip, identity: 2, port: 8080, proto: PROTO_TCP }])
+        );
+    }
+
+    #[test]
+    fn empty_from_allows_any_identity_and_no_rules_deny_all() {
+        let allow_all = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: ns}\nspec:\n  podSelector: {}\n  ingress: [{}]\n",
+        );
+        let deny_all = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: d, namespace: ns}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
+        );
+        let l = labels(&[(NAMESPACE_LABEL, "ns")]);
+        let ip = Ipv4Addr::new(10, 1, 0, 9);
+        let targets = [PolicyTarget { ip, namespace: "ns", labels: &l }];
+        let c = compile(&[&allow_all], &targets, &BTreeMap::new());
+        assert_eq!(c.allow, BTreeSet::from([AllowEntry { endpoint: ip, identity: 0, port: 0, proto: 0 }]));
+        let c = compile(&[&deny_all], &targets, &BTreeMap::new());
+        assert_eq!(c.enforced, BTreeSet::from([ip]));
+        assert!(c.allow.is_empty());
+    }
+
+    #[test]
+    fn namespace_selector_uses_namespace_labels() {
+        let p = policy(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: ns}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [blue]}]}
+"#,
+        );
+        let me = labels(&[(NAMESPACE_LABEL, "ns")]);
+        let blue = labels(&[(NAMESPACE_LABEL, "x"), ("io.cilium.k8s.namespace.labels.team", "blue")]);
+        let red = labels(&[(NAMESPACE_LABEL, "y"), ("io.cilium.k8s.namespace.labels.team", "red")]);
+        let ids = BTreeMap::from([(7, &blue), (8, &red)]);
+        let ip = Ipv4Addr::new(10, 1, 0, 9);
+        let c = compile(&[&p], &[PolicyTarget { ip, namespace: "ns", labels: &me }], &ids);
+        let ids: Vec<u32> = c.allow.iter().map(|a| a.identity).collect();
+        assert_eq!(ids, vec![7]);
+    }
+}

@@ -1,0 +1,164 @@
+//! The agent loop: kvstore events, policy changes and interface changes
+//! mark the datapath dirty; a dirty datapath is rendered and applied by
+//! difference.
+//!
+//! Fail static: nothing is written before the first complete kvstore list
+//! (and the first complete read of the policy source), so a restarted agent
+//! never replaces good pinned maps with an empty view; a lost kvstore
+//! connection leaves the maps as they are until the watch reconnects and
+//! its re-list has drained whatever was deleted meanwhile.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use knit_apiserver::source::Source;
+use knit_kvstore::KEY_PREFIX;
+use knit_kvstore::etcd::{connect, load_client_config};
+use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
+use knit_telemetry::Health;
+use tokio::sync::mpsc;
+
+use crate::datapath::Datapath;
+use crate::index::MeshIndex;
+use crate::metrics::{Metrics, Name};
+use crate::netdev::NetDevices;
+use crate::render::render;
+use crate::{Error, Result};
+
+/// How the agent is set up.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// This cluster's name.
+    pub cluster: String,
+    /// This node's name (as in Pod `spec.nodeName`).
+    pub node: String,
+    /// etcd client config of the local kvstore (the `local` certificate).
+    pub etcd_config: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory holding this node's pods (socket LB); none
+    /// disables socket-level load balancing.
+    pub cgroup: Option<PathBuf>,
+    /// Name of the VXLAN device.
+    pub tunnel_interface: String,
+    /// UDP port of the VXLAN device.
+    pub tunnel_port: u16,
+    /// How often interfaces and drop counters are read.
+    pub refresh: Duration,
+}
+
+/// Runs the agent until the kvstore watch ends.
+pub async fn run<S: Source>(settings: AgentSettings, mut source: S, metrics: Metrics, health: Health) -> Result<()> {
+    let net = NetDevices::connect()?;
+    let tunnel_ifindex = net
+        .ensure_vxlan(&settings.tunnel_interface, settings.tunnel_port)
+        .await?;
+    let mut datapath = Datapath::start(
+        &settings.pin_dir,
+        &settings.tunnel_interface,
+        tunnel_ifindex,
+        settings.cgroup.as_deref(),
+    )?;
+    tracing::info!(
+        pin_dir = %settings.pin_dir.display(),
+        tunnel = %settings.tunnel_interface,
+        socket_lb = settings.cgroup.is_some(),
+        "datapath loaded"
+    );
+
+    let client_config = load_client_config(&settings.etcd_config).map_err(Error::Store)?;
+    let (tx, mut rx) = mpsc::channel(4096);
+    let watch = tokio::spawn(watch_prefix(
+        move || {
+            let c = client_config.clone();
+            async move { connect(&c).await }
+        },
+        format!("{KEY_PREFIX}/"),
+        tx,
+    ));
+
+    let mut index = MeshIndex::new(settings.cluster.clone());
+    let mut listed = false;
+    let mut dirty_since: Option<Instant> = None;
+    let mut interfaces: HashMap<String, u32> = HashMap::new();
+    let mut tick = tokio::time::interval(settings.refresh);
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                let mut batch = vec![event];
+                while batch.len() < 10_000 && let Ok(e) = rx.try_recv() {
+                    batch.push(e);
+                }
+                for event in &batch {
+                    match event {
+                        WatchEvent::ListDone => {
+                            listed = true;
+                            metrics.kvstore_connected.set(1);
+                        }
+                        WatchEvent::Disconnected { error } => {
+                            metrics.kvstore_connected.set(0);
+                            tracing::warn!(%error, "kvstore connection lost; datapath kept as is");
+                        }
+                        _ => {}
+                    }
+                    if index.apply(event) {
+                        dirty_since.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
+            changed = source.next_change() => {
+                if changed {
+                    dirty_since.get_or_insert_with(Instant::now);
+                }
+            }
+            _ = tick.tick() => {
+                match net.interfaces().await {
+                    Ok(now) if now != interfaces => {
+                        interfaces = now;
+                        dirty_since.get_or_insert_with(Instant::now);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing interfaces failed"),
+                }
+                for (reason, n) in datapath.drops() {
+                    metrics.drops.get_or_create(&Name { name: reason.into() }).set(n as i64);
+                }
+            }
+        }
+        if !(listed && source.is_ready()) {
+            continue;
+        }
+        let Some(since) = dirty_since.take() else { continue };
+        let policies: Vec<&NetworkPolicy> = source.state().network_policies.values().collect();
+        let desired = render(&index, &policies, &settings.node);
+        match datapath.apply(&desired, &interfaces) {
+            Ok((report, unplaced)) => {
+                if report.written + report.deleted > 0 {
+                    tracing::debug!(?report, "datapath updated");
+                }
+                if report.failed > 0 {
+                    metrics.write_failures.inc_by(report.failed as u64);
+                    dirty_since = Some(since);
+                }
+                metrics.pending_endpoints.set(unplaced.missing_interfaces.len() as i64);
+                metrics.sync_lag_ms.set(since.elapsed().as_millis() as i64);
+                health.set_ready(true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %knit_kvstore::error_chain(&e), "datapath update failed; retrying");
+                dirty_since = Some(since);
+            }
+        }
+        for (map, n) in datapath.map_sizes() {
+            metrics.map_entries.get_or_create(&Name { name: map.into() }).set(n as i64);
+        }
+        for (reason, n) in &index.rejected {
+            metrics.rejected.get_or_create(&Name { name: (*reason).into() }).set(*n as i64);
+        }
+    }
+    watch.abort();
+    Ok(())
+}

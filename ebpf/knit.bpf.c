@@ -1,0 +1,394 @@
+/* Knit datapath.
+ *
+ * tc programs (SEC "classifier"):
+ *   from_pod    ingress of the host side of every pod veth: source check,
+ *               flow tracking, then local delivery or VXLAN encapsulation
+ *               towards the tunnel endpoint the ipcache names.
+ *   from_tunnel ingress of the node's collect-metadata VXLAN device:
+ *               delivery to the local pod.
+ *   Local delivery applies the pod's ingress policy (ipcache identity of
+ *   the source, allow entries, replies of flows the pod opened pass) and
+ *   hands the packet straight into the pod with bpf_redirect_peer.
+ *
+ * cgroup socket programs (socket-level load balancing, attached to the
+ * node's pod cgroup subtree): connect4/sendmsg4 turn a Service VIP into a
+ * randomly chosen backend once per socket (per socket and VIP for
+ * unconnected UDP), recvmsg4/getpeername4 show the VIP again.
+ *
+ * Layouts: knit.h. Maps are pinned by name in the agent's pin directory so
+ * they survive agent restarts. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "knit.h"
+
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u32);
+	__type(value, struct endpoint_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct policy_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct service_key);
+	__type(value, struct service_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct backend_key);
+	__type(value, struct backend_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 17);
+	__type(key, struct sock_nat_key);
+	__type(value, struct sock_nat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_sock_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct sock_nat_key);
+	__type(value, struct backend_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_sock_aff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 17);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_drops SEC(".maps");
+
+struct flow {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+};
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&knit_drops, &reason);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline int drop(__u32 reason)
+{
+	count_drop(reason);
+	return TC_ACT_SHOT;
+}
+
+/* 0: IPv4 parsed; 1: not IPv4; -1: malformed. */
+static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
+{
+	struct iphdr ip;
+	__u16 ports[2] = {0, 0};
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return 1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+		return -1;
+	f->saddr = ip.saddr;
+	f->daddr = ip.daddr;
+	f->proto = ip.protocol;
+	f->sport = 0;
+	f->dport = 0;
+	if (ip.frag_off & bpf_htons(0x1fff))
+		return 0;
+	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, ports, sizeof(ports)) < 0)
+			return -1;
+		f->sport = ports[0];
+		f->dport = ports[1];
+	}
+	return 0;
+}
+
+static __always_inline void ct_key_of(struct ct_key *k, const struct flow *f, int reverse)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->saddr = reverse ? f->daddr : f->saddr;
+	k->daddr = reverse ? f->saddr : f->daddr;
+	k->sport = reverse ? f->dport : f->sport;
+	k->dport = reverse ? f->sport : f->dport;
+	k->proto = f->proto;
+}
+
+static __always_inline void ct_mark(const struct flow *f, __u32 flag)
+{
+	struct ct_key k;
+	ct_key_of(&k, f, 0);
+	struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
+	if (v) {
+		if (!(v->flags & flag))
+			v->flags |= flag;
+		return;
+	}
+	struct ct_value nv = {.flags = flag};
+	bpf_map_update_elem(&knit_ct, &k, &nv, BPF_ANY);
+}
+
+static __always_inline int policy_allows(__u32 endpoint, __u32 identity, __u16 dport, __u8 proto)
+{
+	struct policy_key k = {.endpoint = endpoint, .identity = identity, .dport = dport, .proto = proto};
+	if (bpf_map_lookup_elem(&knit_policy, &k))
+		return 1;
+	k.dport = 0;
+	k.proto = 0;
+	if (bpf_map_lookup_elem(&knit_policy, &k))
+		return 1;
+	k.identity = 0;
+	k.dport = dport;
+	k.proto = proto;
+	if (bpf_map_lookup_elem(&knit_policy, &k))
+		return 1;
+	k.dport = 0;
+	k.proto = 0;
+	return bpf_map_lookup_elem(&knit_policy, &k) != 0;
+}
+
+static __always_inline int admitted(const struct flow *f, __u32 identity)
+{
+	struct ct_key k;
+	struct ct_value *v;
+
+	ct_key_of(&k, f, 1);
+	v = bpf_map_lookup_elem(&knit_ct, &k);
+	if (v && (v->flags & CT_F_EGRESS))
+		return 1;
+	ct_key_of(&k, f, 0);
+	v = bpf_map_lookup_elem(&knit_ct, &k);
+	if (v && (v->flags & CT_F_ALLOWED))
+		return 1;
+	if (!policy_allows(f->daddr, identity, bpf_ntohs(f->dport), f->proto))
+		return 0;
+	ct_mark(f, CT_F_ALLOWED);
+	return 1;
+}
+
+/* Pods get MAC 0a:58:<IPv4> (the OVN-Kubernetes convention); every host
+ * side of a pod veth answers as the gateway 0a:58:a9:fe:00:01. */
+static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
+				   const struct endpoint_value *ep, __u32 identity)
+{
+	__u8 macs[12] = {0x0a, 0x58, 0, 0, 0, 0, 0x0a, 0x58, 0xa9, 0xfe, 0x00, 0x01};
+
+	if ((ep->flags & ENDPOINT_F_POLICY) && !admitted(f, identity))
+		return drop(DROP_POLICY);
+	__builtin_memcpy(&macs[2], &f->daddr, 4);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+		return drop(DROP_MALFORMED);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+static __always_inline __u32 identity_of(__u32 addr, __u32 fallback)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
+	struct ipcache_value *v = bpf_map_lookup_elem(&knit_ipcache, &k);
+	return v ? v->identity : fallback;
+}
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	struct flow f;
+	int parsed = parse(skb, &f);
+
+	if (parsed > 0)
+		return TC_ACT_OK;
+	if (parsed < 0)
+		return drop(DROP_MALFORMED);
+	struct endpoint_value *src = bpf_map_lookup_elem(&knit_endpoints, &f.saddr);
+	if (!src)
+		return drop(DROP_UNKNOWN_SOURCE);
+	__u32 identity = src->identity;
+	ct_mark(&f, CT_F_EGRESS);
+
+	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
+	if (dst)
+		return deliver(skb, &f, dst, identity);
+
+	struct ipcache_key k = {.prefixlen = 32, .addr = f.daddr};
+	struct ipcache_value *route = bpf_map_lookup_elem(&knit_ipcache, &k);
+	if (!route)
+		return TC_ACT_OK;
+	if (!route->tunnel_endpoint)
+		return drop(DROP_NO_ROUTE);
+
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&knit_config, &zero);
+	if (!cfg || !cfg->tunnel_ifindex)
+		return drop(DROP_NO_ROUTE);
+	struct bpf_tunnel_key key = {};
+	key.remote_ipv4 = bpf_ntohl(route->tunnel_endpoint);
+	key.tunnel_id = identity;
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(DROP_REDIRECT_FAILED);
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+SEC("classifier")
+int from_tunnel(struct __sk_buff *skb)
+{
+	struct flow f;
+	struct bpf_tunnel_key key = {};
+	int parsed = parse(skb, &f);
+
+	if (parsed > 0)
+		return TC_ACT_OK;
+	if (parsed < 0)
+		return drop(DROP_MALFORMED);
+	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
+	if (!dst)
+		return drop(DROP_NO_ROUTE);
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		key.tunnel_id = 0;
+	return deliver(skb, &f, dst, identity_of(f.saddr, (__u32)key.tunnel_id));
+}
+
+static __always_inline int translate(struct bpf_sock_addr *ctx, int sticky)
+{
+	struct service_key sk = {};
+	struct backend_value *be = 0;
+	struct sock_nat_key ak = {};
+
+	if (ctx->type == SOCK_STREAM)
+		sk.proto = IPPROTO_TCP;
+	else if (ctx->type == SOCK_DGRAM)
+		sk.proto = IPPROTO_UDP;
+	else
+		return 1;
+	sk.vip = ctx->user_ip4;
+	sk.port = (__u16)ctx->user_port;
+	struct service_value *svc = bpf_map_lookup_elem(&knit_services, &sk);
+	if (!svc)
+		return 1;
+
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	ak.cookie = cookie;
+	ak.addr = sk.vip;
+	ak.port = sk.port;
+	if (sticky)
+		be = bpf_map_lookup_elem(&knit_sock_aff, &ak);
+	if (!be) {
+		__u32 count = svc->count;
+		if (!count) {
+			count_drop(DROP_NO_BACKEND);
+			return 0;
+		}
+		struct backend_key bk = {.service_id = svc->service_id, .slot = bpf_get_prandom_u32() % count};
+		be = bpf_map_lookup_elem(&knit_backends, &bk);
+		if (!be) {
+			count_drop(DROP_NO_BACKEND);
+			return 0;
+		}
+		if (sticky)
+			bpf_map_update_elem(&knit_sock_aff, &ak, be, BPF_ANY);
+	}
+
+	struct sock_nat_key rk = {.cookie = cookie, .addr = be->addr, .port = be->port};
+	struct sock_nat_value rv = {.addr = sk.vip, .port = sk.port};
+	bpf_map_update_elem(&knit_sock_nat, &rk, &rv, BPF_ANY);
+	ctx->user_ip4 = be->addr;
+	ctx->user_port = be->port;
+	return 1;
+}
+
+static __always_inline int untranslate(struct bpf_sock_addr *ctx)
+{
+	struct sock_nat_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.addr = ctx->user_ip4;
+	rk.port = (__u16)ctx->user_port;
+	struct sock_nat_value *v = bpf_map_lookup_elem(&knit_sock_nat, &rk);
+	if (v) {
+		ctx->user_ip4 = v->addr;
+		ctx->user_port = v->port;
+	}
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return translate(ctx, 0);
+}
+
+SEC("cgroup/sendmsg4")
+int sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return translate(ctx, 1);
+}
+
+SEC("cgroup/recvmsg4")
+int sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return untranslate(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return untranslate(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,120 @@
+/* Knit datapath: map layouts shared by the eBPF programs (knit.bpf.c) and
+ * the agent (agent/src/datapath/layout.rs). A test compiles this header with
+ * the host compiler and checks every size and offset against the Rust
+ * #[repr(C)] types; change both together.
+ *
+ * Byte order: addresses and ports are in network order exactly as they sit
+ * in packets and socket addresses; identities, ids, counts and flags are in
+ * host order. */
+#ifndef KNIT_H
+#define KNIT_H
+
+#include <linux/types.h>
+
+/* ipcache (LPM trie): IPv4 prefix -> identity and tunnel endpoint. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+struct ipcache_value {
+	__u32 identity;
+	/* Underlay address of the node hosting the prefix; 0 on this node. */
+	__u32 tunnel_endpoint;
+};
+
+/* Local endpoints (hash): pod IPv4 -> where and who it is. */
+#define ENDPOINT_F_POLICY 1 /* a NetworkPolicy selects the pod for ingress */
+
+struct endpoint_value {
+	__u32 ifindex; /* host side of the pod's veth */
+	__u32 identity;
+	__u32 flags;
+	__u32 pad;
+};
+
+/* Ingress allow entries (hash). Zero in identity, dport or proto is a
+ * wildcard: the program tries the exact key, then the wildcards. */
+struct policy_key {
+	__u32 endpoint;
+	__u32 identity;
+	__u16 dport; /* host order */
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Service frontends (hash): VIP, port, protocol -> backend slots. */
+struct service_key {
+	__u32 vip;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct service_value {
+	__u32 service_id;
+	__u32 count; /* slots 0..count-1 are valid */
+};
+
+struct backend_key {
+	__u32 service_id;
+	__u32 slot;
+};
+
+struct backend_value {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+/* Socket-level reverse translation (LRU): socket, backend -> frontend. */
+struct sock_nat_key {
+	__u64 cookie;
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+struct sock_nat_value {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+/* Connection tracking for policy (LRU): who opened a flow, and whether
+ * ingress policy admitted it. */
+#define CT_F_EGRESS 1  /* a local pod sent the first packet of this tuple */
+#define CT_F_ALLOWED 2 /* ingress policy admitted this tuple */
+
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ct_value {
+	__u32 flags;
+	__u32 pad;
+};
+
+/* Node-wide settings (array, one entry). */
+struct node_config {
+	__u32 tunnel_ifindex;
+	__u32 pad;
+};
+
+/* Drop counters (array indexed by reason). */
+enum drop_reason {
+	DROP_POLICY = 0,
+	DROP_UNKNOWN_SOURCE = 1,
+	DROP_NO_BACKEND = 2,
+	DROP_NO_ROUTE = 3,
+	DROP_MALFORMED = 4,
+	DROP_REDIRECT_FAILED = 5,
+	DROP_REASONS = 8,
+};
+
+#endif

@@ -1,0 +1,28 @@
+/* Prints the size and field offsets of every struct in knit.h, one per
+ * line ("struct size" / "struct.field offset"); agent/build.rs runs it and
+ * a test compares the output with the Rust #[repr(C)] types. */
+#include <stddef.h>
+#include <stdio.h>
+
+#include "knit.h"
+
+#define S(t) printf(#t " %zu\n", sizeof(struct t))
+#define F(t, f) printf(#t "." #f " %zu\n", offsetof(struct t, f))
+
+int main(void)
+{
+	S(ipcache_key); F(ipcache_key, prefixlen); F(ipcache_key, addr);
+	S(ipcache_value); F(ipcache_value, identity); F(ipcache_value, tunnel_endpoint);
+	S(endpoint_value); F(endpoint_value, ifindex); F(endpoint_value, identity); F(endpoint_value, flags);
+	S(policy_key); F(policy_key, endpoint); F(policy_key, identity); F(policy_key, dport); F(policy_key, proto);
+	S(service_key); F(service_key, vip); F(service_key, port); F(service_key, proto);
+	S(service_value); F(service_value, service_id); F(service_value, count);
+	S(backend_key); F(backend_key, service_id); F(backend_key, slot);
+	S(backend_value); F(backend_value, addr); F(backend_value, port);
+	S(sock_nat_key); F(sock_nat_key, cookie); F(sock_nat_key, addr); F(sock_nat_key, port);
+	S(sock_nat_value); F(sock_nat_value, addr); F(sock_nat_value, port);
+	S(ct_key); F(ct_key, saddr); F(ct_key, daddr); F(ct_key, sport); F(ct_key, dport); F(ct_key, proto);
+	S(ct_value); F(ct_value, flags);
+	S(node_config); F(node_config, tunnel_ifindex);
+	return 0;
+}
