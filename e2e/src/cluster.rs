@@ -11,7 +11,10 @@ use knit_kvstore::{EtcdClientConfig, etcd};
 use knit_operator::config::ClusterConfig;
 use knit_operator::{files, names, peer_export};
 
-use crate::process::{ChildProcess, TempDir, free_port};
+use crate::process::{ChildProcess, Placement, TempDir, free_port};
+
+/// etcd's client port inside a control-plane namespace.
+pub const NETNS_ETCD_PORT: u16 = 2379;
 
 /// A cluster of the local mesh.
 pub struct TestCluster {
@@ -26,6 +29,9 @@ pub struct TestCluster {
     peers: Vec<ClusterMeshPeer>,
     etcd: Option<ChildProcess>,
     apiserver: Option<ChildProcess>,
+    /// Network namespace of the control plane and its underlay address;
+    /// `None`: loopback of the test's own namespace.
+    netns: Option<(String, String)>,
     dir: TempDir,
     /// etcd's data, on tmpfs like the Deployment's `emptyDir: {medium: Memory}`.
     data: TempDir,
@@ -39,20 +45,34 @@ impl TestCluster {
 
     /// Like [`TestCluster::new`] with another pod CIDR.
     pub fn with_pod_cidr(name: &str, id: u16, cidr: &str) -> Self {
-        let port = free_port();
+        Self::build(name, id, cidr, None)
+    }
+
+    /// A cluster whose control plane runs in network namespace `netns`,
+    /// reachable by peers and agents at `ip` (etcd on port 2379).
+    pub fn in_netns(name: &str, id: u16, cidr: &str, netns: &str, ip: &str) -> Self {
+        Self::build(name, id, cidr, Some((netns.to_owned(), ip.to_owned())))
+    }
+
+    fn build(name: &str, id: u16, cidr: &str, netns: Option<(String, String)>) -> Self {
+        let (port, external) = match &netns {
+            Some((_, ip)) => (NETNS_ETCD_PORT, ip.clone()),
+            None => (free_port(), "127.0.0.1".to_owned()),
+        };
         let yaml = format!(
-            "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{cidr}]\napiserver:\n  port: {port}\n  externalAddresses: [127.0.0.1]\n"
+            "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{cidr}]\napiserver:\n  port: {port}\n  externalAddresses: [{external}]\n"
         );
         let config = ClusterConfig::from_yaml(&yaml).expect("test cluster config");
         let cluster = Self {
             name: name.to_owned(),
             id,
             port,
-            peer_port: free_port(),
+            peer_port: if netns.is_some() { 2380 } else { free_port() },
             config,
             peers: Vec::new(),
             etcd: None,
             apiserver: None,
+            netns,
             dir: TempDir::new(&format!("cluster-{name}")),
             data: TempDir::new_in(Path::new("/dev/shm"), &format!("etcd-{name}")),
         };
@@ -103,6 +123,11 @@ impl TestCluster {
         self.pki().join(names::ETCD_USERS_CONFIGMAP).join("users.yaml")
     }
 
+    /// Path of the read-only `local` client config (what agents use).
+    pub fn local_config_path(&self) -> PathBuf {
+        self.pki().join(names::LOCAL_CERT_SECRET).join("config.yaml")
+    }
+
     /// Path of the admin (local writer) client config.
     pub fn admin_config_path(&self) -> PathBuf {
         self.pki().join(names::ADMIN_CERT_SECRET).join("config.yaml")
@@ -123,11 +148,21 @@ impl TestCluster {
         let pki = self.pki();
         let data = self.data.path().join("etcd");
         let (port, peer_port) = (self.port, self.peer_port);
+        let (client_urls, advertise) = match &self.netns {
+            Some((_, ip)) => (
+                format!("https://127.0.0.1:{port},https://{ip}:{port}"),
+                format!("https://{ip}:{port}"),
+            ),
+            None => (
+                format!("https://127.0.0.1:{port}"),
+                format!("https://127.0.0.1:{port}"),
+            ),
+        };
         let args: Vec<String> = vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", data.display()),
-            format!("--listen-client-urls=https://127.0.0.1:{port}"),
-            format!("--advertise-client-urls=https://127.0.0.1:{port}"),
+            format!("--listen-client-urls={client_urls}"),
+            format!("--advertise-client-urls={advertise}"),
             format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
             format!("--initial-cluster={}=http://127.0.0.1:{peer_port}", self.name),
@@ -147,9 +182,10 @@ impl TestCluster {
             "--log-level=warn".into(),
         ];
         let log = self.dir.path().join("etcd.log");
-        let mut child = ChildProcess::spawn(&format!("etcd {}", self.name), "etcd", &args, &log);
+        let mut child =
+            ChildProcess::spawn_in(&format!("etcd {}", self.name), "etcd", &args, &log, &self.placement());
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !self.etcd_listening() {
             assert!(
                 child.is_running() && Instant::now() < deadline,
                 "etcd did not start\n{}",
@@ -158,6 +194,24 @@ impl TestCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.etcd = Some(child);
+    }
+
+    fn placement(&self) -> Placement<'_> {
+        Placement {
+            netns: self.netns.as_ref().map(|(ns, _)| ns.as_str()),
+            ..Placement::default()
+        }
+    }
+
+    fn etcd_listening(&self) -> bool {
+        match &self.netns {
+            Some((ns, _)) => std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port))
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+        }
     }
 
     /// Kills etcd (by PID); its data directory stays for a restart.
@@ -186,11 +240,12 @@ impl TestCluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.path().join("apiserver.log");
-        self.apiserver = Some(ChildProcess::spawn(
+        self.apiserver = Some(ChildProcess::spawn_in(
             &format!("knit-apiserver {}", self.name),
             bin,
             &args,
             &log,
+            &self.placement(),
         ));
     }
 

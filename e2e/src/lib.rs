@@ -10,7 +10,9 @@
 
 pub mod cluster;
 pub mod manifests;
+pub mod mesh;
+pub mod netns;
 pub mod process;
 
 pub use cluster::TestCluster;
-pub use process::{ChildProcess, TempDir, free_port};
+pub use process::{ChildProcess, Placement, TempDir, free_port};

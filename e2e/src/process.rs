@@ -61,6 +61,17 @@ pub fn free_port() -> u16 {
         .expect("no free port in 20000-31999")
 }
 
+/// Where a child process runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Placement<'a> {
+    /// Network namespace name.
+    pub netns: Option<&'a str>,
+    /// cgroup v2 directory to join before starting.
+    pub cgroup: Option<&'a Path>,
+    /// CPU to pin to.
+    pub cpu: Option<usize>,
+}
+
 /// A child process killed (by PID) and reaped on drop, and killed by the
 /// kernel if the test process dies first.
 #[derive(Debug)]
@@ -73,13 +84,29 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts `program args…` with output to `log`.
     pub fn spawn(name: &str, program: &str, args: &[String], log: &Path) -> Self {
+        Self::spawn_in(name, program, args, log, &Placement::default())
+    }
+
+    /// Starts `program args…` inside a network namespace and/or cgroup,
+    /// optionally pinned to one CPU, with output to `log`. The process keeps
+    /// its PID through the wrappers (each one `exec`s the next).
+    pub fn spawn_in(name: &str, program: &str, args: &[String], log: &Path, place: &Placement<'_>) -> Self {
         let out = std::fs::File::create(log).expect("creating a log file");
         let err = out.try_clone().expect("cloning a log file handle");
+        let mut script = String::new();
+        if let Some(cg) = place.cgroup {
+            script.push_str(&format!("echo $$ > '{}/cgroup.procs' && ", cg.display()));
+        }
+        script.push_str("exec ");
+        if let Some(cpu) = place.cpu {
+            script.push_str(&format!("taskset -c {cpu} "));
+        }
+        if let Some(ns) = place.netns {
+            script.push_str(&format!("ip netns exec {ns} "));
+        }
+        script.push_str("\"$@\"");
         let child = Command::new("setpriv")
-            .arg("--pdeathsig")
-            .arg("KILL")
-            .arg("--")
-            .arg(program)
+            .args(["--pdeathsig", "KILL", "--", "sh", "-c", &script, "sh", program])
             .args(args)
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
@@ -92,6 +119,16 @@ impl ChildProcess {
             child: Some(child),
             log: log.to_owned(),
         }
+    }
+
+    /// Waits for it to exit; its log and whether it succeeded.
+    pub fn wait(&mut self) -> (bool, String) {
+        let ok = self
+            .child
+            .take()
+            .and_then(|mut c| c.wait().ok())
+            .is_some_and(|s| s.success());
+        (ok, std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// Process ID.

@@ -18,6 +18,7 @@ pub mod names;
 pub mod peer_export;
 pub mod pki;
 pub mod render;
+pub mod status_table;
 
 /// Errors of the operator and knitctl.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,8 @@
 //!
 //! - `knitctl peer export` prints the ClusterMeshPeer manifest describing this
 //!   cluster, for the other clusters' git repositories.
+//! - `knitctl status` shows, per peer, whether the mesh apiserver is
+//!   connected and synced and what it mirrors (from the local etcd).
 //! - `knitctl render` writes the certificates and peer configs of a site
 //!   without Kubernetes to a directory, through the operator's render code.
 
@@ -41,6 +43,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Per peer: connected, synced, mirrored counts, rejections.
+    Status {
+        /// etcd client config (the `local` or admin certificate's config.yaml).
+        #[arg(long, default_value = "/etc/knit/etcd/config.yaml")]
+        etcd_config: PathBuf,
+        /// etcd URL, instead of the config's endpoints.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +77,7 @@ enum PeerCommand {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Render { config, peers, out } => render(&config, &peers, &out),
+        Command::Status { etcd_config, endpoint } => status(&etcd_config, endpoint).await,
         Command::Peer {
             command:
                 PeerCommand::Export {
@@ -83,6 +95,52 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<()> {
+    use knit_kvstore::records::PeerStatusRecord;
+    let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
+        .with_context(|| format!("reading {}", etcd_config.display()))?;
+    if let Some(e) = endpoint {
+        config.endpoints = vec![e];
+    }
+    let mut client = knit_kvstore::etcd::connect(&config)
+        .await
+        .context("connecting to the local etcd")?;
+    let prefix = format!("{}/mesh-status/", knit_kvstore::KEY_PREFIX);
+    let resp = client
+        .get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .context("reading the mesh reports")?;
+    let mut reports: Vec<PeerStatusRecord> = Vec::new();
+    for kv in resp.kvs() {
+        match serde_json::from_slice(kv.value()) {
+            Ok(r) => reports.push(r),
+            Err(e) => eprintln!("skipping an unreadable report {}: {e}", kv.key_str().unwrap_or("?")),
+        }
+    }
+    reports.sort_by(|a, b| a.peer.cmp(&b.peer));
+    // `clusters/<own>/config` sorts first below `clusters/`.
+    let first = client
+        .get(
+            format!("{}/clusters/", knit_kvstore::KEY_PREFIX),
+            Some(etcd_client::GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+        )
+        .await
+        .context("reading the cluster name")?;
+    let cluster = first
+        .kvs()
+        .first()
+        .and_then(|kv| kv.key_str().ok())
+        .and_then(|k| k.split('/').nth(3))
+        .unwrap_or("(unknown)")
+        .to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    print!("{}", knit_operator::status_table::render_status(&cluster, &reports, now));
+    Ok(())
 }
 
 fn load_config(path: &Path) -> anyhow::Result<ClusterConfig> {

@@ -1,0 +1,191 @@
+//! `knit-probe`: the workload the local mesh runs inside pod namespaces.
+//!
+//! - `serve --name N --port P`: TCP and UDP on port P; every line (or
+//!   datagram) received is answered with `N`.
+//! - `hits --to A:P --count C [--udp]`: C requests, each on a new socket;
+//!   prints JSON `{"names": {server: n}, "errors": {kind: n}, "peer_mismatch": n}`
+//!   where `peer_mismatch` counts answers whose source (UDP) or peer name
+//!   (TCP) was not `A:P`, i.e. replies not translated back to the VIP.
+//! - `hold --to A:P --seconds S`: one TCP connection, a request every
+//!   50 ms; exits non-zero on the first failure.
+//! - `crr` / `rr --to A:P --seconds S`: benchmark loops (connect, request,
+//!   response, close; or requests on one connection); print JSON figures.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn required(args: &[String], name: &str) -> String {
+    arg(args, name).unwrap_or_else(|| {
+        eprintln!("missing {name}");
+        std::process::exit(2)
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&required(&args, "--name"), required(&args, "--port").parse().expect("port")),
+        Some("hits") => hits(
+            required(&args, "--to").parse().expect("address"),
+            required(&args, "--count").parse().expect("count"),
+            args.iter().any(|a| a == "--udp"),
+        ),
+        Some("hold") => hold(
+            required(&args, "--to").parse().expect("address"),
+            required(&args, "--seconds").parse().expect("seconds"),
+        ),
+        Some("crr") => crr(
+            required(&args, "--to").parse().expect("address"),
+            required(&args, "--seconds").parse().expect("seconds"),
+        ),
+        Some("rr") => rr(
+            required(&args, "--to").parse().expect("address"),
+            required(&args, "--seconds").parse().expect("seconds"),
+        ),
+        _ => {
+            eprintln!("usage: knit-probe serve|hits|hold|crr|rr ...");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn serve(name: &str, port: u16) {
+    let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind UDP");
+    let reply = name.to_owned();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(reply.as_bytes(), from);
+        }
+    });
+    let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind TCP");
+    println!("serving {name} on {port}");
+    for conn in tcp.incoming().flatten() {
+        let name = format!("{name}\n");
+        std::thread::spawn(move || {
+            let _ = conn.set_nodelay(true);
+            let mut writer = conn.try_clone().expect("clone");
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if writer.write_all(name.as_bytes()).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+    }
+}
+
+fn request_tcp(to: SocketAddr) -> Result<(String, bool), String> {
+    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| kind(&e))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let peer_ok = conn.peer_addr().is_ok_and(|p| p == to);
+    (&conn).write_all(b"hi\n").map_err(|e| kind(&e))?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line).map_err(|e| kind(&e))?;
+    if line.is_empty() {
+        return Err("closed".into());
+    }
+    Ok((line.trim().to_owned(), peer_ok))
+}
+
+fn request_udp(to: SocketAddr) -> Result<(String, bool), String> {
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| kind(&e))?;
+    sock.set_read_timeout(Some(Duration::from_secs(1))).ok();
+    sock.send_to(b"hi", to).map_err(|e| kind(&e))?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf).map_err(|e| kind(&e))?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from == to))
+}
+
+fn kind(e: &std::io::Error) -> String {
+    format!("{:?}", e.kind())
+}
+
+fn hits(to: SocketAddr, count: usize, udp: bool) {
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut mismatch = 0;
+    for _ in 0..count {
+        match if udp { request_udp(to) } else { request_tcp(to) } {
+            Ok((name, peer_ok)) => {
+                *names.entry(name).or_default() += 1;
+                mismatch += usize::from(!peer_ok);
+            }
+            Err(e) => *errors.entry(e).or_default() += 1,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"names": names, "errors": errors, "peer_mismatch": mismatch})
+    );
+}
+
+fn hold(to: SocketAddr, seconds: f64) {
+    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut n = 0;
+    println!("connected");
+    while Instant::now() < end {
+        let mut line = String::new();
+        let ok = (&conn).write_all(b"ping\n").is_ok() && reader.read_line(&mut line).is_ok_and(|r| r > 0);
+        if !ok {
+            println!("failed after {n} exchanges");
+            std::process::exit(1);
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("ok {n} exchanges");
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn crr(to: SocketAddr, seconds: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let start = Instant::now();
+    while Instant::now() < end {
+        match request_tcp(to) {
+            Ok(_) => ok += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    let rate = ok as f64 / start.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({"connections_per_sec": rate, "ok": ok, "failed": failed}));
+}
+
+fn rr(to: SocketAddr, seconds: f64) {
+    let conn = TcpStream::connect(to).expect("connect");
+    conn.set_nodelay(true).ok();
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut lat = Vec::new();
+    let mut line = String::new();
+    while Instant::now() < end {
+        let t = Instant::now();
+        (&conn).write_all(b"x\n").expect("write");
+        line.clear();
+        reader.read_line(&mut line).expect("read");
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    lat.sort_unstable();
+    println!(
+        "{}",
+        serde_json::json!({"requests": lat.len(), "p50_us": percentile(&lat, 0.5) as f64 / 1000.0, "p99_us": percentile(&lat, 0.99) as f64 / 1000.0})
+    );
+}

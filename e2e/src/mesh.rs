@@ -1,0 +1,657 @@
+//! The local multi-cluster mesh, entirely inside network namespaces.
+//!
+//! ```text
+//! underlay ns: bridge br0 ── veth ── <cluster>-cp ns  (etcd + knit-apiserver, directory source)
+//!                        └── veth ── <cluster>-n<i> ns (knit-agent, VXLAN device, pod veths)
+//!                                        └── veth ── pod ns (in its own cgroup v2 subtree)
+//! ```
+//!
+//! Certificates and peer configs come from the operator's render code (what
+//! `knitctl render` runs). The harness plays the CNI: it creates each pod's
+//! namespace, veth (host side named [`host_interface`]), addresses and
+//! cgroup, and writes the Pod/Node/Service YAML the directory sources read.
+//! Everything is removed on drop; leftovers of a killed run are removed by
+//! [`netns::clean_stale`] when the next mesh starts.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use knit_agent::render::host_interface;
+use knit_kvstore::EtcdClientConfig;
+
+use crate::cluster::{NETNS_ETCD_PORT, TestCluster, full_mesh};
+use crate::netns::{self, BpffsRoot, CgroupRoot, Netns, sh};
+use crate::process::{ChildProcess, Placement, TempDir};
+
+/// Port every probe server listens on (TCP and UDP).
+pub const SERVER_PORT: u16 = 8080;
+/// MAC of the host side of every pod veth (the pods' gateway).
+pub const GATEWAY_MAC: &str = "0a:58:a9:fe:00:01";
+
+/// The binaries the mesh runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// knit-apiserver.
+    pub apiserver: PathBuf,
+    /// knit-agent.
+    pub agent: PathBuf,
+    /// knitctl.
+    pub knitctl: PathBuf,
+    /// knit-probe.
+    pub probe: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the binaries next to the running test (`target/<profile>/`).
+    pub fn locate() -> Self {
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .ancestors()
+            .find(|d| d.join("knit-agent").exists())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| {
+                panic!("knit-agent not found above {}: run `cargo build --workspace --bins` first", exe.display())
+            });
+        let bin = |n: &str| {
+            let p = dir.join(n);
+            assert!(p.exists(), "{} missing: run `cargo build --workspace --bins`", p.display());
+            p
+        };
+        Self {
+            apiserver: bin("knit-apiserver"),
+            agent: bin("knit-agent"),
+            knitctl: bin("knitctl"),
+            probe: bin("knit-probe"),
+        }
+    }
+}
+
+/// Shape of the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// Number of clusters (named cluster-a, cluster-b, …; IDs 1, 2, …).
+    pub clusters: usize,
+    /// Nodes per cluster.
+    pub nodes: usize,
+    /// The apiservers' `--grace-period`.
+    pub grace_period: String,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            clusters: 2,
+            nodes: 2,
+            grace_period: "4s".into(),
+        }
+    }
+}
+
+/// One node: a namespace running knit-agent.
+pub struct MeshNode {
+    agent: Option<ChildProcess>,
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub ip: String,
+    /// Pod CIDR (`10.<cluster id>.<node+1>.0/24`).
+    pub pod_cidr: String,
+    /// The node's namespace.
+    pub netns: Netns,
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+    next_pod: u8,
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// One cluster: a control-plane namespace and its nodes.
+pub struct MeshCluster {
+    /// Nodes (dropped first: agents stop before the control plane).
+    pub nodes: Vec<MeshNode>,
+    /// etcd, certificates, apiserver.
+    pub control: TestCluster,
+    /// Control-plane namespace.
+    pub cp: Netns,
+    /// Control-plane underlay address.
+    pub cp_ip: String,
+    agent_config: PathBuf,
+}
+
+/// A pod: a namespace attached to a node by veth, in its own cgroup.
+pub struct Pod {
+    server: Option<ChildProcess>,
+    /// Cluster index.
+    pub cluster: usize,
+    /// Node index.
+    pub node: usize,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// IP.
+    pub ip: Ipv4Addr,
+    /// The pod's network namespace.
+    pub netns: Netns,
+    /// The pod's cgroup.
+    pub cgroup: PathBuf,
+}
+
+/// Answers counted by server name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Hits {
+    /// Answers per server (`<cluster>/<pod>`).
+    pub names: BTreeMap<String, usize>,
+    /// Failed requests per error kind.
+    pub errors: BTreeMap<String, usize>,
+    /// Answers whose source was not the address asked for.
+    pub peer_mismatch: usize,
+}
+
+impl Hits {
+    /// Answers from servers of `cluster`.
+    pub fn from_cluster(&self, cluster: &str) -> usize {
+        self.names
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("{cluster}/")))
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// Successful answers.
+    pub fn total(&self) -> usize {
+        self.names.values().sum()
+    }
+}
+
+/// A global service to deploy.
+#[derive(Clone, Debug)]
+pub struct GlobalService<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// ClusterIP in this cluster.
+    pub vip: Ipv4Addr,
+    /// Backend pods (indexes into [`LocalMesh::pods`]).
+    pub backends: Vec<usize>,
+    /// GSP `export`.
+    pub export: bool,
+    /// GSP `import`.
+    pub import: bool,
+    /// GSP `affinity`: `local`, `remote` or `none`.
+    pub affinity: &'a str,
+}
+
+/// The whole mesh. Dropping it removes everything it made.
+pub struct LocalMesh {
+    /// Pods (dropped first).
+    pub pods: Vec<Pod>,
+    /// Clusters.
+    pub clusters: Vec<MeshCluster>,
+    underlay: Netns,
+    cgroups: CgroupRoot,
+    /// Pins of every agent; unmounted after the nodes are gone.
+    _bpffs: BpffsRoot,
+    bins: Binaries,
+    options: MeshOptions,
+    logs: TempDir,
+}
+
+/// Name of cluster `i`.
+pub fn cluster_name(i: usize) -> String {
+    format!("cluster-{}", (b'a' + i as u8) as char)
+}
+
+fn underlay_ip(cluster: usize, slot: usize) -> String {
+    format!("192.168.50.{}", 10 + cluster * 10 + slot)
+}
+
+impl LocalMesh {
+    /// Builds the mesh, starts every control plane and agent, and waits
+    /// until every cluster has mirrored every peer.
+    pub fn start(options: MeshOptions) -> Self {
+        assert!(
+            running_as_root(),
+            "the local mesh needs root (network namespaces, eBPF, cgroups): run the tests as root"
+        );
+        netns::clean_stale();
+        let bins = Binaries::locate();
+        let underlay = Netns::new("ul");
+        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        underlay.ip(&["link", "set", "br0", "up"]);
+        let cgroups = CgroupRoot::new();
+        let bpffs = BpffsRoot::new();
+        let logs = TempDir::new("mesh-logs");
+        let mut clusters = Vec::new();
+        for c in 0..options.clusters {
+            let name = cluster_name(c);
+            let id = (c + 1) as u16;
+            let cp = Netns::new(&format!("{}-cp", short(c)));
+            let cp_ip = underlay_ip(c, 0);
+            attach_underlay(&underlay, &cp, &format!("u{}cp", short(c)), &cp_ip);
+            let control = TestCluster::in_netns(&name, id, &format!("10.{id}.0.0/16"), cp.name(), &cp_ip);
+            let agent_config = control.local_config_path().with_file_name("agent.yaml");
+            let mut nodes = Vec::new();
+            for n in 0..options.nodes {
+                let ns = Netns::new(&format!("{}-n{}", short(c), n + 1));
+                let ip = underlay_ip(c, n + 1);
+                attach_underlay(&underlay, &ns, &format!("u{}n{}", short(c), n + 1), &ip);
+                let node_name = format!("{name}-node{}", n + 1);
+                nodes.push(MeshNode {
+                    agent: None,
+                    pin_dir: bpffs.path().join(format!("{}-n{}", short(c), n + 1)),
+                    cgroup: cgroups.dir(&format!("{}/n{}", short(c), n + 1)),
+                    pod_cidr: format!("10.{id}.{}.0/24", n + 1),
+                    name: node_name,
+                    ip,
+                    netns: ns,
+                    next_pod: 10,
+                });
+            }
+            clusters.push(MeshCluster {
+                nodes,
+                control,
+                cp,
+                cp_ip,
+                agent_config,
+            });
+        }
+        let mut mesh = Self {
+            pods: Vec::new(),
+            clusters,
+            underlay,
+            cgroups,
+            _bpffs: bpffs,
+            bins,
+            options,
+            logs,
+        };
+        mesh.wire_peers();
+        for c in 0..mesh.clusters.len() {
+            mesh.write_nodes(c);
+            mesh.start_control_plane(c);
+        }
+        for c in 0..mesh.clusters.len() {
+            for n in 0..mesh.clusters[c].nodes.len() {
+                mesh.start_agent(c, n);
+            }
+        }
+        mesh.wait_for_mesh();
+        mesh
+    }
+
+    fn wire_peers(&mut self) {
+        let mut controls: Vec<TestCluster> = Vec::new();
+        // full_mesh works on a slice of clusters; move them out and back.
+        for c in &mut self.clusters {
+            controls.push(std::mem::replace(
+                &mut c.control,
+                TestCluster::in_netns("placeholder", 500, "10.255.0.0/16", "none", "127.0.0.1"),
+            ));
+        }
+        full_mesh(&mut controls);
+        for (c, control) in self.clusters.iter_mut().zip(controls) {
+            c.control = control;
+            let mut cfg = EtcdClientConfig::from_yaml(
+                &std::fs::read_to_string(c.control.local_config_path()).expect("local client config"),
+            )
+            .expect("local client config");
+            cfg.endpoints = vec![format!("https://{}:{NETNS_ETCD_PORT}", c.cp_ip)];
+            std::fs::write(&c.agent_config, cfg.to_yaml().expect("yaml")).expect("agent etcd config");
+        }
+    }
+
+    fn write_nodes(&self, c: usize) {
+        let yaml: String = self.clusters[c]
+            .nodes
+            .iter()
+            .map(|n| crate::manifests::node(&n.name, &n.ip, &n.pod_cidr))
+            .collect();
+        self.clusters[c].control.write_source("nodes.yaml", &yaml);
+    }
+
+    /// Starts (or restarts) cluster `c`'s etcd and apiserver.
+    pub fn start_control_plane(&mut self, c: usize) {
+        let grace = format!("--grace-period={}", self.options.grace_period);
+        let bin = self.bins.apiserver.to_string_lossy().into_owned();
+        let control = &mut self.clusters[c].control;
+        control.start_etcd();
+        control.start_apiserver(&bin, &["--poll-interval=1s", &grace, "--lease-ttl=10"]);
+    }
+
+    /// Kills cluster `c`'s apiserver and etcd (by PID).
+    pub fn stop_control_plane(&mut self, c: usize) {
+        let control = &mut self.clusters[c].control;
+        control.stop_apiserver();
+        control.stop_etcd();
+    }
+
+    /// Starts (or restarts) the agent of node `n` of cluster `c`.
+    pub fn start_agent(&mut self, c: usize, n: usize) {
+        let cluster = &self.clusters[c];
+        let node = &cluster.nodes[n];
+        let args = vec![
+            format!("--cluster-name={}", cluster.control.name),
+            format!("--node-name={}", node.name),
+            format!("--etcd-config={}", cluster.agent_config.display()),
+            format!("--source-dir={}", cluster.control.source_dir().display()),
+            "--poll-interval=1s".into(),
+            format!("--bpf-pin-dir={}", node.pin_dir.display()),
+            format!("--cgroup-path={}", node.cgroup.display()),
+            "--metrics-addr=127.0.0.1:9964".into(),
+        ];
+        let log = self.logs.path().join(format!("agent-{}.log", node.name));
+        let agent = ChildProcess::spawn_in(
+            &format!("knit-agent {}", node.name),
+            &self.bins.agent.to_string_lossy(),
+            &args,
+            &log,
+            &Placement {
+                netns: Some(node.netns.name()),
+                ..Placement::default()
+            },
+        );
+        self.clusters[c].nodes[n].agent = Some(agent);
+    }
+
+    /// Kills the agent of node `n` of cluster `c` (SIGKILL, by PID).
+    pub fn kill_agent(&mut self, c: usize, n: usize) {
+        if let Some(mut a) = self.clusters[c].nodes[n].agent.take() {
+            a.stop();
+        }
+    }
+
+    /// Reads the agent's metrics (from inside its node namespace).
+    pub fn agent_metrics(&self, c: usize, n: usize) -> String {
+        let node = &self.clusters[c].nodes[n];
+        let out = Command::new("ip")
+            .args(["netns", "exec", node.netns.name(), "bash", "-c"])
+            .arg("exec 3<>/dev/tcp/127.0.0.1/9964; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3")
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Every log tail, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for c in &self.clusters {
+            out.push_str(&c.control.logs());
+            for n in &c.nodes {
+                if let Some(a) = &n.agent {
+                    out.push('\n');
+                    out.push_str(&a.log_tail());
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `knitctl status` in cluster `c`'s control-plane namespace.
+    pub fn knitctl_status(&self, c: usize) -> String {
+        let cluster = &self.clusters[c];
+        let out = cluster.cp.exec(
+            &self.bins.knitctl.to_string_lossy(),
+            &[
+                "status",
+                "--etcd-config",
+                &cluster.control.local_config_path().to_string_lossy(),
+                "--endpoint",
+                &format!("https://{}:{NETNS_ETCD_PORT}", cluster.cp_ip),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for_mesh(&self) {
+        let n = self.clusters.len();
+        self.wait_until("every cluster to mirror every peer", Duration::from_secs(60), || {
+            (0..n).all(|c| knit_operator::status_table::ready_peers(&self.knitctl_status_quiet(c)).len() == n - 1)
+        });
+    }
+
+    fn knitctl_status_quiet(&self, c: usize) -> String {
+        let cluster = &self.clusters[c];
+        Command::new("ip")
+            .args(["netns", "exec", cluster.cp.name()])
+            .arg(&self.bins.knitctl)
+            .args(["status", "--etcd-config"])
+            .arg(cluster.control.local_config_path())
+            .args(["--endpoint", &format!("https://{}:{NETNS_ETCD_PORT}", cluster.cp_ip)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Polls `done` until it holds, panicking with every log after `timeout`.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Adds a pod on node `n` of cluster `c` with `labels`, starts a probe
+    /// server in it, and returns its index in [`LocalMesh::pods`].
+    pub fn add_pod(&mut self, c: usize, n: usize, namespace: &str, name: &str, labels: &[(&str, &str)]) -> usize {
+        let id = c + 1;
+        let node = &mut self.clusters[c].nodes[n];
+        let k = node.next_pod;
+        node.next_pod += 1;
+        let ip = Ipv4Addr::new(10, id as u8, (n + 1) as u8, k);
+        let pod_ns = Netns::new(&format!("{}-n{}-p{k}", short(c), n + 1));
+        let host_if = host_interface(namespace, name);
+        let [a, b, cc, d] = ip.octets();
+        let pod_mac = format!("0a:58:{a:02x}:{b:02x}:{cc:02x}:{d:02x}");
+        node.netns.ip(&[
+            "link", "add", &host_if, "address", GATEWAY_MAC, "type", "veth", "peer", "name", "eth0",
+            "address", &pod_mac, "netns", pod_ns.name(),
+        ]);
+        node.netns.ip(&["link", "set", &host_if, "up"]);
+        pod_ns.ip(&["link", "set", "eth0", "up"]);
+        pod_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        pod_ns.ip(&["route", "add", "169.254.0.1", "dev", "eth0", "scope", "link"]);
+        pod_ns.ip(&["route", "add", "default", "via", "169.254.0.1", "dev", "eth0"]);
+        pod_ns.ip(&[
+            "neigh", "add", "169.254.0.1", "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent",
+        ]);
+        let cgroup = self.cgroups.dir(&format!("{}/n{}/p{k}", short(c), n + 1));
+        let node_name = node.name.clone();
+        let mut pod = Pod {
+            server: None,
+            cluster: c,
+            node: n,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            ip,
+            netns: pod_ns,
+            cgroup,
+        };
+        let server_name = format!("{}/{name}", cluster_name(c));
+        let args = vec![
+            "serve".into(),
+            "--name".into(),
+            server_name,
+            "--port".into(),
+            SERVER_PORT.to_string(),
+        ];
+        let log = self.logs.path().join(format!("pod-{}-{name}.log", cluster_name(c)));
+        pod.server = Some(ChildProcess::spawn_in(
+            &format!("pod {name}"),
+            &self.bins.probe.to_string_lossy(),
+            &args,
+            &log,
+            &Placement {
+                netns: Some(pod.netns.name()),
+                cgroup: Some(&pod.cgroup),
+                cpu: None,
+            },
+        ));
+        self.pods.push(pod);
+        self.write_pod(self.pods.len() - 1, labels, &node_name);
+        self.pods.len() - 1
+    }
+
+    fn write_pod(&self, p: usize, labels: &[(&str, &str)], node: &str) {
+        let pod = &self.pods[p];
+        let labels: String = labels.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: knit-probe\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
+            pod.name,
+            pod.namespace,
+            ip = pod.ip
+        );
+        self.clusters[pod.cluster]
+            .control
+            .write_source(&format!("pod-{}-{}.yaml", pod.namespace, pod.name), &yaml);
+    }
+
+    /// Removes pod `p` from its cluster's source (the pod keeps running,
+    /// as a deleted pod does while it terminates).
+    pub fn delete_pod_manifest(&self, p: usize) {
+        let pod = &self.pods[p];
+        self.clusters[pod.cluster]
+            .control
+            .remove_source(&format!("pod-{}-{}.yaml", pod.namespace, pod.name));
+    }
+
+    /// Writes a Service with `vip`, its EndpointSlice (ready backends) and a
+    /// GlobalServicePolicy into `c`'s source. Ports: TCP `http` and UDP `dns`,
+    /// both 8080 → 8080.
+    pub fn deploy_service(&self, c: usize, svc: &GlobalService<'_>) {
+        let endpoints: String = svc
+            .backends
+            .iter()
+            .map(|p| format!("- addresses: [\"{}\"]\n  conditions:\n    ready: true\n", self.pods[*p].ip))
+            .collect();
+        let endpoints = if endpoints.is_empty() {
+            " []\n".to_owned()
+        } else {
+            format!("\n{endpoints}")
+        };
+        let (ns, name, vip, port) = (svc.namespace, svc.name, svc.vip, SERVER_PORT);
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n  - name: http\n    port: {port}\n    protocol: TCP\n  - name: dns\n    port: {port}\n    protocol: UDP\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\n  protocol: TCP\n- name: dns\n  port: {port}\n  protocol: UDP\nendpoints:{endpoints}---\n\
+             apiVersion: knit.dev/v1alpha1\nkind: GlobalServicePolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  services: [{name}]\n  export: {}\n  import: {}\n  affinity: {}\n",
+            svc.export, svc.import, svc.affinity
+        );
+        self.clusters[c]
+            .control
+            .write_source(&format!("svc-{ns}-{name}.yaml"), &yaml);
+    }
+
+    /// Writes arbitrary YAML into cluster `c`'s source.
+    pub fn write_manifest(&self, c: usize, file: &str, yaml: &str) {
+        self.clusters[c].control.write_source(file, yaml);
+    }
+
+    /// Removes a manifest from cluster `c`'s source.
+    pub fn remove_manifest(&self, c: usize, file: &str) {
+        self.clusters[c].control.remove_source(file);
+    }
+
+    fn probe_in(&self, p: usize, args: &[&str], cpu: Option<usize>) -> Command {
+        let pod = &self.pods[p];
+        let mut script = format!("echo $$ > '{}/cgroup.procs' && exec ", pod.cgroup.display());
+        if let Some(cpu) = cpu {
+            script.push_str(&format!("taskset -c {cpu} "));
+        }
+        script.push_str(&format!("ip netns exec {} \"$@\"", pod.netns.name()));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script, "sh"]).arg(&self.bins.probe).args(args);
+        cmd
+    }
+
+    /// Runs `knit-probe args…` in pod `p` (its namespace and cgroup) and
+    /// returns its standard output.
+    pub fn probe(&self, p: usize, args: &[&str]) -> String {
+        self.probe_pinned(p, args, None)
+    }
+
+    /// Like [`LocalMesh::probe`], pinned to one CPU.
+    pub fn probe_pinned(&self, p: usize, args: &[&str], cpu: Option<usize>) -> String {
+        let out = self.probe_in(p, args, cpu).output().expect("running knit-probe");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `knit-probe args…` in pod `p` in the background.
+    pub fn probe_background(&self, p: usize, args: &[&str], tag: &str) -> ChildProcess {
+        let pod = &self.pods[p];
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        ChildProcess::spawn_in(
+            tag,
+            &self.bins.probe.to_string_lossy(),
+            &args,
+            &self.logs.path().join(format!("{tag}.log")),
+            &Placement {
+                netns: Some(pod.netns.name()),
+                cgroup: Some(&pod.cgroup),
+                cpu: None,
+            },
+        )
+    }
+
+    /// `count` requests from pod `p` to `to:8080`, each on a new socket.
+    pub fn hits(&self, p: usize, to: Ipv4Addr, count: usize, udp: bool) -> Hits {
+        let to = format!("{to}:{SERVER_PORT}");
+        let count = count.to_string();
+        let mut args = vec!["hits", "--to", &to, "--count", &count];
+        if udp {
+            args.push("--udp");
+        }
+        let out = self.probe(p, &args);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("knit-probe hits printed {out:?}: {e}"))
+    }
+
+    /// Polls [`LocalMesh::hits`] until `ok` accepts the result.
+    pub fn wait_for_hits(
+        &self,
+        what: &str,
+        p: usize,
+        to: Ipv4Addr,
+        udp: bool,
+        mut ok: impl FnMut(&Hits) -> bool,
+    ) -> Hits {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let h = self.hits(p, to, 40, udp);
+            if ok(&h) {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {h:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The underlay namespace (for tests that add foreign hosts).
+    pub fn underlay(&self) -> &Netns {
+        &self.underlay
+    }
+}
+
+fn short(c: usize) -> String {
+    ((b'a' + c as u8) as char).to_string()
+}
+
+fn attach_underlay(underlay: &Netns, ns: &Netns, bridge_side: &str, ip: &str) {
+    underlay.veth_to(bridge_side, ns, "eth0");
+    underlay.ip(&["link", "set", bridge_side, "master", "br0"]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+}
+
+fn running_as_root() -> bool {
+    sh("id", &["-u"]).stdout.starts_with(b"0")
+}

@@ -1,0 +1,100 @@
+//! The datapath, for real: two clusters of two nodes each in network
+//! namespaces, knit-agent on every node, packets between pod namespaces.
+//! Runs as root (CI does); never skipped.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use knit_e2e::mesh::{GlobalService, LocalMesh, MeshOptions, cluster_name};
+
+const A: usize = 0;
+const B: usize = 1;
+
+#[test]
+fn routing_load_balancing_affinity_and_agent_restart() {
+    let mut mesh = LocalMesh::start(MeshOptions::default());
+    let (a, b) = (cluster_name(A), cluster_name(B));
+    let client = mesh.add_pod(A, 0, "shop", "client", &[("app", "client")]);
+    let a_same_node = mesh.add_pod(A, 0, "shop", "web-a1", &[("app", "web")]);
+    let a_other_node = mesh.add_pod(A, 1, "shop", "web-a2", &[("app", "web")]);
+    let b_web1 = mesh.add_pod(B, 0, "shop", "web-b1", &[("app", "web")]);
+    let b_web2 = mesh.add_pod(B, 1, "shop", "web-b2", &[("app", "web")]);
+    let b_client = mesh.add_pod(B, 1, "shop", "client-b", &[("app", "client")]);
+
+    // Pod to pod: same node, across nodes, across clusters, both directions.
+    for (from, to) in [
+        (client, a_same_node),
+        (client, a_other_node),
+        (client, b_web1),
+        (client, b_web2),
+        (b_client, a_other_node),
+        (b_client, b_web1),
+    ] {
+        let ip = mesh.pods[to].ip;
+        let name = format!("{}/{}", cluster_name(mesh.pods[to].cluster), mesh.pods[to].name);
+        mesh.wait_for_hits(&format!("{} -> {name}", mesh.pods[from].name), from, ip, false, |h| {
+            h.names.get(&name) == Some(&40)
+        });
+    }
+
+    // A global service with backends in both clusters: TCP and UDP, every
+    // backend used, replies carry the VIP.
+    let vip_a = Ipv4Addr::new(10, 96, 1, 10);
+    let vip_b = Ipv4Addr::new(10, 96, 2, 10);
+    let svc = |vip, backends, affinity| GlobalService {
+        namespace: "shop",
+        name: "web",
+        vip,
+        backends,
+        export: true,
+        import: true,
+        affinity,
+    };
+    mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "none"));
+    mesh.deploy_service(B, &svc(vip_b, vec![b_web1, b_web2], "none"));
+    let h = mesh.wait_for_hits("the VIP to reach all four backends", client, vip_a, false, |h| {
+        h.names.len() == 4 && h.errors.is_empty()
+    });
+    let many = mesh.hits(client, vip_a, 400, false);
+    eprintln!("400 TCP connections to {vip_a}: {:?}", many.names);
+    assert_eq!(many.total(), 400, "{many:?}");
+    assert_eq!(many.peer_mismatch, 0, "getpeername must show the VIP: {many:?}");
+    for (name, n) in &many.names {
+        assert!((50..=150).contains(n), "{name} got {n} of 400 (random choice over 4): {many:?}");
+    }
+    assert!(h.from_cluster(&a) > 0 && h.from_cluster(&b) > 0);
+    let udp = mesh.wait_for_hits("UDP through the VIP", client, vip_a, true, |h| h.names.len() == 4);
+    assert_eq!(udp.peer_mismatch, 0, "UDP replies must come from the VIP: {udp:?}");
+    let from_b = mesh.wait_for_hits("cluster b's VIP", b_client, vip_b, false, |h| h.names.len() == 4);
+    assert_eq!(from_b.peer_mismatch, 0);
+
+    // Affinity local: only cluster a's backends; when none is ready, fall
+    // back to cluster b.
+    mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "local"));
+    let h = mesh.wait_for_hits("affinity local", client, vip_a, false, |h| h.from_cluster(&b) == 0);
+    assert_eq!(h.from_cluster(&a), 40, "{h:?}");
+    mesh.deploy_service(A, &svc(vip_a, vec![], "local"));
+    let h = mesh.wait_for_hits("local fallback to remote", client, vip_a, false, |h| {
+        h.from_cluster(&b) == 40
+    });
+    assert_eq!(h.names.len(), 2, "{h:?}");
+    mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "remote"));
+    mesh.wait_for_hits("affinity remote", client, vip_a, false, |h| h.from_cluster(&b) == 40);
+    mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "none"));
+    mesh.wait_for_hits("affinity none", client, vip_a, false, |h| h.names.len() == 4);
+
+    // An agent restart keeps an open TCP connection (to a pod on another
+    // cluster, through the tunnel) working, and the maps are kept.
+    let target = format!("{}:8080", mesh.pods[b_web1].ip);
+    let mut held = mesh.probe_background(client, &["hold", "--to", &target, "--seconds", "6"], "hold");
+    std::thread::sleep(Duration::from_millis(800));
+    mesh.kill_agent(A, 0);
+    std::thread::sleep(Duration::from_secs(1));
+    let during = mesh.hits(client, vip_a, 20, false);
+    assert_eq!(during.total(), 20, "new connections work while the agent is down: {during:?}");
+    mesh.start_agent(A, 0);
+    let (ok, out) = held.wait();
+    assert!(ok, "the held connection broke across the agent restart: {out}");
+    assert!(out.contains("ok "), "{out}");
+    mesh.wait_for_hits("service after the restart", client, vip_a, false, |h| h.names.len() == 4);
+}

@@ -1,0 +1,99 @@
+//! `knitctl status`: the mesh apiserver's per-peer reports as a table, in
+//! the spirit of `cilium clustermesh status`. Pure: reports and the current
+//! time in, text out.
+
+use std::fmt::Write as _;
+
+use knit_kvstore::records::PeerStatusRecord;
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn ago(now: i64, then: Option<i64>) -> String {
+    match then {
+        Some(t) => format!("{}s ago", (now - t).max(0)),
+        None => "never".into(),
+    }
+}
+
+/// Renders the status of `cluster` from its peer reports.
+pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64) -> String {
+    let mut out = String::new();
+    let ready = reports.iter().filter(|r| r.connected && r.synced).count();
+    let _ = writeln!(out, "cluster {cluster}: {ready}/{} peers connected and synced", reports.len());
+    let _ = writeln!(
+        out,
+        "{:<14} {:<9} {:<6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
+        "PEER", "CONNECTED", "SYNCED", "NODES", "ENDPOINTS", "IDENTITIES", "SERVICES", "REJECTED", "LAST SYNC", "WITHDRAWN"
+    );
+    for r in reports {
+        let count = |k: &str| r.counts.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<14} {:<9} {:<6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
+            r.peer,
+            yes_no(r.connected),
+            yes_no(r.synced),
+            count("nodes"),
+            count("endpoints"),
+            count("identities"),
+            count("services"),
+            r.rejected.values().sum::<u64>(),
+            ago(now_unix, r.last_sync_unix),
+            yes_no(r.withdrawn),
+        );
+        if let Some(e) = &r.last_error {
+            let _ = writeln!(out, "  {}: {e}", r.peer);
+        }
+        for (reason, n) in &r.rejected {
+            let _ = writeln!(out, "  {}: rejected {n} record(s): {reason}", r.peer);
+        }
+    }
+    out
+}
+
+/// Peers that are connected and synced, read back from [`render_status`]'s
+/// table (used by scripts waiting for the mesh).
+pub fn ready_peers(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() >= 3 && !l.starts_with(' ') && cols[1] == "yes" && cols[2] == "yes")
+                .then(|| cols[0].to_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_counts_and_problems_per_peer() {
+        let mut b = PeerStatusRecord {
+            peer: "cluster-b".into(),
+            connected: true,
+            synced: true,
+            last_sync_unix: Some(90),
+            ..Default::default()
+        };
+        b.counts.insert("endpoints".into(), 12);
+        b.rejected.insert("ip-outside-pod-cidrs".into(), 3);
+        let c = PeerStatusRecord {
+            peer: "cluster-c".into(),
+            last_error: Some("connection refused".into()),
+            ..Default::default()
+        };
+        let t = render_status("cluster-a", &[b, c], 100);
+        assert!(t.starts_with("cluster cluster-a: 1/2 peers connected and synced"), "{t}");
+        assert!(t.contains("cluster-b      yes       yes"), "{t}");
+        assert!(t.contains("       12 "), "{t}");
+        assert!(t.contains("10s ago"), "{t}");
+        assert!(t.contains("cluster-b: rejected 3 record(s): ip-outside-pod-cidrs"), "{t}");
+        assert!(t.contains("cluster-c: connection refused"), "{t}");
+        assert_eq!(ready_peers(&t), vec!["cluster-b".to_string()]);
+    }
+}
