@@ -203,6 +203,8 @@ pub struct LocalMesh {
     cgroups: CgroupRoot,
     /// Pins of every agent; unmounted after the nodes are gone.
     _bpffs: BpffsRoot,
+    /// One mesh per test process at a time (names and addresses repeat).
+    _exclusive: std::sync::MutexGuard<'static, ()>,
     bins: Binaries,
     options: MeshOptions,
     logs: TempDir,
@@ -225,6 +227,8 @@ impl LocalMesh {
             running_as_root(),
             "the local mesh needs root (network namespaces, eBPF, cgroups): run the tests as root"
         );
+        static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
         netns::clean_stale();
         let bins = Binaries::locate();
         let underlay = Netns::new("ul");
@@ -273,6 +277,7 @@ impl LocalMesh {
             underlay,
             cgroups,
             _bpffs: bpffs,
+            _exclusive: exclusive,
             bins,
             options,
             logs,

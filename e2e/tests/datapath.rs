@@ -98,3 +98,52 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     assert!(out.contains("ok "), "{out}");
     mesh.wait_for_hits("service after the restart", client, vip_a, false, |h| h.names.len() == 4);
 }
+
+fn policy_denied_drops(mesh: &LocalMesh, c: usize, n: usize) -> u64 {
+    mesh.agent_metrics(c, n)
+        .lines()
+        .find(|l| l.starts_with("knit_agent_drops{name=\"policy-denied\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn network_policy_selects_peers_by_cluster() {
+    let mut mesh = LocalMesh::start(MeshOptions::default());
+    let web = mesh.add_pod(A, 0, "shop", "web", &[("app", "web")]);
+    let fe_a = mesh.add_pod(A, 1, "shop", "frontend-a", &[("app", "frontend")]);
+    let fe_b = mesh.add_pod(B, 0, "shop", "frontend-b", &[("app", "frontend")]);
+    let other_a = mesh.add_pod(A, 0, "shop", "other", &[("app", "other")]);
+    let web_ip = mesh.pods[web].ip;
+    let web_name = format!("{}/web", cluster_name(A));
+    for from in [fe_a, fe_b, other_a] {
+        mesh.wait_for_hits("open access before any policy", from, web_ip, false, |h| {
+            h.names.get(&web_name) == Some(&40)
+        });
+    }
+
+    mesh.write_manifest(
+        A,
+        "policy-web.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-from-frontend-a\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: web}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: frontend, knit.dev/cluster: cluster-a}\n    ports:\n    - {protocol: TCP, port: 8080}\n",
+    );
+    mesh.wait_until("cluster-b's frontend to be denied", Duration::from_secs(30), || {
+        mesh.hits(fe_b, web_ip, 1, false).total() == 0
+    });
+    let allowed = mesh.hits(fe_a, web_ip, 40, false);
+    assert_eq!(allowed.names.get(&web_name), Some(&40), "app=frontend from cluster-a: {allowed:?}");
+    let denied_b = mesh.hits(fe_b, web_ip, 3, false);
+    assert_eq!(denied_b.total(), 0, "app=frontend from cluster-b must be dropped: {denied_b:?}");
+    let denied_other = mesh.hits(other_a, web_ip, 3, false);
+    assert_eq!(denied_other.total(), 0, "app=other from cluster-a must be dropped: {denied_other:?}");
+    assert!(policy_denied_drops(&mesh, A, 0) > 0, "drops are counted per reason");
+
+    // The selected pod's own connections still get their replies, from a
+    // cluster its policy does not admit.
+    let out = mesh.hits(web, mesh.pods[fe_b].ip, 20, false);
+    assert_eq!(out.total(), 20, "replies of flows the selected pod opened pass: {out:?}");
+
+    // Removing the policy opens the pod again.
+    mesh.remove_manifest(A, "policy-web.yaml");
+    mesh.wait_for_hits("access after the policy is removed", fe_b, web_ip, false, |h| h.total() == 40);
+}
