@@ -641,6 +641,33 @@ impl LocalMesh {
         }
     }
 
+    /// Runs `etcdctl args…` from cluster `from`'s control-plane namespace
+    /// against `endpoint` with the certificates of `config` (resolved).
+    /// Returns success and the combined output.
+    pub fn etcdctl(&self, from: usize, config: &EtcdClientConfig, endpoint: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.clusters[from].cp.name(), "etcdctl"])
+            .arg(format!("--endpoints={endpoint}"))
+            .arg(format!("--cacert={}", config.trusted_ca_file.display()))
+            .arg(format!("--cert={}", config.cert_file.display()))
+            .arg(format!("--key={}", config.key_file.display()))
+            .arg("--dial-timeout=3s")
+            .arg("--command-timeout=3s")
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("running etcdctl");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    /// The etcd URL of cluster `c` on the underlay.
+    pub fn etcd_url(&self, c: usize) -> String {
+        format!("https://{}:{NETNS_ETCD_PORT}", self.clusters[c].cp_ip)
+    }
+
     /// The underlay namespace (for tests that add foreign hosts).
     pub fn underlay(&self) -> &Netns {
         &self.underlay
