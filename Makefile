@@ -12,6 +12,7 @@ setup:
 test: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(PYTHON) tests/manifests/validate.py
 

@@ -30,10 +30,7 @@ fn main() {
 
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     let probe = out.join("layout-probe");
-    run(Command::new(&cc)
-        .arg(root.join("layout.c"))
-        .arg("-o")
-        .arg(&probe));
+    run(Command::new(&cc).arg(root.join("layout.c")).arg("-o").arg(&probe));
     let printed = Command::new(&probe).output().expect("run the layout probe");
     assert!(printed.status.success(), "layout probe failed");
     std::fs::write(out.join("c_layout.txt"), printed.stdout).expect("write c_layout.txt");

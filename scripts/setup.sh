@@ -11,6 +11,7 @@ APT_PACKAGES=(
   etcd-server etcd-client         # real etcd for kvstore/apiserver tests
   iproute2 iputils-ping           # network namespaces, veth, VXLAN
   iperf3 wrk                      # datapath benchmarks
+  iptables                        # kube-proxy-style DNAT baseline (make bench)
 )
 
 missing=()

@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use knit_kvstore::watch_store::WatchEvent;
 use knit_kvstore::keys::{KEY_PREFIX, Kind, RelativeKey};
 use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord};
+use knit_kvstore::watch_store::WatchEvent;
 use serde::de::DeserializeOwned;
 
 /// Everything known about one cluster (this one or a peer).
@@ -79,7 +79,8 @@ impl MeshIndex {
         }
         if let Some(rest) = rest.strip_prefix("clusters/") {
             let (cluster, rel) = rest.split_once('/')?;
-            return (cluster == self.local_cluster).then(|| Some(Target::Cluster(None, RelativeKey::parse(rel)?)))?;
+            return (cluster == self.local_cluster)
+                .then(|| Some(Target::Cluster(None, RelativeKey::parse(rel)?)))?;
         }
         let rest = rest.strip_prefix("cache/")?;
         let (peer, rel) = rest.split_once('/')?;

@@ -17,9 +17,9 @@ use knit_telemetry::prometheus_client::registry::Registry;
 #[derive(Debug, Parser)]
 #[command(name = "knit-agent", version)]
 struct Args {
-    /// This cluster's name.
+    /// This cluster's name; read from the local kvstore when not given.
     #[arg(long, env = "KNIT_CLUSTER_NAME")]
-    cluster_name: String,
+    cluster_name: Option<String>,
     /// This node's name.
     #[arg(long, env = "KNIT_NODE_NAME")]
     node_name: String,
@@ -51,7 +51,6 @@ struct Args {
     metrics_addr: SocketAddr,
 }
 
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _guard = knit_telemetry::init_tracing("knit-agent")?;
@@ -60,8 +59,12 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let (health, server) = knit_telemetry::serve_registry(args.metrics_addr, registry);
+    let cluster = match &args.cluster_name {
+        Some(name) => name.clone(),
+        None => discover_cluster(&args.etcd_config).await?,
+    };
     let settings = AgentSettings {
-        cluster: args.cluster_name.clone(),
+        cluster,
         node: args.node_name.clone(),
         etcd_config: args.etcd_config.clone(),
         pin_dir: args.bpf_pin_dir.clone(),
@@ -72,7 +75,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let agent = async {
         match &args.source_dir {
-            Some(dir) => run(settings, DirectorySource::new(dir, args.poll_interval), metrics, health).await,
+            Some(dir) => {
+                run(
+                    settings,
+                    DirectorySource::new(dir, args.poll_interval),
+                    metrics,
+                    health,
+                )
+                .await
+            }
             None => {
                 let kube = kube::Client::try_default()
                     .await
@@ -88,4 +99,39 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down; the datapath stays in place"),
     }
     Ok(())
+}
+
+/// The local kvstore holds exactly one cluster under `clusters/` (peers are
+/// under `cache/`), and its `config` key sorts first.
+async fn discover_cluster(etcd_config: &std::path::Path) -> anyhow::Result<String> {
+    let config = knit_kvstore::etcd::load_client_config(etcd_config)?;
+    loop {
+        let found = async {
+            let mut client = knit_kvstore::etcd::connect(&config).await?;
+            let resp = client
+                .get(
+                    format!("{}/clusters/", knit_kvstore::KEY_PREFIX),
+                    Some(etcd_client::GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+                )
+                .await
+                .map_err(|source| knit_kvstore::Error::Etcd {
+                    action: "read the cluster name".into(),
+                    source,
+                })?;
+            Ok::<_, knit_kvstore::Error>(
+                resp.kvs()
+                    .first()
+                    .and_then(|kv| kv.key_str().ok())
+                    .and_then(|k| k.split('/').nth(3))
+                    .map(str::to_owned),
+            )
+        }
+        .await;
+        match found {
+            Ok(Some(name)) => return Ok(name),
+            Ok(None) => tracing::info!("the local kvstore has no cluster yet; waiting"),
+            Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot read the cluster name; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

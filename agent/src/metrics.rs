@@ -37,7 +37,11 @@ impl Metrics {
     /// Registers every metric under `knit_agent_`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("knit_agent");
-        r.register("map_entries", "Entries per datapath map", self.map_entries.clone());
+        r.register(
+            "map_entries",
+            "Entries per datapath map",
+            self.map_entries.clone(),
+        );
         r.register("drops", "Datapath drops by reason", self.drops.clone());
         r.register(
             "sync_lag_ms",
@@ -49,8 +53,16 @@ impl Metrics {
             "Kvstore watch connected and listed",
             self.kvstore_connected.clone(),
         );
-        r.register("map_write_failures", "Failed map writes", self.write_failures.clone());
-        r.register("rejected_values", "Kvstore values skipped by reason", self.rejected.clone());
+        r.register(
+            "map_write_failures",
+            "Failed map writes",
+            self.write_failures.clone(),
+        );
+        r.register(
+            "rejected_values",
+            "Kvstore values skipped by reason",
+            self.rejected.clone(),
+        );
         r.register(
             "pending_endpoints",
             "Local endpoints whose interface does not exist yet",

@@ -64,7 +64,13 @@ pub fn compile(
         }
         let selected: Vec<Ipv4Addr> = targets
             .iter()
-            .filter(|t| t.namespace == ns && spec.pod_selector.as_ref().is_none_or(|s| selector_matches(s, t.labels)))
+            .filter(|t| {
+                t.namespace == ns
+                    && spec
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|s| selector_matches(s, t.labels))
+            })
             .map(|t| t.ip)
             .collect();
         if selected.is_empty() {
@@ -121,7 +127,10 @@ fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, labels: &BTreeMap<Str
     if peer.ip_block.is_some() {
         return false;
     }
-    let pod_ns = labels.get(NAMESPACE_LABEL).map(String::as_str).unwrap_or_default();
+    let pod_ns = labels
+        .get(NAMESPACE_LABEL)
+        .map(String::as_str)
+        .unwrap_or_default();
     let ns_ok = match &peer.namespace_selector {
         None => pod_ns == policy_ns,
         Some(sel) => {
@@ -167,7 +176,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn policy(yaml: &str) -> NetworkPolicy {
@@ -189,23 +201,52 @@ spec:
     ports: [{port: 8080}]
 "#,
         );
-        let web = labels(&[("app", "web"), (NAMESPACE_LABEL, "shop"), ("knit.dev/cluster", "cluster-a")]);
+        let web = labels(&[
+            ("app", "web"),
+            (NAMESPACE_LABEL, "shop"),
+            ("knit.dev/cluster", "cluster-a"),
+        ]);
         let other = labels(&[("app", "db"), (NAMESPACE_LABEL, "shop")]);
-        let fe_a = labels(&[("app", "frontend"), (NAMESPACE_LABEL, "shop"), ("knit.dev/cluster", "cluster-a")]);
-        let fe_b = labels(&[("app", "frontend"), (NAMESPACE_LABEL, "shop"), ("knit.dev/cluster", "cluster-b")]);
-        let fe_a_other_ns = labels(&[("app", "frontend"), (NAMESPACE_LABEL, "dev"), ("knit.dev/cluster", "cluster-a")]);
+        let fe_a = labels(&[
+            ("app", "frontend"),
+            (NAMESPACE_LABEL, "shop"),
+            ("knit.dev/cluster", "cluster-a"),
+        ]);
+        let fe_b = labels(&[
+            ("app", "frontend"),
+            (NAMESPACE_LABEL, "shop"),
+            ("knit.dev/cluster", "cluster-b"),
+        ]);
+        let fe_a_other_ns = labels(&[
+            ("app", "frontend"),
+            (NAMESPACE_LABEL, "dev"),
+            ("knit.dev/cluster", "cluster-a"),
+        ]);
         let ids = BTreeMap::from([(1, &web), (2, &fe_a), (3, &fe_b), (4, &fe_a_other_ns)]);
         let web_ip = Ipv4Addr::new(10, 1, 0, 5);
         let db_ip = Ipv4Addr::new(10, 1, 0, 6);
         let targets = [
-            PolicyTarget { ip: web_ip, namespace: "shop", labels: &web },
-            PolicyTarget { ip: db_ip, namespace: "shop", labels: &other },
+            PolicyTarget {
+                ip: web_ip,
+                namespace: "shop",
+                labels: &web,
+            },
+            PolicyTarget {
+                ip: db_ip,
+                namespace: "shop",
+                labels: &other,
+            },
         ];
         let c = compile(&[&p], &targets, &ids);
         assert_eq!(c.enforced, BTreeSet::from([web_ip]));
         assert_eq!(
             c.allow,
-            BTreeSet::from([AllowEntry { endpoint: web_ip, identity: 2, port: 8080, proto: PROTO_TCP }])
+            BTreeSet::from([AllowEntry {
+                endpoint: web_ip,
+                identity: 2,
+                port: 8080,
+                proto: PROTO_TCP
+            }])
         );
     }
 
@@ -219,9 +260,21 @@ spec:
         );
         let l = labels(&[(NAMESPACE_LABEL, "ns")]);
         let ip = Ipv4Addr::new(10, 1, 0, 9);
-        let targets = [PolicyTarget { ip, namespace: "ns", labels: &l }];
+        let targets = [PolicyTarget {
+            ip,
+            namespace: "ns",
+            labels: &l,
+        }];
         let c = compile(&[&allow_all], &targets, &BTreeMap::new());
-        assert_eq!(c.allow, BTreeSet::from([AllowEntry { endpoint: ip, identity: 0, port: 0, proto: 0 }]));
+        assert_eq!(
+            c.allow,
+            BTreeSet::from([AllowEntry {
+                endpoint: ip,
+                identity: 0,
+                port: 0,
+                proto: 0
+            }])
+        );
         let c = compile(&[&deny_all], &targets, &BTreeMap::new());
         assert_eq!(c.enforced, BTreeSet::from([ip]));
         assert!(c.allow.is_empty());
@@ -242,11 +295,25 @@ spec:
 "#,
         );
         let me = labels(&[(NAMESPACE_LABEL, "ns")]);
-        let blue = labels(&[(NAMESPACE_LABEL, "x"), ("io.cilium.k8s.namespace.labels.team", "blue")]);
-        let red = labels(&[(NAMESPACE_LABEL, "y"), ("io.cilium.k8s.namespace.labels.team", "red")]);
+        let blue = labels(&[
+            (NAMESPACE_LABEL, "x"),
+            ("io.cilium.k8s.namespace.labels.team", "blue"),
+        ]);
+        let red = labels(&[
+            (NAMESPACE_LABEL, "y"),
+            ("io.cilium.k8s.namespace.labels.team", "red"),
+        ]);
         let ids = BTreeMap::from([(7, &blue), (8, &red)]);
         let ip = Ipv4Addr::new(10, 1, 0, 9);
-        let c = compile(&[&p], &[PolicyTarget { ip, namespace: "ns", labels: &me }], &ids);
+        let c = compile(
+            &[&p],
+            &[PolicyTarget {
+                ip,
+                namespace: "ns",
+                labels: &me,
+            }],
+            &ids,
+        );
         let ids: Vec<u32> = c.allow.iter().map(|a| a.identity).collect();
         assert_eq!(ids, vec![7]);
     }

@@ -111,10 +111,15 @@ fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &s
         if local && node_name == node {
             return Some(None);
         }
-        view.nodes.get(node_name).and_then(|n| v4(n.tunnel_endpoint)).map(Some)
+        view.nodes
+            .get(node_name)
+            .and_then(|n| v4(n.tunnel_endpoint))
+            .map(Some)
     };
     for n in view.nodes.values() {
-        let Some(tunnel) = tunnel_of(&n.name) else { continue };
+        let Some(tunnel) = tunnel_of(&n.name) else {
+            continue;
+        };
         for cidr in &n.pod_cidrs {
             if let IpNet::V4(net) = cidr {
                 out.routes.insert(net.trunc(), Route { identity: 0, tunnel });
@@ -193,7 +198,10 @@ fn add_service(out: &mut DatapathState, own: &ServiceRecord, remote: &[&ServiceR
 
 /// Backends per service frontend, grouped by the cluster owning each
 /// address (for status output and tests).
-pub fn backends_by_cluster(index: &MeshIndex, state: &DatapathState) -> BTreeMap<Frontend, BTreeMap<String, usize>> {
+pub fn backends_by_cluster(
+    index: &MeshIndex,
+    state: &DatapathState,
+) -> BTreeMap<Frontend, BTreeMap<String, usize>> {
     let owner = |ip: Ipv4Addr| -> String {
         std::iter::once((index.local_cluster(), &index.local))
             .chain(index.peers.iter().map(|(n, v)| (n.as_str(), v)))

@@ -50,7 +50,12 @@ pub struct AgentSettings {
 }
 
 /// Runs the agent until the kvstore watch ends.
-pub async fn run<S: Source>(settings: AgentSettings, mut source: S, metrics: Metrics, health: Health) -> Result<()> {
+pub async fn run<S: Source>(
+    settings: AgentSettings,
+    mut source: S,
+    metrics: Metrics,
+    health: Health,
+) -> Result<()> {
     let net = NetDevices::connect()?;
     let tunnel_ifindex = net
         .ensure_vxlan(&settings.tunnel_interface, settings.tunnel_port)
@@ -143,7 +148,9 @@ pub async fn run<S: Source>(settings: AgentSettings, mut source: S, metrics: Met
                     metrics.write_failures.inc_by(report.failed as u64);
                     dirty_since = Some(since);
                 }
-                metrics.pending_endpoints.set(unplaced.missing_interfaces.len() as i64);
+                metrics
+                    .pending_endpoints
+                    .set(unplaced.missing_interfaces.len() as i64);
                 metrics.sync_lag_ms.set(since.elapsed().as_millis() as i64);
                 health.set_ready(true);
             }
@@ -153,10 +160,18 @@ pub async fn run<S: Source>(settings: AgentSettings, mut source: S, metrics: Met
             }
         }
         for (map, n) in datapath.map_sizes() {
-            metrics.map_entries.get_or_create(&Name { name: map.into() }).set(n as i64);
+            metrics
+                .map_entries
+                .get_or_create(&Name { name: map.into() })
+                .set(n as i64);
         }
         for (reason, n) in &index.rejected {
-            metrics.rejected.get_or_create(&Name { name: (*reason).into() }).set(*n as i64);
+            metrics
+                .rejected
+                .get_or_create(&Name {
+                    name: (*reason).into(),
+                })
+                .set(*n as i64);
         }
     }
     watch.abort();

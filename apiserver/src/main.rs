@@ -58,7 +58,6 @@ struct Args {
     metrics_addr: SocketAddr,
 }
 
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

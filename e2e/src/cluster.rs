@@ -182,8 +182,13 @@ impl TestCluster {
             "--log-level=warn".into(),
         ];
         let log = self.dir.path().join("etcd.log");
-        let mut child =
-            ChildProcess::spawn_in(&format!("etcd {}", self.name), "etcd", &args, &log, &self.placement());
+        let mut child = ChildProcess::spawn_in(
+            &format!("etcd {}", self.name),
+            "etcd",
+            &args,
+            &log,
+            &self.placement(),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.etcd_listening() {
             assert!(

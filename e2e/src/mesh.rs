@@ -53,11 +53,18 @@ impl Binaries {
             .find(|d| d.join("knit-agent").exists())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| {
-                panic!("knit-agent not found above {}: run `cargo build --workspace --bins` first", exe.display())
+                panic!(
+                    "knit-agent not found above {}: run `cargo build --workspace --bins` first",
+                    exe.display()
+                )
             });
         let bin = |n: &str| {
             let p = dir.join(n);
-            assert!(p.exists(), "{} missing: run `cargo build --workspace --bins`", p.display());
+            assert!(
+                p.exists(),
+                "{} missing: run `cargo build --workspace --bins`",
+                p.display()
+            );
             p
         };
         Self {
@@ -421,9 +428,15 @@ impl LocalMesh {
 
     fn wait_for_mesh(&self) {
         let n = self.clusters.len();
-        self.wait_until("every cluster to mirror every peer", Duration::from_secs(60), || {
-            (0..n).all(|c| knit_operator::status_table::ready_peers(&self.knitctl_status_quiet(c)).len() == n - 1)
-        });
+        self.wait_until(
+            "every cluster to mirror every peer",
+            Duration::from_secs(60),
+            || {
+                (0..n).all(|c| {
+                    knit_operator::status_table::ready_peers(&self.knitctl_status_quiet(c)).len() == n - 1
+                })
+            },
+        );
     }
 
     fn knitctl_status_quiet(&self, c: usize) -> String {
@@ -433,7 +446,10 @@ impl LocalMesh {
             .arg(&self.bins.knitctl)
             .args(["status", "--etcd-config"])
             .arg(cluster.control.local_config_path())
-            .args(["--endpoint", &format!("https://{}:{NETNS_ETCD_PORT}", cluster.cp_ip)])
+            .args([
+                "--endpoint",
+                &format!("https://{}:{NETNS_ETCD_PORT}", cluster.cp_ip),
+            ])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
@@ -443,35 +459,32 @@ impl LocalMesh {
     pub fn wait_until(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     /// Adds a pod on node `n` of cluster `c` with `labels`, starts a probe
     /// server in it, and returns its index in [`LocalMesh::pods`].
-    pub fn add_pod(&mut self, c: usize, n: usize, namespace: &str, name: &str, labels: &[(&str, &str)]) -> usize {
+    pub fn add_pod(
+        &mut self,
+        c: usize,
+        n: usize,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> usize {
         let id = c + 1;
         let node = &mut self.clusters[c].nodes[n];
         let k = node.next_pod;
         node.next_pod += 1;
         let ip = Ipv4Addr::new(10, id as u8, (n + 1) as u8, k);
         let pod_ns = Netns::new(&format!("{}-n{}-p{k}", short(c), n + 1));
-        let host_if = host_interface(namespace, name);
-        let [a, b, cc, d] = ip.octets();
-        let pod_mac = format!("0a:58:{a:02x}:{b:02x}:{cc:02x}:{d:02x}");
-        node.netns.ip(&[
-            "link", "add", &host_if, "address", GATEWAY_MAC, "type", "veth", "peer", "name", "eth0",
-            "address", &pod_mac, "netns", pod_ns.name(),
-        ]);
-        node.netns.ip(&["link", "set", &host_if, "up"]);
-        pod_ns.ip(&["link", "set", "eth0", "up"]);
-        pod_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        pod_ns.ip(&["route", "add", "169.254.0.1", "dev", "eth0", "scope", "link"]);
-        pod_ns.ip(&["route", "add", "default", "via", "169.254.0.1", "dev", "eth0"]);
-        pod_ns.ip(&[
-            "neigh", "add", "169.254.0.1", "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent",
-        ]);
+        attach_pod(&node.netns, &pod_ns, &host_interface(namespace, name), ip);
         let cgroup = self.cgroups.dir(&format!("{}/n{}/p{k}", short(c), n + 1));
         let node_name = node.name.clone();
         let mut pod = Pod {
@@ -492,7 +505,10 @@ impl LocalMesh {
             "--port".into(),
             SERVER_PORT.to_string(),
         ];
-        let log = self.logs.path().join(format!("pod-{}-{name}.log", cluster_name(c)));
+        let log = self
+            .logs
+            .path()
+            .join(format!("pod-{}-{name}.log", cluster_name(c)));
         pod.server = Some(ChildProcess::spawn_in(
             &format!("pod {name}"),
             &self.bins.probe.to_string_lossy(),
@@ -511,7 +527,10 @@ impl LocalMesh {
 
     fn write_pod(&self, p: usize, labels: &[(&str, &str)], node: &str) {
         let pod = &self.pods[p];
-        let labels: String = labels.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
+        let labels: String = labels
+            .iter()
+            .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+            .collect();
         let yaml = format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: knit-probe\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
             pod.name,
@@ -539,7 +558,12 @@ impl LocalMesh {
         let endpoints: String = svc
             .backends
             .iter()
-            .map(|p| format!("- addresses: [\"{}\"]\n  conditions:\n    ready: true\n", self.pods[*p].ip))
+            .map(|p| {
+                format!(
+                    "- addresses: [\"{}\"]\n  conditions:\n    ready: true\n",
+                    self.pods[*p].ip
+                )
+            })
             .collect();
         let endpoints = if endpoints.is_empty() {
             " []\n".to_owned()
@@ -636,7 +660,11 @@ impl LocalMesh {
             if ok(&h) {
                 return h;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {h:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last: {h:?}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -644,7 +672,13 @@ impl LocalMesh {
     /// Runs `etcdctl args…` from cluster `from`'s control-plane namespace
     /// against `endpoint` with the certificates of `config` (resolved).
     /// Returns success and the combined output.
-    pub fn etcdctl(&self, from: usize, config: &EtcdClientConfig, endpoint: &str, args: &[&str]) -> (bool, String) {
+    pub fn etcdctl(
+        &self,
+        from: usize,
+        config: &EtcdClientConfig,
+        endpoint: &str,
+        args: &[&str],
+    ) -> (bool, String) {
         let out = Command::new("ip")
             .args(["netns", "exec", self.clusters[from].cp.name(), "etcdctl"])
             .arg(format!("--endpoints={endpoint}"))
@@ -659,7 +693,11 @@ impl LocalMesh {
             .expect("running etcdctl");
         (
             out.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         )
     }
 
@@ -676,6 +714,28 @@ impl LocalMesh {
 
 fn short(c: usize) -> String {
     ((b'a' + c as u8) as char).to_string()
+}
+
+/// Plays the CNI for one pod: a veth from the node (host side `host_if`,
+/// MAC [`GATEWAY_MAC`]) to the pod (`eth0`, MAC `0a:58:<ip>`, `ip/32`,
+/// default route via 169.254.0.1 with a permanent neighbour entry).
+pub fn attach_pod(node: &Netns, pod_ns: &Netns, host_if: &str, ip: Ipv4Addr) {
+    node.ip(&[
+        "link", "add", host_if, "address", GATEWAY_MAC, "type", "veth", "peer", "name", "eth0", "address",
+        &pod_mac(ip), "netns", pod_ns.name(),
+    ]);
+    node.ip(&["link", "set", host_if, "up"]);
+    pod_ns.ip(&["link", "set", "eth0", "up"]);
+    pod_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    pod_ns.ip(&["route", "add", "169.254.0.1", "dev", "eth0", "scope", "link"]);
+    pod_ns.ip(&["route", "add", "default", "via", "169.254.0.1", "dev", "eth0"]);
+    pod_ns.ip(&["neigh", "add", "169.254.0.1", "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent"]);
+}
+
+/// A pod's MAC: `0a:58:` and its IPv4 address (what the datapath writes).
+pub fn pod_mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 fn attach_underlay(underlay: &Netns, ns: &Netns, bridge_side: &str, ip: &str) {

@@ -81,7 +81,18 @@ impl Netns {
     /// Creates a veth pair from `self` (named `local`) to `peer` (named
     /// `remote`), both up.
     pub fn veth_to(&self, local: &str, peer: &Netns, remote: &str) {
-        self.ip(&["link", "add", local, "type", "veth", "peer", "name", remote, "netns", peer.name()]);
+        self.ip(&[
+            "link",
+            "add",
+            local,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            remote,
+            "netns",
+            peer.name(),
+        ]);
         self.ip(&["link", "set", local, "up"]);
         peer.ip(&["link", "set", remote, "up"]);
     }
@@ -192,7 +203,9 @@ impl Drop for BpffsRoot {
 /// Removes a cgroup directory tree bottom-up (cgroups are removed with
 /// rmdir once empty of processes; a process still in one is killed first).
 pub fn remove_cgroup_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_cgroup_tree(&e.path());
@@ -220,8 +233,12 @@ fn is_stale(name: &str) -> bool {
 }
 
 fn clean_stale_cgroups(mount: &Path) {
+    clean_cgroups(mount, &is_stale);
+}
+
+fn clean_cgroups(mount: &Path, matching: &dyn Fn(&str) -> bool) {
     for e in std::fs::read_dir(mount).into_iter().flatten().flatten() {
-        if is_stale(&e.file_name().to_string_lossy()) {
+        if matching(&e.file_name().to_string_lossy()) {
             remove_cgroup_tree(&e.path());
         }
     }
@@ -230,22 +247,54 @@ fn clean_stale_cgroups(mount: &Path) {
 /// Removes namespaces, bpffs mounts (with their pins) and cgroup mounts
 /// left by test runs whose process is gone.
 pub fn clean_stale() {
+    clean(&is_stale);
+}
+
+/// Removes everything this process made (for a Ctrl-C handler: drop
+/// handlers do not run when the process is interrupted).
+pub fn clean_own() {
+    clean(&|name| pid_of(name) == Some(std::process::id()));
+}
+
+/// `TempDir` names end in `-<pid>-<n>`.
+fn temp_dir_owner(name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.strip_prefix(PREFIX)?.rsplitn(3, '-').collect();
+    let pid: u32 = parts.get(1)?.parse().ok()?;
+    Some(format!("{PREFIX}{pid}-"))
+}
+
+fn clean(matching: &dyn Fn(&str) -> bool) {
+    for root in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with("-cgroup2") || name.ends_with("-bpffs") {
+                continue;
+            }
+            if temp_dir_owner(&name).is_some_and(|owner| matching(&owner)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
-            if is_stale(name) {
+            if matching(name) {
                 let _ = Command::new("ip").args(["netns", "del", name]).output();
             }
         }
     }
-    for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !is_stale(&name) {
+        if !matching(&name) {
             continue;
         }
         if name.ends_with("-cgroup2") {
             if is_cgroup2(&e.path()) {
-                clean_stale_cgroups(&e.path());
+                clean_cgroups(&e.path(), matching);
                 let _ = Command::new("umount").arg(e.path()).output();
             }
             let _ = std::fs::remove_dir(e.path());

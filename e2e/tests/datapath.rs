@@ -32,9 +32,13 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     ] {
         let ip = mesh.pods[to].ip;
         let name = format!("{}/{}", cluster_name(mesh.pods[to].cluster), mesh.pods[to].name);
-        mesh.wait_for_hits(&format!("{} -> {name}", mesh.pods[from].name), from, ip, false, |h| {
-            h.names.get(&name) == Some(&40)
-        });
+        mesh.wait_for_hits(
+            &format!("{} -> {name}", mesh.pods[from].name),
+            from,
+            ip,
+            false,
+            |h| h.names.get(&name) == Some(&40),
+        );
     }
 
     // A global service with backends in both clusters: TCP and UDP, every
@@ -60,18 +64,26 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     assert_eq!(many.total(), 400, "{many:?}");
     assert_eq!(many.peer_mismatch, 0, "getpeername must show the VIP: {many:?}");
     for (name, n) in &many.names {
-        assert!((50..=150).contains(n), "{name} got {n} of 400 (random choice over 4): {many:?}");
+        assert!(
+            (50..=150).contains(n),
+            "{name} got {n} of 400 (random choice over 4): {many:?}"
+        );
     }
     assert!(h.from_cluster(&a) > 0 && h.from_cluster(&b) > 0);
     let udp = mesh.wait_for_hits("UDP through the VIP", client, vip_a, true, |h| h.names.len() == 4);
-    assert_eq!(udp.peer_mismatch, 0, "UDP replies must come from the VIP: {udp:?}");
+    assert_eq!(
+        udp.peer_mismatch, 0,
+        "UDP replies must come from the VIP: {udp:?}"
+    );
     let from_b = mesh.wait_for_hits("cluster b's VIP", b_client, vip_b, false, |h| h.names.len() == 4);
     assert_eq!(from_b.peer_mismatch, 0);
 
     // Affinity local: only cluster a's backends; when none is ready, fall
     // back to cluster b.
     mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "local"));
-    let h = mesh.wait_for_hits("affinity local", client, vip_a, false, |h| h.from_cluster(&b) == 0);
+    let h = mesh.wait_for_hits("affinity local", client, vip_a, false, |h| {
+        h.from_cluster(&b) == 0
+    });
     assert_eq!(h.from_cluster(&a), 40, "{h:?}");
     mesh.deploy_service(A, &svc(vip_a, vec![], "local"));
     let h = mesh.wait_for_hits("local fallback to remote", client, vip_a, false, |h| {
@@ -79,7 +91,9 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     });
     assert_eq!(h.names.len(), 2, "{h:?}");
     mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "remote"));
-    mesh.wait_for_hits("affinity remote", client, vip_a, false, |h| h.from_cluster(&b) == 40);
+    mesh.wait_for_hits("affinity remote", client, vip_a, false, |h| {
+        h.from_cluster(&b) == 40
+    });
     mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "none"));
     mesh.wait_for_hits("affinity none", client, vip_a, false, |h| h.names.len() == 4);
 
@@ -91,12 +105,18 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     mesh.kill_agent(A, 0);
     std::thread::sleep(Duration::from_secs(1));
     let during = mesh.hits(client, vip_a, 20, false);
-    assert_eq!(during.total(), 20, "new connections work while the agent is down: {during:?}");
+    assert_eq!(
+        during.total(),
+        20,
+        "new connections work while the agent is down: {during:?}"
+    );
     mesh.start_agent(A, 0);
     let (ok, out) = held.wait();
     assert!(ok, "the held connection broke across the agent restart: {out}");
     assert!(out.contains("ok "), "{out}");
-    mesh.wait_for_hits("service after the restart", client, vip_a, false, |h| h.names.len() == 4);
+    mesh.wait_for_hits("service after the restart", client, vip_a, false, |h| {
+        h.names.len() == 4
+    });
 }
 
 fn policy_denied_drops(mesh: &LocalMesh, c: usize, n: usize) -> u64 {
@@ -127,23 +147,46 @@ fn network_policy_selects_peers_by_cluster() {
         "policy-web.yaml",
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-from-frontend-a\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: web}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: frontend, knit.dev/cluster: cluster-a}\n    ports:\n    - {protocol: TCP, port: 8080}\n",
     );
-    mesh.wait_until("cluster-b's frontend to be denied", Duration::from_secs(30), || {
-        mesh.hits(fe_b, web_ip, 1, false).total() == 0
-    });
+    mesh.wait_until(
+        "cluster-b's frontend to be denied",
+        Duration::from_secs(30),
+        || mesh.hits(fe_b, web_ip, 1, false).total() == 0,
+    );
     let allowed = mesh.hits(fe_a, web_ip, 40, false);
-    assert_eq!(allowed.names.get(&web_name), Some(&40), "app=frontend from cluster-a: {allowed:?}");
+    assert_eq!(
+        allowed.names.get(&web_name),
+        Some(&40),
+        "app=frontend from cluster-a: {allowed:?}"
+    );
     let denied_b = mesh.hits(fe_b, web_ip, 3, false);
-    assert_eq!(denied_b.total(), 0, "app=frontend from cluster-b must be dropped: {denied_b:?}");
+    assert_eq!(
+        denied_b.total(),
+        0,
+        "app=frontend from cluster-b must be dropped: {denied_b:?}"
+    );
     let denied_other = mesh.hits(other_a, web_ip, 3, false);
-    assert_eq!(denied_other.total(), 0, "app=other from cluster-a must be dropped: {denied_other:?}");
-    assert!(policy_denied_drops(&mesh, A, 0) > 0, "drops are counted per reason");
+    assert_eq!(
+        denied_other.total(),
+        0,
+        "app=other from cluster-a must be dropped: {denied_other:?}"
+    );
+    assert!(
+        policy_denied_drops(&mesh, A, 0) > 0,
+        "drops are counted per reason"
+    );
 
     // The selected pod's own connections still get their replies, from a
     // cluster its policy does not admit.
     let out = mesh.hits(web, mesh.pods[fe_b].ip, 20, false);
-    assert_eq!(out.total(), 20, "replies of flows the selected pod opened pass: {out:?}");
+    assert_eq!(
+        out.total(),
+        20,
+        "replies of flows the selected pod opened pass: {out:?}"
+    );
 
     // Removing the policy opens the pod again.
     mesh.remove_manifest(A, "policy-web.yaml");
-    mesh.wait_for_hits("access after the policy is removed", fe_b, web_ip, false, |h| h.total() == 40);
+    mesh.wait_for_hits("access after the policy is removed", fe_b, web_ip, false, |h| {
+        h.total() == 40
+    });
 }

@@ -36,13 +36,19 @@ fn export_import_and_peer_failure() {
     let (vip_a, vip_b) = (Ipv4Addr::new(10, 96, 1, 10), Ipv4Addr::new(10, 96, 2, 10));
 
     // Cross-cluster pod-to-pod, both directions.
-    mesh.wait_for_hits("a -> b pod", client_a, mesh.pods[web_b1].ip, false, |h| h.total() == 40);
-    mesh.wait_for_hits("b -> a pod", client_b, mesh.pods[web_a].ip, false, |h| h.total() == 40);
+    mesh.wait_for_hits("a -> b pod", client_a, mesh.pods[web_b1].ip, false, |h| {
+        h.total() == 40
+    });
+    mesh.wait_for_hits("b -> a pod", client_b, mesh.pods[web_a].ip, false, |h| {
+        h.total() == 40
+    });
 
     // Backends of both clusters are used.
     mesh.deploy_service(A, &service(vip_a, vec![web_a], true, true));
     mesh.deploy_service(B, &service(vip_b, vec![web_b1, web_b2], true, true));
-    mesh.wait_for_hits("backends of both clusters", client_a, vip_a, false, |h| h.names.len() == 3);
+    mesh.wait_for_hits("backends of both clusters", client_a, vip_a, false, |h| {
+        h.names.len() == 3
+    });
 
     // A cluster with export=false is not used by its peers, but by itself.
     mesh.deploy_service(B, &service(vip_b, vec![web_b1, web_b2], false, true));
@@ -50,7 +56,9 @@ fn export_import_and_peer_failure() {
         h.from_cluster(&b) == 0 && h.total() == 40
     });
     assert_eq!(h.from_cluster(&a), 40, "{h:?}");
-    let h = mesh.wait_for_hits("b still uses all backends", client_b, vip_b, false, |h| h.names.len() == 3);
+    let h = mesh.wait_for_hits("b still uses all backends", client_b, vip_b, false, |h| {
+        h.names.len() == 3
+    });
     assert!(h.from_cluster(&b) > 0 && h.from_cluster(&a) > 0, "{h:?}");
 
     // A cluster with import=false uses only its own backends.
@@ -59,7 +67,9 @@ fn export_import_and_peer_failure() {
     mesh.wait_for_hits("a's import=false honoured", client_a, vip_a, false, |h| {
         h.names.len() == 1 && h.from_cluster(&a) == 40
     });
-    mesh.wait_for_hits("b imports a again", client_b, vip_b, false, |h| h.names.len() == 3);
+    mesh.wait_for_hits("b imports a again", client_b, vip_b, false, |h| {
+        h.names.len() == 3
+    });
     mesh.deploy_service(A, &service(vip_a, vec![web_a], true, true));
     mesh.wait_for_hits("a imports again", client_a, vip_a, false, |h| h.names.len() == 3);
 
@@ -68,7 +78,11 @@ fn export_import_and_peer_failure() {
     let killed = Instant::now();
     mesh.stop_control_plane(B);
     let during = mesh.hits(client_b, vip_b, 20, false);
-    assert_eq!(during.total(), 20, "b's datapath keeps working without its control plane: {during:?}");
+    assert_eq!(
+        during.total(),
+        20,
+        "b's datapath keeps working without its control plane: {during:?}"
+    );
     let h = mesh.wait_for_hits("failover to cluster a", client_a, vip_a, false, |h| {
         h.from_cluster(&b) == 0 && h.total() == 40
     });
@@ -79,13 +93,24 @@ fn export_import_and_peer_failure() {
     mesh.delete_pod_manifest(web_b2);
     mesh.deploy_service(B, &service(vip_b, vec![web_b1], true, true));
     mesh.start_control_plane(B);
-    let h = mesh.wait_for_hits("b's backends back, deletion honoured", client_a, vip_a, false, |h| {
-        h.names.contains_key("cluster-b/web-b1") && h.errors.is_empty()
-    });
+    let h = mesh.wait_for_hits(
+        "b's backends back, deletion honoured",
+        client_a,
+        vip_a,
+        false,
+        |h| h.names.contains_key("cluster-b/web-b1") && h.errors.is_empty(),
+    );
     let many = mesh.hits(client_a, vip_a, 100, false);
-    assert!(!many.names.contains_key("cluster-b/web-b2"), "deleted during the outage: {many:?} {h:?}");
+    assert!(
+        !many.names.contains_key("cluster-b/web-b2"),
+        "deleted during the outage: {many:?} {h:?}"
+    );
     let pod_b2 = mesh.hits(client_a, mesh.pods[web_b2].ip, 2, false);
-    assert_eq!(pod_b2.total(), 0, "a route to the deleted pod survived: {pod_b2:?}");
+    assert_eq!(
+        pod_b2.total(),
+        0,
+        "a route to the deleted pod survived: {pod_b2:?}"
+    );
 }
 
 #[test]
@@ -100,16 +125,28 @@ fn security_of_the_mesh() {
 
     // A peer with an untrusted CA cannot connect, not even with CN=admin.
     let rogue = TestCluster::new("cluster-x", 9);
-    let (ok, out) = mesh.etcdctl(B, &rogue.admin_config(), &a_url, &["get", "knit/v1/", "--prefix", "--keys-only"]);
+    let (ok, out) = mesh.etcdctl(
+        B,
+        &rogue.admin_config(),
+        &a_url,
+        &["get", "knit/v1/", "--prefix", "--keys-only"],
+    );
     assert!(!ok, "a certificate from an untrusted CA was accepted: {out}");
 
     // A peer cannot write into our etcd, not even under its own name.
     let b_to_a = mesh.clusters[B].control.peer_config(&cluster_name(A));
     let (ok, _) = mesh.etcdctl(B, &b_to_a, &a_url, &["get", "knit/v1/clusters/cluster-a/config"]);
     assert!(ok, "the peer certificate reads what it may");
-    for key in ["knit/v1/clusters/cluster-a/endpoints/10.1.1.99", "knit/v1/clusters/cluster-b/x", "knit/v1/heartbeat"] {
+    for key in [
+        "knit/v1/clusters/cluster-a/endpoints/10.1.1.99",
+        "knit/v1/clusters/cluster-b/x",
+        "knit/v1/heartbeat",
+    ] {
         let (ok, out) = mesh.etcdctl(B, &b_to_a, &a_url, &["put", key, "{}"]);
-        assert!(!ok && out.contains("permission denied"), "peer wrote {key}: {out}");
+        assert!(
+            !ok && out.contains("permission denied"),
+            "peer wrote {key}: {out}"
+        );
     }
 
     // A peer announcing an IP outside its pod CIDRs (here: one of a's pods)
@@ -124,7 +161,8 @@ fn security_of_the_mesh() {
     let (ok, out) = mesh.etcdctl(B, &b_admin, "https://127.0.0.1:2379", &["put", &key, &hijack]);
     assert!(ok, "{out}");
     mesh.wait_until("the rejection to be counted", Duration::from_secs(30), || {
-        mesh.knitctl_status(A).contains("rejected 1 record(s): outside_pod_cidrs")
+        mesh.knitctl_status(A)
+            .contains("rejected 1 record(s): outside_pod_cidrs")
     });
     let h = mesh.hits(client_a, mesh.pods[web_a].ip, 20, false);
     assert_eq!(h.names.get("cluster-a/web-a"), Some(&20), "{h:?}");
@@ -140,7 +178,13 @@ fn three_clusters_fully_meshed() {
     let client = mesh.add_pod(A, 0, "shop", "client", &[("app", "client")]);
     let mut vips = Vec::new();
     for c in 0..3 {
-        let web = mesh.add_pod(c, 1, "shop", &format!("web-{}", cluster_name(c)), &[("app", "web")]);
+        let web = mesh.add_pod(
+            c,
+            1,
+            "shop",
+            &format!("web-{}", cluster_name(c)),
+            &[("app", "web")],
+        );
         let vip = Ipv4Addr::new(10, 96, (c + 1) as u8, 10);
         vips.push(vip);
         mesh.deploy_service(c, &service(vip, vec![web], true, true));

@@ -21,11 +21,24 @@ fn ago(now: i64, then: Option<i64>) -> String {
 pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64) -> String {
     let mut out = String::new();
     let ready = reports.iter().filter(|r| r.connected && r.synced).count();
-    let _ = writeln!(out, "cluster {cluster}: {ready}/{} peers connected and synced", reports.len());
+    let _ = writeln!(
+        out,
+        "cluster {cluster}: {ready}/{} peers connected and synced",
+        reports.len()
+    );
     let _ = writeln!(
         out,
         "{:<14} {:<9} {:<6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
-        "PEER", "CONNECTED", "SYNCED", "NODES", "ENDPOINTS", "IDENTITIES", "SERVICES", "REJECTED", "LAST SYNC", "WITHDRAWN"
+        "PEER",
+        "CONNECTED",
+        "SYNCED",
+        "NODES",
+        "ENDPOINTS",
+        "IDENTITIES",
+        "SERVICES",
+        "REJECTED",
+        "LAST SYNC",
+        "WITHDRAWN"
     );
     for r in reports {
         let count = |k: &str| r.counts.get(k).copied().unwrap_or(0);
@@ -88,11 +101,17 @@ mod tests {
             ..Default::default()
         };
         let t = render_status("cluster-a", &[b, c], 100);
-        assert!(t.starts_with("cluster cluster-a: 1/2 peers connected and synced"), "{t}");
+        assert!(
+            t.starts_with("cluster cluster-a: 1/2 peers connected and synced"),
+            "{t}"
+        );
         assert!(t.contains("cluster-b      yes       yes"), "{t}");
         assert!(t.contains("       12 "), "{t}");
         assert!(t.contains("10s ago"), "{t}");
-        assert!(t.contains("cluster-b: rejected 3 record(s): ip-outside-pod-cidrs"), "{t}");
+        assert!(
+            t.contains("cluster-b: rejected 3 record(s): ip-outside-pod-cidrs"),
+            "{t}"
+        );
         assert!(t.contains("cluster-c: connection refused"), "{t}");
         assert_eq!(ready_peers(&t), vec!["cluster-b".to_string()]);
     }

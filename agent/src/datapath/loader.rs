@@ -75,7 +75,9 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or_else(|| Error::MissingProgram(name.to_owned()))?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::MissingProgram(name.to_owned()))?;
     prog.try_into().map_err(|e| Error::program(name, e))
 }
 

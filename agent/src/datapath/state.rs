@@ -161,11 +161,8 @@ pub fn to_map_contents(
         out.policy.insert(key, 1);
     }
     let mut used: BTreeSet<u32> = BTreeSet::new();
-    let keys: Vec<(ServiceKey, &Vec<SocketAddrV4>)> = state
-        .services
-        .iter()
-        .map(|(f, b)| (service_key(f), b))
-        .collect();
+    let keys: Vec<(ServiceKey, &Vec<SocketAddrV4>)> =
+        state.services.iter().map(|(f, b)| (service_key(f), b)).collect();
     for (key, _) in &keys {
         if let Some(v) = current.get(key) {
             used.insert(v.service_id);
@@ -281,7 +278,10 @@ mod tests {
         assert_eq!(ids, BTreeSet::from([1, 2]));
         // Port 80 goes away, a new port 82 arrives: 81 keeps its ID, 82 takes the free one.
         let (second, _) = to_map_contents(
-            &state_with(&[(81, &["10.1.0.6:8080", "10.2.0.7:8080"]), (82, &["10.1.0.8:8080"])]),
+            &state_with(&[
+                (81, &["10.1.0.6:8080", "10.2.0.7:8080"]),
+                (82, &["10.1.0.8:8080"]),
+            ]),
             &HashMap::new(),
             &first.services,
         );

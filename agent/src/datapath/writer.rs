@@ -125,12 +125,18 @@ impl MapWriter {
         upsert(&mut report, &mut cur.services, services.upserts, |k, v| {
             self.services.insert(k, v, 0)
         });
-        remove(&mut report, &mut cur.services, services.removes, |k| self.services.remove(k));
-        remove(&mut report, &mut cur.backends, backends.removes, |k| self.backends.remove(k));
+        remove(&mut report, &mut cur.services, services.removes, |k| {
+            self.services.remove(k)
+        });
+        remove(&mut report, &mut cur.backends, backends.removes, |k| {
+            self.backends.remove(k)
+        });
         remove(&mut report, &mut cur.endpoints, endpoints.removes, |k| {
             self.endpoints.remove(k)
         });
-        remove(&mut report, &mut cur.policy, policy.removes, |k| self.policy.remove(k));
+        remove(&mut report, &mut cur.policy, policy.removes, |k| {
+            self.policy.remove(k)
+        });
         remove(&mut report, &mut cur.ipcache, ipcache.removes, |k| {
             self.ipcache.remove(&lpm(k))
         });
@@ -142,9 +148,7 @@ fn read<K: aya::Pod + Eq + Hash, V: aya::Pod>(
     map: &BpfHashMap<MapData, K, V>,
     name: &str,
 ) -> Result<HashMap<K, V>> {
-    map.iter()
-        .map(|e| e.map_err(|e| Error::map(name, e)))
-        .collect()
+    map.iter().map(|e| e.map_err(|e| Error::map(name, e))).collect()
 }
 
 fn upsert<K: Eq + Hash + Clone, V: Clone>(

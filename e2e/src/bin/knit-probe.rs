@@ -17,7 +17,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn required(args: &[String], name: &str) -> String {
@@ -30,7 +32,10 @@ fn required(args: &[String], name: &str) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => serve(&required(&args, "--name"), required(&args, "--port").parse().expect("port")),
+        Some("serve") => serve(
+            &required(&args, "--name"),
+            required(&args, "--port").parse().expect("port"),
+        ),
         Some("hits") => hits(
             required(&args, "--to").parse().expect("address"),
             required(&args, "--count").parse().expect("count"),
@@ -166,7 +171,10 @@ fn crr(to: SocketAddr, seconds: f64) {
         }
     }
     let rate = ok as f64 / start.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({"connections_per_sec": rate, "ok": ok, "failed": failed}));
+    println!(
+        "{}",
+        serde_json::json!({"connections_per_sec": rate, "ok": ok, "failed": failed})
+    );
 }
 
 fn rr(to: SocketAddr, seconds: f64) {

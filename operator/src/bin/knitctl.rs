@@ -77,7 +77,10 @@ enum PeerCommand {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Render { config, peers, out } => render(&config, &peers, &out),
-        Command::Status { etcd_config, endpoint } => status(&etcd_config, endpoint).await,
+        Command::Status {
+            etcd_config,
+            endpoint,
+        } => status(&etcd_config, endpoint).await,
         Command::Peer {
             command:
                 PeerCommand::Export {
@@ -109,14 +112,20 @@ async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<
         .context("connecting to the local etcd")?;
     let prefix = format!("{}/mesh-status/", knit_kvstore::KEY_PREFIX);
     let resp = client
-        .get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .context("reading the mesh reports")?;
     let mut reports: Vec<PeerStatusRecord> = Vec::new();
     for kv in resp.kvs() {
         match serde_json::from_slice(kv.value()) {
             Ok(r) => reports.push(r),
-            Err(e) => eprintln!("skipping an unreadable report {}: {e}", kv.key_str().unwrap_or("?")),
+            Err(e) => eprintln!(
+                "skipping an unreadable report {}: {e}",
+                kv.key_str().unwrap_or("?")
+            ),
         }
     }
     reports.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -124,7 +133,12 @@ async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<
     let first = client
         .get(
             format!("{}/clusters/", knit_kvstore::KEY_PREFIX),
-            Some(etcd_client::GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1),
+            ),
         )
         .await
         .context("reading the cluster name")?;
@@ -139,7 +153,10 @@ async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
-    print!("{}", knit_operator::status_table::render_status(&cluster, &reports, now));
+    print!(
+        "{}",
+        knit_operator::status_table::render_status(&cluster, &reports, now)
+    );
     Ok(())
 }
 

@@ -1,0 +1,277 @@
+//! `make bench` part 3: pod → VIP → pod through three setups, at growing
+//! numbers of services.
+//!
+//! - (a) direct: the client connects to the server pod's IP;
+//! - (b) knit: the client connects to a Service VIP; the node runs the knit
+//!   datapath (socket-level LB, tc programs) with N services in its maps;
+//! - (c) iptables: the same VIP on a node without knit, translated by
+//!   kube-proxy-style DNAT rules (one KUBE-SERVICES match and one KUBE-SVC
+//!   chain per service; the measured service sits in the middle, the
+//!   average position).
+//!
+//! Client and server are knit-probe processes in pod namespaces, pinned to
+//! CPU 0 and CPU 1. `crr`: a new TCP connection per request; `rr`:
+//! request/response on one connection. The knit node's maps are written by
+//! this program playing the agent's datapath writer (the same
+//! `knit_agent::datapath` code), so N can reach 100,000 without a control
+//! plane in the loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use knit_agent::datapath::Datapath;
+use knit_agent::datapath::state::{DatapathState, Frontend, LocalEndpoint, PROTO_TCP, Route};
+use knit_agent::netdev::{NetDevices, VXLAN_PORT};
+use knit_e2e::mesh::{Binaries, SERVER_PORT, attach_pod, pod_mac};
+use knit_e2e::netns::{BpffsRoot, CgroupRoot, Netns, clean_stale};
+use knit_e2e::{ChildProcess, Placement, TempDir};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 10);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 11);
+const SECONDS: &str = "3";
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i as u32)
+}
+
+fn measured(n: usize) -> Ipv4Addr {
+    vip(n / 2)
+}
+
+/// Inside the knit node's namespace: load the datapath and write `n`
+/// services, then stay up until killed (the maps stay pinned either way).
+fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let net = NetDevices::connect().expect("netlink");
+        let tunnel = net.ensure_vxlan("knit_vxlan", VXLAN_PORT).await.expect("vxlan");
+        let mut dp = Datapath::start(&pin_dir, "knit_vxlan", tunnel, Some(&cgroup)).expect("datapath");
+        let mut state = DatapathState::default();
+        for (ip, name) in [(CLIENT, "client"), (SERVER, "server")] {
+            state.endpoints.insert(
+                ip,
+                LocalEndpoint {
+                    interface: format!("bench-{name}"),
+                    identity: 100,
+                    policy_enforced: false,
+                },
+            );
+            state.routes.insert(
+                Ipv4Net::new(ip, 32).expect("prefix"),
+                Route {
+                    identity: 100,
+                    tunnel: None,
+                },
+            );
+        }
+        for i in 0..n {
+            state.services.insert(
+                Frontend {
+                    vip: vip(i),
+                    port: SERVER_PORT,
+                    proto: PROTO_TCP,
+                },
+                vec![SocketAddrV4::new(SERVER, SERVER_PORT)],
+            );
+        }
+        let interfaces: HashMap<String, u32> = net.interfaces().await.expect("interfaces");
+        let t = Instant::now();
+        let (report, _) = dp.apply(&state, &interfaces).expect("apply");
+        println!("ready: {report:?} in {:?}", t.elapsed());
+        std::future::pending::<()>().await;
+    });
+}
+
+struct Node {
+    ns: Netns,
+    client: Netns,
+    _server: Netns,
+    client_cg: PathBuf,
+    _server_proc: ChildProcess,
+}
+
+fn node(tag: &str, cgroups: &CgroupRoot, bins: &Binaries, logs: &TempDir, knit: bool) -> Node {
+    let ns = Netns::new(&format!("bench-{tag}"));
+    let client = Netns::new(&format!("bench-{tag}-client"));
+    let server = Netns::new(&format!("bench-{tag}-server"));
+    let (cif, sif) = if knit {
+        ("bench-client".to_owned(), "bench-server".to_owned())
+    } else {
+        ("plain-client".to_owned(), "plain-server".to_owned())
+    };
+    attach_pod(&ns, &client, &cif, CLIENT);
+    attach_pod(&ns, &server, &sif, SERVER);
+    if !knit {
+        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        for (ip, dev) in [(CLIENT, &cif), (SERVER, &sif)] {
+            ns.ip(&["route", "add", &format!("{ip}/32"), "dev", dev]);
+            ns.ip(&["neigh", "add", &ip.to_string(), "lladdr", &pod_mac(ip), "dev", dev, "nud", "permanent"]);
+        }
+    }
+    let client_cg = cgroups.dir(&format!("{tag}/client"));
+    let server_cg = cgroups.dir(&format!("{tag}/server"));
+    let server_proc = ChildProcess::spawn_in(
+        &format!("{tag} server"),
+        &bins.probe.to_string_lossy(),
+        &["serve".into(), "--name".into(), "server".into(), "--port".into(), SERVER_PORT.to_string()],
+        &logs.path().join(format!("{tag}-server.log")),
+        &Placement {
+            netns: Some(server.name()),
+            cgroup: Some(&server_cg),
+            cpu: Some(1),
+        },
+    );
+    Node {
+        ns,
+        client,
+        _server: server,
+        client_cg,
+        _server_proc: server_proc,
+    }
+}
+
+fn probe(bins: &Binaries, n: &Node, mode: &str, to: Ipv4Addr) -> serde_json::Value {
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec taskset -c 0 ip netns exec {} \"$@\"",
+        n.client_cg.display(),
+        n.client.name()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(&bins.probe)
+        .args([mode, "--to", &format!("{to}:{SERVER_PORT}"), "--seconds", SECONDS])
+        .output()
+        .expect("knit-probe");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "knit-probe {mode} to {to}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[derive(Default, Clone, Copy)]
+struct Figures {
+    crr: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn measure(bins: &Binaries, n: &Node, to: Ipv4Addr) -> Figures {
+    let c = probe(bins, n, "crr", to);
+    assert_eq!(c["failed"], 0, "failed connections to {to}: {c}");
+    let r = probe(bins, n, "rr", to);
+    Figures {
+        crr: c["connections_per_sec"].as_f64().unwrap_or(0.0),
+        p50: r["p50_us"].as_f64().unwrap_or(0.0),
+        p99: r["p99_us"].as_f64().unwrap_or(0.0),
+    }
+}
+
+fn iptables_rules(n: usize) -> String {
+    let mut s = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
+    for i in 0..n {
+        s.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n"));
+    }
+    s.push_str("-A PREROUTING -j KUBE-SERVICES\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport {SERVER_PORT} -j KUBE-SVC-{i}\n",
+            vip(i)
+        ));
+        s.push_str(&format!("-A KUBE-SVC-{i} -p tcp -j DNAT --to-destination {SERVER}:{SERVER_PORT}\n"));
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--datapath-node") {
+        datapath_node(args[2].clone().into(), args[3].clone().into(), args[4].parse().expect("n"));
+        return;
+    }
+    clean_stale();
+    let bins = Binaries::locate();
+    let cgroups = CgroupRoot::new();
+    let bpffs = BpffsRoot::new();
+    let logs = TempDir::new("bench-logs");
+    let sizes = [1usize, 1_000, 10_000, 100_000];
+    let mut rows: BTreeMap<(usize, &str), Figures> = BTreeMap::new();
+
+    let knit = node("k", &cgroups, &bins, &logs, true);
+    let node_cg = cgroups.dir("k");
+    let pin_dir = bpffs.path().join("k");
+    for &n in &sizes {
+        let log = logs.path().join(format!("datapath-{n}.log"));
+        let me = std::env::current_exe().expect("exe");
+        let mut dp = ChildProcess::spawn_in(
+            "datapath",
+            &me.to_string_lossy(),
+            &[
+                "--datapath-node".into(),
+                pin_dir.to_string_lossy().into_owned(),
+                node_cg.to_string_lossy().into_owned(),
+                n.to_string(),
+            ],
+            &log,
+            &Placement {
+                netns: Some(knit.ns.name()),
+                ..Placement::default()
+            },
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready") {
+            assert!(dp.is_running() && Instant::now() < deadline, "datapath did not start\n{}", dp.log_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("knit, {n} services: {}", std::fs::read_to_string(&log).unwrap_or_default().trim());
+        if n == 1 {
+            rows.insert((n, "a direct (knit node)"), measure(&bins, &knit, SERVER));
+        }
+        rows.insert((n, "b knit VIP"), measure(&bins, &knit, measured(n)));
+        dp.stop();
+    }
+    drop(knit);
+
+    let plain = node("i", &cgroups, &bins, &logs, false);
+    rows.insert((1, "a direct (plain node)"), measure(&bins, &plain, SERVER));
+    for &n in &sizes[..3] {
+        let file = logs.path().join(format!("rules-{n}"));
+        std::fs::write(&file, iptables_rules(n)).expect("rules");
+        let t = Instant::now();
+        plain.ns.exec("iptables-restore", &[&file.to_string_lossy()]);
+        eprintln!("iptables, {n} services: rules loaded in {:?}", t.elapsed());
+        rows.insert((n, "c iptables DNAT"), measure(&bins, &plain, measured(n)));
+    }
+    drop(plain);
+
+    let direct = rows[&(1, "a direct (knit node)")];
+    println!("\npod -> VIP -> pod ({SECONDS} s per figure; client on CPU 0, server on CPU 1)");
+    println!(
+        "{:<10} {:<22} {:>12} {:>10} {:>10} {:>12}",
+        "services", "setup", "conn/s", "rr p50 us", "rr p99 us", "conn/s vs a"
+    );
+    for ((n, setup), f) in &rows {
+        println!(
+            "{:<10} {:<22} {:>12.0} {:>10.1} {:>10.1} {:>11.2}x",
+            n,
+            setup,
+            f.crr,
+            f.p50,
+            f.p99,
+            f.crr / direct.crr
+        );
+    }
+    let k1 = rows[&(1, "b knit VIP")].crr;
+    let k100k = rows[&(100_000, "b knit VIP")].crr;
+    let k10k = rows[&(10_000, "b knit VIP")].crr;
+    let i10k = rows[&(10_000, "c iptables DNAT")].crr;
+    println!("knit 100,000 vs 1 service: {:.2}x conn/s", k100k / k1);
+    println!("knit / iptables at 10,000 services: {:.2}x conn/s", k10k / i10k);
+}
+
