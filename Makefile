@@ -25,6 +25,8 @@ bench: setup
 	$(CARGO) run --release -q -p knit-operator --example render_bench
 	$(CARGO) build --release -q -p knit-apiserver --bin knit-apiserver --example mesh_bench
 	./target/release/examples/mesh_bench
+	$(CARGO) build --release -q --workspace --bins --example datapath_bench
+	./target/release/examples/datapath_bench
 
 ## make crds: regenerate crds/*.yaml and config/crd/*.yaml from the Rust types.
 crds:
@@ -42,4 +44,4 @@ lint:
 
 ## make images: container images (needs a Docker engine).
 images:
-	for c in operator apiserver agent; do docker build -f images/$$c.Dockerfile -t knit-$$c:dev . || exit 1; done
+	for c in operator apiserver agent probe; do docker build -f images/$$c.Dockerfile -t knit-$$c:dev . || exit 1; done

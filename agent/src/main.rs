@@ -111,7 +111,12 @@ async fn discover_cluster(etcd_config: &std::path::Path) -> anyhow::Result<Strin
             let resp = client
                 .get(
                     format!("{}/clusters/", knit_kvstore::KEY_PREFIX),
-                    Some(etcd_client::GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only()
+                            .with_limit(1),
+                    ),
                 )
                 .await
                 .map_err(|source| knit_kvstore::Error::Etcd {
@@ -130,7 +135,9 @@ async fn discover_cluster(etcd_config: &std::path::Path) -> anyhow::Result<Strin
         match found {
             Ok(Some(name)) => return Ok(name),
             Ok(None) => tracing::info!("the local kvstore has no cluster yet; waiting"),
-            Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot read the cluster name; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot read the cluster name; retrying")
+            }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

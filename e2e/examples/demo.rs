@@ -34,7 +34,9 @@ fn main() {
         std::process::exit(130);
     });
     let started = Instant::now();
-    step("Bringing up cluster-a and cluster-b: etcd + knit-apiserver per cluster, 2 nodes each running knit-agent");
+    step(
+        "Bringing up cluster-a and cluster-b: etcd + knit-apiserver per cluster, 2 nodes each running knit-agent",
+    );
     println!("    (all inside network namespaces; certificates and peer configs from knitctl's render code)");
     let mut mesh = LocalMesh::start(MeshOptions::default());
     println!("    mesh up in {:.1?}", started.elapsed());
@@ -70,14 +72,20 @@ fn main() {
 
     step("Switching the GlobalServicePolicy to affinity: local");
     mesh.deploy_service(0, &svc(vip_a, a.to_vec(), "local"));
-    mesh.wait_for_hits("local affinity", client, vip_a, false, |h| h.from_cluster("cluster-b") == 0);
+    mesh.wait_for_hits("local affinity", client, vip_a, false, |h| {
+        h.from_cluster("cluster-b") == 0
+    });
     show(&mesh.hits(client, vip_a, 100, false));
     println!("    cluster-a's backends go unready: local falls back to cluster-b");
     mesh.deploy_service(0, &svc(vip_a, vec![], "local"));
-    mesh.wait_for_hits("fallback", client, vip_a, false, |h| h.from_cluster("cluster-b") == 40);
+    mesh.wait_for_hits("fallback", client, vip_a, false, |h| {
+        h.from_cluster("cluster-b") == 40
+    });
     show(&mesh.hits(client, vip_a, 100, false));
     mesh.deploy_service(0, &svc(vip_a, a.to_vec(), "none"));
-    mesh.wait_for_hits("all four backends again", client, vip_a, false, |h| h.names.len() == 4);
+    mesh.wait_for_hits("all four backends again", client, vip_a, false, |h| {
+        h.names.len() == 4
+    });
 
     step("Killing cluster-b's control plane (etcd + knit-apiserver); grace period 4s");
     let killed = Instant::now();
@@ -85,7 +93,10 @@ fn main() {
     mesh.wait_for_hits("failover", client, vip_a, false, |h| {
         h.from_cluster("cluster-b") == 0 && h.total() == 40
     });
-    println!("    new connections only go to cluster-a after {:.1?}:", killed.elapsed());
+    println!(
+        "    new connections only go to cluster-a after {:.1?}:",
+        killed.elapsed()
+    );
     show(&mesh.hits(client, vip_a, 100, false));
 
     step("knitctl status (in cluster-a)");

@@ -721,15 +721,37 @@ fn short(c: usize) -> String {
 /// default route via 169.254.0.1 with a permanent neighbour entry).
 pub fn attach_pod(node: &Netns, pod_ns: &Netns, host_if: &str, ip: Ipv4Addr) {
     node.ip(&[
-        "link", "add", host_if, "address", GATEWAY_MAC, "type", "veth", "peer", "name", "eth0", "address",
-        &pod_mac(ip), "netns", pod_ns.name(),
+        "link",
+        "add",
+        host_if,
+        "address",
+        GATEWAY_MAC,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "address",
+        &pod_mac(ip),
+        "netns",
+        pod_ns.name(),
     ]);
     node.ip(&["link", "set", host_if, "up"]);
     pod_ns.ip(&["link", "set", "eth0", "up"]);
     pod_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
     pod_ns.ip(&["route", "add", "169.254.0.1", "dev", "eth0", "scope", "link"]);
     pod_ns.ip(&["route", "add", "default", "via", "169.254.0.1", "dev", "eth0"]);
-    pod_ns.ip(&["neigh", "add", "169.254.0.1", "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent"]);
+    pod_ns.ip(&[
+        "neigh",
+        "add",
+        "169.254.0.1",
+        "lladdr",
+        GATEWAY_MAC,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
 }
 
 /// A pod's MAC: `0a:58:` and its IPv4 address (what the datapath writes).
