@@ -14,7 +14,6 @@
 //!   is ready; `remote`: the mirror; `none`: all).
 //! - Allow entries: [`crate::policy::compile`].
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -196,28 +195,126 @@ fn add_service(out: &mut DatapathState, own: &ServiceRecord, remote: &[&ServiceR
     }
 }
 
-/// Backends per service frontend, grouped by the cluster owning each
-/// address (for status output and tests).
-pub fn backends_by_cluster(
-    index: &MeshIndex,
-    state: &DatapathState,
-) -> BTreeMap<Frontend, BTreeMap<String, usize>> {
-    let owner = |ip: Ipv4Addr| -> String {
-        std::iter::once((index.local_cluster(), &index.local))
-            .chain(index.peers.iter().map(|(n, v)| (n.as_str(), v)))
-            .find(|(_, v)| v.endpoints.contains_key(&ip.to_string()))
-            .map(|(n, _)| n.to_owned())
-            .unwrap_or_else(|| "unknown".into())
-    };
-    state
-        .services
-        .iter()
-        .map(|(f, backends)| {
-            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-            for b in backends {
-                *counts.entry(owner(*b.ip())).or_default() += 1;
-            }
-            (*f, counts)
+#[cfg(test)]
+mod tests {
+    use knit_kvstore::watch_store::WatchEvent;
+
+    use super::*;
+
+    fn put(index: &mut MeshIndex, key: &str, value: serde_json::Value) {
+        index.apply(&WatchEvent::Upsert {
+            key: format!("knit/v1/{key}"),
+            value: serde_json::to_vec(&value).unwrap(),
+        });
+    }
+
+    fn service(
+        cluster: &str,
+        backends: &[(&str, bool)],
+        affinity: &str,
+        withdrawn: bool,
+    ) -> serde_json::Value {
+        let backends: Vec<_> = backends
+            .iter()
+            .map(|(ip, ready)| serde_json::json!({"ip": ip, "ports": {"http": 8080}, "ready": ready}))
+            .collect();
+        serde_json::json!({
+            "cluster": cluster, "namespace": "shop", "name": "web",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "clusterIPs": ["10.96.0.10"], "backends": backends,
+            "export": true, "import": true, "affinity": affinity, "withdrawn": withdrawn,
         })
-        .collect()
+    }
+
+    fn mesh(local: &[(&str, bool)], affinity: &str, peer_withdrawn: bool, peer_synced: bool) -> MeshIndex {
+        let mut index = MeshIndex::new("a");
+        put(
+            &mut index,
+            "local/services/shop/web",
+            service("a", local, affinity, false),
+        );
+        put(
+            &mut index,
+            "cache/b/config",
+            serde_json::json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"]}),
+        );
+        put(
+            &mut index,
+            "cache/b/services/shop/web",
+            service(
+                "b",
+                &[("10.2.1.5", true), ("10.2.1.6", false)],
+                "none",
+                peer_withdrawn,
+            ),
+        );
+        if peer_synced {
+            put(&mut index, "cache/b/synced/services", serde_json::json!(1));
+        }
+        index
+    }
+
+    fn backends(index: &MeshIndex) -> Vec<String> {
+        let state = render(index, &[], "a-node1");
+        let f = Frontend {
+            vip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: PROTO_TCP,
+        };
+        state
+            .services
+            .get(&f)
+            .map(|b| b.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn affinity_prefers_a_side_and_falls_back() {
+        let both = vec!["10.1.1.5:8080".to_string(), "10.2.1.5:8080".to_string()];
+        assert_eq!(backends(&mesh(&[("10.1.1.5", true)], "none", false, true)), both);
+        assert_eq!(
+            backends(&mesh(&[("10.1.1.5", true)], "local", false, true)),
+            vec!["10.1.1.5:8080"]
+        );
+        assert_eq!(
+            backends(&mesh(&[("10.1.1.5", false)], "local", false, true)),
+            vec!["10.2.1.5:8080"],
+            "no ready local backend: fall back to the peer's ready ones"
+        );
+        assert_eq!(
+            backends(&mesh(&[("10.1.1.5", true)], "remote", false, true)),
+            vec!["10.2.1.5:8080"]
+        );
+    }
+
+    #[test]
+    fn withdrawn_or_unsynced_peers_contribute_nothing() {
+        assert_eq!(
+            backends(&mesh(&[("10.1.1.5", true)], "none", true, true)),
+            vec!["10.1.1.5:8080"]
+        );
+        assert_eq!(
+            backends(&mesh(&[("10.1.1.5", true)], "none", false, false)),
+            vec!["10.1.1.5:8080"]
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_counted_and_skipped() {
+        let mut index = mesh(&[("10.1.1.5", true)], "none", false, true);
+        index.apply(&WatchEvent::Upsert {
+            key: "knit/v1/cache/b/endpoints/10.2.1.9".into(),
+            value: b"{not json".to_vec(),
+        });
+        assert_eq!(index.rejected.get("malformed-value"), Some(&1));
+        assert_eq!(backends(&index).len(), 2, "the rest of the view is intact");
+    }
+
+    #[test]
+    fn interface_names_are_stable_and_short() {
+        let name = host_interface("shop", "web-0");
+        assert_eq!(name, host_interface("shop", "web-0"));
+        assert_ne!(name, host_interface("shop", "web-1"));
+        assert!(name.len() <= 15 && name.starts_with("kn"), "{name}");
+    }
 }

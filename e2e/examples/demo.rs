@@ -3,7 +3,7 @@
 //! Ctrl-C tears down too.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use knit_e2e::mesh::{GlobalService, Hits, LocalMesh, MeshOptions};
 
