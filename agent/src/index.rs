@@ -100,7 +100,7 @@ impl MeshIndex {
         match self.target(key) {
             None => false,
             Some(Target::LocalService(name)) => {
-                let parsed = value.map(|v| self.parse::<ServiceRecord>(v));
+                let parsed = value.map(|v| parse::<ServiceRecord>(v, &mut self.rejected));
                 set(&mut self.local_services, name, parsed)
             }
             Some(Target::Cluster(peer, rel)) => {
@@ -119,10 +119,6 @@ impl MeshIndex {
                 changed
             }
         }
-    }
-
-    fn parse<T: DeserializeOwned>(&mut self, value: &[u8]) -> Option<T> {
-        parse(value, &mut self.rejected)
     }
 }
 

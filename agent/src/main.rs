@@ -101,35 +101,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The local kvstore holds exactly one cluster under `clusters/` (peers are
-/// under `cache/`), and its `config` key sorts first.
+/// Waits until the local kvstore names its cluster.
 async fn discover_cluster(etcd_config: &std::path::Path) -> anyhow::Result<String> {
     let config = knit_kvstore::etcd::load_client_config(etcd_config)?;
     loop {
         let found = async {
             let mut client = knit_kvstore::etcd::connect(&config).await?;
-            let resp = client
-                .get(
-                    format!("{}/clusters/", knit_kvstore::KEY_PREFIX),
-                    Some(
-                        etcd_client::GetOptions::new()
-                            .with_prefix()
-                            .with_keys_only()
-                            .with_limit(1),
-                    ),
-                )
-                .await
-                .map_err(|source| knit_kvstore::Error::Etcd {
-                    action: "read the cluster name".into(),
-                    source,
-                })?;
-            Ok::<_, knit_kvstore::Error>(
-                resp.kvs()
-                    .first()
-                    .and_then(|kv| kv.key_str().ok())
-                    .and_then(|k| k.split('/').nth(3))
-                    .map(str::to_owned),
-            )
+            knit_kvstore::etcd::local_cluster_name(&mut client).await
         }
         .await;
         match found {

@@ -164,17 +164,15 @@ fn node(tag: &str, cgroups: &CgroupRoot, bins: &Binaries, logs: &TempDir, knit: 
 }
 
 fn probe(bins: &Binaries, n: &Node, mode: &str, to: Ipv4Addr) -> serde_json::Value {
-    let script = format!(
-        "echo $$ > '{}/cgroup.procs' && exec taskset -c 0 ip netns exec {} \"$@\"",
-        n.client_cg.display(),
-        n.client.name()
-    );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script, "sh"])
-        .arg(&bins.probe)
-        .args([mode, "--to", &format!("{to}:{SERVER_PORT}"), "--seconds", SECONDS])
-        .output()
-        .expect("knit-probe");
+    let out = Placement {
+        netns: Some(n.client.name()),
+        cgroup: Some(&n.client_cg),
+        cpu: Some(0),
+    }
+    .command(&bins.probe)
+    .args([mode, "--to", &format!("{to}:{SERVER_PORT}"), "--seconds", SECONDS])
+    .output()
+    .expect("knit-probe");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
             "knit-probe {mode} to {to}: {}{}",

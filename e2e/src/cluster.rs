@@ -210,11 +210,7 @@ impl TestCluster {
 
     fn etcd_listening(&self) -> bool {
         match &self.netns {
-            Some((ns, _)) => std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "bash", "-c"])
-                .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port))
-                .output()
-                .is_ok_and(|o| o.status.success()),
+            Some((ns, _)) => crate::netns::tcp_open(ns, "127.0.0.1", self.port),
             None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
         }
     }
@@ -288,9 +284,10 @@ impl TestCluster {
 
 /// Makes every cluster a peer of every other (as exchanging `knitctl peer
 /// export` manifests would).
-pub fn full_mesh(clusters: &mut [TestCluster]) {
-    let manifests: Vec<ClusterMeshPeer> = clusters.iter().map(TestCluster::manifest).collect();
+pub fn full_mesh<C: std::borrow::BorrowMut<TestCluster>>(clusters: &mut [C]) {
+    let manifests: Vec<ClusterMeshPeer> = clusters.iter().map(|c| c.borrow().manifest()).collect();
     for c in clusters.iter_mut() {
+        let c: &mut TestCluster = c.borrow_mut();
         let others: Vec<ClusterMeshPeer> = manifests
             .iter()
             .filter(|m| m.spec.cluster_name != c.name)

@@ -304,17 +304,9 @@ impl LocalMesh {
     }
 
     fn wire_peers(&mut self) {
-        let mut controls: Vec<TestCluster> = Vec::new();
-        // full_mesh works on a slice of clusters; move them out and back.
-        for c in &mut self.clusters {
-            controls.push(std::mem::replace(
-                &mut c.control,
-                TestCluster::in_netns("placeholder", 500, "10.255.0.0/16", "none", "127.0.0.1"),
-            ));
-        }
+        let mut controls: Vec<&mut TestCluster> = self.clusters.iter_mut().map(|c| &mut c.control).collect();
         full_mesh(&mut controls);
-        for (c, control) in self.clusters.iter_mut().zip(controls) {
-            c.control = control;
+        for c in &mut self.clusters {
             let mut cfg = EtcdClientConfig::from_yaml(
                 &std::fs::read_to_string(c.control.local_config_path()).expect("local client config"),
             )
@@ -410,20 +402,21 @@ impl LocalMesh {
         out
     }
 
-    /// Runs `knitctl status` in cluster `c`'s control-plane namespace.
+    /// Runs `knitctl status` in cluster `c`'s control-plane namespace (empty
+    /// when it fails, e.g. while etcd is down).
     pub fn knitctl_status(&self, c: usize) -> String {
         let cluster = &self.clusters[c];
-        let out = cluster.cp.exec(
-            &self.bins.knitctl.to_string_lossy(),
-            &[
-                "status",
-                "--etcd-config",
-                &cluster.control.local_config_path().to_string_lossy(),
-                "--endpoint",
-                &format!("https://{}:{NETNS_ETCD_PORT}", cluster.cp_ip),
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Placement {
+            netns: Some(cluster.cp.name()),
+            ..Placement::default()
+        }
+        .command(&self.bins.knitctl)
+        .args(["status", "--etcd-config"])
+        .arg(cluster.control.local_config_path())
+        .args(["--endpoint", &self.etcd_url(c)])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
     }
 
     fn wait_for_mesh(&self) {
@@ -432,27 +425,10 @@ impl LocalMesh {
             "every cluster to mirror every peer",
             Duration::from_secs(60),
             || {
-                (0..n).all(|c| {
-                    knit_operator::status_table::ready_peers(&self.knitctl_status_quiet(c)).len() == n - 1
-                })
+                (0..n)
+                    .all(|c| knit_operator::status_table::ready_peers(&self.knitctl_status(c)).len() == n - 1)
             },
         );
-    }
-
-    fn knitctl_status_quiet(&self, c: usize) -> String {
-        let cluster = &self.clusters[c];
-        Command::new("ip")
-            .args(["netns", "exec", cluster.cp.name()])
-            .arg(&self.bins.knitctl)
-            .args(["status", "--etcd-config"])
-            .arg(cluster.control.local_config_path())
-            .args([
-                "--endpoint",
-                &format!("https://{}:{NETNS_ETCD_PORT}", cluster.cp_ip),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
     }
 
     /// Polls `done` until it holds, panicking with every log after `timeout`.
@@ -592,16 +568,13 @@ impl LocalMesh {
         self.clusters[c].control.remove_source(file);
     }
 
-    fn probe_in(&self, p: usize, args: &[&str], cpu: Option<usize>) -> Command {
+    fn placement(&self, p: usize, cpu: Option<usize>) -> Placement<'_> {
         let pod = &self.pods[p];
-        let mut script = format!("echo $$ > '{}/cgroup.procs' && exec ", pod.cgroup.display());
-        if let Some(cpu) = cpu {
-            script.push_str(&format!("taskset -c {cpu} "));
+        Placement {
+            netns: Some(pod.netns.name()),
+            cgroup: Some(&pod.cgroup),
+            cpu,
         }
-        script.push_str(&format!("ip netns exec {} \"$@\"", pod.netns.name()));
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &script, "sh"]).arg(&self.bins.probe).args(args);
-        cmd
     }
 
     /// Runs `knit-probe args…` in pod `p` (its namespace and cgroup) and
@@ -612,24 +585,24 @@ impl LocalMesh {
 
     /// Like [`LocalMesh::probe`], pinned to one CPU.
     pub fn probe_pinned(&self, p: usize, args: &[&str], cpu: Option<usize>) -> String {
-        let out = self.probe_in(p, args, cpu).output().expect("running knit-probe");
+        let out = self
+            .placement(p, cpu)
+            .command(&self.bins.probe)
+            .args(args)
+            .output()
+            .expect("running knit-probe");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Starts `knit-probe args…` in pod `p` in the background.
     pub fn probe_background(&self, p: usize, args: &[&str], tag: &str) -> ChildProcess {
-        let pod = &self.pods[p];
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         ChildProcess::spawn_in(
             tag,
             &self.bins.probe.to_string_lossy(),
             &args,
             &self.logs.path().join(format!("{tag}.log")),
-            &Placement {
-                netns: Some(pod.netns.name()),
-                cgroup: Some(&pod.cgroup),
-                cpu: None,
-            },
+            &self.placement(p, None),
         )
     }
 

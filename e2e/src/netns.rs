@@ -33,6 +33,16 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Whether a TCP connection to `addr:port` succeeds from inside the
+/// namespace named `netns`.
+pub fn tcp_open(netns: &str, addr: &str, port: u16) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", netns, "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -71,11 +81,7 @@ impl Netns {
 
     /// Whether a TCP connection to `addr:port` succeeds from inside.
     pub fn tcp_open(&self, addr: &str, port: u16) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "bash", "-c"])
-            .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
+        tcp_open(&self.name, addr, port)
     }
 
     /// Creates a veth pair from `self` (named `local`) to `peer` (named

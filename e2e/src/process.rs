@@ -72,6 +72,39 @@ pub struct Placement<'a> {
     pub cpu: Option<usize>,
 }
 
+impl Placement<'_> {
+    /// A command that runs `program` placed here (add its arguments); for
+    /// one-shot runs whose output the test reads.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("sh");
+        self.append_to_sh(&mut cmd, program);
+        cmd
+    }
+
+    fn append_to(&self, cmd: &mut Command, program: impl AsRef<std::ffi::OsStr>) {
+        cmd.arg("sh");
+        self.append_to_sh(cmd, program);
+    }
+
+    /// `-c <script> sh <program>`: the script joins the cgroup, then `exec`s
+    /// through taskset and `ip netns exec`, so the program keeps the PID.
+    fn append_to_sh(&self, cmd: &mut Command, program: impl AsRef<std::ffi::OsStr>) {
+        let mut script = String::new();
+        if let Some(cg) = self.cgroup {
+            script.push_str(&format!("echo $$ > '{}/cgroup.procs' && ", cg.display()));
+        }
+        script.push_str("exec ");
+        if let Some(cpu) = self.cpu {
+            script.push_str(&format!("taskset -c {cpu} "));
+        }
+        if let Some(ns) = self.netns {
+            script.push_str(&format!("ip netns exec {ns} "));
+        }
+        script.push_str("\"$@\"");
+        cmd.args(["-c", &script, "sh"]).arg(program);
+    }
+}
+
 /// A child process killed (by PID) and reaped on drop, and killed by the
 /// kernel if the test process dies first.
 #[derive(Debug)]
@@ -93,20 +126,10 @@ impl ChildProcess {
     pub fn spawn_in(name: &str, program: &str, args: &[String], log: &Path, place: &Placement<'_>) -> Self {
         let out = std::fs::File::create(log).expect("creating a log file");
         let err = out.try_clone().expect("cloning a log file handle");
-        let mut script = String::new();
-        if let Some(cg) = place.cgroup {
-            script.push_str(&format!("echo $$ > '{}/cgroup.procs' && ", cg.display()));
-        }
-        script.push_str("exec ");
-        if let Some(cpu) = place.cpu {
-            script.push_str(&format!("taskset -c {cpu} "));
-        }
-        if let Some(ns) = place.netns {
-            script.push_str(&format!("ip netns exec {ns} "));
-        }
-        script.push_str("\"$@\"");
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--", "sh", "-c", &script, "sh", program])
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"]);
+        place.append_to(&mut cmd, program);
+        let child = cmd
             .args(args)
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())

@@ -59,6 +59,33 @@ async fn connect_tls(endpoints: &[String], tls: TlsOptions) -> Result<Client> {
         })
 }
 
+/// The name of the cluster a local kvstore belongs to: it holds exactly one
+/// cluster under `clusters/` (peers are under `cache/`), and that cluster's
+/// `config` key sorts first. `None` before the apiserver's first export.
+pub async fn local_cluster_name(client: &mut Client) -> Result<Option<String>> {
+    let resp = client
+        .get(
+            format!("{}/clusters/", crate::KEY_PREFIX),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1),
+            ),
+        )
+        .await
+        .map_err(|source| Error::Etcd {
+            action: "read the cluster name".into(),
+            source,
+        })?;
+    Ok(resp
+        .kvs()
+        .first()
+        .and_then(|kv| kv.key_str().ok())
+        .and_then(|k| k.split('/').nth(3))
+        .map(str::to_owned))
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();

@@ -129,26 +129,10 @@ async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<
         }
     }
     reports.sort_by(|a, b| a.peer.cmp(&b.peer));
-    // `clusters/<own>/config` sorts first below `clusters/`.
-    let first = client
-        .get(
-            format!("{}/clusters/", knit_kvstore::KEY_PREFIX),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_limit(1),
-            ),
-        )
+    let cluster = knit_kvstore::etcd::local_cluster_name(&mut client)
         .await
-        .context("reading the cluster name")?;
-    let cluster = first
-        .kvs()
-        .first()
-        .and_then(|kv| kv.key_str().ok())
-        .and_then(|k| k.split('/').nth(3))
-        .unwrap_or("(unknown)")
-        .to_owned();
+        .context("reading the cluster name")?
+        .unwrap_or_else(|| "(unknown)".to_owned());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
