@@ -3,7 +3,11 @@
  * tc programs (SEC "classifier"):
  *   from_pod    ingress of the host side of every pod veth: source check,
  *               flow tracking, then local delivery or VXLAN encapsulation
- *               towards the tunnel endpoint the ipcache names.
+ *               towards the tunnel endpoint the ipcache names; anything
+ *               else goes to the host stack (outside, kube-proxy Services,
+ *               the node itself), and so do the replies of those flows.
+ *   to_pod      egress of the same interface: ingress policy for what the
+ *               host stack forwards into the pod.
  *   from_tunnel ingress of the node's collect-metadata VXLAN device:
  *               delivery to the local pod.
  *   Local delivery applies the pod's ingress policy (ipcache identity of
@@ -100,6 +104,14 @@ struct {
 } knit_ct SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct stack_flow_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_stack_flows SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -121,6 +133,7 @@ struct flow {
 	__u16 sport;
 	__u16 dport;
 	__u8 proto;
+	__u8 tcp_flags;
 };
 
 static __always_inline void count_drop(__u32 reason)
@@ -151,6 +164,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 	f->proto = ip.protocol;
 	f->sport = 0;
 	f->dport = 0;
+	f->tcp_flags = 0;
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
 	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
@@ -159,6 +173,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		f->sport = ports[0];
 		f->dport = ports[1];
 	}
+	if (ip.protocol == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4 + 13, &f->tcp_flags, 1) < 0)
+		return -1;
 	return 0;
 }
 
@@ -224,19 +241,48 @@ static __always_inline int admitted(const struct flow *f, __u32 identity)
 	return 1;
 }
 
-/* Pods get MAC 0a:58:<IPv4> (the OVN-Kubernetes convention); every host
- * side of a pod veth answers as the gateway 0a:58:a9:fe:00:01. */
+/* Hands the packet straight into the pod, addressed from the host side of
+ * its veth to the pod's MAC (both from the pod's CNI result). */
 static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 				   const struct endpoint_value *ep, __u32 identity)
 {
-	__u8 macs[12] = {0x0a, 0x58, 0, 0, 0, 0, 0x0a, 0x58, 0xa9, 0xfe, 0x00, 0x01};
+	__u8 macs[12];
 
 	if ((ep->flags & ENDPOINT_F_POLICY) && !admitted(f, identity))
 		return drop(DROP_POLICY);
-	__builtin_memcpy(&macs[2], &f->daddr, 4);
+	__builtin_memcpy(&macs[0], ep->mac, 6);
+	__builtin_memcpy(&macs[6], ep->node_mac, 6);
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
 		return drop(DROP_MALFORMED);
 	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
+
+/* A packet from a local pod leaves through the host stack: remember the
+ * pod's end of the flows it opens (TCP SYN, any UDP) so their replies take
+ * the same way back. */
+static __always_inline int to_stack(const struct flow *f)
+{
+	struct stack_flow_key k = {.addr = f->saddr, .port = f->sport, .proto = f->proto};
+	__u8 one = 1;
+
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		return TC_ACT_OK;
+	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if (!bpf_map_lookup_elem(&knit_stack_flows, &k))
+		bpf_map_update_elem(&knit_stack_flows, &k, &one, BPF_ANY);
+	return TC_ACT_OK;
+}
+
+/* Whether a packet towards a local pod answers a flow the pod sent into
+ * the host stack (which may have translated it). */
+static __always_inline int answers_stack_flow(const struct flow *f)
+{
+	struct stack_flow_key k = {.addr = f->daddr, .port = f->dport, .proto = f->proto};
+	return bpf_map_lookup_elem(&knit_stack_flows, &k) != 0;
 }
 
 static __always_inline __u32 identity_of(__u32 addr, __u32 fallback)
@@ -263,15 +309,19 @@ int from_pod(struct __sk_buff *skb)
 	ct_mark(&f, CT_F_EGRESS);
 
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
-	if (dst)
+	if (dst) {
+		if (answers_stack_flow(&f))
+			return TC_ACT_OK;
 		return deliver(skb, &f, dst, identity);
+	}
 
+	/* Outside the mesh, a Service the host translates, this node's own
+	 * addresses (the pod's gateway), or a local pod not attached yet: the
+	 * host stack routes it (and masquerades what leaves the node). */
 	struct ipcache_key k = {.prefixlen = 32, .addr = f.daddr};
 	struct ipcache_value *route = bpf_map_lookup_elem(&knit_ipcache, &k);
-	if (!route)
-		return TC_ACT_OK;
-	if (!route->tunnel_endpoint)
-		return drop(DROP_NO_ROUTE);
+	if (!route || !route->tunnel_endpoint)
+		return to_stack(&f);
 
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&knit_config, &zero);
@@ -300,9 +350,34 @@ int from_tunnel(struct __sk_buff *skb)
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	if (!dst)
 		return drop(DROP_NO_ROUTE);
+	if (answers_stack_flow(&f))
+		return TC_ACT_OK;
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		key.tunnel_id = 0;
 	return deliver(skb, &f, dst, identity_of(f.saddr, (__u32)key.tunnel_id));
+}
+
+/* Egress of the host side of a pod veth: what the host stack forwards
+ * into the pod (after kube-proxy's DNAT, replies of masqueraded flows,
+ * traffic from outside). Packets the host itself sends (kubelet probes,
+ * hostNetwork pods) always pass, as Cilium's reserved:host does; the rest
+ * meets the pod's ingress policy with the source's ipcache identity. */
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	struct flow f;
+	int parsed = parse(skb, &f);
+
+	if (parsed != 0)
+		return TC_ACT_OK;
+	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
+	if (!dst || !(dst->flags & ENDPOINT_F_POLICY))
+		return TC_ACT_OK;
+	if (skb->ingress_ifindex == 0)
+		return TC_ACT_OK;
+	if (!admitted(&f, identity_of(f.saddr, 0)))
+		return drop(DROP_POLICY);
+	return TC_ACT_OK;
 }
 
 static __always_inline int translate(struct bpf_sock_addr *ctx, int sticky)

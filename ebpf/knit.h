@@ -30,7 +30,18 @@ struct endpoint_value {
 	__u32 ifindex; /* host side of the pod's veth */
 	__u32 identity;
 	__u32 flags;
-	__u32 pad;
+	__u8 mac[6];      /* the pod's interface, as its CNI result says */
+	__u8 node_mac[6]; /* the host side of its veth */
+};
+
+/* The pod's end of flows it sent into the host stack (LRU): to a
+ * ClusterIP kube-proxy translates, or out of the mesh. Their replies go
+ * back through the stack, so the kernel can undo its NAT. */
+struct stack_flow_key {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
 };
 
 /* Ingress allow entries (hash). Zero in identity, dport or proto is a

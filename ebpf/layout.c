@@ -13,7 +13,8 @@ int main(void)
 {
 	S(ipcache_key); F(ipcache_key, prefixlen); F(ipcache_key, addr);
 	S(ipcache_value); F(ipcache_value, identity); F(ipcache_value, tunnel_endpoint);
-	S(endpoint_value); F(endpoint_value, ifindex); F(endpoint_value, identity); F(endpoint_value, flags);
+	S(endpoint_value); F(endpoint_value, ifindex); F(endpoint_value, identity); F(endpoint_value, flags); F(endpoint_value, mac); F(endpoint_value, node_mac);
+	S(stack_flow_key); F(stack_flow_key, addr); F(stack_flow_key, port); F(stack_flow_key, proto);
 	S(policy_key); F(policy_key, endpoint); F(policy_key, identity); F(policy_key, dport); F(policy_key, proto);
 	S(service_key); F(service_key, vip); F(service_key, port); F(service_key, proto);
 	S(service_value); F(service_value, service_id); F(service_value, count);

@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool   # eBPF programs (agent/build.rs)
-  protobuf-compiler               # etcd-client's generated gRPC code
+  protobuf-compiler libprotobuf-dev  # etcd-client's generated gRPC code (+ descriptor.proto)
   etcd-server etcd-client         # real etcd for kvstore/apiserver tests
   iproute2 iputils-ping           # network namespaces, veth, VXLAN
   iperf3 wrk                      # datapath benchmarks
-  iptables                        # kube-proxy-style DNAT baseline (make bench)
+  iptables                        # kube-proxy-style DNAT baseline (make bench), masquerade
+  containernetworking-plugins     # reference CNI plugins (ptp, bridge, host-local, portmap)
+  containerd runc                 # a real container runtime for the CNI lifecycle test
 )
 
 missing=()

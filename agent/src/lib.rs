@@ -2,7 +2,8 @@
 //! kvstore.
 //!
 //! Data flow: etcd watch (own cluster, `local/services/`, peer caches) →
-//! [`index::MeshIndex`] (pure) and NetworkPolicies → [`render::render`]
+//! [`index::MeshIndex`] (pure), NetworkPolicies and knit-cni's pod
+//! attachments (the node's state directory) → [`render::render`]
 //! (pure) → [`datapath::state::DatapathState`] → [`datapath::Datapath`]
 //! (difference writes to pinned maps, links pinned in bpffs). [`netdev`]
 //! creates the node's VXLAN device over rtnetlink; [`run`] is the loop.
@@ -77,6 +78,9 @@ pub enum Error {
     /// The kvstore layer failed.
     #[error("kvstore")]
     Store(#[source] knit_kvstore::Error),
+    /// knit-cni's state directory could not be used.
+    #[error("CNI state directory")]
+    Cni(#[source] knit_cni::Error),
 }
 
 impl Error {

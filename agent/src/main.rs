@@ -46,6 +46,10 @@ struct Args {
     /// UDP port of the VXLAN device.
     #[arg(long, default_value_t = VXLAN_PORT)]
     tunnel_port: u16,
+    /// knit-cni's state directory (the `stateDir` of the conflist's knit
+    /// plugin).
+    #[arg(long, default_value = knit_cni::attachment::DEFAULT_STATE_DIR)]
+    cni_state_dir: PathBuf,
     /// Metrics and health address.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
@@ -72,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         tunnel_interface: args.tunnel_interface.clone(),
         tunnel_port: args.tunnel_port,
         refresh: Duration::from_millis(500),
+        cni_state_dir: args.cni_state_dir.clone(),
     };
     let agent = async {
         match &args.source_dir {

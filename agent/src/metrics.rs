@@ -31,6 +31,8 @@ pub struct Metrics {
     pub rejected: Family<Name, Gauge>,
     /// Local endpoints whose interface does not exist yet.
     pub pending_endpoints: Gauge,
+    /// CNI attachment files that could not be read.
+    pub unreadable_attachments: Gauge,
 }
 
 impl Metrics {
@@ -67,6 +69,11 @@ impl Metrics {
             "pending_endpoints",
             "Local endpoints whose interface does not exist yet",
             self.pending_endpoints.clone(),
+        );
+        r.register(
+            "unreadable_cni_attachments",
+            "CNI attachment files in the state directory that could not be read (skipped)",
+            self.unreadable_attachments.clone(),
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The node's network devices, over rtnetlink (no `ip` commands): the
 //! collect-metadata VXLAN device the datapath encapsulates into, and the
-//! name → index table of every interface (pod veths are found by name).
+//! name → index and MAC table of every interface (pod veths are found by
+//! the name their CNI result gives).
 
 use std::collections::HashMap;
 
@@ -8,6 +9,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
+use crate::datapath::state::Link;
 use crate::{Error, Result};
 
 /// UDP port of the mesh's VXLAN traffic (the Linux/Cilium default).
@@ -36,15 +38,25 @@ impl NetDevices {
         Ok(Self { handle })
     }
 
-    /// Every interface's index by name.
-    pub async fn interfaces(&self) -> Result<HashMap<String, u32>> {
+    /// Every interface's index and MAC by name.
+    pub async fn interfaces(&self) -> Result<HashMap<String, Link>> {
         let mut links = self.handle.link().get().execute();
         let mut out = HashMap::new();
         while let Some(msg) = links.try_next().await.map_err(netlink("list interfaces"))? {
+            let mut name = None;
+            let mut link = Link {
+                index: msg.header.index,
+                mac: [0; 6],
+            };
             for attr in &msg.attributes {
-                if let LinkAttribute::IfName(name) = attr {
-                    out.insert(name.clone(), msg.header.index);
+                match attr {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(a),
+                    _ => {}
                 }
+            }
+            if let Some(name) = name {
+                out.insert(name, link);
             }
         }
         Ok(out)
@@ -53,7 +65,7 @@ impl NetDevices {
     /// Creates (or keeps) the VXLAN device `name` in collect-metadata mode
     /// on `port`, up, and returns its index.
     pub async fn ensure_vxlan(&self, name: &str, port: u16) -> Result<u32> {
-        if let Some(index) = self.interfaces().await?.get(name) {
+        if let Some(Link { index, .. }) = self.interfaces().await?.get(name) {
             self.handle
                 .link()
                 .set(LinkUnspec::new_with_index(*index).up().build())
@@ -78,7 +90,7 @@ impl NetDevices {
         self.interfaces()
             .await?
             .get(name)
-            .copied()
+            .map(|l| l.index)
             .ok_or_else(|| Error::Netlink {
                 action: "find the tunnel device after creating it".into(),
                 source: format!("{name} is missing").into(),

@@ -5,8 +5,9 @@
 //!   to its identity and its node's tunnel endpoint (none on this node),
 //!   plus every node's pod CIDRs (identity 0) so a pod that is not yet
 //!   announced still routes.
-//! - Endpoints: this node's pods, found by the host-side interface name the
-//!   CNI gives them ([`host_interface`]).
+//! - Endpoints: this node's pods as knit-cni recorded them (host-side
+//!   interface, MACs, addresses), with the identity the kvstore gives their
+//!   IP (0 until the apiserver has exported the pod).
 //! - Services: for every global service of this cluster with a ClusterIP,
 //!   one frontend per TCP/UDP port; backends are this cluster's ready ones
 //!   plus, when the service imports, every synced, non-withdrawn peer's
@@ -17,6 +18,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
+use knit_cni::attachment::Attachment;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_kvstore::keys::Kind;
 use knit_kvstore::records::{Affinity, Backend, Protocol, ServicePort, ServiceRecord};
@@ -25,17 +27,14 @@ use crate::datapath::state::{DatapathState, Frontend, LocalEndpoint, PROTO_TCP, 
 use crate::index::{ClusterView, MeshIndex};
 use crate::policy::{PolicyTarget, compile};
 
-/// Name of the host side of a pod's veth: `kn` and 12 hex digits of a
-/// hash of `namespace/name` (fits the 15-byte interface name limit). The
-/// CNI (or the local harness playing it) must create it under this name.
-pub fn host_interface(namespace: &str, pod: &str) -> String {
-    // FNV-1a, 64 bit: stable across versions and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([b'/']).chain(pod.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// A MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
-    format!("kn{:012x}", h >> 16)
+    parts.next().is_none().then_some(out)
 }
 
 fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
@@ -45,8 +44,14 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
-/// Renders the desired datapath of node `node`.
-pub fn render(index: &MeshIndex, policies: &[&NetworkPolicy], node: &str) -> DatapathState {
+/// Renders the desired datapath of node `node`, whose pods are
+/// `attachments` (what knit-cni recorded).
+pub fn render(
+    index: &MeshIndex,
+    policies: &[&NetworkPolicy],
+    node: &str,
+    attachments: &[Attachment],
+) -> DatapathState {
     let mut out = DatapathState::default();
     let peers = index.peers.values().filter(|p| p.config.is_some());
     for (view, local) in std::iter::once((&index.local, true)).chain(peers.map(|p| (p, false))) {
@@ -54,25 +59,27 @@ pub fn render(index: &MeshIndex, policies: &[&NetworkPolicy], node: &str) -> Dat
     }
 
     let mut targets = Vec::new();
-    for ep in index.local.endpoints.values() {
-        let Some(ip) = v4(ep.ip) else { continue };
-        if ep.node != node {
-            continue;
-        }
-        out.endpoints.insert(
-            ip,
-            LocalEndpoint {
-                interface: host_interface(&ep.namespace, &ep.pod),
-                identity: ep.identity,
-                policy_enforced: false,
-            },
-        );
-        if let Some(id) = index.local.identities.get(&ep.identity.to_string()) {
-            targets.push(PolicyTarget {
+    for a in attachments {
+        for ip in a.ips.iter().filter_map(|ip| v4(*ip)) {
+            let known = index.local.endpoints.get(&ip.to_string());
+            out.endpoints.insert(
                 ip,
-                namespace: &ep.namespace,
-                labels: &id.labels,
-            });
+                LocalEndpoint {
+                    interface: a.host_interface.clone(),
+                    mac: a.pod_mac.as_deref().and_then(parse_mac),
+                    node_mac: a.host_mac.as_deref().and_then(parse_mac),
+                    identity: known.map_or(0, |ep| ep.identity),
+                    policy_enforced: false,
+                },
+            );
+            let Some(ep) = known else { continue };
+            if let Some(id) = index.local.identities.get(&ep.identity.to_string()) {
+                targets.push(PolicyTarget {
+                    ip,
+                    namespace: &ep.namespace,
+                    labels: &id.labels,
+                });
+            }
         }
     }
     let identities = std::iter::once(&index.local)
@@ -255,7 +262,7 @@ mod tests {
     }
 
     fn backends(index: &MeshIndex) -> Vec<String> {
-        let state = render(index, &[], "a-node1");
+        let state = render(index, &[], "a-node1", &[]);
         let f = Frontend {
             vip: Ipv4Addr::new(10, 96, 0, 10),
             port: 80,
@@ -311,10 +318,49 @@ mod tests {
     }
 
     #[test]
-    fn interface_names_are_stable_and_short() {
-        let name = host_interface("shop", "web-0");
-        assert_eq!(name, host_interface("shop", "web-0"));
-        assert_ne!(name, host_interface("shop", "web-1"));
-        assert!(name.len() <= 15 && name.starts_with("kn"), "{name}");
+    fn local_endpoints_come_from_cni_attachments() {
+        let mut index = mesh(&[("10.1.1.5", true)], "none", false, true);
+        put(
+            &mut index,
+            "clusters/a/endpoints/10.1.1.5",
+            serde_json::json!({"ip": "10.1.1.5", "identity": 70000, "node": "a-node1", "namespace": "shop", "pod": "web"}),
+        );
+        let attachment = |ip: &str, mac: Option<&str>| Attachment {
+            container_id: format!("c-{ip}"),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            pod_namespace: Some("shop".into()),
+            pod_name: Some("web".into()),
+            host_interface: format!("veth-{ip}"),
+            host_mac: Some("02:00:00:00:00:01".into()),
+            pod_mac: mac.map(str::to_owned),
+            ips: vec![ip.parse().unwrap()],
+        };
+        let state = render(
+            &index,
+            &[],
+            "a-node1",
+            &[
+                attachment("10.1.1.5", Some("0a:00:00:00:00:05")),
+                attachment("10.1.1.6", None),
+            ],
+        );
+        let known = &state.endpoints[&Ipv4Addr::new(10, 1, 1, 5)];
+        assert_eq!(known.interface, "veth-10.1.1.5");
+        assert_eq!(known.identity, 70000, "identity from the kvstore");
+        assert_eq!(known.mac, Some([0x0a, 0, 0, 0, 0, 5]));
+        assert_eq!(known.node_mac, Some([2, 0, 0, 0, 0, 1]));
+        let new = &state.endpoints[&Ipv4Addr::new(10, 1, 1, 6)];
+        assert_eq!(new.identity, 0, "not exported yet: no identity, still attached");
+        assert_eq!(new.mac, None);
+        assert_eq!(state.endpoints.len(), 2, "kvstore endpoints without an attachment are not local pods");
+    }
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(parse_mac("0a:58:0A:01:01:05"), Some([0x0a, 0x58, 0x0a, 1, 1, 5]));
+        assert_eq!(parse_mac("0a:58:0a:01:01"), None);
+        assert_eq!(parse_mac("0a:58:0a:01:01:05:07"), None);
+        assert_eq!(parse_mac("zz:58:0a:01:01:05"), None);
     }
 }

@@ -1,9 +1,10 @@
-//! The agent loop: kvstore events, policy changes and interface changes
-//! mark the datapath dirty; a dirty datapath is rendered and applied by
-//! difference.
+//! The agent loop: kvstore events, policy changes, interface changes and
+//! knit-cni's attachments (re-read every refresh) mark the datapath dirty;
+//! a dirty datapath is rendered and applied by difference.
 //!
 //! Fail static: nothing is written before the first complete kvstore list
-//! (and the first complete read of the policy source), so a restarted agent
+//! (and the first complete read of the policy source and of the CNI
+//! attachments), so a restarted agent
 //! never replaces good pinned maps with an empty view; a lost kvstore
 //! connection leaves the maps as they are until the watch reconnects and
 //! its re-list has drained whatever was deleted meanwhile.
@@ -20,7 +21,10 @@ use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use knit_telemetry::Health;
 use tokio::sync::mpsc;
 
+use knit_cni::attachment::{Attachment, AttachmentStore};
+
 use crate::datapath::Datapath;
+use crate::datapath::state::Link;
 use crate::index::MeshIndex;
 use crate::metrics::{Metrics, Name};
 use crate::netdev::NetDevices;
@@ -45,8 +49,10 @@ pub struct AgentSettings {
     pub tunnel_interface: String,
     /// UDP port of the VXLAN device.
     pub tunnel_port: u16,
-    /// How often interfaces and drop counters are read.
+    /// How often interfaces, CNI attachments and drop counters are read.
     pub refresh: Duration,
+    /// knit-cni's state directory: this node's pod attachments.
+    pub cni_state_dir: PathBuf,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -66,7 +72,10 @@ pub async fn run<S: Source>(
         tunnel_ifindex,
         settings.cgroup.as_deref(),
     )?;
+    let attachments_store = AttachmentStore::new(&settings.cni_state_dir);
+    attachments_store.mark_datapath_ready().map_err(Error::Cni)?;
     tracing::info!(
+        cni_state_dir = %settings.cni_state_dir.display(),
         pin_dir = %settings.pin_dir.display(),
         tunnel = %settings.tunnel_interface,
         socket_lb = settings.cgroup.is_some(),
@@ -87,7 +96,9 @@ pub async fn run<S: Source>(
     let mut index = MeshIndex::new(settings.cluster.clone());
     let mut listed = false;
     let mut dirty_since: Option<Instant> = None;
-    let mut interfaces: HashMap<String, u32> = HashMap::new();
+    let mut interfaces: HashMap<String, Link> = HashMap::new();
+    let mut attachments: Vec<Attachment> = Vec::new();
+    let mut attachments_read = false;
     let mut tick = tokio::time::interval(settings.refresh);
     loop {
         tokio::select! {
@@ -128,17 +139,31 @@ pub async fn run<S: Source>(
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing interfaces failed"),
                 }
+                match attachments_store.list() {
+                    Ok((now, unreadable)) => {
+                        for e in &unreadable {
+                            tracing::warn!(error = %knit_kvstore::error_chain(e), "skipping an unreadable CNI attachment");
+                        }
+                        metrics.unreadable_attachments.set(unreadable.len() as i64);
+                        attachments_read = true;
+                        if now != attachments {
+                            attachments = now;
+                            dirty_since.get_or_insert_with(Instant::now);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing CNI attachments failed; keeping the last list"),
+                }
                 for (reason, n) in datapath.drops() {
                     metrics.drops.get_or_create(&Name { name: reason.into() }).set(n as i64);
                 }
             }
         }
-        if !(listed && source.is_ready()) {
+        if !(listed && attachments_read && source.is_ready()) {
             continue;
         }
         let Some(since) = dirty_since.take() else { continue };
         let policies: Vec<&NetworkPolicy> = source.state().network_policies.values().collect();
-        let desired = render(&index, &policies, &settings.node);
+        let desired = render(&index, &policies, &settings.node, &attachments);
         match datapath.apply(&desired, &interfaces) {
             Ok((report, unplaced)) => {
                 if report.written + report.deleted > 0 {

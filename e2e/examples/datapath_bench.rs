@@ -9,8 +9,9 @@
 //!   chain per service; the measured service sits in the middle, the
 //!   average position).
 //!
-//! Client and server are knit-probe processes in pod namespaces, pinned to
-//! CPU 0 and CPU 1, with TIME_WAIT reuse on in the client. `crr`: a new TCP connection per request; `rr`:
+//! Client and server are knit-probe processes in pod namespaces made by the
+//! CNI (the reference `ptp` + `host-local`, then `knit-cni` on the knit
+//! node), pinned to CPU 0 and CPU 1, with TIME_WAIT reuse on in the client. `crr`: a new TCP connection per request; `rr`:
 //! request/response on one connection. The knit node's maps are written by
 //! this program playing the agent's datapath writer (the same
 //! `knit_agent::datapath` code), so N can reach 100,000 without a control
@@ -23,14 +24,17 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use knit_agent::datapath::Datapath;
-use knit_agent::datapath::state::{DatapathState, Frontend, LocalEndpoint, PROTO_TCP, Route};
+use knit_agent::datapath::state::{DatapathState, Frontend, Link, LocalEndpoint, PROTO_TCP, Route};
 use knit_agent::netdev::{NetDevices, VXLAN_PORT};
-use knit_e2e::mesh::{Binaries, SERVER_PORT, attach_pod, pod_mac};
-use knit_e2e::netns::{BpffsRoot, CgroupRoot, Netns, clean_stale};
+use knit_agent::render::parse_mac;
+use knit_cni::attachment::AttachmentStore;
+use knit_e2e::cni::{CniRuntime, Sandbox, result_ipv4};
+use knit_e2e::mesh::{Binaries, SERVER_PORT};
+use knit_e2e::netns::{BpffsRoot, CgroupRoot, Netns, clean_stale, run_prefix};
 use knit_e2e::{ChildProcess, Placement, TempDir};
 
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 10);
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 11);
+/// The bench node's pod CIDR (host-local hands out addresses from it).
+const POD_CIDR: &str = "10.1.1.0/24";
 const SECONDS: &str = "2";
 /// Connection-rate runs per figure (the median is reported; direct and VIP
 /// runs alternate so both see the same machine noise).
@@ -44,20 +48,25 @@ fn measured(n: usize) -> Ipv4Addr {
     vip(n / 2)
 }
 
-/// Inside the knit node's namespace: load the datapath and write `n`
-/// services, then stay up until killed (the maps stay pinned either way).
-fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize) {
+/// Inside the knit node's namespace: load the datapath, attach the pods
+/// knit-cni recorded in `state_dir` and write `n` services to `server`,
+/// then stay up until killed (the maps stay pinned either way).
+fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize, state_dir: PathBuf, server: Ipv4Addr) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         let net = NetDevices::connect().expect("netlink");
         let tunnel = net.ensure_vxlan("knit_vxlan", VXLAN_PORT).await.expect("vxlan");
         let mut dp = Datapath::start(&pin_dir, "knit_vxlan", tunnel, Some(&cgroup)).expect("datapath");
         let mut state = DatapathState::default();
-        for (ip, name) in [(CLIENT, "client"), (SERVER, "server")] {
+        let (attachments, _) = AttachmentStore::new(state_dir).list().expect("attachments");
+        for a in &attachments {
+            let std::net::IpAddr::V4(ip) = a.ips[0] else { continue };
             state.endpoints.insert(
                 ip,
                 LocalEndpoint {
-                    interface: format!("bench-{name}"),
+                    interface: a.host_interface.clone(),
+                    mac: a.pod_mac.as_deref().and_then(parse_mac),
+                    node_mac: a.host_mac.as_deref().and_then(parse_mac),
                     identity: 100,
                     policy_enforced: false,
                 },
@@ -77,10 +86,10 @@ fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize) {
                     port: SERVER_PORT,
                     proto: PROTO_TCP,
                 },
-                vec![SocketAddrV4::new(SERVER, SERVER_PORT)],
+                vec![SocketAddrV4::new(server, SERVER_PORT)],
             );
         }
-        let interfaces: HashMap<String, u32> = net.interfaces().await.expect("interfaces");
+        let interfaces: HashMap<String, Link> = net.interfaces().await.expect("interfaces");
         let t = Instant::now();
         let (report, _) = dp.apply(&state, &interfaces).expect("apply");
         println!("ready: {report:?} in {:?}", t.elapsed());
@@ -94,18 +103,43 @@ struct Node {
     _server: Netns,
     client_cg: PathBuf,
     _server_proc: ChildProcess,
+    server_ip: Ipv4Addr,
+    state_dir: PathBuf,
+}
+
+/// A pod namespace attached by the node's CNI; returns its IP.
+fn cni_pod(cni: &CniRuntime, pod: &Netns, name: &str) -> Ipv4Addr {
+    let sandbox = Sandbox {
+        container_id: format!("{}{name}", run_prefix()),
+        netns: PathBuf::from("/run/netns").join(pod.name()),
+        ifname: "eth0".into(),
+        namespace: "bench".into(),
+        name: name.into(),
+    };
+    let result = cni.add(&sandbox).unwrap_or_else(|e| panic!("{e}"));
+    result_ipv4(&result).expect("an IPv4 address")
 }
 
 fn node(tag: &str, cgroups: &CgroupRoot, bins: &Binaries, logs: &TempDir, knit: bool) -> Node {
     let ns = Netns::new(&format!("bench-{tag}"));
     let client = Netns::new(&format!("bench-{tag}-client"));
     let server = Netns::new(&format!("bench-{tag}-server"));
-    let (cif, sif) = if knit {
-        ("bench-client".to_owned(), "bench-server".to_owned())
-    } else {
-        ("plain-client".to_owned(), "plain-server".to_owned())
+    let dir = logs.path().join(format!("cni-{tag}"));
+    let state_dir = dir.join("state");
+    CniRuntime::link_plugins(&dir.join("bin"), &bins.cni);
+    let mut conflist =
+        knit_cni::conflist::default_conflist(&[POD_CIDR.to_owned()], &state_dir, Some(&dir.join("ipam")));
+    if !knit {
+        // The plain node: the same reference plugins without Knit.
+        conflist["plugins"].as_array_mut().expect("plugins").pop();
+    }
+    let cni = CniRuntime {
+        conflist,
+        bin_dir: dir.join("bin"),
+        cache_dir: dir.join("cache"),
+        node_netns: ns.name().to_owned(),
     };
-    attach_pod(&ns, &client, &cif, CLIENT);
+    cni_pod(&cni, &client, "client");
     // Tens of thousands of short connections per figure: let TIME_WAIT
     // ports be reused, as every connection-rate benchmark does, or the
     // second figure measures ephemeral port exhaustion instead.
@@ -117,24 +151,7 @@ fn node(tag: &str, cgroups: &CgroupRoot, bins: &Binaries, logs: &TempDir, knit: 
             "net.ipv4.ip_local_port_range=1024 65000",
         ],
     );
-    attach_pod(&ns, &server, &sif, SERVER);
-    if !knit {
-        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        for (ip, dev) in [(CLIENT, &cif), (SERVER, &sif)] {
-            ns.ip(&["route", "add", &format!("{ip}/32"), "dev", dev]);
-            ns.ip(&[
-                "neigh",
-                "add",
-                &ip.to_string(),
-                "lladdr",
-                &pod_mac(ip),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
-    }
+    let server_ip = cni_pod(&cni, &server, "server");
     let client_cg = cgroups.dir(&format!("{tag}/client"));
     let server_cg = cgroups.dir(&format!("{tag}/server"));
     let server_proc = ChildProcess::spawn_in(
@@ -160,6 +177,8 @@ fn node(tag: &str, cgroups: &CgroupRoot, bins: &Binaries, logs: &TempDir, knit: 
         _server: server,
         client_cg,
         _server_proc: server_proc,
+        server_ip,
+        state_dir,
     }
 }
 
@@ -217,7 +236,7 @@ fn measure_pair(bins: &Binaries, n: &Node, vip: Ipv4Addr) -> (Figures, Figures) 
     let (mut d, mut v) = (Vec::new(), Vec::new());
     let (mut direct, mut via) = (Figures::default(), Figures::default());
     for _ in 0..RUNS {
-        let (rate, failed) = crr(bins, n, SERVER);
+        let (rate, failed) = crr(bins, n, n.server_ip);
         d.push(rate);
         direct.failed += failed;
         let (rate, failed) = crr(bins, n, vip);
@@ -226,12 +245,12 @@ fn measure_pair(bins: &Binaries, n: &Node, vip: Ipv4Addr) -> (Figures, Figures) 
     }
     direct.crr = median(d);
     via.crr = median(v);
-    rr(bins, n, SERVER, &mut direct);
+    rr(bins, n, n.server_ip, &mut direct);
     rr(bins, n, vip, &mut via);
     (direct, via)
 }
 
-fn iptables_rules(n: usize) -> String {
+fn iptables_rules(n: usize, server: Ipv4Addr) -> String {
     let mut s = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
     for i in 0..n {
         s.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n"));
@@ -243,7 +262,7 @@ fn iptables_rules(n: usize) -> String {
             vip(i)
         ));
         s.push_str(&format!(
-            "-A KUBE-SVC-{i} -p tcp -j DNAT --to-destination {SERVER}:{SERVER_PORT}\n"
+            "-A KUBE-SVC-{i} -p tcp -j DNAT --to-destination {server}:{SERVER_PORT}\n"
         ));
     }
     s.push_str("COMMIT\n");
@@ -257,6 +276,8 @@ fn main() {
             args[2].clone().into(),
             args[3].clone().into(),
             args[4].parse().expect("n"),
+            args[5].clone().into(),
+            args[6].parse().expect("server address"),
         );
         return;
     }
@@ -282,6 +303,8 @@ fn main() {
                 pin_dir.to_string_lossy().into_owned(),
                 node_cg.to_string_lossy().into_owned(),
                 n.to_string(),
+                knit.state_dir.to_string_lossy().into_owned(),
+                knit.server_ip.to_string(),
             ],
             &log,
             &Placement {
@@ -315,7 +338,7 @@ fn main() {
     let plain = node("i", &cgroups, &bins, &logs, false);
     for &n in &sizes[..3] {
         let file = logs.path().join(format!("rules-{n}"));
-        std::fs::write(&file, iptables_rules(n)).expect("rules");
+        std::fs::write(&file, iptables_rules(n, plain.server_ip)).expect("rules");
         let t = Instant::now();
         plain.ns.exec("iptables-restore", &[&file.to_string_lossy()]);
         eprintln!("iptables, {n} services: rules loaded in {:?}", t.elapsed());

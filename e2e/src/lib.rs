@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod cni;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;

@@ -7,9 +7,13 @@
 //! ```
 //!
 //! Certificates and peer configs come from the operator's render code (what
-//! `knitctl render` runs). The harness plays the CNI: it creates each pod's
-//! namespace, veth (host side named [`host_interface`]), addresses and
-//! cgroup, and writes the Pod/Node/Service YAML the directory sources read.
+//! `knitctl render` runs). Pods are made the way a container runtime makes
+//! them: the harness creates the pod's namespace and cgroup, then runs the
+//! node's conflist (Knit's default: `ptp` + `host-local`, `portmap`, `knit`)
+//! through the CNI protocol ([`crate::cni`]); the reference plugins create
+//! the veth and addresses and knit-cni hands the attachment to the agent.
+//! The harness then writes the Pod YAML (with the IP the CNI gave) and the
+//! Node/Service YAML the directory sources read.
 //! Everything is removed on drop; leftovers of a killed run are removed by
 //! [`netns::clean_stale`] when the next mesh starts.
 
@@ -19,17 +23,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use knit_agent::render::host_interface;
 use knit_kvstore::EtcdClientConfig;
 
 use crate::cluster::{NETNS_ETCD_PORT, TestCluster, full_mesh};
+use crate::cni::{CniRuntime, Sandbox, result_ipv4};
 use crate::netns::{self, BpffsRoot, CgroupRoot, Netns, sh};
 use crate::process::{ChildProcess, Placement, TempDir};
 
 /// Port every probe server listens on (TCP and UDP).
 pub const SERVER_PORT: u16 = 8080;
-/// MAC of the host side of every pod veth (the pods' gateway).
-pub const GATEWAY_MAC: &str = "0a:58:a9:fe:00:01";
 
 /// The binaries the mesh runs.
 #[derive(Clone, Debug)]
@@ -42,6 +44,8 @@ pub struct Binaries {
     pub knitctl: PathBuf,
     /// knit-probe.
     pub probe: PathBuf,
+    /// knit-cni.
+    pub cni: PathBuf,
 }
 
 impl Binaries {
@@ -72,6 +76,7 @@ impl Binaries {
             agent: bin("knit-agent"),
             knitctl: bin("knitctl"),
             probe: bin("knit-probe"),
+            cni: bin("knit-cni"),
         }
     }
 }
@@ -108,6 +113,10 @@ pub struct MeshNode {
     pub pod_cidr: String,
     /// The node's namespace.
     pub netns: Netns,
+    /// The node's CNI: its conflist, plugin directory and result cache.
+    pub cni: CniRuntime,
+    /// knit-cni's state directory (the agent's `--cni-state-dir`).
+    pub cni_state_dir: PathBuf,
     pin_dir: PathBuf,
     cgroup: PathBuf,
     next_pod: u8,
@@ -135,9 +144,13 @@ pub struct MeshCluster {
     agent_config: PathBuf,
 }
 
-/// A pod: a namespace attached to a node by veth, in its own cgroup.
+/// A pod: a namespace attached to a node by the CNI, in its own cgroup.
 pub struct Pod {
     server: Option<ChildProcess>,
+    /// The sandbox as the CNI knows it.
+    pub sandbox: Sandbox,
+    /// Whether CNI DEL has run for it.
+    pub deleted: bool,
     /// Cluster index.
     pub cluster: usize,
     /// Node index.
@@ -215,6 +228,8 @@ pub struct LocalMesh {
     bins: Binaries,
     options: MeshOptions,
     logs: TempDir,
+    /// Plugin directory, host-local data, CNI caches and state.
+    _cni: TempDir,
 }
 
 /// Name of cluster `i`.
@@ -244,6 +259,9 @@ impl LocalMesh {
         let cgroups = CgroupRoot::new();
         let bpffs = BpffsRoot::new();
         let logs = TempDir::new("mesh-logs");
+        let cni = TempDir::new("mesh-cni");
+        let plugin_dir = cni.path().join("bin");
+        CniRuntime::link_plugins(&plugin_dir, &bins.cni);
         let mut clusters = Vec::new();
         for c in 0..options.clusters {
             let name = cluster_name(c);
@@ -259,14 +277,29 @@ impl LocalMesh {
                 let ip = underlay_ip(c, n + 1);
                 attach_underlay(&underlay, &ns, &format!("u{}n{}", short(c), n + 1), &ip);
                 let node_name = format!("{name}-node{}", n + 1);
+                let pod_cidr = format!("10.{id}.{}.0/24", n + 1);
+                let node_dir = cni.path().join(format!("{}-n{}", short(c), n + 1));
+                let cni_state_dir = node_dir.join("state");
+                let cni = CniRuntime {
+                    conflist: knit_cni::conflist::default_conflist(
+                        std::slice::from_ref(&pod_cidr),
+                        &cni_state_dir,
+                        Some(&node_dir.join("ipam")),
+                    ),
+                    bin_dir: plugin_dir.clone(),
+                    cache_dir: node_dir.join("cache"),
+                    node_netns: ns.name().to_owned(),
+                };
                 nodes.push(MeshNode {
                     agent: None,
                     pin_dir: bpffs.path().join(format!("{}-n{}", short(c), n + 1)),
                     cgroup: cgroups.dir(&format!("{}/n{}", short(c), n + 1)),
-                    pod_cidr: format!("10.{id}.{}.0/24", n + 1),
+                    pod_cidr,
                     name: node_name,
                     ip,
                     netns: ns,
+                    cni,
+                    cni_state_dir,
                     next_pod: 10,
                 });
             }
@@ -288,6 +321,7 @@ impl LocalMesh {
             bins,
             options,
             logs,
+            _cni: cni,
         };
         mesh.wire_peers();
         for c in 0..mesh.clusters.len() {
@@ -353,6 +387,7 @@ impl LocalMesh {
             "--poll-interval=1s".into(),
             format!("--bpf-pin-dir={}", node.pin_dir.display()),
             format!("--cgroup-path={}", node.cgroup.display()),
+            format!("--cni-state-dir={}", node.cni_state_dir.display()),
             "--metrics-addr=127.0.0.1:9964".into(),
         ];
         let log = self.logs.path().join(format!("agent-{}.log", node.name));
@@ -444,8 +479,10 @@ impl LocalMesh {
         }
     }
 
-    /// Adds a pod on node `n` of cluster `c` with `labels`, starts a probe
-    /// server in it, and returns its index in [`LocalMesh::pods`].
+    /// Adds a pod on node `n` of cluster `c` with `labels` the way a
+    /// container runtime does (namespace, cgroup, CNI ADD of the node's
+    /// conflist), starts a probe server in it, writes its Pod manifest with
+    /// the IP the CNI gave, and returns its index in [`LocalMesh::pods`].
     pub fn add_pod(
         &mut self,
         c: usize,
@@ -454,25 +491,7 @@ impl LocalMesh {
         name: &str,
         labels: &[(&str, &str)],
     ) -> usize {
-        let id = c + 1;
-        let node = &mut self.clusters[c].nodes[n];
-        let k = node.next_pod;
-        node.next_pod += 1;
-        let ip = Ipv4Addr::new(10, id as u8, (n + 1) as u8, k);
-        let pod_ns = Netns::new(&format!("{}-n{}-p{k}", short(c), n + 1));
-        attach_pod(&node.netns, &pod_ns, &host_interface(namespace, name), ip);
-        let cgroup = self.cgroups.dir(&format!("{}/n{}/p{k}", short(c), n + 1));
-        let node_name = node.name.clone();
-        let mut pod = Pod {
-            server: None,
-            cluster: c,
-            node: n,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            ip,
-            netns: pod_ns,
-            cgroup,
-        };
+        let p = self.create_sandbox(c, n, namespace, name).unwrap_or_else(|e| panic!("{e}"));
         let server_name = format!("{}/{name}", cluster_name(c));
         let args = vec![
             "serve".into(),
@@ -485,20 +504,77 @@ impl LocalMesh {
             .logs
             .path()
             .join(format!("pod-{}-{name}.log", cluster_name(c)));
-        pod.server = Some(ChildProcess::spawn_in(
+        let server = ChildProcess::spawn_in(
             &format!("pod {name}"),
             &self.bins.probe.to_string_lossy(),
             &args,
             &log,
-            &Placement {
-                netns: Some(pod.netns.name()),
-                cgroup: Some(&pod.cgroup),
-                cpu: None,
-            },
-        ));
-        self.pods.push(pod);
-        self.write_pod(self.pods.len() - 1, labels, &node_name);
-        self.pods.len() - 1
+            &self.placement(p, None),
+        );
+        self.pods[p].server = Some(server);
+        let node_name = self.clusters[c].nodes[n].name.clone();
+        self.write_pod(p, labels, &node_name);
+        p
+    }
+
+    /// Creates a pod's namespace and cgroup and runs CNI ADD for it,
+    /// without a workload or manifest. Returns its index, or the CNI's
+    /// failure (the namespace is then removed).
+    pub fn create_sandbox(
+        &mut self,
+        c: usize,
+        n: usize,
+        namespace: &str,
+        name: &str,
+    ) -> Result<usize, crate::cni::CniFailure> {
+        let node = &mut self.clusters[c].nodes[n];
+        let k = node.next_pod;
+        node.next_pod += 1;
+        let tag = format!("{}-n{}-p{k}", short(c), n + 1);
+        let pod_ns = Netns::new(&tag);
+        let sandbox = Sandbox {
+            container_id: format!("{}{}", crate::netns::run_prefix(), tag),
+            netns: PathBuf::from("/run/netns").join(pod_ns.name()),
+            ifname: "eth0".into(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let result = node.cni.add(&sandbox)?;
+        let ip = result_ipv4(&result).expect("the CNI result has an IPv4 address");
+        let cgroup = self.cgroups.dir(&format!("{}/n{}/p{k}", short(c), n + 1));
+        self.pods.push(Pod {
+            server: None,
+            sandbox,
+            deleted: false,
+            cluster: c,
+            node: n,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            ip,
+            netns: pod_ns,
+            cgroup,
+        });
+        Ok(self.pods.len() - 1)
+    }
+
+    /// Deletes pod `p` as the runtime does: stops its workload, runs CNI
+    /// DEL (plugins in reverse order, with the cached result) and removes
+    /// its manifest. The namespace goes when the mesh is dropped.
+    pub fn delete_pod(&mut self, p: usize) -> Result<(), crate::cni::CniFailure> {
+        if let Some(mut s) = self.pods[p].server.take() {
+            s.stop();
+        }
+        let pod = &self.pods[p];
+        self.clusters[pod.cluster].nodes[pod.node].cni.del(&pod.sandbox)?;
+        self.delete_pod_manifest(p);
+        self.pods[p].deleted = true;
+        Ok(())
+    }
+
+    /// The CNI of the node pod `p` runs on.
+    pub fn cni_of(&self, p: usize) -> &CniRuntime {
+        let pod = &self.pods[p];
+        &self.clusters[pod.cluster].nodes[pod.node].cni
     }
 
     fn write_pod(&self, p: usize, labels: &[(&str, &str)], node: &str) {
@@ -687,50 +763,6 @@ impl LocalMesh {
 
 fn short(c: usize) -> String {
     ((b'a' + c as u8) as char).to_string()
-}
-
-/// Plays the CNI for one pod: a veth from the node (host side `host_if`,
-/// MAC [`GATEWAY_MAC`]) to the pod (`eth0`, MAC `0a:58:<ip>`, `ip/32`,
-/// default route via 169.254.0.1 with a permanent neighbour entry).
-pub fn attach_pod(node: &Netns, pod_ns: &Netns, host_if: &str, ip: Ipv4Addr) {
-    node.ip(&[
-        "link",
-        "add",
-        host_if,
-        "address",
-        GATEWAY_MAC,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "address",
-        &pod_mac(ip),
-        "netns",
-        pod_ns.name(),
-    ]);
-    node.ip(&["link", "set", host_if, "up"]);
-    pod_ns.ip(&["link", "set", "eth0", "up"]);
-    pod_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-    pod_ns.ip(&["route", "add", "169.254.0.1", "dev", "eth0", "scope", "link"]);
-    pod_ns.ip(&["route", "add", "default", "via", "169.254.0.1", "dev", "eth0"]);
-    pod_ns.ip(&[
-        "neigh",
-        "add",
-        "169.254.0.1",
-        "lladdr",
-        GATEWAY_MAC,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-}
-
-/// A pod's MAC: `0a:58:` and its IPv4 address (what the datapath writes).
-pub fn pod_mac(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 fn attach_underlay(underlay: &Netns, ns: &Netns, bridge_side: &str, ip: &str) {

@@ -54,8 +54,25 @@ pub struct EndpointValue {
     pub identity: u32,
     /// `ENDPOINT_F_*`.
     pub flags: u32,
+    /// MAC of the pod's interface.
+    pub mac: [u8; 6],
+    /// MAC of the host side of the pod's veth.
+    pub node_mac: [u8; 6],
+}
+
+/// `struct stack_flow_key`: a local pod's end of a flow it sent into the
+/// host stack (written by the programs only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackFlowKey {
+    /// Wire-order pod address.
+    pub addr: u32,
+    /// Wire-order pod port.
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
     /// Zero.
-    pub pad: u32,
+    pub pad: u8,
 }
 
 /// `struct policy_key`.
@@ -199,6 +216,7 @@ pub const DROP_REASONS: [&str; 6] = [
 // uninitialised.
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for EndpointValue {}
+unsafe impl aya::Pod for StackFlowKey {}
 unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for ServiceKey {}
 unsafe impl aya::Pod for ServiceValue {}
@@ -240,7 +258,8 @@ mod tests {
         rust.insert("ipcache_key.prefixlen".to_string(), 0);
         rust.insert("ipcache_key.addr".to_string(), 4);
         layout!(rust, "ipcache_value", IpcacheValue, ["identity" => identity, "tunnel_endpoint" => tunnel_endpoint]);
-        layout!(rust, "endpoint_value", EndpointValue, ["ifindex" => ifindex, "identity" => identity, "flags" => flags]);
+        layout!(rust, "endpoint_value", EndpointValue, ["ifindex" => ifindex, "identity" => identity, "flags" => flags, "mac" => mac, "node_mac" => node_mac]);
+        layout!(rust, "stack_flow_key", StackFlowKey, ["addr" => addr, "port" => port, "proto" => proto]);
         layout!(rust, "policy_key", PolicyKey, ["endpoint" => endpoint, "identity" => identity, "dport" => dport, "proto" => proto]);
         layout!(rust, "service_key", ServiceKey, ["vip" => vip, "port" => port, "proto" => proto]);
         layout!(rust, "service_value", ServiceValue, ["service_id" => service_id, "count" => count]);

@@ -57,7 +57,7 @@ pub fn load(pin_dir: &Path) -> Result<Loaded> {
         .default_map_pin_directory(&maps)
         .load(OBJECT)
         .map_err(|e| Error::Load(Box::new(e)))?;
-    for name in ["from_pod", "from_tunnel"] {
+    for name in ["from_pod", "to_pod", "from_tunnel"] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         prog.load().map_err(|e| Error::program(name, e))?;
     }
@@ -86,9 +86,15 @@ impl Loaded {
         links_dir(&self.pin_dir).join(name)
     }
 
-    /// Attaches `program` to tc ingress of `interface`, replacing the
+    /// Attaches `program` to tc `direction` of `interface`, replacing the
     /// program of the link pinned as `link_name` if there is one.
-    pub fn attach_tc(&mut self, program_name: &str, interface: &str, link_name: &str) -> Result<()> {
+    pub fn attach_tc(
+        &mut self,
+        program_name: &str,
+        interface: &str,
+        direction: TcAttachType,
+        link_name: &str,
+    ) -> Result<()> {
         let path = self.link_path(link_name);
         let prog: &mut SchedClassifier = program(&mut self.ebpf, program_name)?;
         let reused = match PinnedLink::from_pin(&path) {
@@ -106,7 +112,7 @@ impl Loaded {
             None => prog
                 .attach_with_options(
                     interface,
-                    TcAttachType::Ingress,
+                    direction,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(|e| Error::program(program_name, e))?,

@@ -12,15 +12,18 @@ pub mod writer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use aya::programs::TcAttachType;
 use layout::NodeConfig;
 use loader::Loaded;
-use state::{DatapathState, Unplaced, to_map_contents};
+use state::{DatapathState, Link, Unplaced, to_map_contents};
 use writer::{ApplyReport, MapWriter};
 
 use crate::Result;
 
-/// Prefix of the pinned tc links on pod interfaces.
+/// Prefix of the pinned tc ingress links on pod interfaces (`from_pod`).
 const POD_LINK_PREFIX: &str = "pod-";
+/// Prefix of the pinned tc egress links on pod interfaces (`to_pod`).
+const POD_EGRESS_LINK_PREFIX: &str = "podout-";
 /// Name of the pinned tc link on the tunnel device.
 const TUNNEL_LINK: &str = "tunnel";
 
@@ -45,7 +48,7 @@ impl Datapath {
             tunnel_ifindex,
             pad: 0,
         })?;
-        loaded.attach_tc("from_tunnel", tunnel, TUNNEL_LINK)?;
+        loaded.attach_tc("from_tunnel", tunnel, TcAttachType::Ingress, TUNNEL_LINK)?;
         if let Some(cgroup) = cgroup {
             loaded.attach_cgroup(cgroup)?;
         }
@@ -66,13 +69,14 @@ impl Datapath {
     pub fn apply(
         &mut self,
         desired: &DatapathState,
-        interfaces: &HashMap<String, u32>,
+        interfaces: &HashMap<String, Link>,
     ) -> Result<(ApplyReport, Unplaced)> {
         let (contents, unplaced) = to_map_contents(desired, interfaces, &self.writer.current().services);
         let wanted: BTreeMap<&str, u32> = desired
             .endpoints
             .values()
-            .filter_map(|e| Some((e.interface.as_str(), *interfaces.get(&e.interface)?)))
+            .filter(|e| e.mac.is_some())
+            .filter_map(|e| Some((e.interface.as_str(), interfaces.get(&e.interface)?.index)))
             .collect();
         // Entries first, so the program finds its endpoint when it starts
         // seeing the pod's packets.
@@ -81,8 +85,18 @@ impl Datapath {
         // and its old link is defunct: attach again.
         for (iface, ifindex) in &wanted {
             if self.attached_pods.get(*iface) != Some(ifindex) {
-                self.loaded
-                    .attach_tc("from_pod", iface, &format!("{POD_LINK_PREFIX}{iface}"))?;
+                self.loaded.attach_tc(
+                    "from_pod",
+                    iface,
+                    TcAttachType::Ingress,
+                    &format!("{POD_LINK_PREFIX}{iface}"),
+                )?;
+                self.loaded.attach_tc(
+                    "to_pod",
+                    iface,
+                    TcAttachType::Egress,
+                    &format!("{POD_EGRESS_LINK_PREFIX}{iface}"),
+                )?;
                 self.attached_pods.insert((*iface).to_owned(), *ifindex);
             }
         }
@@ -94,6 +108,7 @@ impl Datapath {
             .collect();
         for iface in stale {
             self.loaded.detach(&format!("{POD_LINK_PREFIX}{iface}"))?;
+            self.loaded.detach(&format!("{POD_EGRESS_LINK_PREFIX}{iface}"))?;
             self.attached_pods.remove(&iface);
         }
         Ok((report, unplaced))

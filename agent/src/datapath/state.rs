@@ -36,8 +36,13 @@ pub struct Route {
 /// A pod on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalEndpoint {
-    /// Host side of the pod's veth.
+    /// Host side of the pod's veth (from the pod's CNI result).
     pub interface: String,
+    /// MAC of the pod's interface (from the pod's CNI result).
+    pub mac: Option<[u8; 6]>,
+    /// MAC of the host side; the interface's own when the CNI result has
+    /// none.
+    pub node_mac: Option<[u8; 6]>,
     /// The pod's identity.
     pub identity: u32,
     /// A NetworkPolicy selects the pod: ingress needs an allow entry.
@@ -112,8 +117,18 @@ impl MapContents {
 /// What [`to_map_contents`] could not place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Unplaced {
-    /// Endpoints whose interface does not exist (yet).
+    /// Endpoints whose interface does not exist (yet), or whose pod MAC is
+    /// unknown.
     pub missing_interfaces: Vec<String>,
+}
+
+/// A host interface as the node lists it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Its MAC address.
+    pub mac: [u8; 6],
 }
 
 /// Converts desired state into map entries. `interfaces` maps interface
@@ -121,7 +136,7 @@ pub struct Unplaced {
 /// a frontend keeps its ID (and its backends' keys) for its lifetime.
 pub fn to_map_contents(
     state: &DatapathState,
-    interfaces: &HashMap<String, u32>,
+    interfaces: &HashMap<String, Link>,
     current: &HashMap<ServiceKey, ServiceValue>,
 ) -> (MapContents, Unplaced) {
     let mut out = MapContents::default();
@@ -136,17 +151,18 @@ pub fn to_map_contents(
         );
     }
     for (ip, ep) in &state.endpoints {
-        let Some(&ifindex) = interfaces.get(&ep.interface) else {
+        let (Some(link), Some(mac)) = (interfaces.get(&ep.interface), ep.mac) else {
             unplaced.missing_interfaces.push(ep.interface.clone());
             continue;
         };
         out.endpoints.insert(
             addr_be(*ip),
             EndpointValue {
-                ifindex,
+                ifindex: link.index,
                 identity: ep.identity,
                 flags: if ep.policy_enforced { ENDPOINT_F_POLICY } else { 0 },
-                pad: 0,
+                mac,
+                node_mac: ep.node_mac.unwrap_or(link.mac),
             },
         );
     }
@@ -316,16 +332,23 @@ mod tests {
         s.endpoints.insert(
             Ipv4Addr::new(10, 1, 0, 5),
             LocalEndpoint {
-                interface: "knabc".into(),
+                interface: "vethabc".into(),
+                mac: Some([2, 0, 0, 0, 0, 5]),
+                node_mac: None,
                 identity: 7,
                 policy_enforced: true,
             },
         );
         let (c, u) = to_map_contents(&s, &HashMap::new(), &HashMap::new());
         assert!(c.endpoints.is_empty());
-        assert_eq!(u.missing_interfaces, vec!["knabc".to_string()]);
-        let (c, _) = to_map_contents(&s, &HashMap::from([("knabc".into(), 9)]), &HashMap::new());
+        assert_eq!(u.missing_interfaces, vec!["vethabc".to_string()]);
+        let link = Link {
+            index: 9,
+            mac: [2, 0, 0, 0, 0, 1],
+        };
+        let (c, _) = to_map_contents(&s, &HashMap::from([("vethabc".into(), link)]), &HashMap::new());
         let v = c.endpoints[&addr_be(Ipv4Addr::new(10, 1, 0, 5))];
         assert_eq!((v.ifindex, v.identity, v.flags), (9, 7, ENDPOINT_F_POLICY));
+        assert_eq!((v.mac, v.node_mac), ([2, 0, 0, 0, 0, 5], link.mac), "MACs from the CNI result, else the link's own");
     }
 }
