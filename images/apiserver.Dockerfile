@@ -2,7 +2,7 @@
 #   docker build -f images/apiserver.Dockerfile -t knit-apiserver:dev .
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      protobuf-compiler clang llvm libbpf-dev && rm -rf /var/lib/apt/lists/*
+      protobuf-compiler libprotobuf-dev clang llvm libbpf-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p knit-apiserver --bin knit-apiserver

@@ -58,15 +58,35 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _guard = knit_telemetry::init_tracing("knit-agent")?;
+    match std::env::args().nth(1).as_deref() {
+        Some("install-cni") => return install_cni(CniArgs::parse_from(std::env::args().skip(1))).await,
+        Some("uninstall-cni") => {
+            let args = CniArgs::parse_from(std::env::args().skip(1));
+            let restored = knit_cni::conflist::uninstall(&args.conf_dir)?;
+            tracing::info!(?restored, "Knit removed from the node's CNI config");
+            return Ok(());
+        }
+        _ => {}
+    }
     let args = Args::parse();
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    // Health answers from the first moment: the liveness probe must not
+    // kill an agent that waits for etcd; readiness says what it waits for.
     let (health, server) = knit_telemetry::serve_registry(args.metrics_addr, registry);
+    let mut server = tokio::spawn(server);
     let cluster = match &args.cluster_name {
         Some(name) => name.clone(),
-        None => discover_cluster(&args.etcd_config).await?,
+        None => {
+            health.set_waiting_for("the local kvstore to name this cluster");
+            tokio::select! {
+                r = discover_cluster(&args.etcd_config) => r?,
+                r = &mut server => return r.context("metrics server")?.context("metrics server"),
+            }
+        }
     };
+    health.set_waiting_for("the first complete kvstore list, policy read and CNI attachment read");
     let settings = AgentSettings {
         cluster,
         node: args.node_name.clone(),
@@ -99,10 +119,72 @@ async fn main() -> anyhow::Result<()> {
         .context("agent")
     };
     tokio::select! {
-        r = server => r.context("metrics server")?,
+        r = &mut server => r.context("metrics server")?.context("metrics server")?,
         r = agent => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down; the datapath stays in place"),
     }
+    Ok(())
+}
+
+/// `knit-agent install-cni` / `uninstall-cni` (the DaemonSet's init
+/// container): see `knit_agent::cni_install`.
+#[derive(Debug, Parser)]
+#[command(name = "knit-agent install-cni")]
+struct CniArgs {
+    /// The node's CNI config directory (mounted from the host).
+    #[arg(long, default_value = "/host/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The node's CNI plugin directory (mounted from the host).
+    #[arg(long, default_value = "/host/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// knit-cni in this image.
+    #[arg(long, default_value = "/usr/local/bin/knit-cni")]
+    knit_cni: PathBuf,
+    /// Reference plugins in this image.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    image_plugins: PathBuf,
+    /// knit-cni's state directory as the node sees it.
+    #[arg(long, default_value = knit_cni::attachment::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The node's pod CIDRs, for the default conflist; read from the Node
+    /// object (`spec.podCIDRs`) when not given and needed.
+    #[arg(long = "pod-cidr")]
+    pod_cidrs: Vec<String>,
+    /// This node's name (for reading its pod CIDRs).
+    #[arg(long, env = "KNIT_NODE_NAME")]
+    node_name: Option<String>,
+}
+
+async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
+    let mut pod_cidrs = args.pod_cidrs.clone();
+    if pod_cidrs.is_empty() && knit_agent::cni_install::needs_pod_cidrs(&args.conf_dir)? {
+        let node = args
+            .node_name
+            .as_deref()
+            .context("the node has no CNI config: give --pod-cidr or --node-name (KNIT_NODE_NAME) to read the Node's podCIDRs")?;
+        let kube = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(kube);
+        let n = nodes
+            .get(node)
+            .await
+            .with_context(|| format!("reading Node {node}"))?;
+        let spec = n.spec.unwrap_or_default();
+        pod_cidrs = spec.pod_cidrs.unwrap_or_default();
+        if pod_cidrs.is_empty() {
+            pod_cidrs.extend(spec.pod_cidr);
+        }
+    }
+    let installed = knit_agent::cni_install::install(
+        &args.knit_cni,
+        &args.image_plugins,
+        &args.bin_dir,
+        &args.conf_dir,
+        &args.state_dir,
+        &pod_cidrs,
+    )?;
+    tracing::info!(?installed, "CNI installed");
     Ok(())
 }
 

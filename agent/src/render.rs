@@ -18,8 +18,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
-use knit_cni::attachment::Attachment;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use knit_cni::attachment::Attachment;
 use knit_kvstore::keys::Kind;
 use knit_kvstore::records::{Affinity, Backend, Protocol, ServicePort, ServiceRecord};
 
@@ -323,7 +323,7 @@ mod tests {
         put(
             &mut index,
             "clusters/a/endpoints/10.1.1.5",
-            serde_json::json!({"ip": "10.1.1.5", "identity": 70000, "node": "a-node1", "namespace": "shop", "pod": "web"}),
+            serde_json::json!({"ip": "10.1.1.5", "cluster": "a", "identity": 70000, "node": "a-node1", "namespace": "shop", "pod": "web"}),
         );
         let attachment = |ip: &str, mac: Option<&str>| Attachment {
             container_id: format!("c-{ip}"),
@@ -353,7 +353,11 @@ mod tests {
         let new = &state.endpoints[&Ipv4Addr::new(10, 1, 1, 6)];
         assert_eq!(new.identity, 0, "not exported yet: no identity, still attached");
         assert_eq!(new.mac, None);
-        assert_eq!(state.endpoints.len(), 2, "kvstore endpoints without an attachment are not local pods");
+        assert_eq!(
+            state.endpoints.len(),
+            2,
+            "kvstore endpoints without an attachment are not local pods"
+        );
     }
 
     #[test]

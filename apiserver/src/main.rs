@@ -65,7 +65,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    // Health answers from the first moment (the liveness probe must not
+    // kill an apiserver that waits for its etcd); readiness says why not.
     let (health, server) = knit_telemetry::serve_registry(args.metrics_addr, registry);
+    let mut server = tokio::spawn(server);
+    health.set_waiting_for("the local etcd");
 
     let config = etcd::load_client_config(&args.etcd_config).context("loading the etcd client config")?;
     let mut client = loop {
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    health.set_waiting_for("the first complete export of the cluster");
     let cluster = LocalCluster {
         name: args.cluster_name.clone(),
         id: args.cluster_id,
@@ -138,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        r = server => r.context("metrics server")?,
+        r = &mut server => r.context("metrics server")?.context("metrics server")?,
         r = exporter => r.context("exporter")?,
         () = mesh => anyhow::bail!("mesh ended"),
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),

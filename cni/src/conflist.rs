@@ -278,7 +278,11 @@ mod tests {
         assert_eq!(out["plugins"][0], json!({"type": "bridge", "bridge": "cni0"}));
         assert_eq!(out["plugins"][1]["type"], "knit");
 
-        assert!(chain(&json!({"name": "x"}), &state()).unwrap_err().contains("neither"));
+        assert!(
+            chain(&json!({"name": "x"}), &state())
+                .unwrap_err()
+                .contains("neither")
+        );
         assert!(chain(&json!([1]), &state()).is_err());
     }
 
@@ -292,7 +296,10 @@ mod tests {
             .map(|p| p["type"].as_str().unwrap())
             .collect();
         assert_eq!(types, ["ptp", "portmap", "knit"]);
-        assert_eq!(c["plugins"][0]["ipam"]["ranges"], json!([[{"subnet": "10.1.1.0/24"}]]));
+        assert_eq!(
+            c["plugins"][0]["ipam"]["ranges"],
+            json!([[{"subnet": "10.1.1.0/24"}]])
+        );
         assert_eq!(c["plugins"][0]["ipMasq"], true);
         assert_eq!(c["plugins"][2]["stateDir"], "/tmp/s");
     }

@@ -17,8 +17,10 @@ fn main() {
     } else {
         match std::io::stdin().read_to_end(&mut stdin) {
             Ok(_) => plugin::run(&inv, &stdin),
-            Err(e) => Err(CniError::new(ErrorCode::Io, "reading the network config from stdin failed")
-                .with_details(e.to_string())),
+            Err(e) => Err(
+                CniError::new(ErrorCode::Io, "reading the network config from stdin failed")
+                    .with_details(e.to_string()),
+            ),
         }
     };
     let mut out = std::io::stdout().lock();

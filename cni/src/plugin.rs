@@ -267,9 +267,7 @@ fn gc(conf: &NetConf, store: &AttachmentStore) -> Result<(), CniError> {
             "GC needs cni.dev/valid-attachments in the config",
         )
     })?;
-    let (known, _) = store
-        .list()
-        .map_err(|e| io_error("listing attachments", e))?;
+    let (known, _) = store.list().map_err(|e| io_error("listing attachments", e))?;
     for a in known {
         let keep = valid
             .iter()

@@ -60,7 +60,9 @@ fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize, state_dir: PathBuf
         let mut state = DatapathState::default();
         let (attachments, _) = AttachmentStore::new(state_dir).list().expect("attachments");
         for a in &attachments {
-            let std::net::IpAddr::V4(ip) = a.ips[0] else { continue };
+            let std::net::IpAddr::V4(ip) = a.ips[0] else {
+                continue;
+            };
             state.endpoints.insert(
                 ip,
                 LocalEndpoint {

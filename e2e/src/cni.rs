@@ -40,7 +40,11 @@ pub struct CniFailure {
 
 impl std::fmt::Display for CniFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CNI {} of {} failed: {}", self.command, self.plugin, self.output)
+        write!(
+            f,
+            "CNI {} of {} failed: {}",
+            self.command, self.plugin, self.output
+        )
     }
 }
 
@@ -225,7 +229,12 @@ impl CniRuntime {
             .map(|s| json!({"containerID": s.container_id, "ifname": s.ifname}))
             .collect();
         for plugin in self.plugins() {
-            self.exec(&plugin, "GC", None, &[("cni.dev/valid-attachments", Value::Array(valid.clone()))])?;
+            self.exec(
+                &plugin,
+                "GC",
+                None,
+                &[("cni.dev/valid-attachments", Value::Array(valid.clone()))],
+            )?;
         }
         Ok(())
     }

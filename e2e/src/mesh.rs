@@ -491,7 +491,9 @@ impl LocalMesh {
         name: &str,
         labels: &[(&str, &str)],
     ) -> usize {
-        let p = self.create_sandbox(c, n, namespace, name).unwrap_or_else(|e| panic!("{e}"));
+        let p = self
+            .create_sandbox(c, n, namespace, name)
+            .unwrap_or_else(|e| panic!("{e}"));
         let server_name = format!("{}/{name}", cluster_name(c));
         let args = vec![
             "serve".into(),
@@ -758,6 +760,78 @@ impl LocalMesh {
     /// The underlay namespace (for tests that add foreign hosts).
     pub fn underlay(&self) -> &Netns {
         &self.underlay
+    }
+
+    /// A host outside the mesh on the underlay (standing in for the
+    /// internet): its own namespace with `ip`/24 on the bridge and a probe
+    /// server named `outside/<tag>` on [`SERVER_PORT`]. Pods reach it only
+    /// masqueraded: it has no route to any pod CIDR.
+    pub fn add_outside_host(&self, tag: &str, ip: &str) -> (Netns, ChildProcess) {
+        let ns = Netns::new(&format!("x-{tag}"));
+        attach_underlay(&self.underlay, &ns, &format!("ux{tag}"), ip);
+        let server = self.serve_in(ns.name(), &format!("outside/{tag}"), SERVER_PORT);
+        (ns, server)
+    }
+
+    /// Starts a probe server named `name` on `port` in the namespace
+    /// `netns` (a node's, or a host's).
+    pub fn serve_in(&self, netns: &str, name: &str, port: u16) -> ChildProcess {
+        let args = vec![
+            "serve".into(),
+            "--name".into(),
+            name.to_owned(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        ChildProcess::spawn_in(
+            &format!("server {name}"),
+            &self.bins.probe.to_string_lossy(),
+            &args,
+            &self
+                .logs
+                .path()
+                .join(format!("server-{}.log", name.replace('/', "-"))),
+            &Placement {
+                netns: Some(netns),
+                ..Placement::default()
+            },
+        )
+    }
+
+    /// `count` requests to `to` from the namespace `netns` (a node's: the
+    /// host itself, outside any pod cgroup).
+    pub fn hits_from(&self, netns: &str, to: std::net::SocketAddrV4, count: usize) -> Hits {
+        let out = Placement {
+            netns: Some(netns),
+            ..Placement::default()
+        }
+        .command(&self.bins.probe)
+        .args(["hits", "--to", &to.to_string(), "--count", &count.to_string()])
+        .output()
+        .expect("running knit-probe");
+        let out = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("knit-probe hits printed {out:?}: {e}"))
+    }
+
+    /// `count` requests from pod `p` to `to` (any port), each on a new
+    /// socket.
+    pub fn hits_to(&self, p: usize, to: std::net::SocketAddrV4, count: usize, udp: bool) -> Hits {
+        let (to, count) = (to.to_string(), count.to_string());
+        let mut args = vec!["hits", "--to", &to, "--count", &count];
+        if udp {
+            args.push("--udp");
+        }
+        let out = self.probe(p, &args);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("knit-probe hits printed {out:?}: {e}"))
+    }
+
+    /// Value of the agent metric line starting with `prefix` (0 when absent).
+    pub fn agent_metric(&self, c: usize, n: usize, prefix: &str) -> i64 {
+        self.agent_metrics(c, n)
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
     }
 }
 

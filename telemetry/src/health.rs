@@ -1,7 +1,7 @@
 //! Liveness and readiness flags a component flips as it starts and stops.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Shared health of one process: alive from creation, ready once the
 /// component has done its first sync.
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Health {
     alive: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
+    waiting_for: Arc<Mutex<String>>,
 }
 
 impl Default for Health {
@@ -16,6 +17,7 @@ impl Default for Health {
         Self {
             alive: Arc::new(AtomicBool::new(true)),
             ready: Arc::new(AtomicBool::new(false)),
+            waiting_for: Arc::new(Mutex::new("the first sync".into())),
         }
     }
 }
@@ -30,6 +32,17 @@ impl Health {
     /// the kubelet restarts it.
     pub fn set_alive(&self, alive: bool) {
         self.alive.store(alive, Ordering::Relaxed);
+    }
+
+    /// Says what the process waits for before it can be ready; `/readyz`
+    /// answers with it.
+    pub fn set_waiting_for(&self, what: &str) {
+        *self.waiting_for.lock().unwrap_or_else(|p| p.into_inner()) = what.to_owned();
+    }
+
+    /// What the process waits for (meaningful while not ready).
+    pub fn waiting_for(&self) -> String {
+        self.waiting_for.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether `/readyz` succeeds.

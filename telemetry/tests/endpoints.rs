@@ -38,6 +38,12 @@ async fn serves_metrics_health_and_readiness() {
 
     assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+    health.set_waiting_for("the local etcd");
+    let waiting = get(addr, "/readyz").await;
+    assert!(
+        waiting.starts_with("HTTP/1.1 503") && waiting.contains("not ready: waiting for the local etcd"),
+        "readiness says what it waits for: {waiting}"
+    );
     health.set_ready(true);
     assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
     health.set_alive(false);

@@ -149,6 +149,45 @@ def validate_cr(doc, crds):
     return errors
 
 
+def check_agent_install(rendered):
+    """What a real node needs from the agent DaemonSet (issue: Knit on a real node)."""
+    errors = []
+    ds = next((d for d in rendered if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "knit-agent"), None)
+    if ds is None:
+        return ["config/default: no knit-agent DaemonSet"]
+    pod = ds["spec"]["template"]["spec"]
+    if pod.get("hostNetwork") and pod.get("dnsPolicy") != "ClusterFirstWithHostNet":
+        errors.append("knit-agent is hostNetwork without dnsPolicy ClusterFirstWithHostNet: knit-apiserver.knit-system.svc would not resolve")
+    init = {c["name"]: c for c in pod.get("initContainers", [])}
+    install = init.get("install-cni")
+    if install is None or install.get("args", [None])[0] != "install-cni":
+        errors.append("knit-agent has no install-cni init container")
+    else:
+        mounts = {m["mountPath"] for m in install.get("volumeMounts", [])}
+        for want in ("/host/etc/cni/net.d", "/host/opt/cni/bin"):
+            if want not in mounts:
+                errors.append(f"install-cni does not mount the node's {want[5:]}")
+    agent = next(c for c in pod["containers"] if c["name"] == "agent")
+    state = next((a.split("=", 1)[1] for a in agent["args"] if a.startswith("--cni-state-dir=")), None)
+    if state != "/run/knit/cni" or "/run/knit/cni" not in {m["mountPath"] for m in agent["volumeMounts"]}:
+        errors.append("the agent does not mount knit-cni's state directory /run/knit/cni")
+    if install and "--state-dir=/run/knit/cni" not in install.get("args", []):
+        errors.append("install-cni and the agent disagree on the CNI state directory")
+    namespace = ds["metadata"].get("namespace")
+    if pod.get("priorityClassName") == "system-node-critical" and namespace != "kube-system":
+        quota = [d for d in rendered if d["kind"] == "ResourceQuota" and d["metadata"].get("namespace") == namespace]
+        scoped = any(
+            "system-node-critical" in e.get("values", [])
+            for q in quota
+            for e in q["spec"].get("scopeSelector", {}).get("matchExpressions", [])
+        )
+        if not scoped:
+            errors.append(f"system-node-critical in {namespace} needs a ResourceQuota scoped to that PriorityClass")
+    if not errors:
+        print("config/default: knit-agent installs the CNI, resolves cluster DNS, may use system-node-critical")
+    return errors
+
+
 def main():
     crds = load_crds()
     failures = []
@@ -168,6 +207,7 @@ def main():
         except kubernetes_validate.ValidationError as e:
             failures.append(f"config/default: {name}: {e.message} at {'.'.join(map(str, e.path))}")
     print(f"config/default: {len(rendered)} objects rendered, {builtin} built-in objects valid for Kubernetes {K8S_VERSION}")
+    failures += check_agent_install(rendered)
 
     for sample in sorted(glob.glob(os.path.join(ROOT, "config", "samples", "*", "kustomization.yaml"))):
         d = os.path.dirname(sample)

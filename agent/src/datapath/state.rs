@@ -349,6 +349,10 @@ mod tests {
         let (c, _) = to_map_contents(&s, &HashMap::from([("vethabc".into(), link)]), &HashMap::new());
         let v = c.endpoints[&addr_be(Ipv4Addr::new(10, 1, 0, 5))];
         assert_eq!((v.ifindex, v.identity, v.flags), (9, 7, ENDPOINT_F_POLICY));
-        assert_eq!((v.mac, v.node_mac), ([2, 0, 0, 0, 0, 5], link.mac), "MACs from the CNI result, else the link's own");
+        assert_eq!(
+            (v.mac, v.node_mac),
+            ([2, 0, 0, 0, 0, 5], link.mac),
+            "MACs from the CNI result, else the link's own"
+        );
     }
 }

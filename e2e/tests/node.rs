@@ -1,0 +1,191 @@
+//! What a pod on a real node needs beyond the mesh, with pods made only by
+//! the CNI (`ptp` + `host-local` + `portmap` + `knit-cni`): the node and
+//! its pods reach each other (kubelet probes, hostNetwork pods), pods reach
+//! a host outside the mesh masqueraded, a plain ClusterIP Service keeps
+//! working through the host's DNAT (kube-proxy's stand-in), and an agent
+//! that was down while pods came and went catches up. Runs as root.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use knit_e2e::mesh::{LocalMesh, MeshOptions, SERVER_PORT, cluster_name};
+
+const A: usize = 0;
+const NODE_PORT: u16 = 9090;
+
+fn one_cluster() -> LocalMesh {
+    LocalMesh::start(MeshOptions {
+        clusters: 1,
+        nodes: 2,
+        ..MeshOptions::default()
+    })
+}
+
+fn pod_addr(mesh: &LocalMesh, p: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(mesh.pods[p].ip, SERVER_PORT)
+}
+
+#[test]
+fn node_and_outside_reach_pods_and_back() {
+    let mut mesh = one_cluster();
+    let web = mesh.add_pod(A, 0, "shop", "web", &[("app", "web")]);
+    let client = mesh.add_pod(A, 1, "shop", "client", &[("app", "client")]);
+    let node0 = mesh.clusters[A].nodes[0].netns.name().to_owned();
+    let node0_ip: Ipv4Addr = mesh.clusters[A].nodes[0].ip.parse().unwrap();
+    let web_name = format!("{}/web", cluster_name(A));
+    mesh.wait_for_hits("pod to pod across nodes", client, mesh.pods[web].ip, false, |h| {
+        h.names.get(&web_name) == Some(&40)
+    });
+
+    // Node -> pod (kubelet probes) and pod -> node (a hostNetwork server).
+    let from_node = mesh.hits_from(&node0, pod_addr(&mesh, web), 20);
+    assert_eq!(
+        from_node.names.get(&web_name),
+        Some(&20),
+        "node -> pod: {from_node:?}"
+    );
+    let _host_server = mesh.serve_in(&node0, "node/a1", NODE_PORT);
+    let node_addr = SocketAddrV4::new(node0_ip, NODE_PORT);
+    let to_node = mesh.hits_to(web, node_addr, 20, false);
+    assert_eq!(
+        to_node.names.get("node/a1"),
+        Some(&20),
+        "pod -> its node: {to_node:?}"
+    );
+    let to_other_node = mesh.hits_to(client, node_addr, 20, false);
+    assert_eq!(
+        to_other_node.names.get("node/a1"),
+        Some(&20),
+        "pod -> another node: {to_other_node:?}"
+    );
+
+    // Pod -> outside: the outside host has no route to pod CIDRs, so every
+    // answer proves the request was masqueraded and the reply un-NATed.
+    let (_ext, _ext_server) = mesh.add_outside_host("inet", "192.168.50.250");
+    let outside = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 250), SERVER_PORT);
+    for (p, what) in [(web, "tcp"), (client, "tcp")] {
+        let h = mesh.hits_to(p, outside, 20, false);
+        assert_eq!(
+            h.names.get("outside/inet"),
+            Some(&20),
+            "pod -> outside ({what}): {h:?}"
+        );
+    }
+    let udp = mesh.hits_to(web, outside, 20, true);
+    assert_eq!(
+        udp.names.get("outside/inet"),
+        Some(&20),
+        "pod -> outside (udp): {udp:?}"
+    );
+
+    // A policy that admits only app=frontend still lets the node in (as
+    // Cilium's reserved:host), and the pod's own flows outside get their
+    // replies; other pods are dropped.
+    mesh.write_manifest(
+        A,
+        "policy-web.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: web}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: frontend}\n",
+    );
+    mesh.wait_until("the client to be denied", Duration::from_secs(30), || {
+        mesh.hits(client, mesh.pods[web].ip, 1, false).total() == 0
+    });
+    let probe = mesh.hits_from(&node0, pod_addr(&mesh, web), 20);
+    assert_eq!(probe.total(), 20, "the node passes the policy: {probe:?}");
+    let h = mesh.hits_to(web, outside, 20, false);
+    assert_eq!(h.total(), 20, "replies of the pod's own flows pass: {h:?}");
+}
+
+#[test]
+fn plain_cluster_ip_through_the_host_dnat() {
+    let mut mesh = one_cluster();
+    let client = mesh.add_pod(A, 0, "shop", "client", &[("app", "client")]);
+    let db = mesh.add_pod(A, 0, "shop", "db", &[("app", "db")]);
+    let db_name = format!("{}/db", cluster_name(A));
+    mesh.wait_for_hits("client -> db", client, mesh.pods[db].ip, false, |h| {
+        h.names.get(&db_name) == Some(&40)
+    });
+
+    // kube-proxy's stand-in: DNAT of a ClusterIP Knit does not know, in the
+    // node's namespace. Knit's socket LB leaves it alone; the packets go
+    // through the host stack, and so do the replies, which the kernel
+    // translates back to the VIP.
+    let vip = "10.96.200.1";
+    let node0 = &mesh.clusters[A].nodes[0].netns;
+    for proto in ["tcp", "udp"] {
+        node0.exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                vip,
+                "-p",
+                proto,
+                "--dport",
+                &SERVER_PORT.to_string(),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &pod_addr(&mesh, db).to_string(),
+            ],
+        );
+    }
+    let vip: Ipv4Addr = vip.parse().unwrap();
+    let tcp = mesh.hits(client, vip, 40, false);
+    assert_eq!(tcp.names.get(&db_name), Some(&40), "ClusterIP over TCP: {tcp:?}");
+    assert_eq!(tcp.peer_mismatch, 0, "replies come from the VIP: {tcp:?}");
+    let udp = mesh.hits(client, vip, 40, true);
+    assert_eq!(udp.names.get(&db_name), Some(&40), "ClusterIP over UDP: {udp:?}");
+    assert_eq!(udp.peer_mismatch, 0, "UDP replies come from the VIP: {udp:?}");
+
+    // Policy still applies after the host's DNAT: deny the client, and the
+    // ClusterIP path is closed too.
+    mesh.write_manifest(
+        A,
+        "policy-db.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: db}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: api}\n",
+    );
+    mesh.wait_until("the direct path to be denied", Duration::from_secs(30), || {
+        mesh.hits(client, mesh.pods[db].ip, 1, false).total() == 0
+    });
+    let denied = mesh.hits(client, vip, 5, false);
+    assert_eq!(
+        denied.total(),
+        0,
+        "policy applies behind the ClusterIP: {denied:?}"
+    );
+}
+
+#[test]
+fn agent_down_while_pods_come_and_go() {
+    let mut mesh = one_cluster();
+    let client = mesh.add_pod(A, 1, "shop", "client", &[("app", "client")]);
+    let old = mesh.add_pod(A, 0, "shop", "old", &[("app", "old")]);
+    let old_name = format!("{}/old", cluster_name(A));
+    mesh.wait_for_hits("client -> old", client, mesh.pods[old].ip, false, |h| {
+        h.names.get(&old_name) == Some(&40)
+    });
+    let endpoints = "knit_agent_map_entries{name=\"endpoints\"}";
+    assert_eq!(mesh.agent_metric(A, 0, endpoints), 1);
+
+    mesh.kill_agent(A, 0);
+    mesh.delete_pod(old).expect("CNI DEL while the agent is down");
+    let new = mesh.add_pod(A, 0, "shop", "new", &[("app", "new")]);
+    mesh.start_agent(A, 0);
+
+    let new_name = format!("{}/new", cluster_name(A));
+    mesh.wait_for_hits(
+        "the pod added while the agent was down",
+        client,
+        mesh.pods[new].ip,
+        false,
+        |h| h.names.get(&new_name) == Some(&40),
+    );
+    mesh.wait_until(
+        "the deleted pod's endpoint to go",
+        Duration::from_secs(20),
+        || mesh.agent_metric(A, 0, endpoints) == 1,
+    );
+}
