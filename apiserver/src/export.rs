@@ -66,10 +66,21 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
         out.published.insert(key.under(&prefix), value);
     };
 
+    // No configured pod CIDRs: the Nodes' podCIDRs are the cluster's.
+    let pod_cidrs: Vec<IpNet> = if cluster.pod_cidrs.is_empty() {
+        let all: BTreeSet<IpNet> = state
+            .nodes
+            .values()
+            .flat_map(|n| n.pod_cidrs.iter().copied())
+            .collect();
+        all.into_iter().collect()
+    } else {
+        cluster.pod_cidrs.clone()
+    };
     let config = ClusterConfigRecord {
         name: cluster.name.clone(),
         id: cluster.id,
-        pod_cidrs: cluster.pod_cidrs.clone(),
+        pod_cidrs: pod_cidrs.clone(),
         capabilities: vec!["services-local-prefix".into()],
     };
     put(&mut out, RelativeKey::Config, json(&config));
@@ -108,7 +119,7 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
             continue;
         };
         for ip in &pod.ips {
-            if !cluster.pod_cidrs.iter().any(|c| c.contains(ip)) {
+            if !pod_cidrs.iter().any(|c| c.contains(ip)) {
                 out.skipped_pods.push(format!(
                     "{}/{}: {ip} is outside the cluster's pod CIDRs",
                     pod.namespace, pod.name

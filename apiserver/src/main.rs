@@ -27,8 +27,9 @@ struct Args {
     /// This cluster's ID (1–511).
     #[arg(long)]
     cluster_id: u16,
-    /// Pod CIDRs of this cluster (comma-separated); pods outside are not exported.
-    #[arg(long, value_delimiter = ',')]
+    /// Pod CIDRs of this cluster (comma-separated); pods outside are not
+    /// exported. None (or empty): the Nodes' podCIDRs.
+    #[arg(long, value_delimiter = ',', value_parser = parse_pod_cidr)]
     pod_cidrs: Vec<ipnet::IpNet>,
     /// etcd client config of the local writer (the `admin` certificate).
     #[arg(long)]
@@ -56,6 +57,11 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9962")]
     metrics_addr: SocketAddr,
+}
+
+fn parse_pod_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse()
+        .map_err(|e| format!("{s:?} is not a CIDR ({e}); give e.g. --pod-cidrs=10.1.0.0/16,fd00:1::/48"))
 }
 
 #[tokio::main]

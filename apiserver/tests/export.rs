@@ -111,6 +111,29 @@ fn exports_nodes_endpoints_identities_and_only_exported_services() {
 }
 
 #[test]
+fn without_configured_pod_cidrs_the_nodes_podcidrs_bound_the_export() {
+    let mut yaml = node("n1", "192.168.1.1", "10.1.1.0/24");
+    yaml += &node("n2", "192.168.1.2", "10.1.2.0/24");
+    yaml += &pod("shop", "web-1", "n1", "10.1.1.1", "web");
+    yaml += &pod("shop", "web-2", "n2", "10.1.2.1", "web");
+    yaml += &pod("shop", "stray", "n1", "10.9.0.1", "web");
+    let (_dir, src) = source(&[("cluster.yaml", yaml)]);
+    let mut ids = IdentityAllocator::new(1);
+    let unconfigured = LocalCluster {
+        pod_cidrs: Vec::new(),
+        ..cluster()
+    };
+    let out = export(&unconfigured, src.state(), &mut ids);
+    assert_eq!(out.counts[&Kind::Endpoints], 2, "{:?}", out.skipped_pods);
+    let config: serde_json::Value =
+        serde_json::from_slice(&out.published["knit/v1/clusters/a/config"]).unwrap();
+    assert_eq!(
+        config["podCIDRs"],
+        serde_json::json!(["10.1.1.0/24", "10.1.2.0/24"])
+    );
+}
+
+#[test]
 fn cilium_annotations_make_a_service_global_and_the_oldest_policy_wins() {
     let annotated = "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: shop\n  annotations:\n    service.cilium.io/global: \"true\"\n    service.cilium.io/affinity: remote\nspec:\n  ports: [{name: http, port: 8080}]\n---\n";
     let policy = |name: &str, created: &str, affinity: &str| {

@@ -368,3 +368,16 @@ fn a_mesh_apiserver_report_becomes_peer_status() {
     );
     assert_eq!(status.connected, None, "agent counts are not reported yet");
 }
+
+#[test]
+fn empty_pod_cidrs_leave_the_flag_out() {
+    let mut config = config_a();
+    let args = knit_operator::render::workloads::apiserver_args(&config);
+    assert!(args.iter().any(|a| a.starts_with("--pod-cidrs=10.")), "{args:?}");
+    config.pod_cidrs.clear();
+    let args = knit_operator::render::workloads::apiserver_args(&config);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--pod-cidrs")),
+        "an empty --pod-cidrs= cannot be parsed: {args:?}"
+    );
+}

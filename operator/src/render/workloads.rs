@@ -76,15 +76,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                         {
                             "name": "apiserver",
                             "image": config.images.apiserver,
-                            "args": [
-                                format!("--cluster-name={}", config.cluster_name),
-                                format!("--cluster-id={}", config.cluster_id),
-                                format!("--pod-cidrs={}", config.pod_cidrs.join(",")),
-                                "--etcd-config=/etc/knit/admin/config.yaml",
-                                "--etcd-users=/etc/knit/users/users.yaml",
-                                "--peer-configs=/etc/knit/peers",
-                                format!("--metrics-addr=0.0.0.0:{}", names::APISERVER_METRICS_PORT),
-                            ],
+                            "args": apiserver_args(config),
                             "ports": [{ "name": "metrics", "containerPort": names::APISERVER_METRICS_PORT }],
                             "livenessProbe": { "httpGet": { "path": "/healthz", "port": "metrics" } },
                             "readinessProbe": { "httpGet": { "path": "/readyz", "port": "metrics" } },
@@ -118,6 +110,25 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
 }
 
 /// The Service peers (and local agents) reach etcd through.
+/// The apiserver container's arguments. `--pod-cidrs` is left out when the
+/// config names none (every pod IP is exported then).
+pub fn apiserver_args(config: &ClusterConfig) -> Vec<String> {
+    let mut args = vec![
+        format!("--cluster-name={}", config.cluster_name),
+        format!("--cluster-id={}", config.cluster_id),
+    ];
+    if !config.pod_cidrs.is_empty() {
+        args.push(format!("--pod-cidrs={}", config.pod_cidrs.join(",")));
+    }
+    args.extend([
+        "--etcd-config=/etc/knit/admin/config.yaml".to_owned(),
+        "--etcd-users=/etc/knit/users/users.yaml".to_owned(),
+        "--peer-configs=/etc/knit/peers".to_owned(),
+        format!("--metrics-addr=0.0.0.0:{}", names::APISERVER_METRICS_PORT),
+    ]);
+    args
+}
+
 pub fn apiserver_service(config: &ClusterConfig) -> Result<Service> {
     let service_type = match config.apiserver.service_type {
         ServiceType::ClusterIP => "ClusterIP",
