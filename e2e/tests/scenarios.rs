@@ -88,9 +88,9 @@ fn export_import_and_peer_failure() {
     });
     eprintln!("failover after {:?} (grace period 4s): {h:?}", killed.elapsed());
 
-    // While b is down, web-b2 is deleted there; when b returns, its
-    // backends come back without web-b2.
-    mesh.delete_pod_manifest(web_b2);
+    // While b is down, web-b2 is deleted there (its node's CNI DEL needs no
+    // control plane); when b returns, its backends come back without web-b2.
+    mesh.delete_pod(web_b2).expect("CNI DEL while the control plane is down");
     mesh.deploy_service(B, &service(vip_b, vec![web_b1], true, true));
     mesh.start_control_plane(B);
     let h = mesh.wait_for_hits(
