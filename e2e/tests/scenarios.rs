@@ -90,7 +90,8 @@ fn export_import_and_peer_failure() {
 
     // While b is down, web-b2 is deleted there (its node's CNI DEL needs no
     // control plane); when b returns, its backends come back without web-b2.
-    mesh.delete_pod(web_b2).expect("CNI DEL while the control plane is down");
+    mesh.delete_pod(web_b2)
+        .expect("CNI DEL while the control plane is down");
     mesh.deploy_service(B, &service(vip_b, vec![web_b1], true, true));
     mesh.start_control_plane(B);
     let h = mesh.wait_for_hits(
