@@ -46,6 +46,9 @@ fn node_and_outside_reach_pods_and_back() {
     );
     let _host_server = mesh.serve_in(&node0, "node/a1", NODE_PORT);
     let node_addr = SocketAddrV4::new(node0_ip, NODE_PORT);
+    mesh.wait_until("the node's server to listen", Duration::from_secs(10), || {
+        mesh.hits_from(&node0, node_addr, 1).total() == 1
+    });
     let to_node = mesh.hits_to(web, node_addr, 20, false);
     assert_eq!(
         to_node.names.get("node/a1"),
@@ -61,8 +64,11 @@ fn node_and_outside_reach_pods_and_back() {
 
     // Pod -> outside: the outside host has no route to pod CIDRs, so every
     // answer proves the request was masqueraded and the reply un-NATed.
-    let (_ext, _ext_server) = mesh.add_outside_host("inet", "192.168.50.250");
+    let (ext, _ext_server) = mesh.add_outside_host("inet", "192.168.50.250");
     let outside = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 250), SERVER_PORT);
+    mesh.wait_until("the outside server to listen", Duration::from_secs(10), || {
+        mesh.hits_from(ext.name(), outside, 1).total() == 1
+    });
     for (p, what) in [(web, "tcp"), (client, "tcp")] {
         let h = mesh.hits_to(p, outside, 20, false);
         assert_eq!(
