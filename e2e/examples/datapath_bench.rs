@@ -30,7 +30,7 @@ use knit_agent::render::parse_mac;
 use knit_cni::attachment::AttachmentStore;
 use knit_e2e::cni::{CniRuntime, Sandbox, result_ipv4};
 use knit_e2e::mesh::{Binaries, SERVER_PORT};
-use knit_e2e::netns::{BpffsRoot, CgroupRoot, Netns, clean_stale, run_prefix};
+use knit_e2e::netns::{BpffsRoot, CgroupRoot, Netns, clean_stale};
 use knit_e2e::{ChildProcess, Placement, TempDir};
 
 /// The bench node's pod CIDR (host-local hands out addresses from it).
@@ -111,13 +111,7 @@ struct Node {
 
 /// A pod namespace attached by the node's CNI; returns its IP.
 fn cni_pod(cni: &CniRuntime, pod: &Netns, name: &str) -> Ipv4Addr {
-    let sandbox = Sandbox {
-        container_id: format!("{}{name}", run_prefix()),
-        netns: PathBuf::from("/run/netns").join(pod.name()),
-        ifname: "eth0".into(),
-        namespace: "bench".into(),
-        name: name.into(),
-    };
+    let sandbox = Sandbox::in_netns(name, pod, "bench", name);
     let result = cni.add(&sandbox).unwrap_or_else(|e| panic!("{e}"));
     result_ipv4(&result).expect("an IPv4 address")
 }

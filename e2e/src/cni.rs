@@ -63,6 +63,20 @@ pub struct Sandbox {
     pub name: String,
 }
 
+impl Sandbox {
+    /// The sandbox of the pod namespace `pod`, interface `eth0`, with a
+    /// container ID made of this test run's prefix and `tag`.
+    pub fn in_netns(tag: &str, pod: &crate::netns::Netns, namespace: &str, name: &str) -> Self {
+        Self {
+            container_id: format!("{}{tag}", crate::netns::run_prefix()),
+            netns: PathBuf::from("/run/netns").join(pod.name()),
+            ifname: "eth0".into(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
 /// A node's CNI setup.
 #[derive(Clone, Debug)]
 pub struct CniRuntime {

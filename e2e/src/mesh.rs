@@ -534,13 +534,7 @@ impl LocalMesh {
         node.next_pod += 1;
         let tag = format!("{}-n{}-p{k}", short(c), n + 1);
         let pod_ns = Netns::new(&tag);
-        let sandbox = Sandbox {
-            container_id: format!("{}{}", crate::netns::run_prefix(), tag),
-            netns: PathBuf::from("/run/netns").join(pod_ns.name()),
-            ifname: "eth0".into(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
+        let sandbox = Sandbox::in_netns(&tag, &pod_ns, namespace, name);
         let result = node.cni.add(&sandbox)?;
         let ip = result_ipv4(&result).expect("the CNI result has an IPv4 address");
         let cgroup = self.cgroups.dir(&format!("{}/n{}/p{k}", short(c), n + 1));

@@ -3,13 +3,11 @@
 //! network namespaces the test made. Every CNI command, and every error a
 //! runtime can provoke, with its code. Runs as root.
 
-use std::path::PathBuf;
-
 use knit_cni::attachment::AttachmentStore;
 use knit_e2e::TempDir;
 use knit_e2e::cni::{CniRuntime, Sandbox, result_ipv4};
 use knit_e2e::mesh::Binaries;
-use knit_e2e::netns::{Netns, run_prefix};
+use knit_e2e::netns::Netns;
 use serde_json::{Value, json};
 
 struct Node {
@@ -48,13 +46,7 @@ fn node() -> Node {
 impl Node {
     fn sandbox(&mut self, tag: &str) -> Sandbox {
         let pod = Netns::new(&format!("cni-{tag}"));
-        let sb = Sandbox {
-            container_id: format!("{}{tag}", run_prefix()),
-            netns: PathBuf::from("/run/netns").join(pod.name()),
-            ifname: "eth0".into(),
-            namespace: "shop".into(),
-            name: tag.into(),
-        };
+        let sb = Sandbox::in_netns(tag, &pod, "shop", tag);
         self.pods.push(pod);
         sb
     }
