@@ -50,6 +50,10 @@ struct Args {
     /// plugin).
     #[arg(long, default_value = knit_cni::attachment::DEFAULT_STATE_DIR)]
     cni_state_dir: PathBuf,
+    /// The node's CNI config directory; when set, the agent keeps Knit
+    /// chained into the active config if the cluster's CNI rewrites it.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
     /// Metrics and health address.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
@@ -97,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         tunnel_port: args.tunnel_port,
         refresh: Duration::from_millis(500),
         cni_state_dir: args.cni_state_dir.clone(),
+        cni_conf_dir: args.cni_conf_dir.clone(),
     };
     let agent = async {
         match &args.source_dir {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub pending_endpoints: Gauge,
     /// CNI attachment files that could not be read.
     pub unreadable_attachments: Gauge,
+    /// Times Knit was chained again into a CNI config that lost it.
+    pub cni_config_rechained: Counter,
 }
 
 impl Metrics {
@@ -74,6 +76,11 @@ impl Metrics {
             "unreadable_cni_attachments",
             "CNI attachment files in the state directory that could not be read (skipped)",
             self.unreadable_attachments.clone(),
+        );
+        r.register(
+            "cni_config_rechained",
+            "Times the node's CNI config was rewritten without Knit (by the cluster's CNI) and Knit was chained again",
+            self.cni_config_rechained.clone(),
         );
     }
 }

@@ -53,6 +53,10 @@ pub struct AgentSettings {
     pub refresh: Duration,
     /// knit-cni's state directory: this node's pod attachments.
     pub cni_state_dir: PathBuf,
+    /// The node's CNI config directory, where Knit is kept chained into the
+    /// cluster's CNI config ([`knit_cni::conflist::keep_chained`]); none
+    /// leaves the config alone.
+    pub cni_conf_dir: Option<PathBuf>,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -152,6 +156,16 @@ pub async fn run<S: Source>(
                         }
                     }
                     Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing CNI attachments failed; keeping the last list"),
+                }
+                if let Some(dir) = &settings.cni_conf_dir {
+                    match knit_cni::conflist::keep_chained(dir, &settings.cni_state_dir) {
+                        Ok(Some(file)) => {
+                            metrics.cni_config_rechained.inc();
+                            tracing::warn!(file = %file.display(), "the node's CNI config lost Knit (rewritten by its CNI); chained Knit again");
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "checking the node's CNI config failed"),
+                    }
                 }
                 for (reason, n) in datapath.drops() {
                     metrics.drops.get_or_create(&Name { name: reason.into() }).set(n as i64);

@@ -10,7 +10,10 @@
 //!   `ptp` + `host-local` over the node's pod CIDRs, `portmap`, `knit`;
 //! - is idempotent: a config that already chains Knit is left alone.
 //!
-//! [`uninstall`] restores every backup and removes the default conflist.
+//! [`keep_chained`], run by the agent on every refresh, puts Knit back when
+//! the cluster's own CNI agent rewrites its file (kindnet, flannel and
+//! Calico all do on restart). [`uninstall`] restores every backup and
+//! removes the default conflist.
 //! The functions that compute configs take and return values.
 
 use std::path::{Path, PathBuf};
@@ -206,6 +209,21 @@ pub fn install(conf_dir: &Path, pod_cidrs: &[String], state_dir: &Path) -> Resul
     })?;
     write(&active, &chained)?;
     Ok(Installed::Chained(active))
+}
+
+/// Re-chains Knit into the active config when something removed it since
+/// [`install`] (the cluster's CNI agent rewrote its file). Returns the file
+/// re-chained, or `None` when Knit is still there or the directory holds no
+/// config at all (then there is nothing to join; the init container writes
+/// the default on the next start).
+pub fn keep_chained(conf_dir: &Path, state_dir: &Path) -> Result<Option<PathBuf>> {
+    if active_config(conf_dir)?.is_none() {
+        return Ok(None);
+    }
+    match install(conf_dir, &[], state_dir)? {
+        Installed::Chained(path) => Ok(Some(path)),
+        Installed::AlreadyChained(_) | Installed::Default(_) => Ok(None),
+    }
 }
 
 fn backup_path(config: &Path) -> PathBuf {

@@ -7,14 +7,25 @@ A=kind-knit-a B=kind-knit-b
 pass() { echo "PASS: $*"; }
 
 for ctx in $A $B; do
-  kubectl --context "$ctx" apply -k config/default
+  # config/default with this checkout's images; kind's own CNI (kindnet)
+  # stays, and the agent's init container chains knit-cni after it.
+  kubectl --context "$ctx" apply -k e2e/kind/overlay
 done
-# Give each cluster its own identity.
-kubectl --context $B -n knit-system create configmap knit-operator-config \
-  --from-literal=config.yaml="$(sed 's/clusterName: cluster-a/clusterName: cluster-b/; s/clusterID: 1/clusterID: 2/; s#10.1.0.0/16#10.2.0.0/16#' config/operator/config.yaml)" \
-  --dry-run=client -o yaml | kubectl --context $B apply -f -
+# Give each cluster its own identity, and expose its mesh apiserver on a
+# NodePort of its control-plane node: the kind clusters share one Docker
+# network, so that address is what the other cluster reaches. It goes into
+# the server certificate and into `knitctl peer export`.
+configure() { # context name id pod-cidr
+  local ip
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "${1#kind-}-control-plane")
+  kubectl --context "$1" -n knit-system create configmap knit-operator-config \
+    --from-literal=config.yaml="$(sed "s/clusterName: cluster-a/clusterName: $2/; s/clusterID: 1/clusterID: $3/; s#10.1.0.0/16#$4#; s/serviceType: LoadBalancer/serviceType: NodePort\n  nodePort: 32379/; s/externalAddresses: \[\]/externalAddresses: [$ip]/" config/operator/config.yaml)" \
+    --dry-run=client -o yaml | kubectl --context "$1" apply -f -
+  kubectl --context "$1" -n knit-system rollout restart deployment/knit-operator
+}
+configure $A cluster-a 1 10.1.0.0/16
+configure $B cluster-b 2 10.2.0.0/16
 for ctx in $A $B; do
-  kubectl --context "$ctx" -n knit-system set image deployment/knit-operator operator=knit-operator:dev
   kubectl --context "$ctx" -n knit-system rollout status deployment/knit-operator --timeout=180s
 done
 
@@ -33,7 +44,8 @@ for ctx in $A $B; do
 done
 kubectl --context $A run knitctl-export --rm -i --restart=Never --image=knit-operator:dev \
   --overrides='{"spec":{"serviceAccountName":"knit-operator"}}' --command -- \
-  knitctl peer export --endpoint https://knit-apiserver.knit-system.svc:2379 > /tmp/knit-peer-a.yaml
+  knitctl peer export > /tmp/knit-peer-a.yaml
+grep -q 'https://.*:32379' /tmp/knit-peer-a.yaml || { echo "FAIL: export lacks the NodePort address"; exit 1; }
 kubectl --context $B apply -f /tmp/knit-peer-a.yaml
 kubectl --context $B wait clustermeshpeer/cluster-a --for=condition=CertificateReady --timeout=120s
 kubectl --context $B -n knit-system get secret knit-peer-configs -o jsonpath='{.data.cluster-a\.yaml}' | grep -q .
@@ -49,17 +61,16 @@ pass "deleting a ClusterMeshPeer removes its config"
 
 # ---------------------------------------------------------------------------
 # Datapath scenarios: the same list as the local suite (docs/e2e.md,
-# e2e/tests/datapath.rs and e2e/tests/scenarios.rs). They need the agents'
-# pod interfaces to follow Knit's CNI contract (docs/datapath.md); Knit ships
-# no CNI plugin yet, so on stock kind (kindnet) they fail at the first
-# cross-cluster request.
+# e2e/tests/datapath.rs and e2e/tests/scenarios.rs). Pods are made by kind's
+# own CNI (kindnet: ptp + host-local + portmap); the agent's init container
+# chained knit-cni after it, which hands each pod to the agent.
 kubectl --context $A apply -f /tmp/knit-peer-a.yaml >/dev/null 2>&1 || true
 kubectl --context $A run knitctl-export --rm -i --restart=Never --image=knit-operator:dev \
   --overrides='{"spec":{"serviceAccountName":"knit-operator"}}' --command -- \
-  knitctl peer export --endpoint https://knit-apiserver.knit-system.svc:2379 > /tmp/knit-peer-a.yaml
+  knitctl peer export > /tmp/knit-peer-a.yaml
 kubectl --context $B run knitctl-export --rm -i --restart=Never --image=knit-operator:dev \
   --overrides='{"spec":{"serviceAccountName":"knit-operator"}}' --command -- \
-  knitctl peer export --endpoint https://knit-apiserver.knit-system.svc:2379 > /tmp/knit-peer-b.yaml
+  knitctl peer export > /tmp/knit-peer-b.yaml
 kubectl --context $B apply -f /tmp/knit-peer-a.yaml
 kubectl --context $A apply -f /tmp/knit-peer-b.yaml
 for ctx in $A $B; do

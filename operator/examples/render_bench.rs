@@ -69,6 +69,7 @@ fn main() {
             config: &config,
             peers: &inputs,
             stored: &Default::default(),
+            load_balancer_ingress: &[],
             now,
         })
         .unwrap();
@@ -82,6 +83,7 @@ fn main() {
                         config: &config,
                         peers: &inputs,
                         stored: &stored,
+                        load_balancer_ingress: &[],
                         now,
                     })
                     .unwrap();

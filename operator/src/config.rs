@@ -206,14 +206,27 @@ impl ClusterConfig {
         ]
     }
 
-    /// URLs peers use to reach this cluster (for `knitctl peer export`).
-    pub fn peer_endpoints(&self) -> Vec<String> {
+    /// Addresses (host names or IPs) peers use to reach this cluster:
+    /// `apiserver.externalAddresses` when set, otherwise the mesh apiserver
+    /// Service's LoadBalancer ingress (`load_balancer_ingress`). The server
+    /// certificate names every one of them, and `knitctl peer export`
+    /// publishes exactly these, so the two cannot disagree.
+    pub fn exported_addresses(&self, load_balancer_ingress: &[String]) -> Vec<String> {
+        if self.apiserver.external_addresses.is_empty() {
+            load_balancer_ingress.to_vec()
+        } else {
+            self.apiserver.external_addresses.clone()
+        }
+    }
+
+    /// URLs peers use to reach this cluster (for `knitctl peer export`), one
+    /// per [`exported_addresses`](Self::exported_addresses).
+    pub fn peer_endpoints(&self, load_balancer_ingress: &[String]) -> Vec<String> {
         let port = match self.apiserver.service_type {
             ServiceType::NodePort => self.apiserver.node_port.unwrap_or(self.apiserver.port),
             _ => self.apiserver.port,
         };
-        self.apiserver
-            .external_addresses
+        self.exported_addresses(load_balancer_ingress)
             .iter()
             .map(|addr| match addr.parse::<IpAddr>() {
                 Ok(IpAddr::V6(v6)) => format!("https://[{v6}]:{port}"),
@@ -304,11 +317,22 @@ mod tests {
         let mut c = ClusterConfig::from_yaml(MINIMAL).unwrap();
         c.apiserver.external_addresses = vec!["mesh.a.example.com".into(), "fd00::1".into()];
         assert_eq!(
-            c.peer_endpoints(),
+            c.peer_endpoints(&["192.0.2.7".into()]),
             vec!["https://mesh.a.example.com:2379", "https://[fd00::1]:2379"]
         );
         c.apiserver.service_type = ServiceType::NodePort;
         c.apiserver.node_port = Some(32379);
-        assert_eq!(c.peer_endpoints()[0], "https://mesh.a.example.com:32379");
+        assert_eq!(c.peer_endpoints(&[])[0], "https://mesh.a.example.com:32379");
+    }
+
+    #[test]
+    fn without_external_addresses_the_load_balancer_ingress_is_exported() {
+        let c = ClusterConfig::from_yaml(MINIMAL).unwrap();
+        assert!(c.apiserver.external_addresses.is_empty());
+        assert_eq!(c.peer_endpoints(&[]), Vec::<String>::new());
+        assert_eq!(
+            c.peer_endpoints(&["192.0.2.7".into(), "mesh.lb.example.com".into()]),
+            vec!["https://192.0.2.7:2379", "https://mesh.lb.example.com:2379"]
+        );
     }
 }

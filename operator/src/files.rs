@@ -31,6 +31,7 @@ pub fn render_to_dir(
         config,
         peers: &inputs,
         stored: &stored,
+        load_balancer_ingress: &[],
         now,
     })?;
     for secret in &plan.secrets {

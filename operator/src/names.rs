@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 pub const APISERVER: &str = "knit-apiserver";
 /// Secret: the mesh CA certificate and key (`ca.crt`, `ca.key`, `previous-cas.crt`).
 pub const CA_SECRET: &str = "knit-ca";
+/// ConfigMap: the mesh CA certificate alone (`ca.crt`), public, so that
+/// `knitctl peer export` needs no access to the CA's private key.
+pub const PUBLIC_CA_CONFIGMAP: &str = "knit-mesh-ca";
 /// Secret: the etcd server certificate of the mesh apiserver.
 pub const SERVER_CERT_SECRET: &str = "knit-apiserver-server-cert";
 /// Secret: read-write client certificate of the local apiserver (etcd user `admin`).

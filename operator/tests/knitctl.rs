@@ -74,9 +74,17 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
     render(&a_cfg, &a_peers, &a_out);
     render(&b_cfg, &b_peers, &b_out);
     let a_ca = std::fs::read_to_string(a_out.join("knit-ca/ca.crt")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(a_out.join("knit-mesh-ca/ca.crt")).unwrap(),
+        a_ca,
+        "the public CA ConfigMap carries the CA certificate"
+    );
+    // Export needs only public data: it works with the CA Secret unreadable.
+    std::fs::rename(a_out.join("knit-ca"), a_out.join("knit-ca.hidden")).unwrap();
 
     let a_manifest = knitctl(&["peer", "export", "--config", s(&a_cfg), "--pki-dir", s(&a_out)]);
     let b_manifest = knitctl(&["peer", "export", "--config", s(&b_cfg), "--pki-dir", s(&b_out)]);
+    std::fs::rename(a_out.join("knit-ca.hidden"), a_out.join("knit-ca")).unwrap();
     let exported: ClusterMeshPeer = serde_yaml::from_str(&a_manifest).unwrap();
     assert_eq!(exported.spec.cluster_name, "a");
     assert_eq!(exported.spec.cluster_id, 1);

@@ -77,6 +77,16 @@ fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({ "apiVersion": "v1", "kind": kind, "metadata": { "resourceVersion": "1" }, "items": items })
 }
 
+fn respond_not_found(send: tower_test::mock::SendResponse<Response<Body>>) {
+    let status = json!({ "apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "metadata": {} });
+    send.send_response(
+        Response::builder()
+            .status(404)
+            .body(Body::from(serde_json::to_vec(&status).unwrap()))
+            .unwrap(),
+    );
+}
+
 fn with_meta(mut body: Value) -> Value {
     body["metadata"]["resourceVersion"] = json!("2");
     body["metadata"]["uid"] = json!("uid-1");
@@ -105,6 +115,8 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/secrets")).await;
     let stale = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "knit-peer-old", "namespace": "knit-system" } });
     respond(send, list("SecretList", vec![stale]));
+    let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
+    respond_not_found(send);
 
     for name in [
         "knit-ca",
@@ -120,7 +132,7 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
         );
         respond(send, with_meta(body));
     }
-    for name in ["knit-trusted-client-cas", "knit-etcd-users"] {
+    for name in ["knit-mesh-ca", "knit-trusted-client-cas", "knit-etcd-users"] {
         let (body, send) = expect(&mut handle, Method::PATCH, &format!("{ns}/configmaps/{name}")).await;
         assert_eq!(body["kind"], "ConfigMap");
         respond(send, with_meta(body));
@@ -237,8 +249,10 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
         .map(|s| with_meta(serde_json::to_value(s).unwrap()))
         .collect();
     respond(send, list("SecretList", secrets));
-    // Nine idempotent applies, one ConfigMap list; nothing else.
-    for _ in 0..9 {
+    let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
+    respond_not_found(send);
+    // Ten idempotent applies, one ConfigMap list; nothing else.
+    for _ in 0..10 {
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
         assert!(
@@ -264,6 +278,71 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
     respond(send, list("ConfigMapList", vec![]));
     let plan = task.await.unwrap().unwrap();
     assert!(plan.events.is_empty(), "{:?}", plan.events);
+}
+
+#[tokio::test]
+async fn the_load_balancer_address_gets_into_the_server_certificate() {
+    let mut config = config_a();
+    config.apiserver.external_addresses.clear();
+    let first = render(&config, &[], &Default::default(), jiff::Timestamp::now());
+    let (client, mut handle) = mock();
+    let ctx = MeshContext {
+        config,
+        applier: Applier::new(client, "knit-system", None),
+        reports: Default::default(),
+    };
+    let task = tokio::spawn(async move { reconcile_mesh(&ctx, &[]).await });
+    let ns = "/api/v1/namespaces/knit-system";
+    let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/secrets")).await;
+    let secrets = first
+        .secrets
+        .iter()
+        .map(|s| with_meta(serde_json::to_value(s).unwrap()))
+        .collect();
+    respond(send, list("SecretList", secrets));
+    let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
+    respond(
+        send,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "knit-apiserver", "namespace": "knit-system" },
+            "status": { "loadBalancer": { "ingress": [ { "ip": "192.0.2.7" }, { "hostname": "mesh.lb.example.com" } ] } }
+        }),
+    );
+    let mut server_cert = None;
+    while !task.is_finished() {
+        let Ok(Some((req, send))) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), handle.next_request()).await
+        else {
+            break;
+        };
+        let path = req.uri().path().to_owned();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        if path.ends_with("/secrets/knit-apiserver-server-cert") {
+            let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(body.clone()).unwrap();
+            server_cert = Some(String::from_utf8(secret.data.unwrap()["tls.crt"].0.clone()).unwrap());
+        }
+        if path.ends_with("/configmaps") {
+            respond(send, list("ConfigMapList", vec![]));
+        } else {
+            respond(send, with_meta(body));
+        }
+    }
+    task.await.unwrap().unwrap();
+    let sans = knit_operator::pki::inspect(&server_cert.expect("server certificate applied"))
+        .unwrap()
+        .sans;
+    for address in ["192.0.2.7", "mesh.lb.example.com"] {
+        assert!(
+            sans.contains(&address.to_owned()),
+            "the exported address {address} is missing from the server certificate: {sans:?}"
+        );
+    }
 }
 
 #[tokio::test]

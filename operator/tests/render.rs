@@ -42,6 +42,7 @@ fn one_peer_yields_every_object_with_its_name() {
             "Secret/knit-admin-client-cert",
             "Secret/knit-local-client-cert",
             "Secret/knit-peer-configs",
+            "ConfigMap/knit-mesh-ca",
             "ConfigMap/knit-trusted-client-cas",
             "ConfigMap/knit-etcd-users",
             "Deployment/knit-apiserver",

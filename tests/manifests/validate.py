@@ -188,6 +188,36 @@ def check_agent_install(rendered):
     return errors
 
 
+def check_images_in_one_place():
+    """Every image Knit runs, the ones the operator deploys included, follows
+    config/default's `images:` list: an overlay that renames each listed image
+    must leave no image behind."""
+    import tempfile
+    listed = yaml.safe_load(open(os.path.join(ROOT, "config", "default", "kustomization.yaml")))["images"]
+    with tempfile.TemporaryDirectory() as overlay:
+        base = os.path.relpath(os.path.join(ROOT, "config", "default"), overlay)
+        # An overlay sees the names config/default already rewrote.
+        names = [i.get("newName", i["name"]) for i in listed]
+        images = [{"name": n, "newName": "override.example/" + n.split("/")[-1], "newTag": "test"} for n in names]
+        with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
+            yaml.safe_dump({"resources": [base], "images": images}, f)
+        rendered = kustomize(overlay)
+    found = []
+    for doc in rendered:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "knit-images":
+            found += [(f"ConfigMap/knit-images {k}", v) for k, v in doc["data"].items()]
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            found.append((f"{doc['kind']}/{doc['metadata']['name']} {c['name']}", c["image"]))
+    errors = [f"config/default: {where} uses {image!r}, which the images list does not override"
+              for where, image in found if not image.startswith("override.example/")]
+    if len(found) < 5:
+        errors.append(f"config/default: expected the operator, agent, init, apiserver and etcd images, found {found}")
+    if not errors:
+        print(f"config/default: all {len(found)} images follow the one images list")
+    return errors
+
+
 def main():
     crds = load_crds()
     failures = []
@@ -208,6 +238,7 @@ def main():
             failures.append(f"config/default: {name}: {e.message} at {'.'.join(map(str, e.path))}")
     print(f"config/default: {len(rendered)} objects rendered, {builtin} built-in objects valid for Kubernetes {K8S_VERSION}")
     failures += check_agent_install(rendered)
+    failures += check_images_in_one_place()
 
     for sample in sorted(glob.glob(os.path.join(ROOT, "config", "samples", "*", "kustomization.yaml"))):
         d = os.path.dirname(sample)

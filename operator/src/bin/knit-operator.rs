@@ -24,6 +24,13 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KNIT_METRICS_ADDR", default_value = "0.0.0.0:9963")]
     metrics_addr: SocketAddr,
+    /// knit-apiserver image of the mesh apiserver Deployment; overrides
+    /// `images.apiserver` of the config (set from ConfigMap knit-images).
+    #[arg(long, env = "KNIT_APISERVER_IMAGE")]
+    apiserver_image: Option<String>,
+    /// etcd image of the mesh apiserver Deployment; overrides `images.etcd`.
+    #[arg(long, env = "KNIT_ETCD_IMAGE")]
+    etcd_image: Option<String>,
     /// Name of this pod, shown as the Events' reporting instance.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -35,7 +42,13 @@ async fn main() -> anyhow::Result<()> {
     let _tracing = knit_telemetry::init_tracing("knit-operator")?;
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading cluster config {}", args.config.display()))?;
-    let config = ClusterConfig::from_yaml(&text)?;
+    let mut config = ClusterConfig::from_yaml(&text)?;
+    if let Some(image) = args.apiserver_image {
+        config.images.apiserver = image;
+    }
+    if let Some(image) = args.etcd_image {
+        config.images.etcd = image;
+    }
     tracing::info!(cluster = %config.cluster_name, id = config.cluster_id, "starting knit-operator");
 
     let mut registry = Registry::with_prefix("knit_operator");

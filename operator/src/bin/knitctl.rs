@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use knit_crds::ClusterMeshPeer;
 use knit_operator::config::ClusterConfig;
+use knit_operator::kube::apply::ingress_addresses;
 use knit_operator::{files, names, peer_export};
 use kube::api::Api;
 
@@ -195,66 +196,60 @@ fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 fn export_offline(config: &Path, dir: &Path, endpoints: Vec<String>) -> anyhow::Result<String> {
     let config = load_config(config)?;
-    let ca_path = dir.join(names::CA_SECRET).join("ca.crt");
+    let ca_path = dir.join(names::PUBLIC_CA_CONFIGMAP).join("ca.crt");
     let ca = std::fs::read_to_string(&ca_path)
         .with_context(|| format!("reading {} (run `knitctl render` first)", ca_path.display()))?;
     let endpoints = if endpoints.is_empty() {
-        config.peer_endpoints()
+        config.peer_endpoints(&[])
     } else {
         endpoints
     };
     Ok(peer_export::export_peer_yaml(&config, &ca, endpoints)?)
 }
 
+/// Reads only public objects: the operator's config, the public CA
+/// ConfigMap and the mesh apiserver Service. Never the CA Secret.
 async fn export_from_cluster(namespace: &str, endpoints: Vec<String>) -> anyhow::Result<String> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let cm = cms
-        .get("knit-operator-config")
-        .await
-        .with_context(|| format!("reading ConfigMap {namespace}/knit-operator-config"))?;
-    let text = cm
-        .data
-        .and_then(|d| d.get("config.yaml").cloned())
-        .context("ConfigMap knit-operator-config has no config.yaml")?;
+    let config_key = |name: &str, key: &str, hint: &str| {
+        let cms = cms.clone();
+        let (name, key, hint) = (name.to_owned(), key.to_owned(), hint.to_owned());
+        async move {
+            cms.get(&name)
+                .await
+                .with_context(|| format!("reading ConfigMap {namespace}/{name} ({hint})"))?
+                .data
+                .and_then(|d| d.get(&key).cloned())
+                .with_context(|| format!("ConfigMap {namespace}/{name} has no key {key}"))
+        }
+    };
+    let text = config_key(
+        "knit-operator-config",
+        "config.yaml",
+        "is Knit installed in this namespace?",
+    )
+    .await?;
     let config = ClusterConfig::from_yaml(&text)?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let ca = secrets
-        .get(names::CA_SECRET)
-        .await
-        .with_context(|| {
-            format!(
-                "reading Secret {namespace}/{} (is the operator running?)",
-                names::CA_SECRET
-            )
-        })?
-        .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .and_then(|b| String::from_utf8(b.0).ok())
-        .context("Secret knit-ca has no ca.crt")?;
-    let mut endpoints = if endpoints.is_empty() {
-        config.peer_endpoints()
+    let ca = config_key(
+        names::PUBLIC_CA_CONFIGMAP,
+        "ca.crt",
+        "is the operator running? it writes this ConfigMap",
+    )
+    .await?;
+    let endpoints = if endpoints.is_empty() {
+        let services: Api<Service> = Api::namespaced(client, namespace);
+        let ingress = services
+            .get_opt(names::APISERVER)
+            .await
+            .context("reading the mesh apiserver Service")?
+            .map(|svc| ingress_addresses(&svc))
+            .unwrap_or_default();
+        config.peer_endpoints(&ingress)
     } else {
         endpoints
     };
-    if endpoints.is_empty() {
-        let services: Api<Service> = Api::namespaced(client, namespace);
-        let svc = services
-            .get(names::APISERVER)
-            .await
-            .context("reading the mesh apiserver Service")?;
-        let ingress = svc
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|lb| lb.ingress)
-            .unwrap_or_default();
-        endpoints = ingress
-            .into_iter()
-            .filter_map(|i| i.hostname.or(i.ip))
-            .map(|host| format!("https://{host}:{}", config.apiserver.port))
-            .collect();
-    }
     Ok(peer_export::export_peer_yaml(&config, &ca, endpoints)?)
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret, Service};
 use knit_crds::{ClusterMeshPeer, ClusterMeshPeerStatus, GlobalServicePolicy, GlobalServicePolicyStatus};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -52,6 +52,17 @@ impl Applier {
         let lp = ListParams::default().labels(&managed_selector());
         let list = api.list(&lp).await.map_err(kube_err("listing managed Secrets"))?;
         Ok(list.items)
+    }
+
+    /// The mesh apiserver Service's LoadBalancer ingress: one host name or
+    /// IP per entry, empty while the Service has none (or does not exist).
+    pub async fn load_balancer_ingress(&self) -> Result<Vec<String>> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
+        let service = api
+            .get_opt(names::APISERVER)
+            .await
+            .map_err(kube_err("reading the mesh apiserver Service"))?;
+        Ok(service.map(|s| ingress_addresses(&s)).unwrap_or_default())
     }
 
     /// Reads one key of a Secret in the operator's namespace.
@@ -207,6 +218,19 @@ impl Applier {
             }
         }
     }
+}
+
+/// Host name (preferred) or IP of each LoadBalancer ingress entry of `service`.
+pub fn ingress_addresses(service: &Service) -> Vec<String> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.hostname.clone().or_else(|| i.ip.clone()))
+        .collect()
 }
 
 fn apply_params() -> PatchParams {

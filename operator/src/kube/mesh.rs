@@ -1,5 +1,5 @@
-//! The mesh loop: any change to a ClusterMeshPeer or to a managed Secret,
-//! and an hourly tick for certificate renewal, triggers one render of the
+//! The mesh loop: any change to a ClusterMeshPeer, to a managed Secret or to
+//! the mesh apiserver Service (its LoadBalancer address), and an hourly tick for certificate renewal, triggers one render of the
 //! whole control plane and its apply.
 //!
 //! Inputs are read fresh from the API at each reconcile (peers from the
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use knit_crds::ClusterMeshPeer;
 use kube::api::Api;
 use kube::runtime::reflector;
@@ -58,6 +58,7 @@ pub async fn peer_inputs(applier: &Applier, peers: &[Arc<ClusterMeshPeer>]) -> V
 pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -> Result<MeshPlan> {
     let existing = ctx.applier.managed_secrets().await?;
     let stored = render::stored_from_secrets(&existing);
+    let load_balancer_ingress = ctx.applier.load_balancer_ingress().await?;
     let mut inputs = peer_inputs(&ctx.applier, peers).await;
     {
         let reports = ctx.reports.lock().unwrap_or_else(|p| p.into_inner());
@@ -69,6 +70,7 @@ pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -
         config: &ctx.config,
         peers: &inputs,
         stored: &stored,
+        load_balancer_ingress: &load_balancer_ingress,
         now: jiff::Timestamp::now(),
     })?;
     ctx.applier.apply_plan(&plan, &existing).await?;
@@ -88,7 +90,8 @@ pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -
 pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
     let client = ctx.applier.client().clone();
     let peers_api: Api<ClusterMeshPeer> = Api::all(client.clone());
-    let secrets_api: Api<Secret> = Api::namespaced(client, &ctx.config.namespace);
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ctx.config.namespace);
+    let services_api: Api<Service> = Api::namespaced(client, &ctx.config.namespace);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
 
     let (peer_store, peer_writer) = reflector::store();
@@ -103,7 +106,17 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
         .default_backoff()
         .touched_objects()
         .map(|_| ());
-    let mut events = futures::stream::select(peer_events, secret_events).boxed();
+    // The Service's LoadBalancer ingress goes into the server certificate.
+    let service_cfg = watcher::Config::default().fields(&format!("metadata.name={}", names::APISERVER));
+    let service_events = watcher(services_api, service_cfg)
+        .default_backoff()
+        .touched_objects()
+        .map(|_| ());
+    let mut events = futures::stream::select(
+        futures::stream::select(peer_events, secret_events),
+        service_events,
+    )
+    .boxed();
     tokio::spawn(watch_reports(
         ctx.applier.clone(),
         ctx.config.clone(),

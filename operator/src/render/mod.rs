@@ -40,6 +40,9 @@ pub struct MeshInputs<'a> {
     pub peers: &'a [PeerInput],
     /// The operator's Secrets as stored now.
     pub stored: &'a StoredSecrets,
+    /// Addresses in the mesh apiserver Service's LoadBalancer status (host
+    /// name or IP per ingress entry); empty when it has none.
+    pub load_balancer_ingress: &'a [String],
     /// Current time.
     pub now: Timestamp,
 }
@@ -90,7 +93,13 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
     let config = inputs.config;
     let (accepted, problems) = peers::check_peers(config, inputs.peers);
     let cluster_names: Vec<String> = accepted.iter().map(|p| p.cluster_name.clone()).collect();
-    let pki = pki_plan::plan_pki(config, inputs.stored, &cluster_names, inputs.now)?;
+    let pki = pki_plan::plan_pki(
+        config,
+        inputs.stored,
+        &cluster_names,
+        inputs.load_balancer_ingress,
+        inputs.now,
+    )?;
 
     let mut events = Vec::new();
     if !pki.issued.is_empty() {
@@ -146,6 +155,12 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
     let users = peers::etcd_access(config, &accepted).to_yaml()?;
     let trust_hash = short_sha256(&format!("{trusted}\n{users}"));
     let config_maps = vec![
+        config_map(
+            config,
+            names::PUBLIC_CA_CONFIGMAP,
+            "ca.crt",
+            pki.ca.cert_pem.clone(),
+        ),
         config_map(config, names::TRUSTED_CAS_CONFIGMAP, "ca.crt", trusted),
         config_map(config, names::ETCD_USERS_CONFIGMAP, "users.yaml", users),
     ];

@@ -43,23 +43,28 @@ pub struct PkiPlan {
 }
 
 /// Server certificate SANs: the Service DNS names, loopback (for the sidecar
-/// apiserver) and the configured external addresses.
-pub fn server_sans(config: &ClusterConfig) -> Vec<String> {
+/// apiserver) and every address peers are given
+/// ([`ClusterConfig::exported_addresses`]).
+pub fn server_sans(config: &ClusterConfig, load_balancer_ingress: &[String]) -> Vec<String> {
     let mut sans = config.service_dns_names();
     sans.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
-    for addr in &config.apiserver.external_addresses {
-        if !sans.contains(addr) {
-            sans.push(addr.clone());
+    for addr in config.exported_addresses(load_balancer_ingress) {
+        if !sans.contains(&addr) {
+            sans.push(addr);
         }
     }
     sans
 }
 
 /// Decides the certificate set for `peers` (peer cluster names) at `now`.
+/// `load_balancer_ingress` is the mesh apiserver Service's LoadBalancer
+/// ingress, named by the server certificate when no external address is
+/// configured.
 pub fn plan_pki(
     config: &ClusterConfig,
     stored: &StoredSecrets,
     peers: &[String],
+    load_balancer_ingress: &[String],
     now: Timestamp,
 ) -> Result<PkiPlan> {
     let policy = &config.certificates;
@@ -101,7 +106,7 @@ pub fn plan_pki(
         "tls.key",
         LeafSpec {
             common_name: names::APISERVER.to_owned(),
-            sans: server_sans(config),
+            sans: server_sans(config, load_balancer_ingress),
             usage: Usage::Server,
         },
     )?;

@@ -51,6 +51,7 @@ pub fn render(
         config,
         peers,
         stored,
+        load_balancer_ingress: &[],
         now,
     })
     .unwrap()
