@@ -87,7 +87,8 @@ impl TestCluster {
 
     /// The ClusterMeshPeer other clusters apply for this one (`knitctl peer export`).
     pub fn manifest(&self) -> ClusterMeshPeer {
-        let ca = std::fs::read_to_string(self.pki().join(names::PUBLIC_CA_CONFIGMAP).join("ca.crt")).expect("CA");
+        let ca =
+            std::fs::read_to_string(self.pki().join(names::PUBLIC_CA_CONFIGMAP).join("ca.crt")).expect("CA");
         peer_export::export_peer(&self.config, &ca, self.config.peer_endpoints(&[])).expect("export")
     }
 

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod container;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;

@@ -225,7 +225,8 @@ pub struct LocalMesh {
     _bpffs: BpffsRoot,
     /// One mesh per test process at a time (names and addresses repeat).
     _exclusive: std::sync::MutexGuard<'static, ()>,
-    bins: Binaries,
+    /// The binaries under test.
+    pub bins: Binaries,
     options: MeshOptions,
     logs: TempDir,
     /// Plugin directory, host-local data, CNI caches and state.
@@ -575,19 +576,31 @@ impl LocalMesh {
 
     fn write_pod(&self, p: usize, labels: &[(&str, &str)], node: &str) {
         let pod = &self.pods[p];
+        self.register_pod(pod.cluster, node, &pod.namespace, &pod.name, pod.ip, labels);
+    }
+
+    /// Writes a running Pod `namespace/name` with `ip` on node `node` into
+    /// cluster `c`'s source, as kubelet reports a pod a runtime created
+    /// (file `pod-<namespace>-<name>.yaml`).
+    pub fn register_pod(
+        &self,
+        c: usize,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+        labels: &[(&str, &str)],
+    ) {
         let labels: String = labels
             .iter()
             .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
             .collect();
         let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: knit-probe\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
-            pod.name,
-            pod.namespace,
-            ip = pod.ip
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: knit-probe\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
         );
-        self.clusters[pod.cluster]
+        self.clusters[c]
             .control
-            .write_source(&format!("pod-{}-{}.yaml", pod.namespace, pod.name), &yaml);
+            .write_source(&format!("pod-{namespace}-{name}.yaml"), &yaml);
     }
 
     /// Removes pod `p` from its cluster's source (the pod keeps running,
