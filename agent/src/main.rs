@@ -9,8 +9,8 @@ use clap::Parser;
 use knit_agent::metrics::Metrics;
 use knit_agent::netdev::VXLAN_PORT;
 use knit_agent::run::{AgentSettings, run};
-use knit_apiserver::source::directory::DirectorySource;
-use knit_apiserver::source::kubernetes::KubernetesSource;
+use knit_sources::directory::DirectorySource;
+use knit_sources::kubernetes::KubernetesSource;
 use knit_telemetry::prometheus_client::registry::Registry;
 
 /// Programs this node's eBPF datapath from the local mesh kvstore.
@@ -118,7 +118,13 @@ async fn main() -> anyhow::Result<()> {
                 let kube = kube::Client::try_default()
                     .await
                     .context("connecting to the Kubernetes API")?;
-                run(settings, KubernetesSource::new(kube), metrics, health).await
+                run(
+                    settings,
+                    KubernetesSource::new(kube, knit_sources::Kinds::AGENT),
+                    metrics,
+                    health,
+                )
+                .await
             }
         }
         .context("agent")

@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use knit_apiserver::source::Source;
 use knit_kvstore::KEY_PREFIX;
 use knit_kvstore::etcd::{connect, load_client_config};
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
+use knit_sources::Source;
 use knit_telemetry::Health;
 use tokio::sync::mpsc;
 

@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
-use knit_e2e::TestCluster;
-use knit_e2e::cluster::full_mesh;
-use knit_e2e::manifests::{node, pod};
 use knit_kvstore::keys::{cache_prefix, mesh_status_key};
 use knit_kvstore::records::PeerStatusRecord;
+use knit_testkit::TestCluster;
+use knit_testkit::cluster::full_mesh;
+use knit_testkit::manifests::{node, pod};
 
 fn apiserver_bin() -> String {
     std::env::var("KNIT_APISERVER_BIN").unwrap_or_else(|_| {

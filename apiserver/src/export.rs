@@ -24,7 +24,7 @@ use knit_kvstore::records::{
 };
 
 use crate::identity::{IdentityAllocator, Labels};
-use crate::source::{ClusterState, EndpointSliceInfo, PodInfo, ServiceInfo};
+use knit_sources::{ClusterState, EndpointSliceInfo, PodInfo, ServiceInfo};
 
 /// This cluster's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use knit_telemetry::Health;
 use crate::export::{LocalCluster, export, local_prefix};
 use crate::identity::IdentityAllocator;
 use crate::metrics::{Metrics, PeerDetail};
-use crate::source::Source;
 use crate::{Error, Result, unix_now};
+use knit_sources::Source;
 
 /// Exporter settings.
 pub struct ExporterSettings {

@@ -1,7 +1,7 @@
 //! knit-apiserver: exports this cluster's state to its etcd and mirrors
 //! every peer's state into it (KVStoreMesh).
 //!
-//! Data flow: [`source`] (directory of Kubernetes YAML) → [`export`] (pure:
+//! Data flow: `knit_sources` (Kubernetes watches or a directory of YAML) → [`export`] (pure:
 //! state → keys) → [`exporter`] (SyncStore writes, canaries) → local etcd;
 //! peers' etcd → [`mesh`] (WatchStore → validation → SyncStore) → local
 //! etcd under `knit/v1/cache/<peer>/`. [`bootstrap`] sets etcd's users and
@@ -15,7 +15,6 @@ pub mod exporter;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
-pub mod source;
 
 /// Errors of the apiserver.
 #[derive(Debug, thiserror::Error)]

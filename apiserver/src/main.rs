@@ -10,9 +10,9 @@ use knit_apiserver::export::LocalCluster;
 use knit_apiserver::exporter::{ExporterSettings, run_exporter};
 use knit_apiserver::mesh::{MeshSettings, run_mesh};
 use knit_apiserver::metrics::Metrics;
-use knit_apiserver::source::directory::DirectorySource;
-use knit_apiserver::source::kubernetes::KubernetesSource;
 use knit_kvstore::{EtcdAccess, etcd};
+use knit_sources::directory::DirectorySource;
+use knit_sources::kubernetes::KubernetesSource;
 use prometheus_client::registry::Registry;
 
 #[derive(Parser)]
@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
                 let kube = kube::Client::try_default()
                     .await
                     .context("connecting to the Kubernetes API")?;
-                let source = KubernetesSource::new(kube);
+                let source = KubernetesSource::new(kube, knit_sources::Kinds::ALL);
                 run_exporter(client.clone(), source, settings, metrics.clone(), health).await
             }
         }

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use knit_apiserver::export::{LocalCluster, export};
 use knit_apiserver::identity::IdentityAllocator;
-use knit_apiserver::source::Source;
-use knit_apiserver::source::directory::DirectorySource;
-use knit_e2e::TempDir;
-use knit_e2e::manifests::{global_service, node, pod};
 use knit_kvstore::keys::Kind;
 use knit_kvstore::records::{Affinity, EndpointRecord, ServiceRecord};
+use knit_sources::Source;
+use knit_sources::directory::DirectorySource;
+use knit_testkit::TempDir;
+use knit_testkit::manifests::{global_service, node, pod};
 
 fn cluster() -> LocalCluster {
     LocalCluster {

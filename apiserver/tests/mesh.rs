@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
-use knit_e2e::TestCluster;
-use knit_e2e::cluster::full_mesh;
-use knit_e2e::manifests::{global_service, node, pod};
 use knit_kvstore::keys::{cache_prefix, cluster_prefix, mesh_status_key};
 use knit_kvstore::records::{EndpointRecord, PeerStatusRecord, ServiceRecord};
+use knit_testkit::TestCluster;
+use knit_testkit::cluster::full_mesh;
+use knit_testkit::manifests::{global_service, node, pod};
 
 fn seed(c: &TestCluster) {
     let n = c.id;

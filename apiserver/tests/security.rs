@@ -5,12 +5,12 @@ mod common;
 
 use common::*;
 use etcd_client::{GetOptions, PutOptions};
-use knit_e2e::TestCluster;
-use knit_e2e::cluster::{connect_retrying, full_mesh};
-use knit_e2e::manifests::{global_service, node, pod};
 use knit_kvstore::etcd;
 use knit_kvstore::keys::{cache_prefix, mesh_status_key};
 use knit_kvstore::records::{PeerStatusRecord, identity};
+use knit_testkit::TestCluster;
+use knit_testkit::cluster::{connect_retrying, full_mesh};
+use knit_testkit::manifests::{global_service, node, pod};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
-//! Test harness for Knit: real etcd servers with mTLS and RBAC, with
-//! certificates and peer configs from `knitctl render`'s code, and helpers
-//! that keep child processes and temporary directories tied to the test.
+//! Test harness for Knit's datapath: the local mesh (network namespaces,
+//! pods made through the CNI, agents with their eBPF programs), a real
+//! container runtime, and the control-plane kit of `knit-testkit`
+//! (re-exported: real etcd with mTLS and RBAC, processes, temp dirs).
 //!
 //! Every process is started under `setpriv --pdeathsig KILL`, so it dies
 //! with the test even when the test itself is killed, and is stopped by PID
@@ -8,13 +9,11 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-pub mod cluster;
 pub mod cni;
 pub mod container;
-pub mod manifests;
 pub mod mesh;
 pub mod netns;
-pub mod process;
 
-pub use cluster::TestCluster;
-pub use process::{ChildProcess, Placement, TempDir, free_port};
+pub use knit_testkit::{
+    ChildProcess, Placement, TempDir, TestCluster, cluster, free_port, manifests, process,
+};

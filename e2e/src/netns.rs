@@ -33,15 +33,7 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
     out
 }
 
-/// Whether a TCP connection to `addr:port` succeeds from inside the
-/// namespace named `netns`.
-pub fn tcp_open(netns: &str, addr: &str, port: u16) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", netns, "bash", "-c"])
-        .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+pub use knit_testkit::process::tcp_open;
 
 /// A network namespace, deleted on drop.
 #[derive(Debug)]

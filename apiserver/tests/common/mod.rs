@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use knit_e2e::TestCluster;
+use knit_testkit::TestCluster;
 
 pub const APISERVER: &str = env!("CARGO_BIN_EXE_knit-apiserver");
 

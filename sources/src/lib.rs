@@ -1,7 +1,14 @@
-//! Where the apiserver learns the cluster's state: Kubernetes objects as
-//! one [`ClusterState`] value, kept current by a [`Source`]. The
-//! [`kubernetes`] source watches the API server; the [`directory`] source
-//! reads YAML files (sites without Kubernetes, the local mesh, tests).
+//! Where Knit learns a cluster's objects: Kubernetes objects as one
+//! [`ClusterState`] value, kept current by a [`Source`]. The [`kubernetes`]
+//! source watches the API server, only the kinds its reader asks for
+//! ([`Kinds`]); the [`directory`] source reads YAML files (sites without
+//! Kubernetes, the local mesh, tests).
+//!
+//! Two readers: knit-apiserver exports every kind it reads; knit-agent
+//! reads only NetworkPolicies, the one kind it renders that the kvstore
+//! does not carry. Both depend on this crate alone, not on each other.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
 
 pub mod directory;
 pub mod kubernetes;
@@ -256,6 +263,52 @@ impl From<EndpointSlice> for EndpointSliceInfo {
             endpoints,
         }
     }
+}
+
+/// Which kinds a reader needs. Watching a kind costs one cluster-wide watch
+/// per reader, so per-node readers ask for as few as they can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kinds {
+    /// Nodes.
+    pub nodes: bool,
+    /// Pods.
+    pub pods: bool,
+    /// Namespaces.
+    pub namespaces: bool,
+    /// Services.
+    pub services: bool,
+    /// EndpointSlices.
+    pub endpoint_slices: bool,
+    /// NetworkPolicies.
+    pub network_policies: bool,
+    /// GlobalServicePolicies.
+    pub policies: bool,
+}
+
+impl Kinds {
+    /// Everything knit-apiserver exports from.
+    pub const ALL: Self = Self {
+        nodes: true,
+        pods: true,
+        namespaces: true,
+        services: true,
+        endpoint_slices: true,
+        network_policies: true,
+        policies: true,
+    };
+
+    /// What knit-agent renders from the API server: NetworkPolicies only.
+    /// Pods, Services, namespaces' labels and nodes reach it through the
+    /// kvstore, already reduced to what the datapath needs.
+    pub const AGENT: Self = Self {
+        nodes: false,
+        pods: false,
+        namespaces: false,
+        services: false,
+        endpoint_slices: false,
+        network_policies: true,
+        policies: false,
+    };
 }
 
 /// A live view of the cluster's objects.

@@ -1,6 +1,8 @@
-//! The Kubernetes source: one watcher per kind (Nodes, Pods, Namespaces,
-//! Services, EndpointSlices, NetworkPolicies, GlobalServicePolicies), merged
-//! into one stream that updates a [`ClusterState`] in place.
+//! The Kubernetes source: one watcher per kind the reader asked for
+//! ([`Kinds`]: Nodes, Pods, Namespaces, Services, EndpointSlices,
+//! NetworkPolicies, GlobalServicePolicies), merged into one stream that
+//! updates a [`ClusterState`] in place. Kinds not asked for stay empty and
+//! count as listed.
 //!
 //! A (re)list is buffered and swapped in whole on `InitDone`, so a relist
 //! never shows a half-empty state. Pods and Nodes are kept as
@@ -20,7 +22,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceInfo, Source, object_key};
+use crate::{
+    ClusterState, EndpointSliceInfo, Interner, Kinds, NodeInfo, PodInfo, ServiceInfo, Source, object_key,
+};
 
 // Boxing each event would cost an allocation per object for nothing: the
 // stream hands them over one at a time.
@@ -57,8 +61,8 @@ pub struct KubernetesSource {
 }
 
 impl KubernetesSource {
-    /// Starts the watchers (cluster-wide).
-    pub fn new(client: Client) -> Self {
+    /// Starts one cluster-wide watcher per kind in `kinds`.
+    pub fn new(client: Client, kinds: Kinds) -> Self {
         fn stream<K>(client: &Client, wrap: fn(Event<K>) -> Change) -> BoxStream<'static, Change>
         where
             K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -73,21 +77,40 @@ impl KubernetesSource {
                 .boxed()
         }
         use kube::runtime::watcher::watcher;
-        let changes = futures::stream::select_all([
-            stream::<Node>(&client, Change::Node),
-            stream::<Pod>(&client, Change::Pod),
-            stream::<Namespace>(&client, Change::Namespace),
-            stream::<Service>(&client, Change::Service),
-            stream::<EndpointSlice>(&client, Change::EndpointSlice),
-            stream::<NetworkPolicy>(&client, Change::NetworkPolicy),
-            stream::<GlobalServicePolicy>(&client, Change::Policy),
-        ]);
+        let wanted = [
+            kinds.nodes,
+            kinds.pods,
+            kinds.namespaces,
+            kinds.services,
+            kinds.endpoint_slices,
+            kinds.network_policies,
+            kinds.policies,
+        ];
+        let streams = [
+            kinds.nodes.then(|| stream::<Node>(&client, Change::Node)),
+            kinds.pods.then(|| stream::<Pod>(&client, Change::Pod)),
+            kinds
+                .namespaces
+                .then(|| stream::<Namespace>(&client, Change::Namespace)),
+            kinds
+                .services
+                .then(|| stream::<Service>(&client, Change::Service)),
+            kinds
+                .endpoint_slices
+                .then(|| stream::<EndpointSlice>(&client, Change::EndpointSlice)),
+            kinds
+                .network_policies
+                .then(|| stream::<NetworkPolicy>(&client, Change::NetworkPolicy)),
+            kinds
+                .policies
+                .then(|| stream::<GlobalServicePolicy>(&client, Change::Policy)),
+        ];
         Self {
             state: ClusterState::default(),
             interner: Interner::default(),
             buffers: Buffers::default(),
-            listed: [false; 7],
-            changes,
+            listed: wanted.map(|w| !w),
+            changes: futures::stream::select_all(streams.into_iter().flatten()),
         }
     }
 

@@ -211,7 +211,7 @@ impl TestCluster {
 
     fn etcd_listening(&self) -> bool {
         match &self.netns {
-            Some((ns, _)) => crate::netns::tcp_open(ns, "127.0.0.1", self.port),
+            Some((ns, _)) => crate::process::tcp_open(ns, "127.0.0.1", self.port),
             None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
         }
     }

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
-use super::{ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceInfo, object_key};
+use crate::{ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceInfo, object_key};
 
 /// What one file contributed.
 #[derive(Clone, Debug, Default)]
@@ -185,7 +185,7 @@ impl DirectorySource {
     }
 }
 
-impl super::Source for DirectorySource {
+impl crate::Source for DirectorySource {
     async fn next_change(&mut self) -> bool {
         if !self.polled {
             self.polled = true;
