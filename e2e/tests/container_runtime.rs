@@ -12,10 +12,10 @@ use std::time::Duration;
 use knit_cni::attachment::AttachmentStore;
 use knit_e2e::TempDir;
 use knit_e2e::container::{Containerd, NodeCni, build_image};
-use knit_e2e::mesh::{Hits, LocalMesh, MeshOptions, SERVER_PORT, cluster_name};
+use knit_e2e::mesh::{ClusterId, Hits, LocalMesh, MeshOptions, SERVER_PORT};
 
-const A: usize = 0;
-const B: usize = 1;
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
 
 #[test]
 fn a_pod_made_by_containerd_and_runc_joins_the_mesh_and_leaves_it() {
@@ -24,15 +24,15 @@ fn a_pod_made_by_containerd_and_runc_joins_the_mesh_and_leaves_it() {
         nodes: 1,
         ..MeshOptions::default()
     });
-    let client_b = mesh.add_pod(B, 0, "shop", "client", &[("app", "client")]);
-    let web_b = mesh.add_pod(B, 0, "shop", "web", &[("app", "web")]);
+    let client_b = mesh.add_pod(B.node(0), "shop", "client", &[("app", "client")]);
+    let web_b = mesh.add_pod(B.node(0), "shop", "web", &[("app", "web")]);
     let dir = TempDir::new("containerd");
     let image = build_image(
         &dir.path().join("image"),
         "knit.local/probe:test",
         &mesh.bins.probe,
     );
-    let node = &mesh.clusters[A].nodes[0];
+    let node = mesh.node(A.node(0));
     let runtime = Containerd::start(
         &dir.path().join("runtime"),
         &NodeCni {
@@ -44,7 +44,7 @@ fn a_pod_made_by_containerd_and_runc_joins_the_mesh_and_leaves_it() {
     runtime.import(&image);
 
     // Create: ctr makes the container, its namespace, and runs CNI ADD.
-    let server_name = format!("{}/ctr-web", cluster_name(A));
+    let server_name = format!("{}/ctr-web", A.name());
     let mut run = runtime.run(
         &image,
         "web",
@@ -80,14 +80,13 @@ fn a_pod_made_by_containerd_and_runc_joins_the_mesh_and_leaves_it() {
         pod_cidr.contains(&ip),
         "{ip} is not from the node's podCIDR {pod_cidr}"
     );
-    let node_name = node.name.clone();
-    mesh.register_pod(A, &node_name, "shop", "ctr-web", ip, &[("app", "web")]);
+    mesh.register_pod(A.node(0), "shop", "ctr-web", ip, &[("app", "web")]);
 
     // Running: reached from the other cluster, and reaching it.
     mesh.wait_for_hits("cluster-b -> the containerd pod", client_b, ip, false, |h| {
         h.names.get(&server_name) == Some(&40)
     });
-    let target = format!("{}:{SERVER_PORT}", mesh.pods[web_b].ip);
+    let target = format!("{}:{SERVER_PORT}", mesh.pod(web_b).ip);
     let out = runtime.ctr(&[
         "task",
         "exec",
@@ -109,7 +108,7 @@ fn a_pod_made_by_containerd_and_runc_joins_the_mesh_and_leaves_it() {
         )
     });
     assert_eq!(
-        hits.names.get(&format!("{}/web", cluster_name(B))),
+        hits.names.get(&format!("{}/web", B.name())),
         Some(&20),
         "the containerd pod -> cluster-b: {hits:?}"
     );

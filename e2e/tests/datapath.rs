@@ -5,21 +5,21 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use knit_e2e::mesh::{GlobalService, LocalMesh, MeshOptions, cluster_name};
+use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions, NodeId};
 
-const A: usize = 0;
-const B: usize = 1;
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
 
 #[test]
 fn routing_load_balancing_affinity_and_agent_restart() {
     let mut mesh = LocalMesh::start(MeshOptions::default());
-    let (a, b) = (cluster_name(A), cluster_name(B));
-    let client = mesh.add_pod(A, 0, "shop", "client", &[("app", "client")]);
-    let a_same_node = mesh.add_pod(A, 0, "shop", "web-a1", &[("app", "web")]);
-    let a_other_node = mesh.add_pod(A, 1, "shop", "web-a2", &[("app", "web")]);
-    let b_web1 = mesh.add_pod(B, 0, "shop", "web-b1", &[("app", "web")]);
-    let b_web2 = mesh.add_pod(B, 1, "shop", "web-b2", &[("app", "web")]);
-    let b_client = mesh.add_pod(B, 1, "shop", "client-b", &[("app", "client")]);
+    let (a, b) = (A.name(), B.name());
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let a_same_node = mesh.add_pod(A.node(0), "shop", "web-a1", &[("app", "web")]);
+    let a_other_node = mesh.add_pod(A.node(1), "shop", "web-a2", &[("app", "web")]);
+    let b_web1 = mesh.add_pod(B.node(0), "shop", "web-b1", &[("app", "web")]);
+    let b_web2 = mesh.add_pod(B.node(1), "shop", "web-b2", &[("app", "web")]);
+    let b_client = mesh.add_pod(B.node(1), "shop", "client-b", &[("app", "client")]);
 
     // Pod to pod: same node, across nodes, across clusters, both directions.
     for (from, to) in [
@@ -30,10 +30,10 @@ fn routing_load_balancing_affinity_and_agent_restart() {
         (b_client, a_other_node),
         (b_client, b_web1),
     ] {
-        let ip = mesh.pods[to].ip;
-        let name = format!("{}/{}", cluster_name(mesh.pods[to].cluster), mesh.pods[to].name);
+        let ip = mesh.pod(to).ip;
+        let name = format!("{}/{}", mesh.pod(to).node.cluster.name(), mesh.pod(to).name);
         mesh.wait_for_hits(
-            &format!("{} -> {name}", mesh.pods[from].name),
+            &format!("{} -> {name}", mesh.pod(from).name),
             from,
             ip,
             false,
@@ -99,10 +99,10 @@ fn routing_load_balancing_affinity_and_agent_restart() {
 
     // An agent restart keeps an open TCP connection (to a pod on another
     // cluster, through the tunnel) working, and the maps are kept.
-    let target = format!("{}:8080", mesh.pods[b_web1].ip);
+    let target = format!("{}:8080", mesh.pod(b_web1).ip);
     let mut held = mesh.probe_background(client, &["hold", "--to", &target, "--seconds", "6"], "hold");
     std::thread::sleep(Duration::from_millis(800));
-    mesh.kill_agent(A, 0);
+    mesh.kill_agent(A.node(0));
     std::thread::sleep(Duration::from_secs(1));
     let during = mesh.hits(client, vip_a, 20, false);
     assert_eq!(
@@ -110,7 +110,7 @@ fn routing_load_balancing_affinity_and_agent_restart() {
         20,
         "new connections work while the agent is down: {during:?}"
     );
-    mesh.start_agent(A, 0);
+    mesh.start_agent(A.node(0));
     let (ok, out) = held.wait();
     assert!(ok, "the held connection broke across the agent restart: {out}");
     assert!(out.contains("ok "), "{out}");
@@ -119,8 +119,8 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     });
 }
 
-fn policy_denied_drops(mesh: &LocalMesh, c: usize, n: usize) -> u64 {
-    mesh.agent_metrics(c, n)
+fn policy_denied_drops(mesh: &LocalMesh, n: NodeId) -> u64 {
+    mesh.agent_metrics(n)
         .lines()
         .find(|l| l.starts_with("knit_agent_drops{name=\"policy-denied\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -130,12 +130,12 @@ fn policy_denied_drops(mesh: &LocalMesh, c: usize, n: usize) -> u64 {
 #[test]
 fn network_policy_selects_peers_by_cluster() {
     let mut mesh = LocalMesh::start(MeshOptions::default());
-    let web = mesh.add_pod(A, 0, "shop", "web", &[("app", "web")]);
-    let fe_a = mesh.add_pod(A, 1, "shop", "frontend-a", &[("app", "frontend")]);
-    let fe_b = mesh.add_pod(B, 0, "shop", "frontend-b", &[("app", "frontend")]);
-    let other_a = mesh.add_pod(A, 0, "shop", "other", &[("app", "other")]);
-    let web_ip = mesh.pods[web].ip;
-    let web_name = format!("{}/web", cluster_name(A));
+    let web = mesh.add_pod(A.node(0), "shop", "web", &[("app", "web")]);
+    let fe_a = mesh.add_pod(A.node(1), "shop", "frontend-a", &[("app", "frontend")]);
+    let fe_b = mesh.add_pod(B.node(0), "shop", "frontend-b", &[("app", "frontend")]);
+    let other_a = mesh.add_pod(A.node(0), "shop", "other", &[("app", "other")]);
+    let web_ip = mesh.pod(web).ip;
+    let web_name = format!("{}/web", A.name());
     for from in [fe_a, fe_b, other_a] {
         mesh.wait_for_hits("open access before any policy", from, web_ip, false, |h| {
             h.names.get(&web_name) == Some(&40)
@@ -171,13 +171,13 @@ fn network_policy_selects_peers_by_cluster() {
         "app=other from cluster-a must be dropped: {denied_other:?}"
     );
     assert!(
-        policy_denied_drops(&mesh, A, 0) > 0,
+        policy_denied_drops(&mesh, A.node(0)) > 0,
         "drops are counted per reason"
     );
 
     // The selected pod's own connections still get their replies, from a
     // cluster its policy does not admit.
-    let out = mesh.hits(web, mesh.pods[fe_b].ip, 20, false);
+    let out = mesh.hits(web, mesh.pod(fe_b).ip, 20, false);
     assert_eq!(
         out.total(),
         20,

@@ -8,9 +8,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use knit_e2e::mesh::{LocalMesh, MeshOptions, SERVER_PORT, cluster_name};
+use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, PodId, SERVER_PORT};
 
-const A: usize = 0;
+const A: ClusterId = ClusterId(0);
 const NODE_PORT: u16 = 9090;
 
 fn one_cluster() -> LocalMesh {
@@ -21,19 +21,19 @@ fn one_cluster() -> LocalMesh {
     })
 }
 
-fn pod_addr(mesh: &LocalMesh, p: usize) -> SocketAddrV4 {
-    SocketAddrV4::new(mesh.pods[p].ip, SERVER_PORT)
+fn pod_addr(mesh: &LocalMesh, p: PodId) -> SocketAddrV4 {
+    SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT)
 }
 
 #[test]
 fn node_and_outside_reach_pods_and_back() {
     let mut mesh = one_cluster();
-    let web = mesh.add_pod(A, 0, "shop", "web", &[("app", "web")]);
-    let client = mesh.add_pod(A, 1, "shop", "client", &[("app", "client")]);
-    let node0 = mesh.clusters[A].nodes[0].netns.name().to_owned();
-    let node0_ip: Ipv4Addr = mesh.clusters[A].nodes[0].ip.parse().unwrap();
-    let web_name = format!("{}/web", cluster_name(A));
-    mesh.wait_for_hits("pod to pod across nodes", client, mesh.pods[web].ip, false, |h| {
+    let web = mesh.add_pod(A.node(0), "shop", "web", &[("app", "web")]);
+    let client = mesh.add_pod(A.node(1), "shop", "client", &[("app", "client")]);
+    let node0 = mesh.node(A.node(0)).netns.name().to_owned();
+    let node0_ip: Ipv4Addr = mesh.node(A.node(0)).ip.parse().unwrap();
+    let web_name = format!("{}/web", A.name());
+    mesh.wait_for_hits("pod to pod across nodes", client, mesh.pod(web).ip, false, |h| {
         h.names.get(&web_name) == Some(&40)
     });
 
@@ -93,7 +93,7 @@ fn node_and_outside_reach_pods_and_back() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: web}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: frontend}\n",
     );
     mesh.wait_until("the client to be denied", Duration::from_secs(30), || {
-        mesh.hits(client, mesh.pods[web].ip, 1, false).total() == 0
+        mesh.hits(client, mesh.pod(web).ip, 1, false).total() == 0
     });
     let probe = mesh.hits_from(&node0, pod_addr(&mesh, web), 20);
     assert_eq!(probe.total(), 20, "the node passes the policy: {probe:?}");
@@ -104,10 +104,10 @@ fn node_and_outside_reach_pods_and_back() {
 #[test]
 fn plain_cluster_ip_through_the_host_dnat() {
     let mut mesh = one_cluster();
-    let client = mesh.add_pod(A, 0, "shop", "client", &[("app", "client")]);
-    let db = mesh.add_pod(A, 0, "shop", "db", &[("app", "db")]);
-    let db_name = format!("{}/db", cluster_name(A));
-    mesh.wait_for_hits("client -> db", client, mesh.pods[db].ip, false, |h| {
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let db = mesh.add_pod(A.node(0), "shop", "db", &[("app", "db")]);
+    let db_name = format!("{}/db", A.name());
+    mesh.wait_for_hits("client -> db", client, mesh.pod(db).ip, false, |h| {
         h.names.get(&db_name) == Some(&40)
     });
 
@@ -116,7 +116,7 @@ fn plain_cluster_ip_through_the_host_dnat() {
     // through the host stack, and so do the replies, which the kernel
     // translates back to the VIP.
     let vip = "10.96.200.1";
-    let node0 = &mesh.clusters[A].nodes[0].netns;
+    let node0 = &mesh.node(A.node(0)).netns;
     for proto in ["tcp", "udp"] {
         node0.exec(
             "iptables",
@@ -154,7 +154,7 @@ fn plain_cluster_ip_through_the_host_dnat() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: db}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: api}\n",
     );
     mesh.wait_until("the direct path to be denied", Duration::from_secs(30), || {
-        mesh.hits(client, mesh.pods[db].ip, 1, false).total() == 0
+        mesh.hits(client, mesh.pod(db).ip, 1, false).total() == 0
     });
     let denied = mesh.hits(client, vip, 5, false);
     assert_eq!(
@@ -167,31 +167,31 @@ fn plain_cluster_ip_through_the_host_dnat() {
 #[test]
 fn agent_down_while_pods_come_and_go() {
     let mut mesh = one_cluster();
-    let client = mesh.add_pod(A, 1, "shop", "client", &[("app", "client")]);
-    let old = mesh.add_pod(A, 0, "shop", "old", &[("app", "old")]);
-    let old_name = format!("{}/old", cluster_name(A));
-    mesh.wait_for_hits("client -> old", client, mesh.pods[old].ip, false, |h| {
+    let client = mesh.add_pod(A.node(1), "shop", "client", &[("app", "client")]);
+    let old = mesh.add_pod(A.node(0), "shop", "old", &[("app", "old")]);
+    let old_name = format!("{}/old", A.name());
+    mesh.wait_for_hits("client -> old", client, mesh.pod(old).ip, false, |h| {
         h.names.get(&old_name) == Some(&40)
     });
     let endpoints = "knit_agent_map_entries{name=\"endpoints\"}";
-    assert_eq!(mesh.agent_metric(A, 0, endpoints), 1);
+    assert_eq!(mesh.agent_metric(A.node(0), endpoints), 1);
 
-    mesh.kill_agent(A, 0);
+    mesh.kill_agent(A.node(0));
     mesh.delete_pod(old).expect("CNI DEL while the agent is down");
-    let new = mesh.add_pod(A, 0, "shop", "new", &[("app", "new")]);
-    mesh.start_agent(A, 0);
+    let new = mesh.add_pod(A.node(0), "shop", "new", &[("app", "new")]);
+    mesh.start_agent(A.node(0));
 
-    let new_name = format!("{}/new", cluster_name(A));
+    let new_name = format!("{}/new", A.name());
     mesh.wait_for_hits(
         "the pod added while the agent was down",
         client,
-        mesh.pods[new].ip,
+        mesh.pod(new).ip,
         false,
         |h| h.names.get(&new_name) == Some(&40),
     );
     mesh.wait_until(
         "the deleted pod's endpoint to go",
         Duration::from_secs(20),
-        || mesh.agent_metric(A, 0, endpoints) == 1,
+        || mesh.agent_metric(A.node(0), endpoints) == 1,
     );
 }

@@ -7,12 +7,12 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use knit_e2e::TestCluster;
-use knit_e2e::mesh::{GlobalService, LocalMesh, MeshOptions, cluster_name};
+use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions, PodId};
 
-const A: usize = 0;
-const B: usize = 1;
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
 
-fn service(vip: Ipv4Addr, backends: Vec<usize>, export: bool, import: bool) -> GlobalService<'static> {
+fn service(vip: Ipv4Addr, backends: Vec<PodId>, export: bool, import: bool) -> GlobalService<'static> {
     GlobalService {
         namespace: "shop",
         name: "web",
@@ -27,19 +27,19 @@ fn service(vip: Ipv4Addr, backends: Vec<usize>, export: bool, import: bool) -> G
 #[test]
 fn export_import_and_peer_failure() {
     let mut mesh = LocalMesh::start(MeshOptions::default());
-    let (a, b) = (cluster_name(A), cluster_name(B));
-    let client_a = mesh.add_pod(A, 0, "shop", "client-a", &[("app", "client")]);
-    let client_b = mesh.add_pod(B, 0, "shop", "client-b", &[("app", "client")]);
-    let web_a = mesh.add_pod(A, 1, "shop", "web-a1", &[("app", "web")]);
-    let web_b1 = mesh.add_pod(B, 0, "shop", "web-b1", &[("app", "web")]);
-    let web_b2 = mesh.add_pod(B, 1, "shop", "web-b2", &[("app", "web")]);
+    let (a, b) = (A.name(), B.name());
+    let client_a = mesh.add_pod(A.node(0), "shop", "client-a", &[("app", "client")]);
+    let client_b = mesh.add_pod(B.node(0), "shop", "client-b", &[("app", "client")]);
+    let web_a = mesh.add_pod(A.node(1), "shop", "web-a1", &[("app", "web")]);
+    let web_b1 = mesh.add_pod(B.node(0), "shop", "web-b1", &[("app", "web")]);
+    let web_b2 = mesh.add_pod(B.node(1), "shop", "web-b2", &[("app", "web")]);
     let (vip_a, vip_b) = (Ipv4Addr::new(10, 96, 1, 10), Ipv4Addr::new(10, 96, 2, 10));
 
     // Cross-cluster pod-to-pod, both directions.
-    mesh.wait_for_hits("a -> b pod", client_a, mesh.pods[web_b1].ip, false, |h| {
+    mesh.wait_for_hits("a -> b pod", client_a, mesh.pod(web_b1).ip, false, |h| {
         h.total() == 40
     });
-    mesh.wait_for_hits("b -> a pod", client_b, mesh.pods[web_a].ip, false, |h| {
+    mesh.wait_for_hits("b -> a pod", client_b, mesh.pod(web_a).ip, false, |h| {
         h.total() == 40
     });
 
@@ -106,7 +106,7 @@ fn export_import_and_peer_failure() {
         !many.names.contains_key("cluster-b/web-b2"),
         "deleted during the outage: {many:?} {h:?}"
     );
-    let pod_b2 = mesh.hits(client_a, mesh.pods[web_b2].ip, 2, false);
+    let pod_b2 = mesh.hits(client_a, mesh.pod(web_b2).ip, 2, false);
     assert_eq!(
         pod_b2.total(),
         0,
@@ -120,8 +120,8 @@ fn security_of_the_mesh() {
         nodes: 1,
         ..MeshOptions::default()
     });
-    let client_a = mesh.add_pod(A, 0, "shop", "client-a", &[("app", "client")]);
-    let web_a = mesh.add_pod(A, 0, "shop", "web-a", &[("app", "web")]);
+    let client_a = mesh.add_pod(A.node(0), "shop", "client-a", &[("app", "client")]);
+    let web_a = mesh.add_pod(A.node(0), "shop", "web-a", &[("app", "web")]);
     let a_url = mesh.etcd_url(A);
 
     // A peer with an untrusted CA cannot connect, not even with CN=admin.
@@ -135,7 +135,7 @@ fn security_of_the_mesh() {
     assert!(!ok, "a certificate from an untrusted CA was accepted: {out}");
 
     // A peer cannot write into our etcd, not even under its own name.
-    let b_to_a = mesh.clusters[B].control.peer_config(&cluster_name(A));
+    let b_to_a = mesh.cluster(B).control.peer_config(&A.name());
     let (ok, _) = mesh.etcdctl(B, &b_to_a, &a_url, &["get", "knit/v1/clusters/cluster-a/config"]);
     assert!(ok, "the peer certificate reads what it may");
     for key in [
@@ -154,18 +154,18 @@ fn security_of_the_mesh() {
     // is ignored and counted; a's traffic to that IP stays local.
     let hijack = format!(
         r#"{{"ip":"{}","cluster":"cluster-b","identity":{},"node":"cluster-b-node1","namespace":"shop","pod":"evil"}}"#,
-        mesh.pods[web_a].ip,
+        mesh.pod(web_a).ip,
         (2 << 15) | 7
     );
-    let b_admin = mesh.clusters[B].control.admin_config();
-    let key = format!("knit/v1/clusters/cluster-b/endpoints/{}", mesh.pods[web_a].ip);
+    let b_admin = mesh.cluster(B).control.admin_config();
+    let key = format!("knit/v1/clusters/cluster-b/endpoints/{}", mesh.pod(web_a).ip);
     let (ok, out) = mesh.etcdctl(B, &b_admin, "https://127.0.0.1:2379", &["put", &key, &hijack]);
     assert!(ok, "{out}");
     mesh.wait_until("the rejection to be counted", Duration::from_secs(30), || {
         mesh.knitctl_status(A)
             .contains("rejected 1 record(s): outside_pod_cidrs")
     });
-    let h = mesh.hits(client_a, mesh.pods[web_a].ip, 20, false);
+    let h = mesh.hits(client_a, mesh.pod(web_a).ip, 20, false);
     assert_eq!(h.names.get("cluster-a/web-a"), Some(&20), "{h:?}");
     println!("{}", mesh.knitctl_status(A));
 }
@@ -176,25 +176,19 @@ fn three_clusters_fully_meshed() {
         clusters: 3,
         ..MeshOptions::default()
     });
-    let client = mesh.add_pod(A, 0, "shop", "client", &[("app", "client")]);
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
     let mut vips = Vec::new();
-    for c in 0..3 {
-        let web = mesh.add_pod(
-            c,
-            1,
-            "shop",
-            &format!("web-{}", cluster_name(c)),
-            &[("app", "web")],
-        );
-        let vip = Ipv4Addr::new(10, 96, (c + 1) as u8, 10);
+    for c in mesh.cluster_ids() {
+        let web = mesh.add_pod(c.node(1), "shop", &format!("web-{}", c.name()), &[("app", "web")]);
+        let vip = Ipv4Addr::new(10, 96, c.mesh_id() as u8, 10);
         vips.push(vip);
         mesh.deploy_service(c, &service(vip, vec![web], true, true));
     }
     let h = mesh.wait_for_hits("backends of all three clusters", client, vips[0], false, |h| {
         h.names.len() == 3
     });
-    for c in 0..3 {
-        assert!(h.from_cluster(&cluster_name(c)) > 0, "{h:?}");
+    for c in mesh.cluster_ids() {
+        assert!(h.from_cluster(&c.name()) > 0, "{h:?}");
         let status = mesh.knitctl_status(c);
         assert!(status.contains("2/2 peers connected and synced"), "{status}");
     }

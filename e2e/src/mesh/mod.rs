@@ -1,0 +1,381 @@
+//! The local multi-cluster mesh, entirely inside network namespaces.
+//!
+//! ```text
+//! underlay ns: bridge br0 ── veth ── <cluster>-cp ns  (etcd + knit-apiserver, directory source)
+//!                        └── veth ── <cluster>-n<i> ns (knit-agent, VXLAN device, pod veths)
+//!                                        └── veth ── pod ns (in its own cgroup v2 subtree)
+//! ```
+//!
+//! Certificates and peer configs come from the operator's render code (what
+//! `knitctl render` runs). Pods are made the way a container runtime makes
+//! them: the harness creates the pod's namespace and cgroup, then runs the
+//! node's conflist (Knit's default: `ptp` + `host-local`, `portmap`, `knit`)
+//! through the CNI protocol ([`crate::cni`]); the reference plugins create
+//! the veth and addresses and knit-cni hands the attachment to the agent.
+//! The harness then writes the Pod YAML (with the IP the CNI gave) and the
+//! Node/Service YAML the directory sources read.
+//!
+//! - [`topology`]: typed ids ([`ClusterId`], [`NodeId`], [`PodId`]) and
+//!   what clusters, nodes and pods hold;
+//! - this module: building the mesh, its control planes and agents;
+//! - [`workloads`]: pods, Services and other manifests;
+//! - [`probes`]: traffic and the answers counted ([`Hits`]).
+//!
+//! Everything is removed on drop; leftovers of a killed run are removed by
+//! [`netns::clean_stale`] when the next mesh starts.
+
+pub mod probes;
+pub mod topology;
+pub mod workloads;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use knit_kvstore::EtcdClientConfig;
+
+use crate::cluster::{NETNS_ETCD_PORT, TestCluster, full_mesh};
+use crate::cni::CniRuntime;
+use crate::netns::{self, BpffsRoot, CgroupRoot, Netns, sh};
+use crate::process::{Placement, TempDir};
+pub use probes::Hits;
+pub use topology::{Binaries, ClusterId, MeshCluster, MeshNode, MeshOptions, NodeId, Pod, PodId};
+use topology::{attach_underlay, underlay_ip};
+pub use workloads::GlobalService;
+
+/// Port every probe server listens on (TCP and UDP).
+pub const SERVER_PORT: u16 = 8080;
+
+/// The whole mesh. Dropping it removes everything it made.
+pub struct LocalMesh {
+    /// Pods (dropped first).
+    pods: Vec<Pod>,
+    /// Clusters.
+    clusters: Vec<MeshCluster>,
+    underlay: Netns,
+    cgroups: CgroupRoot,
+    /// Pins of every agent; unmounted after the nodes are gone.
+    _bpffs: BpffsRoot,
+    /// One mesh per test process at a time (names and addresses repeat).
+    _exclusive: std::sync::MutexGuard<'static, ()>,
+    /// The binaries under test.
+    pub bins: Binaries,
+    options: MeshOptions,
+    logs: TempDir,
+    /// Plugin directory, host-local data, CNI caches and state.
+    _cni: TempDir,
+}
+
+impl LocalMesh {
+    /// Builds the mesh, starts every control plane and agent, and waits
+    /// until every cluster has mirrored every peer.
+    pub fn start(options: MeshOptions) -> Self {
+        assert!(
+            running_as_root(),
+            "the local mesh needs root (network namespaces, eBPF, cgroups): run the tests as root"
+        );
+        static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+        netns::clean_stale();
+        let bins = Binaries::locate();
+        let underlay = Netns::new("ul");
+        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        underlay.ip(&["link", "set", "br0", "up"]);
+        let cgroups = CgroupRoot::new();
+        let bpffs = BpffsRoot::new();
+        let logs = TempDir::new("mesh-logs");
+        let cni = TempDir::new("mesh-cni");
+        let plugin_dir = cni.path().join("bin");
+        CniRuntime::link_plugins(&plugin_dir, &bins.cni);
+        let mut clusters = Vec::new();
+        for c in (0..options.clusters).map(ClusterId) {
+            let (name, id, letter) = (c.name(), c.mesh_id(), c.letter());
+            let cp = Netns::new(&format!("{letter}-cp"));
+            let cp_ip = underlay_ip(c, 0);
+            attach_underlay(&underlay, &cp, &format!("u{letter}cp"), &cp_ip);
+            let control = TestCluster::in_netns(&name, id, &format!("10.{id}.0.0/16"), cp.name(), &cp_ip);
+            let agent_config = control.local_config_path().with_file_name("agent.yaml");
+            let mut nodes = Vec::new();
+            for n in (0..options.nodes).map(|i| c.node(i)) {
+                let tag = n.tag();
+                let ns = Netns::new(&tag);
+                let ip = underlay_ip(c, n.index + 1);
+                attach_underlay(&underlay, &ns, &format!("u{}", tag.replace('-', "")), &ip);
+                let pod_cidr = format!("10.{id}.{}.0/24", n.index + 1);
+                let node_dir = cni.path().join(&tag);
+                let cni_state_dir = node_dir.join("state");
+                let cni = CniRuntime {
+                    conflist: knit_cni::conflist::default_conflist(
+                        std::slice::from_ref(&pod_cidr),
+                        &cni_state_dir,
+                        Some(&node_dir.join("ipam")),
+                    ),
+                    bin_dir: plugin_dir.clone(),
+                    cache_dir: node_dir.join("cache"),
+                    node_netns: ns.name().to_owned(),
+                };
+                nodes.push(MeshNode {
+                    agent: None,
+                    pin_dir: bpffs.path().join(&tag),
+                    cgroup: cgroups.dir(&format!("{letter}/n{}", n.index + 1)),
+                    pod_cidr,
+                    name: format!("{name}-node{}", n.index + 1),
+                    ip,
+                    netns: ns,
+                    cni,
+                    cni_state_dir,
+                    next_pod: 10,
+                });
+            }
+            clusters.push(MeshCluster {
+                nodes,
+                control,
+                cp,
+                cp_ip,
+                agent_config,
+            });
+        }
+        let mut mesh = Self {
+            pods: Vec::new(),
+            clusters,
+            underlay,
+            cgroups,
+            _bpffs: bpffs,
+            _exclusive: exclusive,
+            bins,
+            options,
+            logs,
+            _cni: cni,
+        };
+        mesh.wire_peers();
+        for c in mesh.cluster_ids() {
+            mesh.write_nodes(c);
+            mesh.start_control_plane(c);
+        }
+        for n in mesh.node_ids() {
+            mesh.start_agent(n);
+        }
+        mesh.wait_for_mesh();
+        mesh
+    }
+
+    /// Every cluster.
+    pub fn cluster_ids(&self) -> impl Iterator<Item = ClusterId> + use<> {
+        (0..self.clusters.len()).map(ClusterId)
+    }
+
+    /// Every node of every cluster.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.clusters
+            .iter()
+            .enumerate()
+            .flat_map(|(c, cl)| (0..cl.nodes.len()).map(move |i| ClusterId(c).node(i)))
+            .collect()
+    }
+
+    /// Cluster `c`.
+    pub fn cluster(&self, c: ClusterId) -> &MeshCluster {
+        &self.clusters[c.0]
+    }
+
+    /// Node `n`.
+    pub fn node(&self, n: NodeId) -> &MeshNode {
+        &self.clusters[n.cluster.0].nodes[n.index]
+    }
+
+    /// Pod `p`.
+    pub fn pod(&self, p: PodId) -> &Pod {
+        &self.pods[p.0]
+    }
+
+    fn wire_peers(&mut self) {
+        let mut controls: Vec<&mut TestCluster> = self.clusters.iter_mut().map(|c| &mut c.control).collect();
+        full_mesh(&mut controls);
+        for c in &mut self.clusters {
+            let mut cfg = EtcdClientConfig::from_yaml(
+                &std::fs::read_to_string(c.control.local_config_path()).expect("local client config"),
+            )
+            .expect("local client config");
+            cfg.endpoints = vec![format!("https://{}:{NETNS_ETCD_PORT}", c.cp_ip)];
+            std::fs::write(&c.agent_config, cfg.to_yaml().expect("yaml")).expect("agent etcd config");
+        }
+    }
+
+    fn write_nodes(&self, c: ClusterId) {
+        let yaml: String = self
+            .cluster(c)
+            .nodes
+            .iter()
+            .map(|n| crate::manifests::node(&n.name, &n.ip, &n.pod_cidr))
+            .collect();
+        self.write_manifest(c, "nodes.yaml", &yaml);
+    }
+
+    /// Starts (or restarts) cluster `c`'s etcd and apiserver.
+    pub fn start_control_plane(&mut self, c: ClusterId) {
+        let grace = format!("--grace-period={}", self.options.grace_period);
+        let bin = self.bins.apiserver.to_string_lossy().into_owned();
+        let control = &mut self.clusters[c.0].control;
+        control.start_etcd();
+        control.start_apiserver(&bin, &["--poll-interval=1s", &grace, "--lease-ttl=10"]);
+    }
+
+    /// Kills cluster `c`'s apiserver and etcd (by PID).
+    pub fn stop_control_plane(&mut self, c: ClusterId) {
+        let control = &mut self.clusters[c.0].control;
+        control.stop_apiserver();
+        control.stop_etcd();
+    }
+
+    /// Starts (or restarts) the agent of node `n`.
+    pub fn start_agent(&mut self, n: NodeId) {
+        let cluster = self.cluster(n.cluster);
+        let node = self.node(n);
+        let args = vec![
+            format!("--cluster-name={}", cluster.control.name),
+            format!("--node-name={}", node.name),
+            format!("--etcd-config={}", cluster.agent_config.display()),
+            format!("--source-dir={}", cluster.control.source_dir().display()),
+            "--poll-interval=1s".into(),
+            format!("--bpf-pin-dir={}", node.pin_dir.display()),
+            format!("--cgroup-path={}", node.cgroup.display()),
+            format!("--cni-state-dir={}", node.cni_state_dir.display()),
+            "--metrics-addr=127.0.0.1:9964".into(),
+        ];
+        let log = self.logs.path().join(format!("agent-{}.log", node.name));
+        let agent = crate::process::ChildProcess::spawn_in(
+            &format!("knit-agent {}", node.name),
+            &self.bins.agent.to_string_lossy(),
+            &args,
+            &log,
+            &Placement {
+                netns: Some(node.netns.name()),
+                ..Placement::default()
+            },
+        );
+        self.clusters[n.cluster.0].nodes[n.index].agent = Some(agent);
+    }
+
+    /// Kills the agent of node `n` (SIGKILL, by PID).
+    pub fn kill_agent(&mut self, n: NodeId) {
+        if let Some(mut a) = self.clusters[n.cluster.0].nodes[n.index].agent.take() {
+            a.stop();
+        }
+    }
+
+    /// Reads the agent's metrics (from inside its node namespace).
+    pub fn agent_metrics(&self, n: NodeId) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.node(n).netns.name(), "bash", "-c"])
+            .arg("exec 3<>/dev/tcp/127.0.0.1/9964; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3")
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Value of the agent metric line starting with `prefix` (0 when absent).
+    pub fn agent_metric(&self, n: NodeId, prefix: &str) -> i64 {
+        self.agent_metrics(n)
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Every log tail, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for c in &self.clusters {
+            out.push_str(&c.control.logs());
+            for n in &c.nodes {
+                if let Some(a) = &n.agent {
+                    out.push('\n');
+                    out.push_str(&a.log_tail());
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `knitctl status` in cluster `c`'s control-plane namespace (empty
+    /// when it fails, e.g. while etcd is down).
+    pub fn knitctl_status(&self, c: ClusterId) -> String {
+        let cluster = self.cluster(c);
+        Placement {
+            netns: Some(cluster.cp.name()),
+            ..Placement::default()
+        }
+        .command(&self.bins.knitctl)
+        .args(["status", "--etcd-config"])
+        .arg(cluster.control.local_config_path())
+        .args(["--endpoint", &self.etcd_url(c)])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    }
+
+    fn wait_for_mesh(&self) {
+        let n = self.clusters.len();
+        self.wait_until(
+            "every cluster to mirror every peer",
+            Duration::from_secs(60),
+            || {
+                self.cluster_ids()
+                    .all(|c| knit_operator::status_table::ready_peers(&self.knitctl_status(c)).len() == n - 1)
+            },
+        );
+    }
+
+    /// Polls `done` until it holds, panicking with every log after `timeout`.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `etcdctl args…` from cluster `from`'s control-plane namespace
+    /// against `endpoint` with the certificates of `config` (resolved).
+    /// Returns success and the combined output.
+    pub fn etcdctl(
+        &self,
+        from: ClusterId,
+        config: &EtcdClientConfig,
+        endpoint: &str,
+        args: &[&str],
+    ) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.cluster(from).cp.name(), "etcdctl"])
+            .arg(format!("--endpoints={endpoint}"))
+            .arg(format!("--cacert={}", config.trusted_ca_file.display()))
+            .arg(format!("--cert={}", config.cert_file.display()))
+            .arg(format!("--key={}", config.key_file.display()))
+            .arg("--dial-timeout=3s")
+            .arg("--command-timeout=3s")
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("running etcdctl");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// The etcd URL of cluster `c` on the underlay.
+    pub fn etcd_url(&self, c: ClusterId) -> String {
+        format!("https://{}:{NETNS_ETCD_PORT}", self.cluster(c).cp_ip)
+    }
+}
+
+fn running_as_root() -> bool {
+    sh("id", &["-u"]).stdout.starts_with(b"0")
+}

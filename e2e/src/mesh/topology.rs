@@ -1,0 +1,208 @@
+//! The mesh's shape: typed ids of clusters, nodes and pods, what each of
+//! them holds, the binaries it runs and how they hang on the underlay.
+//!
+//! Ids are positions: [`ClusterId`]`(0)` is cluster-a (cluster ID 1),
+//! [`NodeId`] is a node of a cluster, [`PodId`] is what
+//! [`LocalMesh::add_pod`](super::LocalMesh::add_pod) returned.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::cluster::TestCluster;
+use crate::cni::{CniRuntime, Sandbox};
+use crate::netns::Netns;
+use crate::process::ChildProcess;
+
+/// A cluster of the mesh, by position: `ClusterId(0)` is `cluster-a`
+/// (cluster ID 1), `ClusterId(1)` is `cluster-b`, …
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterId(pub usize);
+
+impl ClusterId {
+    /// `cluster-a`, `cluster-b`, …
+    pub fn name(self) -> String {
+        format!("cluster-{}", self.letter())
+    }
+
+    /// The cluster ID in the mesh (1, 2, …).
+    pub fn mesh_id(self) -> u16 {
+        (self.0 + 1) as u16
+    }
+
+    /// Node `index` (from 0) of this cluster.
+    pub fn node(self, index: usize) -> NodeId {
+        NodeId { cluster: self, index }
+    }
+
+    /// `a`, `b`, …: the short form in namespace and interface names.
+    pub(super) fn letter(self) -> char {
+        (b'a' + self.0 as u8) as char
+    }
+}
+
+/// A node: its cluster and its position there (from 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId {
+    /// The node's cluster.
+    pub cluster: ClusterId,
+    /// Position in the cluster (node names count from 1).
+    pub index: usize,
+}
+
+impl NodeId {
+    /// `a-n1`-style tag used in namespace and directory names.
+    pub(super) fn tag(self) -> String {
+        format!("{}-n{}", self.cluster.letter(), self.index + 1)
+    }
+}
+
+/// A pod the mesh made, as returned by
+/// [`LocalMesh::add_pod`](super::LocalMesh::add_pod) or
+/// [`LocalMesh::create_sandbox`](super::LocalMesh::create_sandbox).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodId(pub(super) usize);
+
+/// The binaries the mesh runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// knit-apiserver.
+    pub apiserver: PathBuf,
+    /// knit-agent.
+    pub agent: PathBuf,
+    /// knitctl.
+    pub knitctl: PathBuf,
+    /// knit-probe.
+    pub probe: PathBuf,
+    /// knit-cni.
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the binaries next to the running test (`target/<profile>/`).
+    pub fn locate() -> Self {
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .ancestors()
+            .find(|d| d.join("knit-agent").exists())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| {
+                panic!(
+                    "knit-agent not found above {}: run `cargo build --workspace --bins` first",
+                    exe.display()
+                )
+            });
+        let bin = |n: &str| {
+            let p = dir.join(n);
+            assert!(
+                p.exists(),
+                "{} missing: run `cargo build --workspace --bins`",
+                p.display()
+            );
+            p
+        };
+        Self {
+            apiserver: bin("knit-apiserver"),
+            agent: bin("knit-agent"),
+            knitctl: bin("knitctl"),
+            probe: bin("knit-probe"),
+            cni: bin("knit-cni"),
+        }
+    }
+}
+
+/// Shape of the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// Number of clusters (named cluster-a, cluster-b, …; IDs 1, 2, …).
+    pub clusters: usize,
+    /// Nodes per cluster.
+    pub nodes: usize,
+    /// The apiservers' `--grace-period`.
+    pub grace_period: String,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            clusters: 2,
+            nodes: 2,
+            grace_period: "4s".into(),
+        }
+    }
+}
+
+/// One node: a namespace running knit-agent.
+pub struct MeshNode {
+    pub(super) agent: Option<ChildProcess>,
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub ip: String,
+    /// Pod CIDR (`10.<cluster id>.<node+1>.0/24`).
+    pub pod_cidr: String,
+    /// The node's namespace.
+    pub netns: Netns,
+    /// The node's CNI: its conflist, plugin directory and result cache.
+    pub cni: CniRuntime,
+    /// knit-cni's state directory (the agent's `--cni-state-dir`).
+    pub cni_state_dir: PathBuf,
+    pub(super) pin_dir: PathBuf,
+    pub(super) cgroup: PathBuf,
+    pub(super) next_pod: u8,
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// One cluster: a control-plane namespace and its nodes.
+pub struct MeshCluster {
+    /// Nodes (dropped first: agents stop before the control plane).
+    pub nodes: Vec<MeshNode>,
+    /// etcd, certificates, apiserver.
+    pub control: TestCluster,
+    /// Control-plane namespace.
+    pub cp: Netns,
+    /// Control-plane underlay address.
+    pub cp_ip: String,
+    pub(super) agent_config: PathBuf,
+}
+
+/// A pod: a namespace attached to a node by the CNI, in its own cgroup.
+pub struct Pod {
+    pub(super) server: Option<ChildProcess>,
+    /// The sandbox as the CNI knows it.
+    pub sandbox: Sandbox,
+    /// Whether CNI DEL has run for it.
+    pub deleted: bool,
+    /// The node it runs on.
+    pub node: NodeId,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// IP.
+    pub ip: Ipv4Addr,
+    /// The pod's network namespace.
+    pub netns: Netns,
+    /// The pod's cgroup.
+    pub cgroup: PathBuf,
+}
+
+/// Underlay address of a cluster's control plane (`slot` 0) or node
+/// (`slot` = index + 1).
+pub(super) fn underlay_ip(cluster: ClusterId, slot: usize) -> String {
+    format!("192.168.50.{}", 10 + cluster.0 * 10 + slot)
+}
+
+/// Connects `ns` to the underlay bridge with `ip`/24 on its `eth0`.
+pub(super) fn attach_underlay(underlay: &Netns, ns: &Netns, bridge_side: &str, ip: &str) {
+    underlay.veth_to(bridge_side, ns, "eth0");
+    underlay.ip(&["link", "set", bridge_side, "master", "br0"]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+}

@@ -1,0 +1,183 @@
+//! What runs on the mesh: pods made through the node's CNI (with a probe
+//! server in each), the Pod, Service, EndpointSlice and GlobalServicePolicy
+//! YAML the directory sources read, and any other manifest a test writes.
+
+use std::net::Ipv4Addr;
+
+use super::topology::{ClusterId, NodeId, Pod, PodId};
+use super::{LocalMesh, SERVER_PORT};
+use crate::cni::{CniFailure, CniRuntime, Sandbox, result_ipv4};
+use crate::netns::Netns;
+use crate::process::ChildProcess;
+
+/// A global service to deploy.
+#[derive(Clone, Debug)]
+pub struct GlobalService<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// ClusterIP in this cluster.
+    pub vip: Ipv4Addr,
+    /// Backend pods.
+    pub backends: Vec<PodId>,
+    /// GSP `export`.
+    pub export: bool,
+    /// GSP `import`.
+    pub import: bool,
+    /// GSP `affinity`: `local`, `remote` or `none`.
+    pub affinity: &'a str,
+}
+
+impl LocalMesh {
+    /// Adds a pod on `node` with `labels` the way a container runtime does
+    /// (namespace, cgroup, CNI ADD of the node's conflist), starts a probe
+    /// server named `<cluster>/<name>` in it, and writes its Pod manifest
+    /// with the IP the CNI gave.
+    pub fn add_pod(&mut self, node: NodeId, namespace: &str, name: &str, labels: &[(&str, &str)]) -> PodId {
+        let p = self
+            .create_sandbox(node, namespace, name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let server_name = format!("{}/{name}", node.cluster.name());
+        let args = vec![
+            "serve".into(),
+            "--name".into(),
+            server_name,
+            "--port".into(),
+            SERVER_PORT.to_string(),
+        ];
+        let log = self
+            .logs
+            .path()
+            .join(format!("pod-{}-{name}.log", node.cluster.name()));
+        let server = ChildProcess::spawn_in(
+            &format!("pod {name}"),
+            &self.bins.probe.to_string_lossy(),
+            &args,
+            &log,
+            &self.placement(p, None),
+        );
+        self.pods[p.0].server = Some(server);
+        let pod = &self.pods[p.0];
+        self.register_pod(node, &pod.namespace, &pod.name, pod.ip, labels);
+        p
+    }
+
+    /// Creates a pod's namespace and cgroup on `node` and runs CNI ADD for
+    /// it, without a workload or manifest. Returns the pod, or the CNI's
+    /// failure (the namespace is then removed).
+    pub fn create_sandbox(&mut self, node: NodeId, namespace: &str, name: &str) -> Result<PodId, CniFailure> {
+        let n = &mut self.clusters[node.cluster.0].nodes[node.index];
+        let k = n.next_pod;
+        n.next_pod += 1;
+        let tag = format!("{}-p{k}", node.tag());
+        let pod_ns = Netns::new(&tag);
+        let sandbox = Sandbox::in_netns(&tag, &pod_ns, namespace, name);
+        let result = n.cni.add(&sandbox)?;
+        let ip = result_ipv4(&result).expect("the CNI result has an IPv4 address");
+        let cgroup = self
+            .cgroups
+            .dir(&format!("{}/n{}/p{k}", node.cluster.letter(), node.index + 1));
+        self.pods.push(Pod {
+            server: None,
+            sandbox,
+            deleted: false,
+            node,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            ip,
+            netns: pod_ns,
+            cgroup,
+        });
+        Ok(PodId(self.pods.len() - 1))
+    }
+
+    /// Deletes pod `p` as the runtime does: stops its workload, runs CNI
+    /// DEL (plugins in reverse order, with the cached result) and removes
+    /// its manifest. The namespace goes when the mesh is dropped.
+    pub fn delete_pod(&mut self, p: PodId) -> Result<(), CniFailure> {
+        if let Some(mut s) = self.pods[p.0].server.take() {
+            s.stop();
+        }
+        self.cni_of(p).del(&self.pods[p.0].sandbox)?;
+        self.delete_pod_manifest(p);
+        self.pods[p.0].deleted = true;
+        Ok(())
+    }
+
+    /// The CNI of the node pod `p` runs on.
+    pub fn cni_of(&self, p: PodId) -> &CniRuntime {
+        &self.node(self.pods[p.0].node).cni
+    }
+
+    /// Writes a running Pod `namespace/name` with `ip` on `node` into its
+    /// cluster's source, as kubelet reports a pod a runtime created (file
+    /// `pod-<namespace>-<name>.yaml`).
+    pub fn register_pod(
+        &self,
+        node: NodeId,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+        labels: &[(&str, &str)],
+    ) {
+        let labels: String = labels
+            .iter()
+            .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+            .collect();
+        let node_name = &self.node(node).name;
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n{labels}spec:\n  nodeName: {node_name}\n  containers:\n  - name: c\n    image: knit-probe\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
+        );
+        self.write_manifest(node.cluster, &format!("pod-{namespace}-{name}.yaml"), &yaml);
+    }
+
+    /// Removes pod `p` from its cluster's source (the pod keeps running,
+    /// as a deleted pod does while it terminates).
+    pub fn delete_pod_manifest(&self, p: PodId) {
+        let pod = &self.pods[p.0];
+        self.remove_manifest(
+            pod.node.cluster,
+            &format!("pod-{}-{}.yaml", pod.namespace, pod.name),
+        );
+    }
+
+    /// Writes a Service with `vip`, its EndpointSlice (ready backends) and a
+    /// GlobalServicePolicy into `c`'s source. Ports: TCP `http` and UDP `dns`,
+    /// both 8080 → 8080.
+    pub fn deploy_service(&self, c: ClusterId, svc: &GlobalService<'_>) {
+        let endpoints: String = svc
+            .backends
+            .iter()
+            .map(|p| {
+                format!(
+                    "- addresses: [\"{}\"]\n  conditions:\n    ready: true\n",
+                    self.pod(*p).ip
+                )
+            })
+            .collect();
+        let endpoints = if endpoints.is_empty() {
+            " []\n".to_owned()
+        } else {
+            format!("\n{endpoints}")
+        };
+        let (ns, name, vip, port) = (svc.namespace, svc.name, svc.vip, SERVER_PORT);
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n  - name: http\n    port: {port}\n    protocol: TCP\n  - name: dns\n    port: {port}\n    protocol: UDP\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\n  protocol: TCP\n- name: dns\n  port: {port}\n  protocol: UDP\nendpoints:{endpoints}---\n\
+             apiVersion: knit.dev/v1alpha1\nkind: GlobalServicePolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  services: [{name}]\n  export: {}\n  import: {}\n  affinity: {}\n",
+            svc.export, svc.import, svc.affinity
+        );
+        self.write_manifest(c, &format!("svc-{ns}-{name}.yaml"), &yaml);
+    }
+
+    /// Writes arbitrary YAML into cluster `c`'s source.
+    pub fn write_manifest(&self, c: ClusterId, file: &str, yaml: &str) {
+        self.cluster(c).control.write_source(file, yaml);
+    }
+
+    /// Removes a manifest from cluster `c`'s source.
+    pub fn remove_manifest(&self, c: ClusterId, file: &str) {
+        self.cluster(c).control.remove_source(file);
+    }
+}
