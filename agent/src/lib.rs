@@ -15,6 +15,7 @@ pub mod datapath;
 pub mod index;
 pub mod metrics;
 pub mod netdev;
+pub mod node_routes;
 pub mod policy;
 pub mod render;
 pub mod run;

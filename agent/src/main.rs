@@ -54,6 +54,11 @@ struct Args {
     /// chained into the active config if the cluster's CNI rewrites it.
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
+    /// Direct routes to this cluster's other nodes' pod CIDRs: `auto` adds
+    /// them when the node runs Knit's default conflist (a cluster CNI adds
+    /// its own).
+    #[arg(long, value_enum, default_value_t = knit_agent::node_routes::Mode::Auto)]
+    direct_node_routes: knit_agent::node_routes::Mode,
     /// Metrics and health address.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
@@ -102,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         refresh: Duration::from_millis(500),
         cni_state_dir: args.cni_state_dir.clone(),
         cni_conf_dir: args.cni_conf_dir.clone(),
+        direct_node_routes: args.direct_node_routes.enabled(args.cni_conf_dir.as_deref()),
     };
     let agent = async {
         match &args.source_dir {

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub unreadable_attachments: Gauge,
     /// Times Knit was chained again into a CNI config that lost it.
     pub cni_config_rechained: Counter,
+    /// Direct routes to other nodes' pod CIDRs the agent keeps.
+    pub node_routes: Gauge,
+    /// Direct routes the kernel refused (e.g. a gateway not on-link).
+    pub node_route_failures: Counter,
 }
 
 impl Metrics {
@@ -81,6 +85,16 @@ impl Metrics {
             "cni_config_rechained",
             "Times the node's CNI config was rewritten without Knit (by the cluster's CNI) and Knit was chained again",
             self.cni_config_rechained.clone(),
+        );
+        r.register(
+            "node_routes",
+            "Direct routes to other nodes' pod CIDRs kept by the agent",
+            self.node_routes.clone(),
+        );
+        r.register(
+            "node_route_failures",
+            "Direct routes to other nodes' pod CIDRs the kernel refused (gateway not on-link?)",
+            self.node_route_failures.clone(),
         );
     }
 }

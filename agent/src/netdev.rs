@@ -1,16 +1,24 @@
 //! The node's network devices, over rtnetlink (no `ip` commands): the
-//! collect-metadata VXLAN device the datapath encapsulates into, and the
+//! collect-metadata VXLAN device the datapath encapsulates into, the
 //! name → index and MAC table of every interface (pod veths are found by
-//! the name their CNI result gives).
+//! the name their CNI result gives), and the routes the agent owns
+//! (marked with [`ROUTE_PROTOCOL`], see [`crate::node_routes`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::datapath::state::Link;
 use crate::{Error, Result};
+
+/// Route protocol number of the routes the agent owns (`proto 75` in
+/// `ip route`), so it never touches a route someone else made.
+pub const ROUTE_PROTOCOL: u8 = 75;
 
 /// UDP port of the mesh's VXLAN traffic (the Linux/Cilium default).
 pub const VXLAN_PORT: u16 = 8472;
@@ -96,4 +104,71 @@ impl NetDevices {
                 source: format!("{name} is missing").into(),
             })
     }
+
+    /// The IPv4 routes of the main table the agent owns: destination →
+    /// gateway.
+    pub async fn owned_routes(&self) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = BTreeMap::new();
+        while let Some(msg) = routes.try_next().await.map_err(netlink("list routes"))? {
+            if let Some((dst, gw)) = owned(&msg) {
+                out.insert(dst, gw);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds or replaces the route to `dst` via `gateway`, marked as ours.
+    pub async fn replace_route(&self, dst: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .gateway(gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add a route to a node's pod CIDR"))
+    }
+
+    /// Deletes our route to `dst` via `gateway`.
+    pub async fn delete_route(&self, dst: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .gateway(gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        self.handle
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .map_err(netlink("delete a route to a node's pod CIDR"))
+    }
+}
+
+/// Destination and gateway of a main-table IPv4 route marked as ours.
+fn owned(msg: &RouteMessage) -> Option<(Ipv4Net, Ipv4Addr)> {
+    if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+        return None;
+    }
+    let (mut dst, mut gw) = (None, None);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(*a),
+            _ => {}
+        }
+    }
+    Some((
+        Ipv4Net::new(dst?, msg.header.destination_prefix_length).ok()?,
+        gw?,
+    ))
 }

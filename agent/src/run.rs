@@ -57,6 +57,9 @@ pub struct AgentSettings {
     /// cluster's CNI config ([`knit_cni::conflist::keep_chained`]); none
     /// leaves the config alone.
     pub cni_conf_dir: Option<PathBuf>,
+    /// Whether to keep direct routes to this cluster's other nodes' pod
+    /// CIDRs ([`crate::node_routes`]).
+    pub direct_node_routes: bool,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -198,6 +201,9 @@ pub async fn run<S: Source>(
                 dirty_since = Some(since);
             }
         }
+        if settings.direct_node_routes && !sync_node_routes(&net, &index, &settings.node, &metrics).await {
+            dirty_since.get_or_insert(since);
+        }
         for (map, n) in datapath.map_sizes() {
             metrics
                 .map_entries
@@ -215,4 +221,34 @@ pub async fn run<S: Source>(
     }
     watch.abort();
     Ok(())
+}
+
+/// Brings the agent's direct node routes to what the index says; `false`
+/// when something failed (retried on the next pass).
+async fn sync_node_routes(net: &NetDevices, index: &MeshIndex, node: &str, metrics: &Metrics) -> bool {
+    let want = crate::node_routes::desired(index, node);
+    let have = match net.owned_routes().await {
+        Ok(have) => have,
+        Err(e) => {
+            tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing routes failed");
+            return false;
+        }
+    };
+    let plan = crate::node_routes::plan(&have, &want);
+    let mut ok = true;
+    for (dst, gw) in plan.replace {
+        if let Err(e) = net.replace_route(dst, gw).await {
+            tracing::warn!(%dst, %gw, error = %knit_kvstore::error_chain(&e), "route to a node's pod CIDR refused");
+            metrics.node_route_failures.inc();
+            ok = false;
+        }
+    }
+    for (dst, gw) in plan.delete {
+        if let Err(e) = net.delete_route(dst, gw).await {
+            tracing::warn!(%dst, error = %knit_kvstore::error_chain(&e), "removing a stale node route failed");
+            ok = false;
+        }
+    }
+    metrics.node_routes.set(want.len() as i64);
+    ok
 }

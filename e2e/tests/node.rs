@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, PodId, SERVER_PORT};
+use knit_e2e::netns::Netns;
 
 const A: ClusterId = ClusterId(0);
 const NODE_PORT: u16 = 9090;
@@ -101,6 +102,80 @@ fn node_and_outside_reach_pods_and_back() {
     assert_eq!(h.total(), 20, "replies of the pod's own flows pass: {h:?}");
 }
 
+/// kube-proxy's stand-in in `node`'s namespace: TCP and UDP to `vip` on
+/// the probe port are translated to `backend`.
+fn cluster_ip_dnat(node: &Netns, vip: &str, backend: SocketAddrV4) {
+    for proto in ["tcp", "udp"] {
+        let port = SERVER_PORT.to_string();
+        let to = backend.to_string();
+        node.exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                vip,
+                "-p",
+                proto,
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        );
+    }
+}
+
+#[test]
+fn the_host_stack_reaches_pods_on_other_nodes() {
+    let mut mesh = one_cluster();
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let db = mesh.add_pod(A.node(1), "shop", "db", &[("app", "db")]);
+    let db_name = format!("{}/db", A.name());
+    mesh.wait_for_hits("client -> db across nodes", client, mesh.pod(db).ip, false, |h| {
+        h.names.get(&db_name) == Some(&40)
+    });
+    // The agent keeps a direct route to the other node's pod CIDR, via
+    // that node's underlay address.
+    let node0 = &mesh.node(A.node(0)).netns;
+    let routes = String::from_utf8_lossy(&node0.ip(&["route", "show", "proto", "75"]).stdout).into_owned();
+    let other = mesh.node(A.node(1));
+    assert!(
+        routes.contains(&format!("{} via {}", other.pod_cidr, other.ip)),
+        "no direct route to the other node's pods: {routes:?}"
+    );
+    assert_eq!(mesh.agent_metric(A.node(0), "knit_agent_node_routes "), 1);
+
+    // The node itself reaches a pod on another node (kubelet probes from a
+    // monitoring agent, hostNetwork pods).
+    let from_node = mesh.hits_from(node0.name(), pod_addr(&mesh, db), 20);
+    assert_eq!(
+        from_node.names.get(&db_name),
+        Some(&20),
+        "node -> pod on another node: {from_node:?}"
+    );
+
+    // A ClusterIP kube-proxy translates to a backend on another node: the
+    // request leaves through the host stack and the direct route, the reply
+    // comes back through the tunnel and the stack undoes the translation.
+    let vip = "10.96.200.2";
+    cluster_ip_dnat(node0, vip, pod_addr(&mesh, db));
+    let vip: Ipv4Addr = vip.parse().unwrap();
+    for udp in [false, true] {
+        let h = mesh.hits(client, vip, 40, udp);
+        assert_eq!(
+            h.names.get(&db_name),
+            Some(&40),
+            "ClusterIP to another node (udp={udp}): {h:?}"
+        );
+        assert_eq!(h.peer_mismatch, 0, "replies come from the VIP (udp={udp}): {h:?}");
+    }
+}
+
 #[test]
 fn plain_cluster_ip_through_the_host_dnat() {
     let mut mesh = one_cluster();
@@ -116,28 +191,7 @@ fn plain_cluster_ip_through_the_host_dnat() {
     // through the host stack, and so do the replies, which the kernel
     // translates back to the VIP.
     let vip = "10.96.200.1";
-    let node0 = &mesh.node(A.node(0)).netns;
-    for proto in ["tcp", "udp"] {
-        node0.exec(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                vip,
-                "-p",
-                proto,
-                "--dport",
-                &SERVER_PORT.to_string(),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &pod_addr(&mesh, db).to_string(),
-            ],
-        );
-    }
+    cluster_ip_dnat(&mesh.node(A.node(0)).netns, vip, pod_addr(&mesh, db));
     let vip: Ipv4Addr = vip.parse().unwrap();
     let tcp = mesh.hits(client, vip, 40, false);
     assert_eq!(tcp.names.get(&db_name), Some(&40), "ClusterIP over TCP: {tcp:?}");

@@ -239,6 +239,8 @@ impl LocalMesh {
             format!("--bpf-pin-dir={}", node.pin_dir.display()),
             format!("--cgroup-path={}", node.cgroup.display()),
             format!("--cni-state-dir={}", node.cni_state_dir.display()),
+            // The harness's nodes run Knit's default conflist.
+            "--direct-node-routes=always".into(),
             "--metrics-addr=127.0.0.1:9964".into(),
         ];
         let log = self.logs.path().join(format!("agent-{}.log", node.name));
