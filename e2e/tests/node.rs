@@ -148,7 +148,11 @@ fn the_host_stack_reaches_pods_on_other_nodes() {
         routes.contains(&format!("{} via {}", other.pod_cidr, other.ip)),
         "no direct route to the other node's pods: {routes:?}"
     );
-    assert_eq!(mesh.agent_metric(A.node(0), "knit_agent_node_routes "), 1);
+    mesh.wait_until(
+        "the agent to report its node route",
+        Duration::from_secs(10),
+        || mesh.agent_metric(A.node(0), "knit_agent_node_routes ") == 1,
+    );
 
     // The node itself reaches a pod on another node (kubelet probes from a
     // monitoring agent, hostNetwork pods).
@@ -228,7 +232,11 @@ fn agent_down_while_pods_come_and_go() {
         h.names.get(&old_name) == Some(&40)
     });
     let endpoints = "knit_agent_map_entries{name=\"endpoints\"}";
-    assert_eq!(mesh.agent_metric(A.node(0), endpoints), 1);
+    mesh.wait_until(
+        "the agent to report one endpoint",
+        Duration::from_secs(10),
+        || mesh.agent_metric(A.node(0), endpoints) == 1,
+    );
 
     mesh.kill_agent(A.node(0));
     mesh.delete_pod(old).expect("CNI DEL while the agent is down");
