@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use knit_kvstore::keys::{KEY_PREFIX, Kind, RelativeKey};
+use knit_kvstore::keys::{Key, Kind, RelativeKey, Scope};
 use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord};
 use knit_kvstore::watch_store::WatchEvent;
 use serde::de::DeserializeOwned;
@@ -53,8 +53,8 @@ pub struct MeshIndex {
     pub rejected: BTreeMap<&'static str, u64>,
 }
 
-enum Target<'a> {
-    Cluster(Option<&'a str>, RelativeKey),
+enum Target {
+    Cluster(Option<String>, RelativeKey),
     LocalService(String),
 }
 
@@ -72,22 +72,17 @@ impl MeshIndex {
         &self.local_cluster
     }
 
-    fn target<'k>(&self, key: &'k str) -> Option<Target<'k>> {
-        let rest = key.strip_prefix(KEY_PREFIX)?.strip_prefix('/')?;
-        if let Some(rest) = rest.strip_prefix("local/services/") {
-            return Some(Target::LocalService(rest.to_owned()));
+    fn target(&self, key: &str) -> Option<Target> {
+        match Key::parse(key)? {
+            Key::LocalService(name) => Some(Target::LocalService(name)),
+            Key::Scoped(Scope::Cluster(c), rel) => {
+                (c == self.local_cluster).then_some(Target::Cluster(None, rel))
+            }
+            Key::Scoped(Scope::Cache(p), rel) => {
+                (p != self.local_cluster).then_some(Target::Cluster(Some(p), rel))
+            }
+            Key::Heartbeat | Key::MeshStatus(_) => None,
         }
-        if let Some(rest) = rest.strip_prefix("clusters/") {
-            let (cluster, rel) = rest.split_once('/')?;
-            return (cluster == self.local_cluster)
-                .then(|| Some(Target::Cluster(None, RelativeKey::parse(rel)?)))?;
-        }
-        let rest = rest.strip_prefix("cache/")?;
-        let (peer, rel) = rest.split_once('/')?;
-        if peer == self.local_cluster {
-            return None;
-        }
-        Some(Target::Cluster(Some(peer), RelativeKey::parse(rel)?))
     }
 
     /// Applies one watch event; `true` when the view changed.
@@ -104,13 +99,13 @@ impl MeshIndex {
                 set(&mut self.local_services, name, parsed)
             }
             Some(Target::Cluster(peer, rel)) => {
-                let view = match peer {
+                let view = match &peer {
                     None => &mut self.local,
-                    Some(p) => self.peers.entry(p.to_owned()).or_default(),
+                    Some(p) => self.peers.entry(p.clone()).or_default(),
                 };
                 let rejected = &mut self.rejected;
                 let changed = apply_to_view(view, rel, value, rejected);
-                if let Some(p) = peer
+                if let Some(p) = &peer
                     && value.is_none()
                     && self.peers.get(p).is_some_and(|v| *v == ClusterView::default())
                 {

@@ -176,7 +176,7 @@ fn add_service(out: &mut DatapathState, own: &ServiceRecord, remote: &[&ServiceR
         let proto = match port.protocol {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
-            Protocol::Sctp => continue,
+            Protocol::Sctp | Protocol::Other => continue,
         };
         let local = ready(&[own], port);
         let remote = ready(remote, port);

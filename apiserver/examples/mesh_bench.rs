@@ -66,8 +66,18 @@ async fn wait_synced(
             && let Some(kv) = r.kvs().first()
             && let Ok(st) = serde_json::from_slice::<PeerStatusRecord>(kv.value())
             && st.synced
-            && st.counts.get("endpoints").copied().unwrap_or_default() >= endpoints
-            && st.counts.get("services").copied().unwrap_or_default() >= services
+            && st
+                .counts
+                .get(&knit_kvstore::keys::Kind::Endpoints)
+                .copied()
+                .unwrap_or_default()
+                >= endpoints
+            && st
+                .counts
+                .get(&knit_kvstore::keys::Kind::Services)
+                .copied()
+                .unwrap_or_default()
+                >= services
         {
             return Some(start.elapsed());
         }

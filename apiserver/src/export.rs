@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use knit_crds::{ServicePolicy, policy_from_annotations};
-use knit_kvstore::keys::{KEY_PREFIX, Kind, RelativeKey, cluster_prefix};
+use knit_kvstore::keys::{Kind, RelativeKey, cluster_prefix, local_service_key};
 use knit_kvstore::records::{
-    Affinity, Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord,
+    Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord,
 };
 
 use crate::identity::{IdentityAllocator, Labels};
@@ -37,10 +37,7 @@ pub struct LocalCluster {
     pub pod_cidrs: Vec<IpNet>,
 }
 
-/// `knit/v1/local/`: local-only data (not readable by peers).
-pub fn local_prefix() -> String {
-    format!("{KEY_PREFIX}/local/")
-}
+pub use knit_kvstore::keys::local_prefix;
 
 /// What one export produced.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -183,15 +180,10 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
             ),
             export: policy.export,
             import: policy.import,
-            affinity: match policy.affinity {
-                knit_crds::Affinity::Local => Affinity::Local,
-                knit_crds::Affinity::Remote => Affinity::Remote,
-                knit_crds::Affinity::None => Affinity::None,
-            },
+            affinity: policy.affinity,
             withdrawn: false,
         };
-        out.local
-            .insert(format!("{}services/{ns}/{name}", local_prefix()), json(&record));
+        out.local.insert(local_service_key(ns, name), json(&record));
         if policy.export {
             put(
                 &mut out,

@@ -307,7 +307,7 @@ impl Mirror {
             && Kind::ALL
                 .iter()
                 .all(|k| store.contains(&RelativeKey::Synced(*k).under(&self.dst)));
-        self.status.counts = self.counts.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        self.status.counts = self.counts.clone();
         store.set(
             mesh_status_key(&self.peer),
             serde_json::to_vec(&self.status).unwrap_or_default(),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use knit_kvstore::keys::{cache_prefix, cluster_prefix, mesh_status_key};
+use knit_kvstore::keys::{Kind, cache_prefix, cluster_prefix, mesh_status_key};
 use knit_kvstore::records::{EndpointRecord, PeerStatusRecord, ServiceRecord};
 use knit_testkit::TestCluster;
 use knit_testkit::cluster::full_mesh;
@@ -83,10 +83,10 @@ async fn three_clusters_export_and_mirror_each_other() {
             )
             .await;
             assert!(st.connected);
-            assert_eq!(st.counts.get("endpoints"), Some(&4), "{st:?}");
-            assert_eq!(st.counts.get("nodes"), Some(&2), "{st:?}");
+            assert_eq!(st.counts.get(&Kind::Endpoints), Some(&4), "{st:?}");
+            assert_eq!(st.counts.get(&Kind::Nodes), Some(&2), "{st:?}");
             assert_eq!(
-                st.counts.get("services"),
+                st.counts.get(&Kind::Services),
                 Some(&1),
                 "only the exported service leaves {}",
                 peer.name

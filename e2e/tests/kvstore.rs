@@ -109,6 +109,9 @@ async fn watch_store_reports_deletions_made_while_it_was_away() {
     for i in 0..12_000 {
         c.put(format!("{prefix}nodes/n{i:05}"), "x", None).await.unwrap();
     }
+    // The writer's canary: nodes are complete (so after a reconnect that
+    // finds it, stale nodes are dropped at once).
+    c.put(format!("{prefix}synced/nodes"), "1", None).await.unwrap();
 
     let (tx, mut rx) = mpsc::channel(100_000);
     let config = cluster.admin_config();
@@ -134,7 +137,7 @@ async fn watch_store_reports_deletions_made_while_it_was_away() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(upserts, 12_000, "the paged list delivers every key once");
+    assert_eq!(upserts, 12_001, "the paged list delivers every key once");
 
     // etcd goes away; while the reader is disconnected, keys are deleted and added.
     allowed.store(false, Ordering::SeqCst);
@@ -177,4 +180,129 @@ async fn watch_store_reports_deletions_made_while_it_was_away() {
     );
     watcher.abort();
     drop(admin);
+}
+
+/// Receives events until `ListDone` (or `stop` says so), failing after 30 s.
+async fn events_until(
+    rx: &mut mpsc::Receiver<WatchEvent>,
+    stop: impl Fn(&WatchEvent) -> bool,
+) -> Vec<WatchEvent> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; so far: {out:?}"))
+            .unwrap();
+        let done = stop(&ev);
+        out.push(ev);
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_empty_restart_stale_keys_wait_for_the_canary_and_reused_revisions_deliver() {
+    let mut cluster = TestCluster::new("e", 9);
+    cluster.start_etcd();
+    let prefix = "knit/v1/clusters/e/";
+    let canary = format!("{prefix}synced/nodes");
+    let node = |i: usize| format!("{prefix}nodes/n{i:03}");
+    let mut c = cluster.admin().await;
+    for i in 0..100 {
+        c.put(node(i), "v", None).await.unwrap();
+    }
+    c.put(canary.as_str(), "1", None).await.unwrap();
+    let n0_revision = c.get(node(0), None).await.unwrap().kvs()[0].mod_revision();
+
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let config = cluster.admin_config();
+    let allowed = Arc::new(AtomicBool::new(true));
+    let gate = allowed.clone();
+    let connect = move || {
+        let (c, open) = (config.clone(), gate.load(Ordering::SeqCst));
+        async move {
+            if !open {
+                return Err(knit_kvstore::Error::ReaderGone);
+            }
+            etcd::connect(&c).await
+        }
+    };
+    let watcher = tokio::spawn(watch_prefix(connect, prefix.to_owned(), tx));
+    events_until(&mut rx, |e| *e == WatchEvent::ListDone).await;
+
+    // etcd restarts empty. Its revisions start over: n000 gets a new value
+    // at exactly the revision its old value had.
+    allowed.store(false, Ordering::SeqCst);
+    cluster.stop_etcd();
+    events_until(&mut rx, |e| matches!(e, WatchEvent::Disconnected { .. })).await;
+    cluster.wipe_etcd();
+    cluster.start_etcd();
+    let mut c = cluster.admin().await;
+    let mut revision = c.get("filler", None).await.unwrap().header().unwrap().revision();
+    assert!(revision < n0_revision, "etcd did not start empty");
+    while revision + 1 < n0_revision {
+        revision = c
+            .put("filler", "x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    let put = c.put(node(0), "changed", None).await.unwrap();
+    assert_eq!(
+        put.header().unwrap().revision(),
+        n0_revision,
+        "the revision is reused"
+    );
+    allowed.store(true, Ordering::SeqCst);
+
+    // The relist finds one key and no canary: the changed value is
+    // delivered, and nothing is deleted.
+    let relist = events_until(&mut rx, |e| *e == WatchEvent::ListDone).await;
+    let relist: Vec<&WatchEvent> = relist
+        .iter()
+        .filter(|e| !matches!(e, WatchEvent::Disconnected { .. }))
+        .collect();
+    assert_eq!(
+        relist,
+        [
+            &WatchEvent::Upsert {
+                key: node(0),
+                value: b"changed".to_vec()
+            },
+            &WatchEvent::ListDone
+        ],
+        "a changed value on a reused revision is delivered; stale keys are held"
+    );
+
+    // The writer exports again: half the nodes, then its canary. Unchanged
+    // values are not reported; the nodes it no longer has are deleted
+    // before the canary is reported.
+    for i in 1..50 {
+        c.put(node(i), "v", None).await.unwrap();
+    }
+    c.put(canary.as_str(), "2", None).await.unwrap();
+    let after = events_until(
+        &mut rx,
+        |e| matches!(e, WatchEvent::Upsert { key, .. } if *key == canary),
+    )
+    .await;
+    let deleted: Vec<String> = after
+        .iter()
+        .filter_map(|e| match e {
+            WatchEvent::Delete { key } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, (50..100).map(node).collect::<Vec<_>>());
+    assert_eq!(
+        after.len(),
+        51,
+        "only the 50 deletions and the canary: {:?}",
+        &after[..after.len().min(5)]
+    );
+    watcher.abort();
 }

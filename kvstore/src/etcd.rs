@@ -65,7 +65,7 @@ async fn connect_tls(endpoints: &[String], tls: TlsOptions) -> Result<Client> {
 pub async fn local_cluster_name(client: &mut Client) -> Result<Option<String>> {
     let resp = client
         .get(
-            format!("{}/clusters/", crate::KEY_PREFIX),
+            crate::keys::clusters_prefix(),
             Some(
                 etcd_client::GetOptions::new()
                     .with_prefix()

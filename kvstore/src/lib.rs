@@ -6,12 +6,14 @@
 //!   `knitctl render`) writes and every etcd client reads; [`etcd`] connects
 //!   with mTLS from them;
 //! - [`sync_store`] (writer: leases, skip unchanged, canaries last) and
-//!   [`watch_store`] (reader: list + watch, stale keys drained on reconnect).
+//!   [`watch_store`] (reader: list + watch, stale keys drained on reconnect
+//!   once their canary is back, by the rule in [`drain`]).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod access;
 mod client_config;
+pub mod drain;
 pub mod etcd;
 pub mod keys;
 pub mod records;
@@ -80,6 +82,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+/// A 64-bit fingerprint of a value (FNV-1a): what writers and readers keep
+/// instead of the value to tell whether it changed.
+pub fn fingerprint(value: &[u8]) -> u64 {
+    value.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Result of this crate.

@@ -1,9 +1,18 @@
 //! Typed records stored as JSON values under the keys of [`crate::keys`].
+//!
+//! **Forward compatible within `v1`**: a reader ignores fields it does not
+//! know, an unknown protocol marks just that port as unusable
+//! ([`Protocol::Other`]) and an unknown affinity reads as `none`. So a peer
+//! one version newer, which may only add fields and values, is mirrored
+//! and used; a change that removes or reinterprets a field needs a new key
+//! version. Knit supports peers one minor version apart (as Cilium does).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::keys::Kind;
 
 /// Bits of an identity that hold the cluster-local number; the cluster ID
 /// sits above them, so identities of different clusters never collide.
@@ -23,7 +32,7 @@ pub fn identity_cluster(identity: u32) -> u32 {
 
 /// `clusters/<c>/config`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterConfigRecord {
     /// Cluster name.
     pub name: String,
@@ -39,7 +48,7 @@ pub struct ClusterConfigRecord {
 
 /// `clusters/<c>/nodes/<node>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeRecord {
     /// Node name.
     pub name: String,
@@ -59,7 +68,7 @@ pub struct NodeRecord {
 
 /// A named container port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PortSpec {
     /// Port number.
     pub port: u16,
@@ -77,11 +86,14 @@ pub enum Protocol {
     Udp,
     /// SCTP.
     Sctp,
+    /// A protocol a newer writer added; ports with it are skipped.
+    #[serde(other)]
+    Other,
 }
 
 /// `clusters/<c>/endpoints/<ip>`: one pod IP (ipcache entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointRecord {
     /// Pod IP.
     pub ip: IpAddr,
@@ -102,7 +114,7 @@ pub struct EndpointRecord {
 
 /// `clusters/<c>/identities/<id>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IdentityRecord {
     /// Identity number.
     pub id: u32,
@@ -112,22 +124,18 @@ pub struct IdentityRecord {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Which backends clients prefer (mirrors the CRD's `affinity`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Affinity {
-    /// Local first.
-    Local,
-    /// Remote first.
-    Remote,
-    /// All.
-    #[default]
-    None,
+/// Which backends clients prefer: the GlobalServicePolicy's own type.
+pub use knit_crds::Affinity;
+
+/// An affinity, `none` when a newer writer sent one this version lacks.
+fn affinity_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Affinity, D::Error> {
+    let text = String::deserialize(d)?;
+    Ok(serde_json::from_value(serde_json::Value::String(text)).unwrap_or_default())
 }
 
 /// A Service port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// Port name (may be empty for a single-port Service).
     #[serde(default)]
@@ -140,7 +148,7 @@ pub struct ServicePort {
 
 /// One backend address with its ports by Service port name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Backend {
     /// Backend (pod) IP.
     pub ip: IpAddr,
@@ -152,7 +160,7 @@ pub struct Backend {
 
 /// `clusters/<c>/services/<ns>/<name>`: a global service as one cluster sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceRecord {
     /// Cluster name.
     pub cluster: String,
@@ -173,6 +181,7 @@ pub struct ServiceRecord {
     /// Peers' backends are used here.
     pub import: bool,
     /// Preferred side.
+    #[serde(deserialize_with = "affinity_or_none")]
     pub affinity: Affinity,
     /// Set by the KVStoreMesh when the peer has been unreachable for longer
     /// than its grace period: agents must stop sending new connections here.
@@ -190,8 +199,10 @@ pub struct PeerStatusRecord {
     pub connected: bool,
     /// Every kind's canary has been seen since the last connect.
     pub synced: bool,
-    /// Mirrored records per kind.
-    pub counts: BTreeMap<String, u64>,
+    /// Mirrored records per kind (kinds this version does not know are
+    /// skipped when reading a newer writer's report).
+    #[serde(deserialize_with = "known_kinds")]
+    pub counts: BTreeMap<Kind, u64>,
     /// Records rejected since start, per reason.
     pub rejected: BTreeMap<String, u64>,
     /// Unix seconds of the last completed initial sync.
@@ -206,4 +217,13 @@ pub struct PeerStatusRecord {
     /// Last problem, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// Counts per kind, without the kinds this version does not know.
+fn known_kinds<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Kind, u64>, D::Error> {
+    let all = BTreeMap::<String, u64>::deserialize(d)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(k, n)| Some((Kind::parse(&k)?, n)))
+        .collect())
 }

@@ -3,7 +3,8 @@
 //! writes only the difference to what it last wrote, in transactions, with
 //! every key attached to one lease kept alive in the background.
 //!
-//! Canaries (`.../synced/<kind>`) are written in a last phase, only once
+//! Canaries (`.../synced/<kind>`, recognised by [`crate::keys`], never by
+//! their text) are written in a last phase, only once
 //! every other pending write has succeeded, so a reader that sees a canary
 //! has seen everything before it. If the lease is lost (etcd restarted, a
 //! long partition) a new one is granted and everything is written again.
@@ -17,6 +18,8 @@ use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use futures::StreamExt;
 
 use crate::etcd::prefix_end;
+use crate::fingerprint;
+use crate::keys::is_canary;
 use crate::{Error, Result};
 
 /// Operations per etcd transaction (etcd's default limit is 128).
@@ -161,7 +164,6 @@ impl SyncStore {
             self.cleaned = true;
         }
         let mut report = FlushReport::default();
-        let is_canary = |k: &str| k.contains("/synced/");
         for canaries in [false, true] {
             let ops: Vec<(String, Option<Vec<u8>>)> = self
                 .dirty
@@ -295,14 +297,6 @@ async fn grant(
         }
     });
     Ok((lease, keeper))
-}
-
-/// A 64-bit fingerprint of a value (FNV-1a), kept instead of the value
-/// itself to remember what etcd holds.
-fn fingerprint(value: &[u8]) -> u64 {
-    value.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn etcd(action: &'static str) -> impl Fn(etcd_client::Error) -> Error {

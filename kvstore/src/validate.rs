@@ -257,4 +257,34 @@ mod tests {
         let wrong_id = serde_json::to_vec(&json!({"name": "b", "id": 3, "podCIDRs": []})).unwrap();
         assert_eq!(v.check("config", &wrong_id), Err(Rejection::ForeignCluster));
     }
+
+    #[test]
+    fn records_of_a_newer_writer_are_accepted_and_read() {
+        // What a writer one version newer may send: extra fields at every
+        // level, a protocol and an affinity this version does not know.
+        let mut v = validator();
+        let config = json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"], "capabilities": ["mcs"], "region": "eu"});
+        assert!(v.check("config", &serde_json::to_vec(&config).unwrap()).is_ok());
+        let node = json!({"name": "n1", "cluster": "b", "underlayIps": ["192.168.50.20"], "podCIDRs": ["10.2.1.0/24"],
+            "tunnelEndpoint": "192.168.50.20", "bootId": "x", "zone": "eu-1", "health": {"probe": "icmp"}});
+        assert!(v.check("nodes/n1", &serde_json::to_vec(&node).unwrap()).is_ok());
+        let mut ep: serde_json::Value =
+            serde_json::from_slice(&endpoint("10.2.0.5", "b", identity(2, 7))).unwrap();
+        ep["namedPorts"] = json!({"http": {"port": 80, "protocol": "TCP", "appProtocol": "h2"}});
+        ep["weight"] = json!(3);
+        assert!(
+            v.check("endpoints/10.2.0.5", &serde_json::to_vec(&ep).unwrap())
+                .is_ok()
+        );
+        let svc = json!({"cluster": "b", "namespace": "shop", "name": "web",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "q", "port": 90, "protocol": "QUIC"}],
+            "backends": [{"ip": "10.2.0.5", "ports": {"http": 8080}, "ready": true, "zone": "eu-1"}],
+            "export": true, "import": true, "affinity": "preferred-local", "trafficPolicy": "x"});
+        let bytes = serde_json::to_vec(&svc).unwrap();
+        assert!(v.check("services/shop/web", &bytes).is_ok());
+        let read: crate::records::ServiceRecord = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(read.ports[1].protocol, crate::records::Protocol::Other);
+        assert_eq!(read.affinity, crate::records::Affinity::None);
+        assert_eq!(read.backends.len(), 1);
+    }
 }

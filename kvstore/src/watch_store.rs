@@ -2,9 +2,17 @@
 //! listed revision, and turns both into [`WatchEvent`]s.
 //!
 //! On every (re)connect all known keys are marked stale; the new list
-//! refreshes the ones that still exist, and whatever is still stale once
-//! the list is complete is reported deleted — so deletions made while the
-//! reader was away are never missed. Reconnects back off from 100 ms to 5 s.
+//! refreshes the ones that still exist. A key still stale once the list is
+//! complete is reported deleted when its writer's canary says the writer
+//! is complete again ([`crate::drain`]): at once after an ordinary
+//! reconnect, only after re-export when etcd restarted empty. So deletions
+//! made while the reader was away are never missed, and an empty etcd never
+//! withdraws what is still true.
+//!
+//! A key is reported again only when its value changed. Values are compared
+//! by fingerprint, not by `mod_revision`: an etcd that restarted empty
+//! counts revisions from 1 again, so a new value can carry an old revision.
+//! Reconnects back off from 100 ms to 5 s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -13,8 +21,9 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 
+use crate::drain::StaleKeys;
 use crate::etcd::prefix_end;
-use crate::{Error, Result};
+use crate::{Error, Result, fingerprint};
 
 /// Keys per page of the initial list.
 const PAGE: i64 = 5000;
@@ -50,7 +59,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Client>>,
 {
-    let mut known: BTreeMap<String, i64> = BTreeMap::new();
+    let mut known = Known::default();
     let mut backoff = Duration::from_millis(100);
     loop {
         let outcome = match connect().await {
@@ -72,15 +81,24 @@ where
     }
 }
 
+/// What the reader has reported: each key's value fingerprint, and the
+/// stale keys held back after a relist.
+#[derive(Default)]
+struct Known {
+    values: BTreeMap<String, u64>,
+    stale: StaleKeys,
+}
+
 async fn list_and_watch(
     mut client: Client,
     prefix: &str,
-    known: &mut BTreeMap<String, i64>,
+    known: &mut Known,
     tx: &mpsc::Sender<WatchEvent>,
     backoff: &mut Duration,
 ) -> Result<()> {
     let end = prefix_end(prefix);
-    let mut stale: BTreeSet<String> = known.keys().cloned().collect();
+    let mut stale: BTreeSet<String> = known.values.keys().cloned().collect();
+    let mut listed_canaries: Vec<String> = Vec::new();
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
     loop {
@@ -98,9 +116,10 @@ async fn list_and_watch(
         for kv in page.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             stale.remove(key);
-            if known.get(key) != Some(&kv.mod_revision()) {
-                upsert(known, tx, key, kv).await?;
+            if crate::keys::is_canary(key) {
+                listed_canaries.push(key.to_owned());
             }
+            upsert(known, tx, key, kv).await?;
         }
         match (page.more(), page.kvs().last()) {
             (true, Some(last)) => {
@@ -110,9 +129,19 @@ async fn list_and_watch(
             _ => break,
         }
     }
-    for key in stale {
-        known.remove(&key);
+    let forget = known
+        .stale
+        .after_list(stale, listed_canaries.iter().map(String::as_str));
+    for key in forget {
+        known.values.remove(&key);
         send(tx, WatchEvent::Delete { key }).await?;
+    }
+    if known.stale.held() > 0 {
+        tracing::info!(
+            %prefix,
+            held = known.stale.held(),
+            "keys missing after a relist are kept until their writer's canary is back"
+        );
     }
     send(tx, WatchEvent::ListDone).await?;
     *backoff = Duration::from_millis(100);
@@ -132,9 +161,16 @@ async fn list_and_watch(
             let Some(kv) = event.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
             match event.event_type() {
-                EventType::Put => upsert(known, tx, key, kv).await?,
+                EventType::Put => {
+                    for released in known.stale.on_put(key) {
+                        known.values.remove(&released);
+                        send(tx, WatchEvent::Delete { key: released }).await?;
+                    }
+                    upsert(known, tx, key, kv).await?;
+                }
                 EventType::Delete => {
-                    known.remove(key);
+                    known.stale.on_delete(key);
+                    known.values.remove(key);
                     send(tx, WatchEvent::Delete { key: key.to_owned() }).await?;
                 }
             }
@@ -143,14 +179,17 @@ async fn list_and_watch(
     Ok(())
 }
 
-/// Records `key` at its revision and reports it.
+/// Reports `key` unless its value is the one already reported.
 async fn upsert(
-    known: &mut BTreeMap<String, i64>,
+    known: &mut Known,
     tx: &mpsc::Sender<WatchEvent>,
     key: &str,
     kv: &etcd_client::KeyValue,
 ) -> Result<()> {
-    known.insert(key.to_owned(), kv.mod_revision());
+    let print = fingerprint(kv.value());
+    if known.values.insert(key.to_owned(), print) == Some(print) {
+        return Ok(());
+    }
     send(
         tx,
         WatchEvent::Upsert {

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use knit_kvstore::keys::Kind;
 use knit_kvstore::records::PeerStatusRecord;
 
 fn yes_no(b: bool) -> &'static str {
@@ -41,17 +42,17 @@ pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64)
         "WITHDRAWN"
     );
     for r in reports {
-        let count = |k: &str| r.counts.get(k).copied().unwrap_or(0);
+        let count = |k: Kind| r.counts.get(&k).copied().unwrap_or(0);
         let _ = writeln!(
             out,
             "{:<14} {:<9} {:<6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
             r.peer,
             yes_no(r.connected),
             yes_no(r.synced),
-            count("nodes"),
-            count("endpoints"),
-            count("identities"),
-            count("services"),
+            count(Kind::Nodes),
+            count(Kind::Endpoints),
+            count(Kind::Identities),
+            count(Kind::Services),
             r.rejected.values().sum::<u64>(),
             ago(now_unix, r.last_sync_unix),
             yes_no(r.withdrawn),
@@ -93,7 +94,7 @@ mod tests {
             last_sync_unix: Some(90),
             ..Default::default()
         };
-        b.counts.insert("endpoints".into(), 12);
+        b.counts.insert(Kind::Endpoints, 12);
         b.rejected.insert("ip-outside-pod-cidrs".into(), 3);
         let c = PeerStatusRecord {
             peer: "cluster-c".into(),

@@ -347,7 +347,11 @@ fn a_mesh_apiserver_report_becomes_peer_status() {
         peer: "b".into(),
         connected: false,
         synced: false,
-        counts: [("endpoints".to_owned(), 12), ("services".to_owned(), 2)].into(),
+        counts: [
+            (knit_kvstore::keys::Kind::Endpoints, 12),
+            (knit_kvstore::keys::Kind::Services, 2),
+        ]
+        .into(),
         last_error: Some("connection refused".into()),
         withdrawn: true,
         ..Default::default()

@@ -223,6 +223,14 @@ impl TestCluster {
         }
     }
 
+    /// Deletes etcd's data directory (etcd must be stopped): the next
+    /// start is empty, as the mesh apiserver's in-memory etcd is after a
+    /// pod restart.
+    pub fn wipe_etcd(&mut self) {
+        assert!(self.etcd.is_none(), "stop etcd before wiping its data");
+        let _ = std::fs::remove_dir_all(self.data.path().join("etcd"));
+    }
+
     /// A client with the admin certificate, retrying until etcd answers.
     pub async fn admin(&self) -> Client {
         connect_retrying(&self.admin_config()).await

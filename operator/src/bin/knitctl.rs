@@ -111,7 +111,7 @@ async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<
     let mut client = knit_kvstore::etcd::connect(&config)
         .await
         .context("connecting to the local etcd")?;
-    let prefix = format!("{}/mesh-status/", knit_kvstore::KEY_PREFIX);
+    let prefix = knit_kvstore::keys::mesh_status_prefix();
     let resp = client
         .get(
             prefix.as_str(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use knit_kvstore::etcd;
-use knit_kvstore::keys::KEY_PREFIX;
+use knit_kvstore::keys::{Key, mesh_status_prefix};
 use knit_kvstore::records::PeerStatusRecord;
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use tokio::sync::mpsc;
@@ -58,19 +58,19 @@ pub async fn watch_reports(
             etcd::connect_pem(&[endpoint], ca.as_bytes(), cert.as_bytes(), key.as_bytes()).await
         }
     };
-    let prefix = format!("{KEY_PREFIX}/mesh-status/");
+    let prefix = mesh_status_prefix();
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(watch_prefix(connect, prefix.clone(), tx));
     while let Some(event) = rx.recv().await {
         let update = match event {
             WatchEvent::Upsert { key, value } => match serde_json::from_slice::<PeerStatusRecord>(&value) {
-                Ok(record) => Some((key[prefix.len()..].to_owned(), Some(record))),
+                Ok(record) => peer_of(&key).map(|peer| (peer, Some(record))),
                 Err(e) => {
                     tracing::debug!(%key, error = %e, "ignoring an unreadable mesh report");
                     None
                 }
             },
-            WatchEvent::Delete { key } => Some((key[prefix.len()..].to_owned(), None)),
+            WatchEvent::Delete { key } => peer_of(&key).map(|peer| (peer, None)),
             WatchEvent::ListDone => None,
             WatchEvent::Disconnected { error } => {
                 tracing::debug!(%error, "mesh reports unavailable; retrying");
@@ -88,5 +88,13 @@ pub async fn watch_reports(
                 let _ = changed.try_send(());
             }
         }
+    }
+}
+
+/// The peer a mesh report key is about.
+fn peer_of(key: &str) -> Option<String> {
+    match Key::parse(key)? {
+        Key::MeshStatus(peer) => Some(peer),
+        _ => None,
     }
 }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use knit_crds::{ClusterMeshPeer, ClusterMeshPeerSpec, ClusterMeshPeerStatus};
+use knit_kvstore::keys::Kind;
 use knit_kvstore::records::PeerStatusRecord;
 use knit_kvstore::{Access, EtcdAccess, EtcdClientConfig, EtcdUser, PeerIdentity};
 
@@ -83,15 +84,15 @@ pub struct PeerSyncReport {
 
 impl From<&PeerStatusRecord> for PeerSyncReport {
     fn from(r: &PeerStatusRecord) -> Self {
-        let count = |k: &str| r.counts.get(k).copied().unwrap_or_default();
+        let count = |k: Kind| r.counts.get(&k).copied().unwrap_or_default();
         Self {
             connected: r.connected,
             synced: r.synced,
             agents: None,
-            nodes: count("nodes"),
-            endpoints: count("endpoints"),
-            services: count("services"),
-            identities: count("identities"),
+            nodes: count(Kind::Nodes),
+            endpoints: count(Kind::Endpoints),
+            services: count(Kind::Services),
+            identities: count(Kind::Identities),
             last_sync: r.last_sync_unix.and_then(|t| Timestamp::from_second(t).ok()),
             last_error: match (&r.last_error, r.withdrawn) {
                 (Some(e), true) => Some(format!("{e}; its services are withdrawn (grace period exceeded)")),
