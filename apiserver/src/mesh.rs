@@ -122,7 +122,10 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
     let peer = identity.cluster_name.clone();
     let label = PeerLabel { peer: peer.clone() };
     let mut store = loop {
-        match SyncStore::new(local.clone(), vec![cache_prefix(&peer)], settings.lease_ttl_secs).await {
+        // The cache prefix is owned (leftovers deleted) only once the peer
+        // has been listed completely: until then a leftover of an earlier
+        // run may still be true, and deleting it would withdraw it.
+        match SyncStore::new(local.clone(), Vec::new(), settings.lease_ttl_secs).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(%peer, error = %knit_kvstore::error_chain(&e), "local etcd not ready for the mirror");
@@ -243,6 +246,7 @@ impl Mirror {
                 }
             }
             WatchEvent::ListDone => {
+                store.own(self.dst.clone());
                 self.status.connected = true;
                 self.status.last_error = None;
                 self.status.unreachable_since_unix = None;

@@ -11,9 +11,12 @@
 //! prefix is forgotten only once that prefix's canary `synced/K` is back,
 //! in the list or later in the watch; writers put canaries after every
 //! record of their kind ([`crate::sync_store`]). A stale `config` waits for
-//! every kind's canary. Keys outside any cluster prefix (heartbeat, mesh
-//! reports) have no canary and are forgotten when the list completes. A
-//! held key that comes back, or is deleted for real, stops being held.
+//! every kind's canary. A stale `local/services/...` key (written by the
+//! local exporter with its own cluster's services) waits for the services
+//! canary of a cluster's own prefix (a local etcd holds exactly one). Keys
+//! with no writer canary (heartbeat, mesh reports) are forgotten when the
+//! list completes. A held key that comes back, or is deleted for real,
+//! stops being held.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +29,8 @@ enum Awaits {
     Canary(Scope, Kind),
     /// Every canary below a prefix.
     AllCanaries(Scope),
+    /// The services canary of a cluster's own prefix.
+    OwnServices,
 }
 
 /// Stale keys held until their writer's canary says it is complete again.
@@ -102,6 +107,10 @@ impl StaleKeys {
             Awaits::AllCanaries(scope) => Kind::ALL
                 .iter()
                 .all(|k| self.synced.contains(&(scope.clone(), *k))),
+            Awaits::OwnServices => self
+                .synced
+                .iter()
+                .any(|(scope, kind)| matches!(scope, Scope::Cluster(_)) && *kind == Kind::Services),
         }
     }
 }
@@ -112,7 +121,8 @@ fn awaits(key: &str) -> Option<Awaits> {
             Some(kind) => Awaits::Canary(scope, kind),
             None => Awaits::AllCanaries(scope),
         }),
-        Key::Heartbeat | Key::MeshStatus(_) | Key::LocalService(_) => None,
+        Key::LocalService(_) => Some(Awaits::OwnServices),
+        Key::Heartbeat | Key::MeshStatus(_) => None,
     }
 }
 
@@ -150,6 +160,18 @@ mod tests {
         assert!(s.on_put("knit/v1/cache/b/synced/identities").is_empty());
         assert_eq!(s.on_put("knit/v1/cache/b/synced/services"), [CONFIG]);
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn local_services_wait_for_the_own_clusters_services_canary() {
+        let local = "knit/v1/local/services/shop/web".to_owned();
+        let mut s = StaleKeys::default();
+        assert!(s.after_list(vec![local.clone()], []).is_empty());
+        assert!(
+            s.on_put("knit/v1/cache/b/synced/services").is_empty(),
+            "a mirror's canary is not ours"
+        );
+        assert_eq!(s.on_put("knit/v1/clusters/a/synced/services"), [local]);
     }
 
     #[test]

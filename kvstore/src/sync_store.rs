@@ -78,6 +78,17 @@ impl SyncStore {
         })
     }
 
+    /// Takes ownership of `prefix`: on the next flush, keys under it that
+    /// are not desired (leftovers of an earlier run) are deleted. A writer
+    /// that learns its desired state gradually calls this once it knows all
+    /// of it, so leftovers that are still true are not deleted meanwhile.
+    pub fn own(&mut self, prefix: String) {
+        if !self.owned.contains(&prefix) {
+            self.owned.push(prefix);
+            self.cleaned = false;
+        }
+    }
+
     /// Desires `key` = `value`.
     pub fn set(&mut self, key: String, value: Vec<u8>) {
         if self.written.get(&key) != Some(&fingerprint(&value)) {
@@ -154,7 +165,9 @@ impl SyncStore {
                     .await
                     .map_err(etcd("listing owned keys"))?;
                 for kv in existing.kvs() {
-                    if let Ok(key) = kv.key_str() {
+                    if let Ok(key) = kv.key_str()
+                        && !self.written.contains_key(key)
+                    {
                         // Leftovers sit under an old lease: rewrite or delete every one.
                         self.written.insert(key.to_owned(), u64::MAX);
                         self.dirty.insert(key.to_owned());

@@ -10,6 +10,9 @@
 //!   50 ms; exits non-zero on the first failure.
 //! - `crr` / `rr --to A:P --seconds S`: benchmark loops (connect, request,
 //!   response, close; or requests on one connection); print JSON figures.
+//!   `crr --pause-ms M` waits M ms between requests (a steady client rather
+//!   than a benchmark) and reports failures by kind; `--stop-file F` ends
+//!   the loop early once F exists.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -48,6 +51,8 @@ fn main() {
         Some("crr") => crr(
             required(&args, "--to").parse().expect("address"),
             required(&args, "--seconds").parse().expect("seconds"),
+            arg(&args, "--pause-ms").map_or(0, |m| m.parse().expect("pause")),
+            arg(&args, "--stop-file"),
         ),
         Some("rr") => rr(
             required(&args, "--to").parse().expect("address"),
@@ -160,20 +165,32 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
         .unwrap_or(0)
 }
 
-fn crr(to: SocketAddr, seconds: f64) {
+fn crr(to: SocketAddr, seconds: f64, pause_ms: u64, stop_file: Option<String>) {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let (mut ok, mut failed) = (0u64, 0u64);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let start = Instant::now();
-    while Instant::now() < end {
+    let stopped = || {
+        stop_file
+            .as_ref()
+            .is_some_and(|f| std::path::Path::new(f).exists())
+    };
+    while Instant::now() < end && !stopped() {
         match request_tcp(to) {
             Ok(_) => ok += 1,
-            Err(_) => failed += 1,
+            Err(e) => {
+                failed += 1;
+                *errors.entry(e).or_default() += 1;
+            }
+        }
+        if pause_ms > 0 {
+            std::thread::sleep(Duration::from_millis(pause_ms));
         }
     }
     let rate = ok as f64 / start.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"connections_per_sec": rate, "ok": ok, "failed": failed})
+        serde_json::json!({"connections_per_sec": rate, "ok": ok, "failed": failed, "errors": errors})
     );
 }
 

@@ -226,6 +226,15 @@ impl LocalMesh {
         control.stop_etcd();
     }
 
+    /// Restarts cluster `c`'s control plane with an **empty** etcd, as a
+    /// restart of the mesh apiserver pod does in Kubernetes (its etcd lives
+    /// in memory): apiserver and etcd stop, etcd's data goes, both start.
+    pub fn restart_control_plane_empty(&mut self, c: ClusterId) {
+        self.stop_control_plane(c);
+        self.clusters[c.0].control.wipe_etcd();
+        self.start_control_plane(c);
+    }
+
     /// Starts (or restarts) the agent of node `n`.
     pub fn start_agent(&mut self, n: NodeId) {
         let cluster = self.cluster(n.cluster);

@@ -1,0 +1,188 @@
+//! Fail static for real: a control plane that restarts with an **empty**
+//! etcd (the mesh apiserver's etcd lives in memory in Kubernetes) makes no
+//! request fail anywhere, with realistic state in both clusters.
+//!
+//! Readers (agents, and the peer's KVStoreMesh) keep every key the empty
+//! etcd lacks until the writer's canary for its kind is back
+//! (`knit_kvstore::drain`); the KVStoreMesh deletes leftovers only after
+//! listing its peer completely. Traffic: steady TCP clients across clusters
+//! to pod IPs, both ways, and through a global service VIP, while first
+//! cluster-b's and then cluster-a's control plane restart empty.
+
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use knit_e2e::manifests::{node, pod};
+use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions, PodId, SERVER_PORT};
+
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
+/// Simulated nodes per cluster, each with a full /24 of pods.
+const BULK_NODES: usize = 80;
+const PODS_PER_NODE: usize = 250;
+
+/// 20,000 pods on 80 simulated nodes of cluster `c` (10 label sets).
+/// Nothing is ever sent to them; their nodes' addresses are unused ones on
+/// the underlay.
+fn bulk(c: ClusterId) -> String {
+    let id = c.mesh_id();
+    let mut out = String::new();
+    for n in 0..BULK_NODES {
+        let name = format!("bulk-{n}");
+        out.push_str(&node(
+            &name,
+            &format!("192.168.50.{}", 100 + n),
+            &format!("10.{id}.{}.0/24", 100 + n),
+        ));
+        for p in 0..PODS_PER_NODE {
+            let ip = format!("10.{id}.{}.{}", 100 + n, p + 2);
+            out.push_str(&pod(
+                "bulk",
+                &format!("p-{n}-{p}"),
+                &name,
+                &ip,
+                &format!("bulk-{}", p % 10),
+            ));
+        }
+    }
+    out
+}
+
+struct Client {
+    process: knit_e2e::ChildProcess,
+    what: String,
+}
+
+fn start_client(
+    mesh: &LocalMesh,
+    from: PodId,
+    to: SocketAddrV4,
+    stop: &std::path::Path,
+    what: &str,
+) -> Client {
+    let (to, stop) = (to.to_string(), stop.to_string_lossy().into_owned());
+    let process = mesh.probe_background(
+        from,
+        &[
+            "crr",
+            "--to",
+            &to,
+            "--seconds",
+            "600",
+            "--pause-ms",
+            "20",
+            "--stop-file",
+            &stop,
+        ],
+        &format!("client-{}", what.replace(' ', "-")),
+    );
+    Client {
+        process,
+        what: what.to_owned(),
+    }
+}
+
+/// Waits until `c`'s KVStoreMesh has every peer synced with at least
+/// `endpoints` endpoints mirrored.
+fn wait_synced(mesh: &LocalMesh, c: ClusterId, endpoints: usize) {
+    mesh.wait_until(
+        &format!("{} to sync its peer again", c.name()),
+        Duration::from_secs(120),
+        || {
+            let status = mesh.knitctl_status(c);
+            knit_operator::status_table::ready_peers(&status).len() == 1
+                && status.lines().any(|l| {
+                    l.split_whitespace()
+                        .nth(4)
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .is_some_and(|n| n >= endpoints)
+                })
+        },
+    );
+}
+
+#[test]
+fn empty_etcd_restarts_fail_no_request() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 2,
+        nodes: 1,
+        grace_period: "4s".into(),
+    });
+    for c in [A, B] {
+        mesh.write_manifest(c, "bulk.yaml", &bulk(c));
+    }
+    let client_a = mesh.add_pod(A.node(0), "shop", "client-a", &[("app", "client")]);
+    let client_b = mesh.add_pod(B.node(0), "shop", "client-b", &[("app", "client")]);
+    let web_a = mesh.add_pod(A.node(0), "shop", "web-a", &[("app", "web")]);
+    let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
+    let vip = std::net::Ipv4Addr::new(10, 96, 7, 1);
+    for (c, backend) in [(A, web_a), (B, web_b)] {
+        let svc = GlobalService {
+            namespace: "shop",
+            name: "web",
+            vip,
+            backends: vec![backend],
+            export: true,
+            import: true,
+            affinity: "none",
+        };
+        mesh.deploy_service(c, &svc);
+    }
+    let total = BULK_NODES * PODS_PER_NODE;
+    for c in [A, B] {
+        wait_synced(&mesh, c, total);
+    }
+    mesh.wait_for_hits("the VIP to reach both clusters", client_a, vip, false, |h| {
+        h.names.len() == 2
+    });
+
+    let stop = knit_e2e::TempDir::new("fail-static");
+    let stop = stop.path().join("stop");
+    let addr = |p: PodId| SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT);
+    let mut clients = vec![
+        start_client(&mesh, client_a, addr(web_b), &stop, "a to b pod"),
+        start_client(&mesh, client_b, addr(web_a), &stop, "b to a pod"),
+        start_client(
+            &mesh,
+            client_a,
+            SocketAddrV4::new(vip, SERVER_PORT),
+            &stop,
+            "a to VIP",
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut took = Vec::new();
+    for c in [B, A] {
+        let started = Instant::now();
+        mesh.restart_control_plane_empty(c);
+        for other in [A, B] {
+            wait_synced(&mesh, other, total);
+        }
+        took.push((c.name(), started.elapsed()));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::fs::write(&stop, "").unwrap();
+
+    for client in &mut clients {
+        let (_, log) = client.process.wait();
+        let report: serde_json::Value = log
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
+        let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
+        eprintln!(
+            "{}: {ok} ok, {failed} failed during empty restarts {took:?}",
+            client.what
+        );
+        assert!(ok > 200, "{}: too few requests to tell: {report}", client.what);
+        assert_eq!(
+            failed,
+            0,
+            "{}: requests failed during empty restarts: {report}\n{}",
+            client.what,
+            mesh.logs()
+        );
+    }
+}
