@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use knit_kvstore::keys::{Key, Kind, RelativeKey, Scope};
 use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord};
+use knit_kvstore::validate::Rejection;
 use knit_kvstore::watch_store::WatchEvent;
 use serde::de::DeserializeOwned;
 
@@ -121,7 +122,7 @@ fn parse<T: DeserializeOwned>(value: &[u8], rejected: &mut BTreeMap<&'static str
     match serde_json::from_slice(value) {
         Ok(v) => Some(v),
         Err(e) => {
-            *rejected.entry("malformed-value").or_default() += 1;
+            *rejected.entry(Rejection::MalformedValue.as_str()).or_default() += 1;
             tracing::warn!(error = %e, "skipping a malformed kvstore value");
             None
         }

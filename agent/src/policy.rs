@@ -150,25 +150,11 @@ fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, labels: &BTreeMap<Str
 }
 
 /// Whether a Kubernetes label selector matches `labels` (an empty selector
-/// matches everything).
+/// matches everything; one kube cannot parse matches nothing). Matching is
+/// kube's own ([`kube::core::Selector`]).
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_label = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expr = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    by_label && by_expr
+    use kube::core::{Selector, SelectorExt};
+    Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 #[cfg(test)]

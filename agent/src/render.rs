@@ -313,7 +313,7 @@ mod tests {
             key: "knit/v1/cache/b/endpoints/10.2.1.9".into(),
             value: b"{not json".to_vec(),
         });
-        assert_eq!(index.rejected.get("malformed-value"), Some(&1));
+        assert_eq!(index.rejected.get("malformed_value"), Some(&1));
         assert_eq!(backends(&index).len(), 2, "the rest of the view is intact");
     }
 

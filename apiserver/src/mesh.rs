@@ -42,6 +42,8 @@ pub struct MeshSettings {
 /// removing mirrors as files appear and disappear.
 pub async fn run_mesh(local: Client, dir: PathBuf, settings: MeshSettings) {
     let mut running: BTreeMap<PathBuf, (EtcdClientConfig, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    // Removed peers whose mirror is still to be deleted (retried until done).
+    let mut to_delete: BTreeSet<String> = BTreeSet::new();
     loop {
         let found = peer_configs(&dir);
         let gone: Vec<PathBuf> = running
@@ -51,22 +53,27 @@ pub async fn run_mesh(local: Client, dir: PathBuf, settings: MeshSettings) {
             .collect();
         for path in gone {
             if let Some((config, task)) = running.remove(&path) {
+                // Wait until the mirror has stopped: a flush still running
+                // would write keys again after the delete below.
                 task.abort();
+                let _ = task.await;
                 if let Some(peer) = &config.peer
                     && !found
                         .values()
                         .any(|c| c.peer.as_ref().map(|p| &p.cluster_name) == Some(&peer.cluster_name))
                 {
                     tracing::info!(peer = %peer.cluster_name, "peer removed; deleting its mirror");
-                    let mut c = local.clone();
-                    let prefix = cache_prefix(&peer.cluster_name);
-                    let _ = c
-                        .delete(
-                            prefix.as_str(),
-                            Some(etcd_client::DeleteOptions::new().with_prefix()),
-                        )
-                        .await;
-                    let _ = c.delete(mesh_status_key(&peer.cluster_name), None).await;
+                    to_delete.insert(peer.cluster_name.clone());
+                }
+            }
+        }
+        for peer in to_delete.clone() {
+            match delete_mirror(&local, &peer).await {
+                Ok(()) => {
+                    to_delete.remove(&peer);
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "deleting a removed peer's mirror failed; retrying");
                 }
             }
         }
@@ -74,11 +81,26 @@ pub async fn run_mesh(local: Client, dir: PathBuf, settings: MeshSettings) {
             if running.contains_key(&path) {
                 continue;
             }
+            if let Some(peer) = &config.peer {
+                to_delete.remove(&peer.cluster_name);
+            }
             let task = tokio::spawn(mirror_peer(local.clone(), config.clone(), settings.clone()));
             running.insert(path, (config, task));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Deletes a peer's mirror and its report.
+async fn delete_mirror(local: &Client, peer: &str) -> Result<(), etcd_client::Error> {
+    let mut c = local.clone();
+    c.delete(
+        cache_prefix(peer).as_str(),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await?;
+    c.delete(mesh_status_key(peer), None).await?;
+    Ok(())
 }
 
 fn peer_configs(dir: &Path) -> BTreeMap<PathBuf, EtcdClientConfig> {

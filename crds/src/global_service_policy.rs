@@ -131,17 +131,28 @@ pub enum SelectorOperator {
 impl ServiceSelector {
     /// Whether a Service with these labels is selected. An empty selector
     /// selects every Service.
+    /// Matching is kube's own ([`kube::core::Selector`]).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|req| {
-                let value = labels.get(&req.key);
-                match req.operator {
-                    SelectorOperator::In => value.is_some_and(|v| req.values.contains(v)),
-                    SelectorOperator::NotIn => value.is_none_or(|v| !req.values.contains(v)),
-                    SelectorOperator::Exists => value.is_some(),
-                    SelectorOperator::DoesNotExist => value.is_none(),
-                }
-            })
+        use kube::core::{Selector, SelectorExt};
+        Selector::try_from(self.to_label_selector()).is_ok_and(|s| s.matches(labels))
+    }
+
+    /// The same selector as Kubernetes' `LabelSelector`.
+    pub fn to_label_selector(&self) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+        LabelSelector {
+            match_labels: Some(self.match_labels.clone()),
+            match_expressions: Some(
+                self.match_expressions
+                    .iter()
+                    .map(|r| LabelSelectorRequirement {
+                        key: r.key.clone(),
+                        operator: format!("{:?}", r.operator),
+                        values: Some(r.values.clone()),
+                    })
+                    .collect(),
+            ),
+        }
     }
 }
 

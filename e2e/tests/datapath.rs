@@ -122,7 +122,7 @@ fn routing_load_balancing_affinity_and_agent_restart() {
 fn policy_denied_drops(mesh: &LocalMesh, n: NodeId) -> u64 {
     mesh.agent_metrics(n)
         .lines()
-        .find(|l| l.starts_with("knit_agent_drops{name=\"policy-denied\"}"))
+        .find(|l| l.starts_with("knit_agent_drops{name=\"policy_denied\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
 }

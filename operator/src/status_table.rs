@@ -95,7 +95,7 @@ mod tests {
             ..Default::default()
         };
         b.counts.insert(Kind::Endpoints, 12);
-        b.rejected.insert("ip-outside-pod-cidrs".into(), 3);
+        b.rejected.insert("outside_pod_cidrs".into(), 3);
         let c = PeerStatusRecord {
             peer: "cluster-c".into(),
             last_error: Some("connection refused".into()),
@@ -110,7 +110,7 @@ mod tests {
         assert!(t.contains("       12 "), "{t}");
         assert!(t.contains("10s ago"), "{t}");
         assert!(
-            t.contains("cluster-b: rejected 3 record(s): ip-outside-pod-cidrs"),
+            t.contains("cluster-b: rejected 3 record(s): outside_pod_cidrs"),
             "{t}"
         );
         assert!(t.contains("cluster-c: connection refused"), "{t}");

@@ -203,12 +203,12 @@ pub struct NodeConfig {
 
 /// `enum drop_reason`, in index order.
 pub const DROP_REASONS: [&str; 6] = [
-    "policy-denied",
-    "unknown-source",
-    "no-backend",
-    "no-route",
+    "policy_denied",
+    "unknown_source",
+    "no_backend",
+    "no_route",
     "malformed",
-    "redirect-failed",
+    "redirect_failed",
 ];
 
 // SAFETY: every type is `#[repr(C)]`, `Copy`, made of integers only, with
