@@ -12,7 +12,8 @@
 //!   one frontend per TCP/UDP port; backends are this cluster's ready ones
 //!   plus, when the service imports, every synced, non-withdrawn peer's
 //!   exported ready ones, narrowed by affinity (`local`: local unless none
-//!   is ready; `remote`: the mirror; `none`: all).
+//!   is ready; `remote`: the mirror; `none`: all). A withdrawn peer's ready
+//!   backends are used only when nothing else is ready.
 //! - Allow entries: [`crate::policy::compile`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -102,12 +103,14 @@ pub fn render(
                 .values()
                 .filter(|p| p.is_synced(Kind::Services))
                 .filter_map(|p| p.services.get(name))
-                .filter(|r| r.export && !r.withdrawn)
+                .filter(|r| r.export)
                 .collect()
         } else {
             Vec::new()
         };
-        add_service(&mut out, own, &remote);
+        let (withdrawn, live): (Vec<&ServiceRecord>, Vec<&ServiceRecord>) =
+            remote.into_iter().partition(|r| r.withdrawn);
+        add_service(&mut out, own, &live, &withdrawn);
     }
     out
 }
@@ -170,7 +173,16 @@ fn ready(records: &[&ServiceRecord], port: &ServicePort) -> Vec<SocketAddrV4> {
     out
 }
 
-fn add_service(out: &mut DatapathState, own: &ServiceRecord, remote: &[&ServiceRecord]) {
+/// Frontends of one global service. Backends of peers withdrawn by the
+/// KVStoreMesh (control plane unreachable past the grace period) are used
+/// only when no other backend is ready: losing a control plane must not
+/// take down a service that lives only there while its pods still answer.
+fn add_service(
+    out: &mut DatapathState,
+    own: &ServiceRecord,
+    remote: &[&ServiceRecord],
+    withdrawn: &[&ServiceRecord],
+) {
     let vips: Vec<Ipv4Addr> = own.cluster_ips.iter().filter_map(|ip| v4(*ip)).collect();
     for port in &own.ports {
         let proto = match port.protocol {
@@ -180,7 +192,7 @@ fn add_service(out: &mut DatapathState, own: &ServiceRecord, remote: &[&ServiceR
         };
         let local = ready(&[own], port);
         let remote = ready(remote, port);
-        let chosen = match own.affinity {
+        let mut chosen = match own.affinity {
             Affinity::Local if !local.is_empty() => local,
             Affinity::Remote if !remote.is_empty() => remote,
             _ => {
@@ -189,6 +201,9 @@ fn add_service(out: &mut DatapathState, own: &ServiceRecord, remote: &[&ServiceR
                 all
             }
         };
+        if chosen.is_empty() {
+            chosen = ready(withdrawn, port);
+        }
         for vip in &vips {
             out.services.insert(
                 Frontend {
@@ -303,6 +318,25 @@ mod tests {
         assert_eq!(
             backends(&mesh(&[("10.1.1.5", true)], "none", false, false)),
             vec!["10.1.1.5:8080"]
+        );
+    }
+
+    #[test]
+    fn a_withdrawn_peer_still_serves_a_service_nothing_else_serves() {
+        assert_eq!(
+            backends(&mesh(&[], "none", true, true)),
+            vec!["10.2.1.5:8080"],
+            "no local backend at all: the withdrawn peer's ready pods still answer"
+        );
+        assert_eq!(
+            backends(&mesh(&[("10.1.1.5", false)], "local", true, true)),
+            vec!["10.2.1.5:8080"],
+            "no ready local backend"
+        );
+        assert_eq!(
+            backends(&mesh(&[], "none", true, false)),
+            Vec::<String>::new(),
+            "an unsynced peer is never used"
         );
     }
 

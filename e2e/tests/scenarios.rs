@@ -73,6 +73,20 @@ fn export_import_and_peer_failure() {
     mesh.deploy_service(A, &service(vip_a, vec![web_a], true, true));
     mesh.wait_for_hits("a imports again", client_a, vip_a, false, |h| h.names.len() == 3);
 
+    // A shared service that lives only in b (a has the Service, no pods).
+    let vip_db = Ipv4Addr::new(10, 96, 1, 20);
+    let db = |vip, backends| GlobalService {
+        name: "db",
+        vip,
+        backends,
+        ..service(vip, vec![], true, true)
+    };
+    mesh.deploy_service(A, &db(vip_db, vec![]));
+    mesh.deploy_service(B, &db(Ipv4Addr::new(10, 96, 2, 20), vec![web_b1]));
+    mesh.wait_for_hits("a reaches b's shared db", client_a, vip_db, false, |h| {
+        h.total() == 40
+    });
+
     // Cluster b's control plane dies: b's agents fail static, and after the
     // grace period a's new connections go only to a.
     let killed = Instant::now();
@@ -87,6 +101,13 @@ fn export_import_and_peer_failure() {
         h.from_cluster(&b) == 0 && h.total() == 40
     });
     eprintln!("failover after {:?} (grace period 4s): {h:?}", killed.elapsed());
+    // b's pods still answer: a service nothing else serves keeps using them.
+    let shared = mesh.hits(client_a, vip_db, 20, false);
+    assert_eq!(
+        shared.from_cluster(&b),
+        20,
+        "losing b's control plane took down a service only b serves: {shared:?}"
+    );
 
     // While b is down, web-b2 is deleted there (its node's CNI DEL needs no
     // control plane); when b returns, its backends come back without web-b2.
