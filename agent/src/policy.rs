@@ -169,7 +169,7 @@ mod tests {
     }
 
     fn policy(yaml: &str) -> NetworkPolicy {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub enum Error {
         name: String,
         /// Cause.
         #[source]
-        source: serde_yaml::Error,
+        source: serde_saphyr::ser_error::Error,
     },
 }
 
@@ -68,7 +68,7 @@ pub fn crd_manifests() -> Result<Vec<(String, String)>> {
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            let body = serde_yaml::to_string(&crd).map_err(|source| Error::RenderCrd {
+            let body = serde_saphyr::to_string(&crd).map_err(|source| Error::RenderCrd {
                 name: name.clone(),
                 source,
             })?;

@@ -41,11 +41,11 @@ pub enum Access {
 impl EtcdAccess {
     /// Parses the file.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        serde_yaml::from_str(text).map_err(Error::ParseAccess)
+        serde_saphyr::from_str(text).map_err(Error::ParseAccess)
     }
 
     /// Serialises the file.
     pub fn to_yaml(&self) -> Result<String> {
-        serde_yaml::to_string(self).map_err(Error::WriteClientConfig)
+        serde_saphyr::to_string(self).map_err(Error::WriteClientConfig)
     }
 }

@@ -45,14 +45,14 @@ pub struct PeerIdentity {
 impl EtcdClientConfig {
     /// Parses a config and checks it is usable.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let config: Self = serde_yaml::from_str(text).map_err(Error::ParseClientConfig)?;
+        let config: Self = serde_saphyr::from_str(text).map_err(Error::ParseClientConfig)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Serialises the config.
     pub fn to_yaml(&self) -> Result<String> {
-        serde_yaml::to_string(self).map_err(Error::WriteClientConfig)
+        serde_saphyr::to_string(self).map_err(Error::WriteClientConfig)
     }
 
     /// The same config with relative file paths resolved against `dir`.

@@ -31,13 +31,13 @@ pub use keys::{KEY_PREFIX, Kind, RelativeKey, cache_prefix, cluster_prefix};
 pub enum Error {
     /// A client configuration file could not be parsed.
     #[error("parsing etcd client config: {0}")]
-    ParseClientConfig(#[source] serde_yaml::Error),
+    ParseClientConfig(#[source] serde_saphyr::Error),
     /// The etcd users file could not be parsed.
     #[error("parsing etcd users file: {0}")]
-    ParseAccess(#[source] serde_yaml::Error),
+    ParseAccess(#[source] serde_saphyr::Error),
     /// A configuration file could not be serialised.
     #[error("writing etcd configuration")]
-    WriteClientConfig(#[source] serde_yaml::Error),
+    WriteClientConfig(#[source] serde_saphyr::ser_error::Error),
     /// A file named in a client configuration could not be read.
     #[error("reading {path}")]
     ReadFile {

@@ -151,7 +151,7 @@ impl Default for CertificatePolicy {
 impl ClusterConfig {
     /// Parses and validates a config file's text.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let config: Self = serde_yaml::from_str(text).map_err(Error::ParseConfig)?;
+        let config: Self = serde_saphyr::from_str(text).map_err(Error::ParseConfig)?;
         config.validate()?;
         Ok(config)
     }

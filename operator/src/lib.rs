@@ -25,7 +25,7 @@ pub mod status_table;
 pub enum Error {
     /// The operator config file is not valid YAML of the expected shape.
     #[error("parsing cluster config: {0}")]
-    ParseConfig(#[source] serde_yaml::Error),
+    ParseConfig(#[source] serde_saphyr::Error),
     /// A config field has a bad value.
     #[error("cluster config field {field}: {problem}")]
     InvalidConfig {
@@ -59,7 +59,7 @@ pub enum Error {
         what: &'static str,
         /// Cause.
         #[source]
-        source: serde_yaml::Error,
+        source: serde_saphyr::ser_error::Error,
     },
     /// A kvstore file could not be written.
     #[error(transparent)]

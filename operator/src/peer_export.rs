@@ -43,7 +43,7 @@ pub fn export_peer(config: &ClusterConfig, ca_pem: &str, endpoints: Vec<String>)
 /// The manifest as YAML, with a header saying where it belongs.
 pub fn export_peer_yaml(config: &ClusterConfig, ca_pem: &str, endpoints: Vec<String>) -> Result<String> {
     let peer = export_peer(config, ca_pem, endpoints)?;
-    let body = serde_yaml::to_string(&peer).map_err(|source| Error::Serialize {
+    let body = serde_saphyr::to_string(&peer).map_err(|source| Error::Serialize {
         what: "ClusterMeshPeer",
         source,
     })?;

@@ -85,7 +85,7 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
     let a_manifest = knitctl(&["peer", "export", "--config", s(&a_cfg), "--pki-dir", s(&a_out)]);
     let b_manifest = knitctl(&["peer", "export", "--config", s(&b_cfg), "--pki-dir", s(&b_out)]);
     std::fs::rename(a_out.join("knit-ca.hidden"), a_out.join("knit-ca")).unwrap();
-    let exported: ClusterMeshPeer = serde_yaml::from_str(&a_manifest).unwrap();
+    let exported: ClusterMeshPeer = serde_saphyr::from_str(&a_manifest).unwrap();
     assert_eq!(exported.spec.cluster_name, "a");
     assert_eq!(exported.spec.cluster_id, 1);
     assert_eq!(exported.spec.endpoints, vec!["https://10.99.0.1:2379"]);

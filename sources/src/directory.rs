@@ -16,7 +16,6 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
 
 use crate::{ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceInfo, object_key};
 
@@ -264,8 +263,9 @@ fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
 
 fn parse_documents(text: &str, skipped: &mut u64, interner: &mut Interner) -> Result<Vec<Object>, String> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple_with_options(text, large_manifests()).map_err(|e| e.to_string())?;
+    for (i, value) in documents.into_iter().enumerate() {
         if value.is_null() {
             continue;
         }
@@ -275,17 +275,17 @@ fn parse_documents(text: &str, skipped: &mut u64, interner: &mut Interner) -> Re
             .unwrap_or_default()
             .to_owned();
         let parsed = match kind.as_str() {
-            "Node" => serde_yaml::from_value::<Node>(value).map(|o| Object::Node(Box::new(o.into()))),
-            "Pod" => serde_yaml::from_value::<Pod>(value)
+            "Node" => serde_json::from_value::<Node>(value).map(|o| Object::Node(Box::new(o.into()))),
+            "Pod" => serde_json::from_value::<Pod>(value)
                 .map(|o| Object::Pod(Box::new(PodInfo::from_pod(o, interner)))),
-            "Namespace" => serde_yaml::from_value(value).map(|o| Object::Namespace(Box::new(o))),
+            "Namespace" => serde_json::from_value(value).map(|o| Object::Namespace(Box::new(o))),
             "Service" => {
-                serde_yaml::from_value::<Service>(value).map(|o| Object::Service(Box::new(o.into())))
+                serde_json::from_value::<Service>(value).map(|o| Object::Service(Box::new(o.into())))
             }
-            "EndpointSlice" => serde_yaml::from_value::<EndpointSlice>(value)
+            "EndpointSlice" => serde_json::from_value::<EndpointSlice>(value)
                 .map(|o| Object::EndpointSlice(Box::new(o.into()))),
-            "NetworkPolicy" => serde_yaml::from_value(value).map(|o| Object::NetworkPolicy(Box::new(o))),
-            "GlobalServicePolicy" => serde_yaml::from_value(value).map(|o| Object::Policy(Box::new(o))),
+            "NetworkPolicy" => serde_json::from_value(value).map(|o| Object::NetworkPolicy(Box::new(o))),
+            "GlobalServicePolicy" => serde_json::from_value(value).map(|o| Object::Policy(Box::new(o))),
             _ => {
                 *skipped += 1;
                 continue;
@@ -294,6 +294,21 @@ fn parse_documents(text: &str, skipped: &mut u64, interner: &mut Interner) -> Re
         out.push(parsed.map_err(|e| format!("document {} ({kind}): {e}", i + 1))?);
     }
     Ok(out)
+}
+
+/// Parser limits for a manifest file: a site's whole cluster can be one
+/// file of tens of thousands of documents, far beyond the parser's defaults
+/// (1,024 documents), which guard against hostile input; these files are
+/// the operator's own.
+fn large_manifests() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 10_000_000;
+    budget.max_nodes = 500_000_000;
+    budget.max_events = 1_000_000_000;
+    budget.max_total_scalar_bytes = 1 << 32;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 fn is_manifest(path: &Path) -> bool {

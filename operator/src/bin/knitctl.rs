@@ -157,7 +157,7 @@ fn render(config: &Path, peer_paths: &[PathBuf], out: &Path) -> anyhow::Result<(
         for file in yaml_files(path)? {
             let text =
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let peer: ClusterMeshPeer = serde_yaml::from_str(&text)
+            let peer: ClusterMeshPeer = serde_saphyr::from_str(&text)
                 .with_context(|| format!("{} is not a ClusterMeshPeer", file.display()))?;
             peers.push(peer);
         }
