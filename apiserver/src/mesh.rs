@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
+use knit_kvstore::backend::SyncBackend;
 use knit_kvstore::keys::{Kind, RelativeKey, cache_prefix, cluster_prefix, mesh_status_key};
 use knit_kvstore::records::{PeerStatusRecord, ServiceRecord};
 use knit_kvstore::sync_store::SyncStore;
@@ -164,20 +165,7 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
     };
     let _watcher = AbortOnDrop(tokio::spawn(watch_prefix(connect, src.clone(), tx)));
 
-    let mut m = Mirror {
-        peer: peer.clone(),
-        src,
-        dst: cache_prefix(&peer),
-        validator: PeerValidator::new(&identity),
-        services: BTreeMap::new(),
-        counts: BTreeMap::new(),
-        status: PeerStatusRecord {
-            peer: peer.clone(),
-            ..Default::default()
-        },
-        unreachable_since: Some(Instant::now()),
-        logged: BTreeSet::new(),
-    };
+    let mut m = Mirror::new(&identity);
     let mut dirty = true;
     loop {
         tokio::select! {
@@ -237,8 +225,27 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
 }
 
 impl Mirror {
+    /// The mirror of `identity`'s cluster, not yet connected.
+    fn new(identity: &knit_kvstore::PeerIdentity) -> Self {
+        let peer = identity.cluster_name.clone();
+        Self {
+            src: cluster_prefix(&peer),
+            dst: cache_prefix(&peer),
+            validator: PeerValidator::new(identity),
+            services: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            status: PeerStatusRecord {
+                peer: peer.clone(),
+                ..Default::default()
+            },
+            unreachable_since: Some(Instant::now()),
+            logged: BTreeSet::new(),
+            peer,
+        }
+    }
+
     /// Applies one watch event to the store.
-    fn handle(&mut self, event: WatchEvent, store: &mut SyncStore, metrics: &Metrics) {
+    fn handle<B: SyncBackend>(&mut self, event: WatchEvent, store: &mut SyncStore<B>, metrics: &Metrics) {
         match event {
             WatchEvent::Upsert { key, value } => {
                 let Some(rel) = key.strip_prefix(&self.src) else {
@@ -293,7 +300,7 @@ impl Mirror {
         }
     }
 
-    fn accept(&mut self, key: RelativeKey, value: Vec<u8>, store: &mut SyncStore) {
+    fn accept<B: SyncBackend>(&mut self, key: RelativeKey, value: Vec<u8>, store: &mut SyncStore<B>) {
         let dst = key.under(&self.dst);
         if let RelativeKey::Record(kind, _) = &key {
             if !store.contains(&dst) {
@@ -308,7 +315,7 @@ impl Mirror {
         store.set(dst, value);
     }
 
-    fn drop_key(&mut self, rel: &str, store: &mut SyncStore) {
+    fn drop_key<B: SyncBackend>(&mut self, rel: &str, store: &mut SyncStore<B>) {
         let dst = format!("{}{rel}", self.dst);
         if store.contains(&dst) {
             if let Some(RelativeKey::Record(kind, _)) = RelativeKey::parse(rel) {
@@ -320,7 +327,7 @@ impl Mirror {
         self.services.remove(&dst);
     }
 
-    fn set_withdrawn(&mut self, withdrawn: bool, store: &mut SyncStore) {
+    fn set_withdrawn<B: SyncBackend>(&mut self, withdrawn: bool, store: &mut SyncStore<B>) {
         self.status.withdrawn = withdrawn;
         for (key, value) in &self.services {
             store.set(key.clone(), service_value(value, withdrawn));
@@ -328,7 +335,7 @@ impl Mirror {
     }
 
     /// Updates the status record in the store.
-    fn report(&mut self, store: &mut SyncStore) {
+    fn report<B: SyncBackend>(&mut self, store: &mut SyncStore<B>) {
         self.status.synced = self.status.connected
             && Kind::ALL
                 .iter()
@@ -360,5 +367,132 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The mirror's logic against the in-memory store: what it accepts,
+    //! rejects, withdraws and restores, and when it deletes leftovers.
+
+    use knit_kvstore::PeerIdentity;
+    use knit_kvstore::backend::MemoryBackend;
+    use knit_kvstore::records::identity;
+    use serde_json::json;
+
+    use super::*;
+
+    fn upsert(rel: &str, value: serde_json::Value) -> WatchEvent {
+        WatchEvent::Upsert {
+            key: format!("knit/v1/clusters/b/{rel}"),
+            value: serde_json::to_vec(&value).unwrap(),
+        }
+    }
+
+    fn mirror() -> Mirror {
+        Mirror::new(&PeerIdentity {
+            cluster_name: "b".into(),
+            cluster_id: 2,
+            pod_cidrs: vec!["10.2.0.0/16".into()],
+        })
+    }
+
+    fn service(withdrawn: bool) -> serde_json::Value {
+        let mut v = json!({"cluster": "b", "namespace": "shop", "name": "web",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "backends": [{"ip": "10.2.1.5", "ports": {"http": 8080}, "ready": true}],
+            "export": true, "import": true, "affinity": "none"});
+        if withdrawn {
+            v["withdrawn"] = json!(true);
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn mirrors_good_records_rejects_bad_ones_and_withdraws_services() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap();
+        let metrics = Metrics::default();
+        let mut m = mirror();
+        let endpoint = |ip: &str| json!({"ip": ip, "cluster": "b", "identity": identity(2, 7), "node": "n1", "namespace": "shop", "pod": "p"});
+        for event in [
+            upsert(
+                "config",
+                json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"]}),
+            ),
+            upsert("endpoints/10.2.1.5", endpoint("10.2.1.5")),
+            upsert("endpoints/10.9.1.5", endpoint("10.9.1.5")),
+            upsert("services/shop/web", service(false)),
+            upsert("synced/endpoints", json!(1)),
+            WatchEvent::ListDone,
+        ] {
+            m.handle(event, &mut store, &metrics);
+        }
+        m.report(&mut store);
+        store.flush().await.unwrap();
+        let dump = memory.dump();
+        assert!(dump.contains_key("knit/v1/cache/b/endpoints/10.2.1.5"));
+        assert!(
+            !dump.contains_key("knit/v1/cache/b/endpoints/10.9.1.5"),
+            "an IP outside b's pod CIDRs is not mirrored"
+        );
+        assert_eq!(m.status.rejected.get("outside_pod_cidrs"), Some(&1));
+        let last = memory.transactions().pop().unwrap();
+        assert!(
+            last.iter().all(|(k, _)| knit_kvstore::keys::is_canary(k)),
+            "canaries are written last: {last:?}"
+        );
+
+        // Past the grace period the service is withdrawn; back, restored.
+        m.set_withdrawn(true, &mut store);
+        store.flush().await.unwrap();
+        let value = |memory: &MemoryBackend| -> serde_json::Value {
+            serde_json::from_slice(&memory.dump()["knit/v1/cache/b/services/shop/web"]).unwrap()
+        };
+        assert_eq!(value(&memory), service(true));
+        m.handle(WatchEvent::ListDone, &mut store, &metrics);
+        store.flush().await.unwrap();
+        assert_eq!(value(&memory), service(false));
+    }
+
+    #[tokio::test]
+    async fn leftovers_are_deleted_only_after_a_complete_list() {
+        let memory = MemoryBackend::new();
+        memory.put_leftover(
+            "knit/v1/cache/b/services/shop/web",
+            &serde_json::to_vec(&service(false)).unwrap(),
+        );
+        memory.put_leftover("knit/v1/cache/b/services/shop/gone", b"{}");
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap();
+        let metrics = Metrics::default();
+        let mut m = mirror();
+
+        // A restarted apiserver has seen part of the peer's list: nothing it
+        // has not seen yet is deleted.
+        m.handle(
+            upsert(
+                "config",
+                json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"]}),
+            ),
+            &mut store,
+            &metrics,
+        );
+        store.flush().await.unwrap();
+        assert!(memory.dump().contains_key("knit/v1/cache/b/services/shop/web"));
+        assert!(memory.dump().contains_key("knit/v1/cache/b/services/shop/gone"));
+
+        m.handle(upsert("services/shop/web", service(false)), &mut store, &metrics);
+        m.handle(WatchEvent::ListDone, &mut store, &metrics);
+        store.flush().await.unwrap();
+        let dump = memory.dump();
+        assert!(dump.contains_key("knit/v1/cache/b/services/shop/web"));
+        assert!(
+            !dump.contains_key("knit/v1/cache/b/services/shop/gone"),
+            "after the complete list the leftover the peer no longer has is deleted"
+        );
     }
 }

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+pub mod backend;
 mod client_config;
 pub mod drain;
 pub mod etcd;
@@ -56,6 +57,9 @@ pub enum Error {
         #[source]
         source: etcd_client::Error,
     },
+    /// A key-value store other than etcd refused a request.
+    #[error("key-value store: {0}")]
+    Backend(String),
     /// etcd canceled a watch (usually: the revision was compacted).
     #[error("watch canceled by etcd: {0}")]
     WatchCanceled(String),

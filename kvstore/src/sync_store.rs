@@ -12,15 +12,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::Client;
 use futures::StreamExt;
 
-use crate::etcd::prefix_end;
-use crate::fingerprint;
+use crate::backend::{EtcdBackend, Op, SyncBackend};
 use crate::keys::is_canary;
-use crate::{Error, Result};
+use crate::{Result, fingerprint};
 
 /// Operations per etcd transaction (etcd's default limit is 128).
 const OPS_PER_TXN: usize = 100;
@@ -36,9 +34,10 @@ pub struct FlushReport {
     pub deletes: usize,
 }
 
-/// Writes a desired key set to etcd under a lease.
-pub struct SyncStore {
-    client: Client,
+/// Writes a desired key set to etcd (or another [`SyncBackend`]) under a
+/// lease.
+pub struct SyncStore<B: SyncBackend = EtcdBackend> {
+    backend: B,
     lease_ttl: i64,
     lease: i64,
     lease_lost: Arc<AtomicBool>,
@@ -52,20 +51,28 @@ pub struct SyncStore {
     cleaned: bool,
 }
 
-impl Drop for SyncStore {
+impl<B: SyncBackend> Drop for SyncStore<B> {
     fn drop(&mut self) {
         self.keeper.abort();
     }
 }
 
-impl SyncStore {
-    /// A store owning every key under `owned` prefixes: keys there that are
-    /// not desired are deleted on the first flush (leftovers of an earlier run).
+impl SyncStore<EtcdBackend> {
+    /// A store writing to etcd through `client`, owning every key under
+    /// `owned` prefixes: keys there that are not desired are deleted on the
+    /// first flush (leftovers of an earlier run).
     pub async fn new(client: Client, owned: Vec<String>, lease_ttl_secs: i64) -> Result<Self> {
+        Self::with_backend(EtcdBackend(client), owned, lease_ttl_secs).await
+    }
+}
+
+impl<B: SyncBackend> SyncStore<B> {
+    /// A store writing to `backend`; see [`SyncStore::new`].
+    pub async fn with_backend(backend: B, owned: Vec<String>, lease_ttl_secs: i64) -> Result<Self> {
         let lease_lost = Arc::new(AtomicBool::new(false));
-        let (lease, keeper) = grant(&client, lease_ttl_secs, lease_lost.clone()).await?;
+        let (lease, keeper) = backend.grant(lease_ttl_secs, lease_lost.clone()).await?;
         Ok(Self {
-            client,
+            backend,
             lease_ttl: lease_ttl_secs,
             lease,
             lease_lost,
@@ -149,7 +156,10 @@ impl SyncStore {
         if self.lease_lost.swap(false, Ordering::Relaxed) {
             tracing::warn!("etcd lease lost; writing everything again under a new lease");
             self.keeper.abort();
-            let (lease, keeper) = grant(&self.client, self.lease_ttl, self.lease_lost.clone()).await?;
+            let (lease, keeper) = self
+                .backend
+                .grant(self.lease_ttl, self.lease_lost.clone())
+                .await?;
             self.lease = lease;
             self.keeper = keeper;
             self.written.clear();
@@ -157,20 +167,11 @@ impl SyncStore {
         }
         if !self.cleaned {
             for prefix in self.owned.clone() {
-                let options = GetOptions::new().with_range(prefix_end(&prefix)).with_keys_only();
-                let existing = self
-                    .client
-                    .kv_client()
-                    .get(prefix.as_str(), Some(options))
-                    .await
-                    .map_err(etcd("listing owned keys"))?;
-                for kv in existing.kvs() {
-                    if let Ok(key) = kv.key_str()
-                        && !self.written.contains_key(key)
-                    {
+                for key in self.backend.keys(&prefix).await? {
+                    if !self.written.contains_key(&key) {
                         // Leftovers sit under an old lease: rewrite or delete every one.
-                        self.written.insert(key.to_owned(), u64::MAX);
-                        self.dirty.insert(key.to_owned());
+                        self.written.insert(key.clone(), u64::MAX);
+                        self.dirty.insert(key);
                     }
                 }
             }
@@ -198,24 +199,14 @@ impl SyncStore {
         Ok(report)
     }
 
-    async fn apply(&mut self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<FlushReport> {
+    async fn apply(&mut self, ops: Vec<Op>) -> Result<FlushReport> {
         let lease = self.lease;
-        let chunks: Vec<Vec<(String, Option<Vec<u8>>)>> =
-            ops.chunks(OPS_PER_TXN).map(<[_]>::to_vec).collect();
-        let client = self.client.clone();
+        let chunks: Vec<Vec<Op>> = ops.chunks(OPS_PER_TXN).map(<[_]>::to_vec).collect();
+        let backend = self.backend.clone();
         let mut results = futures::stream::iter(chunks.into_iter().map(|chunk| {
-            let mut kv = client.kv_client();
+            let backend = backend.clone();
             async move {
-                let txn_ops: Vec<TxnOp> = chunk
-                    .iter()
-                    .map(|(k, v)| match v {
-                        Some(v) => {
-                            TxnOp::put(k.as_str(), v.clone(), Some(PutOptions::new().with_lease(lease)))
-                        }
-                        None => TxnOp::delete(k.as_str(), None::<DeleteOptions>),
-                    })
-                    .collect();
-                let outcome = kv.txn(Txn::new().and_then(txn_ops)).await;
+                let outcome = backend.apply(chunk.clone(), lease).await;
                 (chunk, outcome)
             }
         }))
@@ -224,7 +215,7 @@ impl SyncStore {
         let mut first_error = None;
         while let Some((chunk, outcome)) = results.next().await {
             match outcome {
-                Ok(_) => {
+                Ok(()) => {
                     for (k, v) in chunk {
                         match v {
                             Some(v) => {
@@ -244,10 +235,7 @@ impl SyncStore {
             }
         }
         match first_error {
-            Some(source) => Err(Error::Etcd {
-                action: "writing to etcd".into(),
-                source,
-            }),
+            Some(e) => Err(e),
             None => Ok(report),
         }
     }
@@ -255,66 +243,73 @@ impl SyncStore {
     /// Revokes the lease: every key this store wrote disappears at once.
     pub async fn revoke(self) -> Result<()> {
         self.keeper.abort();
-        self.client
-            .lease_client()
-            .revoke(self.lease)
-            .await
-            .map_err(etcd("revoking lease"))?;
-        Ok(())
+        self.backend.revoke(self.lease).await
     }
 }
 
-async fn grant(
-    client: &Client,
-    ttl: i64,
-    lost: Arc<AtomicBool>,
-) -> Result<(i64, tokio::task::JoinHandle<()>)> {
-    let mut leases = client.lease_client();
-    let lease = leases
-        .grant(ttl, None)
-        .await
-        .map_err(etcd("granting lease"))?
-        .id();
-    let keeper = tokio::spawn(async move {
-        let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
-        loop {
-            let outcome = async {
-                let (mut keeper, mut responses) = leases.keep_alive(lease).await?;
-                loop {
-                    keeper.keep_alive().await?;
-                    match responses.message().await? {
-                        Some(r) if r.ttl() > 0 => {}
-                        _ => return Ok::<bool, etcd_client::Error>(true),
-                    }
-                    tokio::time::sleep(period).await;
-                }
-            }
-            .await;
-            match outcome {
-                Ok(true) => {
-                    lost.store(true, Ordering::Relaxed);
-                    return;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "lease keepalive failed; retrying");
-                    tokio::time::sleep(period).await;
-                    if let Ok(r) = leases.time_to_live(lease, None).await
-                        && r.ttl() <= 0
-                    {
-                        lost.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    Ok((lease, keeper))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
 
-fn etcd(action: &'static str) -> impl Fn(etcd_client::Error) -> Error {
-    move |source| Error::Etcd {
-        action: action.into(),
-        source,
+    const P: &str = "knit/v1/clusters/t/";
+
+    fn desired(n: usize, tag: &str) -> BTreeMap<String, Vec<u8>> {
+        let mut out: BTreeMap<String, Vec<u8>> = (0..n)
+            .map(|i| (format!("{P}nodes/n{i:03}"), format!("{tag}{i}").into_bytes()))
+            .collect();
+        out.insert(format!("{P}synced/nodes"), b"1".to_vec());
+        out
+    }
+
+    #[tokio::test]
+    async fn canaries_last_unchanged_skipped_and_everything_rewritten_after_a_lost_lease() {
+        let memory = MemoryBackend::new();
+        memory.put_leftover(&format!("{P}nodes/stale"), b"x");
+        let mut store = SyncStore::with_backend(memory.clone(), vec![P.into()], 10)
+            .await
+            .unwrap();
+        store.replace_prefix(P, desired(250, "v"));
+        let report = store.flush().await.unwrap();
+        assert_eq!((report.puts, report.deletes), (251, 1), "the leftover is deleted");
+        let txns = memory.transactions();
+        assert!(txns.last().unwrap().iter().all(|(k, _)| is_canary(k)));
+        assert!(
+            txns[..txns.len() - 1]
+                .iter()
+                .flatten()
+                .all(|(k, _)| !is_canary(k))
+        );
+        assert!(txns.iter().all(|t| t.len() <= OPS_PER_TXN));
+
+        memory.clear_transactions();
+        store.replace_prefix(P, desired(250, "v"));
+        assert_eq!(store.flush().await.unwrap(), FlushReport::default());
+        assert!(memory.transactions().is_empty(), "nothing unchanged is written");
+
+        memory.lose_leases();
+        assert!(memory.dump().is_empty());
+        assert!(!store.is_flushed());
+        store.flush().await.unwrap();
+        assert_eq!(
+            memory.dump().len(),
+            251,
+            "everything is written again under a new lease"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_retried_by_the_next_flush() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap();
+        store.replace_prefix(P, desired(3, "v"));
+        memory.set_failing(true);
+        assert!(store.flush().await.is_err());
+        assert!(memory.dump().is_empty());
+        memory.set_failing(false);
+        assert_eq!(store.flush().await.unwrap().puts, 4);
+        assert_eq!(memory.dump(), desired(3, "v"));
     }
 }
