@@ -27,6 +27,8 @@ bench: setup
 	./target/release/examples/mesh_bench
 	$(CARGO) build --release -q --workspace --bins --example datapath_bench
 	./target/release/examples/datapath_bench
+	$(CARGO) build --release -q --workspace --bins --example failover_bench
+	./target/release/examples/failover_bench
 
 ## make crds: regenerate crds/*.yaml and config/crd/*.yaml from the Rust types.
 crds:

@@ -12,6 +12,7 @@
 
 pub mod cni_install;
 pub mod datapath;
+pub mod health;
 pub mod index;
 pub mod metrics;
 pub mod netdev;

@@ -59,6 +59,12 @@ struct Args {
     /// its own).
     #[arg(long, value_enum, default_value_t = knit_agent::node_routes::Mode::Auto)]
     direct_node_routes: knit_agent::node_routes::Mode,
+    /// UDP port of data-path health probes between agents.
+    #[arg(long, default_value_t = knit_agent::health::HEALTH_PORT)]
+    health_port: u16,
+    /// Interval of data-path health probes (a node fails after 3 missed).
+    #[arg(long, default_value = "500ms", value_parser = knit_telemetry::parse_duration)]
+    health_interval: Duration,
     /// Metrics and health address.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
@@ -108,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
         cni_state_dir: args.cni_state_dir.clone(),
         cni_conf_dir: args.cni_conf_dir.clone(),
         direct_node_routes: args.direct_node_routes.enabled(args.cni_conf_dir.as_deref()),
+        health_port: args.health_port,
+        health_interval: args.health_interval,
     };
     let agent = async {
         match &args.source_dir {

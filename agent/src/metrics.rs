@@ -39,6 +39,8 @@ pub struct Metrics {
     pub node_routes: Gauge,
     /// Direct routes the kernel refused (e.g. a gateway not on-link).
     pub node_route_failures: Counter,
+    /// Remote nodes whose data path does not answer probes.
+    pub failing_nodes: Gauge,
 }
 
 impl Metrics {
@@ -95,6 +97,11 @@ impl Metrics {
             "node_route_failures",
             "Direct routes to other nodes' pod CIDRs the kernel refused (gateway not on-link?)",
             self.node_route_failures.clone(),
+        );
+        r.register(
+            "failing_nodes",
+            "Remote nodes whose data path does not answer health probes (their backends are avoided)",
+            self.failing_nodes.clone(),
         );
     }
 }

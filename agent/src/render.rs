@@ -16,6 +16,7 @@
 //!   backends are used only when nothing else is ready.
 //! - Allow entries: [`crate::policy::compile`].
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -46,12 +47,15 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
 }
 
 /// Renders the desired datapath of node `node`, whose pods are
-/// `attachments` (what knit-cni recorded).
+/// `attachments` (what knit-cni recorded). `failing` holds the tunnel
+/// endpoints of nodes whose data path does not answer probes
+/// ([`crate::health`]).
 pub fn render(
     index: &MeshIndex,
     policies: &[&NetworkPolicy],
     node: &str,
     attachments: &[Attachment],
+    failing: &BTreeSet<IpAddr>,
 ) -> DatapathState {
     let mut out = DatapathState::default();
     let peers = index.peers.values().filter(|p| p.config.is_some());
@@ -96,6 +100,7 @@ pub fn render(
     }
     out.allow = compiled.allow;
 
+    let on_failing_nodes = backends_on(index, failing);
     for (name, own) in &index.local_services {
         let remote: Vec<&ServiceRecord> = if own.import {
             index
@@ -110,7 +115,7 @@ pub fn render(
         };
         let (withdrawn, live): (Vec<&ServiceRecord>, Vec<&ServiceRecord>) =
             remote.into_iter().partition(|r| r.withdrawn);
-        add_service(&mut out, own, &live, &withdrawn);
+        add_service(&mut out, own, &live, &withdrawn, &on_failing_nodes);
     }
     out
 }
@@ -173,15 +178,35 @@ fn ready(records: &[&ServiceRecord], port: &ServicePort) -> Vec<SocketAddrV4> {
     out
 }
 
-/// Frontends of one global service. Backends of peers withdrawn by the
+/// Pod IPs of every cluster whose node's tunnel endpoint is in `failing`.
+fn backends_on(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeSet<Ipv4Addr> {
+    if failing.is_empty() {
+        return BTreeSet::new();
+    }
+    std::iter::once(&index.local)
+        .chain(index.peers.values())
+        .flat_map(|view| {
+            view.endpoints.values().filter(|ep| {
+                view.nodes
+                    .get(&ep.node)
+                    .is_some_and(|n| failing.contains(&n.tunnel_endpoint))
+            })
+        })
+        .filter_map(|ep| v4(ep.ip))
+        .collect()
+}
+
+/// Frontends of one global service. Two fallbacks keep a service up while
+/// any backend may still answer: backends of peers withdrawn by the
 /// KVStoreMesh (control plane unreachable past the grace period) are used
-/// only when no other backend is ready: losing a control plane must not
-/// take down a service that lives only there while its pods still answer.
+/// only when no other backend is ready, and backends on nodes that fail
+/// their probes (`on_failing_nodes`) are dropped only when others remain.
 fn add_service(
     out: &mut DatapathState,
     own: &ServiceRecord,
     remote: &[&ServiceRecord],
     withdrawn: &[&ServiceRecord],
+    on_failing_nodes: &BTreeSet<Ipv4Addr>,
 ) {
     let vips: Vec<Ipv4Addr> = own.cluster_ips.iter().filter_map(|ip| v4(*ip)).collect();
     for port in &own.ports {
@@ -190,19 +215,31 @@ fn add_service(
             Protocol::Udp => PROTO_UDP,
             Protocol::Sctp | Protocol::Other => continue,
         };
-        let local = ready(&[own], port);
-        let remote = ready(remote, port);
-        let mut chosen = match own.affinity {
-            Affinity::Local if !local.is_empty() => local,
-            Affinity::Remote if !remote.is_empty() => remote,
-            _ => {
-                let mut all = local;
-                all.extend(remote);
-                all
+        let pick = |skip_failing: bool| {
+            let keep = |v: Vec<SocketAddrV4>| -> Vec<SocketAddrV4> {
+                v.into_iter()
+                    .filter(|a| !skip_failing || !on_failing_nodes.contains(a.ip()))
+                    .collect()
+            };
+            let (local, remote) = (keep(ready(&[own], port)), keep(ready(remote, port)));
+            let chosen = match own.affinity {
+                Affinity::Local if !local.is_empty() => local,
+                Affinity::Remote if !remote.is_empty() => remote,
+                _ => {
+                    let mut all = local;
+                    all.extend(remote);
+                    all
+                }
+            };
+            if chosen.is_empty() {
+                keep(ready(withdrawn, port))
+            } else {
+                chosen
             }
         };
+        let mut chosen = pick(true);
         if chosen.is_empty() {
-            chosen = ready(withdrawn, port);
+            chosen = pick(false);
         }
         for vip in &vips {
             out.services.insert(
@@ -277,7 +314,11 @@ mod tests {
     }
 
     fn backends(index: &MeshIndex) -> Vec<String> {
-        let state = render(index, &[], "a-node1", &[]);
+        backends_with(index, &BTreeSet::new())
+    }
+
+    fn backends_with(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> Vec<String> {
+        let state = render(index, &[], "a-node1", &[], failing);
         let f = Frontend {
             vip: Ipv4Addr::new(10, 96, 0, 10),
             port: 80,
@@ -341,6 +382,45 @@ mod tests {
     }
 
     #[test]
+    fn backends_on_nodes_failing_probes_are_dropped_while_others_remain() {
+        let mut index = mesh(&[("10.1.1.5", true)], "none", false, true);
+        put(
+            &mut index,
+            "cache/b/nodes/b1",
+            serde_json::json!({"name": "b1", "cluster": "b", "underlayIps": ["192.168.50.21"],
+                "podCIDRs": ["10.2.1.0/24"], "tunnelEndpoint": "192.168.50.21"}),
+        );
+        put(
+            &mut index,
+            "cache/b/endpoints/10.2.1.5",
+            serde_json::json!({"ip": "10.2.1.5", "cluster": "b", "identity": 65537, "node": "b1",
+                "namespace": "shop", "pod": "web"}),
+        );
+        put(&mut index, "cache/b/synced/endpoints", serde_json::json!(1));
+        let failing = BTreeSet::from(["192.168.50.21".parse().unwrap()]);
+        assert_eq!(backends_with(&index, &failing), vec!["10.1.1.5:8080"]);
+        let only_b = mesh(&[], "none", false, true);
+        let mut only_b = only_b;
+        put(
+            &mut only_b,
+            "cache/b/nodes/b1",
+            serde_json::json!({"name": "b1", "cluster": "b", "underlayIps": ["192.168.50.21"],
+                "podCIDRs": ["10.2.1.0/24"], "tunnelEndpoint": "192.168.50.21"}),
+        );
+        put(
+            &mut only_b,
+            "cache/b/endpoints/10.2.1.5",
+            serde_json::json!({"ip": "10.2.1.5", "cluster": "b", "identity": 65537, "node": "b1",
+                "namespace": "shop", "pod": "web"}),
+        );
+        assert_eq!(
+            backends_with(&only_b, &failing),
+            vec!["10.2.1.5:8080"],
+            "the only backend is kept even on a failing node"
+        );
+    }
+
+    #[test]
     fn malformed_values_are_counted_and_skipped() {
         let mut index = mesh(&[("10.1.1.5", true)], "none", false, true);
         index.apply(&WatchEvent::Upsert {
@@ -378,6 +458,7 @@ mod tests {
                 attachment("10.1.1.5", Some("0a:00:00:00:00:05")),
                 attachment("10.1.1.6", None),
             ],
+            &BTreeSet::new(),
         );
         let known = &state.endpoints[&Ipv4Addr::new(10, 1, 1, 5)];
         assert_eq!(known.interface, "veth-10.1.1.5");

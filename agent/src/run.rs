@@ -9,7 +9,7 @@
 //! connection leaves the maps as they are until the watch reconnects and
 //! its re-list has drained whatever was deleted meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,10 @@ pub struct AgentSettings {
     /// Whether to keep direct routes to this cluster's other nodes' pod
     /// CIDRs ([`crate::node_routes`]).
     pub direct_node_routes: bool,
+    /// UDP port of data-path health probes ([`crate::health`]).
+    pub health_port: u16,
+    /// How often remote nodes are probed.
+    pub health_interval: Duration,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -100,6 +104,15 @@ pub async fn run<S: Source>(
         tx,
     ));
 
+    let (targets_tx, targets_rx) = tokio::sync::watch::channel(BTreeSet::new());
+    let (failing_tx, mut failing_rx) = tokio::sync::watch::channel(BTreeSet::new());
+    let _health = AbortOnDrop(tokio::spawn(crate::health::run(
+        settings.health_port,
+        settings.health_interval,
+        targets_rx,
+        failing_tx,
+    )));
+
     let mut index = MeshIndex::new(settings.cluster.clone());
     let mut listed = false;
     let mut dirty_since: Option<Instant> = None;
@@ -131,6 +144,12 @@ pub async fn run<S: Source>(
                         dirty_since.get_or_insert_with(Instant::now);
                     }
                 }
+            }
+            Ok(()) = failing_rx.changed() => {
+                let failing = failing_rx.borrow().clone();
+                metrics.failing_nodes.set(failing.len() as i64);
+                tracing::info!(?failing, "remote nodes failing their health probes changed");
+                dirty_since.get_or_insert_with(Instant::now);
             }
             changed = source.next_change() => {
                 if changed {
@@ -180,7 +199,14 @@ pub async fn run<S: Source>(
         }
         let Some(since) = dirty_since.take() else { continue };
         let policies: Vec<&NetworkPolicy> = source.state().network_policies.values().collect();
-        let desired = render(&index, &policies, &settings.node, &attachments);
+        let targets = crate::health::targets(&index, &settings.node);
+        targets_tx.send_if_modified(|t| {
+            let changed = *t != targets;
+            *t = targets;
+            changed
+        });
+        let failing = failing_rx.borrow().clone();
+        let desired = render(&index, &policies, &settings.node, &attachments, &failing);
         match datapath.apply(&desired, &interfaces) {
             Ok((report, unplaced)) => {
                 if report.written + report.deleted > 0 {
@@ -251,4 +277,12 @@ async fn sync_node_routes(net: &NetDevices, index: &MeshIndex, node: &str, metri
     }
     metrics.node_routes.set(want.len() as i64);
     ok
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

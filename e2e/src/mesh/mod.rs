@@ -235,6 +235,18 @@ impl LocalMesh {
         self.start_control_plane(c);
     }
 
+    /// Cuts node `n` off the underlay (its link goes down), as a node that
+    /// dies or loses its network: its pods stop answering, its agent and
+    /// the control plane know nothing of it.
+    pub fn cut_node(&self, n: NodeId) {
+        self.node(n).netns.ip(&["link", "set", "eth0", "down"]);
+    }
+
+    /// Puts node `n` back on the underlay.
+    pub fn restore_node(&self, n: NodeId) {
+        self.node(n).netns.ip(&["link", "set", "eth0", "up"]);
+    }
+
     /// Starts (or restarts) the agent of node `n`.
     pub fn start_agent(&mut self, n: NodeId) {
         let cluster = self.cluster(n.cluster);

@@ -121,6 +121,34 @@ impl LocalMesh {
         }
     }
 
+    /// How long until traffic from pod `p` to `vip` avoids every server
+    /// of `gone` (names as `<cluster>/<pod>`): rounds of 10 requests every
+    /// 100 ms until one round has only answers, none from `gone`. Returns
+    /// the time and the requests that failed meanwhile.
+    pub fn time_until_avoided(
+        &self,
+        p: PodId,
+        vip: Ipv4Addr,
+        gone: &[&str],
+        timeout: Duration,
+    ) -> (Duration, usize) {
+        let start = Instant::now();
+        let mut failed = 0;
+        loop {
+            let h = self.hits(p, vip, 10, false);
+            failed += 10 - h.total();
+            if h.total() == 10 && gone.iter().all(|g| !h.names.contains_key(*g)) {
+                return (start.elapsed(), failed);
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "traffic still reaches {gone:?} after {timeout:?}: {h:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `count` requests to `to` from the namespace `netns` (a node's: the
     /// host itself, outside any pod cgroup).
     pub fn hits_from(&self, netns: &str, to: SocketAddrV4, count: usize) -> Hits {
