@@ -299,6 +299,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_service_in_a_namespace_named_synced_is_written_with_the_records() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap();
+        let service = format!("{P}services/synced/web");
+        let canary = format!("{P}synced/services");
+        store.set(service.clone(), b"{}".to_vec());
+        store.set(canary.clone(), b"1".to_vec());
+        store.flush().await.unwrap();
+        let txns = memory.transactions();
+        assert_eq!(txns.len(), 2, "records, then canaries: {txns:?}");
+        assert_eq!(txns[0], vec![(service, Some(b"{}".to_vec()))]);
+        assert_eq!(txns[1], vec![(canary, Some(b"1".to_vec()))]);
+    }
+
+    #[tokio::test]
     async fn a_failed_write_is_retried_by_the_next_flush() {
         let memory = MemoryBackend::new();
         let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
