@@ -1,6 +1,6 @@
 # Entry points a newcomer types. Every target installs what it needs first
 # (scripts/setup.sh is idempotent).
-.PHONY: setup test demo bench crds e2e-kind fmt lint images
+.PHONY: setup test demo bench fuzz crds e2e-kind fmt lint images
 
 CARGO ?= cargo
 PYTHON := .venv/bin/python
@@ -29,6 +29,11 @@ bench: setup
 	./target/release/examples/datapath_bench
 	$(CARGO) build --release -q --workspace --bins --example failover_bench
 	./target/release/examples/failover_bench
+
+## make fuzz: the peer-input properties with many cases (make test runs 256 each).
+fuzz: setup
+	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --release -p knit-kvstore --test peer_input_fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --release -p knit-apiserver --lib rejected_input
 
 ## make crds: regenerate crds/*.yaml and config/crd/*.yaml from the Rust types.
 crds:

@@ -495,4 +495,64 @@ mod tests {
             "after the complete list the leftover the peer no longer has is deleted"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a peer publishes, in any order: the mirror never
+        /// panics, and a record it rejects leaves the cache as it was.
+        #[test]
+        fn rejected_input_changes_nothing(
+            events in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("endpoints/10.2.0.5".to_owned()),
+                        proptest::strategy::Just("endpoints/10.9.0.5".to_owned()),
+                        proptest::strategy::Just("services/shop/web".to_owned()),
+                        proptest::strategy::Just("synced/services".to_owned()),
+                        proptest::strategy::Just("config".to_owned()),
+                        "[a-z/.]{0,20}",
+                    ],
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                    proptest::prelude::any::<bool>(),
+                ),
+                0..24,
+            )
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let memory = MemoryBackend::new();
+                let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10).await.unwrap();
+                let metrics = Metrics::default();
+                let mut m = mirror();
+                m.handle(upsert("endpoints/10.2.0.7", json!({"ip": "10.2.0.7", "cluster": "b",
+                    "identity": identity(2, 7), "node": "n1", "namespace": "shop", "pod": "p"})), &mut store, &metrics);
+                store.flush().await.unwrap();
+                for (rel, value, delete) in events {
+                    let before = memory.dump();
+                    let rejected_before: u64 = m.status.rejected.values().sum();
+                    let key = format!("knit/v1/clusters/b/{rel}");
+                    let event = if delete {
+                        WatchEvent::Delete { key }
+                    } else {
+                        WatchEvent::Upsert { key, value }
+                    };
+                    m.handle(event, &mut store, &metrics);
+                    store.flush().await.unwrap();
+                    let rejected_now: u64 = m.status.rejected.values().sum();
+                    if rejected_now > rejected_before {
+                        let after = memory.dump();
+                        let changed: Vec<&String> = after
+                            .keys()
+                            .chain(before.keys())
+                            .filter(|k| !k.contains("/cache/b/") || after.get(*k) != before.get(*k))
+                            .filter(|k| k.contains("/cache/b/"))
+                            .collect();
+                        assert!(
+                            changed.iter().all(|k| k.ends_with(&format!("/cache/b/{rel}"))),
+                            "a rejected record changed other keys: {changed:?}"
+                        );
+                    }
+                }
+            });
+        }
+    }
 }
