@@ -120,7 +120,12 @@ pub fn render(
     out
 }
 
+/// Routes of one cluster. The local cluster is rendered first; a peer's
+/// routes stop at the ipcache's capacity, so a peer that publishes too
+/// much (beyond what its limits let through) can never evict a local
+/// route.
 fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &str) {
+    let full = |out: &DatapathState| !local && out.routes.len() >= crate::datapath::layout::IPCACHE_CAPACITY;
     let tunnel_of = |node_name: &str| -> Option<Option<Ipv4Addr>> {
         if local && node_name == node {
             return Some(None);
@@ -135,7 +140,9 @@ fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &s
             continue;
         };
         for cidr in &n.pod_cidrs {
-            if let IpNet::V4(net) = cidr {
+            if let IpNet::V4(net) = cidr
+                && !full(out)
+            {
                 out.routes.insert(net.trunc(), Route { identity: 0, tunnel });
             }
         }
@@ -147,6 +154,9 @@ fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &s
         let (Some(ip), Some(tunnel)) = (v4(ep.ip), tunnel_of(&ep.node)) else {
             continue;
         };
+        if full(out) {
+            break;
+        }
         let net = Ipv4Net::new(ip, 32).expect("/32 is a valid prefix");
         out.routes.insert(
             net,

@@ -135,6 +135,17 @@ struct Mirror {
     status: PeerStatusRecord,
     unreachable_since: Option<Instant>,
     logged: BTreeSet<Rejection>,
+    limits: knit_crds::PeerLimits,
+}
+
+/// The cap on `kind` in `limits`.
+fn limit(limits: &knit_crds::PeerLimits, kind: Kind) -> u32 {
+    match kind {
+        Kind::Nodes => limits.nodes,
+        Kind::Endpoints => limits.endpoints,
+        Kind::Identities => limits.identities,
+        Kind::Services => limits.services,
+    }
 }
 
 /// Mirrors one peer until aborted.
@@ -240,6 +251,7 @@ impl Mirror {
             },
             unreachable_since: Some(Instant::now()),
             logged: BTreeSet::new(),
+            limits: identity.limits,
             peer,
         }
     }
@@ -251,8 +263,12 @@ impl Mirror {
                 let Some(rel) = key.strip_prefix(&self.src) else {
                     return;
                 };
-                match self.validator.check(rel, &value) {
-                    Ok(rk) => self.accept(rk, value, store),
+                match self
+                    .validator
+                    .check(rel, &value)
+                    .and_then(|rk| self.accept(rk, value, store))
+                {
+                    Ok(()) => {}
                     Err(reason) => {
                         self.drop_key(rel, store);
                         *self.status.rejected.entry(reason.to_string()).or_default() += 1;
@@ -300,19 +316,31 @@ impl Mirror {
         }
     }
 
-    fn accept<B: SyncBackend>(&mut self, key: RelativeKey, value: Vec<u8>, store: &mut SyncStore<B>) {
+    /// Stores an accepted record; a new record beyond the peer's limit for
+    /// its kind is refused instead.
+    fn accept<B: SyncBackend>(
+        &mut self,
+        key: RelativeKey,
+        value: Vec<u8>,
+        store: &mut SyncStore<B>,
+    ) -> Result<(), Rejection> {
         let dst = key.under(&self.dst);
         if let RelativeKey::Record(kind, _) = &key {
             if !store.contains(&dst) {
-                *self.counts.entry(*kind).or_default() += 1;
+                let count = self.counts.entry(*kind).or_default();
+                if *count >= u64::from(limit(&self.limits, *kind)) {
+                    return Err(Rejection::OverLimit);
+                }
+                *count += 1;
             }
             if *kind == Kind::Services {
                 self.services.insert(dst.clone(), value.clone());
                 store.set(dst, service_value(&value, self.status.withdrawn));
-                return;
+                return Ok(());
             }
         }
         store.set(dst, value);
+        Ok(())
     }
 
     fn drop_key<B: SyncBackend>(&mut self, rel: &str, store: &mut SyncStore<B>) {
@@ -394,6 +422,7 @@ mod tests {
             cluster_name: "b".into(),
             cluster_id: 2,
             pod_cidrs: vec!["10.2.0.0/16".into()],
+            limits: Default::default(),
         })
     }
 
@@ -494,6 +523,68 @@ mod tests {
             !dump.contains_key("knit/v1/cache/b/services/shop/gone"),
             "after the complete list the leftover the peer no longer has is deleted"
         );
+    }
+
+    #[tokio::test]
+    async fn records_beyond_the_peers_limit_are_refused_and_counted() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap();
+        let metrics = Metrics::default();
+        let mut m = Mirror::new(&PeerIdentity {
+            cluster_name: "b".into(),
+            cluster_id: 2,
+            pod_cidrs: vec!["10.2.0.0/16".into()],
+            limits: knit_crds::PeerLimits {
+                endpoints: 3,
+                ..Default::default()
+            },
+        });
+        let endpoint = |i: u8| {
+            upsert(
+                &format!("endpoints/10.2.0.{i}"),
+                json!({"ip": format!("10.2.0.{i}"), "cluster": "b", "identity": identity(2, 7), "node": "n1", "namespace": "shop", "pod": format!("p{i}")}),
+            )
+        };
+        for i in 1..=5 {
+            m.handle(endpoint(i), &mut store, &metrics);
+        }
+        m.handle(upsert("services/shop/web", service(false)), &mut store, &metrics);
+        store.flush().await.unwrap();
+        let mirrored = |memory: &MemoryBackend| -> Vec<String> {
+            memory
+                .dump()
+                .into_keys()
+                .filter(|k| k.contains("/cache/b/endpoints/"))
+                .collect()
+        };
+        assert_eq!(mirrored(&memory).len(), 3, "the limit holds");
+        assert_eq!(m.status.rejected.get("over_limit"), Some(&2));
+        assert!(
+            memory.dump().contains_key("knit/v1/cache/b/services/shop/web"),
+            "other kinds are unaffected"
+        );
+        // An update of a mirrored record passes; a deletion makes room.
+        m.handle(endpoint(1), &mut store, &metrics);
+        m.handle(
+            WatchEvent::Delete {
+                key: "knit/v1/clusters/b/endpoints/10.2.0.2".into(),
+            },
+            &mut store,
+            &metrics,
+        );
+        m.handle(endpoint(4), &mut store, &metrics);
+        store.flush().await.unwrap();
+        assert_eq!(
+            mirrored(&memory),
+            [
+                "knit/v1/cache/b/endpoints/10.2.0.1",
+                "knit/v1/cache/b/endpoints/10.2.0.3",
+                "knit/v1/cache/b/endpoints/10.2.0.4"
+            ]
+        );
+        assert_eq!(m.status.rejected.get("over_limit"), Some(&2));
     }
 
     proptest::proptest! {

@@ -81,6 +81,59 @@ pub struct ClusterMeshPeerSpec {
     )]
     #[serde(rename = "podCIDRs")]
     pub pod_cidrs: Vec<String>,
+    /// Caps on what the peer may publish; records beyond a cap are rejected
+    /// and counted (`status.recordsOverLimit`). Defaults fit the datapath's
+    /// maps many times over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PeerLimits>,
+}
+
+/// Caps on the records one peer may publish, per kind.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerLimits {
+    /// Endpoints (pod IPs).
+    #[serde(default = "default_endpoints_limit")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub endpoints: u32,
+    /// Global services.
+    #[serde(default = "default_services_limit")]
+    #[schemars(range(min = 1, max = 262144))]
+    pub services: u32,
+    /// Identities (a cluster has at most 32,767).
+    #[serde(default = "default_identities_limit")]
+    #[schemars(range(min = 1, max = 32767))]
+    pub identities: u32,
+    /// Nodes.
+    #[serde(default = "default_nodes_limit")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub nodes: u32,
+}
+
+fn default_endpoints_limit() -> u32 {
+    131_072
+}
+fn default_services_limit() -> u32 {
+    16_384
+}
+fn default_identities_limit() -> u32 {
+    32_767
+}
+fn default_nodes_limit() -> u32 {
+    5_000
+}
+
+impl Default for PeerLimits {
+    /// A peer may fill at most an eighth of the ipcache (2^20 entries) with
+    /// endpoints, so the local cluster and other peers keep room.
+    fn default() -> Self {
+        Self {
+            endpoints: default_endpoints_limit(),
+            services: default_services_limit(),
+            identities: default_identities_limit(),
+            nodes: default_nodes_limit(),
+        }
+    }
 }
 
 /// Reference to one key of a Secret in the operator's namespace.
@@ -132,6 +185,10 @@ pub struct ClusterMeshPeerStatus {
     /// renewed well before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_expiry: Option<Time>,
+    /// Records of the peer rejected for exceeding `spec.limits`, since the
+    /// mesh apiserver started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_over_limit: Option<u64>,
     /// The last problem, in words a person can act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

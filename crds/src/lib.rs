@@ -13,7 +13,7 @@ mod global_service_policy;
 pub use annotations::{AFFINITY, GLOBAL, GLOBAL_LEGACY, SHARED, ServicePolicy, policy_from_annotations};
 pub use cluster_mesh_peer::{
     CLUSTER_NAME_PATTERN, ClusterMeshPeer, ClusterMeshPeerSpec, ClusterMeshPeerStatus, MAX_CLUSTER_ID,
-    MAX_CLUSTER_NAME_LEN, SecretKeyRef,
+    MAX_CLUSTER_NAME_LEN, PeerLimits, SecretKeyRef,
 };
 pub use global_service_policy::{
     Affinity, ClusterBackends, GlobalServicePolicy, GlobalServicePolicySpec, GlobalServicePolicyStatus,

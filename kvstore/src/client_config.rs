@@ -40,6 +40,9 @@ pub struct PeerIdentity {
     /// Pod CIDRs the peer may announce; empty means its own config decides.
     #[serde(default)]
     pub pod_cidrs: Vec<String>,
+    /// Caps on the records it may publish, per kind.
+    #[serde(default)]
+    pub limits: knit_crds::PeerLimits,
 }
 
 impl EtcdClientConfig {

@@ -32,6 +32,8 @@ pub enum Rejection {
     IdentityOutOfRange,
     /// An IP or CIDR outside the pod CIDRs the peer may announce.
     OutsidePodCidrs,
+    /// A new record beyond the peer's limit for its kind.
+    OverLimit,
 }
 
 impl Rejection {
@@ -44,6 +46,7 @@ impl Rejection {
             Rejection::KeyMismatch => "key_mismatch",
             Rejection::IdentityOutOfRange => "identity_out_of_range",
             Rejection::OutsidePodCidrs => "outside_pod_cidrs",
+            Rejection::OverLimit => "over_limit",
         }
     }
 }
@@ -193,6 +196,7 @@ mod tests {
             cluster_name: "b".into(),
             cluster_id: 2,
             pod_cidrs: vec!["10.2.0.0/16".into()],
+            limits: Default::default(),
         })
     }
 
@@ -245,6 +249,7 @@ mod tests {
             cluster_name: "b".into(),
             cluster_id: 2,
             pod_cidrs: vec![],
+            limits: Default::default(),
         });
         let ep = endpoint("10.2.0.5", "b", identity(2, 7));
         assert_eq!(

@@ -21,6 +21,7 @@ fn validator() -> PeerValidator {
         cluster_name: "b".into(),
         cluster_id: 2,
         pod_cidrs: vec!["10.2.0.0/16".into()],
+        limits: Default::default(),
     })
 }
 

@@ -23,6 +23,7 @@ fn peers(n: u16, now: Timestamp) -> Vec<PeerInput> {
                 ca_bundle: Some(ca.clone()),
                 ca_secret_ref: None,
                 pod_cidrs: vec![format!("10.{}.0.0/16", id % 250)],
+                limits: None,
             },
             ca: Ok(ca.clone()),
             status: None,

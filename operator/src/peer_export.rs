@@ -31,6 +31,7 @@ pub fn export_peer(config: &ClusterConfig, ca_pem: &str, endpoints: Vec<String>)
             ca_bundle: Some(ca_pem.to_owned()),
             ca_secret_ref: None,
             pod_cidrs: config.pod_cidrs.clone(),
+            limits: None,
         },
     );
     peer.metadata = ObjectMeta {

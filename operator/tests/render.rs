@@ -290,12 +290,18 @@ fn the_apiservers_report_fills_counts_and_readiness() {
         endpoints: 40,
         services: 5,
         identities: 7,
+        over_limit: 12,
         last_sync: Some(t0()),
         last_error: None,
     });
     let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
     let status = &plan.peer_statuses["b"];
     assert_eq!(status.connected.as_deref(), Some("3/3"));
+    assert_eq!(
+        status.records_over_limit,
+        Some(12),
+        "records over the peer's limits show in status"
+    );
     assert_eq!(
         (status.remote_endpoints, status.remote_services),
         (Some(40), Some(5))

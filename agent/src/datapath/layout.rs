@@ -201,6 +201,9 @@ pub struct NodeConfig {
     pub pad: u32,
 }
 
+/// Entries of `knit_ipcache` (`max_entries` in `ebpf/knit.bpf.c`).
+pub const IPCACHE_CAPACITY: usize = 1 << 20;
+
 /// `enum drop_reason`, in index order.
 pub const DROP_REASONS: [&str; 6] = [
     "policy_denied",

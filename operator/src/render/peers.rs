@@ -76,6 +76,8 @@ pub struct PeerSyncReport {
     pub services: u64,
     /// Identities mirrored.
     pub identities: u64,
+    /// Records rejected for exceeding the peer's limits.
+    pub over_limit: u64,
     /// Last completed sync.
     pub last_sync: Option<Timestamp>,
     /// Last problem, in words.
@@ -93,6 +95,11 @@ impl From<&PeerStatusRecord> for PeerSyncReport {
             endpoints: count(Kind::Endpoints),
             services: count(Kind::Services),
             identities: count(Kind::Identities),
+            over_limit: r
+                .rejected
+                .get(knit_kvstore::validate::Rejection::OverLimit.as_str())
+                .copied()
+                .unwrap_or_default(),
             last_sync: r.last_sync_unix.and_then(|t| Timestamp::from_second(t).ok()),
             last_error: match (&r.last_error, r.withdrawn) {
                 (Some(e), true) => Some(format!("{e}; its services are withdrawn (grace period exceeded)")),
@@ -117,6 +124,8 @@ pub struct AcceptedPeer {
     pub ca_pem: String,
     /// CIDRs it may announce.
     pub pod_cidrs: Vec<String>,
+    /// Caps on what it may publish.
+    pub limits: knit_crds::PeerLimits,
 }
 
 /// Splits peers into usable ones and problems (by `metadata.name`).
@@ -196,6 +205,7 @@ fn check_peer(
         endpoints: spec.endpoints.clone(),
         ca_pem,
         pod_cidrs: spec.pod_cidrs.clone(),
+        limits: spec.limits.unwrap_or_default(),
     })
 }
 
@@ -220,6 +230,7 @@ pub fn peer_config_data(
                 cluster_name: c.clone(),
                 cluster_id: peer.cluster_id,
                 pod_cidrs: peer.pod_cidrs.clone(),
+                limits: peer.limits,
             }),
         };
         data.insert(format!("{c}.yaml"), config.to_yaml()?);
@@ -378,6 +389,7 @@ pub fn peer_status(
         remote_identities: sync.map(|s| s.identities),
         last_sync_time: sync.and_then(|s| s.last_sync).map(Time),
         client_certificate_expiry: if problem.is_none() { expiry.map(Time) } else { None },
+        records_over_limit: sync.map(|s| s.over_limit).filter(|n| *n > 0),
         last_error: problem
             .map(str::to_owned)
             .or_else(|| sync.and_then(|s| s.last_error.clone())),

@@ -34,6 +34,7 @@ pub fn peer(name: &str, cluster: &str, id: u16, created: &str) -> PeerInput {
             ca_bundle: Some(ca.cert_pem.clone()),
             ca_secret_ref: None,
             pod_cidrs: vec![format!("10.{id}.0.0/16")],
+            limits: None,
         },
         ca: Ok(ca.cert_pem),
         status: None,
