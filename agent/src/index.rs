@@ -105,7 +105,8 @@ impl MeshIndex {
                     Some(p) => self.peers.entry(p.clone()).or_default(),
                 };
                 let rejected = &mut self.rejected;
-                let changed = apply_to_view(view, rel, value, rejected);
+                let cluster = peer.as_deref().unwrap_or(&self.local_cluster);
+                let changed = apply_to_view(view, cluster, rel, value, rejected);
                 if let Some(p) = &peer
                     && value.is_none()
                     && self.peers.get(p).is_some_and(|v| *v == ClusterView::default())
@@ -116,6 +117,17 @@ impl MeshIndex {
             }
         }
     }
+}
+
+/// An identity's labels name its cluster in both spellings
+/// (`knit.dev/cluster`, Cilium's `io.cilium.k8s.policy.cluster`), set from
+/// the cluster the record was verified to come from: a value the writer
+/// put there (a pod label, say) is never trusted.
+fn with_cluster(mut record: IdentityRecord, cluster: &str) -> IdentityRecord {
+    for label in [knit_crds::CLUSTER_LABEL, knit_crds::CILIUM_CLUSTER_LABEL] {
+        record.labels.insert(label.to_owned(), cluster.to_owned());
+    }
+    record
 }
 
 fn parse<T: DeserializeOwned>(value: &[u8], rejected: &mut BTreeMap<&'static str, u64>) -> Option<T> {
@@ -142,8 +154,11 @@ fn set<T: PartialEq>(map: &mut BTreeMap<String, T>, name: String, value: Option<
     }
 }
 
+/// Applies one record to the view of `cluster` (the local cluster's name,
+/// or the peer whose mirror the key is in: verified by the KVStoreMesh).
 fn apply_to_view(
     view: &mut ClusterView,
+    cluster: &str,
     rel: RelativeKey,
     value: Option<&[u8]>,
     rejected: &mut BTreeMap<&'static str, u64>,
@@ -162,7 +177,11 @@ fn apply_to_view(
         RelativeKey::Record(kind, name) => match kind {
             Kind::Nodes => set(&mut view.nodes, name, value.map(|v| parse(v, rejected))),
             Kind::Endpoints => set(&mut view.endpoints, name, value.map(|v| parse(v, rejected))),
-            Kind::Identities => set(&mut view.identities, name, value.map(|v| parse(v, rejected))),
+            Kind::Identities => {
+                let record =
+                    value.map(|v| parse::<IdentityRecord>(v, rejected).map(|r| with_cluster(r, cluster)));
+                set(&mut view.identities, name, record)
+            }
             Kind::Services => set(&mut view.services, name, value.map(|v| parse(v, rejected))),
         },
     }

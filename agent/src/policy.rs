@@ -3,10 +3,11 @@
 //!
 //! A policy selects this node's pods of its namespace by `podSelector`;
 //! each ingress rule's peers are matched against the labels of every
-//! identity in the mesh (the pod's labels plus `knit.dev/cluster`,
-//! `io.kubernetes.pod.namespace` and the namespace's labels), so a rule can
-//! allow `app=frontend` from one cluster only. Selectors that do not name
-//! `knit.dev/cluster` match pods of every cluster. A pod no policy selects
+//! identity in the mesh (the pod's labels plus `knit.dev/cluster` and its
+//! Cilium spelling `io.cilium.k8s.policy.cluster`, both set by the index
+//! from the verified cluster, `io.kubernetes.pod.namespace` and the
+//! namespace's labels), so a rule can allow `app=frontend` from one cluster
+//! only. Selectors that name no cluster match pods of every cluster. A pod no policy selects
 //! allows everything. Not compiled (documented): `ipBlock` peers, named
 //! ports and `endPort` ranges (such a port allows nothing), egress rules.
 

@@ -431,6 +431,74 @@ mod tests {
     }
 
     #[test]
+    fn cilium_cluster_label_selects_by_verified_cluster_and_cannot_be_spoofed() {
+        // The Cilium user's policy, as a NetworkPolicy: frontends of
+        // cluster-a, selected with Cilium's cluster label.
+        let mut index = MeshIndex::new("cluster-a");
+        let identity = |id: u32, cluster: &str, labels: serde_json::Value| {
+            let mut labels = labels;
+            labels["io.kubernetes.pod.namespace"] = serde_json::json!("production");
+            labels["knit.dev/cluster"] = serde_json::json!(cluster);
+            serde_json::json!({"id": id, "cluster": cluster, "labels": labels})
+        };
+        put(
+            &mut index,
+            "clusters/cluster-a/identities/32769",
+            identity(32769, "cluster-a", serde_json::json!({"app": "backend"})),
+        );
+        put(
+            &mut index,
+            "clusters/cluster-a/identities/32770",
+            identity(32770, "cluster-a", serde_json::json!({"app": "frontend"})),
+        );
+        put(
+            &mut index,
+            "cache/cluster-b/config",
+            serde_json::json!({"name": "cluster-b", "id": 2, "podCIDRs": ["10.2.0.0/16"]}),
+        );
+        // cluster-b labels its pods as if they were cluster-a's.
+        put(
+            &mut index,
+            "cache/cluster-b/identities/65537",
+            identity(
+                65537,
+                "cluster-b",
+                serde_json::json!({"app": "frontend", "io.cilium.k8s.policy.cluster": "cluster-a"}),
+            ),
+        );
+        put(
+            &mut index,
+            "clusters/cluster-a/endpoints/10.1.1.5",
+            serde_json::json!({"ip": "10.1.1.5", "cluster": "cluster-a", "identity": 32769, "node": "a-node1", "namespace": "production", "pod": "backend"}),
+        );
+        let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "allow-cross-cluster", "namespace": "production"},
+            "spec": {"podSelector": {"matchLabels": {"app": "backend"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "frontend", "io.cilium.k8s.policy.cluster": "cluster-a"}}}]}]}
+        }))
+        .unwrap();
+        let attachment = Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            pod_namespace: Some("production".into()),
+            pod_name: Some("backend".into()),
+            host_interface: "veth1".into(),
+            host_mac: None,
+            pod_mac: None,
+            ips: vec!["10.1.1.5".parse().unwrap()],
+        };
+        let state = render(&index, &[&policy], "a-node1", &[attachment], &BTreeSet::new());
+        let allowed: BTreeSet<u32> = state.allow.iter().map(|a| a.identity).collect();
+        assert_eq!(
+            allowed,
+            BTreeSet::from([32770]),
+            "only cluster-a's frontend; not b's spoof"
+        );
+    }
+
+    #[test]
     fn malformed_values_are_counted_and_skipped() {
         let mut index = mesh(&[("10.1.1.5", true)], "none", false, true);
         index.apply(&WatchEvent::Upsert {

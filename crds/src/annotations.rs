@@ -18,6 +18,8 @@ pub const GLOBAL_LEGACY: &str = "io.cilium/global-service";
 pub const SHARED: &str = "service.cilium.io/shared";
 /// `local`, `remote` or `none`.
 pub const AFFINITY: &str = "service.cilium.io/affinity";
+/// Older spelling of [`AFFINITY`] that Cilium still honours.
+pub const AFFINITY_LEGACY: &str = "io.cilium/service-affinity";
 
 /// How one Service takes part in the mesh, whatever declared it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +59,11 @@ pub fn policy_from_annotations(annotations: &BTreeMap<String, String>) -> Result
         None => true,
         Some(v) => parse_bool(SHARED, v)?,
     };
-    let affinity = match annotations.get(AFFINITY).map(|v| v.trim().to_ascii_lowercase()) {
+    let affinity = match annotations
+        .get(AFFINITY)
+        .or_else(|| annotations.get(AFFINITY_LEGACY))
+        .map(|v| v.trim().to_ascii_lowercase())
+    {
         None => Affinity::None,
         Some(v) => match v.as_str() {
             "local" => Affinity::Local,
@@ -132,6 +138,19 @@ mod tests {
         .unwrap();
         assert!(!p.export && p.import);
         assert_eq!(p.affinity, Affinity::Local);
+    }
+
+    #[test]
+    fn the_cilium_users_legacy_spellings_work_as_written() {
+        // A Service annotated `io.cilium/global-service: "true"` with
+        // `io.cilium/service-affinity: local`.
+        let p = policy_from_annotations(&annotations(&[
+            (GLOBAL_LEGACY, "true"),
+            (AFFINITY_LEGACY, "local"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!((p.export, p.affinity), (true, Affinity::Local));
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod annotations;
 mod cluster_mesh_peer;
 mod global_service_policy;
 
-pub use annotations::{AFFINITY, GLOBAL, GLOBAL_LEGACY, SHARED, ServicePolicy, policy_from_annotations};
+pub use annotations::{
+    AFFINITY, AFFINITY_LEGACY, GLOBAL, GLOBAL_LEGACY, SHARED, ServicePolicy, policy_from_annotations,
+};
 pub use cluster_mesh_peer::{
     CLUSTER_NAME_PATTERN, ClusterMeshPeer, ClusterMeshPeerSpec, ClusterMeshPeerStatus, MAX_CLUSTER_ID,
     MAX_CLUSTER_NAME_LEN, PeerLimits, SecretKeyRef,
@@ -27,6 +29,8 @@ pub const GROUP: &str = "knit.dev";
 /// Label every endpoint identity carries with its cluster's name, so policy
 /// can select peers by cluster.
 pub const CLUSTER_LABEL: &str = "knit.dev/cluster";
+/// Cilium's spelling of [`CLUSTER_LABEL`]; selectors may use either.
+pub const CILIUM_CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
