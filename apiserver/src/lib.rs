@@ -12,6 +12,7 @@
 pub mod bootstrap;
 pub mod export;
 pub mod exporter;
+pub mod front;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
@@ -31,6 +32,9 @@ pub enum Error {
     /// The kvstore layer failed.
     #[error("kvstore")]
     Store(#[source] knit_kvstore::Error),
+    /// The peer front could not serve (files, TLS, etcd upstream).
+    #[error("peer front: {0}")]
+    Front(String),
 }
 
 /// Result of the apiserver.

@@ -54,6 +54,18 @@ struct Args {
     /// TTL of the leases holding published and mirrored keys, in seconds.
     #[arg(long, default_value_t = 30)]
     lease_ttl: i64,
+    /// Serve peers on this address through the peer front, which lets a
+    /// peer's CA act only as that peer (see `knit_apiserver::front`).
+    /// Needs --peer-configs, --server-cert-dir and --peer-access-dir.
+    #[arg(long, requires_all = ["peer_configs", "server_cert_dir", "peer_access_dir"])]
+    peer_listen: Option<SocketAddr>,
+    /// The server certificate peers see (`tls.crt`, `tls.key`).
+    #[arg(long)]
+    server_cert_dir: Option<PathBuf>,
+    /// Certificates the local CA issued for each peer's read-only etcd user
+    /// (`<peer>.crt`, `<peer>.key`) and the local CA (`ca.crt`).
+    #[arg(long)]
+    peer_access_dir: Option<PathBuf>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9962")]
     metrics_addr: SocketAddr,
@@ -78,6 +90,35 @@ async fn main() -> anyhow::Result<()> {
     health.set_waiting_for("the local etcd");
 
     let config = etcd::load_client_config(&args.etcd_config).context("loading the etcd client config")?;
+    let front = match (
+        &args.peer_listen,
+        &args.peer_configs,
+        &args.server_cert_dir,
+        &args.peer_access_dir,
+    ) {
+        (Some(listen), Some(peer_configs), Some(server_cert_dir), Some(peer_access)) => {
+            let upstream = config
+                .endpoints
+                .first()
+                .and_then(|e| e.strip_prefix("https://"))
+                .and_then(|hostport| hostport.parse::<SocketAddr>().ok())
+                .context("--etcd-config's first endpoint must be https://IP:PORT (etcd on loopback) for the peer front")?;
+            Some(knit_apiserver::front::FrontSettings {
+                listen: *listen,
+                server_cert_dir: server_cert_dir.clone(),
+                peer_configs: peer_configs.clone(),
+                peer_access: peer_access.clone(),
+                upstream,
+            })
+        }
+        _ => None,
+    };
+    let front = async {
+        match front {
+            Some(settings) => knit_apiserver::front::run_front(settings).await,
+            None => std::future::pending().await,
+        }
+    };
     let mut client = loop {
         match etcd::connect(&config).await {
             Ok(c) => break c,
@@ -152,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         r = &mut server => r.context("metrics server")?.context("metrics server")?,
         r = exporter => r.context("exporter")?,
         () = mesh => anyhow::bail!("mesh ended"),
+        r = front => r.context("peer front")?,
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
     Ok(())

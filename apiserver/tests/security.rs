@@ -83,6 +83,102 @@ async fn a_peer_certificate_is_read_only_on_our_prefix_and_an_untrusted_ca_is_re
     );
 }
 
+/// Whether a client with `config` is refused: no connection, or neither a
+/// read nor a write succeeds.
+async fn refused(config: &knit_kvstore::EtcdClientConfig) -> bool {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), etcd::connect(config)).await {
+        Err(_) | Ok(Err(_)) => true,
+        Ok(Ok(mut c)) => {
+            let read = c
+                .get("knit/v1/", Some(GetOptions::new().with_prefix()))
+                .await
+                .is_ok();
+            let write = c.put("knit/v1/clusters/a/nodes/evil", "{}", None).await.is_ok();
+            !read && !write
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_ca_can_act_only_as_that_peer() {
+    use knit_operator::pki::{self, CertKeyPair, LeafSpec, Usage};
+
+    let mut clusters = vec![
+        TestCluster::new("a", 1),
+        TestCluster::new("b", 2),
+        TestCluster::new("c", 3),
+    ];
+    full_mesh(&mut clusters);
+    let [a, b, _c] = &mut clusters[..] else {
+        unreachable!()
+    };
+    a.write_source("cluster.yaml", &node("a-n1", "192.168.1.1", "10.1.1.0/24"));
+    a.start_etcd();
+    a.start_apiserver(APISERVER, &[]);
+    let admin = a.admin().await;
+    eventually(30, "a's first export", &[&*a], || async {
+        (!keys(&admin, "knit/v1/clusters/a/synced/").await.is_empty()).then_some(())
+    })
+    .await;
+
+    // The legitimate peer: b's own certificate for a, through a's front.
+    let legit = b.peer_config("a");
+    assert_eq!(
+        legit.endpoints,
+        vec![format!("https://127.0.0.1:{}", a.front_port)]
+    );
+    let mut remote = connect_retrying(&legit).await;
+    let own = remote
+        .get("knit/v1/clusters/a/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("remote-b reads a's prefix through the front");
+    assert!(!own.kvs().is_empty());
+
+    // b's CA mints certificates for other identities: refused by a's front
+    // and by a's etcd directly, for reads and writes alike.
+    let read = |f: &str| std::fs::read_to_string(b.pki().join("knit-ca").join(f)).unwrap();
+    let b_ca = CertKeyPair {
+        cert_pem: read("ca.crt"),
+        key_pem: read("ca.key"),
+    };
+    let dir = knit_testkit::TempDir::new("minted");
+    for cn in ["admin", "local", "remote-c"] {
+        let spec = LeafSpec {
+            common_name: cn.into(),
+            sans: vec![],
+            usage: Usage::Client,
+        };
+        let minted = pki::issue(&b_ca, &spec, jiff::Timestamp::now(), 1).unwrap();
+        let (cert, key) = (
+            dir.path().join(format!("{cn}.crt")),
+            dir.path().join(format!("{cn}.key")),
+        );
+        std::fs::write(&cert, &minted.cert_pem).unwrap();
+        std::fs::write(&key, &minted.key_pem).unwrap();
+        for endpoint in [
+            format!("https://127.0.0.1:{}", a.front_port),
+            format!("https://127.0.0.1:{}", a.port),
+        ] {
+            let config = knit_kvstore::EtcdClientConfig {
+                endpoints: vec![endpoint.clone()],
+                trusted_ca_file: a.pki().join("knit-ca/ca.crt"),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                peer: None,
+            };
+            assert!(
+                refused(&config).await,
+                "a certificate b's CA minted as {cn} got in at {endpoint}"
+            );
+        }
+    }
+    // And b's genuine certificate is refused by etcd itself: only the front
+    // takes it.
+    let mut direct = legit.clone();
+    direct.endpoints = vec![format!("https://127.0.0.1:{}", a.port)];
+    assert!(refused(&direct).await, "etcd must not trust a peer's CA");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_foreign_records_from_a_peer_are_rejected_and_counted() {
     let mut clusters = vec![TestCluster::new("a", 1), TestCluster::new("b", 2)];

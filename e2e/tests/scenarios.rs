@@ -143,20 +143,30 @@ fn security_of_the_mesh() {
     });
     let client_a = mesh.add_pod(A.node(0), "shop", "client-a", &[("app", "client")]);
     let web_a = mesh.add_pod(A.node(0), "shop", "web-a", &[("app", "web")]);
-    let a_url = mesh.etcd_url(A);
+    let (a_url, a_front) = (mesh.etcd_url(A), mesh.front_url(A));
 
-    // A peer with an untrusted CA cannot connect, not even with CN=admin.
+    // A peer with an untrusted CA cannot connect, not even with CN=admin,
+    // neither to the peer front nor to etcd.
     let rogue = TestCluster::new("cluster-x", 9);
-    let (ok, out) = mesh.etcdctl(
-        B,
-        &rogue.admin_config(),
-        &a_url,
-        &["get", "knit/v1/", "--prefix", "--keys-only"],
-    );
-    assert!(!ok, "a certificate from an untrusted CA was accepted: {out}");
+    for url in [&a_front, &a_url] {
+        let (ok, out) = mesh.etcdctl(
+            B,
+            &rogue.admin_config(),
+            url,
+            &["get", "knit/v1/", "--prefix", "--keys-only"],
+        );
+        assert!(
+            !ok,
+            "a certificate from an untrusted CA was accepted at {url}: {out}"
+        );
+    }
 
-    // A peer cannot write into our etcd, not even under its own name.
+    // A peer reaches us only through the front, and cannot write there,
+    // not even under its own name.
     let b_to_a = mesh.cluster(B).control.peer_config(&A.name());
+    let (ok, _) = mesh.etcdctl(B, &b_to_a, &a_url, &["get", "knit/v1/clusters/cluster-a/config"]);
+    assert!(!ok, "etcd itself must not trust a peer's CA");
+    let a_url = a_front;
     let (ok, _) = mesh.etcdctl(B, &b_to_a, &a_url, &["get", "knit/v1/clusters/cluster-a/config"]);
     assert!(ok, "the peer certificate reads what it may");
     for key in [

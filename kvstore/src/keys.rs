@@ -100,6 +100,11 @@ pub fn mesh_status_key(peer: &str) -> String {
     format!("{KEY_PREFIX}/mesh-status/{peer}")
 }
 
+/// etcd user a peer cluster reads this cluster as (its certificate's CN).
+pub fn remote_user(peer_cluster: &str) -> String {
+    format!("remote-{peer_cluster}")
+}
+
 /// Whose records a key below a cluster-like prefix holds.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {

@@ -56,9 +56,13 @@ pub struct ApiserverExposure {
     /// Service type.
     #[serde(default)]
     pub service_type: ServiceType,
-    /// Port of the etcd client endpoint.
+    /// Port of the etcd client endpoint (local agents).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// Port of the peer front, the only endpoint peers reach (exported by
+    /// `knitctl peer export`).
+    #[serde(default = "default_peer_port")]
+    pub peer_port: u16,
     /// Fixed node port for `NodePort` (30000–32767); chosen by Kubernetes when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
@@ -102,6 +106,9 @@ fn default_namespace() -> String {
 fn default_port() -> u16 {
     2379
 }
+fn default_peer_port() -> u16 {
+    2480
+}
 fn default_apiserver_image() -> String {
     format!("ghcr.io/knit-dev/knit-apiserver:v{}", env!("CARGO_PKG_VERSION"))
 }
@@ -123,6 +130,7 @@ impl Default for ApiserverExposure {
         Self {
             service_type: ServiceType::default(),
             port: default_port(),
+            peer_port: default_peer_port(),
             node_port: None,
             external_addresses: Vec::new(),
         }
@@ -223,8 +231,8 @@ impl ClusterConfig {
     /// per [`exported_addresses`](Self::exported_addresses).
     pub fn peer_endpoints(&self, load_balancer_ingress: &[String]) -> Vec<String> {
         let port = match self.apiserver.service_type {
-            ServiceType::NodePort => self.apiserver.node_port.unwrap_or(self.apiserver.port),
-            _ => self.apiserver.port,
+            ServiceType::NodePort => self.apiserver.node_port.unwrap_or(self.apiserver.peer_port),
+            _ => self.apiserver.peer_port,
         };
         self.exported_addresses(load_balancer_ingress)
             .iter()
@@ -318,7 +326,7 @@ mod tests {
         c.apiserver.external_addresses = vec!["mesh.a.example.com".into(), "fd00::1".into()];
         assert_eq!(
             c.peer_endpoints(&["192.0.2.7".into()]),
-            vec!["https://mesh.a.example.com:2379", "https://[fd00::1]:2379"]
+            vec!["https://mesh.a.example.com:2480", "https://[fd00::1]:2480"]
         );
         c.apiserver.service_type = ServiceType::NodePort;
         c.apiserver.node_port = Some(32379);
@@ -332,7 +340,7 @@ mod tests {
         assert_eq!(c.peer_endpoints(&[]), Vec::<String>::new());
         assert_eq!(
             c.peer_endpoints(&["192.0.2.7".into(), "mesh.lb.example.com".into()]),
-            vec!["https://192.0.2.7:2379", "https://mesh.lb.example.com:2379"]
+            vec!["https://192.0.2.7:2480", "https://mesh.lb.example.com:2480"]
         );
     }
 }

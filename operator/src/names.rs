@@ -16,6 +16,10 @@ pub const SERVER_CERT_SECRET: &str = "knit-apiserver-server-cert";
 pub const ADMIN_CERT_SECRET: &str = "knit-admin-client-cert";
 /// Secret: read-only client certificate of local agents (etcd user `local`).
 pub const LOCAL_CERT_SECRET: &str = "knit-local-client-cert";
+/// Secret: per peer, the certificate the local CA issued for its read-only
+/// etcd user (`<peer>.crt`, `<peer>.key`, CN `remote-<peer>`), used by the
+/// peer front to reach etcd on the peer's behalf, and the local CA (`ca.crt`).
+pub const PEER_ACCESS_SECRET: &str = "knit-peer-access";
 /// Secret: one etcd client config per peer, read by the KVStoreMesh.
 pub const PEER_CONFIGS_SECRET: &str = "knit-peer-configs";
 /// ConfigMap: CA bundle etcd trusts for client certificates (ours + every peer's).
@@ -36,9 +40,7 @@ pub const TRUST_HASH_ANNOTATION: &str = "knit.dev/trust-hash";
 pub const APISERVER_METRICS_PORT: i32 = 9962;
 
 /// etcd user a peer cluster authenticates as: its client certificate's CN.
-pub fn remote_user(peer_cluster: &str) -> String {
-    format!("remote-{peer_cluster}")
-}
+pub use knit_kvstore::keys::remote_user;
 
 /// Labels on every object the operator creates.
 pub fn managed_labels(component: &str) -> BTreeMap<String, String> {

@@ -88,7 +88,11 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
     let exported: ClusterMeshPeer = serde_saphyr::from_str(&a_manifest).unwrap();
     assert_eq!(exported.spec.cluster_name, "a");
     assert_eq!(exported.spec.cluster_id, 1);
-    assert_eq!(exported.spec.endpoints, vec!["https://10.99.0.1:2379"]);
+    assert_eq!(
+        exported.spec.endpoints,
+        vec!["https://10.99.0.1:2480"],
+        "peers are given the peer front's port"
+    );
     assert_eq!(exported.spec.ca_bundle.as_deref(), Some(a_ca.as_str()));
     assert!(
         !a_manifest.contains("PRIVATE KEY"),
@@ -100,13 +104,15 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
     render(&b_cfg, &b_peers, &b_out);
     render(&a_cfg, &a_peers, &a_out);
 
-    // b reaches a with a's CA and a certificate of its own named remote-b,
-    // which a's etcd trusts because b's CA is in a's bundle.
+    // b reaches a's peer front with a's CA and a certificate of its own
+    // named remote-b; a's front accepts it because b's CA is b's, and
+    // reaches a's etcd as remote-b with a certificate a's own CA issued.
+    // a's etcd never trusts b's CA.
     let cfg = EtcdClientConfig::from_yaml(
         &std::fs::read_to_string(b_out.join("knit-peer-configs/a.yaml")).unwrap(),
     )
     .unwrap();
-    assert_eq!(cfg.endpoints, vec!["https://10.99.0.1:2379"]);
+    assert_eq!(cfg.endpoints, vec!["https://10.99.0.1:2480"]);
     assert_eq!(
         std::fs::read_to_string(b_out.join("knit-peer-configs/a.ca.crt")).unwrap(),
         a_ca
@@ -119,9 +125,19 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
     );
     assert!(knit_operator::pki::is_signed_by(&b_client, &b_ca));
     assert!(
-        std::fs::read_to_string(a_out.join("knit-trusted-client-cas/ca.crt"))
+        !std::fs::read_to_string(a_out.join("knit-trusted-client-cas/ca.crt"))
             .unwrap()
-            .contains(&b_ca)
+            .contains(&b_ca),
+        "etcd trusts only the local CA"
+    );
+    let access = std::fs::read_to_string(a_out.join("knit-peer-access/b.crt")).unwrap();
+    assert_eq!(
+        knit_operator::pki::inspect(&access).unwrap().common_name,
+        "remote-b"
+    );
+    assert!(
+        knit_operator::pki::is_signed_by(&access, &a_ca),
+        "the front's certificate for b is a's own"
     );
     assert!(
         std::fs::read_to_string(a_out.join("knit-etcd-users/users.yaml"))
@@ -148,11 +164,7 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
     render(&a_cfg, &a_peers, &a_out);
     assert!(!a_out.join("knit-peer-configs/b.yaml").exists());
     assert!(!a_out.join("knit-peer-configs/b.key").exists());
-    assert!(
-        !std::fs::read_to_string(a_out.join("knit-trusted-client-cas/ca.crt"))
-            .unwrap()
-            .contains(&b_ca)
-    );
+    assert!(!a_out.join("knit-peer-access/b.key").exists());
     assert!(
         !std::fs::read_to_string(a_out.join("knit-etcd-users/users.yaml"))
             .unwrap()

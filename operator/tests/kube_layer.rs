@@ -123,6 +123,7 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
         "knit-apiserver-server-cert",
         "knit-admin-client-cert",
         "knit-local-client-cert",
+        "knit-peer-access",
         "knit-peer-configs",
     ] {
         let (body, send) = expect(&mut handle, Method::PATCH, &format!("{ns}/secrets/{name}")).await;
@@ -251,8 +252,8 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
     respond(send, list("SecretList", secrets));
     let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
     respond_not_found(send);
-    // Ten idempotent applies, one ConfigMap list; nothing else.
-    for _ in 0..10 {
+    // Eleven idempotent applies, one ConfigMap list; nothing else.
+    for _ in 0..11 {
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
         assert!(

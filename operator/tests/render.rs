@@ -41,6 +41,7 @@ fn one_peer_yields_every_object_with_its_name() {
             "Secret/knit-apiserver-server-cert",
             "Secret/knit-admin-client-cert",
             "Secret/knit-local-client-cert",
+            "Secret/knit-peer-access",
             "Secret/knit-peer-configs",
             "ConfigMap/knit-mesh-ca",
             "ConfigMap/knit-trusted-client-cas",
@@ -74,9 +75,31 @@ fn one_peer_yields_every_object_with_its_name() {
     let ca = secret_text(&plan, names::CA_SECRET, "ca.crt").unwrap();
     assert!(pki::is_signed_by(&client, &ca));
 
-    // etcd trusts our CA and b's; b's user may read our prefix only.
+    // etcd trusts our CA only; b reaches it through the peer front as
+    // remote-b, with a certificate our CA issued; that user may read our
+    // prefix only.
     let trusted = cm_text(&plan, names::TRUSTED_CAS_CONFIGMAP, "ca.crt").unwrap();
-    assert!(trusted.contains(&ca) && trusted.contains(b.ca.as_ref().unwrap()));
+    assert!(trusted.contains(&ca) && !trusted.contains(b.ca.as_ref().unwrap()));
+    let access_cert = secret_text(&plan, names::PEER_ACCESS_SECRET, "b.crt").unwrap();
+    assert_eq!(pki::inspect(&access_cert).unwrap().common_name, "remote-b");
+    assert!(pki::is_signed_by(&access_cert, &ca));
+    let args = plan
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[1]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&"--peer-listen=0.0.0.0:2480".to_owned()),
+        "{args:?}"
+    );
     let access =
         EtcdAccess::from_yaml(&cm_text(&plan, names::ETCD_USERS_CONFIGMAP, "users.yaml").unwrap()).unwrap();
     let user = access.users.iter().find(|u| u.name == "remote-b").unwrap();
@@ -141,8 +164,27 @@ fn deleting_a_peer_removes_its_config_trust_and_user_and_rolls_etcd() {
     let both = render(&config, &[b.clone(), c], &Default::default(), t0());
     assert!(secret_text(&both, names::PEER_CONFIGS_SECRET, "c.yaml").is_some());
     let only_b = render(&config, std::slice::from_ref(&b), &stored(&both), t0());
-    let keys: Vec<&String> = only_b.secrets[4].data.as_ref().unwrap().keys().collect();
-    assert_eq!(keys, vec!["b.ca.crt", "b.crt", "b.key", "b.yaml"]);
+    let keys_of = |name: &str| -> Vec<String> {
+        only_b
+            .secrets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap()
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        keys_of(names::PEER_CONFIGS_SECRET),
+        vec!["b.ca.crt", "b.crt", "b.key", "b.yaml"]
+    );
+    assert_eq!(
+        keys_of(names::PEER_ACCESS_SECRET),
+        vec!["b.crt", "b.key", "ca.crt"]
+    );
     assert!(
         !cm_text(&only_b, names::ETCD_USERS_CONFIGMAP, "users.yaml")
             .unwrap()
@@ -191,6 +233,7 @@ fn certificates_due_for_renewal_are_reissued_by_the_same_ca_before_expiry() {
     for (secret, key) in [
         (names::SERVER_CERT_SECRET, "tls.crt"),
         (names::PEER_CONFIGS_SECRET, "b.crt"),
+        (names::PEER_ACCESS_SECRET, "b.crt"),
     ] {
         let old = secret_text(&first, secret, key).unwrap();
         let new = secret_text(&renewed, secret, key).unwrap();
@@ -208,7 +251,7 @@ fn certificates_due_for_renewal_are_reissued_by_the_same_ca_before_expiry() {
         .unwrap();
     assert_eq!(
         issued.note.matches("issued certificate").count(),
-        4,
+        5,
         "{}",
         issued.note
     );

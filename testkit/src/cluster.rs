@@ -15,6 +15,8 @@ use crate::process::{ChildProcess, Placement, TempDir, free_port};
 
 /// etcd's client port inside a control-plane namespace.
 pub const NETNS_ETCD_PORT: u16 = 2379;
+/// The peer front's port inside a control-plane namespace.
+pub const NETNS_FRONT_PORT: u16 = 2480;
 
 /// A cluster of the local mesh.
 pub struct TestCluster {
@@ -24,6 +26,8 @@ pub struct TestCluster {
     pub id: u16,
     /// Port of its etcd on 127.0.0.1.
     pub port: u16,
+    /// Port of its peer front (knit-apiserver), where peers connect.
+    pub front_port: u16,
     peer_port: u16,
     config: ClusterConfig,
     peers: Vec<ClusterMeshPeer>,
@@ -55,18 +59,19 @@ impl TestCluster {
     }
 
     fn build(name: &str, id: u16, cidr: &str, netns: Option<(String, String)>) -> Self {
-        let (port, external) = match &netns {
-            Some((_, ip)) => (NETNS_ETCD_PORT, ip.clone()),
-            None => (free_port(), "127.0.0.1".to_owned()),
+        let (port, front_port, external) = match &netns {
+            Some((_, ip)) => (NETNS_ETCD_PORT, NETNS_FRONT_PORT, ip.clone()),
+            None => (free_port(), free_port(), "127.0.0.1".to_owned()),
         };
         let yaml = format!(
-            "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{cidr}]\napiserver:\n  port: {port}\n  externalAddresses: [{external}]\n"
+            "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{cidr}]\napiserver:\n  port: {port}\n  peerPort: {front_port}\n  externalAddresses: [{external}]\n"
         );
         let config = ClusterConfig::from_yaml(&yaml).expect("test cluster config");
         let cluster = Self {
             name: name.to_owned(),
             id,
             port,
+            front_port,
             peer_port: if netns.is_some() { 2380 } else { free_port() },
             config,
             peers: Vec::new(),
@@ -245,6 +250,23 @@ impl TestCluster {
             format!("--etcd-config={}", self.admin_config_path().display()),
             format!("--etcd-users={}", self.users_file().display()),
             format!("--peer-configs={}", self.peer_configs().display()),
+            format!(
+                "--peer-listen={}:{}",
+                if self.netns.is_some() {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                },
+                self.front_port
+            ),
+            format!(
+                "--server-cert-dir={}",
+                self.pki().join(names::SERVER_CERT_SECRET).display()
+            ),
+            format!(
+                "--peer-access-dir={}",
+                self.pki().join(names::PEER_ACCESS_SECRET).display()
+            ),
             format!("--source-dir={}", self.source_dir().display()),
             "--metrics-addr=127.0.0.1:0".into(),
         ];

@@ -393,6 +393,16 @@ impl LocalMesh {
         )
     }
 
+    /// The peer front's URL of cluster `c` on the underlay: where peers
+    /// connect.
+    pub fn front_url(&self, c: ClusterId) -> String {
+        format!(
+            "https://{}:{}",
+            self.cluster(c).cp_ip,
+            crate::cluster::NETNS_FRONT_PORT
+        )
+    }
+
     /// The etcd URL of cluster `c` on the underlay.
     pub fn etcd_url(&self, c: ClusterId) -> String {
         format!("https://{}:{NETNS_ETCD_PORT}", self.cluster(c).cp_ip)

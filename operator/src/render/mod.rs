@@ -145,13 +145,19 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         ),
         secret(
             config,
+            names::PEER_ACCESS_SECRET,
+            "Opaque",
+            peer_access_data(&pki),
+        ),
+        secret(
+            config,
             names::PEER_CONFIGS_SECRET,
             "Opaque",
             peers::peer_config_data(&accepted, &pki.peer_clients)?,
         ),
     ];
 
-    let trusted = peers::trusted_client_cas(config, &pki.ca.cert_pem, &accepted);
+    let trusted = peers::trusted_client_cas(config, &pki.ca.cert_pem);
     let users = peers::etcd_access(config, &accepted).to_yaml()?;
     let trust_hash = short_sha256(&format!("{trusted}\n{users}"));
     let config_maps = vec![
@@ -217,6 +223,15 @@ pub fn stored_from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>) ->
             Some((name, data))
         })
         .collect()
+}
+
+fn peer_access_data(pki: &pki_plan::PkiPlan) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::from([("ca.crt".to_owned(), pki.ca.cert_pem.clone())]);
+    for (peer, pair) in &pki.peer_access {
+        data.insert(format!("{peer}.crt"), pair.cert_pem.clone());
+        data.insert(format!("{peer}.key"), pair.key_pem.clone());
+    }
+    data
 }
 
 fn tls_data(

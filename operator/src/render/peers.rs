@@ -243,21 +243,16 @@ pub fn peer_config_data(
 
 /// The CA bundle etcd trusts for client certificates: our CA, then each
 /// accepted peer's, each under a comment naming it.
-pub fn trusted_client_cas(config: &ClusterConfig, own_ca: &str, peers: &[AcceptedPeer]) -> String {
-    let mut bundle = format!(
+pub fn trusted_client_cas(config: &ClusterConfig, own_ca: &str) -> String {
+    // Only the local CA: etcd maps a certificate's CN to a user whatever CA
+    // signed it, so a peer's CA must never be trusted by etcd itself. Peers
+    // come in through the peer front (knit-apiserver), which binds each
+    // peer's CA to that peer's read-only user.
+    format!(
         "# mesh CA of this cluster ({})\n{}",
         config.cluster_name,
         ensure_newline(own_ca)
-    );
-    for peer in peers {
-        bundle.push_str(&format!(
-            "# mesh CA of peer {} (ClusterMeshPeer {})\n{}",
-            peer.cluster_name,
-            peer.name,
-            ensure_newline(&peer.ca_pem)
-        ));
-    }
-    bundle
+    )
 }
 
 /// The etcd users: the local writer, local readers and one read-only user

@@ -36,6 +36,9 @@ pub struct PkiPlan {
     pub local: CertKeyPair,
     /// Client certificate used to reach each peer (by peer cluster name).
     pub peer_clients: BTreeMap<String, CertKeyPair>,
+    /// Per peer, the local CA's certificate for that peer's read-only etcd
+    /// user, with which the peer front reaches etcd on its behalf.
+    pub peer_access: BTreeMap<String, CertKeyPair>,
     /// What was issued this time, as sentences for Events.
     pub issued: Vec<String>,
     /// Problems a person must act on (e.g. the CA nearing expiry).
@@ -133,12 +136,23 @@ pub fn plan_pki(
         )?;
         peer_clients.insert(peer.clone(), pair);
     }
+    let mut peer_access = BTreeMap::new();
+    for peer in peers {
+        let pair = leaf(
+            names::PEER_ACCESS_SECRET,
+            &format!("{peer}.crt"),
+            &format!("{peer}.key"),
+            client(&names::remote_user(peer)),
+        )?;
+        peer_access.insert(peer.clone(), pair);
+    }
     Ok(PkiPlan {
         ca,
         server,
         admin,
         local,
         peer_clients,
+        peer_access,
         issued,
         warnings,
     })

@@ -1,8 +1,9 @@
 //! The mesh apiserver's Deployment and Service.
 //!
-//! One pod runs etcd (client-certificate auth; the CA bundle of this cluster
-//! and its peers) and knit-apiserver beside it, which bootstraps etcd's users
-//! and roles from `knit-etcd-users`, exports cluster state and mirrors peers.
+//! One pod runs etcd (client-certificate auth; only this cluster's CA) and
+//! knit-apiserver beside it, which bootstraps etcd's users and roles from
+//! `knit-etcd-users`, exports cluster state, mirrors peers and serves peers
+//! through its peer front (`--peer-listen`), the only way in for them.
 //! Leaf certificates are renewed in place: etcd reads its certificate files
 //! on every handshake, so open connections survive. A change of trust (a
 //! peer added or removed) changes the pod template's trust hash and rolls the
@@ -77,7 +78,10 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                             "name": "apiserver",
                             "image": config.images.apiserver,
                             "args": apiserver_args(config),
-                            "ports": [{ "name": "metrics", "containerPort": names::APISERVER_METRICS_PORT }],
+                            "ports": [
+                                { "name": "metrics", "containerPort": names::APISERVER_METRICS_PORT },
+                                { "name": "peers", "containerPort": config.apiserver.peer_port },
+                            ],
                             "livenessProbe": { "httpGet": { "path": "/healthz", "port": "metrics" } },
                             "readinessProbe": { "httpGet": { "path": "/readyz", "port": "metrics" } },
                             "resources": { "requests": { "cpu": "100m", "memory": "128Mi" } },
@@ -86,6 +90,8 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                                 { "name": "admin-cert", "mountPath": "/etc/knit/admin", "readOnly": true },
                                 { "name": "etcd-users", "mountPath": "/etc/knit/users", "readOnly": true },
                                 { "name": "peer-configs", "mountPath": "/etc/knit/peers", "readOnly": true },
+                                { "name": "server-cert", "mountPath": "/etc/knit/server", "readOnly": true },
+                                { "name": "peer-access", "mountPath": "/etc/knit/peer-access", "readOnly": true },
                             ],
                         },
                     ],
@@ -98,6 +104,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                         { "name": "admin-cert", "secret": { "secretName": names::ADMIN_CERT_SECRET } },
                         { "name": "etcd-users", "configMap": { "name": names::ETCD_USERS_CONFIGMAP } },
                         { "name": "peer-configs", "secret": { "secretName": names::PEER_CONFIGS_SECRET } },
+                        { "name": "peer-access", "secret": { "secretName": names::PEER_ACCESS_SECRET } },
                     ],
                 },
             },
@@ -124,6 +131,9 @@ pub fn apiserver_args(config: &ClusterConfig) -> Vec<String> {
         "--etcd-config=/etc/knit/admin/config.yaml".to_owned(),
         "--etcd-users=/etc/knit/users/users.yaml".to_owned(),
         "--peer-configs=/etc/knit/peers".to_owned(),
+        format!("--peer-listen=0.0.0.0:{}", config.apiserver.peer_port),
+        "--server-cert-dir=/etc/knit/server".to_owned(),
+        "--peer-access-dir=/etc/knit/peer-access".to_owned(),
         format!("--metrics-addr=0.0.0.0:{}", names::APISERVER_METRICS_PORT),
     ]);
     args
@@ -135,16 +145,24 @@ pub fn apiserver_service(config: &ClusterConfig) -> Result<Service> {
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
     };
-    let mut port = json!({
+    // Local agents use `etcd`; peers use `peers`, the front (the node port
+    // and the load balancer serve peers).
+    let etcd = json!({
         "name": "etcd",
         "port": config.apiserver.port,
         "targetPort": "etcd",
         "protocol": "TCP",
     });
+    let mut peers = json!({
+        "name": "peers",
+        "port": config.apiserver.peer_port,
+        "targetPort": "peers",
+        "protocol": "TCP",
+    });
     if let (ServiceType::NodePort, Some(node_port)) =
         (config.apiserver.service_type, config.apiserver.node_port)
     {
-        port["nodePort"] = json!(node_port);
+        peers["nodePort"] = json!(node_port);
     }
     let value = json!({
         "apiVersion": "v1",
@@ -157,7 +175,7 @@ pub fn apiserver_service(config: &ClusterConfig) -> Result<Service> {
         "spec": {
             "type": service_type,
             "selector": names::apiserver_selector(),
-            "ports": [port],
+            "ports": [etcd, peers],
         },
     });
     serde_json::from_value(value).map_err(|source| Error::RenderObject {

@@ -1,0 +1,337 @@
+//! The peer front: the only way a peer cluster reaches this cluster's etcd.
+//!
+//! etcd maps a client certificate's CN to a user and trusts every CA in its
+//! bundle alike, so a peer's CA could mint `CN=admin`. Peers therefore
+//! never reach etcd directly (etcd trusts only the local CA). They reach
+//! this TLS front, which:
+//!
+//! 1. accepts a client certificate only if it chains to the CA of a
+//!    configured peer ([`PeerTrust`], from the peer-config directory);
+//! 2. and only if its CN is exactly `remote-<that peer>` ([`authorize`]): a
+//!    peer's CA can act as that peer and nothing else;
+//! 3. then opens a connection to etcd on loopback as that peer's read-only
+//!    user, with a certificate the local CA issued for it
+//!    (`<peer-access>/<peer>.crt`), and relays bytes both ways.
+//!
+//! Authorization is decided from values ([`authorize`]), so it has unit
+//! tests; the socket work is thin.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::{Error, Result};
+
+/// Where the front reads its files.
+#[derive(Clone, Debug)]
+pub struct FrontSettings {
+    /// Address peers connect to.
+    pub listen: SocketAddr,
+    /// The server certificate and key (`tls.crt`, `tls.key`), the same
+    /// one etcd presents.
+    pub server_cert_dir: PathBuf,
+    /// Peer configs (`<peer>.yaml` and `<peer>.ca.crt`): whom to trust.
+    pub peer_configs: PathBuf,
+    /// Per-peer upstream certificates issued by the local CA
+    /// (`<peer>.crt`, `<peer>.key`) and the local CA (`ca.crt`).
+    pub peer_access: PathBuf,
+    /// etcd on loopback, e.g. `127.0.0.1:2379`.
+    pub upstream: SocketAddr,
+}
+
+/// The CA certificate of every configured peer, by peer cluster name.
+#[derive(Clone, Debug, Default)]
+pub struct PeerTrust {
+    cas: BTreeMap<String, Vec<u8>>,
+}
+
+impl PeerTrust {
+    /// Reads `<peer>.ca.crt` for every `<peer>.yaml` with a peer identity.
+    pub fn load(dir: &Path) -> Self {
+        let mut cas = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let Ok(config) = knit_kvstore::etcd::load_client_config(&path) else {
+                continue;
+            };
+            let Some(peer) = config.peer else { continue };
+            if let Some(der) = std::fs::read(&config.trusted_ca_file)
+                .ok()
+                .and_then(|pem| first_der(&pem))
+            {
+                cas.insert(peer.cluster_name, der);
+            }
+        }
+        Self { cas }
+    }
+
+    /// A trust set from `(peer, CA DER)` pairs.
+    pub fn from_cas(cas: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        Self {
+            cas: cas.into_iter().collect(),
+        }
+    }
+
+    /// Whether no peer is configured.
+    pub fn is_empty(&self) -> bool {
+        self.cas.is_empty()
+    }
+}
+
+/// Why a client certificate was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a certificate we can read.
+    Unreadable,
+    /// Signed by no configured peer's CA.
+    UnknownIssuer,
+    /// Signed by peer `issuer`'s CA, but names someone else.
+    WrongIdentity {
+        /// The peer whose CA signed it.
+        issuer: String,
+        /// The CN it carries.
+        common_name: String,
+    },
+}
+
+/// The peer a client certificate (DER) may act as: the one peer whose CA
+/// signed it, if its CN is exactly `remote-<peer>`.
+pub fn authorize(trust: &PeerTrust, leaf: &[u8]) -> std::result::Result<String, Refusal> {
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| Refusal::Unreadable)?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let issuers: Vec<&String> = trust
+        .cas
+        .iter()
+        .filter(|(_, ca)| {
+            X509Certificate::from_der(ca)
+                .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+        })
+        .map(|(peer, _)| peer)
+        .collect();
+    match issuers.as_slice() {
+        [] => Err(Refusal::UnknownIssuer),
+        [peer] if common_name == knit_kvstore::keys::remote_user(peer) => Ok((*peer).clone()),
+        [peer, ..] => Err(Refusal::WrongIdentity {
+            issuer: (*peer).clone(),
+            common_name,
+        }),
+    }
+}
+
+fn first_der(pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| Error::Front(format!("reading certificates {}: {e}", path.display())))
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| Error::Front(format!("reading key {}: {e}", path.display())))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS server config accepting certificates of any configured peer's
+/// CA (who they may act as is decided after the handshake).
+fn server_config(settings: &FrontSettings, trust: &PeerTrust) -> Result<Arc<ServerConfig>> {
+    let mut roots = RootCertStore::empty();
+    for ca in trust.cas.values() {
+        roots
+            .add(CertificateDer::from(ca.clone()))
+            .map_err(|e| Error::Front(format!("a peer CA is not usable: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| Error::Front(format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Front(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs(&settings.server_cert_dir.join("tls.crt"))?,
+            key(&settings.server_cert_dir.join("tls.key"))?,
+        )
+        .map_err(|e| Error::Front(format!("server certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS client config reaching etcd as `peer`'s read-only user.
+fn upstream_config(settings: &FrontSettings, peer: &str) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for ca in certs(&settings.peer_access.join("ca.crt"))? {
+        roots
+            .add(ca)
+            .map_err(|e| Error::Front(format!("local CA: {e}")))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Front(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            certs(&settings.peer_access.join(format!("{peer}.crt")))?,
+            key(&settings.peer_access.join(format!("{peer}.key")))?,
+        )
+        .map_err(|e| Error::Front(format!("upstream certificate of {peer}: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves peers until the process stops. The peer set is read again every
+/// few seconds, so adding or removing a ClusterMeshPeer needs no restart.
+pub async fn run_front(settings: FrontSettings) -> Result<()> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| Error::Front(format!("listening on {}: {e}", settings.listen)))?;
+    tracing::info!(listen = %settings.listen, "peer front listening");
+    let mut trust = PeerTrust::load(&settings.peer_configs);
+    let mut acceptor = server_config(&settings, &trust).ok().map(TlsAcceptor::from);
+    let mut reload = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((socket, from)) = accepted else { continue };
+                let Some(acceptor) = acceptor.clone() else { continue };
+                let (settings, trust) = (settings.clone(), trust.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve(socket, acceptor, &settings, &trust).await {
+                        tracing::info!(%from, error = %e, "peer connection refused or ended");
+                    }
+                });
+            }
+            _ = reload.tick() => {
+                trust = PeerTrust::load(&settings.peer_configs);
+                match server_config(&settings, &trust) {
+                    Ok(config) => acceptor = (!trust.is_empty()).then(|| TlsAcceptor::from(config)),
+                    Err(e) => tracing::warn!(error = %e, "peer front config not usable yet"),
+                }
+            }
+        }
+    }
+}
+
+async fn serve(
+    socket: TcpStream,
+    acceptor: TlsAcceptor,
+    settings: &FrontSettings,
+    trust: &PeerTrust,
+) -> Result<()> {
+    let mut tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket))
+        .await
+        .map_err(|_| Error::Front("TLS handshake timed out".into()))?
+        .map_err(|e| Error::Front(format!("TLS handshake: {e}")))?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| Error::Front("no client certificate".into()))?;
+    let peer = match authorize(trust, &leaf) {
+        Ok(peer) => peer,
+        Err(refusal) => {
+            tracing::warn!(?refusal, "refused a client certificate at the peer front");
+            return Err(Error::Front(format!("refused: {refusal:?}")));
+        }
+    };
+    let connector = TlsConnector::from(upstream_config(settings, &peer)?);
+    let upstream = TcpStream::connect(settings.upstream)
+        .await
+        .map_err(|e| Error::Front(format!("connecting to etcd: {e}")))?;
+    let name = ServerName::IpAddress(settings.upstream.ip().into());
+    let mut upstream = connector
+        .connect(name, upstream)
+        .await
+        .map_err(|e| Error::Front(format!("TLS to etcd: {e}")))?;
+    tokio::io::copy_bidirectional(&mut tls, &mut upstream)
+        .await
+        .map_err(|e| Error::Front(format!("relaying for {peer}: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ca {
+        pem: String,
+        key_pem: String,
+        der: Vec<u8>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    fn leaf(ca: &Ca, cn: &str) -> Vec<u8> {
+        let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.pem, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.signed_by(&key, &issuer).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_peer_ca_can_act_as_that_peer_and_nothing_else() {
+        let (b, c, stranger) = (ca("b"), ca("c"), ca("z"));
+        let trust = PeerTrust::from_cas([("b".to_owned(), b.der.clone()), ("c".to_owned(), c.der.clone())]);
+        assert_eq!(authorize(&trust, &leaf(&b, "remote-b")), Ok("b".to_owned()));
+        assert_eq!(authorize(&trust, &leaf(&c, "remote-c")), Ok("c".to_owned()));
+        for cn in ["admin", "local", "remote-c", "remote-b "] {
+            assert!(
+                matches!(
+                    authorize(&trust, &leaf(&b, cn)),
+                    Err(Refusal::WrongIdentity { .. })
+                ),
+                "b's CA minting {cn:?}"
+            );
+        }
+        assert_eq!(
+            authorize(&trust, &leaf(&stranger, "remote-b")),
+            Err(Refusal::UnknownIssuer)
+        );
+        assert_eq!(authorize(&trust, b"not a certificate"), Err(Refusal::Unreadable));
+    }
+}
