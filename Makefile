@@ -33,7 +33,7 @@ bench: setup
 ## make fuzz: the peer-input properties with many cases (make test runs 256 each).
 fuzz: setup
 	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --release -p knit-kvstore --test peer_input_fuzz
-	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --release -p knit-apiserver --lib rejected_input
+	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --release -p knit-apiserver --lib
 
 ## make crds: regenerate crds/*.yaml and config/crd/*.yaml from the Rust types.
 crds:

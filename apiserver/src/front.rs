@@ -334,4 +334,27 @@ mod tests {
         );
         assert_eq!(authorize(&trust, b"not a certificate"), Err(Refusal::Unreadable));
     }
+
+    proptest::proptest! {
+        /// What the front reads from a peer before deciding: the client
+        /// certificate (after rustls' handshake). Arbitrary bytes and
+        /// corrupted genuine certificates never panic and never pass.
+        #[test]
+        fn arbitrary_certificates_are_refused_without_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..8),
+        ) {
+            let b = ca("b");
+            let trust = PeerTrust::from_cas([("b".to_owned(), b.der.clone())]);
+            proptest::prop_assert!(authorize(&trust, &bytes).is_err());
+            let mut genuine = leaf(&b, "remote-b");
+            for (at, xor) in flips {
+                let i = at % genuine.len();
+                genuine[i] ^= xor | 1;
+            }
+            // A corrupted certificate may still parse, but its signature no
+            // longer verifies: never accepted.
+            proptest::prop_assert!(authorize(&trust, &genuine).is_err());
+        }
+    }
 }
