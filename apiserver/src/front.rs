@@ -109,7 +109,14 @@ pub enum Refusal {
 /// The peer a client certificate (DER) may act as: the one peer whose CA
 /// signed it, if its CN is exactly `remote-<peer>`.
 pub fn authorize(trust: &PeerTrust, leaf: &[u8]) -> std::result::Result<String, Refusal> {
-    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| Refusal::Unreadable)?;
+    let (rest, cert) = X509Certificate::from_der(leaf).map_err(|_| Refusal::Unreadable)?;
+    // Strict where the parser is lenient (the TLS handshake has already
+    // verified the chain; this is defense in depth): nothing after the
+    // certificate, and the outer signature algorithm equal to the signed
+    // one (RFC 5280, 4.1.1.2).
+    if !rest.is_empty() || cert.signature_algorithm != cert.tbs_certificate.signature {
+        return Err(Refusal::Unreadable);
+    }
     let common_name = cert
         .subject()
         .iter_common_name()
