@@ -95,7 +95,7 @@ impl PeerTrust {
 pub enum Refusal {
     /// Not a certificate we can read.
     Unreadable,
-    /// Signed by no configured peer's CA.
+    /// Not signed (validly, for client use, now) by any configured peer's CA.
     UnknownIssuer,
     /// Signed by peer `issuer`'s CA, but names someone else.
     WrongIdentity {
@@ -109,14 +109,11 @@ pub enum Refusal {
 /// The peer a client certificate (DER) may act as: the one peer whose CA
 /// signed it, if its CN is exactly `remote-<peer>`.
 pub fn authorize(trust: &PeerTrust, leaf: &[u8]) -> std::result::Result<String, Refusal> {
-    let (rest, cert) = X509Certificate::from_der(leaf).map_err(|_| Refusal::Unreadable)?;
-    // Strict where the parser is lenient (the TLS handshake has already
-    // verified the chain; this is defense in depth): nothing after the
-    // certificate, and the outer signature algorithm equal to the signed
-    // one (RFC 5280, 4.1.1.2).
-    if !rest.is_empty() || cert.signature_algorithm != cert.tbs_certificate.signature {
-        return Err(Refusal::Unreadable);
-    }
+    // webpki parses strictly (DER) and verifies the chain, validity and
+    // usage; x509-parser, lenient, only reads the CN of what webpki took.
+    let der = CertificateDer::from(leaf.to_vec());
+    let end_entity = webpki::EndEntityCert::try_from(&der).map_err(|_| Refusal::Unreadable)?;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| Refusal::Unreadable)?;
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -124,12 +121,26 @@ pub fn authorize(trust: &PeerTrust, leaf: &[u8]) -> std::result::Result<String, 
         .and_then(|cn| cn.as_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let algorithms = provider().signature_verification_algorithms.all;
     let issuers: Vec<&String> = trust
         .cas
         .iter()
         .filter(|(_, ca)| {
-            X509Certificate::from_der(ca)
-                .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+            let ca = CertificateDer::from(ca.as_slice());
+            let Ok(anchor) = webpki::anchor_from_trusted_cert(&ca) else {
+                return false;
+            };
+            end_entity
+                .verify_for_usage(
+                    algorithms,
+                    &[anchor],
+                    &[],
+                    rustls::pki_types::UnixTime::now(),
+                    webpki::KeyUsage::client_auth(),
+                    None,
+                    None,
+                )
+                .is_ok()
         })
         .map(|(peer, _)| peer)
         .collect();
