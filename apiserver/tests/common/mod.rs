@@ -10,13 +10,22 @@ use knit_testkit::TestCluster;
 
 pub const APISERVER: &str = env!("CARGO_BIN_EXE_knit-apiserver");
 
-/// Every key/value under `prefix`.
+/// Every key/value under `prefix`. A read can fail for a moment while the
+/// apiserver changes etcd's users and roles ("revision of auth store is
+/// old"): it is retried for up to 10 s.
 pub async fn dump(client: &Client, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let mut c = client.clone();
-    let resp = c
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("get");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        match c.get(prefix, Some(GetOptions::new().with_prefix())).await {
+            Ok(resp) => break resp,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying a read of {prefix}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("get {prefix}: {e}"),
+        }
+    };
     resp.kvs()
         .iter()
         .map(|kv| (kv.key_str().unwrap().to_owned(), kv.value().to_vec()))
