@@ -89,14 +89,14 @@ fn wait_synced(mesh: &LocalMesh, c: ClusterId, endpoints: usize) {
         &format!("{} to sync its peer again", c.name()),
         Duration::from_secs(120),
         || {
-            let status = mesh.knitctl_status(c);
-            knit_operator::status_table::ready_peers(&status).len() == 1
-                && status.lines().any(|l| {
-                    l.split_whitespace()
-                        .nth(4)
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .is_some_and(|n| n >= endpoints)
-                })
+            mesh.status_report(c).is_some_and(|r| {
+                r.ready_peers().len() == 1
+                    && r.peers.iter().all(|p| {
+                        p.counts
+                            .get(&knit_kvstore::keys::Kind::Endpoints)
+                            .is_some_and(|n| *n as usize >= endpoints)
+                    })
+            })
         },
     );
 }

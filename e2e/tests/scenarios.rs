@@ -193,8 +193,11 @@ fn security_of_the_mesh() {
     let (ok, out) = mesh.etcdctl(B, &b_admin, "https://127.0.0.1:2379", &["put", &key, &hijack]);
     assert!(ok, "{out}");
     mesh.wait_until("the rejection to be counted", Duration::from_secs(30), || {
-        mesh.knitctl_status(A)
-            .contains("rejected 1 record(s): outside_pod_cidrs")
+        mesh.status_report(A).is_some_and(|r| {
+            r.peers
+                .iter()
+                .any(|p| p.rejected.get("outside_pod_cidrs") == Some(&1))
+        })
     });
     let h = mesh.hits(client_a, mesh.pod(web_a).ip, 20, false);
     assert_eq!(h.names.get("cluster-a/web-a"), Some(&20), "{h:?}");
@@ -220,7 +223,8 @@ fn three_clusters_fully_meshed() {
     });
     for c in mesh.cluster_ids() {
         assert!(h.from_cluster(&c.name()) > 0, "{h:?}");
-        let status = mesh.knitctl_status(c);
-        assert!(status.contains("2/2 peers connected and synced"), "{status}");
+        let report = mesh.status_report(c).expect("knitctl status -o json");
+        assert_eq!(report.cluster, c.name());
+        assert_eq!(report.ready_peers().len(), 2, "{report:?}");
     }
 }

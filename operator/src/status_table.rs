@@ -1,11 +1,32 @@
 //! `knitctl status`: the mesh apiserver's per-peer reports as a table, in
-//! the spirit of `cilium clustermesh status`. Pure: reports and the current
-//! time in, text out.
+//! the spirit of `cilium clustermesh status`, or as one machine-readable
+//! [`StatusReport`] (`-o json|yaml`). Pure: reports and the current time
+//! in, text out.
 
 use std::fmt::Write as _;
 
 use knit_kvstore::keys::Kind;
 use knit_kvstore::records::PeerStatusRecord;
+
+/// `knitctl status -o json|yaml`: the cluster and every peer report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    /// This cluster's name.
+    pub cluster: String,
+    /// One report per peer, sorted by name.
+    pub peers: Vec<PeerStatusRecord>,
+}
+
+impl StatusReport {
+    /// Peers that are connected and synced.
+    pub fn ready_peers(&self) -> Vec<&str> {
+        self.peers
+            .iter()
+            .filter(|p| p.connected && p.synced)
+            .map(|p| p.peer.as_str())
+            .collect()
+    }
+}
 
 fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
@@ -67,20 +88,6 @@ pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64)
     out
 }
 
-/// Peers that are connected and synced, read back from [`render_status`]'s
-/// table (used by scripts waiting for the mesh).
-pub fn ready_peers(table: &str) -> Vec<String> {
-    table
-        .lines()
-        .skip(2)
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() >= 3 && !l.starts_with(' ') && cols[1] == "yes" && cols[2] == "yes")
-                .then(|| cols[0].to_owned())
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +121,36 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("cluster-c: connection refused"), "{t}");
-        assert_eq!(ready_peers(&t), vec!["cluster-b".to_string()]);
+    }
+
+    #[test]
+    fn the_machine_readable_report_round_trips_through_json_and_yaml() {
+        let mut b = PeerStatusRecord {
+            peer: "cluster-b".into(),
+            connected: true,
+            synced: true,
+            ..Default::default()
+        };
+        b.counts.insert(Kind::Endpoints, 12);
+        let report = StatusReport {
+            cluster: "cluster-a".into(),
+            peers: vec![
+                b,
+                PeerStatusRecord {
+                    peer: "cluster-c".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let json: StatusReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(json, report);
+        let yaml: StatusReport = serde_saphyr::from_str(&serde_saphyr::to_string(&report).unwrap()).unwrap();
+        assert_eq!(yaml, report);
+        assert_eq!(report.ready_peers(), ["cluster-b"]);
+        assert!(
+            serde_json::to_string(&report)
+                .unwrap()
+                .contains("\"endpoints\":12")
+        );
     }
 }

@@ -336,14 +336,33 @@ impl LocalMesh {
         .unwrap_or_default()
     }
 
+    /// `knitctl status -o json` of cluster `c`: what tests read (the human
+    /// table is for people). `None` while it fails (e.g. etcd is down).
+    pub fn status_report(&self, c: ClusterId) -> Option<knit_operator::status_table::StatusReport> {
+        let cluster = self.cluster(c);
+        let out = Placement {
+            netns: Some(cluster.cp.name()),
+            ..Placement::default()
+        }
+        .command(&self.bins.knitctl)
+        .args(["status", "-o", "json", "--etcd-config"])
+        .arg(cluster.control.local_config_path())
+        .args(["--endpoint", &self.etcd_url(c)])
+        .output()
+        .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     fn wait_for_mesh(&self) {
         let n = self.clusters.len();
         self.wait_until(
             "every cluster to mirror every peer",
             Duration::from_secs(60),
             || {
-                self.cluster_ids()
-                    .all(|c| knit_operator::status_table::ready_peers(&self.knitctl_status(c)).len() == n - 1)
+                self.cluster_ids().all(|c| {
+                    self.status_report(c)
+                        .is_some_and(|r| r.ready_peers().len() == n - 1)
+                })
             },
         );
     }

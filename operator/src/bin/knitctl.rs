@@ -52,7 +52,21 @@ enum Command {
         /// etcd URL, instead of the config's endpoints.
         #[arg(long)]
         endpoint: Option<String>,
+        /// Output format: a table for people, JSON or YAML for programs.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
+}
+
+/// `knitctl status -o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// The human table.
+    Table,
+    /// One JSON document (`StatusReport`).
+    Json,
+    /// The same as YAML.
+    Yaml,
 }
 
 #[derive(Subcommand)]
@@ -81,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Status {
             etcd_config,
             endpoint,
-        } => status(&etcd_config, endpoint).await,
+            output,
+        } => status(&etcd_config, endpoint, output).await,
         Command::Peer {
             command:
                 PeerCommand::Export {
@@ -101,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<()> {
+async fn status(etcd_config: &Path, endpoint: Option<String>, output: Output) -> anyhow::Result<()> {
     use knit_kvstore::records::PeerStatusRecord;
     let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
         .with_context(|| format!("reading {}", etcd_config.display()))?;
@@ -138,10 +153,18 @@ async fn status(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
-    print!(
-        "{}",
-        knit_operator::status_table::render_status(&cluster, &reports, now)
-    );
+    let report = knit_operator::status_table::StatusReport {
+        cluster,
+        peers: reports,
+    };
+    match output {
+        Output::Table => print!(
+            "{}",
+            knit_operator::status_table::render_status(&report.cluster, &report.peers, now)
+        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&report)?),
+    }
     Ok(())
 }
 
