@@ -210,6 +210,23 @@ impl LocalMesh {
         self.write_manifest(c, "nodes.yaml", &yaml);
     }
 
+    /// Sets `spec.limits` on cluster `of`'s ClusterMeshPeer as cluster `at`
+    /// holds it, and renders `at` again (its KVStoreMesh picks up the new
+    /// peer config on its own).
+    pub fn limit_peer(&mut self, at: ClusterId, of: ClusterId, limits: knit_crds::PeerLimits) {
+        let mut manifests: Vec<_> = self
+            .cluster_ids()
+            .filter(|c| *c != at)
+            .map(|c| self.cluster(c).control.manifest())
+            .collect();
+        for m in &mut manifests {
+            if m.spec.cluster_name == of.name() {
+                m.spec.limits = Some(limits);
+            }
+        }
+        self.clusters[at.0].control.set_peers(&manifests);
+    }
+
     /// Starts (or restarts) cluster `c`'s etcd and apiserver.
     pub fn start_control_plane(&mut self, c: ClusterId) {
         let grace = format!("--grace-period={}", self.options.grace_period);

@@ -1,0 +1,86 @@
+//! A peer that publishes more than its limits allows harms nobody else:
+//! records beyond the cap are refused and counted, this cluster's own
+//! services and the peer's real pods keep working.
+
+use std::net::Ipv4Addr;
+
+use knit_crds::PeerLimits;
+use knit_e2e::manifests::{node, pod};
+use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions};
+
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
+
+#[test]
+fn a_peer_over_its_limit_harms_nobody_else() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        nodes: 1,
+        ..MeshOptions::default()
+    });
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let web_a = mesh.add_pod(A.node(0), "shop", "web", &[("app", "web")]);
+    let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
+    let vip = Ipv4Addr::new(10, 96, 1, 50);
+    mesh.deploy_service(
+        A,
+        &GlobalService {
+            namespace: "shop",
+            name: "web",
+            vip,
+            backends: vec![web_a],
+            export: true,
+            import: true,
+            affinity: "none",
+        },
+    );
+
+    // a allows b 100 endpoints; b publishes 400 more (on a simulated node).
+    mesh.limit_peer(
+        A,
+        B,
+        PeerLimits {
+            endpoints: 100,
+            ..Default::default()
+        },
+    );
+    let mut bulk = node("bulk", "192.168.50.90", "10.2.200.0/24");
+    for i in 0..250 {
+        bulk.push_str(&pod(
+            "bulk",
+            &format!("p{i}"),
+            "bulk",
+            &format!("10.2.200.{}", i + 2),
+            "bulk",
+        ));
+    }
+    bulk.push_str(&node("bulk2", "192.168.50.91", "10.2.201.0/24"));
+    for i in 0..150 {
+        bulk.push_str(&pod(
+            "bulk",
+            &format!("q{i}"),
+            "bulk2",
+            &format!("10.2.201.{}", i + 2),
+            "bulk",
+        ));
+    }
+    mesh.write_manifest(B, "bulk.yaml", &bulk);
+
+    mesh.wait_until(
+        "a to refuse b's endpoints over the limit",
+        std::time::Duration::from_secs(60),
+        || {
+            mesh.status_report(A).is_some_and(|r| {
+                r.peers.iter().any(|p| {
+                    p.rejected.get("over_limit").is_some_and(|n| *n >= 300)
+                        && p.counts.get(&knit_kvstore::keys::Kind::Endpoints) == Some(&100)
+                })
+            })
+        },
+    );
+    // a's own service, and b's real pod (routed by its node's pod CIDR
+    // even if its endpoint record was over the limit), still answer.
+    let own = mesh.hits(client, vip, 40, false);
+    assert_eq!(own.names.get("cluster-a/web"), Some(&40), "{own:?}");
+    let peer = mesh.hits(client, mesh.pod(web_b).ip, 20, false);
+    assert_eq!(peer.names.get("cluster-b/web-b"), Some(&20), "{peer:?}");
+}
