@@ -65,6 +65,12 @@ struct Args {
     /// Interval of data-path health probes (a node fails after 3 missed).
     #[arg(long, default_value = "500ms", value_parser = knit_telemetry::parse_duration)]
     health_interval: Duration,
+    /// A NetworkPolicy peer selector that names no cluster
+    /// (`knit.dev/cluster` or `io.cilium.k8s.policy.cluster`) selects only
+    /// this cluster's pods, as Cilium 1.19 does by default. `false` keeps
+    /// the older meaning (every cluster).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    policy_default_local_cluster: bool,
     /// Metrics and health address.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
@@ -116,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         direct_node_routes: args.direct_node_routes.enabled(args.cni_conf_dir.as_deref()),
         health_port: args.health_port,
         health_interval: args.health_interval,
+        policy_default_local_cluster: args.policy_default_local_cluster,
     };
     let agent = async {
         match &args.source_dir {

@@ -46,11 +46,14 @@ pub struct CompiledPolicy {
 }
 
 /// Compiles `policies` for `targets`, with `identities` (number → labels)
-/// as the universe of possible peers.
+/// as the universe of possible peers. With `local_cluster` set (the agent's
+/// `--policy-default-local-cluster`, as Cilium 1.19's option of that name),
+/// a peer selector that names no cluster selects only that cluster's pods.
 pub fn compile(
     policies: &[&NetworkPolicy],
     targets: &[PolicyTarget<'_>],
     identities: &BTreeMap<u32, &BTreeMap<String, String>>,
+    local_cluster: Option<&str>,
 ) -> CompiledPolicy {
     let mut out = CompiledPolicy::default();
     for policy in policies {
@@ -83,7 +86,11 @@ pub fn compile(
                 None | Some([]) => vec![0],
                 Some(peers) => identities
                     .iter()
-                    .filter(|(_, labels)| peers.iter().any(|p| peer_matches(p, ns, labels)))
+                    .filter(|(_, labels)| {
+                        peers.iter().any(|p| {
+                            peer_matches(p, ns, labels) && in_default_cluster(p, local_cluster, labels)
+                        })
+                    })
                     .map(|(id, _)| *id)
                     .collect(),
             };
@@ -122,6 +129,34 @@ fn port_of(p: &NetworkPolicyPort) -> Option<(u16, u8)> {
         Some(IntOrString::Int(n)) => Some((u16::try_from(*n).ok()?, proto)),
         Some(IntOrString::String(_)) => None,
     }
+}
+
+/// Cluster labels a selector may name (either spelling).
+const CLUSTER_LABELS: [&str; 2] = [knit_crds::CLUSTER_LABEL, knit_crds::CILIUM_CLUSTER_LABEL];
+
+/// Whether `labels` pass the default-local-cluster rule for `peer`: a peer
+/// that names a cluster (in its pod selector) selects across clusters as
+/// written; one that names none selects only `local_cluster`, when set.
+fn in_default_cluster(
+    peer: &NetworkPolicyPeer,
+    local_cluster: Option<&str>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let Some(local) = local_cluster else {
+        return true;
+    };
+    let names_cluster = peer.pod_selector.as_ref().is_some_and(|sel| {
+        sel.match_labels
+            .iter()
+            .flatten()
+            .any(|(k, _)| CLUSTER_LABELS.contains(&k.as_str()))
+            || sel
+                .match_expressions
+                .iter()
+                .flatten()
+                .any(|e| CLUSTER_LABELS.contains(&e.key.as_str()))
+    });
+    names_cluster || labels.get(knit_crds::CLUSTER_LABEL).map(String::as_str) == Some(local)
 }
 
 fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, labels: &BTreeMap<String, String>) -> bool {
@@ -224,7 +259,7 @@ spec:
                 labels: &other,
             },
         ];
-        let c = compile(&[&p], &targets, &ids);
+        let c = compile(&[&p], &targets, &ids, None);
         assert_eq!(c.enforced, BTreeSet::from([web_ip]));
         assert_eq!(
             c.allow,
@@ -252,7 +287,7 @@ spec:
             namespace: "ns",
             labels: &l,
         }];
-        let c = compile(&[&allow_all], &targets, &BTreeMap::new());
+        let c = compile(&[&allow_all], &targets, &BTreeMap::new(), None);
         assert_eq!(
             c.allow,
             BTreeSet::from([AllowEntry {
@@ -262,7 +297,7 @@ spec:
                 proto: 0
             }])
         );
-        let c = compile(&[&deny_all], &targets, &BTreeMap::new());
+        let c = compile(&[&deny_all], &targets, &BTreeMap::new(), None);
         assert_eq!(c.enforced, BTreeSet::from([ip]));
         assert!(c.allow.is_empty());
     }
@@ -300,8 +335,61 @@ spec:
                 labels: &me,
             }],
             &ids,
+            None,
         );
         let ids: Vec<u32> = c.allow.iter().map(|a| a.identity).collect();
         assert_eq!(ids, vec![7]);
+    }
+
+    #[test]
+    fn a_peer_naming_no_cluster_selects_only_the_local_one_by_default() {
+        let p = policy(
+            r#"
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: frontend}}
+"#,
+        );
+        let web = labels(&[
+            ("app", "web"),
+            (NAMESPACE_LABEL, "shop"),
+            ("knit.dev/cluster", "cluster-a"),
+        ]);
+        let fe_a = labels(&[
+            ("app", "frontend"),
+            (NAMESPACE_LABEL, "shop"),
+            ("knit.dev/cluster", "cluster-a"),
+        ]);
+        let fe_b = labels(&[
+            ("app", "frontend"),
+            (NAMESPACE_LABEL, "shop"),
+            ("knit.dev/cluster", "cluster-b"),
+        ]);
+        let ids = BTreeMap::from([(2, &fe_a), (3, &fe_b)]);
+        let targets = [PolicyTarget {
+            ip: Ipv4Addr::new(10, 1, 0, 5),
+            namespace: "shop",
+            labels: &web,
+        }];
+        let sources = |local: Option<&str>| -> BTreeSet<u32> {
+            compile(&[&p], &targets, &ids, local)
+                .allow
+                .iter()
+                .map(|a| a.identity)
+                .collect()
+        };
+        assert_eq!(
+            sources(Some("cluster-a")),
+            BTreeSet::from([2]),
+            "local cluster only"
+        );
+        assert_eq!(
+            sources(None),
+            BTreeSet::from([2, 3]),
+            "the older meaning: every cluster"
+        );
     }
 }

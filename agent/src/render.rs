@@ -46,17 +46,27 @@ fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// What a render depends on besides the index and the policies.
+#[derive(Clone, Debug, Default)]
+pub struct RenderOptions {
+    /// Tunnel endpoints of nodes whose data path does not answer probes
+    /// ([`crate::health`]).
+    pub failing: BTreeSet<IpAddr>,
+    /// A policy peer that names no cluster selects only this cluster
+    /// (`--policy-default-local-cluster`).
+    pub policy_default_local_cluster: bool,
+}
+
 /// Renders the desired datapath of node `node`, whose pods are
-/// `attachments` (what knit-cni recorded). `failing` holds the tunnel
-/// endpoints of nodes whose data path does not answer probes
-/// ([`crate::health`]).
+/// `attachments` (what knit-cni recorded).
 pub fn render(
     index: &MeshIndex,
     policies: &[&NetworkPolicy],
     node: &str,
     attachments: &[Attachment],
-    failing: &BTreeSet<IpAddr>,
+    options: &RenderOptions,
 ) -> DatapathState {
+    let failing = &options.failing;
     let mut out = DatapathState::default();
     let peers = index.peers.values().filter(|p| p.config.is_some());
     for (view, local) in std::iter::once((&index.local, true)).chain(peers.map(|p| (p, false))) {
@@ -92,7 +102,10 @@ pub fn render(
         .flat_map(|v| v.identities.values())
         .map(|r| (r.id, &r.labels))
         .collect();
-    let compiled = compile(policies, &targets, &identities);
+    let local_only = options
+        .policy_default_local_cluster
+        .then_some(index.local_cluster());
+    let compiled = compile(policies, &targets, &identities, local_only);
     for ip in &compiled.enforced {
         if let Some(ep) = out.endpoints.get_mut(ip) {
             ep.policy_enforced = true;
@@ -328,7 +341,11 @@ mod tests {
     }
 
     fn backends_with(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> Vec<String> {
-        let state = render(index, &[], "a-node1", &[], failing);
+        let options = RenderOptions {
+            failing: failing.clone(),
+            ..RenderOptions::default()
+        };
+        let state = render(index, &[], "a-node1", &[], &options);
         let f = Frontend {
             vip: Ipv4Addr::new(10, 96, 0, 10),
             port: 80,
@@ -489,7 +506,23 @@ mod tests {
             pod_mac: None,
             ips: vec!["10.1.1.5".parse().unwrap()],
         };
-        let state = render(&index, &[&policy], "a-node1", &[attachment], &BTreeSet::new());
+        let all = render(
+            &index,
+            &[&policy],
+            "a-node1",
+            std::slice::from_ref(&attachment),
+            &RenderOptions::default(),
+        );
+        let local = RenderOptions {
+            policy_default_local_cluster: true,
+            ..RenderOptions::default()
+        };
+        assert_eq!(
+            render(&index, &[&policy], "a-node1", &[attachment], &local).allow,
+            all.allow,
+            "a selector naming its cluster is not narrowed by the local-cluster default"
+        );
+        let state = all;
         let allowed: BTreeSet<u32> = state.allow.iter().map(|a| a.identity).collect();
         assert_eq!(
             allowed,
@@ -536,7 +569,7 @@ mod tests {
                 attachment("10.1.1.5", Some("0a:00:00:00:00:05")),
                 attachment("10.1.1.6", None),
             ],
-            &BTreeSet::new(),
+            &RenderOptions::default(),
         );
         let known = &state.endpoints[&Ipv4Addr::new(10, 1, 1, 5)];
         assert_eq!(known.interface, "veth-10.1.1.5");

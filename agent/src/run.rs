@@ -28,7 +28,7 @@ use crate::datapath::state::Link;
 use crate::index::MeshIndex;
 use crate::metrics::{Metrics, Name};
 use crate::netdev::NetDevices;
-use crate::render::render;
+use crate::render::{RenderOptions, render};
 use crate::{Error, Result};
 
 /// How the agent is set up.
@@ -64,6 +64,8 @@ pub struct AgentSettings {
     pub health_port: u16,
     /// How often remote nodes are probed.
     pub health_interval: Duration,
+    /// A policy peer that names no cluster selects only this cluster.
+    pub policy_default_local_cluster: bool,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -205,8 +207,11 @@ pub async fn run<S: Source>(
             *t = targets;
             changed
         });
-        let failing = failing_rx.borrow().clone();
-        let desired = render(&index, &policies, &settings.node, &attachments, &failing);
+        let options = RenderOptions {
+            failing: failing_rx.borrow().clone(),
+            policy_default_local_cluster: settings.policy_default_local_cluster,
+        };
+        let desired = render(&index, &policies, &settings.node, &attachments, &options);
         match datapath.apply(&desired, &interfaces) {
             Ok((report, unplaced)) => {
                 if report.written + report.deleted > 0 {
