@@ -124,14 +124,9 @@ impl NetDevices {
 
     /// Adds or replaces the route to `dst` via `gateway`, marked as ours.
     pub async fn replace_route(&self, dst: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.addr(), dst.prefix_len())
-            .gateway(gateway)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
         self.handle
             .route()
-            .add(route)
+            .add(owned_route(dst, gateway))
             .replace()
             .execute()
             .await
@@ -140,18 +135,22 @@ impl NetDevices {
 
     /// Deletes our route to `dst` via `gateway`.
     pub async fn delete_route(&self, dst: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.addr(), dst.prefix_len())
-            .gateway(gateway)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
         self.handle
             .route()
-            .del(route)
+            .del(owned_route(dst, gateway))
             .execute()
             .await
             .map_err(netlink("delete a route to a node's pod CIDR"))
     }
+}
+
+/// The route to `dst` via `gateway`, marked as the agent's.
+fn owned_route(dst: Ipv4Net, gateway: Ipv4Addr) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .gateway(gateway)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .build()
 }
 
 /// Destination and gateway of a main-table IPv4 route marked as ours.

@@ -48,10 +48,11 @@ pub struct FrontSettings {
     pub upstream: SocketAddr,
 }
 
-/// The CA certificate of every configured peer, by peer cluster name.
+/// The CA certificates of every configured peer, by peer cluster name: all
+/// of a peer's bundle, so a peer rolling its CA can present either.
 #[derive(Clone, Debug, Default)]
 pub struct PeerTrust {
-    cas: BTreeMap<String, Vec<u8>>,
+    cas: BTreeMap<String, Vec<Vec<u8>>>,
 }
 
 impl PeerTrust {
@@ -67,21 +68,24 @@ impl PeerTrust {
                 continue;
             };
             let Some(peer) = config.peer else { continue };
-            if let Some(der) = std::fs::read(&config.trusted_ca_file)
-                .ok()
-                .and_then(|pem| first_der(&pem))
-            {
-                cas.insert(peer.cluster_name, der);
+            let bundle = std::fs::read(&config.trusted_ca_file)
+                .map(|pem| all_der(&pem))
+                .unwrap_or_default();
+            if !bundle.is_empty() {
+                cas.insert(peer.cluster_name, bundle);
             }
         }
         Self { cas }
     }
 
-    /// A trust set from `(peer, CA DER)` pairs.
+    /// A trust set from `(peer, CA DER)` pairs; a peer may appear more
+    /// than once (current and next CA).
     pub fn from_cas(cas: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
-        Self {
-            cas: cas.into_iter().collect(),
+        let mut out: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        for (peer, der) in cas {
+            out.entry(peer).or_default().push(der);
         }
+        Self { cas: out }
     }
 
     /// Whether no peer is configured.
@@ -125,22 +129,27 @@ pub fn authorize(trust: &PeerTrust, leaf: &[u8]) -> std::result::Result<String, 
     let issuers: Vec<&String> = trust
         .cas
         .iter()
-        .filter(|(_, ca)| {
-            let ca = CertificateDer::from(ca.as_slice());
-            let Ok(anchor) = webpki::anchor_from_trusted_cert(&ca) else {
-                return false;
-            };
-            end_entity
-                .verify_for_usage(
-                    algorithms,
-                    &[anchor],
-                    &[],
-                    rustls::pki_types::UnixTime::now(),
-                    webpki::KeyUsage::client_auth(),
-                    None,
-                    None,
-                )
-                .is_ok()
+        .filter(|(_, bundle)| {
+            let ders: Vec<CertificateDer<'_>> = bundle
+                .iter()
+                .map(|ca| CertificateDer::from(ca.as_slice()))
+                .collect();
+            let anchors: Vec<_> = ders
+                .iter()
+                .filter_map(|ca| webpki::anchor_from_trusted_cert(ca).ok())
+                .collect();
+            !anchors.is_empty()
+                && end_entity
+                    .verify_for_usage(
+                        algorithms,
+                        &anchors,
+                        &[],
+                        rustls::pki_types::UnixTime::now(),
+                        webpki::KeyUsage::client_auth(),
+                        None,
+                        None,
+                    )
+                    .is_ok()
         })
         .map(|(peer, _)| peer)
         .collect();
@@ -154,12 +163,11 @@ pub fn authorize(trust: &PeerTrust, leaf: &[u8]) -> std::result::Result<String, 
     }
 }
 
-fn first_der(pem: &[u8]) -> Option<Vec<u8>> {
+fn all_der(pem: &[u8]) -> Vec<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem)
-        .next()?
-        .ok()
-        .map(|c| c.to_vec())
+        .filter_map(|c| c.ok().map(|c| c.to_vec()))
+        .collect()
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
@@ -183,7 +191,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// CA (who they may act as is decided after the handshake).
 fn server_config(settings: &FrontSettings, trust: &PeerTrust) -> Result<Arc<ServerConfig>> {
     let mut roots = RootCertStore::empty();
-    for ca in trust.cas.values() {
+    for ca in trust.cas.values().flatten() {
         roots
             .add(CertificateDer::from(ca.clone()))
             .map_err(|e| Error::Front(format!("a peer CA is not usable: {e}")))?;
@@ -336,6 +344,17 @@ mod tests {
         let (b, c, stranger) = (ca("b"), ca("c"), ca("z"));
         let trust = PeerTrust::from_cas([("b".to_owned(), b.der.clone()), ("c".to_owned(), c.der.clone())]);
         assert_eq!(authorize(&trust, &leaf(&b, "remote-b")), Ok("b".to_owned()));
+        // A peer rolling its CA: either of its CAs acts as that peer.
+        let b_next = ca("b-next");
+        let rolling = PeerTrust::from_cas([
+            ("b".to_owned(), b.der.clone()),
+            ("b".to_owned(), b_next.der.clone()),
+        ]);
+        assert_eq!(
+            authorize(&rolling, &leaf(&b_next, "remote-b")),
+            Ok("b".to_owned())
+        );
+        assert_eq!(authorize(&rolling, &leaf(&b, "remote-b")), Ok("b".to_owned()));
         assert_eq!(authorize(&trust, &leaf(&c, "remote-c")), Ok("c".to_owned()));
         for cn in ["admin", "local", "remote-c", "remote-b "] {
             assert!(

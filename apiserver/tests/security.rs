@@ -22,13 +22,7 @@ async fn a_peer_certificate_is_read_only_on_our_prefix_and_an_untrusted_ca_is_re
         "cluster.yaml",
         &(node("a-n1", "192.168.1.1", "10.1.1.0/24") + &pod("x", "p", "a-n1", "10.1.1.5", "web")),
     );
-    a.start_etcd();
-    a.start_apiserver(APISERVER, &[]);
-    let admin = a.admin().await;
-    eventually(30, "a's first export", &[&*a], || async {
-        (!keys(&admin, "knit/v1/clusters/a/synced/").await.is_empty()).then_some(())
-    })
-    .await;
+    let admin = start_exporting(a).await;
     admin
         .clone()
         .put("knit/v1/local/secret-ish", "x", None)
@@ -113,13 +107,7 @@ async fn a_peers_ca_can_act_only_as_that_peer() {
         unreachable!()
     };
     a.write_source("cluster.yaml", &node("a-n1", "192.168.1.1", "10.1.1.0/24"));
-    a.start_etcd();
-    a.start_apiserver(APISERVER, &[]);
-    let admin = a.admin().await;
-    eventually(30, "a's first export", &[&*a], || async {
-        (!keys(&admin, "knit/v1/clusters/a/synced/").await.is_empty()).then_some(())
-    })
-    .await;
+    start_exporting(a).await;
 
     // The legitimate peer: b's own certificate for a, through a's front.
     let legit = b.peer_config("a");

@@ -25,17 +25,11 @@ fn main() {
     let web_b1 = mesh.add_pod(B.node(0), "shop", "web-b1", &[("app", "web")]);
     let web_b2 = mesh.add_pod(B.node(1), "shop", "web-b2", &[("app", "web")]);
     let vip = Ipv4Addr::new(10, 96, 1, 40);
-    let svc = |vip, backends| GlobalService {
-        namespace: "shop",
-        name: "web",
-        vip,
-        backends,
-        export: true,
-        import: true,
-        affinity: "none",
-    };
-    mesh.deploy_service(A, &svc(vip, vec![web_a]));
-    mesh.deploy_service(B, &svc(Ipv4Addr::new(10, 96, 2, 40), vec![web_b1, web_b2]));
+    mesh.deploy_service(A, &GlobalService::web(vip, vec![web_a]));
+    mesh.deploy_service(
+        B,
+        &GlobalService::web(Ipv4Addr::new(10, 96, 2, 40), vec![web_b1, web_b2]),
+    );
     let all = |mesh: &LocalMesh| {
         mesh.wait_for_hits("all three backends", client, vip, false, |h| h.names.len() == 3);
     };

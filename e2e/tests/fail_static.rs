@@ -117,16 +117,7 @@ fn empty_etcd_restarts_fail_no_request() {
     let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
     let vip = std::net::Ipv4Addr::new(10, 96, 7, 1);
     for (c, backend) in [(A, web_a), (B, web_b)] {
-        let svc = GlobalService {
-            namespace: "shop",
-            name: "web",
-            vip,
-            backends: vec![backend],
-            export: true,
-            import: true,
-            affinity: "none",
-        };
-        mesh.deploy_service(c, &svc);
+        mesh.deploy_service(c, &GlobalService::web(vip, vec![backend]));
     }
     let total = BULK_NODES * PODS_PER_NODE;
     for c in [A, B] {

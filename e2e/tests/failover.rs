@@ -16,17 +16,11 @@ fn a_dead_node_loses_its_backends_and_gets_them_back() {
     let web1 = mesh.add_pod(B.node(0), "shop", "web-1", &[("app", "web")]);
     let web2 = mesh.add_pod(B.node(1), "shop", "web-2", &[("app", "web")]);
     let vip = std::net::Ipv4Addr::new(10, 96, 1, 30);
-    let svc = |vip, backends| GlobalService {
-        namespace: "shop",
-        name: "web",
-        vip,
-        backends,
-        export: true,
-        import: true,
-        affinity: "none",
-    };
-    mesh.deploy_service(A, &svc(vip, vec![]));
-    mesh.deploy_service(B, &svc(std::net::Ipv4Addr::new(10, 96, 2, 30), vec![web1, web2]));
+    mesh.deploy_service(A, &GlobalService::web(vip, vec![]));
+    mesh.deploy_service(
+        B,
+        &GlobalService::web(std::net::Ipv4Addr::new(10, 96, 2, 30), vec![web1, web2]),
+    );
     mesh.wait_for_hits("both of b's backends", client, vip, false, |h| h.names.len() == 2);
     let failing = "knit_agent_failing_nodes ";
     assert_eq!(mesh.agent_metric(A.node(0), failing), 0);

@@ -12,6 +12,37 @@ use knit_kvstore::sync_store::SyncStore;
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use tokio::sync::mpsc;
 
+/// A WatchStore reader of `prefix` that may connect only while the
+/// returned flag is set: the test holds it off while it changes etcd.
+fn gated_reader(
+    cluster: &TestCluster,
+    prefix: &str,
+    capacity: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<AtomicBool>,
+    mpsc::Receiver<WatchEvent>,
+) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let config = cluster.admin_config();
+    let allowed = Arc::new(AtomicBool::new(true));
+    let gate = allowed.clone();
+    let connect = move || {
+        let (c, open) = (config.clone(), gate.load(Ordering::SeqCst));
+        async move {
+            if !open {
+                return Err(knit_kvstore::Error::ReaderGone);
+            }
+            etcd::connect(&c).await
+        }
+    };
+    (
+        tokio::spawn(watch_prefix(connect, prefix.to_owned(), tx)),
+        allowed,
+        rx,
+    )
+}
+
 fn entries(n: usize, tag: &str) -> BTreeMap<String, Vec<u8>> {
     (0..n)
         .map(|i| {
@@ -113,22 +144,7 @@ async fn watch_store_reports_deletions_made_while_it_was_away() {
     // finds it, stale nodes are dropped at once).
     c.put(format!("{prefix}synced/nodes"), "1", None).await.unwrap();
 
-    let (tx, mut rx) = mpsc::channel(100_000);
-    let config = cluster.admin_config();
-    // The reader may only connect while `allowed` is set: the test holds it
-    // off while making changes.
-    let allowed = Arc::new(AtomicBool::new(true));
-    let gate = allowed.clone();
-    let connect = move || {
-        let (c, open) = (config.clone(), gate.load(Ordering::SeqCst));
-        async move {
-            if !open {
-                return Err(knit_kvstore::Error::ReaderGone);
-            }
-            etcd::connect(&c).await
-        }
-    };
-    let watcher = tokio::spawn(watch_prefix(connect, prefix.to_owned(), tx));
+    let (watcher, allowed, mut rx) = gated_reader(&cluster, prefix, 100_000);
     let mut upserts = 0;
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -216,20 +232,7 @@ async fn after_an_empty_restart_stale_keys_wait_for_the_canary_and_reused_revisi
     c.put(canary.as_str(), "1", None).await.unwrap();
     let n0_revision = c.get(node(0), None).await.unwrap().kvs()[0].mod_revision();
 
-    let (tx, mut rx) = mpsc::channel(10_000);
-    let config = cluster.admin_config();
-    let allowed = Arc::new(AtomicBool::new(true));
-    let gate = allowed.clone();
-    let connect = move || {
-        let (c, open) = (config.clone(), gate.load(Ordering::SeqCst));
-        async move {
-            if !open {
-                return Err(knit_kvstore::Error::ReaderGone);
-            }
-            etcd::connect(&c).await
-        }
-    };
-    let watcher = tokio::spawn(watch_prefix(connect, prefix.to_owned(), tx));
+    let (watcher, allowed, mut rx) = gated_reader(&cluster, prefix, 10_000);
     events_until(&mut rx, |e| *e == WatchEvent::ListDone).await;
 
     // etcd restarts empty. Its revisions start over: n000 gets a new value

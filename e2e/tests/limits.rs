@@ -21,18 +21,7 @@ fn a_peer_over_its_limit_harms_nobody_else() {
     let web_a = mesh.add_pod(A.node(0), "shop", "web", &[("app", "web")]);
     let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
     let vip = Ipv4Addr::new(10, 96, 1, 50);
-    mesh.deploy_service(
-        A,
-        &GlobalService {
-            namespace: "shop",
-            name: "web",
-            vip,
-            backends: vec![web_a],
-            export: true,
-            import: true,
-            affinity: "none",
-        },
-    );
+    mesh.deploy_service(A, &GlobalService::web(vip, vec![web_a]));
 
     // a allows b 100 endpoints; b publishes 400 more (on a simulated node).
     mesh.limit_peer(

@@ -55,3 +55,17 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Starts `cluster`'s etcd and apiserver and waits for its first complete
+/// export (its canaries); returns an admin client.
+pub async fn start_exporting(cluster: &mut TestCluster) -> Client {
+    cluster.start_etcd();
+    cluster.start_apiserver(APISERVER, &[]);
+    let admin = cluster.admin().await;
+    let canaries = format!("knit/v1/clusters/{}/synced/", cluster.name);
+    eventually(30, "the first export", &[&*cluster], || async {
+        (!keys(&admin, &canaries).await.is_empty()).then_some(())
+    })
+    .await;
+    admin
+}

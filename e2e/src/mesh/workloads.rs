@@ -29,6 +29,22 @@ pub struct GlobalService<'a> {
     pub affinity: &'a str,
 }
 
+impl GlobalService<'static> {
+    /// `shop/web` with `vip` and `backends`, exported and imported, no
+    /// affinity: the service most scenarios deploy.
+    pub fn web(vip: Ipv4Addr, backends: Vec<PodId>) -> Self {
+        Self {
+            namespace: "shop",
+            name: "web",
+            vip,
+            backends,
+            export: true,
+            import: true,
+            affinity: "none",
+        }
+    }
+}
+
 impl LocalMesh {
     /// Adds a pod on `node` with `labels` the way a container runtime does
     /// (namespace, cgroup, CNI ADD of the node's conflist), starts a probe
