@@ -185,6 +185,16 @@ pub struct ClusterMeshPeerStatus {
     /// renewed well before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_expiry: Option<Time>,
+    /// Fingerprints of the peer's CAs this cluster trusts (from
+    /// `spec.caBundle`): during the peer's CA roll, compare with the
+    /// peer's `status.meshCA.published`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "peerCAs")]
+    pub peer_cas: Vec<String>,
+    /// This cluster's own mesh CA, as peers see it, and where its roll stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "meshCA")]
+    pub mesh_ca: Option<MeshCaStatus>,
     /// Records of the peer rejected for exceeding `spec.limits`, since the
     /// mesh apiserver started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,4 +202,25 @@ pub struct ClusterMeshPeerStatus {
     /// The last problem, in words a person can act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// This cluster's mesh CA as peers see it: what `knitctl peer export`
+/// publishes, which CA issues the certificates peers verify, and the roll's
+/// step (`certificates.meshCARotation` in the operator's config).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshCaStatus {
+    /// `Prepare`, `Switch` or `Complete`; unset when no roll is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<String>,
+    /// Fingerprints of the published CAs (current, then next).
+    #[serde(default)]
+    pub published: Vec<String>,
+    /// Fingerprint of the CA issuing the front's server certificate and the
+    /// client certificates presented to peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuing: Option<String>,
+    /// What to do next, in words.
+    #[serde(default)]
+    pub next_step: String,
 }

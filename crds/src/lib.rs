@@ -15,7 +15,7 @@ pub use annotations::{
 };
 pub use cluster_mesh_peer::{
     CLUSTER_NAME_PATTERN, ClusterMeshPeer, ClusterMeshPeerSpec, ClusterMeshPeerStatus, MAX_CLUSTER_ID,
-    MAX_CLUSTER_NAME_LEN, PeerLimits, SecretKeyRef,
+    MAX_CLUSTER_NAME_LEN, MeshCaStatus, PeerLimits, SecretKeyRef,
 };
 pub use global_service_policy::{
     Affinity, ClusterBackends, GlobalServicePolicy, GlobalServicePolicySpec, GlobalServicePolicyStatus,

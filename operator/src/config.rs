@@ -98,6 +98,37 @@ pub struct CertificatePolicy {
     /// of its lifetime remains; the old one stays valid meanwhile.
     #[serde(default = "default_renew_percent")]
     pub renew_when_remaining_percent: u8,
+    /// Where a roll of the mesh CA (the CA peers trust) stands; unset when
+    /// none is under way. Steps, each committed once the previous one has
+    /// reached every peer: `Prepare` → `Switch` → `Complete`.
+    #[serde(default, rename = "meshCARotation", skip_serializing_if = "Option::is_none")]
+    pub mesh_ca_rotation: Option<CaRotationStep>,
+}
+
+/// One step of rolling the mesh CA without dropping a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CaRotationStep {
+    /// Issue the next CA and publish it beside the current one: `knitctl
+    /// peer export` prints both, and each peer applies that. Certificates
+    /// are still issued by the current CA.
+    Prepare,
+    /// Issue the peer front's server certificate and the client
+    /// certificates presented to peers from the next CA. Every peer must
+    /// already trust it (step `Prepare` applied there).
+    Switch,
+    /// The next CA becomes the mesh CA and the old one is dropped from what
+    /// is published; peers may then apply the export again.
+    Complete,
+}
+
+impl std::fmt::Display for CaRotationStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Prepare => "Prepare",
+            Self::Switch => "Switch",
+            Self::Complete => "Complete",
+        })
+    }
 }
 
 fn default_namespace() -> String {
@@ -152,6 +183,7 @@ impl Default for CertificatePolicy {
             ca_validity_days: default_ca_days(),
             leaf_validity_days: default_leaf_days(),
             renew_when_remaining_percent: default_renew_percent(),
+            mesh_ca_rotation: None,
         }
     }
 }
@@ -309,6 +341,10 @@ mod tests {
             (
                 "clusterName: a\nclusterID: 1\napiserver: {nodePort: 80}\n",
                 "apiserver.nodePort",
+            ),
+            (
+                "clusterName: a\nclusterID: 1\ncertificates: {meshCARotation: Later}\n",
+                "meshCARotation",
             ),
         ] {
             let err = ClusterConfig::from_yaml(yaml).unwrap_err().to_string();

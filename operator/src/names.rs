@@ -5,13 +5,20 @@ use std::collections::BTreeMap;
 
 /// Deployment and Service of the mesh apiserver (knit-apiserver + etcd).
 pub const APISERVER: &str = "knit-apiserver";
-/// Secret: the mesh CA certificate and key (`ca.crt`, `ca.key`, `previous-cas.crt`).
+/// Secret: the mesh CA, which signs what peers see (`ca.crt`, `ca.key`;
+/// `next.crt`, `next.key` while it is being rolled).
 pub const CA_SECRET: &str = "knit-ca";
-/// ConfigMap: the mesh CA certificate alone (`ca.crt`), public, so that
-/// `knitctl peer export` needs no access to the CA's private key.
+/// Secret: the local CA, which signs what only etcd and its local clients
+/// see (`ca.crt`, `ca.key`).
+pub const LOCAL_CA_SECRET: &str = "knit-local-ca";
+/// ConfigMap: the mesh CAs peers must trust (`ca.crt`: the current one, and
+/// the next one during a roll), public, so that `knitctl peer export` needs
+/// no access to a CA's private key.
 pub const PUBLIC_CA_CONFIGMAP: &str = "knit-mesh-ca";
-/// Secret: the etcd server certificate of the mesh apiserver.
+/// Secret: the etcd server certificate of the mesh apiserver (local CA).
 pub const SERVER_CERT_SECRET: &str = "knit-apiserver-server-cert";
+/// Secret: the peer front's server certificate (mesh CA), what peers verify.
+pub const FRONT_CERT_SECRET: &str = "knit-peer-front-cert";
 /// Secret: read-write client certificate of the local apiserver (etcd user `admin`).
 pub const ADMIN_CERT_SECRET: &str = "knit-admin-client-cert";
 /// Secret: read-only client certificate of local agents (etcd user `local`).
@@ -22,7 +29,7 @@ pub const LOCAL_CERT_SECRET: &str = "knit-local-client-cert";
 pub const PEER_ACCESS_SECRET: &str = "knit-peer-access";
 /// Secret: one etcd client config per peer, read by the KVStoreMesh.
 pub const PEER_CONFIGS_SECRET: &str = "knit-peer-configs";
-/// ConfigMap: CA bundle etcd trusts for client certificates (ours + every peer's).
+/// ConfigMap: the CA etcd trusts for client certificates (the local CA).
 pub const TRUSTED_CAS_CONFIGMAP: &str = "knit-trusted-client-cas";
 /// ConfigMap: etcd users and roles the apiserver bootstraps.
 pub const ETCD_USERS_CONFIGMAP: &str = "knit-etcd-users";

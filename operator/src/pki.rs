@@ -67,9 +67,14 @@ impl CertInfo {
 
 /// Creates a self-signed mesh CA for `cluster`, valid from `now`.
 pub fn new_ca(cluster: &str, now: Timestamp, validity_days: u32) -> Result<CertKeyPair> {
+    new_named_ca(&format!("knit mesh CA {cluster}"), now, validity_days)
+}
+
+/// Creates a self-signed CA with common name `common_name`, valid from `now`.
+pub fn new_named_ca(common_name: &str, now: Timestamp, validity_days: u32) -> Result<CertKeyPair> {
     let key = KeyPair::generate().map_err(Error::IssueCertificate)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::IssueCertificate)?;
-    params.distinguished_name = name(&format!("knit mesh CA {cluster}"));
+    params.distinguished_name = name(common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -161,6 +166,21 @@ pub fn is_signed_by(leaf_pem: &str, ca_pem: &str) -> bool {
     leaf.verify_signature(Some(ca.public_key())).is_ok()
 }
 
+/// Short SHA-256 fingerprints (`sha256:` + 16 hex digits of the DER) of
+/// every certificate in a PEM bundle, in bundle order. What a person
+/// compares across clusters to see which CAs a peer trusts.
+pub fn fingerprints(bundle: &str) -> Vec<String> {
+    x509_parser::pem::Pem::iter_from_buffer(bundle.as_bytes())
+        .map_while(|p| p.ok())
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, &p.contents);
+            let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256:{hex}")
+        })
+        .collect()
+}
+
 /// Checks that `pem` holds at least one parsable certificate.
 pub fn check_pem_certificate(pem: &str) -> Result<CertInfo> {
     inspect(pem)
@@ -241,6 +261,17 @@ mod tests {
         };
         assert!(!info.due_for_renewal(now() + SignedDuration::from_hours(24 * 199), 33));
         assert!(info.due_for_renewal(now() + SignedDuration::from_hours(24 * 201), 33));
+    }
+
+    #[test]
+    fn a_bundle_has_one_fingerprint_per_certificate() {
+        let (a, b) = (new_ca("a", now(), 10).unwrap(), new_ca("b", now(), 10).unwrap());
+        let one = fingerprints(&a.cert_pem);
+        assert_eq!(one.len(), 1);
+        assert!(one[0].starts_with("sha256:") && one[0].len() == 23);
+        let both = fingerprints(&format!("# a\n{}{}", a.cert_pem, b.cert_pem));
+        assert_eq!(both, [one[0].clone(), fingerprints(&b.cert_pem)[0].clone()]);
+        assert!(fingerprints("not pem").is_empty());
     }
 
     #[test]

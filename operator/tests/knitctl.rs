@@ -135,9 +135,16 @@ fn two_sites_exchange_peer_manifests_and_render_each_other() {
         knit_operator::pki::inspect(&access).unwrap().common_name,
         "remote-b"
     );
+    let a_local_ca = std::fs::read_to_string(a_out.join("knit-local-ca/ca.crt")).unwrap();
     assert!(
-        knit_operator::pki::is_signed_by(&access, &a_ca),
-        "the front's certificate for b is a's own"
+        knit_operator::pki::is_signed_by(&access, &a_local_ca),
+        "the front's certificate for b is issued by a's local CA"
+    );
+    assert!(!knit_operator::pki::is_signed_by(&access, &a_ca));
+    let front = std::fs::read_to_string(a_out.join("knit-peer-front-cert/tls.crt")).unwrap();
+    assert!(
+        knit_operator::pki::is_signed_by(&front, &a_ca),
+        "peers verify the front with a's mesh CA"
     );
     assert!(
         std::fs::read_to_string(a_out.join("knit-etcd-users/users.yaml"))

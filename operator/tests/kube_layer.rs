@@ -120,7 +120,9 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
 
     for name in [
         "knit-ca",
+        "knit-local-ca",
         "knit-apiserver-server-cert",
+        "knit-peer-front-cert",
         "knit-admin-client-cert",
         "knit-local-client-cert",
         "knit-peer-access",
@@ -252,8 +254,8 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
     respond(send, list("SecretList", secrets));
     let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
     respond_not_found(send);
-    // Eleven idempotent applies, one ConfigMap list; nothing else.
-    for _ in 0..11 {
+    // Thirteen idempotent applies, one ConfigMap list; nothing else.
+    for _ in 0..13 {
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
         assert!(

@@ -38,7 +38,9 @@ fn one_peer_yields_every_object_with_its_name() {
         names_of(&plan),
         vec![
             "Secret/knit-ca",
+            "Secret/knit-local-ca",
             "Secret/knit-apiserver-server-cert",
+            "Secret/knit-peer-front-cert",
             "Secret/knit-admin-client-cert",
             "Secret/knit-local-client-cert",
             "Secret/knit-peer-access",
@@ -75,14 +77,33 @@ fn one_peer_yields_every_object_with_its_name() {
     let ca = secret_text(&plan, names::CA_SECRET, "ca.crt").unwrap();
     assert!(pki::is_signed_by(&client, &ca));
 
-    // etcd trusts our CA only; b reaches it through the peer front as
-    // remote-b, with a certificate our CA issued; that user may read our
-    // prefix only.
+    // etcd trusts our local CA only (not even our mesh CA); b reaches it
+    // through the peer front as remote-b, with a certificate the local CA
+    // issued; that user may read our prefix only.
+    let local_ca = secret_text(&plan, names::LOCAL_CA_SECRET, "ca.crt").unwrap();
+    assert_ne!(local_ca, ca, "a new cluster gets two CAs");
     let trusted = cm_text(&plan, names::TRUSTED_CAS_CONFIGMAP, "ca.crt").unwrap();
-    assert!(trusted.contains(&ca) && !trusted.contains(b.ca.as_ref().unwrap()));
+    assert!(
+        trusted.contains(&local_ca) && !trusted.contains(&ca) && !trusted.contains(b.ca.as_ref().unwrap())
+    );
     let access_cert = secret_text(&plan, names::PEER_ACCESS_SECRET, "b.crt").unwrap();
     assert_eq!(pki::inspect(&access_cert).unwrap().common_name, "remote-b");
-    assert!(pki::is_signed_by(&access_cert, &ca));
+    assert!(pki::is_signed_by(&access_cert, &local_ca));
+    for (secret, signer) in [
+        (names::SERVER_CERT_SECRET, &local_ca),
+        (names::ADMIN_CERT_SECRET, &local_ca),
+        (names::LOCAL_CERT_SECRET, &local_ca),
+        (names::FRONT_CERT_SECRET, &ca),
+    ] {
+        let cert = secret_text(&plan, secret, "tls.crt").unwrap();
+        assert!(pki::is_signed_by(&cert, signer), "{secret}");
+        assert_eq!(
+            secret_text(&plan, secret, "ca.crt").as_ref(),
+            Some(signer),
+            "{secret}"
+        );
+    }
+    assert_eq!(cm_text(&plan, names::PUBLIC_CA_CONFIGMAP, "ca.crt").unwrap(), ca);
     let args = plan
         .deployment
         .spec
@@ -225,20 +246,26 @@ fn certificates_due_for_renewal_are_reissued_by_the_same_ca_before_expiry() {
     let at = t0() + SignedDuration::from_hours(24 * 250);
     let renewed = render(&config, std::slice::from_ref(&b), &stored(&first), at);
     let ca = secret_text(&first, names::CA_SECRET, "ca.crt").unwrap();
+    let local_ca = secret_text(&first, names::LOCAL_CA_SECRET, "ca.crt").unwrap();
     assert_eq!(
         secret_text(&renewed, names::CA_SECRET, "ca.crt").unwrap(),
         ca,
         "the CA is pinned by peers"
     );
-    for (secret, key) in [
-        (names::SERVER_CERT_SECRET, "tls.crt"),
-        (names::PEER_CONFIGS_SECRET, "b.crt"),
-        (names::PEER_ACCESS_SECRET, "b.crt"),
+    assert_eq!(
+        secret_text(&renewed, names::LOCAL_CA_SECRET, "ca.crt").unwrap(),
+        local_ca
+    );
+    for (secret, key, signer) in [
+        (names::SERVER_CERT_SECRET, "tls.crt", &local_ca),
+        (names::FRONT_CERT_SECRET, "tls.crt", &ca),
+        (names::PEER_CONFIGS_SECRET, "b.crt", &ca),
+        (names::PEER_ACCESS_SECRET, "b.crt", &local_ca),
     ] {
         let old = secret_text(&first, secret, key).unwrap();
         let new = secret_text(&renewed, secret, key).unwrap();
         assert_ne!(old, new, "{secret}/{key} was not renewed");
-        assert!(pki::is_signed_by(&new, &ca));
+        assert!(pki::is_signed_by(&new, signer), "{secret}/{key}");
         assert!(
             pki::inspect(&old).unwrap().not_after > at,
             "the old certificate must still be valid at renewal"
@@ -251,7 +278,7 @@ fn certificates_due_for_renewal_are_reissued_by_the_same_ca_before_expiry() {
         .unwrap();
     assert_eq!(
         issued.note.matches("issued certificate").count(),
-        5,
+        6,
         "{}",
         issued.note
     );

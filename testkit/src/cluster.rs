@@ -261,7 +261,7 @@ impl TestCluster {
             ),
             format!(
                 "--server-cert-dir={}",
-                self.pki().join(names::SERVER_CERT_SECRET).display()
+                self.pki().join(names::FRONT_CERT_SECRET).display()
             ),
             format!(
                 "--peer-access-dir={}",

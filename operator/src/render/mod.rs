@@ -119,29 +119,44 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
     let port = config.apiserver.port;
     let local_endpoint = format!("https://{}.{}.svc:{port}", names::APISERVER, config.namespace);
     let secrets = vec![
+        secret(config, names::CA_SECRET, "Opaque", mesh_ca_data(&pki)),
         secret(
             config,
-            names::CA_SECRET,
+            names::LOCAL_CA_SECRET,
             "Opaque",
-            [("ca.crt", &pki.ca.cert_pem), ("ca.key", &pki.ca.key_pem)].into(),
+            [
+                ("ca.crt", &pki.local_ca.cert_pem),
+                ("ca.key", &pki.local_ca.key_pem),
+            ]
+            .into(),
         ),
         secret(
             config,
             names::SERVER_CERT_SECRET,
             "kubernetes.io/tls",
-            tls_data(&pki.server, &pki.ca, None)?,
+            tls_data(&pki.server, &pki.local_ca.cert_pem, None)?,
+        ),
+        secret(
+            config,
+            names::FRONT_CERT_SECRET,
+            "kubernetes.io/tls",
+            tls_data(&pki.front, &pki.published_cas(), None)?,
         ),
         secret(
             config,
             names::ADMIN_CERT_SECRET,
             "Opaque",
-            tls_data(&pki.admin, &pki.ca, Some(format!("https://127.0.0.1:{port}")))?,
+            tls_data(
+                &pki.admin,
+                &pki.local_ca.cert_pem,
+                Some(format!("https://127.0.0.1:{port}")),
+            )?,
         ),
         secret(
             config,
             names::LOCAL_CERT_SECRET,
             "Opaque",
-            tls_data(&pki.local, &pki.ca, Some(local_endpoint))?,
+            tls_data(&pki.local, &pki.local_ca.cert_pem, Some(local_endpoint))?,
         ),
         secret(
             config,
@@ -157,16 +172,11 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         ),
     ];
 
-    let trusted = peers::trusted_client_cas(config, &pki.ca.cert_pem);
+    let trusted = peers::trusted_client_cas(config, &pki.local_ca.cert_pem);
     let users = peers::etcd_access(config, &accepted).to_yaml()?;
     let trust_hash = short_sha256(&format!("{trusted}\n{users}"));
     let config_maps = vec![
-        config_map(
-            config,
-            names::PUBLIC_CA_CONFIGMAP,
-            "ca.crt",
-            pki.ca.cert_pem.clone(),
-        ),
+        config_map(config, names::PUBLIC_CA_CONFIGMAP, "ca.crt", pki.published_cas()),
         config_map(config, names::TRUSTED_CAS_CONFIGMAP, "ca.crt", trusted),
         config_map(config, names::ETCD_USERS_CONFIGMAP, "users.yaml", users),
     ];
@@ -178,7 +188,8 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
             .iter()
             .find(|a| a.name == peer.name)
             .and_then(|a| pki.peer_clients.get(&a.cluster_name));
-        let status = peers::peer_status(peer, problem, client, inputs.now);
+        let mut status = peers::peer_status(peer, problem, client, inputs.now);
+        status.mesh_ca = Some(pki.rotation.clone());
         let before = peer
             .status
             .as_ref()
@@ -225,8 +236,20 @@ pub fn stored_from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>) ->
         .collect()
 }
 
+fn mesh_ca_data(pki: &pki_plan::PkiPlan) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::from([
+        ("ca.crt".to_owned(), pki.ca.cert_pem.clone()),
+        ("ca.key".to_owned(), pki.ca.key_pem.clone()),
+    ]);
+    if let Some(next) = &pki.next_ca {
+        data.insert("next.crt".to_owned(), next.cert_pem.clone());
+        data.insert("next.key".to_owned(), next.key_pem.clone());
+    }
+    data
+}
+
 fn peer_access_data(pki: &pki_plan::PkiPlan) -> BTreeMap<String, String> {
-    let mut data = BTreeMap::from([("ca.crt".to_owned(), pki.ca.cert_pem.clone())]);
+    let mut data = BTreeMap::from([("ca.crt".to_owned(), pki.local_ca.cert_pem.clone())]);
     for (peer, pair) in &pki.peer_access {
         data.insert(format!("{peer}.crt"), pair.cert_pem.clone());
         data.insert(format!("{peer}.key"), pair.key_pem.clone());
@@ -234,13 +257,10 @@ fn peer_access_data(pki: &pki_plan::PkiPlan) -> BTreeMap<String, String> {
     data
 }
 
-fn tls_data(
-    pair: &CertKeyPair,
-    ca: &CertKeyPair,
-    endpoint: Option<String>,
-) -> Result<BTreeMap<String, String>> {
+/// A certificate's Secret data; `ca` is the bundle that verifies it.
+fn tls_data(pair: &CertKeyPair, ca: &str, endpoint: Option<String>) -> Result<BTreeMap<String, String>> {
     let mut data = BTreeMap::from([
-        ("ca.crt".to_owned(), ca.cert_pem.clone()),
+        ("ca.crt".to_owned(), ca.to_owned()),
         ("tls.crt".to_owned(), pair.cert_pem.clone()),
         ("tls.key".to_owned(), pair.key_pem.clone()),
     ]);

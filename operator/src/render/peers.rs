@@ -249,7 +249,7 @@ pub fn trusted_client_cas(config: &ClusterConfig, own_ca: &str) -> String {
     // come in through the peer front (knit-apiserver), which binds each
     // peer's CA to that peer's read-only user.
     format!(
-        "# mesh CA of this cluster ({})\n{}",
+        "# local CA of this cluster ({})\n{}",
         config.cluster_name,
         ensure_newline(own_ca)
     )
@@ -385,6 +385,11 @@ pub fn peer_status(
         last_sync_time: sync.and_then(|s| s.last_sync).map(Time),
         client_certificate_expiry: if problem.is_none() { expiry.map(Time) } else { None },
         records_over_limit: sync.map(|s| s.over_limit).filter(|n| *n > 0),
+        peer_cas: match &peer.ca {
+            Ok(bundle) if problem.is_none() => pki::fingerprints(bundle),
+            _ => Vec::new(),
+        },
+        mesh_ca: None,
         last_error: problem
             .map(str::to_owned)
             .or_else(|| sync.and_then(|s| s.last_error.clone())),

@@ -3,20 +3,33 @@
 //! Input: the certificates already stored (Secret name → key → PEM), the
 //! local config, the accepted peers and the time. Output: the full set of
 //! certificates the cluster should have. A stored certificate is kept while
-//! it is parsable, names what it should, is signed by the current CA and has
-//! more than `renewWhenRemainingPercent` of its life left; otherwise a new one
-//! is issued while the old one is still valid, so connections never drop.
+//! it is parsable, names what it should, is signed by the CA that should
+//! sign it and has more than `renewWhenRemainingPercent` of its life left;
+//! otherwise a new one is issued while the old one is still valid, so
+//! connections never drop.
 //!
-//! The mesh CA itself is never replaced automatically: peers pin it through
-//! the `caBundle` committed in their git repositories. When it nears expiry
-//! the plan carries a warning telling the operator's user what to do.
+//! Two CAs, so that peers and etcd never depend on the same one:
+//! - the **local CA** signs what stays in the cluster: etcd's server
+//!   certificate and the clients of etcd (`admin`, `local`, the peer
+//!   front's per-peer users). Only etcd trusts it, and etcd reads its
+//!   trusted CAs only at start, so it is never rolled by the steps below.
+//! - the **mesh CA** signs what peers see: the peer front's server
+//!   certificate and the client certificates presented to peers. Peers pin
+//!   it through the `caBundle` in their git repositories, so it is rolled
+//!   in steps (`certificates.meshCARotation`): `Prepare` issues the next CA
+//!   and publishes both, `Switch` issues from the next CA, `Complete` drops
+//!   the old one. Any step may be taken back: removing the setting before
+//!   `Complete` drops the next CA and issues from the current one again.
+//!
+//! An installation from before the split has only the mesh CA; it is
+//! copied as the local CA, so upgrading re-issues nothing.
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
 use crate::Result;
-use crate::config::ClusterConfig;
+use crate::config::{CaRotationStep, ClusterConfig};
 use crate::names;
 use crate::pki::{self, CertKeyPair, LeafSpec, Usage};
 
@@ -26,10 +39,18 @@ pub type StoredSecrets = BTreeMap<String, BTreeMap<String, String>>;
 /// The certificates the cluster should hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PkiPlan {
-    /// The mesh CA.
+    /// The mesh CA (what peers trust).
     pub ca: CertKeyPair,
-    /// The etcd server certificate.
+    /// The next mesh CA, while a roll is under way.
+    pub next_ca: Option<CertKeyPair>,
+    /// Whether certificates peers see are issued by `next_ca` (step `Switch`).
+    pub issuing_from_next: bool,
+    /// The local CA (what etcd trusts).
+    pub local_ca: CertKeyPair,
+    /// The etcd server certificate (local CA).
     pub server: CertKeyPair,
+    /// The peer front's server certificate (mesh CA).
+    pub front: CertKeyPair,
     /// Client certificate of the local writer (`admin`).
     pub admin: CertKeyPair,
     /// Client certificate of local readers (`local`).
@@ -39,10 +60,33 @@ pub struct PkiPlan {
     /// Per peer, the local CA's certificate for that peer's read-only etcd
     /// user, with which the peer front reaches etcd on its behalf.
     pub peer_access: BTreeMap<String, CertKeyPair>,
+    /// Where the mesh CA roll stands, for every ClusterMeshPeer's status.
+    pub rotation: knit_crds::MeshCaStatus,
     /// What was issued this time, as sentences for Events.
     pub issued: Vec<String>,
     /// Problems a person must act on (e.g. the CA nearing expiry).
     pub warnings: Vec<String>,
+}
+
+impl PkiPlan {
+    /// The mesh CAs peers must trust, as one PEM bundle: the current CA, and
+    /// the next one while a roll is under way. `knitctl peer export`
+    /// publishes exactly this.
+    pub fn published_cas(&self) -> String {
+        let mut bundle = ensure_newline(&self.ca.cert_pem);
+        if let Some(next) = &self.next_ca {
+            bundle.push_str(&ensure_newline(&next.cert_pem));
+        }
+        bundle
+    }
+
+    /// The CA issuing what peers see.
+    fn issuing(&self) -> &CertKeyPair {
+        match (&self.next_ca, self.issuing_from_next) {
+            (Some(next), true) => next,
+            _ => &self.ca,
+        }
+    }
 }
 
 /// Server certificate SANs: the Service DNS names, loopback (for the sidecar
@@ -61,7 +105,7 @@ pub fn server_sans(config: &ClusterConfig, load_balancer_ingress: &[String]) -> 
 
 /// Decides the certificate set for `peers` (peer cluster names) at `now`.
 /// `load_balancer_ingress` is the mesh apiserver Service's LoadBalancer
-/// ingress, named by the server certificate when no external address is
+/// ingress, named by the server certificates when no external address is
 /// configured.
 pub fn plan_pki(
     config: &ClusterConfig,
@@ -74,88 +118,197 @@ pub fn plan_pki(
     let mut issued = Vec::new();
     let mut warnings = Vec::new();
 
-    let ca = match stored_pair(stored, names::CA_SECRET, "ca.crt", "ca.key") {
-        Some(ca) if pki::inspect(&ca.cert_pem).is_ok() => {
-            let info = pki::inspect(&ca.cert_pem)?;
-            if info.due_for_renewal(now, policy.renew_when_remaining_percent) {
-                warnings.push(format!(
-                    "the mesh CA expires at {}; create a new CA (delete Secret {} in a maintenance window) and \
-                     update caBundle in every peer's ClusterMeshPeer for this cluster",
-                    info.not_after,
-                    names::CA_SECRET
-                ));
+    let stored_ca = usable_ca(stored, names::CA_SECRET, "ca.crt", "ca.key");
+    let local_ca = match usable_ca(stored, names::LOCAL_CA_SECRET, "ca.crt", "ca.key") {
+        Some(ca) => ca,
+        None => match &stored_ca {
+            // An installation from before the split: keep every local certificate.
+            Some(mesh) => mesh.clone(),
+            None => {
+                issued.push(format!("created local CA for cluster {}", config.cluster_name));
+                pki::new_named_ca(
+                    &format!("knit local CA {}", config.cluster_name),
+                    now,
+                    policy.ca_validity_days,
+                )?
             }
-            ca
-        }
-        _ => {
+        },
+    };
+    let mut ca = match stored_ca {
+        Some(ca) => ca,
+        None => {
             issued.push(format!("created mesh CA for cluster {}", config.cluster_name));
             pki::new_ca(&config.cluster_name, now, policy.ca_validity_days)?
         }
     };
+    let mut next_ca = usable_ca(stored, names::CA_SECRET, "next.crt", "next.key");
+    let step = policy.mesh_ca_rotation;
+    let mut rotation_problem = None;
+    match step {
+        None => {
+            if next_ca.take().is_some() {
+                issued.push("dropped the next mesh CA: certificates.meshCARotation is unset".into());
+            }
+        }
+        Some(CaRotationStep::Prepare) => {
+            if next_ca.is_none() {
+                issued.push(format!(
+                    "issued the next mesh CA for cluster {}; publish it with `knitctl peer export`",
+                    config.cluster_name
+                ));
+                next_ca = Some(pki::new_ca(&config.cluster_name, now, policy.ca_validity_days)?);
+            }
+        }
+        Some(CaRotationStep::Switch) => {
+            if next_ca.is_none() {
+                let problem = "certificates.meshCARotation is Switch but there is no next mesh CA: set it to Prepare \
+                               first and apply the export in every peer";
+                warnings.push(problem.to_owned());
+                rotation_problem = Some(problem.to_owned());
+            }
+        }
+        Some(CaRotationStep::Complete) => {
+            if let Some(next) = next_ca.take() {
+                issued.push("the next mesh CA is now the mesh CA; the old one is no longer published".into());
+                ca = next;
+            }
+        }
+    }
+    if let Ok(info) = pki::inspect(&ca.cert_pem)
+        && info.due_for_renewal(now, policy.renew_when_remaining_percent)
+    {
+        warnings.push(format!(
+            "the mesh CA expires at {}; roll it with certificates.meshCARotation (Prepare, Switch, Complete)",
+            info.not_after
+        ));
+    }
+    let issuing_from_next = step == Some(CaRotationStep::Switch) && next_ca.is_some();
 
-    let mut leaf = |secret: &str, cert_key: &str, key_key: &str, spec: LeafSpec| -> Result<CertKeyPair> {
+    let mut plan = PkiPlan {
+        ca,
+        next_ca,
+        issuing_from_next,
+        local_ca: local_ca.clone(),
+        server: local_ca.clone(),
+        front: local_ca.clone(),
+        admin: local_ca.clone(),
+        local: local_ca.clone(),
+        peer_clients: BTreeMap::new(),
+        peer_access: BTreeMap::new(),
+        rotation: knit_crds::MeshCaStatus::default(),
+        issued: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let issuing = plan.issuing().clone();
+    let mut leaf = |signer: &CertKeyPair, secret: &str, cert_key: &str, key_key: &str, spec: LeafSpec| {
         if let Some(existing) = stored_pair(stored, secret, cert_key, key_key)
-            && still_good(&existing, &spec, &ca, now, policy.renew_when_remaining_percent)
+            && still_good(&existing, &spec, signer, now, policy.renew_when_remaining_percent)
         {
             return Ok(existing);
         }
         issued.push(format!("issued certificate {} ({secret})", spec.common_name));
-        pki::issue(&ca, &spec, now, policy.leaf_validity_days)
+        pki::issue(signer, &spec, now, policy.leaf_validity_days)
     };
 
-    let server = leaf(
+    let sans = server_sans(config, load_balancer_ingress);
+    let server_spec = |usage| LeafSpec {
+        common_name: names::APISERVER.to_owned(),
+        sans: sans.clone(),
+        usage,
+    };
+    plan.server = leaf(
+        &local_ca,
         names::SERVER_CERT_SECRET,
         "tls.crt",
         "tls.key",
-        LeafSpec {
-            common_name: names::APISERVER.to_owned(),
-            sans: server_sans(config, load_balancer_ingress),
-            usage: Usage::Server,
-        },
+        server_spec(Usage::Server),
     )?;
-    let admin = leaf(
+    plan.front = leaf(
+        &issuing,
+        names::FRONT_CERT_SECRET,
+        "tls.crt",
+        "tls.key",
+        server_spec(Usage::Server),
+    )?;
+    plan.admin = leaf(
+        &local_ca,
         names::ADMIN_CERT_SECRET,
         "tls.crt",
         "tls.key",
         client(names::ADMIN_USER),
     )?;
-    let local = leaf(
+    plan.local = leaf(
+        &local_ca,
         names::LOCAL_CERT_SECRET,
         "tls.crt",
         "tls.key",
         client(names::LOCAL_USER),
     )?;
-    let mut peer_clients = BTreeMap::new();
     for peer in peers {
-        let spec = client(&names::remote_user(&config.cluster_name));
         let pair = leaf(
+            &issuing,
             names::PEER_CONFIGS_SECRET,
             &format!("{peer}.crt"),
             &format!("{peer}.key"),
-            spec,
+            client(&names::remote_user(&config.cluster_name)),
         )?;
-        peer_clients.insert(peer.clone(), pair);
-    }
-    let mut peer_access = BTreeMap::new();
-    for peer in peers {
-        let pair = leaf(
+        plan.peer_clients.insert(peer.clone(), pair);
+        let access = leaf(
+            &local_ca,
             names::PEER_ACCESS_SECRET,
             &format!("{peer}.crt"),
             &format!("{peer}.key"),
             client(&names::remote_user(peer)),
         )?;
-        peer_access.insert(peer.clone(), pair);
+        plan.peer_access.insert(peer.clone(), access);
     }
-    Ok(PkiPlan {
-        ca,
-        server,
-        admin,
-        local,
-        peer_clients,
-        peer_access,
-        issued,
-        warnings,
-    })
+    plan.rotation = rotation_status(&plan, step, rotation_problem);
+    plan.issued = issued;
+    plan.warnings = warnings;
+    Ok(plan)
+}
+
+/// What every ClusterMeshPeer shows of this cluster's mesh CA roll.
+fn rotation_status(
+    plan: &PkiPlan,
+    step: Option<CaRotationStep>,
+    problem: Option<String>,
+) -> knit_crds::MeshCaStatus {
+    let next_step = match (step, &problem) {
+        (_, Some(problem)) => problem.clone(),
+        (None, _) => "no roll under way; to roll the mesh CA set certificates.meshCARotation: Prepare".into(),
+        (Some(CaRotationStep::Prepare), _) => {
+            "the next CA is published: run `knitctl peer export`, apply it in \
+             every peer, check that each peer's status.peerCAs lists the next CA, then set Switch"
+                .into()
+        }
+        (Some(CaRotationStep::Switch), _) => "certificates for peers are issued by the next CA; once every \
+             peer connects again, set Complete"
+            .into(),
+        (Some(CaRotationStep::Complete), _) => {
+            "the roll is complete; peers may apply `knitctl peer export` again \
+             to stop trusting the old CA"
+                .into()
+        }
+    };
+    knit_crds::MeshCaStatus {
+        rotation: step.map(|s| s.to_string()),
+        published: pki::fingerprints(&plan.published_cas()),
+        issuing: pki::fingerprints(&plan.issuing().cert_pem).into_iter().next(),
+        next_step,
+    }
+}
+
+fn usable_ca(stored: &StoredSecrets, secret: &str, cert_key: &str, key_key: &str) -> Option<CertKeyPair> {
+    stored_pair(stored, secret, cert_key, key_key).filter(|ca| pki::inspect(&ca.cert_pem).is_ok())
+}
+
+fn ensure_newline(pem: &str) -> String {
+    if pem.ends_with('\n') {
+        pem.to_owned()
+    } else {
+        format!("{pem}\n")
+    }
 }
 
 fn client(user: &str) -> LeafSpec {

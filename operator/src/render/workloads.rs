@@ -90,7 +90,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                                 { "name": "admin-cert", "mountPath": "/etc/knit/admin", "readOnly": true },
                                 { "name": "etcd-users", "mountPath": "/etc/knit/users", "readOnly": true },
                                 { "name": "peer-configs", "mountPath": "/etc/knit/peers", "readOnly": true },
-                                { "name": "server-cert", "mountPath": "/etc/knit/server", "readOnly": true },
+                                { "name": "front-cert", "mountPath": "/etc/knit/front", "readOnly": true },
                                 { "name": "peer-access", "mountPath": "/etc/knit/peer-access", "readOnly": true },
                             ],
                         },
@@ -100,6 +100,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                         // memory: no fsync latency on the path between clusters.
                         { "name": "etcd-data", "emptyDir": { "medium": "Memory", "sizeLimit": "1Gi" } },
                         { "name": "server-cert", "secret": { "secretName": names::SERVER_CERT_SECRET } },
+                        { "name": "front-cert", "secret": { "secretName": names::FRONT_CERT_SECRET } },
                         { "name": "trusted-cas", "configMap": { "name": names::TRUSTED_CAS_CONFIGMAP } },
                         { "name": "admin-cert", "secret": { "secretName": names::ADMIN_CERT_SECRET } },
                         { "name": "etcd-users", "configMap": { "name": names::ETCD_USERS_CONFIGMAP } },
@@ -132,7 +133,7 @@ pub fn apiserver_args(config: &ClusterConfig) -> Vec<String> {
         "--etcd-users=/etc/knit/users/users.yaml".to_owned(),
         "--peer-configs=/etc/knit/peers".to_owned(),
         format!("--peer-listen=0.0.0.0:{}", config.apiserver.peer_port),
-        "--server-cert-dir=/etc/knit/server".to_owned(),
+        "--server-cert-dir=/etc/knit/front".to_owned(),
         "--peer-access-dir=/etc/knit/peer-access".to_owned(),
         format!("--metrics-addr=0.0.0.0:{}", names::APISERVER_METRICS_PORT),
     ]);
