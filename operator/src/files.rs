@@ -96,7 +96,8 @@ pub fn read_dir_secrets(dir: &Path) -> Result<StoredSecrets> {
             .flatten()
         {
             let fp = file.path();
-            if fp.is_file()
+            if !file.file_name().to_string_lossy().starts_with('.')
+                && fp.is_file()
                 && let Ok(text) = std::fs::read_to_string(&fp)
             {
                 data.insert(file.file_name().to_string_lossy().into_owned(), text);
@@ -107,32 +108,79 @@ pub fn read_dir_secrets(dir: &Path) -> Result<StoredSecrets> {
     Ok(stored)
 }
 
+/// Writes `data` as one version, the way the kubelet updates a Secret or
+/// ConfigMap volume: the files go into a fresh `..<version>` directory, the
+/// `..data` symlink is swapped to it by a rename, and each key is a symlink
+/// through `..data`. A reader (etcd, the front, a KVStoreMesh reconnecting)
+/// therefore sees every key of one version, never a new certificate beside
+/// an old key. Nothing is written when nothing changed.
 fn write_object_dir(dir: &Path, data: &BTreeMap<String, Vec<u8>>, secret: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| file_err("creating directory", dir, e))?;
+    let current = visible_keys(dir)?;
+    let unchanged = current.len() == data.len()
+        && data
+            .iter()
+            .all(|(key, value)| std::fs::read(dir.join(key)).ok().as_deref() == Some(value.as_slice()));
+    if unchanged {
+        return Ok(());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let version_name = format!("..{stamp}_{}", std::process::id());
+    let version = dir.join(&version_name);
+    std::fs::create_dir(&version).map_err(|e| file_err("creating directory", &version, e))?;
     for (key, value) in data {
-        let path = dir.join(key);
-        if std::fs::read(&path).ok().as_deref() == Some(value.as_slice()) {
-            continue;
-        }
-        let tmp = dir.join(format!(".{key}.tmp"));
-        std::fs::write(&tmp, value).map_err(|e| file_err("writing", &tmp, e))?;
+        let path = version.join(key);
+        std::fs::write(&path, value).map_err(|e| file_err("writing", &path, e))?;
         if secret {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| file_err("restricting permissions of", &tmp, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| file_err("restricting permissions of", &path, e))?;
         }
-        std::fs::rename(&tmp, &path).map_err(|e| file_err("replacing", &path, e))?;
+    }
+    swap_symlink(dir, &version_name, "..data")?;
+    for key in data.keys() {
+        let target = format!("..data/{key}");
+        if std::fs::read_link(dir.join(key)).ok().as_deref() != Some(Path::new(&target)) {
+            swap_symlink(dir, &target, key)?;
+        }
+    }
+    for key in current.difference(&data.keys().cloned().collect()) {
+        let path = dir.join(key);
+        std::fs::remove_file(&path).map_err(|e| file_err("removing", &path, e))?;
     }
     for entry in std::fs::read_dir(dir)
         .map_err(|e| file_err("reading directory", dir, e))?
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !data.contains_key(&name) && entry.path().is_file() {
-            std::fs::remove_file(entry.path()).map_err(|e| file_err("removing", &entry.path(), e))?;
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if name.starts_with("..") && name != version_name && is_dir {
+            std::fs::remove_dir_all(entry.path()).map_err(|e| file_err("removing", &entry.path(), e))?;
         }
     }
     Ok(())
+}
+
+/// The keys of an object directory (every entry not starting with `.`).
+fn visible_keys(dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| file_err("reading directory", dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect())
+}
+
+/// Points `dir/name` at `target`, replacing whatever is there in one rename.
+fn swap_symlink(dir: &Path, target: &str, name: &str) -> Result<()> {
+    let tmp = dir.join(format!("..tmp-{name}"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| file_err("linking", &tmp, e))?;
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).map_err(|e| file_err("replacing", &path, e))
 }
 
 fn file_err(action: &'static str, path: &Path, source: std::io::Error) -> Error {

@@ -104,6 +104,22 @@ impl TestCluster {
         self.render();
     }
 
+    /// Applies `manifest` (a peer's fresh `knitctl peer export`) in place
+    /// of the one this cluster holds for that peer, and renders again.
+    pub fn apply_peer(&mut self, manifest: ClusterMeshPeer) {
+        self.peers
+            .retain(|p| p.spec.cluster_name != manifest.spec.cluster_name);
+        self.peers.push(manifest);
+        self.render();
+    }
+
+    /// Sets `certificates.meshCARotation` and renders again (what the
+    /// operator does when the setting is committed).
+    pub fn set_mesh_ca_rotation(&mut self, step: Option<knit_operator::config::CaRotationStep>) {
+        self.config.certificates.mesh_ca_rotation = step;
+        self.render();
+    }
+
     /// The pod CIDR of this cluster.
     pub fn pod_cidr(&self) -> String {
         self.config.pod_cidrs.first().cloned().unwrap_or_default()

@@ -407,26 +407,27 @@ impl LocalMesh {
         endpoint: &str,
         args: &[&str],
     ) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", self.cluster(from).cp.name(), "etcdctl"])
-            .arg(format!("--endpoints={endpoint}"))
-            .arg(format!("--cacert={}", config.trusted_ca_file.display()))
-            .arg(format!("--cert={}", config.cert_file.display()))
-            .arg(format!("--key={}", config.key_file.display()))
-            .arg("--dial-timeout=3s")
-            .arg("--command-timeout=3s")
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .expect("running etcdctl");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        etcdctl_in(self.cluster(from).cp.name(), config, endpoint, args)
+    }
+
+    /// Moves cluster `c`'s mesh CA roll to `step` (see
+    /// `certificates.meshCARotation`): its certificates are rendered again
+    /// and its processes pick them up as they would from a Secret volume.
+    pub fn set_mesh_ca_rotation(
+        &mut self,
+        c: ClusterId,
+        step: Option<knit_operator::config::CaRotationStep>,
+    ) {
+        self.clusters[c.0].control.set_mesh_ca_rotation(step);
+    }
+
+    /// Every other cluster applies cluster `of`'s current `knitctl peer
+    /// export`, as each peer's GitOps would after `of` publishes a change.
+    pub fn apply_export(&mut self, of: ClusterId) {
+        let manifest = self.cluster(of).control.manifest();
+        for c in self.cluster_ids().filter(|c| *c != of) {
+            self.clusters[c.0].control.apply_peer(manifest.clone());
+        }
     }
 
     /// The peer front's URL of cluster `c` on the underlay: where peers
@@ -443,6 +444,32 @@ impl LocalMesh {
     pub fn etcd_url(&self, c: ClusterId) -> String {
         format!("https://{}:{NETNS_ETCD_PORT}", self.cluster(c).cp_ip)
     }
+}
+
+/// Runs `etcdctl args…` in network namespace `netns` against `endpoint`
+/// with the certificates of `config` (resolved); one fresh connection per
+/// call. Returns success and the combined output.
+pub fn etcdctl_in(netns: &str, config: &EtcdClientConfig, endpoint: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "etcdctl"])
+        .arg(format!("--endpoints={endpoint}"))
+        .arg(format!("--cacert={}", config.trusted_ca_file.display()))
+        .arg(format!("--cert={}", config.cert_file.display()))
+        .arg(format!("--key={}", config.key_file.display()))
+        .arg("--dial-timeout=3s")
+        .arg("--command-timeout=3s")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("running etcdctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn running_as_root() -> bool {
