@@ -11,7 +11,8 @@
 //!    peer's CA can act as that peer and nothing else;
 //! 3. then opens a connection to etcd on loopback as that peer's read-only
 //!    user, with a certificate the local CA issued for it
-//!    (`<peer-access>/<peer>.crt`), and relays bytes both ways.
+//!    (`<peer-access>/<peer>.crt`), and relays the peer's gRPC calls there,
+//!    only the read methods ([`crate::front_relay`]).
 //!
 //! Authorization is decided from values ([`authorize`]), so it has unit
 //! tests; the socket work is thin.
@@ -29,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::{Error, Result};
 
 /// Where the front reads its files.
@@ -36,8 +38,10 @@ use crate::{Error, Result};
 pub struct FrontSettings {
     /// Address peers connect to.
     pub listen: SocketAddr,
-    /// The server certificate and key (`tls.crt`, `tls.key`), the same
-    /// one etcd presents.
+    /// The front's server certificate and key (`tls.crt`, `tls.key`),
+    /// issued by the mesh CA (etcd's own comes from the local CA). Read
+    /// again every few seconds, so a renewed or rolled certificate is
+    /// served to new connections without a restart.
     pub server_cert_dir: PathBuf,
     /// Peer configs (`<peer>.yaml` and `<peer>.ca.crt`): whom to trust.
     pub peer_configs: PathBuf,
@@ -108,6 +112,17 @@ pub enum Refusal {
         /// The CN it carries.
         common_name: String,
     },
+}
+
+impl Refusal {
+    /// The metric label of this refusal.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::WrongIdentity { .. } => "wrong_identity",
+        }
+    }
 }
 
 /// The peer a client certificate (DER) may act as: the one peer whose CA
@@ -235,7 +250,7 @@ fn upstream_config(settings: &FrontSettings, peer: &str) -> Result<Arc<ClientCon
 
 /// Serves peers until the process stops. The peer set is read again every
 /// few seconds, so adding or removing a ClusterMeshPeer needs no restart.
-pub async fn run_front(settings: FrontSettings) -> Result<()> {
+pub async fn run_front(settings: FrontSettings, metrics: Metrics) -> Result<()> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|e| Error::Front(format!("listening on {}: {e}", settings.listen)))?;
@@ -248,9 +263,9 @@ pub async fn run_front(settings: FrontSettings) -> Result<()> {
             accepted = listener.accept() => {
                 let Ok((socket, from)) = accepted else { continue };
                 let Some(acceptor) = acceptor.clone() else { continue };
-                let (settings, trust) = (settings.clone(), trust.clone());
+                let (settings, trust, metrics) = (settings.clone(), trust.clone(), metrics.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(socket, acceptor, &settings, &trust).await {
+                    if let Err(e) = serve(socket, acceptor, &settings, &trust, &metrics).await {
                         tracing::info!(%from, error = %e, "peer connection refused or ended");
                     }
                 });
@@ -271,11 +286,27 @@ async fn serve(
     acceptor: TlsAcceptor,
     settings: &FrontSettings,
     trust: &PeerTrust,
+    metrics: &Metrics,
 ) -> Result<()> {
-    let mut tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket))
-        .await
-        .map_err(|_| Error::Front("TLS handshake timed out".into()))?
-        .map_err(|e| Error::Front(format!("TLS handshake: {e}")))?;
+    let refused = |reason: &str| {
+        metrics
+            .front_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    };
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            refused("handshake");
+            return Err(Error::Front(format!("TLS handshake: {e}")));
+        }
+        Err(_) => {
+            refused("handshake");
+            return Err(Error::Front("TLS handshake timed out".into()));
+        }
+    };
     let leaf = tls
         .get_ref()
         .1
@@ -286,6 +317,7 @@ async fn serve(
     let peer = match authorize(trust, &leaf) {
         Ok(peer) => peer,
         Err(refusal) => {
+            refused(refusal.as_str());
             tracing::warn!(?refusal, "refused a client certificate at the peer front");
             return Err(Error::Front(format!("refused: {refusal:?}")));
         }
@@ -295,14 +327,11 @@ async fn serve(
         .await
         .map_err(|e| Error::Front(format!("connecting to etcd: {e}")))?;
     let name = ServerName::IpAddress(settings.upstream.ip().into());
-    let mut upstream = connector
+    let upstream = connector
         .connect(name, upstream)
         .await
         .map_err(|e| Error::Front(format!("TLS to etcd: {e}")))?;
-    tokio::io::copy_bidirectional(&mut tls, &mut upstream)
-        .await
-        .map_err(|e| Error::Front(format!("relaying for {peer}: {e}")))?;
-    Ok(())
+    crate::front_relay::relay(tls, upstream, peer, metrics.front_calls.clone()).await
 }
 
 #[cfg(test)]

@@ -113,9 +113,10 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let front_metrics = metrics.clone();
     let front = async {
         match front {
-            Some(settings) => knit_apiserver::front::run_front(settings).await,
+            Some(settings) => knit_apiserver::front::run_front(settings, front_metrics).await,
             None => std::future::pending().await,
         }
     };

@@ -22,6 +22,13 @@ pub struct PeerDetail {
     pub detail: String,
 }
 
+/// Labels naming why the peer front refused a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `handshake`, `unreadable`, `unknown_issuer` or `wrong_identity`.
+    pub reason: String,
+}
+
 /// Every metric of the apiserver.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -39,6 +46,10 @@ pub struct Metrics {
     pub peer_records: Family<PeerDetail, Gauge>,
     /// Records rejected per peer and reason.
     pub peer_rejected: Family<PeerDetail, Counter>,
+    /// gRPC calls at the peer front, by peer and outcome (`relayed`, `denied`).
+    pub front_calls: Family<PeerDetail, Counter>,
+    /// Connections the peer front refused, by reason.
+    pub front_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -79,6 +90,16 @@ impl Metrics {
             "peer_rejected",
             "Records rejected by peer and reason (detail)",
             self.peer_rejected.clone(),
+        );
+        r.register(
+            "front_calls",
+            "gRPC calls at the peer front by peer and outcome (detail: relayed, denied)",
+            self.front_calls.clone(),
+        );
+        r.register(
+            "front_refused",
+            "Connections the peer front refused, by reason",
+            self.front_refused.clone(),
         );
     }
 }

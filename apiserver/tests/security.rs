@@ -66,7 +66,7 @@ async fn a_peer_certificate_is_read_only_on_our_prefix_and_an_untrusted_ca_is_re
     let stranger = TestCluster::new("z", 9);
     let mut config = stranger.admin_config();
     config.endpoints = vec![format!("https://127.0.0.1:{}", a.port)];
-    config.trusted_ca_file = a.pki().join("knit-ca/ca.crt");
+    config.trusted_ca_file = a.pki().join("knit-local-ca/ca.crt");
     let refused = match etcd::connect(&config).await {
         Err(_) => true,
         Ok(mut c) => c.get("knit/v1/clusters/a/config", None).await.is_err(),
@@ -75,6 +75,73 @@ async fn a_peer_certificate_is_read_only_on_our_prefix_and_an_untrusted_ca_is_re
         refused,
         "a client certificate from an untrusted CA must be refused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_relays_only_the_methods_a_kvstoremesh_needs() {
+    let mut clusters = vec![TestCluster::new("a", 1), TestCluster::new("b", 2)];
+    full_mesh(&mut clusters);
+    let [a, b] = &mut clusters[..] else { unreachable!() };
+    let admin = start_exporting(a).await;
+
+    // Through the front: range and watch work (a watch sees a change).
+    let mut front = connect_retrying(&b.peer_config("a")).await;
+    let mut stream = front
+        .watch(
+            "knit/v1/clusters/a/nodes/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await
+        .expect("a peer may watch");
+    admin
+        .clone()
+        .put("knit/v1/clusters/a/nodes/late", "{}", None)
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let resp = stream.message().await.expect("watch stream").expect("watch open");
+            if resp.events().iter().any(|e| {
+                e.kv()
+                    .is_some_and(|kv| kv.key() == b"knit/v1/clusters/a/nodes/late")
+            }) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the watch through the front saw no change");
+
+    // Calls etcd's RBAC does not cover are stopped at the front.
+    let denied = |e: etcd_client::Error| e.to_string().contains("the peer front does not relay");
+    assert!(front.lease_grant(60, None).await.is_err_and(denied));
+    assert!(front.member_list().await.is_err_and(denied));
+    assert!(
+        front
+            .alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None)
+            .await
+            .is_err_and(denied)
+    );
+    assert!(
+        front
+            .put("knit/v1/clusters/a/nodes/x", "{}", None)
+            .await
+            .is_err_and(denied)
+    );
+
+    // The same user straight at etcd may grant a lease and list members:
+    // without the front's filter, a peer could.
+    let access = a.pki().join("knit-peer-access");
+    let direct = knit_kvstore::EtcdClientConfig {
+        endpoints: vec![format!("https://127.0.0.1:{}", a.port)],
+        trusted_ca_file: access.join("ca.crt"),
+        cert_file: access.join("b.crt"),
+        key_file: access.join("b.key"),
+        peer: None,
+    };
+    let mut direct = connect_retrying(&direct).await;
+    assert!(direct.lease_grant(60, None).await.is_ok());
+    assert!(direct.member_list().await.is_ok());
 }
 
 /// Whether a client with `config` is refused: no connection, or neither a

@@ -1,0 +1,164 @@
+//! The peer front's relay: what an authorized peer may ask etcd.
+//!
+//! After [`crate::front`] has decided which peer a connection is, this
+//! module terminates the peer's HTTP/2 and opens one HTTP/2 connection to
+//! etcd as that peer's read-only user. Each gRPC call is looked at once, by
+//! its method path, before anything of it reaches etcd:
+//! - a method a KVStoreMesh needs ([`ALLOWED_METHODS`]: read a range, watch,
+//!   and the status call clients make when connecting) is relayed, with its
+//!   streamed bodies and trailers, both ways;
+//! - anything else is answered here with gRPC `PERMISSION_DENIED` and never
+//!   reaches etcd. etcd's RBAC would refuse writes too; this is the second
+//!   wall, and it also keeps a peer away from every etcd API that RBAC
+//!   does not cover (leases, maintenance, cluster membership).
+//!
+//! [`method_allowed`] is a value decision and unit-tested; the rest is hyper.
+
+use http::{HeaderValue, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::metrics::PeerDetail;
+use crate::{Error, Result};
+
+/// The gRPC methods a peer may call: everything a KVStoreMesh (and
+/// `etcdctl get`/`watch`) needs, nothing that writes or administers.
+pub const ALLOWED_METHODS: [&str; 3] = [
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.Watch/Watch",
+    "/etcdserverpb.Maintenance/Status",
+];
+
+/// gRPC status code `PERMISSION_DENIED`.
+const PERMISSION_DENIED: &str = "7";
+
+/// Whether a peer may call the gRPC method at `path` (exact match).
+pub fn method_allowed(path: &str) -> bool {
+    ALLOWED_METHODS.contains(&path)
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Relays gRPC calls of `peer` from `downstream` (the peer's TLS stream)
+/// to `upstream` (etcd, already authenticated as the peer's user) until
+/// either side closes. `calls` counts calls by peer and outcome
+/// (`relayed`, `denied`).
+pub async fn relay<D, U>(
+    downstream: D,
+    upstream: U,
+    peer: String,
+    calls: Family<PeerDetail, Counter>,
+) -> Result<()>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Incoming>(TokioIo::new(upstream))
+        .await
+        .map_err(|e| Error::Front(format!("HTTP/2 to etcd: {e}")))?;
+    let upstream_task = tokio::spawn(connection);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let mut sender = sender.clone();
+        let (peer, calls) = (peer.clone(), calls.clone());
+        async move {
+            let method = request.uri().path().to_owned();
+            let outcome = if method_allowed(&method) {
+                "relayed"
+            } else {
+                "denied"
+            };
+            calls
+                .get_or_create(&PeerDetail {
+                    peer: peer.clone(),
+                    detail: outcome.to_owned(),
+                })
+                .inc();
+            if outcome == "denied" {
+                tracing::warn!(%peer, %method, "refused a gRPC method at the peer front");
+                return Ok::<_, hyper::Error>(denied(&method));
+            }
+            let response = sender.send_request(request).await?;
+            Ok(response.map(BodyExt::boxed))
+        }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(downstream), service)
+        .await;
+    upstream_task.abort();
+    served.map_err(|e| Error::Front(format!("HTTP/2 from the peer: {e}")))
+}
+
+/// A trailers-only gRPC answer: `PERMISSION_DENIED`, naming the method.
+fn denied(method: &str) -> Response<Body> {
+    let message = format!("permission denied: the peer front does not relay {method}");
+    let mut response = Response::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static(PERMISSION_DENIED));
+    if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// gRPC's `grpc-message` encoding: printable ASCII except `%` as is,
+/// everything else as `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_read_methods_a_kvstoremesh_needs_are_allowed() {
+        for method in ALLOWED_METHODS {
+            assert!(method_allowed(method));
+        }
+        for method in [
+            "/etcdserverpb.KV/Put",
+            "/etcdserverpb.KV/DeleteRange",
+            "/etcdserverpb.KV/Txn",
+            "/etcdserverpb.KV/Compact",
+            "/etcdserverpb.Lease/LeaseGrant",
+            "/etcdserverpb.Auth/UserAdd",
+            "/etcdserverpb.Auth/Authenticate",
+            "/etcdserverpb.Cluster/MemberAdd",
+            "/etcdserverpb.Maintenance/Defragment",
+            "/etcdserverpb.Maintenance/Snapshot",
+            "/etcdserverpb.KV/Range/",
+            "/etcdserverpb.kv/range",
+            "",
+        ] {
+            assert!(!method_allowed(method), "{method}");
+        }
+    }
+
+    #[test]
+    fn the_denial_is_a_trailers_only_grpc_status() {
+        let response = denied("/etcdserverpb.KV/Put");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["grpc-status"], "7");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "permission denied: the peer front does not relay /etcdserverpb.KV/Put"
+        );
+        assert_eq!(percent_encode("a%b\n"), "a%25b%0A");
+    }
+}
