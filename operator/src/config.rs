@@ -70,6 +70,12 @@ pub struct ApiserverExposure {
     /// into `knitctl peer export`.
     #[serde(default)]
     pub external_addresses: Vec<String>,
+    /// Sources allowed to reach etcd's port on the mesh apiserver pod
+    /// (NetworkPolicy `ipBlock`s). Agents run on the host network, so these
+    /// are the nodes' CIDRs. Empty: any source (etcd still accepts only
+    /// certificates of the local CA).
+    #[serde(default, rename = "etcdClientCIDRs", skip_serializing_if = "Vec::is_empty")]
+    pub etcd_client_cidrs: Vec<String>,
 }
 
 /// Images of the mesh apiserver Deployment.
@@ -164,6 +170,7 @@ impl Default for ApiserverExposure {
             peer_port: default_peer_port(),
             node_port: None,
             external_addresses: Vec::new(),
+            etcd_client_cidrs: Vec::new(),
         }
     }
 }
@@ -209,6 +216,12 @@ impl ClusterConfig {
             parse_cidr(cidr).ok_or_else(|| Error::InvalidConfig {
                 field: "podCIDRs",
                 problem: format!("{cidr:?} is not a CIDR such as 10.1.0.0/16"),
+            })?;
+        }
+        for cidr in &self.apiserver.etcd_client_cidrs {
+            parse_cidr(cidr).ok_or_else(|| Error::InvalidConfig {
+                field: "apiserver.etcdClientCIDRs",
+                problem: format!("{cidr:?} is not a CIDR such as 192.168.0.0/16"),
             })?;
         }
         if let Some(port) = self.apiserver.node_port

@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 
-/// Deployment and Service of the mesh apiserver (knit-apiserver + etcd).
+/// Deployment of the mesh apiserver (knit-apiserver + etcd), and its
+/// ClusterIP Service for local agents (port `etcd`).
 pub const APISERVER: &str = "knit-apiserver";
+/// Service peers reach (port `peers`, the peer front): the one exposed as
+/// NodePort or LoadBalancer. etcd itself is never exposed outside.
+pub const PEERS_SERVICE: &str = "knit-apiserver-peers";
 /// Secret: the mesh CA, which signs what peers see (`ca.crt`, `ca.key`;
 /// `next.crt`, `next.key` while it is being rolled).
 pub const CA_SECRET: &str = "knit-ca";

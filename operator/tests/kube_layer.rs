@@ -115,7 +115,12 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/secrets")).await;
     let stale = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "knit-peer-old", "namespace": "knit-system" } });
     respond(send, list("SecretList", vec![stale]));
-    let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
+    let (_, send) = expect(
+        &mut handle,
+        Method::GET,
+        &format!("{ns}/services/knit-apiserver-peers"),
+    )
+    .await;
     respond_not_found(send);
 
     for name in [
@@ -146,7 +151,27 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
         &format!("{ns}/services/knit-apiserver"),
     )
     .await;
+    assert_eq!(body["spec"]["type"], "ClusterIP", "etcd is never exposed outside");
+    assert_eq!(body["spec"]["ports"].as_array().unwrap().len(), 1);
+    assert_eq!(body["spec"]["ports"][0]["name"], "etcd");
+    respond(send, with_meta(body));
+    let (body, send) = expect(
+        &mut handle,
+        Method::PATCH,
+        &format!("{ns}/services/knit-apiserver-peers"),
+    )
+    .await;
     assert_eq!(body["spec"]["type"], "LoadBalancer");
+    assert_eq!(body["spec"]["ports"].as_array().unwrap().len(), 1);
+    assert_eq!(body["spec"]["ports"][0]["name"], "peers");
+    respond(send, with_meta(body));
+    let (body, send) = expect(
+        &mut handle,
+        Method::PATCH,
+        "/apis/networking.k8s.io/v1/namespaces/knit-system/networkpolicies/knit-apiserver",
+    )
+    .await;
+    assert_eq!(body["spec"]["policyTypes"][0], "Ingress");
     respond(send, with_meta(body));
     let (body, send) = expect(
         &mut handle,
@@ -252,10 +277,15 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
         .map(|s| with_meta(serde_json::to_value(s).unwrap()))
         .collect();
     respond(send, list("SecretList", secrets));
-    let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
+    let (_, send) = expect(
+        &mut handle,
+        Method::GET,
+        &format!("{ns}/services/knit-apiserver-peers"),
+    )
+    .await;
     respond_not_found(send);
-    // Thirteen idempotent applies, one ConfigMap list; nothing else.
-    for _ in 0..13 {
+    // Fifteen idempotent applies, one ConfigMap list; nothing else.
+    for _ in 0..15 {
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
         assert!(
@@ -303,12 +333,17 @@ async fn the_load_balancer_address_gets_into_the_server_certificate() {
         .map(|s| with_meta(serde_json::to_value(s).unwrap()))
         .collect();
     respond(send, list("SecretList", secrets));
-    let (_, send) = expect(&mut handle, Method::GET, &format!("{ns}/services/knit-apiserver")).await;
+    let (_, send) = expect(
+        &mut handle,
+        Method::GET,
+        &format!("{ns}/services/knit-apiserver-peers"),
+    )
+    .await;
     respond(
         send,
         json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": { "name": "knit-apiserver", "namespace": "knit-system" },
+            "metadata": { "name": "knit-apiserver-peers", "namespace": "knit-system" },
             "status": { "loadBalancer": { "ingress": [ { "ip": "192.0.2.7" }, { "hostname": "mesh.lb.example.com" } ] } }
         }),
     );

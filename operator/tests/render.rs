@@ -25,6 +25,10 @@ fn names_of(plan: &knit_operator::render::MeshPlan) -> Vec<String> {
         plan.deployment.metadata.name.clone().unwrap()
     ));
     out.push(format!("Service/{}", plan.service.metadata.name.clone().unwrap()));
+    out.push(format!(
+        "Service/{}",
+        plan.peer_service.metadata.name.clone().unwrap()
+    ));
     out
 }
 
@@ -50,6 +54,7 @@ fn one_peer_yields_every_object_with_its_name() {
             "ConfigMap/knit-etcd-users",
             "Deployment/knit-apiserver",
             "Service/knit-apiserver",
+            "Service/knit-apiserver-peers",
         ]
     );
     for s in &plan.secrets {
@@ -411,8 +416,13 @@ fn the_apiserver_runs_etcd_with_client_certificate_auth() {
             .any(|a| a == "--cluster-id=1")
     );
     assert_eq!(
-        plan.service.spec.as_ref().unwrap().type_.as_deref(),
+        plan.peer_service.spec.as_ref().unwrap().type_.as_deref(),
         Some("LoadBalancer")
+    );
+    assert_eq!(
+        plan.service.spec.as_ref().unwrap().type_.as_deref(),
+        Some("ClusterIP"),
+        "etcd's Service stays inside the cluster"
     );
 }
 
@@ -460,5 +470,40 @@ fn empty_pod_cidrs_leave_the_flag_out() {
     assert!(
         !args.iter().any(|a| a.starts_with("--pod-cidrs")),
         "an empty --pod-cidrs= cannot be parsed: {args:?}"
+    );
+}
+
+#[test]
+fn the_apiserver_pod_admits_peers_everywhere_and_etcd_clients_only_from_configured_cidrs() {
+    let mut config = config_a();
+    let open = render(&config, &[], &Default::default(), t0()).network_policy;
+    let rules = open.spec.as_ref().unwrap().ingress.clone().unwrap();
+    assert_eq!(rules.len(), 2);
+    assert!(
+        rules.iter().all(|r| r.from.is_none()),
+        "no CIDRs configured: any source"
+    );
+    let ports = |r: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        r.ports
+            .iter()
+            .flatten()
+            .map(|p| format!("{:?}", p.port.as_ref().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ports(&rules[0]), ["Int(2480)", "Int(9962)"]);
+    assert_eq!(ports(&rules[1]), ["Int(2379)"]);
+
+    config.apiserver.etcd_client_cidrs = vec!["192.168.0.0/16".into()];
+    let closed = render(&config, &[], &Default::default(), t0()).network_policy;
+    let etcd = &closed.spec.as_ref().unwrap().ingress.as_ref().unwrap()[1];
+    let from = etcd.from.as_ref().unwrap();
+    assert_eq!(from[0].ip_block.as_ref().unwrap().cidr, "192.168.0.0/16");
+    assert!(
+        knit_operator::config::ClusterConfig::from_yaml(
+            "clusterName: a\nclusterID: 1\napiserver: {etcdClientCIDRs: [nodes]}\n"
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("apiserver.etcdClientCIDRs")
     );
 }

@@ -265,9 +265,9 @@ async fn export_from_cluster(namespace: &str, endpoints: Vec<String>) -> anyhow:
     let endpoints = if endpoints.is_empty() {
         let services: Api<Service> = Api::namespaced(client, namespace);
         let ingress = services
-            .get_opt(names::APISERVER)
+            .get_opt(names::PEERS_SERVICE)
             .await
-            .context("reading the mesh apiserver Service")?
+            .context("reading the peers Service")?
             .map(|svc| ingress_addresses(&svc))
             .unwrap_or_default();
         config.peer_endpoints(&ingress)

@@ -54,14 +54,14 @@ impl Applier {
         Ok(list.items)
     }
 
-    /// The mesh apiserver Service's LoadBalancer ingress: one host name or
-    /// IP per entry, empty while the Service has none (or does not exist).
+    /// The peers Service's LoadBalancer ingress: one host name or IP per
+    /// entry, empty while the Service has none (or does not exist).
     pub async fn load_balancer_ingress(&self) -> Result<Vec<String>> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
         let service = api
-            .get_opt(names::APISERVER)
+            .get_opt(names::PEERS_SERVICE)
             .await
-            .map_err(kube_err("reading the mesh apiserver Service"))?;
+            .map_err(kube_err("reading the peers Service"))?;
         Ok(service.map(|s| ingress_addresses(&s)).unwrap_or_default())
     }
 
@@ -89,6 +89,8 @@ impl Applier {
             self.apply_namespaced(cm).await?;
         }
         self.apply_namespaced(&plan.service).await?;
+        self.apply_namespaced(&plan.peer_service).await?;
+        self.apply_namespaced(&plan.network_policy).await?;
         self.apply_namespaced(&plan.deployment).await?;
         self.prune(plan, existing_secrets).await
     }

@@ -106,8 +106,8 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
         .default_backoff()
         .touched_objects()
         .map(|_| ());
-    // The Service's LoadBalancer ingress goes into the server certificate.
-    let service_cfg = watcher::Config::default().fields(&format!("metadata.name={}", names::APISERVER));
+    // The peers Service's LoadBalancer ingress goes into the server certificates.
+    let service_cfg = watcher::Config::default().fields(&format!("metadata.name={}", names::PEERS_SERVICE));
     let service_events = watcher(services_api, service_cfg)
         .default_backoff()
         .touched_objects()

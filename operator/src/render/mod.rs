@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use knit_crds::ClusterMeshPeerStatus;
 use knit_kvstore::EtcdClientConfig;
@@ -78,8 +79,12 @@ pub struct MeshPlan {
     pub config_maps: Vec<ConfigMap>,
     /// The mesh apiserver Deployment.
     pub deployment: Deployment,
-    /// The mesh apiserver Service.
+    /// The mesh apiserver's ClusterIP Service (etcd, for local agents).
     pub service: Service,
+    /// The Service peers reach the peer front through (configured type).
+    pub peer_service: Service,
+    /// Which ports of the mesh apiserver pod are reachable, from where.
+    pub network_policy: NetworkPolicy,
     /// Desired status per ClusterMeshPeer name.
     pub peer_statuses: BTreeMap<String, ClusterMeshPeerStatus>,
     /// Peers configured, sorted by cluster name.
@@ -213,6 +218,8 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         config_maps,
         deployment: workloads::apiserver_deployment(config, &trust_hash)?,
         service: workloads::apiserver_service(config)?,
+        peer_service: workloads::peers_service(config)?,
+        network_policy: workloads::apiserver_network_policy(config)?,
         peer_statuses,
         accepted,
         events,

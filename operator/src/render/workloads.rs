@@ -1,4 +1,4 @@
-//! The mesh apiserver's Deployment and Service.
+//! The mesh apiserver's Deployment, Services and NetworkPolicy.
 //!
 //! One pod runs etcd (client-certificate auth; only this cluster's CA) and
 //! knit-apiserver beside it, which bootstraps etcd's users and roles from
@@ -11,6 +11,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 
 use crate::config::{ClusterConfig, ServiceType};
@@ -117,7 +118,6 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
     })
 }
 
-/// The Service peers (and local agents) reach etcd through.
 /// The apiserver container's arguments. `--pod-cidrs` is left out when the
 /// config names none (every pod IP is exported then).
 pub fn apiserver_args(config: &ClusterConfig) -> Vec<String> {
@@ -140,20 +140,29 @@ pub fn apiserver_args(config: &ClusterConfig) -> Vec<String> {
     args
 }
 
+/// The Service local agents reach etcd through: ClusterIP, port `etcd`.
 pub fn apiserver_service(config: &ClusterConfig) -> Result<Service> {
+    service(
+        config,
+        names::APISERVER,
+        "ClusterIP",
+        json!({
+            "name": "etcd",
+            "port": config.apiserver.port,
+            "targetPort": "etcd",
+            "protocol": "TCP",
+        }),
+    )
+}
+
+/// The Service peers reach the peer front through, of the configured type
+/// (the node port and the load balancer serve only the front).
+pub fn peers_service(config: &ClusterConfig) -> Result<Service> {
     let service_type = match config.apiserver.service_type {
         ServiceType::ClusterIP => "ClusterIP",
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
     };
-    // Local agents use `etcd`; peers use `peers`, the front (the node port
-    // and the load balancer serve peers).
-    let etcd = json!({
-        "name": "etcd",
-        "port": config.apiserver.port,
-        "targetPort": "etcd",
-        "protocol": "TCP",
-    });
     let mut peers = json!({
         "name": "peers",
         "port": config.apiserver.peer_port,
@@ -165,18 +174,68 @@ pub fn apiserver_service(config: &ClusterConfig) -> Result<Service> {
     {
         peers["nodePort"] = json!(node_port);
     }
+    service(config, names::PEERS_SERVICE, service_type, peers)
+}
+
+/// The NetworkPolicy of the mesh apiserver pod: the peer front and the
+/// metrics port are open (peers come from outside the cluster); etcd's port
+/// only from `apiserver.etcdClientCIDRs` when set; nothing else (etcd's
+/// peer port listens on loopback anyway).
+pub fn apiserver_network_policy(config: &ClusterConfig) -> Result<NetworkPolicy> {
+    let etcd_from: Vec<serde_json::Value> = config
+        .apiserver
+        .etcd_client_cidrs
+        .iter()
+        .map(|cidr| json!({ "ipBlock": { "cidr": cidr } }))
+        .collect();
+    let mut etcd_rule = json!({ "ports": [{ "protocol": "TCP", "port": config.apiserver.port }] });
+    if !etcd_from.is_empty() {
+        etcd_rule["from"] = json!(etcd_from);
+    }
     let value = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
         "metadata": {
             "name": names::APISERVER,
             "namespace": config.namespace,
             "labels": names::managed_labels("mesh-apiserver"),
         },
         "spec": {
+            "podSelector": { "matchLabels": names::apiserver_selector() },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                { "ports": [
+                    { "protocol": "TCP", "port": config.apiserver.peer_port },
+                    { "protocol": "TCP", "port": names::APISERVER_METRICS_PORT },
+                ] },
+                etcd_rule,
+            ],
+        },
+    });
+    serde_json::from_value(value).map_err(|source| Error::RenderObject {
+        kind: "NetworkPolicy",
+        source,
+    })
+}
+
+fn service(
+    config: &ClusterConfig,
+    name: &str,
+    service_type: &str,
+    port: serde_json::Value,
+) -> Result<Service> {
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": config.namespace,
+            "labels": names::managed_labels("mesh-apiserver"),
+        },
+        "spec": {
             "type": service_type,
             "selector": names::apiserver_selector(),
-            "ports": [etcd, peers],
+            "ports": [port],
         },
     });
     serde_json::from_value(value).map_err(|source| Error::RenderObject {
