@@ -14,6 +14,7 @@ APT_PACKAGES=(
   iptables                        # kube-proxy-style DNAT baseline (make bench), masquerade
   containernetworking-plugins     # reference CNI plugins (ptp, bridge, host-local, portmap)
   containerd runc                 # a real container runtime for the CNI lifecycle test
+  prometheus                      # promtool: checks and unit-tests config/monitoring alert rules
 )
 
 missing=()

@@ -507,3 +507,28 @@ fn the_apiserver_pod_admits_peers_everywhere_and_etcd_clients_only_from_configur
         .contains("apiserver.etcdClientCIDRs")
     );
 }
+
+#[test]
+fn every_certificate_has_one_expiry_for_the_alert() {
+    let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let plan = render(&config_a(), &[b], &Default::default(), t0());
+    let expiries = knit_operator::render::certificate_expiries(&plan);
+    let keys: Vec<&str> = expiries.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "knit-admin-client-cert/tls.crt",
+            "knit-apiserver-server-cert/tls.crt",
+            "knit-ca/ca.crt",
+            "knit-local-ca/ca.crt",
+            "knit-local-client-cert/tls.crt",
+            "knit-peer-access/b.crt",
+            "knit-peer-configs/b.ca.crt",
+            "knit-peer-configs/b.crt",
+            "knit-peer-front-cert/tls.crt",
+        ]
+    );
+    let leaf = (t0() + SignedDuration::from_hours(24 * 365)).as_second();
+    assert_eq!(expiries["knit-peer-front-cert/tls.crt"], leaf);
+    assert!(expiries["knit-ca/ca.crt"] > leaf);
+}

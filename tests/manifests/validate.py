@@ -14,10 +14,13 @@ fields are errors (kubectl's default --validate=strict), then OpenAPI
 constraints, then x-kubernetes-validations at each node.
 """
 import glob
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import celpy
 import kubernetes_validate
@@ -218,6 +221,54 @@ def check_images_in_one_place():
     return errors
 
 
+METRIC_CRATES = {"knit_agent_": "agent", "knit_apiserver_": "apiserver", "knit_operator_": "operator"}
+
+
+def metric_is_registered(metric):
+    """Whether `metric` (as Prometheus scrapes it) is registered in the Rust
+    code of its component: the name after the prefix, without `_total`, must
+    be a string literal there."""
+    for prefix, crate in METRIC_CRATES.items():
+        if metric.startswith(prefix):
+            bare = metric[len(prefix):]
+            bare = bare[: -len("_total")] if bare.endswith("_total") else bare
+            sources = glob.glob(os.path.join(ROOT, crate, "src", "**", "*.rs"), recursive=True)
+            return any(f'"{bare}"' in open(f).read() for f in sources)
+    return False
+
+
+def check_monitoring():
+    """config/monitoring: the alerts pass `promtool check rules` and their
+    unit tests (`promtool test rules`), and every metric the alerts and the
+    dashboard query is one Knit exports."""
+    failures = []
+    docs = kustomize(os.path.join(ROOT, "config", "monitoring"))
+    rule = next((d for d in docs if d["kind"] == "PrometheusRule"), None)
+    dashboard_cm = next((d for d in docs if d["kind"] == "ConfigMap"), None)
+    if rule is None or dashboard_cm is None:
+        return ["config/monitoring: needs a PrometheusRule and the dashboard ConfigMap"]
+    if dashboard_cm["metadata"].get("labels", {}).get("grafana_dashboard") != "1":
+        failures.append("config/monitoring: the dashboard ConfigMap lacks label grafana_dashboard=1")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    dashboard = json.loads(next(iter(dashboard_cm["data"].values())))
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for metric in sorted({m for e in exprs for m in re.findall(r"knit_[a-z0-9_]+", e)}):
+        if not metric_is_registered(metric):
+            failures.append(f"config/monitoring: {metric} is queried but no component exports it")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "rules.yaml"), "w") as f:
+            yaml.safe_dump(rule["spec"], f)
+        shutil.copy(os.path.join(ROOT, "config", "monitoring", "tests", "rules_test.yaml"), tmp)
+        for args in (["check", "rules", "rules.yaml"], ["test", "rules", "rules_test.yaml"]):
+            run = subprocess.run(["promtool", *args], cwd=tmp, capture_output=True, text=True)
+            if run.returncode != 0:
+                failures.append(f"config/monitoring: promtool {' '.join(args)} failed:\n{run.stdout}{run.stderr}")
+            else:
+                print(f"config/monitoring: promtool {' '.join(args[:2])}: ok")
+    print(f"config/monitoring: {len(exprs)} queries use only exported metrics" if not failures else "")
+    return failures
+
+
 def main():
     crds = load_crds()
     failures = []
@@ -239,6 +290,7 @@ def main():
     print(f"config/default: {len(rendered)} objects rendered, {builtin} built-in objects valid for Kubernetes {K8S_VERSION}")
     failures += check_agent_install(rendered)
     failures += check_images_in_one_place()
+    failures += check_monitoring()
 
     for sample in sorted(glob.glob(os.path.join(ROOT, "config", "samples", "*", "kustomization.yaml"))):
         d = os.path.dirname(sample)

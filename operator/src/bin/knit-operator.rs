@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use knit_operator::config::ClusterConfig;
 use knit_operator::kube::{Applier, gsp_controller, mesh};
+use prometheus_client::encoding::EncodeLabelSet;
 use knit_telemetry::prometheus_client::metrics::counter::Counter;
+use knit_telemetry::prometheus_client::metrics::family::Family;
 use knit_telemetry::prometheus_client::metrics::gauge::Gauge;
 use knit_telemetry::prometheus_client::registry::Registry;
 
@@ -34,6 +36,12 @@ struct Args {
     /// Name of this pod, shown as the Events' reporting instance.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+}
+
+/// Labels naming a certificate: `<Secret>/<key>`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabel {
+    certificate: String,
 }
 
 #[tokio::main]
@@ -62,6 +70,12 @@ async fn main() -> anyhow::Result<()> {
         failures.clone(),
     );
     registry.register("accepted_peers", "ClusterMeshPeers configured", peers.clone());
+    let expiries = Family::<CertificateLabel, Gauge>::default();
+    registry.register(
+        "certificate_expiry_timestamp_seconds",
+        "When each certificate the operator keeps expires (Unix time)",
+        expiries.clone(),
+    );
     let (health, server) = knit_telemetry::serve_registry(args.metrics_addr, registry);
 
     let client = kube::Client::try_default()
@@ -77,6 +91,10 @@ async fn main() -> anyhow::Result<()> {
         Ok(plan) => {
             reconciles.inc();
             peers.set(plan.accepted.len() as i64);
+            expiries.clear();
+            for (certificate, at) in knit_operator::render::certificate_expiries(&plan) {
+                expiries.get_or_create(&CertificateLabel { certificate }).set(at);
+            }
             health.set_ready(true);
         }
         Err(_) => {

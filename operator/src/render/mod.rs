@@ -226,6 +226,30 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
     })
 }
 
+/// When each certificate of the plan expires (Unix seconds), keyed
+/// `<Secret>/<key>`: every CA, leaf and peer CA the cluster holds, each
+/// once (the `ca.crt` copies beside leaf certificates are left out).
+pub fn certificate_expiries(plan: &MeshPlan) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for secret in &plan.secrets {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let is_ca_secret = name == names::CA_SECRET || name == names::LOCAL_CA_SECRET;
+        for (key, value) in secret.data.iter().flatten() {
+            if !key.ends_with(".crt") || (key == "ca.crt" && !is_ca_secret) {
+                continue;
+            }
+            let Ok(info) = std::str::from_utf8(&value.0)
+                .map_err(|_| ())
+                .and_then(|pem| crate::pki::inspect(pem).map_err(|_| ()))
+            else {
+                continue;
+            };
+            out.insert(format!("{name}/{key}"), info.not_after.as_second());
+        }
+    }
+    out
+}
+
 /// Decodes the operator's stored Secrets into the render's input form.
 pub fn stored_from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> StoredSecrets {
     secrets
