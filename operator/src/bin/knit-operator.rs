@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
             reconciles.inc();
             peers.set(plan.accepted.len() as i64);
             expiries.clear();
-            for (certificate, at) in knit_operator::render::certificate_expiries(&plan) {
+            for (certificate, at) in knit_operator::render::certificate_expiries(plan) {
                 expiries.get_or_create(&CertificateLabel { certificate }).set(at);
             }
             health.set_ready(true);
