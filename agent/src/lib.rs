@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod netdev;
 pub mod node_routes;
 pub mod policy;
+pub mod preference;
 pub mod render;
 pub mod run;
 

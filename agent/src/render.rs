@@ -11,8 +11,8 @@
 //! - Services: for every global service of this cluster with a ClusterIP,
 //!   one frontend per TCP/UDP port; backends are this cluster's ready ones
 //!   plus, when the service imports, every synced, non-withdrawn peer's
-//!   exported ready ones, narrowed by affinity (`local`: local unless none
-//!   is ready; `remote`: the mirror; `none`: all). A withdrawn peer's ready
+//!   exported ready ones, narrowed by affinity, cluster preference and
+//!   failover threshold ([`crate::preference`]). A withdrawn peer's ready
 //!   backends are used only when nothing else is ready.
 //! - Allow entries: [`crate::policy::compile`].
 
@@ -23,11 +23,12 @@ use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_cni::attachment::Attachment;
 use knit_kvstore::keys::Kind;
-use knit_kvstore::records::{Affinity, Backend, Protocol, ServicePort, ServiceRecord};
+use knit_kvstore::records::{Backend, Protocol, ServicePort, ServiceRecord};
 
 use crate::datapath::state::{DatapathState, Frontend, LocalEndpoint, PROTO_TCP, PROTO_UDP, Route};
 use crate::index::{ClusterView, MeshIndex};
 use crate::policy::{PolicyTarget, compile};
+use crate::preference::{ClusterBackends, Preference, choose};
 
 /// A MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -244,16 +245,25 @@ fn add_service(
                     .filter(|a| !skip_failing || !on_failing_nodes.contains(a.ip()))
                     .collect()
             };
-            let (local, remote) = (keep(ready(&[own], port)), keep(ready(remote, port)));
-            let chosen = match own.affinity {
-                Affinity::Local if !local.is_empty() => local,
-                Affinity::Remote if !remote.is_empty() => remote,
-                _ => {
-                    let mut all = local;
-                    all.extend(remote);
-                    all
-                }
+            let clusters: Vec<ClusterBackends> = std::iter::once(own)
+                .chain(remote.iter().copied())
+                .map(|r| ClusterBackends {
+                    cluster: r.cluster.clone(),
+                    ready: keep(ready(&[r], port)),
+                    total: r
+                        .backends
+                        .iter()
+                        .filter(|b| target_port(b, port).is_some())
+                        .count(),
+                })
+                .collect();
+            let preference = Preference {
+                local: &own.cluster,
+                affinity: own.affinity,
+                preferred: &own.preferred_clusters,
+                failover: own.failover.unwrap_or_default(),
             };
+            let chosen = choose(&preference, &clusters);
             if chosen.is_empty() {
                 keep(ready(withdrawn, port))
             } else {

@@ -181,6 +181,8 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
             export: policy.export,
             import: policy.import,
             affinity: policy.affinity,
+            preferred_clusters: policy.preferred_clusters.clone(),
+            failover: (policy.failover != knit_crds::Failover::default()).then_some(policy.failover),
             withdrawn: false,
         };
         out.local.insert(local_service_key(ns, name), json(&record));

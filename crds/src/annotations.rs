@@ -2,13 +2,15 @@
 //!
 //! A Service annotated `service.cilium.io/global: "true"` behaves as if a
 //! `GlobalServicePolicy` selected it; `service.cilium.io/shared` and
-//! `service.cilium.io/affinity` map to `export` and `affinity`. This module
+//! `service.cilium.io/affinity` map to `export` and `affinity`. Cilium has no
+//! annotation for a failover threshold or a cluster preference order, so
+//! those come only from a `GlobalServicePolicy`. This module
 //! turns annotations into the same [`ServicePolicy`] a policy yields, so the
 //! rest of Knit never looks at annotations.
 
 use std::collections::BTreeMap;
 
-use crate::{Affinity, Error, GlobalServicePolicySpec, Result};
+use crate::{Affinity, Error, Failover, GlobalServicePolicySpec, Result};
 
 /// Marks a Service global (Cilium's annotation).
 pub const GLOBAL: &str = "service.cilium.io/global";
@@ -32,6 +34,10 @@ pub struct ServicePolicy {
     pub affinity: Affinity,
     /// Peer clusters whose backends may be used; `None` means all.
     pub clusters: Option<Vec<String>>,
+    /// Clusters in order of preference after the affinity's side.
+    pub preferred_clusters: Vec<String>,
+    /// When traffic moves on from the preferred clusters.
+    pub failover: Failover,
 }
 
 impl From<&GlobalServicePolicySpec> for ServicePolicy {
@@ -41,6 +47,8 @@ impl From<&GlobalServicePolicySpec> for ServicePolicy {
             import: spec.import,
             affinity: spec.affinity,
             clusters: spec.clusters.clone(),
+            preferred_clusters: spec.preferred_clusters.clone().unwrap_or_default(),
+            failover: spec.failover.unwrap_or_default(),
         }
     }
 }
@@ -83,6 +91,8 @@ pub fn policy_from_annotations(annotations: &BTreeMap<String, String>) -> Result
         import: true,
         affinity,
         clusters: None,
+        preferred_clusters: Vec::new(),
+        failover: Failover::default(),
     }))
 }
 

@@ -28,6 +28,39 @@ pub enum Affinity {
     None,
 }
 
+/// How far traffic spreads beyond the clusters it prefers (the local one
+/// with affinity `local`, the remote ones with `remote`, then each of
+/// `preferredClusters` in order): while the clusters preferred so far have
+/// fewer ready backends than `minReadyBackends`, or a smaller share of
+/// their backends ready than `minReadyPercent`, the next clusters' ready
+/// backends are added. The default moves on only when none is ready.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failover {
+    /// Fewest ready backends the preferred clusters must have (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_ready_backends: u32,
+    /// Smallest share, in percent, of the preferred clusters' backends that
+    /// must be ready (default 0: no share required).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_ready_percent: u8,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Self {
+            min_ready_backends: 1,
+            min_ready_percent: 0,
+        }
+    }
+}
+
 /// Desired behaviour of the selected Services.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -52,6 +85,8 @@ pub enum Affinity {
 )]
 #[x_kube(validation = Rule::new("has(self.services) != has(self.selector)")
     .message("set exactly one of spec.services (a list of Service names) or spec.selector (a label selector)"))]
+#[x_kube(validation = Rule::new("!has(self.failover) || self.affinity != 'none' || has(self.preferredClusters)")
+    .message("spec.failover says when traffic leaves the preferred clusters: set spec.affinity to local or remote, or spec.preferredClusters"))]
 #[serde(rename_all = "camelCase")]
 pub struct GlobalServicePolicySpec {
     /// Names of Services in this namespace.
@@ -77,6 +112,23 @@ pub struct GlobalServicePolicySpec {
     /// Which side's backends clients prefer: `local`, `remote` or `none`.
     #[serde(default)]
     pub affinity: Affinity,
+
+    /// Clusters in order of preference, after the side `affinity` prefers
+    /// (the local cluster may be named). While the clusters preferred so far
+    /// fall short of `failover`, the next one's backends are added; clusters
+    /// not named come last, together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(length(min = 1, max = 32), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub preferred_clusters: Option<Vec<String>>,
+
+    /// When traffic moves on from the preferred clusters (default: only
+    /// when none of their backends is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
 
     /// Only these peer clusters' backends are imported; unset means all.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,8 +18,8 @@ pub use cluster_mesh_peer::{
     MAX_CLUSTER_NAME_LEN, MeshCaStatus, PeerLimits, SecretKeyRef,
 };
 pub use global_service_policy::{
-    Affinity, ClusterBackends, GlobalServicePolicy, GlobalServicePolicySpec, GlobalServicePolicyStatus,
-    SelectorOperator, SelectorRequirement, ServiceConflict, ServiceSelector,
+    Affinity, ClusterBackends, Failover, GlobalServicePolicy, GlobalServicePolicySpec,
+    GlobalServicePolicyStatus, SelectorOperator, SelectorRequirement, ServiceConflict, ServiceSelector,
 };
 
 use kube::CustomResourceExt;

@@ -63,6 +63,8 @@ fn main() {
         export: true,
         import: true,
         affinity,
+        not_ready: Vec::new(),
+        spec_extra: "",
     };
     mesh.deploy_service(A, &svc(vip_a, a.to_vec(), "none"));
     mesh.deploy_service(B, &svc(Ipv4Addr::new(10, 96, 2, 10), b.to_vec(), "none"));

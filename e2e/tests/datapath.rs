@@ -53,6 +53,8 @@ fn routing_load_balancing_affinity_and_agent_restart() {
         export: true,
         import: true,
         affinity,
+        not_ready: Vec::new(),
+        spec_extra: "",
     };
     mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "none"));
     mesh.deploy_service(B, &svc(vip_b, vec![b_web1, b_web2], "none"));

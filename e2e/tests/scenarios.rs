@@ -21,6 +21,8 @@ fn service(vip: Ipv4Addr, backends: Vec<PodId>, export: bool, import: bool) -> G
         export,
         import,
         affinity: "none",
+        not_ready: Vec::new(),
+        spec_extra: "",
     }
 }
 

@@ -183,6 +183,12 @@ pub struct ServiceRecord {
     /// Preferred side.
     #[serde(deserialize_with = "affinity_or_none")]
     pub affinity: Affinity,
+    /// Clusters in order of preference after the affinity's side.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_clusters: Vec<String>,
+    /// When traffic moves on from the preferred clusters; unset is the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<knit_crds::Failover>,
     /// Set by the KVStoreMesh when the peer has been unreachable for longer
     /// than its grace period: agents must stop sending new connections here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -176,6 +176,8 @@ mod tests {
                 import: true,
                 affinity: Affinity::Local,
                 clusters: None,
+                preferred_clusters: None,
+                failover: None,
             },
             status: None,
         }

@@ -394,6 +394,8 @@ async fn policy_statuses_are_patched_only_when_they_change() {
         import: true,
         affinity: knit_crds::Affinity::Local,
         clusters: None,
+        preferred_clusters: None,
+        failover: None,
     };
     let mut older = GlobalServicePolicy::new("older", spec(&["web"]));
     older.metadata.namespace = Some("shop".into());

@@ -109,6 +109,10 @@ def check(schema, value, path, errors):
             errors.append(f"{path}: Invalid value: {len(value)}: {path} in body should have at least {schema['minItems']} items")
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             errors.append(f"{path}: Too many: {len(value)}: must have at most {schema['maxItems']} items")
+        if schema.get("x-kubernetes-list-type") == "set":
+            for i, item in enumerate(value):
+                if item in value[:i]:
+                    errors.append(f"{path}[{i}]: Duplicate value: {json.dumps(item)}")
         for i, item in enumerate(value):
             check(schema.get("items", {}), item, f"{path}[{i}]", errors)
     if isinstance(value, dict):

@@ -27,6 +27,11 @@ pub struct GlobalService<'a> {
     pub import: bool,
     /// GSP `affinity`: `local`, `remote` or `none`.
     pub affinity: &'a str,
+    /// Backend pods listed in the EndpointSlice as not ready.
+    pub not_ready: Vec<PodId>,
+    /// More GSP spec fields, as YAML lines of the spec mapping (e.g.
+    /// `preferredClusters: [cluster-c]`).
+    pub spec_extra: &'a str,
 }
 
 impl GlobalService<'static> {
@@ -41,6 +46,8 @@ impl GlobalService<'static> {
             export: true,
             import: true,
             affinity: "none",
+            not_ready: Vec::new(),
+            spec_extra: "",
         }
     }
 }
@@ -165,9 +172,11 @@ impl LocalMesh {
         let endpoints: String = svc
             .backends
             .iter()
-            .map(|p| {
+            .map(|p| (p, true))
+            .chain(svc.not_ready.iter().map(|p| (p, false)))
+            .map(|(p, ready)| {
                 format!(
-                    "- addresses: [\"{}\"]\n  conditions:\n    ready: true\n",
+                    "- addresses: [\"{}\"]\n  conditions:\n    ready: {ready}\n",
                     self.pod(*p).ip
                 )
             })
@@ -181,8 +190,14 @@ impl LocalMesh {
         let yaml = format!(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n  - name: http\n    port: {port}\n    protocol: TCP\n  - name: dns\n    port: {port}\n    protocol: UDP\n---\n\
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\n  protocol: TCP\n- name: dns\n  port: {port}\n  protocol: UDP\nendpoints:{endpoints}---\n\
-             apiVersion: knit.dev/v1alpha1\nkind: GlobalServicePolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  services: [{name}]\n  export: {}\n  import: {}\n  affinity: {}\n",
-            svc.export, svc.import, svc.affinity
+             apiVersion: knit.dev/v1alpha1\nkind: GlobalServicePolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  services: [{name}]\n  export: {}\n  import: {}\n  affinity: {}\n{}",
+            svc.export,
+            svc.import,
+            svc.affinity,
+            svc.spec_extra
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
         );
         self.write_manifest(c, &format!("svc-{ns}-{name}.yaml"), &yaml);
     }

@@ -8,11 +8,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use knit_operator::config::ClusterConfig;
 use knit_operator::kube::{Applier, gsp_controller, mesh};
-use prometheus_client::encoding::EncodeLabelSet;
 use knit_telemetry::prometheus_client::metrics::counter::Counter;
 use knit_telemetry::prometheus_client::metrics::family::Family;
 use knit_telemetry::prometheus_client::metrics::gauge::Gauge;
 use knit_telemetry::prometheus_client::registry::Registry;
+use prometheus_client::encoding::EncodeLabelSet;
 
 #[derive(Parser)]
 #[command(
