@@ -82,7 +82,7 @@ impl MeshIndex {
             Key::Scoped(Scope::Cache(p), rel) => {
                 (p != self.local_cluster).then_some(Target::Cluster(Some(p), rel))
             }
-            Key::Heartbeat | Key::MeshStatus(_) => None,
+            Key::Heartbeat | Key::MeshStatus(_) | Key::AgentStatus(_) => None,
         }
     }
 

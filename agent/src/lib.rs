@@ -17,6 +17,7 @@ pub mod index;
 pub mod metrics;
 pub mod netdev;
 pub mod node_routes;
+pub mod peer_report;
 pub mod policy;
 pub mod preference;
 pub mod render;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_kvstore::KEY_PREFIX;
 use knit_kvstore::etcd::{connect, load_client_config};
+use knit_kvstore::records::AgentStatusRecord;
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use knit_sources::Source;
 use knit_telemetry::Health;
@@ -96,6 +97,15 @@ pub async fn run<S: Source>(
     );
 
     let client_config = load_client_config(&settings.etcd_config).map_err(Error::Store)?;
+    let (report_tx, report_rx) = tokio::sync::watch::channel(AgentStatusRecord {
+        node: settings.node.clone(),
+        peers: Default::default(),
+    });
+    let _report = AbortOnDrop(tokio::spawn(crate::peer_report::publish(
+        client_config.clone(),
+        settings.node.clone(),
+        report_rx,
+    )));
     let (tx, mut rx) = mpsc::channel(4096);
     let watch = tokio::spawn(watch_prefix(
         move || {
@@ -211,6 +221,12 @@ pub async fn run<S: Source>(
             failing: failing_rx.borrow().clone(),
             policy_default_local_cluster: settings.policy_default_local_cluster,
         };
+        let peers = crate::peer_report::views(&index, &options.failing);
+        report_tx.send_if_modified(|r| {
+            let changed = r.peers != peers;
+            r.peers = peers;
+            changed
+        });
         let desired = render(&index, &policies, &settings.node, &attachments, &options);
         match datapath.apply(&desired, &interfaces) {
             Ok((report, unplaced)) => {

@@ -1,14 +1,15 @@
 //! etcd users and roles from the operator's `users.yaml`, then auth on.
 //!
 //! Roles: `knit-readwrite` (read/write `knit/v1/`), `knit-readall` (read
-//! `knit/v1/`), `knit-remote` (read this cluster's own prefix and the
+//! `knit/v1/`, write `knit/v1/agent-status/` where agents report),
+//! `knit-remote` (read this cluster's own prefix and the
 //! heartbeat only). Users authenticate by client-certificate CN. The local
 //! writer also holds etcd's `root` role, so it can run this again after auth
 //! is on (to add or remove peers). Users no longer listed are deleted, so a
 //! removed peer loses access at once. Idempotent.
 
 use etcd_client::{Client, Permission, UserAddOptions};
-use knit_kvstore::keys::{HEARTBEAT_KEY, KEY_PREFIX, cluster_prefix};
+use knit_kvstore::keys::{HEARTBEAT_KEY, KEY_PREFIX, agent_status_prefix, cluster_prefix};
 use knit_kvstore::{Access, EtcdAccess};
 
 use crate::{Error, Result};
@@ -26,7 +27,14 @@ pub async fn bootstrap(client: &mut Client, access: &EtcdAccess) -> Result<()> {
             ROLE_READWRITE,
             vec![Permission::read_write(all.as_str()).with_prefix()],
         ),
-        (ROLE_READALL, vec![Permission::read(all.as_str()).with_prefix()]),
+        (
+            ROLE_READALL,
+            vec![
+                Permission::read(all.as_str()).with_prefix(),
+                // Each agent reports its view of the peers here.
+                Permission::read_write(agent_status_prefix().as_str()).with_prefix(),
+            ],
+        ),
         (
             ROLE_REMOTE,
             vec![

@@ -163,9 +163,14 @@ pub struct ClusterMeshPeerStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Agents of this cluster connected to the peer's data, as `n/m`.
+    /// Agents of this cluster that reach the peer (its data synced, the
+    /// data path to one of its nodes answering), of all agents, as `n/m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected: Option<String>,
+    /// Nodes whose agent does not reach the peer, each with why (at most 20
+    /// named; `knitctl status --nodes` lists all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes_not_connected: Vec<String>,
     /// Nodes the peer announces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_nodes: Option<u64>,

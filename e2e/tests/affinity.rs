@@ -68,9 +68,13 @@ fn failover_thresholds_and_preferred_clusters() {
     // Order: with no local backend ready, c is preferred over b...
     let order = "preferredClusters: [cluster-c, cluster-b]";
     mesh.deploy_service(A, &web_a(vec![], a.clone(), order));
-    mesh.wait_for_hits("local down: the first preferred cluster", client, vip, false, |h| {
-        only(h, &[C])
-    });
+    mesh.wait_for_hits(
+        "local down: the first preferred cluster",
+        client,
+        vip,
+        false,
+        |h| only(h, &[C]),
+    );
     // ...and when c falls short too, traffic moves on to b.
     mesh.deploy_service(
         C,

@@ -122,7 +122,7 @@ fn awaits(key: &str) -> Option<Awaits> {
             None => Awaits::AllCanaries(scope),
         }),
         Key::LocalService(_) => Some(Awaits::OwnServices),
-        Key::Heartbeat | Key::MeshStatus(_) => None,
+        Key::Heartbeat | Key::MeshStatus(_) | Key::AgentStatus(_) => None,
     }
 }
 

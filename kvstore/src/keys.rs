@@ -100,6 +100,16 @@ pub fn mesh_status_key(peer: &str) -> String {
     format!("{KEY_PREFIX}/mesh-status/{peer}")
 }
 
+/// `knit/v1/agent-status/`: every agent's view of each peer.
+pub fn agent_status_prefix() -> String {
+    format!("{KEY_PREFIX}/agent-status/")
+}
+
+/// `knit/v1/agent-status/<node>`, written by that node's agent under a lease.
+pub fn agent_status_key(node: &str) -> String {
+    format!("{KEY_PREFIX}/agent-status/{node}")
+}
+
 /// etcd user a peer cluster reads this cluster as (its certificate's CN).
 pub fn remote_user(peer_cluster: &str) -> String {
     format!("remote-{peer_cluster}")
@@ -138,6 +148,8 @@ pub enum Key {
     Heartbeat,
     /// `mesh-status/<peer>`.
     MeshStatus(String),
+    /// `agent-status/<node>`.
+    AgentStatus(String),
     /// `local/services/<namespace>/<name>`, as `<namespace>/<name>`.
     LocalService(String),
     /// A key below a cluster's or a mirror's prefix.
@@ -153,6 +165,9 @@ impl Key {
         }
         if let Some(peer) = rest.strip_prefix("mesh-status/") {
             return valid_segment(peer).then(|| Key::MeshStatus(peer.to_owned()));
+        }
+        if let Some(node) = rest.strip_prefix("agent-status/") {
+            return valid_segment(node).then(|| Key::AgentStatus(node.to_owned()));
         }
         if let Some(name) = rest.strip_prefix("local/services/") {
             return valid_name(name, 2).then(|| Key::LocalService(name.to_owned()));
@@ -184,6 +199,7 @@ impl fmt::Display for Key {
         match self {
             Key::Heartbeat => f.write_str(HEARTBEAT_KEY),
             Key::MeshStatus(peer) => f.write_str(&mesh_status_key(peer)),
+            Key::AgentStatus(node) => f.write_str(&agent_status_key(node)),
             Key::LocalService(name) => write!(f, "{KEY_PREFIX}/local/services/{name}"),
             Key::Scoped(scope, rel) => f.write_str(&rel.under(&scope.prefix())),
         }
@@ -286,6 +302,7 @@ mod tests {
         for key in [
             Key::Heartbeat,
             Key::MeshStatus("b".into()),
+            Key::AgentStatus("node-1".into()),
             Key::LocalService("shop/web".into()),
             Key::Scoped(Scope::Cluster("a".into()), RelativeKey::Config),
             Key::Scoped(Scope::Cache("b".into()), RelativeKey::Synced(Kind::Services)),
@@ -301,6 +318,8 @@ mod tests {
             "knit/v1/clusters//config",
             "knit/v1/cache/../nodes/x",
             "knit/v1/mesh-status/",
+            "knit/v1/agent-status/",
+            "knit/v1/agent-status/a/b",
             "knit/v1/local/services/a/b/c",
             "other/v1/heartbeat",
         ] {

@@ -195,6 +195,30 @@ pub struct ServiceRecord {
     pub withdrawn: bool,
 }
 
+/// `agent-status/<node>`: one agent's view of every peer, under the
+/// agent's lease (it vanishes when the agent is gone).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatusRecord {
+    /// The agent's node.
+    pub node: String,
+    /// Per peer cluster: whether this node reaches it.
+    #[serde(default)]
+    pub peers: BTreeMap<String, AgentPeerView>,
+}
+
+/// Whether one node reaches one peer: its data is synced in the local
+/// kvstore and the data path to at least one of its nodes answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPeerView {
+    /// Data synced and data path answering.
+    pub connected: bool,
+    /// Why not, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// `mesh-status/<peer>`: the KVStoreMesh's report on one peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -6,15 +6,50 @@
 use std::fmt::Write as _;
 
 use knit_kvstore::keys::Kind;
-use knit_kvstore::records::PeerStatusRecord;
+use knit_kvstore::records::{AgentStatusRecord, PeerStatusRecord};
 
-/// `knitctl status -o json|yaml`: the cluster and every peer report.
+/// `knitctl status -o json|yaml`: the cluster, every peer report and every
+/// agent's view of the peers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatusReport {
     /// This cluster's name.
     pub cluster: String,
     /// One report per peer, sorted by name.
     pub peers: Vec<PeerStatusRecord>,
+    /// One report per agent (node), sorted by node.
+    #[serde(default)]
+    pub nodes: Vec<AgentStatusRecord>,
+}
+
+/// How this cluster's agents reach one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentsReaching {
+    /// Agents that reach the peer.
+    pub connected: u32,
+    /// Agents reporting.
+    pub total: u32,
+    /// Nodes that do not reach it, each with why.
+    pub not_connected: Vec<(String, String)>,
+}
+
+/// Counts the agents among `nodes` that reach `peer`. A node whose report
+/// does not name the peer has no data of it yet and does not reach it.
+pub fn agents_reaching(nodes: &[AgentStatusRecord], peer: &str) -> AgentsReaching {
+    let mut out = AgentsReaching::default();
+    for node in nodes {
+        out.total += 1;
+        match node.peers.get(peer) {
+            Some(view) if view.connected => out.connected += 1,
+            Some(view) => out.not_connected.push((
+                node.node.clone(),
+                view.problem.clone().unwrap_or_else(|| "not connected".into()),
+            )),
+            None => out
+                .not_connected
+                .push((node.node.clone(), "has no data of this peer yet".into())),
+        }
+    }
+    out
 }
 
 impl StatusReport {
@@ -39,8 +74,42 @@ fn ago(now: i64, then: Option<i64>) -> String {
     }
 }
 
-/// Renders the status of `cluster` from its peer reports.
-pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64) -> String {
+/// The per-node view: for every agent, whether it reaches each peer.
+pub fn render_nodes(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let peers: Vec<&str> = report.peers.iter().map(|p| p.peer.as_str()).collect();
+    let _ = write!(out, "{:<24}", "NODE");
+    for p in &peers {
+        let _ = write!(out, " {p:<14}");
+    }
+    out.push('\n');
+    for node in &report.nodes {
+        let _ = write!(out, "{:<24}", node.node);
+        for p in &peers {
+            let cell = match node.peers.get(*p) {
+                Some(v) if v.connected => "yes",
+                Some(_) => "no",
+                None => "no data",
+            };
+            let _ = write!(out, " {cell:<14}");
+        }
+        out.push('\n');
+        for (p, view) in &node.peers {
+            if let Some(problem) = &view.problem {
+                let _ = writeln!(out, "  {p}: {problem}");
+            }
+        }
+    }
+    out
+}
+
+/// Renders the status of `cluster` from its peer and agent reports.
+pub fn render_status(
+    cluster: &str,
+    reports: &[PeerStatusRecord],
+    nodes: &[AgentStatusRecord],
+    now_unix: i64,
+) -> String {
     let mut out = String::new();
     let ready = reports.iter().filter(|r| r.connected && r.synced).count();
     let _ = writeln!(
@@ -50,9 +119,10 @@ pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64)
     );
     let _ = writeln!(
         out,
-        "{:<14} {:<9} {:<6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
+        "{:<14} {:<9} {:<6} {:>6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
         "PEER",
         "CONNECTED",
+        "AGENTS",
         "SYNCED",
         "NODES",
         "ENDPOINTS",
@@ -64,12 +134,14 @@ pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64)
     );
     for r in reports {
         let count = |k: Kind| r.counts.get(&k).copied().unwrap_or(0);
+        let agents = agents_reaching(nodes, &r.peer);
         let _ = writeln!(
             out,
-            "{:<14} {:<9} {:<6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
+            "{:<14} {:<9} {:<6} {:>6} {:>5} {:>9} {:>10} {:>8} {:>8} {:<10} {:<10}",
             r.peer,
             yes_no(r.connected),
             yes_no(r.synced),
+            format!("{}/{}", agents.connected, agents.total),
             count(Kind::Nodes),
             count(Kind::Endpoints),
             count(Kind::Identities),
@@ -83,6 +155,9 @@ pub fn render_status(cluster: &str, reports: &[PeerStatusRecord], now_unix: i64)
         }
         for (reason, n) in &r.rejected {
             let _ = writeln!(out, "  {}: rejected {n} record(s): {reason}", r.peer);
+        }
+        for (node, why) in &agents.not_connected {
+            let _ = writeln!(out, "  {}: node {node} does not reach it: {why}", r.peer);
         }
     }
     out
@@ -108,12 +183,56 @@ mod tests {
             last_error: Some("connection refused".into()),
             ..Default::default()
         };
-        let t = render_status("cluster-a", &[b, c], 100);
+        let nodes = [
+            AgentStatusRecord {
+                node: "a-n1".into(),
+                peers: [(
+                    "cluster-b".to_owned(),
+                    knit_kvstore::records::AgentPeerView {
+                        connected: true,
+                        problem: None,
+                    },
+                )]
+                .into(),
+            },
+            AgentStatusRecord {
+                node: "a-n2".into(),
+                peers: [(
+                    "cluster-b".to_owned(),
+                    knit_kvstore::records::AgentPeerView {
+                        connected: false,
+                        problem: Some("none of its 2 nodes answers".into()),
+                    },
+                )]
+                .into(),
+            },
+        ];
+        let t = render_status("cluster-a", &[b, c], &nodes, 100);
+        assert!(t.contains("   1/2 "), "{t}");
+        assert!(
+            t.contains("cluster-b: node a-n2 does not reach it: none of its 2 nodes answers"),
+            "{t}"
+        );
+        assert!(
+            t.contains("cluster-c: node a-n1 does not reach it: has no data of this peer yet"),
+            "{t}"
+        );
         assert!(
             t.starts_with("cluster cluster-a: 1/2 peers connected and synced"),
             "{t}"
         );
         assert!(t.contains("cluster-b      yes       yes"), "{t}");
+        let report = StatusReport {
+            cluster: "cluster-a".into(),
+            peers: vec![PeerStatusRecord {
+                peer: "cluster-b".into(),
+                ..Default::default()
+            }],
+            nodes: nodes.to_vec(),
+        };
+        let per_node = render_nodes(&report);
+        assert!(per_node.contains("a-n1                     yes"), "{per_node}");
+        assert!(per_node.contains("a-n2                     no"), "{per_node}");
         assert!(t.contains("       12 "), "{t}");
         assert!(t.contains("10s ago"), "{t}");
         assert!(
@@ -141,6 +260,10 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            nodes: vec![AgentStatusRecord {
+                node: "a-n1".into(),
+                peers: Default::default(),
+            }],
         };
         let json: StatusReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
         assert_eq!(json, report);

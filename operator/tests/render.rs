@@ -360,7 +360,8 @@ fn the_apiservers_report_fills_counts_and_readiness() {
     b.sync = Some(PeerSyncReport {
         connected: true,
         synced: true,
-        agents: Some((3, 3)),
+        agents: Some((2, 3)),
+        nodes_not_connected: vec!["a-n3: none of its 2 nodes answers the data-path probe (UDP 8471)".into()],
         nodes: 2,
         endpoints: 40,
         services: 5,
@@ -371,7 +372,11 @@ fn the_apiservers_report_fills_counts_and_readiness() {
     });
     let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
     let status = &plan.peer_statuses["b"];
-    assert_eq!(status.connected.as_deref(), Some("3/3"));
+    assert_eq!(status.connected.as_deref(), Some("2/3"));
+    assert_eq!(
+        status.nodes_not_connected,
+        ["a-n3: none of its 2 nodes answers the data-path probe (UDP 8471)"]
+    );
     assert_eq!(
         status.records_over_limit,
         Some(12),

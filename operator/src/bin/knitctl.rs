@@ -55,6 +55,9 @@ enum Command {
         /// Output format: a table for people, JSON or YAML for programs.
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// The per-node view: whether each node's agent reaches each peer.
+        #[arg(long)]
+        nodes: bool,
     },
 }
 
@@ -96,7 +99,8 @@ async fn main() -> anyhow::Result<()> {
             etcd_config,
             endpoint,
             output,
-        } => status(&etcd_config, endpoint, output).await,
+            nodes,
+        } => status(&etcd_config, endpoint, output, nodes).await,
         Command::Peer {
             command:
                 PeerCommand::Export {
@@ -116,8 +120,13 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn status(etcd_config: &Path, endpoint: Option<String>, output: Output) -> anyhow::Result<()> {
-    use knit_kvstore::records::PeerStatusRecord;
+async fn status(
+    etcd_config: &Path,
+    endpoint: Option<String>,
+    output: Output,
+    per_node: bool,
+) -> anyhow::Result<()> {
+    use knit_kvstore::records::{AgentStatusRecord, PeerStatusRecord};
     let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
         .with_context(|| format!("reading {}", etcd_config.display()))?;
     if let Some(e) = endpoint {
@@ -126,25 +135,12 @@ async fn status(etcd_config: &Path, endpoint: Option<String>, output: Output) ->
     let mut client = knit_kvstore::etcd::connect(&config)
         .await
         .context("connecting to the local etcd")?;
-    let prefix = knit_kvstore::keys::mesh_status_prefix();
-    let resp = client
-        .get(
-            prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .context("reading the mesh reports")?;
-    let mut reports: Vec<PeerStatusRecord> = Vec::new();
-    for kv in resp.kvs() {
-        match serde_json::from_slice(kv.value()) {
-            Ok(r) => reports.push(r),
-            Err(e) => eprintln!(
-                "skipping an unreadable report {}: {e}",
-                kv.key_str().unwrap_or("?")
-            ),
-        }
-    }
+    let mut reports: Vec<PeerStatusRecord> =
+        read_reports(&mut client, &knit_kvstore::keys::mesh_status_prefix()).await?;
     reports.sort_by(|a, b| a.peer.cmp(&b.peer));
+    let mut nodes: Vec<AgentStatusRecord> =
+        read_reports(&mut client, &knit_kvstore::keys::agent_status_prefix()).await?;
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
     let cluster = knit_kvstore::etcd::local_cluster_name(&mut client)
         .await
         .context("reading the cluster name")?
@@ -156,16 +152,40 @@ async fn status(etcd_config: &Path, endpoint: Option<String>, output: Output) ->
     let report = knit_operator::status_table::StatusReport {
         cluster,
         peers: reports,
+        nodes,
     };
     match output {
+        Output::Table if per_node => print!("{}", knit_operator::status_table::render_nodes(&report)),
         Output::Table => print!(
             "{}",
-            knit_operator::status_table::render_status(&report.cluster, &report.peers, now)
+            knit_operator::status_table::render_status(&report.cluster, &report.peers, &report.nodes, now)
         ),
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Yaml => print!("{}", serde_saphyr::to_string(&report)?),
     }
     Ok(())
+}
+
+/// Every record under `prefix`, skipping (and naming) unreadable ones.
+async fn read_reports<T: serde::de::DeserializeOwned>(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+) -> anyhow::Result<Vec<T>> {
+    let resp = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .with_context(|| format!("reading {prefix}"))?;
+    let mut out = Vec::new();
+    for kv in resp.kvs() {
+        match serde_json::from_slice(kv.value()) {
+            Ok(r) => out.push(r),
+            Err(e) => eprintln!(
+                "skipping an unreadable report {}: {e}",
+                kv.key_str().unwrap_or("?")
+            ),
+        }
+    }
+    Ok(out)
 }
 
 fn load_config(path: &Path) -> anyhow::Result<ClusterConfig> {

@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::config::ClusterConfig;
 use crate::kube::Applier;
 use crate::kube::mesh_status::{MeshReports, watch_reports};
-use crate::render::{self, MeshInputs, MeshPlan, PeerInput, PeerSyncReport};
+use crate::render::{self, MeshInputs, MeshPlan, PeerInput};
 use crate::{Result, names};
 
 /// Shared state of the mesh loop.
@@ -63,7 +63,7 @@ pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -
     {
         let reports = ctx.reports.lock().unwrap_or_else(|p| p.into_inner());
         for input in &mut inputs {
-            input.sync = reports.get(&input.spec.cluster_name).map(PeerSyncReport::from);
+            input.sync = reports.sync_report(&input.spec.cluster_name);
         }
     }
     let plan = render::render_mesh(&MeshInputs {

@@ -1,23 +1,37 @@
 //! Reads the mesh apiserver's per-peer reports (`knit/v1/mesh-status/<peer>`)
 //! from this cluster's etcd, with the read-only `local` client certificate,
-//! and hands them to the mesh loop, which turns them into ClusterMeshPeer
-//! status (connected, synced, counts, last sync, last error).
+//! and every agent's view of the peers (`knit/v1/agent-status/<node>`), and
+//! hands them to the mesh loop, which turns them into ClusterMeshPeer
+//! status (connected, agents n/m and the nodes that do not reach the peer,
+//! synced, counts, last sync, last error).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use knit_kvstore::etcd;
-use knit_kvstore::keys::{Key, mesh_status_prefix};
-use knit_kvstore::records::PeerStatusRecord;
+use knit_kvstore::keys::{Key, agent_status_prefix, mesh_status_prefix};
+use knit_kvstore::records::{AgentStatusRecord, PeerStatusRecord};
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 use crate::kube::Applier;
 use crate::names;
+use crate::render::PeerSyncReport;
+use crate::status_table::agents_reaching;
 
-/// The latest report per peer cluster name.
-pub type MeshReports = Arc<Mutex<BTreeMap<String, PeerStatusRecord>>>;
+/// The latest reports, shared with the mesh loop.
+pub type MeshReports = Arc<Mutex<Reports>>;
+
+/// The latest report per peer (from the mesh apiserver) and per node (from
+/// each agent).
+#[derive(Clone, Debug, Default)]
+pub struct Reports {
+    /// Per peer cluster name.
+    pub peers: BTreeMap<String, PeerStatusRecord>,
+    /// Per node name.
+    pub agents: BTreeMap<String, AgentStatusRecord>,
+}
 
 /// Watches the reports until the process stops; pokes `changed` on every update.
 pub async fn watch_reports(
@@ -58,43 +72,144 @@ pub async fn watch_reports(
             etcd::connect_pem(&[endpoint], ca.as_bytes(), cert.as_bytes(), key.as_bytes()).await
         }
     };
-    let prefix = mesh_status_prefix();
     let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(watch_prefix(connect, prefix.clone(), tx));
+    tokio::spawn(watch_prefix(connect.clone(), mesh_status_prefix(), tx.clone()));
+    tokio::spawn(watch_prefix(connect, agent_status_prefix(), tx));
     while let Some(event) = rx.recv().await {
-        let update = match event {
-            WatchEvent::Upsert { key, value } => match serde_json::from_slice::<PeerStatusRecord>(&value) {
-                Ok(record) => peer_of(&key).map(|peer| (peer, Some(record))),
-                Err(e) => {
-                    tracing::debug!(%key, error = %e, "ignoring an unreadable mesh report");
-                    None
-                }
-            },
-            WatchEvent::Delete { key } => peer_of(&key).map(|peer| (peer, None)),
-            WatchEvent::ListDone => None,
+        let changed_now = match event {
+            WatchEvent::Upsert { key, value } => {
+                let mut map = reports.lock().unwrap_or_else(|p| p.into_inner());
+                map.apply(&key, Some(&value))
+            }
+            WatchEvent::Delete { key } => {
+                let mut map = reports.lock().unwrap_or_else(|p| p.into_inner());
+                map.apply(&key, None)
+            }
+            WatchEvent::ListDone => false,
             WatchEvent::Disconnected { error } => {
                 tracing::debug!(%error, "mesh reports unavailable; retrying");
-                None
+                false
             }
         };
-        if let Some((peer, record)) = update {
-            let mut map = reports.lock().unwrap_or_else(|p| p.into_inner());
-            let before = map.get(&peer).cloned();
-            match record {
-                Some(r) => map.insert(peer.clone(), r),
-                None => map.remove(&peer),
-            };
-            if map.get(&peer) != before.as_ref() {
-                let _ = changed.try_send(());
-            }
+        if changed_now {
+            let _ = changed.try_send(());
         }
     }
 }
 
-/// The peer a mesh report key is about.
-fn peer_of(key: &str) -> Option<String> {
-    match Key::parse(key)? {
-        Key::MeshStatus(peer) => Some(peer),
-        _ => None,
+impl Reports {
+    /// Applies one report key (`None`: deleted); whether anything changed.
+    /// Unreadable reports are ignored.
+    pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> bool {
+        match Key::parse(key) {
+            Some(Key::MeshStatus(peer)) => update(&mut self.peers, peer, value),
+            Some(Key::AgentStatus(node)) => update(&mut self.agents, node, value),
+            _ => false,
+        }
+    }
+
+    /// What the render needs about `peer`: the mesh apiserver's report,
+    /// with how many agents reach the peer.
+    pub fn sync_report(&self, peer: &str) -> Option<PeerSyncReport> {
+        let mut report = PeerSyncReport::from(self.peers.get(peer)?);
+        let agents: Vec<AgentStatusRecord> = self.agents.values().cloned().collect();
+        let reaching = agents_reaching(&agents, peer);
+        if reaching.total > 0 {
+            report.agents = Some((reaching.connected, reaching.total));
+            report.nodes_not_connected = reaching
+                .not_connected
+                .into_iter()
+                .map(|(node, why)| format!("{node}: {why}"))
+                .collect();
+        }
+        Some(report)
+    }
+}
+
+fn update<T: serde::de::DeserializeOwned + PartialEq>(
+    map: &mut BTreeMap<String, T>,
+    name: String,
+    value: Option<&[u8]>,
+) -> bool {
+    let new = match value {
+        None => None,
+        Some(v) => match serde_json::from_slice::<T>(v) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(%name, error = %e, "ignoring an unreadable report");
+                return false;
+            }
+        },
+    };
+    let before = map.get(&name);
+    if before == new.as_ref() {
+        return false;
+    }
+    match new {
+        Some(r) => map.insert(name, r),
+        None => map.remove(&name),
+    };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(node: &str, reaches_b: Option<bool>) -> Vec<u8> {
+        let mut peers = BTreeMap::new();
+        if let Some(connected) = reaches_b {
+            peers.insert(
+                "b".to_owned(),
+                knit_kvstore::records::AgentPeerView {
+                    connected,
+                    problem: (!connected).then(|| "none of its 1 nodes answers".into()),
+                },
+            );
+        }
+        serde_json::to_vec(&AgentStatusRecord {
+            node: node.into(),
+            peers,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn agents_reports_become_n_of_m_with_the_nodes_that_do_not_reach_the_peer() {
+        let mut reports = Reports::default();
+        let mesh = serde_json::to_vec(&PeerStatusRecord {
+            peer: "b".into(),
+            connected: true,
+            synced: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(reports.apply("knit/v1/mesh-status/b", Some(&mesh)));
+        assert_eq!(
+            reports.sync_report("b").unwrap().agents,
+            None,
+            "no agent reports yet"
+        );
+        assert!(reports.apply("knit/v1/agent-status/n1", Some(&agent("n1", Some(true)))));
+        assert!(reports.apply("knit/v1/agent-status/n2", Some(&agent("n2", Some(false)))));
+        assert!(reports.apply("knit/v1/agent-status/n3", Some(&agent("n3", None))));
+        assert!(
+            !reports.apply("knit/v1/agent-status/n3", Some(&agent("n3", None))),
+            "unchanged"
+        );
+        assert!(!reports.apply("knit/v1/agent-status/n4", Some(b"not json")));
+        let report = reports.sync_report("b").unwrap();
+        assert_eq!(report.agents, Some((1, 3)));
+        assert_eq!(
+            report.nodes_not_connected,
+            [
+                "n2: none of its 1 nodes answers",
+                "n3: has no data of this peer yet"
+            ]
+        );
+        // An agent whose lease expired stops counting.
+        assert!(reports.apply("knit/v1/agent-status/n2", None));
+        assert_eq!(reports.sync_report("b").unwrap().agents, Some((1, 2)));
+        assert_eq!(reports.sync_report("c"), None);
     }
 }

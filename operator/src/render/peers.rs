@@ -78,6 +78,8 @@ pub struct PeerSyncReport {
     pub identities: u64,
     /// Records rejected for exceeding the peer's limits.
     pub over_limit: u64,
+    /// Nodes whose agent does not reach the peer, each as `node: why`.
+    pub nodes_not_connected: Vec<String>,
     /// Last completed sync.
     pub last_sync: Option<Timestamp>,
     /// Last problem, in words.
@@ -91,6 +93,7 @@ impl From<&PeerStatusRecord> for PeerSyncReport {
             connected: r.connected,
             synced: r.synced,
             agents: None,
+            nodes_not_connected: Vec::new(),
             nodes: count(Kind::Nodes),
             endpoints: count(Kind::Endpoints),
             services: count(Kind::Services),
@@ -378,6 +381,9 @@ pub fn peer_status(
         conditions,
         observed_generation: peer.generation,
         connected: sync.and_then(|s| s.agents).map(|(n, m)| format!("{n}/{m}")),
+        nodes_not_connected: sync
+            .map(|s| cap(&s.nodes_not_connected, MAX_NODES_LISTED))
+            .unwrap_or_default(),
         remote_nodes: sync.map(|s| s.nodes),
         remote_endpoints: sync.map(|s| s.endpoints),
         remote_services: sync.map(|s| s.services),
@@ -394,6 +400,20 @@ pub fn peer_status(
             .map(str::to_owned)
             .or_else(|| sync.and_then(|s| s.last_error.clone())),
     }
+}
+
+/// Most nodes a ClusterMeshPeer's status names individually.
+const MAX_NODES_LISTED: usize = 20;
+
+fn cap(items: &[String], max: usize) -> Vec<String> {
+    let mut out: Vec<String> = items.iter().take(max).cloned().collect();
+    if items.len() > max {
+        out.push(format!(
+            "… and {} more (knitctl status --nodes)",
+            items.len() - max
+        ));
+    }
+    out
 }
 
 fn ensure_newline(pem: &str) -> String {

@@ -1,0 +1,158 @@
+//! What this node reports about each peer: [`views`] decides (pure) from
+//! the index and the failing nodes; [`publish`] keeps the result at
+//! `knit/v1/agent-status/<node>` under a lease, so an agent that is gone
+//! stops counting. The operator counts the reports into each
+//! ClusterMeshPeer's `connected: n/m`.
+//!
+//! A node reaches a peer when the peer's data is synced in the local
+//! kvstore (every kind's canary seen) and, if the peer announces nodes, the
+//! data path to at least one of them answers its probes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use knit_kvstore::EtcdClientConfig;
+use knit_kvstore::keys::{Kind, agent_status_key};
+use knit_kvstore::records::{AgentPeerView, AgentStatusRecord};
+use knit_kvstore::sync_store::SyncStore;
+use tokio::sync::watch;
+
+use crate::index::MeshIndex;
+
+/// Seconds a report outlives its agent.
+pub const REPORT_TTL_SECS: i64 = 15;
+
+/// This node's view of every peer in `index`, given the tunnel endpoints
+/// failing their probes.
+pub fn views(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeMap<String, AgentPeerView> {
+    index
+        .peers
+        .iter()
+        .map(|(peer, view)| {
+            let unsynced: Vec<&str> = Kind::ALL
+                .iter()
+                .filter(|k| !view.is_synced(**k))
+                .map(|k| k.as_str())
+                .collect();
+            let answering = view
+                .nodes
+                .values()
+                .filter(|n| !failing.contains(&n.tunnel_endpoint))
+                .count();
+            let problem = if !unsynced.is_empty() {
+                Some(format!("its {} are not synced yet", unsynced.join(", ")))
+            } else if !view.nodes.is_empty() && answering == 0 {
+                Some(format!(
+                    "none of its {} nodes answers the data-path probe (UDP 8471)",
+                    view.nodes.len()
+                ))
+            } else {
+                None
+            };
+            (
+                peer.clone(),
+                AgentPeerView {
+                    connected: problem.is_none(),
+                    problem,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Keeps the latest report of `rx` written for `node` until the task is
+/// dropped, reconnecting and rewriting after any failure.
+pub async fn publish(config: EtcdClientConfig, node: String, mut rx: watch::Receiver<AgentStatusRecord>) {
+    let key = agent_status_key(&node);
+    loop {
+        let store = match knit_kvstore::etcd::connect(&config).await {
+            Ok(client) => SyncStore::new(client, Vec::new(), REPORT_TTL_SECS).await,
+            Err(e) => Err(e),
+        };
+        let mut store = match store {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::debug!(error = %knit_kvstore::error_chain(&e), "peer report not written yet");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        loop {
+            let report = rx.borrow_and_update().clone();
+            match serde_json::to_vec(&report) {
+                Ok(value) => store.set(key.clone(), value),
+                Err(e) => tracing::warn!(error = %e, "encoding the peer report"),
+            }
+            if let Err(e) = store.flush().await {
+                tracing::debug!(error = %knit_kvstore::error_chain(&e), "writing the peer report failed; reconnecting");
+                break;
+            }
+            // A lost lease (etcd restarted empty) is noticed by the store and
+            // everything is written again on the next flush.
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use knit_kvstore::watch_store::WatchEvent;
+
+    use super::*;
+
+    fn put(index: &mut MeshIndex, key: &str, value: serde_json::Value) {
+        index.apply(&WatchEvent::Upsert {
+            key: format!("knit/v1/{key}"),
+            value: serde_json::to_vec(&value).unwrap(),
+        });
+    }
+
+    #[test]
+    fn a_peer_is_reached_when_synced_and_one_of_its_nodes_answers() {
+        let mut index = MeshIndex::new("a");
+        put(
+            &mut index,
+            "cache/b/config",
+            serde_json::json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"]}),
+        );
+        for (node, ip) in [("b1", "192.168.2.1"), ("b2", "192.168.2.2")] {
+            put(
+                &mut index,
+                &format!("cache/b/nodes/{node}"),
+                serde_json::json!({"name": node, "cluster": "b", "underlayIps": [ip], "tunnelEndpoint": ip, "podCIDRs": []}),
+            );
+        }
+        let not_synced = views(&index, &BTreeSet::new());
+        assert!(!not_synced["b"].connected);
+        assert!(not_synced["b"].problem.as_deref().unwrap().contains("not synced"));
+
+        for kind in Kind::ALL {
+            put(
+                &mut index,
+                &format!("cache/b/synced/{kind}"),
+                serde_json::json!(1),
+            );
+        }
+        assert_eq!(
+            views(&index, &BTreeSet::new())["b"],
+            AgentPeerView {
+                connected: true,
+                problem: None
+            }
+        );
+        let one_down = BTreeSet::from(["192.168.2.1".parse().unwrap()]);
+        assert!(views(&index, &one_down)["b"].connected);
+        let all_down = BTreeSet::from(["192.168.2.1".parse().unwrap(), "192.168.2.2".parse().unwrap()]);
+        let view = &views(&index, &all_down)["b"];
+        assert!(!view.connected);
+        assert!(
+            view.problem.as_deref().unwrap().contains("none of its 2 nodes"),
+            "{view:?}"
+        );
+    }
+}
