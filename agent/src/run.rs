@@ -227,9 +227,22 @@ pub async fn run<S: Source>(
             r.peers = peers;
             changed
         });
-        let desired = render(&index, &policies, &settings.node, &attachments, &options);
-        match datapath.apply(&desired, &interfaces) {
+        let span = tracing::info_span!(
+            "agent_apply",
+            node = %settings.node,
+            written = tracing::field::Empty,
+            deleted = tracing::field::Empty,
+            failed = tracing::field::Empty
+        );
+        let applied = span.in_scope(|| {
+            let desired = render(&index, &policies, &settings.node, &attachments, &options);
+            datapath.apply(&desired, &interfaces)
+        });
+        match applied {
             Ok((report, unplaced)) => {
+                span.record("written", report.written)
+                    .record("deleted", report.deleted)
+                    .record("failed", report.failed);
                 if report.written + report.deleted > 0 {
                     tracing::debug!(?report, "datapath updated");
                 }

@@ -12,6 +12,7 @@ use knit_kvstore::keys::{HEARTBEAT_KEY, Kind, RelativeKey, cluster_prefix};
 use knit_kvstore::records::IdentityRecord;
 use knit_kvstore::sync_store::SyncStore;
 use knit_telemetry::Health;
+use tracing::Instrument as _;
 
 use crate::export::{LocalCluster, export, local_prefix};
 use crate::identity::IdentityAllocator;
@@ -74,42 +75,52 @@ pub async fn run_exporter<S: Source>(
             }
         }
         if pending {
-            let exported = export(&settings.cluster, source.state(), &mut ids);
-            for kind in Kind::ALL {
-                let n = exported.counts.get(&kind).copied().unwrap_or_default();
-                metrics
-                    .exported
-                    .get_or_create(&PeerDetail {
-                        peer: settings.cluster.name.clone(),
-                        detail: kind.to_string(),
-                    })
-                    .set(n as i64);
-            }
-            let mut published = exported.published;
-            if synced {
-                published.extend(canaries(&own, synced_at));
-            }
-            store.replace_prefix(&own, published);
-            store.replace_prefix(&local_prefix(), exported.local);
-            match store.flush().await {
-                Ok(_) if !synced => {
-                    for (k, v) in canaries(&own, synced_at) {
-                        store.set(k, v);
-                    }
-                    if store.flush().await.is_ok() {
-                        synced = true;
-                        health.set_ready(true);
-                        tracing::info!(cluster = %settings.cluster.name, "initial export complete; canaries written");
-                    }
-                    pending = !synced;
+            let span = tracing::info_span!(
+                "export_pass",
+                cluster = %settings.cluster.name,
+                records = tracing::field::Empty
+            );
+            async {
+                let exported = export(&settings.cluster, source.state(), &mut ids);
+                for kind in Kind::ALL {
+                    let n = exported.counts.get(&kind).copied().unwrap_or_default();
+                    metrics
+                        .exported
+                        .get_or_create(&PeerDetail {
+                            peer: settings.cluster.name.clone(),
+                            detail: kind.to_string(),
+                        })
+                        .set(n as i64);
                 }
-                Ok(_) => pending = false,
-                Err(e) => {
-                    metrics.export_failures.inc();
-                    tracing::warn!(error = %knit_kvstore::error_chain(&e), "export write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::Span::current().record("records", exported.published.len());
+                let mut published = exported.published;
+                if synced {
+                    published.extend(canaries(&own, synced_at));
+                }
+                store.replace_prefix(&own, published);
+                store.replace_prefix(&local_prefix(), exported.local);
+                match store.flush().await {
+                    Ok(_) if !synced => {
+                        for (k, v) in canaries(&own, synced_at) {
+                            store.set(k, v);
+                        }
+                        if store.flush().await.is_ok() {
+                            synced = true;
+                            health.set_ready(true);
+                            tracing::info!(cluster = %settings.cluster.name, "initial export complete; canaries written");
+                        }
+                        pending = !synced;
+                    }
+                    Ok(_) => pending = false,
+                    Err(e) => {
+                        metrics.export_failures.inc();
+                        tracing::warn!(error = %knit_kvstore::error_chain(&e), "export write failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
             }
+            .instrument(span)
+            .await;
         }
         tokio::select! {
             changed = source.next_change() => pending |= changed,

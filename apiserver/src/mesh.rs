@@ -24,6 +24,7 @@ use knit_kvstore::validate::{PeerValidator, Rejection};
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use knit_kvstore::{EtcdClientConfig, etcd};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use crate::metrics::{Metrics, PeerDetail, PeerLabel};
 use crate::unix_now;
@@ -178,12 +179,17 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
 
     let mut m = Mirror::new(&identity);
     let mut dirty = true;
+    // A complete list of the peer arrived since the last flush: that flush
+    // is a resync (after a connect or reconnect).
+    let mut resync = false;
     loop {
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { return };
+                resync |= matches!(event, WatchEvent::ListDone);
                 m.handle(event, &mut store, &settings.metrics);
                 while let Ok(event) = rx.try_recv() {
+                    resync |= matches!(event, WatchEvent::ListDone);
                     m.handle(event, &mut store, &settings.metrics);
                 }
                 dirty = true;
@@ -202,8 +208,20 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
             continue;
         }
         m.report(&mut store);
-        match store.flush().await {
-            Ok(_) => dirty = false,
+        let span = tracing::info_span!(
+            "mirror_sync",
+            %peer,
+            resync,
+            written = tracing::field::Empty,
+            deleted = tracing::field::Empty
+        );
+        match store.flush().instrument(span.clone()).await {
+            Ok(report) => {
+                span.record("written", report.puts)
+                    .record("deleted", report.deletes);
+                dirty = false;
+                resync = false;
+            }
             Err(e) => {
                 m.status.last_error = Some(format!("writing the mirror: {}", knit_kvstore::error_chain(&e)));
                 tracing::warn!(%peer, error = %knit_kvstore::error_chain(&e), "mirror write failed; retrying");

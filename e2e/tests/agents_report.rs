@@ -40,7 +40,10 @@ fn agents_report_n_of_m_and_name_the_nodes_that_do_not_reach_a_peer() {
     });
     let table = mesh.knitctl_status(A);
     assert!(table.contains("0/2"), "{table}");
-    assert!(table.contains("does not reach it: none of its 2 nodes answers"), "{table}");
+    assert!(
+        table.contains("does not reach it: none of its 2 nodes answers"),
+        "{table}"
+    );
 
     for n in 0..2 {
         mesh.restore_node(B.node(n));
@@ -51,7 +54,9 @@ fn agents_report_n_of_m_and_name_the_nodes_that_do_not_reach_a_peer() {
 
     // A stopped agent's report goes with its lease.
     mesh.kill_agent(A.node(1));
-    mesh.wait_until("a stopped agent to stop counting", Duration::from_secs(40), || {
-        reaching_b(&mesh).is_some_and(|r| (r.connected, r.total) == (1, 1))
-    });
+    mesh.wait_until(
+        "a stopped agent to stop counting",
+        Duration::from_secs(40),
+        || reaching_b(&mesh).is_some_and(|r| (r.connected, r.total) == (1, 1)),
+    );
 }

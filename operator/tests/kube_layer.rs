@@ -7,21 +7,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::kube_mock::*;
 use common::*;
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use knit_crds::{ClusterMeshPeer, GlobalServicePolicy, GlobalServicePolicySpec};
 use knit_operator::kube::mesh::{MeshContext, reconcile_mesh};
 use knit_operator::kube::{Applier, gsp_controller};
-use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-fn mock() -> (Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), handle)
-}
 
 /// Receives the next request, asserts method and path (and, for applies, the
 /// server-side-apply parameters), and returns it with its JSON body.
@@ -63,34 +56,6 @@ async fn expect(
         serde_json::from_slice(&bytes).unwrap()
     };
     (body, send)
-}
-
-fn respond(send: tower_test::mock::SendResponse<Response<Body>>, body: Value) {
-    send.send_response(
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-}
-
-fn list(kind: &str, items: Vec<Value>) -> Value {
-    json!({ "apiVersion": "v1", "kind": kind, "metadata": { "resourceVersion": "1" }, "items": items })
-}
-
-fn respond_not_found(send: tower_test::mock::SendResponse<Response<Body>>) {
-    let status = json!({ "apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "metadata": {} });
-    send.send_response(
-        Response::builder()
-            .status(404)
-            .body(Body::from(serde_json::to_vec(&status).unwrap()))
-            .unwrap(),
-    );
-}
-
-fn with_meta(mut body: Value) -> Value {
-    body["metadata"]["resourceVersion"] = json!("2");
-    body["metadata"]["uid"] = json!("uid-1");
-    body
 }
 
 fn cmp_b() -> ClusterMeshPeer {

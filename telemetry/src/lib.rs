@@ -15,7 +15,7 @@ mod tracing_setup;
 pub use health::Health;
 pub use prometheus_client;
 pub use server::{router, serve, serve_registry};
-pub use tracing_setup::{TracingGuard, init_tracing};
+pub use tracing_setup::{TracingGuard, init_tracing, trace_id};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

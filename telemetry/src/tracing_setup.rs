@@ -23,6 +23,18 @@ impl Drop for TracingGuard {
     }
 }
 
+/// The OpenTelemetry trace id of the current span, as 32 hex digits; `None`
+/// when no trace is being recorded (no OTLP endpoint set). Reconciles put it
+/// in their logs and Events, so an Event leads to its trace.
+pub fn trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let id = span.span_context().trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
 /// Installs logging for `service` (the binary's name). Logs go to stderr as
 /// text, or JSON when `KNIT_LOG_FORMAT=json`; `RUST_LOG` filters (default
 /// `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also

@@ -187,7 +187,9 @@ impl Applier {
     }
 
     /// Records plan Events; a failure is logged, never fatal.
-    pub async fn publish(&self, events: &[PlanEvent]) {
+    /// `trace_id` (of the reconcile that decided them) is appended to each
+    /// note, so an Event leads to its trace.
+    pub async fn publish(&self, events: &[PlanEvent], trace_id: Option<&str>) {
         for ev in events {
             let reference = match &ev.target {
                 EventTarget::Peer(name) => ObjectReference {
@@ -211,7 +213,10 @@ impl Applier {
                     EventType::Normal
                 },
                 reason: ev.reason.clone(),
-                note: Some(ev.note.clone()),
+                note: Some(match trace_id {
+                    Some(id) => format!("{} (trace {id})", ev.note),
+                    None => ev.note.clone(),
+                }),
                 action: "Reconcile".into(),
                 secondary: None,
             };

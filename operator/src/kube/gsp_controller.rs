@@ -97,8 +97,14 @@ pub async fn run(applier: Applier) {
         .await;
 }
 
+#[tracing::instrument(name = "reconcile_policies", skip_all, fields(namespace = tracing::field::Empty, trace_id = tracing::field::Empty))]
 async fn reconcile(policy: Arc<GlobalServicePolicy>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = policy.namespace().unwrap_or_default();
+    let span = tracing::Span::current();
+    span.record("namespace", ns.as_str());
+    if let Some(id) = knit_telemetry::trace_id() {
+        span.record("trace_id", id.as_str());
+    }
     let written = reconcile_namespace(&ctx.applier, &ns, &ctx.store.state()).await?;
     tracing::debug!(namespace = %ns, written, "policies resolved");
     Ok(Action::await_change())

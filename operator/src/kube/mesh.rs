@@ -55,7 +55,14 @@ pub async fn peer_inputs(applier: &Applier, peers: &[Arc<ClusterMeshPeer>]) -> V
 }
 
 /// One reconcile: read, render, apply, write changed statuses, record Events.
+/// Runs in a `reconcile_mesh` span; its trace id goes into the logs and the
+/// Events it records.
+#[tracing::instrument(name = "reconcile_mesh", skip_all, fields(peers = peers.len(), trace_id = tracing::field::Empty))]
 pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -> Result<MeshPlan> {
+    let trace_id = knit_telemetry::trace_id();
+    if let Some(id) = &trace_id {
+        tracing::Span::current().record("trace_id", id.as_str());
+    }
     let existing = ctx.applier.managed_secrets().await?;
     let stored = render::stored_from_secrets(&existing);
     let load_balancer_ingress = ctx.applier.load_balancer_ingress().await?;
@@ -81,7 +88,7 @@ pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -
             ctx.applier.patch_peer_status(&peer.name, desired).await?;
         }
     }
-    ctx.applier.publish(&plan.events).await;
+    ctx.applier.publish(&plan.events, trace_id.as_deref()).await;
     Ok(plan)
 }
 

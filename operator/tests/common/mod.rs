@@ -1,6 +1,8 @@
 //! Fixtures shared by the operator's tests.
 #![allow(dead_code)]
 
+pub mod kube_mock;
+
 use jiff::Timestamp;
 use knit_crds::ClusterMeshPeerSpec;
 use knit_operator::config::ClusterConfig;
