@@ -1,6 +1,7 @@
 /* Prints the size and field offsets of every struct in knit.h, one per
- * line ("struct size" / "struct.field offset"); agent/build.rs runs it and
- * a test compares the output with the Rust #[repr(C)] types. */
+ * line ("struct size" / "struct.field offset"), then every enum value and
+ * flag ("NAME value"); datapath-common/build.rs runs it and its tests
+ * compare the output with the Rust definitions. */
 #include <stddef.h>
 #include <stdio.h>
 
@@ -8,6 +9,7 @@
 
 #define S(t) printf(#t " %zu\n", sizeof(struct t))
 #define F(t, f) printf(#t "." #f " %zu\n", offsetof(struct t, f))
+#define V(n) printf(#n " %d\n", (int)(n))
 
 int main(void)
 {
@@ -25,5 +27,8 @@ int main(void)
 	S(ct_key); F(ct_key, saddr); F(ct_key, daddr); F(ct_key, sport); F(ct_key, dport); F(ct_key, proto);
 	S(ct_value); F(ct_value, flags);
 	S(node_config); F(node_config, tunnel_ifindex);
+	V(ENDPOINT_F_POLICY); V(CT_F_EGRESS); V(CT_F_ALLOWED);
+	V(DROP_POLICY); V(DROP_UNKNOWN_SOURCE); V(DROP_NO_BACKEND); V(DROP_NO_ROUTE);
+	V(DROP_MALFORMED); V(DROP_REDIRECT_FAILED); V(DROP_REASONS);
 	return 0;
 }

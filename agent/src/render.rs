@@ -139,7 +139,7 @@ pub fn render(
 /// much (beyond what its limits let through) can never evict a local
 /// route.
 fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &str) {
-    let full = |out: &DatapathState| !local && out.routes.len() >= crate::datapath::layout::IPCACHE_CAPACITY;
+    let full = |out: &DatapathState| !local && out.routes.len() >= knit_datapath_common::IPCACHE_CAPACITY;
     let tunnel_of = |node_name: &str| -> Option<Option<Ipv4Addr>> {
         if local && node_name == node {
             return Some(None);

@@ -30,8 +30,11 @@ async fn exporting(name: &str, id: u16) -> TestCluster {
     let mut cluster = TestCluster::new(name, id);
     cluster.write_source(
         "cluster.yaml",
-        &(node(&format!("{name}-n1"), &format!("192.168.{id}.1"), &format!("10.{id}.1.0/24"))
-            + &pod("x", "p", &format!("{name}-n1"), &format!("10.{id}.1.5"), "web")),
+        &(node(
+            &format!("{name}-n1"),
+            &format!("192.168.{id}.1"),
+            &format!("10.{id}.1.0/24"),
+        ) + &pod("x", "p", &format!("{name}-n1"), &format!("10.{id}.1.5"), "web")),
     );
     cluster.start_etcd();
     let client = cluster.admin().await;
@@ -44,7 +47,13 @@ async fn exporting(name: &str, id: u16) -> TestCluster {
         lease_ttl_secs: 10,
     };
     let source = DirectorySource::new(cluster.source_dir(), Duration::from_secs(1));
-    tokio::spawn(run_exporter(client, source, settings, Metrics::default(), Default::default()));
+    tokio::spawn(run_exporter(
+        client,
+        source,
+        settings,
+        Metrics::default(),
+        Default::default(),
+    ));
     cluster
 }
 

@@ -30,7 +30,7 @@ use knit_agent::render::parse_mac;
 use knit_cni::attachment::AttachmentStore;
 use knit_e2e::cni::{CniRuntime, Sandbox, result_ipv4};
 use knit_e2e::mesh::{Binaries, SERVER_PORT};
-use knit_e2e::netns::{BpffsRoot, CgroupRoot, Netns, clean_stale};
+use knit_e2e::netns::{CgroupRoot, Netns, clean_stale};
 use knit_e2e::{ChildProcess, Placement, TempDir};
 
 /// The bench node's pod CIDR (host-local hands out addresses from it).
@@ -280,7 +280,7 @@ fn main() {
     clean_stale();
     let bins = Binaries::locate();
     let cgroups = CgroupRoot::new();
-    let bpffs = BpffsRoot::new();
+    let bpffs = knit_e2e::netns::run_bpffs();
     let logs = TempDir::new("bench-logs");
     let sizes = [1usize, 1_000, 10_000, 100_000];
     let mut rows: BTreeMap<(usize, &str), Figures> = BTreeMap::new();

@@ -159,43 +159,13 @@ fn is_cgroup2(path: &Path) -> bool {
     is_mounted(path, "cgroup2")
 }
 
-/// A bpffs instance mounted for this run outside `/sys` (which `ip netns
-/// exec` remounts), so agents in node namespaces share it and their pins
-/// outlive them; unmounted on drop, which frees every pinned map and link.
-#[derive(Debug)]
-pub struct BpffsRoot {
-    mount: PathBuf,
-}
+pub use knit_testkit::bpffs::BpffsRoot;
 
-impl BpffsRoot {
-    /// Mounts a fresh bpffs.
-    pub fn new() -> Self {
-        let mount = std::env::temp_dir().join(format!("{}bpffs", run_prefix()));
-        std::fs::create_dir_all(&mount).expect("bpffs mount point");
-        if !is_mounted(&mount, "bpf") {
-            sh("mount", &["-t", "bpf", "bpf", &mount.to_string_lossy()]);
-        }
-        Self { mount }
-    }
-
-    /// The mount point.
-    pub fn path(&self) -> &Path {
-        &self.mount
-    }
-}
-
-impl Default for BpffsRoot {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for BpffsRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.mount);
-        let _ = Command::new("umount").arg(&self.mount).output();
-        let _ = std::fs::remove_dir(&self.mount);
-    }
+/// A bpffs for this run, mounted outside `/sys` (which `ip netns exec`
+/// remounts), so agents in node namespaces share it and their pins outlive
+/// them; unmounted when dropped.
+pub fn run_bpffs() -> BpffsRoot {
+    BpffsRoot::mount(std::env::temp_dir().join(format!("{}bpffs", run_prefix())))
 }
 
 /// Removes a cgroup directory tree bottom-up (cgroups are removed with

@@ -89,4 +89,27 @@ fn failover_thresholds_and_preferred_clusters() {
     // Local backends back: they win again over every preference.
     mesh.deploy_service(A, &web_a(vec![a[2]], vec![], order));
     mesh.wait_for_hits("local back: local only", client, vip, false, |h| only(h, &[A]));
+
+    // No backend anywhere the service may use: connects fail at once and
+    // the socket program counts them (`no_backend`).
+    mesh.deploy_service(
+        A,
+        &GlobalService {
+            import: false,
+            ..web_a(vec![], a.clone(), "")
+        },
+    );
+    mesh.wait_for_hits(
+        "a VIP with no backend to refuse connects",
+        client,
+        vip,
+        false,
+        |h| h.total() == 0,
+    );
+    let counted = |mesh: &LocalMesh| mesh.agent_metric(A.node(0), "knit_agent_drops{name=\"no_backend\"}");
+    mesh.wait_until(
+        "no_backend to be counted",
+        std::time::Duration::from_secs(10),
+        || counted(&mesh) >= 40,
+    );
 }

@@ -17,6 +17,8 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
+use knit_datapath_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_POD};
+
 use crate::{Error, Result};
 
 /// The compiled datapath.
@@ -57,7 +59,7 @@ pub fn load(pin_dir: &Path) -> Result<Loaded> {
         .default_map_pin_directory(&maps)
         .load(OBJECT)
         .map_err(|e| Error::Load(Box::new(e)))?;
-    for name in ["from_pod", "to_pod", "from_tunnel"] {
+    for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         prog.load().map_err(|e| Error::program(name, e))?;
     }

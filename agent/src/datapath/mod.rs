@@ -1,10 +1,9 @@
 //! The node's eBPF datapath: programs in `ebpf/knit.bpf.c`, maps laid out
-//! as in [`layout`], desired contents in [`state`], loading and attaching in
+//! as in [`knit_datapath_common`], desired contents in [`state`], loading and attaching in
 //! [`loader`], difference writes in [`writer`]. [`Datapath`] ties them
 //! together for the agent: one call per change with the desired state and
 //! the current interface indexes.
 
-pub mod layout;
 pub mod loader;
 pub mod state;
 pub mod writer;
@@ -13,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use aya::programs::TcAttachType;
-use layout::NodeConfig;
+use knit_datapath_common::{NodeConfig, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_POD};
 use loader::Loaded;
 use state::{DatapathState, Link, Unplaced, to_map_contents};
 use writer::{ApplyReport, MapWriter};
@@ -48,7 +47,7 @@ impl Datapath {
             tunnel_ifindex,
             pad: 0,
         })?;
-        loaded.attach_tc("from_tunnel", tunnel, TcAttachType::Ingress, TUNNEL_LINK)?;
+        loaded.attach_tc(PROG_FROM_TUNNEL, tunnel, TcAttachType::Ingress, TUNNEL_LINK)?;
         if let Some(cgroup) = cgroup {
             loaded.attach_cgroup(cgroup)?;
         }
@@ -86,13 +85,13 @@ impl Datapath {
         for (iface, ifindex) in &wanted {
             if self.attached_pods.get(*iface) != Some(ifindex) {
                 self.loaded.attach_tc(
-                    "from_pod",
+                    PROG_FROM_POD,
                     iface,
                     TcAttachType::Ingress,
                     &format!("{POD_LINK_PREFIX}{iface}"),
                 )?;
                 self.loaded.attach_tc(
-                    "to_pod",
+                    PROG_TO_POD,
                     iface,
                     TcAttachType::Egress,
                     &format!("{POD_EGRESS_LINK_PREFIX}{iface}"),

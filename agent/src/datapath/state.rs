@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 
-use super::layout::{
+use knit_datapath_common::{
     BackendKey, BackendValue, ENDPOINT_F_POLICY, EndpointValue, IpcacheValue, PolicyKey, ServiceKey,
     ServiceValue, addr_be, port_be,
 };

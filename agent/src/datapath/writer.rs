@@ -14,13 +14,13 @@ use std::hash::Hash;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 
-use super::layout::{
-    BackendKey, BackendValue, DROP_REASONS, EndpointValue, IpcacheValue, NodeConfig, PolicyKey, ServiceKey,
-    ServiceValue,
-};
 use super::loader::Loaded;
 use super::state::{MapContents, diff};
 use crate::{Error, Result};
+use knit_datapath_common::{
+    BackendKey, BackendValue, DropReason, EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_CONFIG, MAP_DROPS,
+    MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SERVICES, NodeConfig, PolicyKey, ServiceKey, ServiceValue,
+};
 
 /// The agent's handle on the datapath maps.
 pub struct MapWriter {
@@ -57,23 +57,23 @@ impl MapWriter {
     /// Takes the maps out of `loaded` and reads what they already hold.
     pub fn new(loaded: &mut Loaded) -> Result<Self> {
         let mut w = Self {
-            ipcache: take(loaded, "knit_ipcache")?,
-            endpoints: take(loaded, "knit_endpoints")?,
-            policy: take(loaded, "knit_policy")?,
-            services: take(loaded, "knit_services")?,
-            backends: take(loaded, "knit_backends")?,
-            config: take(loaded, "knit_config")?,
-            drops: take(loaded, "knit_drops")?,
+            ipcache: take(loaded, MAP_IPCACHE)?,
+            endpoints: take(loaded, MAP_ENDPOINTS)?,
+            policy: take(loaded, MAP_POLICY)?,
+            services: take(loaded, MAP_SERVICES)?,
+            backends: take(loaded, MAP_BACKENDS)?,
+            config: take(loaded, MAP_CONFIG)?,
+            drops: take(loaded, MAP_DROPS)?,
             current: MapContents::default(),
         };
         for entry in w.ipcache.iter() {
-            let (k, v) = entry.map_err(|e| Error::map("knit_ipcache", e))?;
+            let (k, v) = entry.map_err(|e| Error::map(MAP_IPCACHE, e))?;
             w.current.ipcache.insert((k.prefix_len(), k.data()), v);
         }
-        w.current.endpoints = read(&w.endpoints, "knit_endpoints")?;
-        w.current.policy = read(&w.policy, "knit_policy")?;
-        w.current.services = read(&w.services, "knit_services")?;
-        w.current.backends = read(&w.backends, "knit_backends")?;
+        w.current.endpoints = read(&w.endpoints, MAP_ENDPOINTS)?;
+        w.current.policy = read(&w.policy, MAP_POLICY)?;
+        w.current.services = read(&w.services, MAP_SERVICES)?;
+        w.current.backends = read(&w.backends, MAP_BACKENDS)?;
         Ok(w)
     }
 
@@ -86,15 +86,14 @@ impl MapWriter {
     pub fn set_config(&mut self, config: NodeConfig) -> Result<()> {
         self.config
             .set(0, config, 0)
-            .map_err(|e| Error::map("knit_config", e))
+            .map_err(|e| Error::map(MAP_CONFIG, e))
     }
 
     /// Drop counters by reason.
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
-        DROP_REASONS
+        DropReason::ALL
             .iter()
-            .enumerate()
-            .map(|(i, name)| (*name, self.drops.get(&(i as u32), 0).unwrap_or(0)))
+            .map(|r| (r.name(), self.drops.get(&(*r as u32), 0).unwrap_or(0)))
             .collect()
     }
 

@@ -81,7 +81,7 @@ impl LocalMesh {
         underlay.ip(&["link", "add", "br0", "type", "bridge"]);
         underlay.ip(&["link", "set", "br0", "up"]);
         let cgroups = CgroupRoot::new();
-        let bpffs = BpffsRoot::new();
+        let bpffs = netns::run_bpffs();
         let logs = TempDir::new("mesh-logs");
         let cni = TempDir::new("mesh-cni");
         let plugin_dir = cni.path().join("bin");

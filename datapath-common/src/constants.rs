@@ -1,0 +1,128 @@
+//! Names, drop reasons, flags and verdicts of the datapath: the `#define`s
+//! and `enum drop_reason` of `ebpf/knit.h`, the map and program names of
+//! `ebpf/knit.bpf.c`, and the tc verdicts the programs return.
+
+/// LPM trie: prefix → identity and tunnel endpoint.
+pub const MAP_IPCACHE: &str = "knit_ipcache";
+/// Hash: local pod IPv4 → [`crate::EndpointValue`].
+pub const MAP_ENDPOINTS: &str = "knit_endpoints";
+/// Hash: [`crate::PolicyKey`] → 1 (ingress allow entries).
+pub const MAP_POLICY: &str = "knit_policy";
+/// Hash: [`crate::ServiceKey`] → [`crate::ServiceValue`].
+pub const MAP_SERVICES: &str = "knit_services";
+/// Hash: [`crate::BackendKey`] → [`crate::BackendValue`].
+pub const MAP_BACKENDS: &str = "knit_backends";
+/// LRU: socket-level reverse translation.
+pub const MAP_SOCK_NAT: &str = "knit_sock_nat";
+/// LRU: policy connection tracking ([`crate::CtKey`] → [`crate::CtValue`]).
+pub const MAP_CT: &str = "knit_ct";
+/// LRU: pods' ends of flows sent into the host stack.
+pub const MAP_STACK_FLOWS: &str = "knit_stack_flows";
+/// Array of one [`crate::NodeConfig`].
+pub const MAP_CONFIG: &str = "knit_config";
+/// Array of `u64` drop counters indexed by [`DropReason`].
+pub const MAP_DROPS: &str = "knit_drops";
+
+/// tc program on the host side of each pod veth (ingress: what pods send).
+pub const PROG_FROM_POD: &str = "from_pod";
+/// tc program on the host side of each pod veth (egress: what the host forwards in).
+pub const PROG_TO_POD: &str = "to_pod";
+/// tc program on the VXLAN device (ingress: what other nodes send).
+pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
+
+/// `ENDPOINT_F_POLICY`: a NetworkPolicy selects the pod for ingress.
+pub const ENDPOINT_F_POLICY: u32 = 1;
+/// `CT_F_EGRESS`: a local pod sent the first packet of this tuple.
+pub const CT_F_EGRESS: u32 = 1;
+/// `CT_F_ALLOWED`: ingress policy admitted this tuple.
+pub const CT_F_ALLOWED: u32 = 2;
+
+/// `TC_ACT_OK`: the packet goes on its way (the host stack).
+pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_SHOT`: dropped (and counted under a [`DropReason`]).
+pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT`: handed to another device (a pod, the tunnel).
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// `enum drop_reason`: why a program dropped a packet, the index of its
+/// counter in [`MAP_DROPS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum DropReason {
+    /// Ingress policy does not admit the packet.
+    Policy = 0,
+    /// A pod sent from an address that is not one of its endpoints.
+    UnknownSource = 1,
+    /// A connect to a service VIP with no backend (socket programs).
+    NoBackend = 2,
+    /// Nowhere to send it: no local endpoint, or no tunnel device.
+    NoRoute = 3,
+    /// Too short or inconsistent to parse, or rewriting it failed.
+    Malformed = 4,
+    /// Setting the tunnel metadata failed.
+    RedirectFailed = 5,
+}
+
+/// `DROP_REASONS`: slots in [`MAP_DROPS`] (room for new reasons).
+pub const DROP_REASON_SLOTS: u32 = 8;
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [Self; 6] = [
+        Self::Policy,
+        Self::UnknownSource,
+        Self::NoBackend,
+        Self::NoRoute,
+        Self::Malformed,
+        Self::RedirectFailed,
+    ];
+
+    /// The metric label (`knit_agent_drops{name=…}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Policy => "policy_denied",
+            Self::UnknownSource => "unknown_source",
+            Self::NoBackend => "no_backend",
+            Self::NoRoute => "no_route",
+            Self::Malformed => "malformed",
+            Self::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn enum_values_and_flags_match_c() {
+        let c: BTreeMap<&str, u32> = crate::C_LAYOUT
+            .lines()
+            .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+            .map(|l| {
+                let (name, n) = l.split_once(' ').expect("name value");
+                (name, n.parse().expect("number"))
+            })
+            .collect();
+        let mut rust = BTreeMap::from([
+            ("ENDPOINT_F_POLICY", ENDPOINT_F_POLICY),
+            ("CT_F_EGRESS", CT_F_EGRESS),
+            ("CT_F_ALLOWED", CT_F_ALLOWED),
+            ("DROP_REASONS", DROP_REASON_SLOTS),
+        ]);
+        for (reason, c_name) in DropReason::ALL.into_iter().zip([
+            "DROP_POLICY",
+            "DROP_UNKNOWN_SOURCE",
+            "DROP_NO_BACKEND",
+            "DROP_NO_ROUTE",
+            "DROP_MALFORMED",
+            "DROP_REDIRECT_FAILED",
+        ]) {
+            rust.insert(c_name, reason as u32);
+        }
+        assert_eq!(rust, c);
+        assert!(DropReason::ALL.len() as u32 <= DROP_REASON_SLOTS);
+    }
+}
