@@ -1,6 +1,6 @@
 # Entry points a newcomer types. Every target installs what it needs first
 # (scripts/setup.sh is idempotent).
-.PHONY: setup test demo bench fuzz crds e2e-kind fmt lint images
+.PHONY: setup test demo bench fuzz crds mcs-types e2e-kind fmt lint images
 
 CARGO ?= cargo
 PYTHON := .venv/bin/python
@@ -38,6 +38,12 @@ fuzz: setup
 ## make crds: regenerate crds/*.yaml and config/crd/*.yaml from the Rust types.
 crds:
 	$(CARGO) run -q -p knit-crds --bin crdgen
+
+## make mcs-types: regenerate the MCS API types (crds/src/mcs/service_*.rs)
+## from the upstream CRDs with kopium (needs network and `cargo install kopium`).
+mcs-types:
+	scripts/gen-mcs-types.sh
+	$(MAKE) crds
 
 ## make e2e-kind: the kind-based suite (needs Docker, kind and network access).
 e2e-kind:

@@ -17,14 +17,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use knit_crds::mcs::SERVICE_NAME_LABEL;
 use knit_crds::{ServicePolicy, policy_from_annotations};
 use knit_kvstore::keys::{Kind, RelativeKey, cluster_prefix, local_service_key};
 use knit_kvstore::records::{
-    Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord,
+    Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceExportFacts,
+    ServiceRecord,
 };
 
 use crate::identity::{IdentityAllocator, Labels};
-use knit_sources::{ClusterState, EndpointSliceInfo, PodInfo, ServiceInfo};
+use knit_sources::{ClusterState, EndpointSliceInfo, PodInfo, ServiceInfo, object_key};
 
 /// This cluster's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,11 +163,19 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
             .or_default()
             .push(slice);
     }
-    for service in state.services.values() {
-        let Some(policy) = service_policy(state, service) else {
+    let clusterset = clusterset_vips(state);
+    let mut serviced: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for service in state.services.values().filter(|s| !is_derived(s)) {
+        let (ns, name) = (&service.namespace, &service.name);
+        let service_export = state.service_exports.get(&object_key(Some(ns), name));
+        let knit_policy = service_policy(state, service);
+        let Some(policy) = knit_policy
+            .clone()
+            .or_else(|| service_export.map(|_| exported_by_service_export()))
+        else {
             continue;
         };
-        let (ns, name) = (&service.namespace, &service.name);
+        serviced.insert((ns, name));
         let record = ServiceRecord {
             cluster: cluster.name.clone(),
             namespace: ns.clone(),
@@ -183,9 +193,26 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
             affinity: policy.affinity,
             preferred_clusters: policy.preferred_clusters.clone(),
             failover: (policy.failover != knit_crds::Failover::default()).then_some(policy.failover),
+            service_export: service_export.map(|e| ServiceExportFacts {
+                created_unix: e.created_unix,
+                headless: service.cluster_ips.is_empty(),
+                session_affinity: service.session_affinity.clone(),
+            }),
             withdrawn: false,
         };
-        out.local.insert(local_service_key(ns, name), json(&record));
+        // Which VIPs local clients reach the mesh through: a Knit global
+        // Service's own ClusterIP, and the clusterset VIP. A Service only a
+        // ServiceExport exports keeps its ClusterIP cluster-local, as MCS
+        // says (kube-proxy serves it).
+        let derived = clusterset.get(&(ns.as_str(), name.as_str()));
+        let mut local = record.clone();
+        if knit_policy.is_none() {
+            local.cluster_ips.clear();
+        }
+        local
+            .cluster_ips
+            .extend(derived.map(|d| d.cluster_ips.clone()).unwrap_or_default());
+        out.local.insert(local_service_key(ns, name), json(&local));
         if policy.export {
             put(
                 &mut out,
@@ -194,7 +221,69 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
             );
         }
     }
+    // A consumer without the Service: the derived Service alone gives the
+    // clusterset VIP, served only by other clusters' backends.
+    for ((ns, name), derived) in &clusterset {
+        if serviced.contains(&(*ns, *name)) {
+            continue;
+        }
+        let record = ServiceRecord {
+            cluster: cluster.name.clone(),
+            namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+            ports: derived.ports.clone(),
+            cluster_ips: derived.cluster_ips.clone(),
+            backends: Vec::new(),
+            export: false,
+            import: true,
+            affinity: knit_crds::Affinity::None,
+            preferred_clusters: Vec::new(),
+            failover: None,
+            service_export: None,
+            withdrawn: false,
+        };
+        out.local.insert(local_service_key(ns, name), json(&record));
+    }
     out
+}
+
+/// Whether `service` is a derived Service the operator made for a
+/// clusterset service (MCS), not a Service of its own.
+fn is_derived(service: &ServiceInfo) -> bool {
+    service.labels.contains_key(SERVICE_NAME_LABEL)
+        && service
+            .labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some("knit-operator")
+}
+
+/// Derived Services by the clusterset service they stand for.
+fn clusterset_vips(state: &ClusterState) -> BTreeMap<(&str, &str), &ServiceInfo> {
+    state
+        .services
+        .values()
+        .filter(|s| is_derived(s))
+        .filter_map(|s| {
+            Some((
+                (s.namespace.as_str(), s.labels.get(SERVICE_NAME_LABEL)?.as_str()),
+                s,
+            ))
+        })
+        .collect()
+}
+
+/// How a Service that only a `ServiceExport` exports takes part: exported,
+/// imported, no affinity (MCS has none).
+fn exported_by_service_export() -> ServicePolicy {
+    ServicePolicy {
+        export: true,
+        import: true,
+        affinity: knit_crds::Affinity::None,
+        clusters: None,
+        preferred_clusters: Vec::new(),
+        failover: knit_crds::Failover::default(),
+    }
 }
 
 /// The policy governing a Service: the oldest selecting GlobalServicePolicy

@@ -184,3 +184,108 @@ fn a_broken_file_keeps_its_last_good_contents_and_a_removed_file_its_objects_go(
     assert!(src.reload(&[dir.path().join("pods.yaml")]));
     assert!(src.state().pods.is_empty());
 }
+
+/// A Service `shop/<name>` with ClusterIP `vip` (or none: headless) and no GlobalServicePolicy.
+fn plain_service(name: &str, vip: Option<&str>, labels: &str) -> String {
+    let ip = vip
+        .map(|v| format!("  clusterIP: {v}\n  clusterIPs: [{v}]\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {{{labels}}}\nspec:\n{ip}  sessionAffinity: ClientIP\n  ports:\n  - name: http\n    port: 80\n    protocol: TCP\n---\n"
+    )
+}
+
+const SERVICE_EXPORT: &str = "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: web\n  namespace: shop\n  creationTimestamp: \"2026-01-02T03:04:05Z\"\n---\n";
+const DERIVED_LABELS: &str =
+    "multicluster.kubernetes.io/service-name: web, app.kubernetes.io/managed-by: knit-operator";
+
+#[test]
+fn a_service_export_exports_its_service_and_keeps_its_cluster_ip_local() {
+    let (_dir, src) = source(&[
+        ("web.yaml", plain_service("web", Some("10.96.0.10"), "")),
+        ("export.yaml", SERVICE_EXPORT.to_owned()),
+    ]);
+    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    eprintln!(
+        "DBG errors {:?} keys {:?} exports {:?}",
+        src.errors,
+        out.published.keys().collect::<Vec<_>>(),
+        src.state().service_exports
+    );
+    let exported = service(&out.published, "knit/v1/clusters/a/services/shop/web");
+    assert!(exported.export && exported.import);
+    let facts = exported
+        .service_export
+        .expect("MCS facts for conflict resolution");
+    assert_eq!(facts.created_unix, 1767323045);
+    assert_eq!(facts.session_affinity, "ClientIP");
+    assert!(!facts.headless);
+    // No clusterset VIP yet, and the Service's own ClusterIP stays with kube-proxy.
+    let local = service(&out.local, "knit/v1/local/services/shop/web");
+    assert!(local.cluster_ips.is_empty(), "{:?}", local.cluster_ips);
+
+    // Without the ServiceExport the Service is not exported at all.
+    let (_dir, src) = source(&[("web.yaml", plain_service("web", Some("10.96.0.10"), ""))]);
+    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    assert!(!out.published.contains_key("knit/v1/clusters/a/services/shop/web"));
+}
+
+#[test]
+fn the_derived_service_gives_local_clients_the_clusterset_vip() {
+    // With the Service here: the clusterset VIP serves it and the peers.
+    let (_dir, src) = source(&[
+        ("web.yaml", plain_service("web", Some("10.96.0.10"), "")),
+        ("export.yaml", SERVICE_EXPORT.to_owned()),
+        (
+            "derived.yaml",
+            plain_service("derived-1a2b3c4d", Some("10.96.240.7"), DERIVED_LABELS),
+        ),
+    ]);
+    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let local = service(&out.local, "knit/v1/local/services/shop/web");
+    assert_eq!(
+        local.cluster_ips,
+        ["10.96.240.7".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(local.import);
+    assert!(
+        !out.published
+            .contains_key("knit/v1/clusters/a/services/shop/derived-1a2b3c4d"),
+        "a derived Service is never exported itself"
+    );
+    assert_eq!(
+        service(&out.published, "knit/v1/clusters/a/services/shop/web").cluster_ips,
+        ["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+
+    // A consumer without the Service: import only, no backends of its own.
+    let (_dir, src) = source(&[(
+        "derived.yaml",
+        plain_service("derived-1a2b3c4d", Some("10.96.240.7"), DERIVED_LABELS),
+    )]);
+    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let local = service(&out.local, "knit/v1/local/services/shop/web");
+    assert_eq!(
+        local.cluster_ips,
+        ["10.96.240.7".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(local.import && !local.export && local.backends.is_empty());
+    assert_eq!(local.ports[0].name, "http");
+    assert!(
+        out.published
+            .keys()
+            .all(|k| !k.starts_with("knit/v1/clusters/a/services/"))
+    );
+
+    // Another implementation's derived Service (not managed by Knit) is an ordinary Service.
+    let (_dir, src) = source(&[(
+        "derived.yaml",
+        plain_service(
+            "derived-x",
+            Some("10.96.240.8"),
+            "multicluster.kubernetes.io/service-name: web",
+        ),
+    )]);
+    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    assert!(!out.local.contains_key("knit/v1/local/services/shop/web"));
+}

@@ -189,6 +189,10 @@ pub struct ServiceRecord {
     /// When traffic moves on from the preferred clusters; unset is the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<knit_crds::Failover>,
+    /// Set when a `ServiceExport` (Multi-Cluster Services API) exports the
+    /// Service: what KEP-1645's conflict resolution compares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_export: Option<ServiceExportFacts>,
     /// Set by the KVStoreMesh when the peer has been unreachable for longer
     /// than its grace period: agents must stop sending new connections here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -217,6 +221,26 @@ pub struct AgentPeerView {
     /// Why not, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+}
+
+/// What a cluster's `ServiceExport` says of its Service, for KEP-1645:
+/// the oldest export decides the type and session affinity of the
+/// clusterset service, and the ports of every export are merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceExportFacts {
+    /// When the `ServiceExport` was created (Unix seconds).
+    pub created_unix: i64,
+    /// The Service has no ClusterIP (`ServiceImport` type `Headless`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
+    /// `ClientIP` or `None`.
+    #[serde(default = "no_affinity")]
+    pub session_affinity: String,
+}
+
+fn no_affinity() -> String {
+    "None".to_owned()
 }
 
 /// `mesh-status/<peer>`: the KVStoreMesh's report on one peer.

@@ -17,7 +17,9 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::{ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceInfo, object_key};
+use crate::{
+    ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceExportInfo, ServiceInfo, object_key,
+};
 
 /// What one file contributed.
 #[derive(Clone, Debug, Default)]
@@ -36,6 +38,7 @@ enum Slot {
     EndpointSlice,
     NetworkPolicy,
     Policy,
+    ServiceExport,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,7 @@ enum Object {
     EndpointSlice(Box<EndpointSliceInfo>),
     NetworkPolicy(Box<k8s_openapi::api::networking::v1::NetworkPolicy>),
     Policy(Box<knit_crds::GlobalServicePolicy>),
+    ServiceExport(Box<ServiceExportInfo>),
 }
 
 /// Reads a directory of manifests into a [`ClusterState`].
@@ -179,6 +183,7 @@ impl DirectorySource {
                 Slot::EndpointSlice => drop(s.endpoint_slices.remove(&key)),
                 Slot::NetworkPolicy => drop(s.network_policies.remove(&key)),
                 Slot::Policy => drop(s.policies.remove(&key)),
+                Slot::ServiceExport => drop(s.service_exports.remove(&key)),
             }
         }
     }
@@ -258,6 +263,11 @@ fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
         }
         Object::NetworkPolicy(o) => put!(network_policies, Slot::NetworkPolicy, o),
         Object::Policy(o) => put!(policies, Slot::Policy, o),
+        Object::ServiceExport(o) => {
+            let key = object_key(Some(&o.namespace), &o.name);
+            state.service_exports.insert(key.clone(), *o);
+            (Slot::ServiceExport, key)
+        }
     }
 }
 
@@ -286,6 +296,8 @@ fn parse_documents(text: &str, skipped: &mut u64, interner: &mut Interner) -> Re
                 .map(|o| Object::EndpointSlice(Box::new(o.into()))),
             "NetworkPolicy" => serde_json::from_value(value).map(|o| Object::NetworkPolicy(Box::new(o))),
             "GlobalServicePolicy" => serde_json::from_value(value).map(|o| Object::Policy(Box::new(o))),
+            "ServiceExport" => serde_json::from_value(value.get("metadata").cloned().unwrap_or_default())
+                .map(|m| Object::ServiceExport(Box::new(ServiceExportInfo::from_metadata(m)))),
             _ => {
                 *skipped += 1;
                 continue;

@@ -1,8 +1,10 @@
 //! The Kubernetes source: one watcher per kind the reader asked for
 //! ([`Kinds`]: Nodes, Pods, Namespaces, Services, EndpointSlices,
-//! NetworkPolicies, GlobalServicePolicies), merged into one stream that
-//! updates a [`ClusterState`] in place. Kinds not asked for stay empty and
-//! count as listed.
+//! NetworkPolicies, GlobalServicePolicies, ServiceExports), merged into one
+//! stream that updates a [`ClusterState`] in place. Kinds not asked for stay
+//! empty and count as listed. ServiceExports are optional: while their CRD
+//! is not installed (the list answers 404) they count as listed and empty,
+//! and the watch keeps retrying, so installing the CRD later just works.
 //!
 //! A (re)list is buffered and swapped in whole on `InitDone`, so a relist
 //! never shows a half-empty state. Pods and Nodes are kept as
@@ -16,14 +18,16 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_crds::GlobalServicePolicy;
-use kube::api::Api;
+use knit_crds::mcs::ServiceExport;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    ClusterState, EndpointSliceInfo, Interner, Kinds, NodeInfo, PodInfo, ServiceInfo, Source, object_key,
+    ClusterState, EndpointSliceInfo, Interner, Kinds, NodeInfo, PodInfo, ServiceExportInfo, ServiceInfo,
+    Source, object_key,
 };
 
 // Boxing each event would cost an allocation per object for nothing: the
@@ -37,6 +41,9 @@ enum Change {
     EndpointSlice(Event<EndpointSlice>),
     NetworkPolicy(Event<NetworkPolicy>),
     Policy(Event<GlobalServicePolicy>),
+    ServiceExport(Event<PartialObjectMeta<ServiceExport>>),
+    /// The ServiceExport CRD is not installed.
+    ServiceExportsAbsent,
 }
 
 /// Relist buffers and readiness per kind.
@@ -49,6 +56,7 @@ struct Buffers {
     endpoint_slices: Option<BTreeMap<String, EndpointSliceInfo>>,
     network_policies: Option<BTreeMap<String, NetworkPolicy>>,
     policies: Option<BTreeMap<String, GlobalServicePolicy>>,
+    service_exports: Option<BTreeMap<String, ServiceExportInfo>>,
 }
 
 /// Watches the cluster through the Kubernetes API.
@@ -56,7 +64,7 @@ pub struct KubernetesSource {
     state: ClusterState,
     interner: Interner,
     buffers: Buffers,
-    listed: [bool; 7],
+    listed: [bool; 8],
     changes: SelectAll<BoxStream<'static, Change>>,
 }
 
@@ -85,6 +93,7 @@ impl KubernetesSource {
             kinds.endpoint_slices,
             kinds.network_policies,
             kinds.policies,
+            kinds.service_exports,
         ];
         let streams = [
             kinds.nodes.then(|| stream::<Node>(&client, Change::Node)),
@@ -104,6 +113,7 @@ impl KubernetesSource {
             kinds
                 .policies
                 .then(|| stream::<GlobalServicePolicy>(&client, Change::Policy)),
+            kinds.service_exports.then(|| optional_service_exports(&client)),
         ];
         Self {
             state: ClusterState::default(),
@@ -141,6 +151,17 @@ impl KubernetesSource {
                 apply(&mut s.network_policies, &mut b.network_policies, e, &mut |o| o),
             ),
             Change::Policy(e) => (6, apply(&mut s.policies, &mut b.policies, e, &mut |o| o)),
+            Change::ServiceExport(e) => (
+                7,
+                apply(&mut s.service_exports, &mut b.service_exports, e, &mut |o| {
+                    ServiceExportInfo::from_metadata(o.metadata)
+                }),
+            ),
+            Change::ServiceExportsAbsent => {
+                let had = !s.service_exports.is_empty();
+                s.service_exports.clear();
+                (7, if had { Applied::Changed } else { Applied::ListDone })
+            }
         };
         if applied == Applied::ListDone {
             self.listed[kind] = true;
@@ -148,6 +169,32 @@ impl KubernetesSource {
         }
         applied != Applied::Buffered
     }
+}
+
+/// The ServiceExport watch, of metadata only (all the export reads); a 404
+/// on the list (no CRD) becomes [`Change::ServiceExportsAbsent`] instead of
+/// an endless wait.
+fn optional_service_exports(client: &Client) -> BoxStream<'static, Change> {
+    use kube::runtime::watcher::watcher;
+    watcher(
+        Api::<PartialObjectMeta<ServiceExport>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(|r| async move {
+        match r {
+            Ok(e) => Some(Change::ServiceExport(e)),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+                tracing::debug!("ServiceExport CRD not installed; no MCS exports");
+                Some(Change::ServiceExportsAbsent)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kubernetes watch error; retrying");
+                None
+            }
+        }
+    })
+    .boxed()
 }
 
 #[derive(PartialEq, Eq)]

@@ -44,6 +44,35 @@ pub struct ClusterState {
     pub network_policies: BTreeMap<String, NetworkPolicy>,
     /// GlobalServicePolicies.
     pub policies: BTreeMap<String, GlobalServicePolicy>,
+    /// ServiceExports (Multi-Cluster Services API); empty when the CRD is
+    /// not installed.
+    pub service_exports: BTreeMap<String, ServiceExportInfo>,
+}
+
+impl ServiceExportInfo {
+    /// Reads a ServiceExport's metadata: all the export needs of it (a
+    /// ServiceExport has no required spec, and its status is ours).
+    pub fn from_metadata(metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self {
+            namespace: metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: metadata.name.unwrap_or_default(),
+            created_unix: metadata
+                .creation_timestamp
+                .map(|t| t.0.as_second())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What the export reads of a `ServiceExport`: which Service, since when.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceExportInfo {
+    /// Namespace (the Service's).
+    pub namespace: String,
+    /// Name (the Service's).
+    pub name: String,
+    /// `metadata.creationTimestamp` as Unix seconds (0 when unset).
+    pub created_unix: i64,
 }
 
 /// Shares equal strings and label sets between objects: thousands of pods
@@ -179,6 +208,8 @@ pub struct ServiceInfo {
     pub ports: Vec<ServicePort>,
     /// ClusterIPs (none for headless Services).
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.sessionAffinity` (`None` or `ClientIP`).
+    pub session_affinity: String,
 }
 
 impl From<Service> for ServiceInfo {
@@ -205,7 +236,11 @@ impl From<Service> for ServiceInfo {
             .iter()
             .filter_map(|ip| ip.parse().ok())
             .collect();
+        let session_affinity = spec
+            .and_then(|s| s.session_affinity.clone())
+            .unwrap_or_else(|| "None".into());
         Self {
+            session_affinity,
             namespace: service.metadata.namespace.unwrap_or_else(|| "default".into()),
             name: service.metadata.name.unwrap_or_default(),
             labels: service.metadata.labels.unwrap_or_default(),
@@ -283,6 +318,8 @@ pub struct Kinds {
     pub network_policies: bool,
     /// GlobalServicePolicies.
     pub policies: bool,
+    /// ServiceExports (optional: a cluster without the MCS CRDs lists none).
+    pub service_exports: bool,
 }
 
 impl Kinds {
@@ -295,6 +332,7 @@ impl Kinds {
         endpoint_slices: true,
         network_policies: true,
         policies: true,
+        service_exports: true,
     };
 
     /// What knit-agent renders from the API server: NetworkPolicies only.
@@ -308,6 +346,7 @@ impl Kinds {
         endpoint_slices: false,
         network_policies: true,
         policies: false,
+        service_exports: false,
     };
 }
 

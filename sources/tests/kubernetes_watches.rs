@@ -99,7 +99,7 @@ async fn the_apiserver_watches_every_kind_it_exports() {
                 .to_owned(),
         );
         drop(send);
-        if kinds.len() == 7 {
+        if kinds.len() == 8 {
             break;
         }
     }
@@ -114,7 +114,49 @@ async fn the_apiserver_watches_every_kind_it_exports() {
             "networkpolicies",
             "nodes",
             "pods",
+            "serviceexports",
             "services"
         ]
     );
+}
+
+#[tokio::test]
+async fn without_the_service_export_crd_the_apiserver_still_becomes_ready() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut source = KubernetesSource::new(client, Kinds::ALL);
+    let driver = tokio::spawn(async move {
+        while !source.is_ready() {
+            source.next_change().await;
+        }
+        source
+    });
+    let mut answered = 0;
+    while answered < 8 {
+        let (path, send) = next_path(&mut handle).await.expect("a list per kind");
+        let path = path.split('?').next().unwrap().to_owned();
+        if path.ends_with("/serviceexports") {
+            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "reason": "NotFound", "code": 404, "metadata": {}});
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+        } else {
+            let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&list).unwrap()))
+                    .unwrap(),
+            );
+        }
+        answered += 1;
+    }
+    let source = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("ready although ServiceExports cannot be listed")
+        .unwrap();
+    assert!(source.state().service_exports.is_empty());
 }
