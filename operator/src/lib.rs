@@ -14,6 +14,7 @@ pub mod config;
 pub mod files;
 pub mod gsp;
 pub mod kube;
+pub mod mcs;
 pub mod names;
 pub mod peer_export;
 pub mod pki;

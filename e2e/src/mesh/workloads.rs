@@ -8,7 +8,7 @@ use super::topology::{ClusterId, NodeId, Pod, PodId};
 use super::{LocalMesh, SERVER_PORT};
 use crate::cni::{CniFailure, CniRuntime, Sandbox, result_ipv4};
 use crate::netns::Netns;
-use crate::process::ChildProcess;
+use crate::process::{ChildProcess, Placement};
 
 /// A global service to deploy.
 #[derive(Clone, Debug)]
@@ -200,6 +200,68 @@ impl LocalMesh {
                 .collect::<String>()
         );
         self.write_manifest(c, &format!("svc-{ns}-{name}.yaml"), &yaml);
+    }
+
+    /// Writes a plain Service with `vip` and its EndpointSlice (ready
+    /// `backends`, TCP `http` 8080) into `c`'s source, exported by a
+    /// `ServiceExport` (MCS API) created at `exported_at` (RFC 3339) and by
+    /// no GlobalServicePolicy.
+    pub fn deploy_service_export(
+        &self,
+        c: ClusterId,
+        (namespace, name): (&str, &str),
+        vip: Ipv4Addr,
+        backends: &[PodId],
+        exported_at: &str,
+    ) {
+        let endpoints: String = backends
+            .iter()
+            .map(|p| {
+                format!(
+                    "- addresses: [\"{}\"]\n  conditions:\n    ready: true\n",
+                    self.pod(*p).ip
+                )
+            })
+            .collect();
+        let port = SERVER_PORT;
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n  - name: http\n    port: {port}\n    protocol: TCP\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\n  protocol: TCP\nendpoints:\n{endpoints}---\n\
+             apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  creationTimestamp: \"{exported_at}\"\n"
+        );
+        self.write_manifest(c, &format!("svc-{namespace}-{name}.yaml"), &yaml);
+    }
+
+    /// Runs `knitctl mcs render` for cluster `c` (what the operator does in
+    /// Kubernetes): the derived Services and ServiceImports of every service
+    /// the clusterset exports into `namespaces` go into `c`'s source, with
+    /// clusterset VIPs from 10.96.240.0/24. Returns knitctl's output.
+    pub fn import_clusterset_services(&self, c: ClusterId, namespaces: &str) -> String {
+        let cluster = self.cluster(c);
+        let out = Placement {
+            netns: Some(cluster.cp.name()),
+            ..Placement::default()
+        }
+        .command(&self.bins.knitctl)
+        .args(["mcs", "render", "--etcd-config"])
+        .arg(cluster.control.local_config_path())
+        .args(["--endpoint", &self.etcd_url(c)])
+        .args([
+            "--namespaces",
+            namespaces,
+            "--clusterset-cidr",
+            "10.96.240.0/24",
+            "--out",
+        ])
+        .arg(cluster.control.source_dir())
+        .output()
+        .expect("running knitctl mcs render");
+        assert!(
+            out.status.success(),
+            "knitctl mcs render failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Writes arbitrary YAML into cluster `c`'s source.

@@ -44,6 +44,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Multi-Cluster Services for sites without Kubernetes.
+    Mcs {
+        #[command(subcommand)]
+        command: McsCommand,
+    },
     /// Per peer: connected, synced, mirrored counts, rejections.
     Status {
         /// etcd client config (the `local` or admin certificate's config.yaml).
@@ -73,6 +78,31 @@ enum Output {
 }
 
 #[derive(Subcommand)]
+enum McsCommand {
+    /// Write the derived Service (with a clusterset VIP) and the
+    /// ServiceImport of every service the clusterset exports into a
+    /// namespace of this site, as the operator does in Kubernetes.
+    Render {
+        /// etcd client config of this cluster (the `local` certificate's config.yaml).
+        #[arg(long)]
+        etcd_config: PathBuf,
+        /// etcd URL, instead of the config's endpoints.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Namespaces that exist at this site (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        namespaces: Vec<String>,
+        /// Range clusterset VIPs are taken from, e.g. 10.96.240.0/24.
+        #[arg(long)]
+        clusterset_cidr: ipnet::Ipv4Net,
+        /// The apiserver's source directory: `mcs-*.yaml` files are written
+        /// there, and stale ones removed.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum PeerCommand {
     /// Print the ClusterMeshPeer manifest that describes this cluster.
     Export {
@@ -95,6 +125,16 @@ enum PeerCommand {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Render { config, peers, out } => render(&config, &peers, &out),
+        Command::Mcs {
+            command:
+                McsCommand::Render {
+                    etcd_config,
+                    endpoint,
+                    namespaces,
+                    clusterset_cidr,
+                    out,
+                },
+        } => mcs_render(&etcd_config, endpoint, &namespaces, clusterset_cidr, &out).await,
         Command::Status {
             etcd_config,
             endpoint,
@@ -163,6 +203,58 @@ async fn status(
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Yaml => print!("{}", serde_saphyr::to_string(&report)?),
     }
+    Ok(())
+}
+
+async fn mcs_render(
+    etcd_config: &Path,
+    endpoint: Option<String>,
+    namespaces: &[String],
+    cidr: ipnet::Ipv4Net,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use knit_kvstore::keys::{cache_prefix, cluster_prefix, mesh_status_prefix};
+    use knit_kvstore::records::{PeerStatusRecord, ServiceRecord};
+    let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
+        .with_context(|| format!("reading {}", etcd_config.display()))?;
+    if let Some(e) = endpoint {
+        config.endpoints = vec![e];
+    }
+    let mut client = knit_kvstore::etcd::connect(&config)
+        .await
+        .context("connecting to the local etcd")?;
+    let own = knit_kvstore::etcd::local_cluster_name(&mut client)
+        .await?
+        .context("this cluster has exported nothing yet")?;
+    let peers: Vec<PeerStatusRecord> = read_reports(&mut client, &mesh_status_prefix()).await?;
+    let mut records: Vec<ServiceRecord> =
+        read_reports(&mut client, &format!("{}services/", cluster_prefix(&own))).await?;
+    for peer in &peers {
+        records.extend(
+            read_reports::<ServiceRecord>(&mut client, &format!("{}services/", cache_prefix(&peer.peer)))
+                .await?,
+        );
+    }
+    let services = knit_operator::mcs::clusterset_services(&records);
+    let namespaces = namespaces.iter().cloned().collect();
+    let files = knit_operator::mcs::site_manifests(&services, &namespaces, cidr)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for entry in std::fs::read_dir(out)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("mcs-") && name.ends_with(".yaml") && !files.contains_key(&name) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    for (name, yaml) in &files {
+        let path = out.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(yaml.as_str()) {
+            continue;
+        }
+        let tmp = out.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    println!("{} clusterset service(s) imported", files.len());
     Ok(())
 }
 
