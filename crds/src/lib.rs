@@ -67,12 +67,36 @@ pub fn manifest_dirs() -> [std::path::PathBuf; 2] {
     [crate_dir.to_path_buf(), crate_dir.join("../config/crd")]
 }
 
+/// A ServiceExport needs no spec (upstream's schema requires none, and most
+/// are written without one); the derive makes every root `spec` required.
+fn spec_optional(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let required: Vec<String> = schema
+                .required
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|field| field != "spec")
+                .collect();
+            schema.required = (!required.is_empty()).then_some(required);
+        }
+    }
+    crd
+}
+
 /// Every CRD manifest as `(file name, YAML)`, in a stable order.
 pub fn crd_manifests() -> Result<Vec<(String, String)>> {
     [
         ClusterMeshPeer::crd(),
         GlobalServicePolicy::crd(),
-        mcs::ServiceExport::crd(),
+        spec_optional(mcs::ServiceExport::crd()),
         mcs::ServiceImport::crd(),
     ]
     .into_iter()

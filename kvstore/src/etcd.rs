@@ -86,6 +86,44 @@ pub async fn local_cluster_name(client: &mut Client) -> Result<Option<String>> {
         .map(str::to_owned))
 }
 
+/// Every service exported in the mesh as this cluster's kvstore holds them:
+/// this cluster's own (`clusters/<own>/services/`) and each mirrored peer's
+/// (`cache/<peer>/services/`, peers named by the KVStoreMesh's reports).
+/// Unreadable records are skipped.
+pub async fn exported_services(client: &mut Client) -> Result<Vec<crate::records::ServiceRecord>> {
+    use crate::keys::{Kind, cache_prefix, cluster_prefix, mesh_status_prefix};
+    let mut prefixes = Vec::new();
+    if let Some(own) = local_cluster_name(client).await? {
+        prefixes.push(format!("{}{}/", cluster_prefix(&own), Kind::Services));
+    }
+    let reports: Vec<crate::records::PeerStatusRecord> = read_all(client, &mesh_status_prefix()).await?;
+    prefixes.extend(
+        reports
+            .iter()
+            .map(|r| format!("{}{}/", cache_prefix(&r.peer), Kind::Services)),
+    );
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        out.extend(read_all(client, &prefix).await?);
+    }
+    Ok(out)
+}
+
+async fn read_all<T: serde::de::DeserializeOwned>(client: &mut Client, prefix: &str) -> Result<Vec<T>> {
+    let resp = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .map_err(|source| Error::Etcd {
+            action: format!("read {prefix}"),
+            source,
+        })?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect())
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use knit_crds::mcs::{
     SERVICE_NAME_LABEL, ServiceImport, ServiceImportPorts, ServiceImportSpec, ServiceImportStatus,
     ServiceImportStatusClusters, ServiceImportType,
@@ -21,6 +20,7 @@ use knit_crds::mcs::{
 use knit_kvstore::records::{Protocol, ServicePort, ServiceRecord};
 use serde_json::json;
 
+use crate::conditions::Desired;
 use crate::{Error, Result, names};
 
 /// One service of the clusterset: what every exporting cluster agrees on.
@@ -233,34 +233,24 @@ pub fn imported<'a>(
 /// The conditions of one of this cluster's `ServiceExport`s (`Valid`,
 /// `Conflict`, `Ready`), from what this cluster exported (`exported`: its
 /// record reached the kvstore, which only happens when the Service exists)
-/// and the clusterset service it joined. `lastTransitionTime` is `now`;
-/// [`crate::conditions::settle`] keeps the old time where nothing flipped.
+/// and the clusterset service it joined. [`crate::conditions::settle`]
+/// gives them times.
 pub fn export_conditions(
     cluster: &str,
     namespace: &str,
     name: &str,
     exported: bool,
     clusterset: Option<&ClustersetService>,
-    generation: Option<i64>,
-    now: jiff::Timestamp,
-) -> Vec<Condition> {
-    let condition = |type_: &str, status: &str, reason: &str, message: String| Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time: Time(now),
-    };
+) -> Vec<Desired> {
     let valid = if exported {
-        condition(
+        Desired::new(
             "Valid",
             "True",
             "ServiceFound",
             format!("Service {namespace}/{name} is exported"),
         )
     } else {
-        condition(
+        Desired::new(
             "Valid",
             "False",
             "NoService",
@@ -268,22 +258,22 @@ pub fn export_conditions(
         )
     };
     let conflict = match clusterset.and_then(|s| s.conflicts.get(cluster)) {
-        Some(why) => condition("Conflict", "True", "ExportConflict", why.clone()),
-        None => condition(
+        Some(why) => Desired::new("Conflict", "True", "ExportConflict", why.clone()),
+        None => Desired::new(
             "Conflict",
             "False",
             "NoConflict",
-            "no conflict with other exports".into(),
+            "no conflict with other exports",
         ),
     };
     let ready = match clusterset {
-        Some(s) if exported && s.clusters.iter().any(|c| c == cluster) => condition(
+        Some(s) if exported && s.clusters.iter().any(|c| c == cluster) => Desired::new(
             "Ready",
             "True",
             "Exported",
             format!("exported to the clusterset with {}", s.clusters.join(", ")),
         ),
-        _ => condition("Ready", "False", "Pending", "not exported yet".into()),
+        _ => Desired::new("Ready", "False", "Pending", "not exported yet"),
     };
     vec![valid, conflict, ready]
 }
@@ -404,44 +394,17 @@ mod tests {
             "{why}"
         );
 
-        let c = export_conditions(
-            "cluster-c",
-            "shop",
-            "web",
-            true,
-            Some(s),
-            Some(1),
-            jiff::Timestamp::UNIX_EPOCH,
-        );
-        let status = |t: &str| c.iter().find(|x| x.type_ == t).map(|x| x.status.clone()).unwrap();
+        let c = export_conditions("cluster-c", "shop", "web", true, Some(s));
+        let status = |t: &str| c.iter().find(|x| x.type_ == t).map(|x| x.status).unwrap();
         assert_eq!(
             (status("Valid"), status("Conflict"), status("Ready")),
-            ("True".into(), "True".into(), "True".into())
+            ("True", "True", "True")
         );
-        let a = export_conditions(
-            "cluster-a",
-            "shop",
-            "web",
-            true,
-            Some(s),
-            None,
-            jiff::Timestamp::UNIX_EPOCH,
-        );
+        let a = export_conditions("cluster-a", "shop", "web", true, Some(s));
         assert_eq!(a.iter().find(|x| x.type_ == "Conflict").unwrap().status, "False");
-        let missing = export_conditions(
-            "cluster-d",
-            "shop",
-            "web",
-            false,
-            Some(s),
-            None,
-            jiff::Timestamp::UNIX_EPOCH,
-        );
+        let missing = export_conditions("cluster-d", "shop", "web", false, Some(s));
         let valid = missing.iter().find(|x| x.type_ == "Valid").unwrap();
-        assert_eq!(
-            (valid.status.as_str(), valid.reason.as_str()),
-            ("False", "NoService")
-        );
+        assert_eq!((valid.status, valid.reason.as_str()), ("False", "NoService"));
     }
 
     #[test]

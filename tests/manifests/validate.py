@@ -295,6 +295,14 @@ def main():
     failures += check_agent_install(rendered)
     failures += check_images_in_one_place()
     failures += check_monitoring()
+    for doc in kustomize(os.path.join(ROOT, "config", "coredns")):
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            failures.append(f"config/coredns: {doc['kind']}/{doc['metadata']['name']}: {e.message}")
+    corefile = open(os.path.join(ROOT, "config", "coredns", "Corefile.snippet")).read()
+    if "multicluster clusterset.local" not in corefile:
+        failures.append("config/coredns/Corefile.snippet must enable the multicluster plugin for clusterset.local")
 
     for sample in sorted(glob.glob(os.path.join(ROOT, "config", "samples", "*", "kustomization.yaml"))):
         d = os.path.dirname(sample)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use knit_operator::config::ClusterConfig;
-use knit_operator::kube::{Applier, gsp_controller, mesh};
+use knit_operator::kube::{Applier, gsp_controller, mcs_controller, mesh, mesh_status};
 use knit_telemetry::prometheus_client::metrics::counter::Counter;
 use knit_telemetry::prometheus_client::metrics::family::Family;
 use knit_telemetry::prometheus_client::metrics::gauge::Gauge;
@@ -82,6 +82,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let applier = Applier::new(client, &config.namespace, args.pod_name);
+    let mcs_loop = {
+        let (applier, config) = (applier.clone(), config.clone());
+        mcs_controller::run(
+            applier.client().clone(),
+            config.cluster_name.clone(),
+            std::time::Duration::from_secs(5),
+            move || {
+                let (applier, config) = (applier.clone(), config.clone());
+                async move {
+                    let mut etcd = mesh_status::connect_local_etcd(&applier, &config).await?;
+                    Ok(knit_kvstore::etcd::exported_services(&mut etcd).await?)
+                }
+            },
+        )
+    };
     let mesh_ctx = mesh::MeshContext {
         config,
         applier: applier.clone(),
@@ -105,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         r = server => r.context("metrics server")?,
         () = mesh_loop => anyhow::bail!("mesh loop ended"),
         () = gsp_controller::run(applier) => anyhow::bail!("policy controller ended"),
+        () = mcs_loop => anyhow::bail!("multi-cluster services loop ended"),
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
     Ok(())

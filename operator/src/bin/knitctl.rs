@@ -213,8 +213,6 @@ async fn mcs_render(
     cidr: ipnet::Ipv4Net,
     out: &Path,
 ) -> anyhow::Result<()> {
-    use knit_kvstore::keys::{cache_prefix, cluster_prefix, mesh_status_prefix};
-    use knit_kvstore::records::{PeerStatusRecord, ServiceRecord};
     let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
         .with_context(|| format!("reading {}", etcd_config.display()))?;
     if let Some(e) = endpoint {
@@ -223,18 +221,9 @@ async fn mcs_render(
     let mut client = knit_kvstore::etcd::connect(&config)
         .await
         .context("connecting to the local etcd")?;
-    let own = knit_kvstore::etcd::local_cluster_name(&mut client)
-        .await?
-        .context("this cluster has exported nothing yet")?;
-    let peers: Vec<PeerStatusRecord> = read_reports(&mut client, &mesh_status_prefix()).await?;
-    let mut records: Vec<ServiceRecord> =
-        read_reports(&mut client, &format!("{}services/", cluster_prefix(&own))).await?;
-    for peer in &peers {
-        records.extend(
-            read_reports::<ServiceRecord>(&mut client, &format!("{}services/", cache_prefix(&peer.peer)))
-                .await?,
-        );
-    }
+    let records = knit_kvstore::etcd::exported_services(&mut client)
+        .await
+        .context("reading the exported services")?;
     let services = knit_operator::mcs::clusterset_services(&records);
     let namespaces = namespaces.iter().cloned().collect();
     let files = knit_operator::mcs::site_manifests(&services, &namespaces, cidr)?;

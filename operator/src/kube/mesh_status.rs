@@ -33,6 +33,37 @@ pub struct Reports {
     pub agents: BTreeMap<String, AgentStatusRecord>,
 }
 
+/// Connects to this cluster's etcd (the mesh apiserver's Service) with the
+/// read-only `local` certificate, read from its Secret.
+pub async fn connect_local_etcd(
+    applier: &Applier,
+    config: &ClusterConfig,
+) -> knit_kvstore::Result<etcd_client::Client> {
+    let endpoint = format!(
+        "https://{}.{}.svc:{}",
+        names::APISERVER,
+        config.namespace,
+        config.apiserver.port
+    );
+    let read = |key: &'static str| async move {
+        applier
+            .secret_key(names::LOCAL_CERT_SECRET, key)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(knit_kvstore::Error::InvalidClientConfig {
+                field: "knit-local-client-cert",
+                problem: format!("Secret has no {key} yet"),
+            })
+    };
+    let (ca, cert, key) = (
+        read("ca.crt").await?,
+        read("tls.crt").await?,
+        read("tls.key").await?,
+    );
+    etcd::connect_pem(&[endpoint], ca.as_bytes(), cert.as_bytes(), key.as_bytes()).await
+}
+
 /// Watches the reports until the process stops; pokes `changed` on every update.
 pub async fn watch_reports(
     applier: Applier,
@@ -40,37 +71,9 @@ pub async fn watch_reports(
     reports: MeshReports,
     changed: mpsc::Sender<()>,
 ) {
-    let endpoint = format!(
-        "https://{}.{}.svc:{}",
-        names::APISERVER,
-        config.namespace,
-        config.apiserver.port
-    );
     let connect = move || {
-        let applier = applier.clone();
-        let endpoint = endpoint.clone();
-        async move {
-            let read = |key: &'static str| {
-                let applier = applier.clone();
-                async move {
-                    applier
-                        .secret_key(names::LOCAL_CERT_SECRET, key)
-                        .await
-                        .ok()
-                        .flatten()
-                        .ok_or(knit_kvstore::Error::InvalidClientConfig {
-                            field: "knit-local-client-cert",
-                            problem: format!("Secret has no {key} yet"),
-                        })
-                }
-            };
-            let (ca, cert, key) = (
-                read("ca.crt").await?,
-                read("tls.crt").await?,
-                read("tls.key").await?,
-            );
-            etcd::connect_pem(&[endpoint], ca.as_bytes(), cert.as_bytes(), key.as_bytes()).await
-        }
+        let (applier, config) = (applier.clone(), config.clone());
+        async move { connect_local_etcd(&applier, &config).await }
     };
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(watch_prefix(connect.clone(), mesh_status_prefix(), tx.clone()));
