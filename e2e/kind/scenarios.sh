@@ -138,3 +138,43 @@ pass "policy: app=frontend from cluster-a allowed, from cluster-b dropped"
 
 kubectl --context $A -n knit-system exec ds/knit-agent -- knitctl status
 pass "security scenarios: see apiserver/tests/security.rs and e2e/tests/scenarios.rs (need etcd access from outside)"
+
+# ---------------------------------------------------------------------------
+# What operators see, graceful affinity and the Multi-Cluster Services API
+# (the same list as e2e/tests/agents_report.rs, affinity.rs and mcs.rs).
+nodes=$(kubectl --context $A get nodes -o name | wc -l)
+[[ $(kubectl --context $A get cmp cluster-b -o jsonpath='{.status.connected}') == "$nodes/$nodes" ]]
+pass "CONNECTED shows $nodes/$nodes agents reaching cluster-b"
+
+# Threshold: a's 2 local backends are fewer than 3, so b's are added.
+kubectl --context $A -n shop patch gsp web --type=merge -p '{"spec":{"affinity":"local","failover":{"minReadyBackends":3}}}'; sleep 5
+h=$(hits $A "$(vip $A)" 200)
+[[ $(from "$h" cluster-a) -gt 0 && $(from "$h" cluster-b) -gt 0 ]] || { echo "FAIL: threshold $h"; exit 1; }
+# Preference: with no affinity, cluster-b is preferred while it has a ready backend.
+kubectl --context $A -n shop patch gsp web --type=json -p '[{"op":"remove","path":"/spec/failover"},{"op":"replace","path":"/spec/affinity","value":"none"},{"op":"add","path":"/spec/preferredClusters","value":["cluster-b"]}]'; sleep 5
+[[ $(from "$(hits $A "$(vip $A)" 100)" cluster-b) == 100 ]]
+kubectl --context $A -n shop patch gsp web --type=json -p '[{"op":"remove","path":"/spec/preferredClusters"}]'
+pass "affinity threshold and cluster preference"
+
+# MCS: a exports shop/api with a ServiceExport; b has no Service api.
+kubectl --context $A -n shop create service clusterip api --tcp=8080:8080 --dry-run=client -o yaml \
+  | sed 's/app: api/app: web/' | kubectl --context $A apply -f -
+kubectl --context $A apply -f config/samples/cluster-a/serviceexport.yaml
+kubectl --context $B -n shop wait serviceimport/api --for=jsonpath='{.spec.ips[0]}' --timeout=120s
+clusterset_ip=$(kubectl --context $B -n shop get serviceimport api -o jsonpath='{.spec.ips[0]}')
+[[ $(from "$(hits $B "$clusterset_ip" 50)" cluster-a) == 50 ]]
+kubectl --context $A -n shop wait serviceexport/api --for=condition=Ready --timeout=60s
+pass "a cluster without the Service reaches it by the clusterset VIP"
+
+# DNS: CoreDNS (>= 1.12.2, multicluster plugin) answers api.shop.svc.clusterset.local.
+kubectl --context $B apply -k config/coredns
+kubectl --context $B -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}' \
+  | sed 's/^\(\s*\)kubernetes cluster.local/\1multicluster clusterset.local\n&/' > /tmp/knit-corefile
+kubectl --context $B -n kube-system create configmap coredns --from-file=Corefile=/tmp/knit-corefile \
+  --dry-run=client -o yaml | kubectl --context $B apply -f -
+kubectl --context $B -n kube-system set image deploy/coredns coredns=registry.k8s.io/coredns/coredns:v1.12.2
+kubectl --context $B -n kube-system rollout status deploy/coredns --timeout=120s
+resolved=$(kubectl --context $B -n shop run dns-check --rm -i --restart=Never --image=busybox:1.36 -- \
+  nslookup api.shop.svc.clusterset.local | awk '/^Address: / {print $2}' | tail -1)
+[[ "$resolved" == "$clusterset_ip" ]] || { echo "FAIL: resolved $resolved, want $clusterset_ip"; exit 1; }
+pass "api.shop.svc.clusterset.local resolves to the clusterset VIP"
