@@ -31,6 +31,9 @@ pub struct Metrics {
     pub rejected: Family<Name, Gauge>,
     /// Local endpoints whose interface does not exist yet.
     pub pending_endpoints: Gauge,
+    /// NetworkPolicy ports that allow nothing because the datapath cannot
+    /// express them (a protocol other than TCP/UDP, a range too long).
+    pub unsupported_policy_ports: Gauge,
     /// CNI attachment files that could not be read.
     pub unreadable_attachments: Gauge,
     /// Times Knit was chained again into a CNI config that lost it.
@@ -72,6 +75,11 @@ impl Metrics {
             "rejected_values",
             "Kvstore values skipped by reason",
             self.rejected.clone(),
+        );
+        r.register(
+            "unsupported_policy_ports",
+            "NetworkPolicy ports that allow nothing: a protocol other than TCP/UDP, or a range too long",
+            self.unsupported_policy_ports.clone(),
         );
         r.register(
             "pending_endpoints",

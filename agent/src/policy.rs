@@ -8,8 +8,11 @@
 //! from the verified cluster, `io.kubernetes.pod.namespace` and the
 //! namespace's labels), so a rule can allow `app=frontend` from one cluster
 //! only. Selectors that name no cluster match pods of every cluster. A pod no policy selects
-//! allows everything. Not compiled (documented): `ipBlock` peers, named
-//! ports and `endPort` ranges (such a port allows nothing), egress rules.
+//! allows everything. Ports: numbers, names (resolved per selected pod
+//! from its container ports, as kube-proxy-less implementations do: a pod
+//! without that name gets nothing from the rule) and `endPort` ranges (up
+//! to [`MAX_RANGE_PORTS`] ports each; a longer range allows nothing and is
+//! counted). Not compiled (documented): `ipBlock` peers, egress rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -18,12 +21,17 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use knit_kvstore::records::{PortSpec, Protocol};
+
 use crate::datapath::state::{AllowEntry, PROTO_TCP, PROTO_UDP};
 
 /// Label holding a pod's namespace in identity labels.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// Prefix of namespace labels in identity labels.
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+
+/// Most ports one `endPort` range expands to (one allow entry each).
+pub const MAX_RANGE_PORTS: u32 = 4096;
 
 /// A local pod the compiler may select.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +42,8 @@ pub struct PolicyTarget<'a> {
     pub namespace: &'a str,
     /// Identity labels.
     pub labels: &'a BTreeMap<String, String>,
+    /// The pod's named container ports.
+    pub named_ports: &'a BTreeMap<String, PortSpec>,
 }
 
 /// Compiled ingress policy of this node.
@@ -43,6 +53,9 @@ pub struct CompiledPolicy {
     pub enforced: BTreeSet<Ipv4Addr>,
     /// Allow entries.
     pub allow: BTreeSet<AllowEntry>,
+    /// Ports that allow nothing, with why (a range too long, a protocol the
+    /// datapath does not handle).
+    pub unsupported_ports: Vec<String>,
 }
 
 /// Compiles `policies` for `targets`, with `identities` (number → labels)
@@ -66,7 +79,7 @@ pub fn compile(
         if !ingress {
             continue;
         }
-        let selected: Vec<Ipv4Addr> = targets
+        let selected: Vec<&PolicyTarget<'_>> = targets
             .iter()
             .filter(|t| {
                 t.namespace == ns
@@ -75,12 +88,11 @@ pub fn compile(
                         .as_ref()
                         .is_none_or(|s| selector_matches(s, t.labels))
             })
-            .map(|t| t.ip)
             .collect();
         if selected.is_empty() {
             continue;
         }
-        out.enforced.extend(selected.iter().copied());
+        out.enforced.extend(selected.iter().map(|t| t.ip));
         for rule in spec.ingress.iter().flatten() {
             let sources: Vec<u32> = match rule.from.as_deref() {
                 None | Some([]) => vec![0],
@@ -94,15 +106,18 @@ pub fn compile(
                     .map(|(id, _)| *id)
                     .collect(),
             };
-            let ports: Vec<(u16, u8)> = match rule.ports.as_deref() {
-                None | Some([]) => vec![(0, 0)],
-                Some(ports) => ports.iter().filter_map(port_of).collect(),
-            };
-            for ip in &selected {
+            for target in &selected {
+                let ports: Vec<(u16, u8)> = match rule.ports.as_deref() {
+                    None | Some([]) => vec![(0, 0)],
+                    Some(ports) => ports
+                        .iter()
+                        .flat_map(|p| ports_of(p, target.named_ports, &mut out.unsupported_ports))
+                        .collect(),
+                };
                 for id in &sources {
                     for (port, proto) in &ports {
                         out.allow.insert(AllowEntry {
-                            endpoint: *ip,
+                            endpoint: target.ip,
                             identity: *id,
                             port: *port,
                             proto: *proto,
@@ -115,19 +130,45 @@ pub fn compile(
     out
 }
 
-fn port_of(p: &NetworkPolicyPort) -> Option<(u16, u8)> {
-    let proto = match p.protocol.as_deref() {
-        None | Some("TCP") => PROTO_TCP,
-        Some("UDP") => PROTO_UDP,
-        Some(_) => return None,
+/// The (port, protocol) pairs one rule port allows on a pod with
+/// `named_ports`: a number, a number range (`endPort`), a name the pod
+/// declares with the same protocol, or every port (`port` unset).
+fn ports_of(
+    p: &NetworkPolicyPort,
+    named_ports: &BTreeMap<String, PortSpec>,
+    unsupported: &mut Vec<String>,
+) -> Vec<(u16, u8)> {
+    let (proto, protocol) = match p.protocol.as_deref() {
+        None | Some("TCP") => (PROTO_TCP, Protocol::Tcp),
+        Some("UDP") => (PROTO_UDP, Protocol::Udp),
+        Some(other) => {
+            unsupported.push(format!("protocol {other} (the datapath handles TCP and UDP)"));
+            return Vec::new();
+        }
     };
-    if p.end_port.is_some() {
-        return None;
-    }
-    match &p.port {
-        None => Some((0, proto)),
-        Some(IntOrString::Int(n)) => Some((u16::try_from(*n).ok()?, proto)),
-        Some(IntOrString::String(_)) => None,
+    match (&p.port, p.end_port) {
+        (None, _) => vec![(0, proto)],
+        (Some(IntOrString::Int(start)), Some(end)) => {
+            let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(end)) else {
+                return Vec::new();
+            };
+            if end < start {
+                return Vec::new();
+            }
+            if u32::from(end - start) + 1 > MAX_RANGE_PORTS {
+                unsupported.push(format!(
+                    "port range {start}-{end} is longer than {MAX_RANGE_PORTS} ports"
+                ));
+                return Vec::new();
+            }
+            (start..=end).map(|port| (port, proto)).collect()
+        }
+        (Some(IntOrString::Int(n)), None) => u16::try_from(*n).map(|n| vec![(n, proto)]).unwrap_or_default(),
+        (Some(IntOrString::String(name)), _) => named_ports
+            .get(name)
+            .filter(|spec| spec.protocol == protocol)
+            .map(|spec| vec![(spec.port, proto)])
+            .unwrap_or_default(),
     }
 }
 
@@ -197,6 +238,107 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
 mod tests {
     use super::*;
 
+    static NO_PORTS: BTreeMap<String, PortSpec> = BTreeMap::new();
+
+    #[test]
+    fn named_ports_resolve_per_pod_and_ranges_expand() {
+        let p = policy(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {}
+  ingress:
+  - ports:
+    - {port: http}
+    - {port: dns, protocol: UDP}
+    - {port: 9000, endPort: 9002}
+    - {port: 1, endPort: 65535}
+    - {port: 5000, protocol: SCTP}
+"#,
+        );
+        let pod = labels(&[(NAMESPACE_LABEL, "shop")]);
+        let a_ports = BTreeMap::from([
+            (
+                "http".to_owned(),
+                PortSpec {
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                },
+            ),
+            (
+                "dns".to_owned(),
+                PortSpec {
+                    port: 5353,
+                    protocol: Protocol::Udp,
+                },
+            ),
+        ]);
+        // b calls its TCP port 81 "http" and has "dns" only over TCP.
+        let b_ports = BTreeMap::from([
+            (
+                "http".to_owned(),
+                PortSpec {
+                    port: 81,
+                    protocol: Protocol::Tcp,
+                },
+            ),
+            (
+                "dns".to_owned(),
+                PortSpec {
+                    port: 53,
+                    protocol: Protocol::Tcp,
+                },
+            ),
+        ]);
+        let (a, b) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 2));
+        let targets = [
+            PolicyTarget {
+                ip: a,
+                namespace: "shop",
+                labels: &pod,
+                named_ports: &a_ports,
+            },
+            PolicyTarget {
+                ip: b,
+                namespace: "shop",
+                labels: &pod,
+                named_ports: &b_ports,
+            },
+        ];
+        let out = compile(&[&p], &targets, &BTreeMap::new(), None);
+        let ports = |ip| -> Vec<(u16, u8)> {
+            out.allow
+                .iter()
+                .filter(|e| e.endpoint == ip)
+                .map(|e| (e.port, e.proto))
+                .collect()
+        };
+        assert_eq!(
+            ports(a),
+            [
+                (5353, PROTO_UDP),
+                (8080, PROTO_TCP),
+                (9000, PROTO_TCP),
+                (9001, PROTO_TCP),
+                (9002, PROTO_TCP)
+            ]
+        );
+        assert_eq!(
+            ports(b),
+            [
+                (81, PROTO_TCP),
+                (9000, PROTO_TCP),
+                (9001, PROTO_TCP),
+                (9002, PROTO_TCP)
+            ]
+        );
+        assert_eq!(out.unsupported_ports.len(), 4, "{:?}", out.unsupported_ports);
+        assert!(out.unsupported_ports.iter().any(|w| w.contains("1-65535")));
+        assert!(out.unsupported_ports.iter().any(|w| w.contains("SCTP")));
+    }
+
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -252,11 +394,13 @@ spec:
                 ip: web_ip,
                 namespace: "shop",
                 labels: &web,
+                named_ports: &NO_PORTS,
             },
             PolicyTarget {
                 ip: db_ip,
                 namespace: "shop",
                 labels: &other,
+                named_ports: &NO_PORTS,
             },
         ];
         let c = compile(&[&p], &targets, &ids, None);
@@ -286,6 +430,7 @@ spec:
             ip,
             namespace: "ns",
             labels: &l,
+            named_ports: &NO_PORTS,
         }];
         let c = compile(&[&allow_all], &targets, &BTreeMap::new(), None);
         assert_eq!(
@@ -333,6 +478,7 @@ spec:
                 ip,
                 namespace: "ns",
                 labels: &me,
+                named_ports: &NO_PORTS,
             }],
             &ids,
             None,
@@ -373,6 +519,7 @@ spec:
             ip: Ipv4Addr::new(10, 1, 0, 5),
             namespace: "shop",
             labels: &web,
+            named_ports: &NO_PORTS,
         }];
         let sources = |local: Option<&str>| -> BTreeSet<u32> {
             compile(&[&p], &targets, &ids, local)

@@ -94,6 +94,7 @@ pub fn render(
                     ip,
                     namespace: &ep.namespace,
                     labels: &id.labels,
+                    named_ports: &ep.named_ports,
                 });
             }
         }
@@ -113,6 +114,7 @@ pub fn render(
         }
     }
     out.allow = compiled.allow;
+    out.unsupported_policy_ports = compiled.unsupported_ports;
 
     let on_failing_nodes = backends_on(index, failing);
     for (name, own) in &index.local_services {

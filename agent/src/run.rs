@@ -236,6 +236,12 @@ pub async fn run<S: Source>(
         );
         let applied = span.in_scope(|| {
             let desired = render(&index, &policies, &settings.node, &attachments, &options);
+            metrics
+                .unsupported_policy_ports
+                .set(desired.unsupported_policy_ports.len() as i64);
+            for why in &desired.unsupported_policy_ports {
+                tracing::warn!(%why, "a NetworkPolicy port allows nothing");
+            }
             datapath.apply(&desired, &interfaces)
         });
         match applied {

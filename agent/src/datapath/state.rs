@@ -84,6 +84,9 @@ pub struct DatapathState {
     pub services: BTreeMap<Frontend, Vec<SocketAddrV4>>,
     /// Ingress allow entries of policy-enforced pods.
     pub allow: BTreeSet<AllowEntry>,
+    /// Policy ports that allow nothing, with why (for the log and metric;
+    /// not written to any map).
+    pub unsupported_policy_ports: Vec<String>,
 }
 
 /// Raw entries of every map the agent owns.
