@@ -62,6 +62,15 @@ struct {
 } knit_policy SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct policy_cidr_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_policy_cidr SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 18);
 	__type(key, struct service_key);
@@ -203,41 +212,81 @@ static __always_inline void ct_mark(const struct flow *f, __u32 flag)
 	bpf_map_update_elem(&knit_ct, &k, &nv, BPF_ANY);
 }
 
-static __always_inline int policy_allows(__u32 endpoint, __u32 identity, __u16 dport, __u8 proto)
+/* Whether an allow entry of `endpoint` in `direction` admits the peer
+ * identity on dport/proto: exact, any port of the protocol, anything;
+ * for the identity, then for any peer. */
+static __always_inline int identity_allows(__u32 endpoint, __u8 direction, __u32 identity, __u16 dport,
+					   __u8 proto)
 {
-	struct policy_key k = {.endpoint = endpoint, .identity = identity, .dport = dport, .proto = proto};
-	if (bpf_map_lookup_elem(&knit_policy, &k))
-		return 1;
-	k.dport = 0;
-	k.proto = 0;
-	if (bpf_map_lookup_elem(&knit_policy, &k))
-		return 1;
-	k.identity = 0;
-	k.dport = dport;
-	k.proto = proto;
-	if (bpf_map_lookup_elem(&knit_policy, &k))
-		return 1;
-	k.dport = 0;
-	k.proto = 0;
-	return bpf_map_lookup_elem(&knit_policy, &k) != 0;
+	struct policy_key k = {.endpoint = endpoint, .direction = direction};
+	__u32 ids[2] = {identity, 0};
+
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		k.identity = ids[i];
+		k.dport = dport;
+		k.proto = proto;
+		if (bpf_map_lookup_elem(&knit_policy, &k))
+			return 1;
+		k.dport = 0;
+		if (bpf_map_lookup_elem(&knit_policy, &k))
+			return 1;
+		k.proto = 0;
+		if (bpf_map_lookup_elem(&knit_policy, &k))
+			return 1;
+	}
+	return 0;
 }
 
-static __always_inline int admitted(const struct flow *f, __u32 identity)
+/* Whether an ipBlock entry of `endpoint` in `direction` admits `peer`. */
+static __always_inline int cidr_allows(__u32 endpoint, __u8 direction, __u32 peer, __u16 dport, __u8 proto)
+{
+	struct policy_cidr_key k = {
+		.prefixlen = 96, .endpoint = endpoint, .direction = direction, .proto = proto, .dport = dport, .addr = peer};
+	if (bpf_map_lookup_elem(&knit_policy_cidr, &k))
+		return 1;
+	k.dport = 0;
+	if (bpf_map_lookup_elem(&knit_policy_cidr, &k))
+		return 1;
+	k.proto = 0;
+	return bpf_map_lookup_elem(&knit_policy_cidr, &k) != 0;
+}
+
+static __always_inline int policy_allows(__u32 endpoint, __u8 direction, __u32 identity, __u32 peer,
+					 __u16 dport, __u8 proto)
+{
+	return identity_allows(endpoint, direction, identity, dport, proto) ||
+	       cidr_allows(endpoint, direction, peer, dport, proto);
+}
+
+static __always_inline int ct_has(const struct flow *f, int reverse, __u32 flag)
 {
 	struct ct_key k;
-	struct ct_value *v;
+	ct_key_of(&k, f, reverse);
+	struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
+	return v && (v->flags & flag);
+}
 
-	ct_key_of(&k, f, 1);
-	v = bpf_map_lookup_elem(&knit_ct, &k);
-	if (v && (v->flags & CT_F_EGRESS))
+/* Ingress policy of the pod f->daddr, for a peer of `identity`. */
+static __always_inline int admitted(const struct flow *f, __u32 identity)
+{
+	if (ct_has(f, 1, CT_F_EGRESS) || ct_has(f, 0, CT_F_ALLOWED))
 		return 1;
-	ct_key_of(&k, f, 0);
-	v = bpf_map_lookup_elem(&knit_ct, &k);
-	if (v && (v->flags & CT_F_ALLOWED))
-		return 1;
-	if (!policy_allows(f->daddr, identity, bpf_ntohs(f->dport), f->proto))
+	if (!policy_allows(f->daddr, POLICY_INGRESS, identity, f->saddr, bpf_ntohs(f->dport), f->proto))
 		return 0;
 	ct_mark(f, CT_F_ALLOWED);
+	return 1;
+}
+
+/* Egress policy of the pod f->saddr, towards a peer of `identity`:
+ * replies of flows the peer opened pass. */
+static __always_inline int egress_admitted(const struct flow *f, __u32 identity)
+{
+	if (ct_has(f, 1, CT_F_INGRESS) || ct_has(f, 0, CT_F_EGRESS_ALLOWED))
+		return 1;
+	if (!policy_allows(f->saddr, POLICY_EGRESS, identity, f->daddr, bpf_ntohs(f->dport), f->proto))
+		return 0;
+	ct_mark(f, CT_F_EGRESS_ALLOWED);
 	return 1;
 }
 
@@ -250,6 +299,8 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 
 	if ((ep->flags & ENDPOINT_F_POLICY) && !admitted(f, identity))
 		return drop(DROP_POLICY);
+	if (ep->flags & ENDPOINT_F_EGRESS)
+		ct_mark(f, CT_F_INGRESS);
 	__builtin_memcpy(&macs[0], ep->mac, 6);
 	__builtin_memcpy(&macs[6], ep->node_mac, 6);
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
@@ -306,9 +357,12 @@ int from_pod(struct __sk_buff *skb)
 	if (!src)
 		return drop(DROP_UNKNOWN_SOURCE);
 	__u32 identity = src->identity;
+	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
+	if ((src->flags & ENDPOINT_F_EGRESS) &&
+	    !egress_admitted(&f, dst ? dst->identity : identity_of(f.daddr, 0)))
+		return drop(DROP_EGRESS_POLICY);
 	ct_mark(&f, CT_F_EGRESS);
 
-	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	if (dst) {
 		if (answers_stack_flow(&f))
 			return TC_ACT_OK;
@@ -371,12 +425,12 @@ int to_pod(struct __sk_buff *skb)
 	if (parsed != 0)
 		return TC_ACT_OK;
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
-	if (!dst || !(dst->flags & ENDPOINT_F_POLICY))
+	if (!dst || !(dst->flags & (ENDPOINT_F_POLICY | ENDPOINT_F_EGRESS)))
 		return TC_ACT_OK;
-	if (skb->ingress_ifindex == 0)
-		return TC_ACT_OK;
-	if (!admitted(&f, identity_of(f.saddr, 0)))
+	if (skb->ingress_ifindex != 0 && (dst->flags & ENDPOINT_F_POLICY) && !admitted(&f, identity_of(f.saddr, 0)))
 		return drop(DROP_POLICY);
+	if (dst->flags & ENDPOINT_F_EGRESS)
+		ct_mark(&f, CT_F_INGRESS);
 	return TC_ACT_OK;
 }
 

@@ -25,6 +25,7 @@ struct ipcache_value {
 
 /* Local endpoints (hash): pod IPv4 -> where and who it is. */
 #define ENDPOINT_F_POLICY 1 /* a NetworkPolicy selects the pod for ingress */
+#define ENDPOINT_F_EGRESS 2 /* a NetworkPolicy selects the pod for egress */
 
 struct endpoint_value {
 	__u32 ifindex; /* host side of the pod's veth */
@@ -44,14 +45,32 @@ struct stack_flow_key {
 	__u8 pad;
 };
 
-/* Ingress allow entries (hash). Zero in identity, dport or proto is a
- * wildcard: the program tries the exact key, then the wildcards. */
+/* Allow entries (hash), per selected pod and direction: the peer's
+ * identity (the source for ingress, the destination for egress). Zero in
+ * identity, dport or proto is a wildcard: the program tries the exact key,
+ * then the wildcards. */
+#define POLICY_INGRESS 0
+#define POLICY_EGRESS 1
+
 struct policy_key {
 	__u32 endpoint;
 	__u32 identity;
 	__u16 dport; /* host order */
 	__u8 proto;
-	__u8 pad;
+	__u8 direction; /* POLICY_INGRESS or POLICY_EGRESS */
+};
+
+/* CIDR allow entries (LPM trie, for ipBlock peers): selected pod,
+ * direction, protocol and port (0 = any) matched exactly, the peer's
+ * address by prefix. prefixlen is 64 + the prefix length of addr. The
+ * agent writes each ipBlock with its `except` ranges already cut out. */
+struct policy_cidr_key {
+	__u32 prefixlen;
+	__u32 endpoint;
+	__u8 direction;
+	__u8 proto;
+	__u16 dport; /* host order */
+	__u32 addr;
 };
 
 /* Service frontends (hash): VIP, port, protocol -> backend slots. */
@@ -94,8 +113,10 @@ struct sock_nat_value {
 
 /* Connection tracking for policy (LRU): who opened a flow, and whether
  * ingress policy admitted it. */
-#define CT_F_EGRESS 1  /* a local pod sent the first packet of this tuple */
-#define CT_F_ALLOWED 2 /* ingress policy admitted this tuple */
+#define CT_F_EGRESS 1         /* a local pod sent the first packet of this tuple */
+#define CT_F_ALLOWED 2        /* ingress policy admitted this tuple */
+#define CT_F_INGRESS 4        /* delivered into an egress-selected pod: its replies pass */
+#define CT_F_EGRESS_ALLOWED 8 /* egress policy admitted this tuple */
 
 struct ct_key {
 	__u32 saddr;
@@ -125,6 +146,7 @@ enum drop_reason {
 	DROP_NO_ROUTE = 3,
 	DROP_MALFORMED = 4,
 	DROP_REDIRECT_FAILED = 5,
+	DROP_EGRESS_POLICY = 6,
 	DROP_REASONS = 8,
 };
 

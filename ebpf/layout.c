@@ -17,7 +17,8 @@ int main(void)
 	S(ipcache_value); F(ipcache_value, identity); F(ipcache_value, tunnel_endpoint);
 	S(endpoint_value); F(endpoint_value, ifindex); F(endpoint_value, identity); F(endpoint_value, flags); F(endpoint_value, mac); F(endpoint_value, node_mac);
 	S(stack_flow_key); F(stack_flow_key, addr); F(stack_flow_key, port); F(stack_flow_key, proto);
-	S(policy_key); F(policy_key, endpoint); F(policy_key, identity); F(policy_key, dport); F(policy_key, proto);
+	S(policy_key); F(policy_key, endpoint); F(policy_key, identity); F(policy_key, dport); F(policy_key, proto); F(policy_key, direction);
+	S(policy_cidr_key); F(policy_cidr_key, prefixlen); F(policy_cidr_key, endpoint); F(policy_cidr_key, direction); F(policy_cidr_key, proto); F(policy_cidr_key, dport); F(policy_cidr_key, addr);
 	S(service_key); F(service_key, vip); F(service_key, port); F(service_key, proto);
 	S(service_value); F(service_value, service_id); F(service_value, count);
 	S(backend_key); F(backend_key, service_id); F(backend_key, slot);
@@ -27,8 +28,9 @@ int main(void)
 	S(ct_key); F(ct_key, saddr); F(ct_key, daddr); F(ct_key, sport); F(ct_key, dport); F(ct_key, proto);
 	S(ct_value); F(ct_value, flags);
 	S(node_config); F(node_config, tunnel_ifindex);
-	V(ENDPOINT_F_POLICY); V(CT_F_EGRESS); V(CT_F_ALLOWED);
+	V(ENDPOINT_F_POLICY); V(ENDPOINT_F_EGRESS); V(CT_F_EGRESS); V(CT_F_ALLOWED); V(CT_F_INGRESS); V(CT_F_EGRESS_ALLOWED);
+	V(POLICY_INGRESS); V(POLICY_EGRESS);
 	V(DROP_POLICY); V(DROP_UNKNOWN_SOURCE); V(DROP_NO_BACKEND); V(DROP_NO_ROUTE);
-	V(DROP_MALFORMED); V(DROP_REDIRECT_FAILED); V(DROP_REASONS);
+	V(DROP_MALFORMED); V(DROP_REDIRECT_FAILED); V(DROP_EGRESS_POLICY); V(DROP_REASONS);
 	return 0;
 }

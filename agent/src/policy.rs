@@ -1,5 +1,5 @@
-//! Kubernetes NetworkPolicy (ingress) compiled into per-endpoint allow
-//! entries over identities.
+//! Kubernetes NetworkPolicy (ingress and egress) compiled into per-endpoint
+//! allow entries over identities, and over address prefixes for ipBlock.
 //!
 //! A policy selects this node's pods of its namespace by `podSelector`;
 //! each ingress rule's peers are matched against the labels of every
@@ -12,18 +12,22 @@
 //! from its container ports, as kube-proxy-less implementations do: a pod
 //! without that name gets nothing from the rule) and `endPort` ranges (up
 //! to [`MAX_RANGE_PORTS`] ports each; a longer range allows nothing and is
-//! counted). Not compiled (documented): `ipBlock` peers, egress rules.
+//! counted). `ipBlock` peers become prefix entries with their `except`
+//! ranges cut out; they match any address in range, pods included. Egress
+//! rules select destinations the same ways; replies of connections a peer
+//! opened always pass. Not compiled: named ports in egress rules (counted).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use knit_kvstore::records::{PortSpec, Protocol};
 
-use crate::datapath::state::{AllowEntry, PROTO_TCP, PROTO_UDP};
+use crate::datapath::state::{AllowEntry, CidrAllow, Direction, PROTO_TCP, PROTO_UDP};
 
 /// Label holding a pod's namespace in identity labels.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
@@ -46,13 +50,17 @@ pub struct PolicyTarget<'a> {
     pub named_ports: &'a BTreeMap<String, PortSpec>,
 }
 
-/// Compiled ingress policy of this node.
+/// Compiled policy of this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
-    /// Pods that only accept what `allow` lists.
+    /// Pods that only accept what the ingress entries allow.
     pub enforced: BTreeSet<Ipv4Addr>,
-    /// Allow entries.
+    /// Pods that only send what the egress entries allow.
+    pub egress_enforced: BTreeSet<Ipv4Addr>,
+    /// Allow entries by peer identity.
     pub allow: BTreeSet<AllowEntry>,
+    /// Allow entries by peer address (ipBlock).
+    pub cidr_allow: BTreeSet<CidrAllow>,
     /// Ports that allow nothing, with why (a range too long, a protocol the
     /// datapath does not handle).
     pub unsupported_ports: Vec<String>,
@@ -62,6 +70,10 @@ pub struct CompiledPolicy {
 /// as the universe of possible peers. With `local_cluster` set (the agent's
 /// `--policy-default-local-cluster`, as Cilium 1.19's option of that name),
 /// a peer selector that names no cluster selects only that cluster's pods.
+///
+/// `policyTypes` as Kubernetes defines it: when unset, every policy is an
+/// Ingress policy, and an Egress policy too if it has egress rules. A pod
+/// selected in a direction allows there only what some rule allows.
 pub fn compile(
     policies: &[&NetworkPolicy],
     targets: &[PolicyTarget<'_>],
@@ -72,13 +84,13 @@ pub fn compile(
     for policy in policies {
         let Some(spec) = &policy.spec else { continue };
         let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
-        let ingress = match &spec.policy_types {
-            Some(types) => types.iter().any(|t| t == "Ingress"),
-            None => true,
+        let (ingress, egress) = match &spec.policy_types {
+            Some(types) => (
+                types.iter().any(|t| t == "Ingress"),
+                types.iter().any(|t| t == "Egress"),
+            ),
+            None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
         };
-        if !ingress {
-            continue;
-        }
         let selected: Vec<&PolicyTarget<'_>> = targets
             .iter()
             .filter(|t| {
@@ -92,9 +104,41 @@ pub fn compile(
         if selected.is_empty() {
             continue;
         }
-        out.enforced.extend(selected.iter().map(|t| t.ip));
-        for rule in spec.ingress.iter().flatten() {
-            let sources: Vec<u32> = match rule.from.as_deref() {
+        let rules: Vec<(
+            Direction,
+            Option<&[NetworkPolicyPeer]>,
+            Option<&[NetworkPolicyPort]>,
+        )> = ingress
+            .then(|| {
+                spec.ingress
+                    .iter()
+                    .flatten()
+                    .map(|r| (Direction::Ingress, r.from.as_deref(), r.ports.as_deref()))
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .flatten()
+            .chain(
+                egress
+                    .then(|| {
+                        spec.egress
+                            .iter()
+                            .flatten()
+                            .map(|r| (Direction::Egress, r.to.as_deref(), r.ports.as_deref()))
+                            .collect::<Vec<_>>()
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
+        if ingress {
+            out.enforced.extend(selected.iter().map(|t| t.ip));
+        }
+        if egress {
+            out.egress_enforced.extend(selected.iter().map(|t| t.ip));
+        }
+        for (direction, peers, rule_ports) in rules {
+            let identities_of_peers: Vec<u32> = match peers {
                 None | Some([]) => vec![0],
                 Some(peers) => identities
                     .iter()
@@ -106,19 +150,52 @@ pub fn compile(
                     .map(|(id, _)| *id)
                     .collect(),
             };
+            let blocks: Vec<Ipv4Net> = peers
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.ip_block.as_ref())
+                .flat_map(|b| ip_block_prefixes(b, &mut out.unsupported_ports))
+                .collect();
             for target in &selected {
-                let ports: Vec<(u16, u8)> = match rule.ports.as_deref() {
+                let ports: Vec<(u16, u8)> = match rule_ports {
                     None | Some([]) => vec![(0, 0)],
+                    // A named port names a container port of the pod that
+                    // receives: the selected pod for ingress. For egress it
+                    // would be each destination's; not resolved (counted).
+                    Some(ports)
+                        if direction == Direction::Egress
+                            && ports
+                                .iter()
+                                .any(|p| matches!(p.port, Some(IntOrString::String(_)))) =>
+                    {
+                        out.unsupported_ports
+                            .push("a named port in an egress rule (use the port number)".into());
+                        ports
+                            .iter()
+                            .filter(|p| !matches!(p.port, Some(IntOrString::String(_))))
+                            .flat_map(|p| ports_of(p, target.named_ports, &mut out.unsupported_ports))
+                            .collect()
+                    }
                     Some(ports) => ports
                         .iter()
                         .flat_map(|p| ports_of(p, target.named_ports, &mut out.unsupported_ports))
                         .collect(),
                 };
-                for id in &sources {
-                    for (port, proto) in &ports {
+                for (port, proto) in &ports {
+                    for id in &identities_of_peers {
                         out.allow.insert(AllowEntry {
                             endpoint: target.ip,
                             identity: *id,
+                            port: *port,
+                            proto: *proto,
+                            direction,
+                        });
+                    }
+                    for peer in &blocks {
+                        out.cidr_allow.insert(CidrAllow {
+                            endpoint: target.ip,
+                            direction,
+                            peer: *peer,
                             port: *port,
                             proto: *proto,
                         });
@@ -128,6 +205,40 @@ pub fn compile(
         }
     }
     out
+}
+
+/// The prefixes an ipBlock admits: its CIDR with every `except` range cut
+/// out (as the fewest disjoint prefixes). IPv6 blocks allow nothing here
+/// (the datapath is IPv4) and are counted.
+fn ip_block_prefixes(block: &IPBlock, unsupported: &mut Vec<String>) -> Vec<Ipv4Net> {
+    let Ok(cidr) = block.cidr.parse::<Ipv4Net>() else {
+        unsupported.push(format!("ipBlock {} (not an IPv4 CIDR)", block.cidr));
+        return Vec::new();
+    };
+    let mut kept = vec![cidr.trunc()];
+    for except in block.except.iter().flatten() {
+        let Ok(except) = except.parse::<Ipv4Net>() else {
+            continue;
+        };
+        kept = kept
+            .into_iter()
+            .flat_map(|net| subtract(net, except.trunc()))
+            .collect();
+    }
+    Ipv4Net::aggregate(&kept)
+}
+
+/// `net` without the addresses of `hole`, as disjoint prefixes.
+fn subtract(net: Ipv4Net, hole: Ipv4Net) -> Vec<Ipv4Net> {
+    if !net.contains(&hole.network()) && !hole.contains(&net.network()) {
+        return vec![net];
+    }
+    if hole.contains(&net) {
+        return Vec::new();
+    }
+    net.subnets(net.prefix_len() + 1)
+        .map(|halves| halves.flat_map(|half| subtract(half, hole)).collect())
+        .unwrap_or_default()
 }
 
 /// The (port, protocol) pairs one rule port allows on a pod with
@@ -239,6 +350,75 @@ mod tests {
     use super::*;
 
     static NO_PORTS: BTreeMap<String, PortSpec> = BTreeMap::new();
+
+    #[test]
+    fn egress_rules_and_ip_blocks_with_except() {
+        let p = policy(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: out, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  egress:
+  - to:
+    - podSelector: {matchLabels: {app: db}}
+    ports: [{port: 5432}]
+  - to:
+    - ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.128/25, 192.0.2.64/27]}
+  - to:
+    - ipBlock: {cidr: "2001:db8::/32"}
+"#,
+        );
+        let web = labels(&[("app", "web"), (NAMESPACE_LABEL, "shop")]);
+        let db = labels(&[("app", "db"), (NAMESPACE_LABEL, "shop")]);
+        let ids = BTreeMap::from([(1, &web), (2, &db)]);
+        let ip = Ipv4Addr::new(10, 1, 0, 5);
+        let targets = [PolicyTarget {
+            ip,
+            namespace: "shop",
+            labels: &web,
+            named_ports: &NO_PORTS,
+        }];
+        let c = compile(&[&p], &targets, &ids, None);
+        // No policyTypes: an egress section makes it an Egress policy too.
+        assert_eq!(c.egress_enforced, BTreeSet::from([ip]));
+        assert_eq!(
+            c.enforced,
+            BTreeSet::from([ip]),
+            "and an Ingress policy that allows nothing"
+        );
+        assert_eq!(
+            c.allow,
+            BTreeSet::from([AllowEntry {
+                endpoint: ip,
+                identity: 2,
+                port: 5432,
+                proto: PROTO_TCP,
+                direction: Direction::Egress,
+            }])
+        );
+        let peers: Vec<String> = c.cidr_allow.iter().map(|a| a.peer.to_string()).collect();
+        assert_eq!(peers, ["192.0.2.0/26", "192.0.2.96/27"]);
+        assert!(
+            c.cidr_allow
+                .iter()
+                .all(|a| a.direction == Direction::Egress && a.port == 0)
+        );
+        assert!(
+            c.unsupported_ports.iter().any(|w| w.contains("2001:db8::/32")),
+            "{:?}",
+            c.unsupported_ports
+        );
+
+        // policyTypes: [Egress] alone leaves ingress open.
+        let egress_only = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n",
+        );
+        let c = compile(&[&egress_only], &targets, &ids, None);
+        assert!(c.enforced.is_empty() && c.allow.is_empty() && c.cidr_allow.is_empty());
+        assert_eq!(c.egress_enforced, BTreeSet::from([ip]), "deny all egress");
+    }
 
     #[test]
     fn named_ports_resolve_per_pod_and_ranges_expand() {
@@ -411,7 +591,8 @@ spec:
                 endpoint: web_ip,
                 identity: 2,
                 port: 8080,
-                proto: PROTO_TCP
+                proto: PROTO_TCP,
+                direction: Direction::Ingress,
             }])
         );
     }
@@ -439,7 +620,8 @@ spec:
                 endpoint: ip,
                 identity: 0,
                 port: 0,
-                proto: 0
+                proto: 0,
+                direction: Direction::Ingress,
             }])
         );
         let c = compile(&[&deny_all], &targets, &BTreeMap::new(), None);

@@ -86,6 +86,7 @@ pub fn render(
                     node_mac: a.host_mac.as_deref().and_then(parse_mac),
                     identity: known.map_or(0, |ep| ep.identity),
                     policy_enforced: false,
+                    egress_enforced: false,
                 },
             );
             let Some(ep) = known else { continue };
@@ -113,7 +114,13 @@ pub fn render(
             ep.policy_enforced = true;
         }
     }
+    for ip in &compiled.egress_enforced {
+        if let Some(ep) = out.endpoints.get_mut(ip) {
+            ep.egress_enforced = true;
+        }
+    }
     out.allow = compiled.allow;
+    out.cidr_allow = compiled.cidr_allow;
     out.unsupported_policy_ports = compiled.unsupported_ports;
 
     let on_failing_nodes = backends_on(index, failing);

@@ -34,6 +34,7 @@ const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 const NODE_MAC_B: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0b];
 const TCP: u8 = 6;
+const TCP_PROTO: u8 = TCP;
 const UDP: u8 = 17;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -64,12 +65,17 @@ impl Programs {
     }
 
     fn endpoint(&mut self, ip: Ipv4Addr, identity: u32, policy: bool, mac: [u8; 6], node_mac: [u8; 6]) {
+        let flags = if policy { ENDPOINT_F_POLICY } else { 0 };
+        self.endpoint_flags(ip, identity, flags, mac, node_mac);
+    }
+
+    fn endpoint_flags(&mut self, ip: Ipv4Addr, identity: u32, flags: u32, mac: [u8; 6], node_mac: [u8; 6]) {
         let mut map: HashMap<&mut MapData, u32, EndpointValue> =
             HashMap::try_from(self.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
         let value = EndpointValue {
             ifindex: 100 + u32::from(ip.octets()[3]),
             identity,
-            flags: if policy { ENDPOINT_F_POLICY } else { 0 },
+            flags,
             mac,
             node_mac,
         };
@@ -87,6 +93,10 @@ impl Programs {
     }
 
     fn allow(&mut self, endpoint: Ipv4Addr, identity: u32, dport: u16, proto: u8) {
+        self.allow_in(POLICY_INGRESS, endpoint, identity, dport, proto);
+    }
+
+    fn allow_in(&mut self, direction: u8, endpoint: Ipv4Addr, identity: u32, dport: u16, proto: u8) {
         let mut map: HashMap<&mut MapData, PolicyKey, u8> =
             HashMap::try_from(self.ebpf.map_mut(MAP_POLICY).unwrap()).unwrap();
         let key = PolicyKey {
@@ -94,9 +104,22 @@ impl Programs {
             identity,
             dport,
             proto,
-            pad: 0,
+            direction,
         };
         map.insert(key, 1, 0).unwrap();
+    }
+
+    fn allow_cidr(&mut self, direction: u8, endpoint: Ipv4Addr, net: (Ipv4Addr, u32), dport: u16, proto: u8) {
+        let mut map: LpmTrie<&mut MapData, PolicyCidrKey, u8> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_POLICY_CIDR).unwrap()).unwrap();
+        let key = PolicyCidrKey {
+            endpoint: addr_be(endpoint),
+            direction,
+            proto,
+            dport,
+            addr: addr_be(net.0),
+        };
+        map.insert(&Key::new(64 + net.1, key), 1, 0).unwrap();
     }
 
     fn tunnel_device(&mut self, ifindex: u32) {
@@ -188,6 +211,21 @@ fn packet(saddr: Ipv4Addr, daddr: Ipv4Addr, proto: u8, sport: u16, dport: u16, t
 
 fn tcp(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     packet(saddr, daddr, TCP, sport, dport, flags)
+}
+
+/// Two pods on this node: a (identity A, `a_flags`) and b (identity B,
+/// MACs known, `b_flags`).
+fn pods_with_flags(tag: &str, a_flags: u32, b_flags: u32) -> Programs {
+    let mut p = Programs::load(tag);
+    p.endpoint_flags(
+        POD_A,
+        IDENTITY_A,
+        a_flags,
+        [0x02, 0, 0, 0, 0, 0x0a],
+        [0x02, 0, 0, 0, 1, 0x0a],
+    );
+    p.endpoint_flags(POD_B, IDENTITY_B, b_flags, MAC_B, NODE_MAC_B);
+    p
 }
 
 /// Two pods on this node: a (identity A) and b (identity B, MACs known).
@@ -422,5 +460,132 @@ fn to_pod_lets_the_host_in_and_holds_forwarded_traffic_to_the_policy() {
     assert_eq!(
         p.run(PROG_TO_POD, &tcp(OUTSIDE, POD_A, 40009, 22, SYN), 3).0,
         TC_ACT_OK
+    );
+}
+
+#[test]
+fn egress_policy_holds_what_a_selected_pod_sends() {
+    let mut p = pods_with_flags("egress", ENDPOINT_F_EGRESS, 0);
+    p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));
+    p.tunnel_device(7);
+    // Selected for egress with no entry: nothing leaves, wherever it goes.
+    for dst in [POD_B, REMOTE_POD, OUTSIDE] {
+        assert_eq!(
+            p.run(PROG_FROM_POD, &tcp(POD_A, dst, 41000, 80, SYN), 0).0,
+            TC_ACT_SHOT,
+            "{dst}"
+        );
+    }
+    assert_eq!(p.drops(DropReason::EgressPolicy), 3);
+    assert_eq!(
+        p.drops(DropReason::Policy),
+        0,
+        "egress drops have their own counter"
+    );
+    // By destination identity and port: b on 80 only; the remote pod on any port.
+    p.allow_in(POLICY_EGRESS, POD_A, IDENTITY_B, 80, TCP_PROTO);
+    p.allow_in(POLICY_EGRESS, POD_A, (2 << 16) | 5, 0, 0);
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, POD_B, 41001, 80, SYN), 0).0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, POD_B, 41001, 81, SYN), 0).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, REMOTE_POD, 41002, 9999, SYN), 0)
+            .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        p.ct_flags(POD_A, POD_B, 41001, 80, TCP_PROTO),
+        Some(CT_F_EGRESS | CT_F_EGRESS_ALLOWED)
+    );
+    // An ingress entry for the same peer does not open egress.
+    p.allow(POD_A, IDENTITY_B, 0, 0);
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, POD_B, 41003, 22, SYN), 0).0,
+        TC_ACT_SHOT
+    );
+}
+
+#[test]
+fn replies_of_connections_a_peer_opened_leave_an_egress_selected_pod() {
+    let p = pods_with_flags("egress-reply", 0, ENDPOINT_F_EGRESS);
+    // a opens a connection to b (b's ingress is open) ...
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, POD_B, 42000, 80, SYN), 0).0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        p.ct_flags(POD_A, POD_B, 42000, 80, TCP_PROTO)
+            .map(|f| f & CT_F_INGRESS),
+        Some(CT_F_INGRESS)
+    );
+    // ... b's answer passes its egress policy, an unsolicited packet does not.
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_B, POD_A, 80, 42000, SYN | ACK), 0)
+            .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_B, POD_A, 80, 42001, SYN), 0).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(p.drops(DropReason::EgressPolicy), 1);
+}
+
+#[test]
+fn ip_blocks_admit_by_address_prefix_in_both_directions() {
+    let mut p = pods_with_flags("cidr", ENDPOINT_F_EGRESS, ENDPOINT_F_POLICY);
+    p.route(OUTSIDE, 0, None);
+    // a may send to 192.0.2.0/26 on 443 (an ipBlock with its except cut out).
+    p.allow_cidr(
+        POLICY_EGRESS,
+        POD_A,
+        (Ipv4Addr::new(192, 0, 2, 0), 26),
+        443,
+        TCP_PROTO,
+    );
+    assert_eq!(
+        p.run(
+            PROG_FROM_POD,
+            &tcp(POD_A, Ipv4Addr::new(192, 0, 2, 1), 43000, 443, SYN),
+            0
+        )
+        .0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        p.run(
+            PROG_FROM_POD,
+            &tcp(POD_A, Ipv4Addr::new(192, 0, 2, 65), 43000, 443, SYN),
+            0
+        )
+        .0,
+        TC_ACT_SHOT,
+        "outside the prefix"
+    );
+    assert_eq!(
+        p.run(
+            PROG_FROM_POD,
+            &tcp(POD_A, Ipv4Addr::new(192, 0, 2, 1), 43000, 80, SYN),
+            0
+        )
+        .0,
+        TC_ACT_SHOT
+    );
+    // b admits 10.1.1.0/28 (a pod address included) on any port of any protocol.
+    p.allow_cidr(POLICY_INGRESS, POD_B, (Ipv4Addr::new(10, 1, 1, 0), 28), 0, 0);
+    p.allow_in(POLICY_EGRESS, POD_A, IDENTITY_B, 0, 0);
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, POD_B, 43001, 8080, SYN), 0).0,
+        TC_ACT_REDIRECT
+    );
+    // From the outside through the host: an address outside b's block is refused.
+    assert_eq!(
+        p.run(PROG_TO_POD, &tcp(OUTSIDE, POD_B, 43002, 8080, SYN), 3).0,
+        TC_ACT_SHOT
     );
 }

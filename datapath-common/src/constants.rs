@@ -6,8 +6,10 @@
 pub const MAP_IPCACHE: &str = "knit_ipcache";
 /// Hash: local pod IPv4 → [`crate::EndpointValue`].
 pub const MAP_ENDPOINTS: &str = "knit_endpoints";
-/// Hash: [`crate::PolicyKey`] → 1 (ingress allow entries).
+/// Hash: [`crate::PolicyKey`] → 1 (allow entries by identity).
 pub const MAP_POLICY: &str = "knit_policy";
+/// LPM trie: [`crate::PolicyCidrKey`] → 1 (allow entries by address, ipBlock).
+pub const MAP_POLICY_CIDR: &str = "knit_policy_cidr";
 /// Hash: [`crate::ServiceKey`] → [`crate::ServiceValue`].
 pub const MAP_SERVICES: &str = "knit_services";
 /// Hash: [`crate::BackendKey`] → [`crate::BackendValue`].
@@ -32,10 +34,20 @@ pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
 
 /// `ENDPOINT_F_POLICY`: a NetworkPolicy selects the pod for ingress.
 pub const ENDPOINT_F_POLICY: u32 = 1;
+/// `ENDPOINT_F_EGRESS`: a NetworkPolicy selects the pod for egress.
+pub const ENDPOINT_F_EGRESS: u32 = 2;
 /// `CT_F_EGRESS`: a local pod sent the first packet of this tuple.
 pub const CT_F_EGRESS: u32 = 1;
 /// `CT_F_ALLOWED`: ingress policy admitted this tuple.
 pub const CT_F_ALLOWED: u32 = 2;
+/// `CT_F_INGRESS`: delivered into an egress-selected pod (its replies pass).
+pub const CT_F_INGRESS: u32 = 4;
+/// `CT_F_EGRESS_ALLOWED`: egress policy admitted this tuple.
+pub const CT_F_EGRESS_ALLOWED: u32 = 8;
+/// `POLICY_INGRESS`: an allow entry for what reaches the selected pod.
+pub const POLICY_INGRESS: u8 = 0;
+/// `POLICY_EGRESS`: an allow entry for what the selected pod sends.
+pub const POLICY_EGRESS: u8 = 1;
 
 /// `TC_ACT_OK`: the packet goes on its way (the host stack).
 pub const TC_ACT_OK: u32 = 0;
@@ -61,6 +73,8 @@ pub enum DropReason {
     Malformed = 4,
     /// Setting the tunnel metadata failed.
     RedirectFailed = 5,
+    /// Egress policy of the sending pod does not admit the packet.
+    EgressPolicy = 6,
 }
 
 /// `DROP_REASONS`: slots in [`MAP_DROPS`] (room for new reasons).
@@ -68,13 +82,14 @@ pub const DROP_REASON_SLOTS: u32 = 8;
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Policy,
         Self::UnknownSource,
         Self::NoBackend,
         Self::NoRoute,
         Self::Malformed,
         Self::RedirectFailed,
+        Self::EgressPolicy,
     ];
 
     /// The metric label (`knit_agent_drops{name=…}`).
@@ -86,6 +101,7 @@ impl DropReason {
             Self::NoRoute => "no_route",
             Self::Malformed => "malformed",
             Self::RedirectFailed => "redirect_failed",
+            Self::EgressPolicy => "egress_policy_denied",
         }
     }
 }
@@ -108,8 +124,13 @@ mod tests {
             .collect();
         let mut rust = BTreeMap::from([
             ("ENDPOINT_F_POLICY", ENDPOINT_F_POLICY),
+            ("ENDPOINT_F_EGRESS", ENDPOINT_F_EGRESS),
             ("CT_F_EGRESS", CT_F_EGRESS),
             ("CT_F_ALLOWED", CT_F_ALLOWED),
+            ("CT_F_INGRESS", CT_F_INGRESS),
+            ("CT_F_EGRESS_ALLOWED", CT_F_EGRESS_ALLOWED),
+            ("POLICY_INGRESS", u32::from(POLICY_INGRESS)),
+            ("POLICY_EGRESS", u32::from(POLICY_EGRESS)),
             ("DROP_REASONS", DROP_REASON_SLOTS),
         ]);
         for (reason, c_name) in DropReason::ALL.into_iter().zip([
@@ -119,6 +140,7 @@ mod tests {
             "DROP_NO_ROUTE",
             "DROP_MALFORMED",
             "DROP_REDIRECT_FAILED",
+            "DROP_EGRESS_POLICY",
         ]) {
             rust.insert(c_name, reason as u32);
         }

@@ -78,16 +78,34 @@ pub struct StackFlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {
-    /// Wire-order pod address.
+    /// Wire-order address of the selected pod.
     pub endpoint: u32,
-    /// Allowed source identity; 0 = any.
+    /// Allowed peer identity (the source for ingress, the destination for
+    /// egress); 0 = any.
     pub identity: u32,
     /// Host-order destination port; 0 = any.
     pub dport: u16,
     /// IP protocol; 0 = any.
     pub proto: u8,
-    /// Zero.
-    pub pad: u8,
+    /// [`crate::POLICY_INGRESS`] or [`crate::POLICY_EGRESS`].
+    pub direction: u8,
+}
+
+/// `struct policy_cidr_key` without `prefixlen` (aya's LPM `Key` adds it;
+/// it is 64 + the prefix length of `addr`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyCidrKey {
+    /// Wire-order address of the selected pod.
+    pub endpoint: u32,
+    /// [`crate::POLICY_INGRESS`] or [`crate::POLICY_EGRESS`].
+    pub direction: u8,
+    /// IP protocol; 0 = any.
+    pub proto: u8,
+    /// Host-order destination port; 0 = any.
+    pub dport: u16,
+    /// Wire-order peer address (its prefix is what the entry matches).
+    pub addr: u32,
 }
 
 /// `struct service_key`.
@@ -210,6 +228,7 @@ unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for EndpointValue {}
 unsafe impl aya::Pod for StackFlowKey {}
 unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for PolicyCidrKey {}
 unsafe impl aya::Pod for ServiceKey {}
 unsafe impl aya::Pod for ServiceValue {}
 unsafe impl aya::Pod for BackendKey {}
@@ -253,7 +272,19 @@ mod tests {
         layout!(rust, "ipcache_value", IpcacheValue, ["identity" => identity, "tunnel_endpoint" => tunnel_endpoint]);
         layout!(rust, "endpoint_value", EndpointValue, ["ifindex" => ifindex, "identity" => identity, "flags" => flags, "mac" => mac, "node_mac" => node_mac]);
         layout!(rust, "stack_flow_key", StackFlowKey, ["addr" => addr, "port" => port, "proto" => proto]);
-        layout!(rust, "policy_key", PolicyKey, ["endpoint" => endpoint, "identity" => identity, "dport" => dport, "proto" => proto]);
+        layout!(rust, "policy_key", PolicyKey, ["endpoint" => endpoint, "identity" => identity, "dport" => dport, "proto" => proto, "direction" => direction]);
+        // `prefixlen` leads the C key; aya's LPM `Key` puts it before the data.
+        rust.insert("policy_cidr_key".to_string(), 4 + size_of::<PolicyCidrKey>());
+        rust.insert("policy_cidr_key.prefixlen".to_string(), 0);
+        for (field, offset) in [
+            ("endpoint", offset_of!(PolicyCidrKey, endpoint)),
+            ("direction", offset_of!(PolicyCidrKey, direction)),
+            ("proto", offset_of!(PolicyCidrKey, proto)),
+            ("dport", offset_of!(PolicyCidrKey, dport)),
+            ("addr", offset_of!(PolicyCidrKey, addr)),
+        ] {
+            rust.insert(format!("policy_cidr_key.{field}"), 4 + offset);
+        }
         layout!(rust, "service_key", ServiceKey, ["vip" => vip, "port" => port, "proto" => proto]);
         layout!(rust, "service_value", ServiceValue, ["service_id" => service_id, "count" => count]);
         layout!(rust, "backend_key", BackendKey, ["service_id" => service_id, "slot" => slot]);

@@ -114,7 +114,7 @@ impl Datapath {
     }
 
     /// Entries per map.
-    pub fn map_sizes(&self) -> [(&'static str, usize); 5] {
+    pub fn map_sizes(&self) -> [(&'static str, usize); 6] {
         self.writer.current().sizes()
     }
 

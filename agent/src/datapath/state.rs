@@ -15,8 +15,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ipnet::Ipv4Net;
 
 use knit_datapath_common::{
-    BackendKey, BackendValue, ENDPOINT_F_POLICY, EndpointValue, IpcacheValue, PolicyKey, ServiceKey,
-    ServiceValue, addr_be, port_be,
+    BackendKey, BackendValue, ENDPOINT_F_EGRESS, ENDPOINT_F_POLICY, EndpointValue, IpcacheValue,
+    POLICY_EGRESS, POLICY_INGRESS, PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue, addr_be, port_be,
 };
 
 /// IP protocol numbers the datapath knows.
@@ -47,6 +47,44 @@ pub struct LocalEndpoint {
     pub identity: u32,
     /// A NetworkPolicy selects the pod: ingress needs an allow entry.
     pub policy_enforced: bool,
+    /// A NetworkPolicy selects the pod for egress: what it sends needs an
+    /// allow entry.
+    pub egress_enforced: bool,
+}
+
+/// Which way an allow entry admits traffic, seen from the selected pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Direction {
+    /// What reaches the pod.
+    #[default]
+    Ingress,
+    /// What the pod sends.
+    Egress,
+}
+
+impl Direction {
+    fn raw(self) -> u8 {
+        match self {
+            Self::Ingress => POLICY_INGRESS,
+            Self::Egress => POLICY_EGRESS,
+        }
+    }
+}
+
+/// One allow entry by address prefix (an ipBlock, `except` ranges already
+/// cut out); zero port or protocol is a wildcard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CidrAllow {
+    /// The selected pod.
+    pub endpoint: Ipv4Addr,
+    /// Ingress or egress.
+    pub direction: Direction,
+    /// The peer's prefix.
+    pub peer: Ipv4Net,
+    /// Destination port (0 = any).
+    pub port: u16,
+    /// Protocol (0 = any).
+    pub proto: u8,
 }
 
 /// A Service address clients connect to.
@@ -60,17 +98,19 @@ pub struct Frontend {
     pub proto: u8,
 }
 
-/// One ingress allow entry; zero fields are wildcards.
+/// One allow entry by peer identity; zero fields are wildcards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AllowEntry {
     /// The selected pod.
     pub endpoint: Ipv4Addr,
-    /// Allowed source identity (0 = any).
+    /// Allowed peer identity (0 = any).
     pub identity: u32,
     /// Destination port (0 = any).
     pub port: u16,
     /// Protocol (0 = any).
     pub proto: u8,
+    /// Ingress (the identity is the source) or egress (the destination).
+    pub direction: Direction,
 }
 
 /// The desired datapath of one node.
@@ -82,8 +122,10 @@ pub struct DatapathState {
     pub endpoints: BTreeMap<Ipv4Addr, LocalEndpoint>,
     /// Service frontends and the backends new connections may use.
     pub services: BTreeMap<Frontend, Vec<SocketAddrV4>>,
-    /// Ingress allow entries of policy-enforced pods.
+    /// Allow entries of policy-enforced pods, by peer identity.
     pub allow: BTreeSet<AllowEntry>,
+    /// Allow entries of policy-enforced pods, by peer address (ipBlock).
+    pub cidr_allow: BTreeSet<CidrAllow>,
     /// Policy ports that allow nothing, with why (for the log and metric;
     /// not written to any map).
     pub unsupported_policy_ports: Vec<String>,
@@ -98,6 +140,8 @@ pub struct MapContents {
     pub endpoints: HashMap<u32, EndpointValue>,
     /// `knit_policy`.
     pub policy: HashMap<PolicyKey, u8>,
+    /// `knit_policy_cidr`, keyed by (prefix length, key data).
+    pub policy_cidr: HashMap<(u32, PolicyCidrKey), u8>,
     /// `knit_services`.
     pub services: HashMap<ServiceKey, ServiceValue>,
     /// `knit_backends`.
@@ -106,11 +150,12 @@ pub struct MapContents {
 
 impl MapContents {
     /// Entries per map, for metrics.
-    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+    pub fn sizes(&self) -> [(&'static str, usize); 6] {
         [
             ("ipcache", self.ipcache.len()),
             ("endpoints", self.endpoints.len()),
             ("policy", self.policy.len()),
+            ("policy_cidr", self.policy_cidr.len()),
             ("services", self.services.len()),
             ("backends", self.backends.len()),
         ]
@@ -163,7 +208,8 @@ pub fn to_map_contents(
             EndpointValue {
                 ifindex: link.index,
                 identity: ep.identity,
-                flags: if ep.policy_enforced { ENDPOINT_F_POLICY } else { 0 },
+                flags: if ep.policy_enforced { ENDPOINT_F_POLICY } else { 0 }
+                    | if ep.egress_enforced { ENDPOINT_F_EGRESS } else { 0 },
                 mac,
                 node_mac: ep.node_mac.unwrap_or(link.mac),
             },
@@ -175,9 +221,20 @@ pub fn to_map_contents(
             identity: a.identity,
             dport: a.port,
             proto: a.proto,
-            pad: 0,
+            direction: a.direction.raw(),
         };
         out.policy.insert(key, 1);
+    }
+    for c in &state.cidr_allow {
+        let key = PolicyCidrKey {
+            endpoint: addr_be(c.endpoint),
+            direction: c.direction.raw(),
+            proto: c.proto,
+            dport: c.port,
+            addr: addr_be(c.peer.network()),
+        };
+        out.policy_cidr
+            .insert((64 + u32::from(c.peer.prefix_len()), key), 1);
     }
     let mut used: BTreeSet<u32> = BTreeSet::new();
     let keys: Vec<(ServiceKey, &Vec<SocketAddrV4>)> =
@@ -340,6 +397,7 @@ mod tests {
                 node_mac: None,
                 identity: 7,
                 policy_enforced: true,
+                egress_enforced: false,
             },
         );
         let (c, u) = to_map_contents(&s, &HashMap::new(), &HashMap::new());

@@ -19,7 +19,8 @@ use super::state::{MapContents, diff};
 use crate::{Error, Result};
 use knit_datapath_common::{
     BackendKey, BackendValue, DropReason, EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_CONFIG, MAP_DROPS,
-    MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SERVICES, NodeConfig, PolicyKey, ServiceKey, ServiceValue,
+    MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, NodeConfig, PolicyCidrKey,
+    PolicyKey, ServiceKey, ServiceValue,
 };
 
 /// The agent's handle on the datapath maps.
@@ -27,6 +28,7 @@ pub struct MapWriter {
     ipcache: LpmTrie<MapData, u32, IpcacheValue>,
     endpoints: BpfHashMap<MapData, u32, EndpointValue>,
     policy: BpfHashMap<MapData, PolicyKey, u8>,
+    policy_cidr: LpmTrie<MapData, PolicyCidrKey, u8>,
     services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
     backends: BpfHashMap<MapData, BackendKey, BackendValue>,
     config: Array<MapData, NodeConfig>,
@@ -60,6 +62,7 @@ impl MapWriter {
             ipcache: take(loaded, MAP_IPCACHE)?,
             endpoints: take(loaded, MAP_ENDPOINTS)?,
             policy: take(loaded, MAP_POLICY)?,
+            policy_cidr: take(loaded, MAP_POLICY_CIDR)?,
             services: take(loaded, MAP_SERVICES)?,
             backends: take(loaded, MAP_BACKENDS)?,
             config: take(loaded, MAP_CONFIG)?,
@@ -69,6 +72,10 @@ impl MapWriter {
         for entry in w.ipcache.iter() {
             let (k, v) = entry.map_err(|e| Error::map(MAP_IPCACHE, e))?;
             w.current.ipcache.insert((k.prefix_len(), k.data()), v);
+        }
+        for entry in w.policy_cidr.iter() {
+            let (k, v) = entry.map_err(|e| Error::map(MAP_POLICY_CIDR, e))?;
+            w.current.policy_cidr.insert((k.prefix_len(), k.data()), v);
         }
         w.current.endpoints = read(&w.endpoints, MAP_ENDPOINTS)?;
         w.current.policy = read(&w.policy, MAP_POLICY)?;
@@ -105,6 +112,7 @@ impl MapWriter {
         let ipcache = diff(&cur.ipcache, &desired.ipcache);
         let endpoints = diff(&cur.endpoints, &desired.endpoints);
         let policy = diff(&cur.policy, &desired.policy);
+        let policy_cidr = diff(&cur.policy_cidr, &desired.policy_cidr);
         let services = diff(&cur.services, &desired.services);
         let backends = diff(&cur.backends, &desired.backends);
 
@@ -114,6 +122,9 @@ impl MapWriter {
         });
         upsert(&mut report, &mut cur.policy, policy.upserts, |k, v| {
             self.policy.insert(k, v, 0)
+        });
+        upsert(&mut report, &mut cur.policy_cidr, policy_cidr.upserts, |k, v| {
+            self.policy_cidr.insert(&Key::new(k.0, k.1), v, 0)
         });
         upsert(&mut report, &mut cur.endpoints, endpoints.upserts, |k, v| {
             self.endpoints.insert(k, v, 0)
@@ -135,6 +146,9 @@ impl MapWriter {
         });
         remove(&mut report, &mut cur.policy, policy.removes, |k| {
             self.policy.remove(k)
+        });
+        remove(&mut report, &mut cur.policy_cidr, policy_cidr.removes, |k| {
+            self.policy_cidr.remove(&Key::new(k.0, k.1))
         });
         remove(&mut report, &mut cur.ipcache, ipcache.removes, |k| {
             self.ipcache.remove(&lpm(k))
