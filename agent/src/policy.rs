@@ -66,6 +66,13 @@ pub struct CompiledPolicy {
     pub unsupported_ports: Vec<String>,
 }
 
+/// One rule of a policy: its direction, peers and ports.
+type Rule<'a> = (
+    Direction,
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
+
 /// Compiles `policies` for `targets`, with `identities` (number → labels)
 /// as the universe of possible peers. With `local_cluster` set (the agent's
 /// `--policy-default-local-cluster`, as Cilium 1.19's option of that name),
@@ -104,11 +111,7 @@ pub fn compile(
         if selected.is_empty() {
             continue;
         }
-        let rules: Vec<(
-            Direction,
-            Option<&[NetworkPolicyPeer]>,
-            Option<&[NetworkPolicyPort]>,
-        )> = ingress
+        let rules: Vec<Rule<'_>> = ingress
             .then(|| {
                 spec.ingress
                     .iter()
