@@ -71,6 +71,7 @@ fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize, state_dir: PathBuf
                     node_mac: a.host_mac.as_deref().and_then(parse_mac),
                     identity: 100,
                     policy_enforced: false,
+                    egress_enforced: false,
                 },
             );
             state.routes.insert(
