@@ -1,6 +1,6 @@
 # Entry points a newcomer types. Every target installs what it needs first
 # (scripts/setup.sh is idempotent).
-.PHONY: setup test demo bench fuzz crds mcs-types e2e-kind fmt lint images
+.PHONY: setup test demo bench fuzz conformance crds mcs-types e2e-kind fmt lint images
 
 CARGO ?= cargo
 PYTHON := .venv/bin/python
@@ -29,6 +29,12 @@ bench: setup
 	./target/release/examples/datapath_bench
 	$(CARGO) build --release -q --workspace --bins --example failover_bench
 	./target/release/examples/failover_bench
+
+## make conformance: the upstream Kubernetes NetworkPolicy cases, in one
+## cluster and across two, with a summary (make test runs them too).
+conformance: setup
+	$(CARGO) build -q --workspace --bins
+	$(CARGO) test -q -p knit-e2e --test conformance -- --nocapture 2>&1 | grep -a -v '^serving '
 
 ## make fuzz: the peer-input properties with many cases (make test runs 256 each).
 fuzz: setup

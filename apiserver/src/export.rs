@@ -133,7 +133,7 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
                 node: pod.node.to_string(),
                 namespace: pod.namespace.to_string(),
                 pod: pod.name.clone(),
-                named_ports: Default::default(),
+                named_ports: pod.named_ports.clone(),
             };
             put(
                 &mut out,

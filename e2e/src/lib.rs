@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cni;
+pub mod conformance;
 pub mod container;
 pub mod mesh;
 pub mod netns;

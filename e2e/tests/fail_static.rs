@@ -107,6 +107,7 @@ fn empty_etcd_restarts_fail_no_request() {
         clusters: 2,
         nodes: 1,
         grace_period: "4s".into(),
+        ..MeshOptions::default()
     });
     for c in [A, B] {
         mesh.write_manifest(c, "bulk.yaml", &bulk(c));

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_crds::GlobalServicePolicy;
-use knit_kvstore::records::{Protocol, ServicePort};
+use knit_kvstore::records::{PortSpec, Protocol, ServicePort};
 
 /// Every object the apiserver exports from, keyed by `namespace/name`
 /// (or `name` for cluster-scoped kinds).
@@ -126,6 +126,8 @@ pub struct PodInfo {
     pub node: Arc<str>,
     /// Pod IPs; empty for host-network and finished pods, which are not endpoints.
     pub ips: Vec<IpAddr>,
+    /// Named container ports (what NetworkPolicy port names resolve to).
+    pub named_ports: BTreeMap<String, PortSpec>,
 }
 
 impl PodInfo {
@@ -147,7 +149,23 @@ impl PodInfo {
             ips.clear();
         }
         ips.shrink_to_fit();
+        let named_ports = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let port = u16::try_from(p.container_port).ok()?;
+                let protocol = match p.protocol.as_deref() {
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    _ => Protocol::Tcp,
+                };
+                Some((p.name.clone()?, PortSpec { port, protocol }))
+            })
+            .collect();
         Self {
+            named_ports,
             namespace: interner.str(pod.metadata.namespace.unwrap_or_else(|| "default".into())),
             name: pod.metadata.name.unwrap_or_default(),
             labels: interner.labels(pod.metadata.labels.unwrap_or_default()),

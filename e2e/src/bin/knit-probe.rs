@@ -1,7 +1,10 @@
 //! `knit-probe`: the workload the local mesh runs inside pod namespaces.
 //!
-//! - `serve --name N --port P`: TCP and UDP on port P; every line (or
-//!   datagram) received is answered with `N`.
+//! - `serve --name N --port P[,P2…]`: TCP and UDP on each port; every line
+//!   (or datagram) received is answered with `N`.
+//! - `matrix --to A:P[,A2:P2…] [--udp] [--timeout-ms T]`: one request to
+//!   each target at once; prints JSON `{"A:P": true|false}` (answered
+//!   within T ms, default 600).
 //! - `hits --to A:P --count C [--udp]`: C requests, each on a new socket;
 //!   prints JSON `{"names": {server: n}, "errors": {kind: n}, "peer_mismatch": n}`
 //!   where `peer_mismatch` counts answers whose source (UDP) or peer name
@@ -35,9 +38,22 @@ fn required(args: &[String], name: &str) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => serve(
-            &required(&args, "--name"),
-            required(&args, "--port").parse().expect("port"),
+        Some("serve") => {
+            let name = required(&args, "--name");
+            let ports: Vec<u16> = required(&args, "--port")
+                .split(',')
+                .map(|p| p.parse().expect("port"))
+                .collect();
+            for port in ports.iter().skip(1).copied() {
+                let name = name.clone();
+                std::thread::spawn(move || serve(&name, port));
+            }
+            serve(&name, ports[0]);
+        }
+        Some("matrix") => matrix(
+            &required(&args, "--to"),
+            args.iter().any(|a| a == "--udp"),
+            arg(&args, "--timeout-ms").map_or(600, |t| t.parse().expect("timeout")),
         ),
         Some("hits") => hits(
             required(&args, "--to").parse().expect("address"),
@@ -90,6 +106,56 @@ fn serve(name: &str, port: u16) {
                 line.clear();
             }
         });
+    }
+}
+
+/// One request to each of `targets` (comma-separated) in parallel; which answered.
+fn matrix(targets: &str, udp: bool, timeout_ms: u64) {
+    let timeout = Duration::from_millis(timeout_ms);
+    let probes: Vec<(String, std::thread::JoinHandle<bool>)> = targets
+        .split(',')
+        .map(|t| {
+            let to: SocketAddr = t.parse().expect("address");
+            (
+                t.to_owned(),
+                std::thread::spawn(move || reachable(to, udp, timeout)),
+            )
+        })
+        .collect();
+    let result: BTreeMap<String, bool> = probes
+        .into_iter()
+        .map(|(t, h)| (t, h.join().unwrap_or(false)))
+        .collect();
+    println!("{}", serde_json::to_string(&result).expect("json"));
+}
+
+fn reachable(to: SocketAddr, udp: bool, timeout: Duration) -> bool {
+    if udp {
+        let Ok(sock) = UdpSocket::bind(("0.0.0.0", 0)) else {
+            return false;
+        };
+        let _ = sock.set_read_timeout(Some(timeout / 3));
+        let mut buf = [0u8; 256];
+        // Datagrams may be lost: a few tries within the timeout.
+        for _ in 0..3 {
+            if sock.send_to(b"ping\n", to).is_err() {
+                return false;
+            }
+            if sock.recv_from(&mut buf).is_ok_and(|(n, _)| n > 0) {
+                return true;
+            }
+        }
+        false
+    } else {
+        let Ok(mut conn) = TcpStream::connect_timeout(&to, timeout) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(timeout));
+        if conn.write_all(b"ping\n").is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        BufReader::new(conn).read_line(&mut line).is_ok_and(|n| n > 0)
     }
 }
 

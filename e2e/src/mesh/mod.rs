@@ -268,7 +268,7 @@ impl LocalMesh {
     pub fn start_agent(&mut self, n: NodeId) {
         let cluster = self.cluster(n.cluster);
         let node = self.node(n);
-        let args = vec![
+        let mut args = vec![
             format!("--cluster-name={}", cluster.control.name),
             format!("--node-name={}", node.name),
             format!("--etcd-config={}", cluster.agent_config.display()),
@@ -281,6 +281,7 @@ impl LocalMesh {
             "--direct-node-routes=always".into(),
             "--metrics-addr=127.0.0.1:9964".into(),
         ];
+        args.extend(self.options.agent_args.iter().cloned());
         let log = self.logs.path().join(format!("agent-{}.log", node.name));
         let agent = crate::process::ChildProcess::spawn_in(
             &format!("knit-agent {}", node.name),

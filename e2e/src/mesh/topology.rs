@@ -119,6 +119,8 @@ pub struct MeshOptions {
     pub nodes: usize,
     /// The apiservers' `--grace-period`.
     pub grace_period: String,
+    /// More arguments for every agent.
+    pub agent_args: Vec<String>,
 }
 
 impl Default for MeshOptions {
@@ -127,6 +129,7 @@ impl Default for MeshOptions {
             clusters: 2,
             nodes: 2,
             grace_period: "4s".into(),
+            agent_args: Vec::new(),
         }
     }
 }

@@ -52,6 +52,11 @@ impl GlobalService<'static> {
     }
 }
 
+/// The container ports every pod declares (the probe server answers on
+/// each): 8080 (`http`, `dns`) and the upstream NetworkPolicy suite's named
+/// ports on 80 and 81.
+const SERVED_PORTS: &str = "    - {name: http, containerPort: 8080, protocol: TCP}\n    - {name: dns, containerPort: 8080, protocol: UDP}\n    - {name: serve-80-tcp, containerPort: 80, protocol: TCP}\n    - {name: serve-80-udp, containerPort: 80, protocol: UDP}\n    - {name: serve-81-tcp, containerPort: 81, protocol: TCP}\n    - {name: serve-81-udp, containerPort: 81, protocol: UDP}\n";
+
 impl LocalMesh {
     /// Adds a pod on `node` with `labels` the way a container runtime does
     /// (namespace, cgroup, CNI ADD of the node's conflist), starts a probe
@@ -67,7 +72,7 @@ impl LocalMesh {
             "--name".into(),
             server_name,
             "--port".into(),
-            SERVER_PORT.to_string(),
+            format!("{SERVER_PORT},80,81"),
         ];
         let log = self
             .logs
@@ -150,7 +155,8 @@ impl LocalMesh {
             .collect();
         let node_name = &self.node(node).name;
         let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n{labels}spec:\n  nodeName: {node_name}\n  containers:\n  - name: c\n    image: knit-probe\nstatus:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: \"{name}\"\n  namespace: \"{namespace}\"\n  labels:\n{labels}spec:\n  nodeName: {node_name}\n  containers:\n  - name: c\n    image: knit-probe\n    ports:\n{ports}status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
+            ports = SERVED_PORTS,
         );
         self.write_manifest(node.cluster, &format!("pod-{namespace}-{name}.yaml"), &yaml);
     }

@@ -1,0 +1,382 @@
+//! The Kubernetes NetworkPolicy conformance cases (`test/e2e/network/netpol`
+//! upstream) as data, run on the local mesh.
+//!
+//! The model is upstream's: namespaces `x`, `y`, `z` (labelled with their
+//! names), pods `a`, `b`, `c` in each (labelled `pod: <name>`), every pod
+//! serving TCP and UDP on 80 and 81 with the named ports `serve-80-tcp` and
+//! so on. A [`Case`] is a list of steps; a step writes policies and probes
+//! ports, each against an expected reachability truth table
+//! ([`Reachability`], built with upstream's operations). Loopback (a pod to
+//! itself) is ignored, as upstream does.
+//!
+//! [`Layout`] says where the pods live: all in cluster-a, or spread over
+//! cluster-a and cluster-b. Across clusters the agents run with
+//! `--policy-default-local-cluster=false`, so a selector that names no
+//! cluster means what it means in one cluster.
+
+mod cases;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+pub use cases::{NOT_PORTED, cases};
+
+use crate::mesh::{ClusterId, LocalMesh, MeshOptions, PodId};
+
+/// Namespaces of the model.
+pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// Pods of each namespace.
+pub const POD_NAMES: [&str; 3] = ["a", "b", "c"];
+
+/// A pod of the model, `namespace/name`.
+pub type ModelPod = (&'static str, &'static str);
+
+/// Every pod of the model, in table order.
+pub fn model_pods() -> Vec<ModelPod> {
+    NAMESPACES
+        .iter()
+        .flat_map(|ns| POD_NAMES.iter().map(move |p| (*ns, *p)))
+        .collect()
+}
+
+/// A set of pods: `None` fields match any namespace or pod.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer {
+    /// Namespace, or any.
+    pub namespace: Option<&'static str>,
+    /// Pod name, or any.
+    pub pod: Option<&'static str>,
+}
+
+impl Peer {
+    fn matches(&self, (ns, pod): ModelPod) -> bool {
+        self.namespace.is_none_or(|n| n == ns) && self.pod.is_none_or(|p| p == pod)
+    }
+}
+
+/// Any pod.
+pub const ANY: Peer = Peer {
+    namespace: None,
+    pod: None,
+};
+
+/// Every pod of namespace `ns`.
+pub const fn ns(ns: &'static str) -> Peer {
+    Peer {
+        namespace: Some(ns),
+        pod: None,
+    }
+}
+
+/// The pod `ns/pod`.
+pub const fn pod(ns: &'static str, pod: &'static str) -> Peer {
+    Peer {
+        namespace: Some(ns),
+        pod: Some(pod),
+    }
+}
+
+/// Who may reach whom: a truth table over the model's pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reachability {
+    allowed: BTreeMap<(ModelPod, ModelPod), bool>,
+}
+
+impl Reachability {
+    /// Everyone reaches everyone.
+    pub fn all() -> Self {
+        let pods = model_pods();
+        Self {
+            allowed: pods
+                .iter()
+                .flat_map(|f| pods.iter().map(move |t| ((*f, *t), true)))
+                .collect(),
+        }
+    }
+
+    /// Sets every pair from `from` to `to` (upstream's `ExpectPeer`).
+    pub fn expect_peer(mut self, from: Peer, to: Peer, allowed: bool) -> Self {
+        for ((f, t), v) in &mut self.allowed {
+            if from.matches(*f) && to.matches(*t) {
+                *v = allowed;
+            }
+        }
+        self
+    }
+
+    /// Everything reaching `to` (upstream's `ExpectAllIngress`).
+    pub fn expect_all_ingress(self, to: Peer, allowed: bool) -> Self {
+        self.expect_peer(ANY, to, allowed)
+    }
+
+    /// Everything `from` sends (upstream's `ExpectAllEgress`).
+    pub fn expect_all_egress(self, from: Peer, allowed: bool) -> Self {
+        self.expect_peer(from, ANY, allowed)
+    }
+
+    /// Pairs that differ, loopback ignored.
+    fn differences(&self, observed: &Self) -> usize {
+        self.allowed
+            .iter()
+            .filter(|((f, t), v)| f != t && observed.allowed.get(&(*f, *t)) != Some(v))
+            .count()
+    }
+
+    /// The table as text: a row per source, `.` reachable, `X` not.
+    pub fn table(&self) -> Vec<String> {
+        let pods = model_pods();
+        let mut lines = vec![format!(
+            "     {}",
+            pods.iter()
+                .map(|(n, p)| format!("{n}/{p}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )];
+        for f in &pods {
+            let mut line = format!("{}/{} ", f.0, f.1);
+            for t in &pods {
+                let cell = match (f == t, self.allowed[&(*f, *t)]) {
+                    (true, _) => "  - ",
+                    (false, true) => "  . ",
+                    (false, false) => "  X ",
+                };
+                line.push_str(cell);
+            }
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+/// One probe: a port and protocol, and who should reach whom on it.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// Destination port.
+    pub port: u16,
+    /// UDP rather than TCP.
+    pub udp: bool,
+    /// The expected truth table.
+    pub expect: Reachability,
+}
+
+/// Policies written (into namespace, YAML of the spec) and probes run.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// `(namespace, name, spec YAML)`; `{ip:<ns>/<pod>}` becomes that pod's IP.
+    pub policies: Vec<(&'static str, &'static str, String)>,
+    /// What to check afterwards.
+    pub probes: Vec<Probe>,
+}
+
+/// One upstream case.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// Upstream's name for it.
+    pub name: &'static str,
+    /// Steps, run in order; policies stay until the case ends.
+    pub steps: Vec<Step>,
+    /// Why Knit is known not to pass it, if it is.
+    pub known_failure: Option<&'static str>,
+}
+
+/// Where the model's pods run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// All pods in cluster-a.
+    OneCluster,
+    /// x in cluster-a, y in cluster-b, z split (a and c in cluster-a, b in cluster-b).
+    TwoClusters,
+}
+
+impl Layout {
+    fn cluster_of(self, (ns, pod): ModelPod) -> ClusterId {
+        match (self, ns, pod) {
+            (Self::OneCluster, _, _) => ClusterId(0),
+            (Self::TwoClusters, "y", _) | (Self::TwoClusters, "z", "b") => ClusterId(1),
+            (Self::TwoClusters, _, _) => ClusterId(0),
+        }
+    }
+
+    /// Words for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::OneCluster => "single cluster",
+            Self::TwoClusters => "across clusters",
+        }
+    }
+}
+
+/// The model on a local mesh.
+pub struct Model {
+    /// The mesh (2 clusters of 2 nodes).
+    pub mesh: LocalMesh,
+    layout: Layout,
+    pods: BTreeMap<ModelPod, PodId>,
+}
+
+/// The outcome of one case.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The case's name.
+    pub name: &'static str,
+    /// Passed.
+    pub passed: bool,
+    /// Known not to pass, and why.
+    pub known_failure: Option<&'static str>,
+    /// For a failure: the step, port and both tables side by side.
+    pub report: String,
+}
+
+impl Model {
+    /// Starts a 2-cluster mesh and creates the model's pods per `layout`.
+    pub fn start(layout: Layout) -> Self {
+        let agent_args = match layout {
+            Layout::OneCluster => Vec::new(),
+            Layout::TwoClusters => vec!["--policy-default-local-cluster=false".to_owned()],
+        };
+        let mut mesh = LocalMesh::start(MeshOptions {
+            nodes: 2,
+            agent_args,
+            ..MeshOptions::default()
+        });
+        for c in mesh.cluster_ids() {
+            let namespaces: String = NAMESPACES
+                .iter()
+                .map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{n}\"\n  labels: {{ns: \"{n}\"}}\n---\n"))
+                .collect();
+            mesh.write_manifest(c, "namespaces.yaml", &namespaces);
+        }
+        let mut pods = BTreeMap::new();
+        for (i, (ns, name)) in model_pods().into_iter().enumerate() {
+            let node = layout.cluster_of((ns, name)).node(i % 2);
+            let id = mesh.add_pod(node, ns, &format!("{name}-{ns}"), &[("pod", name)]);
+            pods.insert((ns, name), id);
+        }
+        Self { mesh, layout, pods }
+    }
+
+    fn ip(&self, p: ModelPod) -> Ipv4Addr {
+        self.mesh.pod(self.pods[&p]).ip
+    }
+
+    /// Who reaches whom on `port` right now (one request per pair).
+    pub fn observe(&self, port: u16, udp: bool) -> Reachability {
+        let pods = model_pods();
+        let targets: Vec<String> = pods.iter().map(|p| format!("{}:{port}", self.ip(*p))).collect();
+        let joined = targets.join(",");
+        let mut observed = Reachability::all();
+        std::thread::scope(|s| {
+            let runs: Vec<_> = pods
+                .iter()
+                .map(|from| {
+                    let joined = joined.clone();
+                    let p = self.pods[from];
+                    s.spawn(move || {
+                        let mut args = vec!["matrix", "--to", joined.as_str(), "--timeout-ms", "500"];
+                        if udp {
+                            args.push("--udp");
+                        }
+                        (*from, self.mesh.probe(p, &args))
+                    })
+                })
+                .collect();
+            for run in runs {
+                let (from, out) = run.join().expect("probe thread");
+                let answers: BTreeMap<String, bool> = serde_json::from_str(out.trim()).unwrap_or_default();
+                for (to, target) in pods.iter().zip(&targets) {
+                    observed
+                        .allowed
+                        .insert((from, *to), answers.get(target).copied().unwrap_or(false));
+                }
+            }
+        });
+        observed
+    }
+
+    fn write_policies(&self, case: usize, policies: &[(&'static str, &'static str, String)]) {
+        for (namespace, name, spec) in policies {
+            let mut spec = spec.clone();
+            for p in model_pods() {
+                spec = spec.replace(&format!("{{ip:{}/{}}}", p.0, p.1), &self.ip(p).to_string());
+            }
+            let indented: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+            let yaml = format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: \"{namespace}\"\nspec:\n{indented}"
+            );
+            // The same policies in every cluster, as one GitOps repository
+            // would apply them; a later step's policy of the same name
+            // replaces the earlier one.
+            for c in self.mesh.cluster_ids() {
+                self.mesh
+                    .write_manifest(c, &format!("netpol-{case}-{namespace}-{name}.yaml"), &yaml);
+            }
+        }
+    }
+
+    fn remove_policies(&self) {
+        for c in self.mesh.cluster_ids() {
+            let dir = self.mesh.cluster(c).control.source_dir();
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with("netpol-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    /// Waits until `expect` holds on `probe` (policies reach every agent
+    /// within a few seconds); the last observation either way.
+    fn converge(&self, probe: &Probe, timeout: Duration) -> Reachability {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let observed = self.observe(probe.port, probe.udp);
+            if probe.expect.differences(&observed) == 0 || Instant::now() > deadline {
+                return observed;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs one case and removes its policies; a failure carries both tables.
+    pub fn run(&self, index: usize, case: &Case) -> Outcome {
+        let mut report = String::new();
+        let mut passed = true;
+        for (s, step) in case.steps.iter().enumerate() {
+            self.write_policies(index, &step.policies);
+            for probe in &step.probes {
+                let observed = self.converge(probe, Duration::from_secs(15));
+                let wrong = probe.expect.differences(&observed);
+                if wrong > 0 {
+                    passed = false;
+                    let _ = writeln!(
+                        report,
+                        "  step {}, {} {}: {wrong} pair(s) differ ({}); expected | observed",
+                        s + 1,
+                        if probe.udp { "UDP" } else { "TCP" },
+                        probe.port,
+                        self.layout.describe()
+                    );
+                    for (e, o) in probe.expect.table().iter().zip(observed.table()) {
+                        let _ = writeln!(report, "    {e}   |   {o}");
+                    }
+                }
+            }
+        }
+        self.remove_policies();
+        // Back to open before the next case.
+        let open = Probe {
+            port: 80,
+            udp: false,
+            expect: Reachability::all(),
+        };
+        self.converge(&open, Duration::from_secs(15));
+        Outcome {
+            name: case.name,
+            passed,
+            known_failure: case.known_failure,
+            report,
+        }
+    }
+}

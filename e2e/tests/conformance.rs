@@ -1,0 +1,55 @@
+//! The upstream Kubernetes NetworkPolicy cases (`knit_e2e::conformance`),
+//! each run with all pods in one cluster and with the pods spread over two
+//! clusters. Prints "N of M upstream cases pass" per layout, with expected
+//! and observed truth tables side by side for every failure; fails when a
+//! case not listed as a known failure fails.
+
+use knit_e2e::conformance::{Layout, Model, NOT_PORTED, Outcome, cases};
+
+fn run(layout: Layout) -> Vec<Outcome> {
+    let model = Model::start(layout);
+    cases()
+        .iter()
+        .enumerate()
+        .map(|(i, case)| model.run(i, case))
+        .collect()
+}
+
+fn summary(layout: Layout, outcomes: &[Outcome]) -> (usize, Vec<String>) {
+    let upstream = outcomes.len() + NOT_PORTED.len();
+    let passed = outcomes.iter().filter(|o| o.passed).count();
+    println!(
+        "{passed} of {upstream} upstream cases pass ({}); {} not run here:",
+        layout.describe(),
+        NOT_PORTED.len()
+    );
+    for (name, why) in NOT_PORTED {
+        println!("  not run: {name}: {why}");
+    }
+    let mut unexpected = Vec::new();
+    for o in outcomes {
+        match (o.passed, o.known_failure) {
+            (true, None) => println!("  pass: {}", o.name),
+            (true, Some(_)) => println!(
+                "  pass (listed as a known failure; remove it from the list): {}",
+                o.name
+            ),
+            (false, Some(why)) => println!("  known failure: {}: {why}\n{}", o.name, o.report),
+            (false, None) => {
+                println!("  FAIL: {}\n{}", o.name, o.report);
+                unexpected.push(format!("{} ({})", o.name, layout.describe()));
+            }
+        }
+    }
+    (passed, unexpected)
+}
+
+#[test]
+fn upstream_network_policy_cases_in_one_cluster_and_across_two() {
+    let mut unexpected = Vec::new();
+    for layout in [Layout::OneCluster, Layout::TwoClusters] {
+        let outcomes = run(layout);
+        unexpected.extend(summary(layout, &outcomes).1);
+    }
+    assert!(unexpected.is_empty(), "cases failed: {unexpected:?}");
+}
