@@ -34,7 +34,7 @@ bench: setup
 ## cluster and across two, with a summary (make test runs them too).
 conformance: setup
 	$(CARGO) build -q --workspace --bins
-	$(CARGO) test -q -p knit-e2e --test conformance -- --nocapture 2>&1 | grep -a -v '^serving '
+	$(CARGO) test -q -p knit-e2e --test conformance -- --nocapture
 
 ## make fuzz: the peer-input properties with many cases (make test runs 256 each).
 fuzz: setup
