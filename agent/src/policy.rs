@@ -14,8 +14,8 @@
 //! to [`MAX_RANGE_PORTS`] ports each; a longer range allows nothing and is
 //! counted). `ipBlock` peers become prefix entries with their `except`
 //! ranges cut out; they match any address in range, pods included. Egress
-//! rules select destinations the same ways; replies of connections a peer
-//! opened always pass. Not compiled: named ports in egress rules (counted).
+//! rules select destinations the same ways, a named port resolving per
+//! destination identity; replies of connections a peer opened always pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -74,7 +74,8 @@ type Rule<'a> = (
 );
 
 /// Compiles `policies` for `targets`, with `identities` (number → labels)
-/// as the universe of possible peers. With `local_cluster` set (the agent's
+/// as the universe of possible peers, and `peer_ports` the named container
+/// ports of each identity's pods (for named ports in egress rules). With `local_cluster` set (the agent's
 /// `--policy-default-local-cluster`, as Cilium 1.19's option of that name),
 /// a peer selector that names no cluster selects only that cluster's pods.
 ///
@@ -85,6 +86,7 @@ pub fn compile(
     policies: &[&NetworkPolicy],
     targets: &[PolicyTarget<'_>],
     identities: &BTreeMap<u32, &BTreeMap<String, String>>,
+    peer_ports: &BTreeMap<u32, BTreeMap<String, PortSpec>>,
     local_cluster: Option<&str>,
 ) -> CompiledPolicy {
     let mut out = CompiledPolicy::default();
@@ -160,29 +162,23 @@ pub fn compile(
                 .flat_map(|b| ip_block_prefixes(b, &mut out.unsupported_ports))
                 .collect();
             for target in &selected {
-                let ports: Vec<(u16, u8)> = match rule_ports {
-                    None | Some([]) => vec![(0, 0)],
-                    // A named port names a container port of the pod that
-                    // receives: the selected pod for ingress. For egress it
-                    // would be each destination's; not resolved (counted).
-                    Some(ports)
-                        if direction == Direction::Egress
-                            && ports
-                                .iter()
-                                .any(|p| matches!(p.port, Some(IntOrString::String(_)))) =>
-                    {
-                        out.unsupported_ports
-                            .push("a named port in an egress rule (use the port number)".into());
-                        ports
-                            .iter()
-                            .filter(|p| !matches!(p.port, Some(IntOrString::String(_))))
-                            .flat_map(|p| ports_of(p, target.named_ports, &mut out.unsupported_ports))
-                            .collect()
-                    }
-                    Some(ports) => ports
+                // A named port names a container port of the pod that
+                // receives: the selected pod for ingress, each destination
+                // for egress (resolved per destination identity below).
+                let (named, numbered): (Vec<&NetworkPolicyPort>, Vec<&NetworkPolicyPort>) = match rule_ports {
+                    Some(ports) if direction == Direction::Egress => ports
+                        .iter()
+                        .partition(|p| matches!(p.port, Some(IntOrString::String(_)))),
+                    Some(ports) => (Vec::new(), ports.iter().collect()),
+                    None => (Vec::new(), Vec::new()),
+                };
+                let ports: Vec<(u16, u8)> = if rule_ports.is_none_or(|p| p.is_empty()) {
+                    vec![(0, 0)]
+                } else {
+                    numbered
                         .iter()
                         .flat_map(|p| ports_of(p, target.named_ports, &mut out.unsupported_ports))
-                        .collect(),
+                        .collect()
                 };
                 for (port, proto) in &ports {
                     for id in &identities_of_peers {
@@ -202,6 +198,35 @@ pub fn compile(
                             port: *port,
                             proto: *proto,
                         });
+                    }
+                }
+                for port in named {
+                    // Any destination (identity 0): every identity that
+                    // declares the name.
+                    let destinations: Vec<u32> = if identities_of_peers.contains(&0) {
+                        peer_ports.keys().copied().collect()
+                    } else {
+                        identities_of_peers.clone()
+                    };
+                    for id in destinations {
+                        let empty = BTreeMap::new();
+                        for (port, proto) in ports_of(
+                            port,
+                            peer_ports.get(&id).unwrap_or(&empty),
+                            &mut out.unsupported_ports,
+                        ) {
+                            out.allow.insert(AllowEntry {
+                                endpoint: target.ip,
+                                identity: id,
+                                port,
+                                proto,
+                                direction,
+                            });
+                        }
+                    }
+                    if !blocks.is_empty() {
+                        out.unsupported_ports
+                            .push("a named port with an ipBlock peer (an address has no port names)".into());
                     }
                 }
             }
@@ -383,7 +408,7 @@ spec:
             labels: &web,
             named_ports: &NO_PORTS,
         }];
-        let c = compile(&[&p], &targets, &ids, None);
+        let c = compile(&[&p], &targets, &ids, &BTreeMap::new(), None);
         // No policyTypes: an egress section makes it an Egress policy too.
         assert_eq!(c.egress_enforced, BTreeSet::from([ip]));
         assert_eq!(
@@ -418,9 +443,54 @@ spec:
         let egress_only = policy(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n",
         );
-        let c = compile(&[&egress_only], &targets, &ids, None);
+        let c = compile(&[&egress_only], &targets, &ids, &BTreeMap::new(), None);
         assert!(c.enforced.is_empty() && c.allow.is_empty() && c.cidr_allow.is_empty());
         assert_eq!(c.egress_enforced, BTreeSet::from([ip]), "deny all egress");
+    }
+
+    #[test]
+    fn egress_named_ports_resolve_per_destination_identity() {
+        let p = policy(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: out, namespace: shop}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - ports: [{port: http}]
+  - to: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: sql}]
+"#,
+        );
+        let me = labels(&[(NAMESPACE_LABEL, "shop")]);
+        let db = labels(&[("app", "db"), (NAMESPACE_LABEL, "shop")]);
+        let web = labels(&[("app", "web"), (NAMESPACE_LABEL, "shop")]);
+        let ids = BTreeMap::from([(2, &db), (3, &web)]);
+        let spec = |port, protocol| PortSpec { port, protocol };
+        let peer_ports = BTreeMap::from([
+            (2, BTreeMap::from([("sql".to_owned(), spec(5432, Protocol::Tcp))])),
+            (
+                3,
+                BTreeMap::from([
+                    ("http".to_owned(), spec(8080, Protocol::Tcp)),
+                    ("sql".to_owned(), spec(3306, Protocol::Tcp)),
+                ]),
+            ),
+        ]);
+        let ip = Ipv4Addr::new(10, 1, 0, 1);
+        let targets = [PolicyTarget {
+            ip,
+            namespace: "shop",
+            labels: &me,
+            named_ports: &NO_PORTS,
+        }];
+        let c = compile(&[&p], &targets, &ids, &peer_ports, None);
+        let entries: Vec<(u32, u16)> = c.allow.iter().map(|e| (e.identity, e.port)).collect();
+        // "http" to anyone: only web declares it; "sql" to db only: 5432, not web's 3306.
+        assert_eq!(entries, [(2, 5432), (3, 8080)]);
+        assert!(c.allow.iter().all(|e| e.direction == Direction::Egress));
     }
 
     #[test]
@@ -490,7 +560,7 @@ spec:
                 named_ports: &b_ports,
             },
         ];
-        let out = compile(&[&p], &targets, &BTreeMap::new(), None);
+        let out = compile(&[&p], &targets, &BTreeMap::new(), &BTreeMap::new(), None);
         let ports = |ip| -> Vec<(u16, u8)> {
             out.allow
                 .iter()
@@ -586,7 +656,7 @@ spec:
                 named_ports: &NO_PORTS,
             },
         ];
-        let c = compile(&[&p], &targets, &ids, None);
+        let c = compile(&[&p], &targets, &ids, &BTreeMap::new(), None);
         assert_eq!(c.enforced, BTreeSet::from([web_ip]));
         assert_eq!(
             c.allow,
@@ -616,7 +686,7 @@ spec:
             labels: &l,
             named_ports: &NO_PORTS,
         }];
-        let c = compile(&[&allow_all], &targets, &BTreeMap::new(), None);
+        let c = compile(&[&allow_all], &targets, &BTreeMap::new(), &BTreeMap::new(), None);
         assert_eq!(
             c.allow,
             BTreeSet::from([AllowEntry {
@@ -627,7 +697,7 @@ spec:
                 direction: Direction::Ingress,
             }])
         );
-        let c = compile(&[&deny_all], &targets, &BTreeMap::new(), None);
+        let c = compile(&[&deny_all], &targets, &BTreeMap::new(), &BTreeMap::new(), None);
         assert_eq!(c.enforced, BTreeSet::from([ip]));
         assert!(c.allow.is_empty());
     }
@@ -666,6 +736,7 @@ spec:
                 named_ports: &NO_PORTS,
             }],
             &ids,
+            &BTreeMap::new(),
             None,
         );
         let ids: Vec<u32> = c.allow.iter().map(|a| a.identity).collect();
@@ -707,7 +778,7 @@ spec:
             named_ports: &NO_PORTS,
         }];
         let sources = |local: Option<&str>| -> BTreeSet<u32> {
-            compile(&[&p], &targets, &ids, local)
+            compile(&[&p], &targets, &ids, &BTreeMap::new(), local)
                 .allow
                 .iter()
                 .map(|a| a.identity)

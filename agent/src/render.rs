@@ -16,14 +16,14 @@
 //!   backends are used only when nothing else is ready.
 //! - Allow entries: [`crate::policy::compile`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_cni::attachment::Attachment;
 use knit_kvstore::keys::Kind;
-use knit_kvstore::records::{Backend, Protocol, ServicePort, ServiceRecord};
+use knit_kvstore::records::{Backend, PortSpec, Protocol, ServicePort, ServiceRecord};
 
 use crate::datapath::state::{DatapathState, Frontend, LocalEndpoint, PROTO_TCP, PROTO_UDP, Route};
 use crate::index::{ClusterView, MeshIndex};
@@ -108,7 +108,19 @@ pub fn render(
     let local_only = options
         .policy_default_local_cluster
         .then_some(index.local_cluster());
-    let compiled = compile(policies, &targets, &identities, local_only);
+    // Named container ports of each identity's pods, across the mesh.
+    let mut peer_ports: BTreeMap<u32, BTreeMap<String, PortSpec>> = BTreeMap::new();
+    for ep in std::iter::once(&index.local)
+        .chain(index.peers.values())
+        .flat_map(|v| v.endpoints.values())
+        .filter(|ep| !ep.named_ports.is_empty())
+    {
+        peer_ports
+            .entry(ep.identity)
+            .or_default()
+            .extend(ep.named_ports.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let compiled = compile(policies, &targets, &identities, &peer_ports, local_only);
     for ip in &compiled.enforced {
         if let Some(ep) = out.endpoints.get_mut(ip) {
             ep.policy_enforced = true;

@@ -358,23 +358,17 @@ pub fn cases() -> Vec<Case> {
                 ],
             ),
         ),
-        Case {
-            known_failure: Some(
-                "a named port in an egress rule names each destination's container port; Knit's egress entries are by \
-                 destination identity and do not resolve names (counted in knit_agent_unsupported_policy_ports)",
+        case(
+            "should allow egress access on one named port",
+            one(
+                vec![(
+                    "x",
+                    "allow-egress",
+                    "podSelector: {}\negress:\n- ports:\n  - {port: serve-80-tcp}\n",
+                )],
+                vec![tcp(80, all()), tcp(81, all().expect_peer(ns("x"), ANY, false))],
             ),
-            ..case(
-                "should allow egress access on one named port",
-                one(
-                    vec![(
-                        "x",
-                        "allow-egress",
-                        "podSelector: {}\negress:\n- ports:\n  - {port: serve-80-tcp}\n",
-                    )],
-                    vec![tcp(80, all()), tcp(81, all().expect_peer(ns("x"), ANY, false))],
-                ),
-            )
-        },
+        ),
         case(
             "should enforce updated policy",
             vec![
