@@ -286,10 +286,14 @@ fn main() {
     let sizes = [1usize, 1_000, 10_000, 100_000];
     let mut rows: BTreeMap<(usize, &str), Figures> = BTreeMap::new();
 
+    let mut progress = knit_e2e::progress::Progress::new("datapath", sizes.len() + 3);
     let knit = node("k", &cgroups, &bins, &logs, true);
     let node_cg = cgroups.dir("k");
     let pin_dir = bpffs.path().join("k");
     for &n in &sizes {
+        progress.step(&format!(
+            "knit with {n} services: load the maps, then direct and VIP, {RUNS} runs each"
+        ));
         let log = logs.path().join(format!("datapath-{n}.log"));
         let me = std::env::current_exe().expect("exe");
         let mut dp = ChildProcess::spawn_in(
@@ -334,6 +338,9 @@ fn main() {
 
     let plain = node("i", &cgroups, &bins, &logs, false);
     for &n in &sizes[..3] {
+        progress.step(&format!(
+            "iptables with {n} services: load the rules, then direct and DNAT, {RUNS} runs each"
+        ));
         let file = logs.path().join(format!("rules-{n}"));
         std::fs::write(&file, iptables_rules(n, plain.server_ip)).expect("rules");
         let t = Instant::now();

@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod container;
 pub mod mesh;
 pub mod netns;
+pub mod progress;
 
 pub use knit_testkit::{
     ChildProcess, Placement, TempDir, TestCluster, cluster, free_port, manifests, process,
