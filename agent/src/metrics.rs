@@ -34,6 +34,8 @@ pub struct Metrics {
     /// NetworkPolicy ports that allow nothing because the datapath cannot
     /// express them (a protocol other than TCP/UDP, a range too long).
     pub unsupported_policy_ports: Gauge,
+    /// Cilium policies rejected as a whole (a field outside the subset).
+    pub rejected_cilium_policies: Gauge,
     /// CNI attachment files that could not be read.
     pub unreadable_attachments: Gauge,
     /// Times Knit was chained again into a CNI config that lost it.
@@ -75,6 +77,11 @@ impl Metrics {
             "rejected_values",
             "Kvstore values skipped by reason",
             self.rejected.clone(),
+        );
+        r.register(
+            "rejected_cilium_policies",
+            "CiliumNetworkPolicies not applied because a field is outside the L3/L4 subset (knitctl status names them)",
+            self.rejected_cilium_policies.clone(),
         );
         r.register(
             "unsupported_policy_ports",

@@ -100,6 +100,7 @@ pub async fn run<S: Source>(
     let (report_tx, report_rx) = tokio::sync::watch::channel(AgentStatusRecord {
         node: settings.node.clone(),
         peers: Default::default(),
+        rejected_policies: Vec::new(),
     });
     let _report = AbortOnDrop(tokio::spawn(crate::peer_report::publish(
         client_config.clone(),
@@ -210,7 +211,18 @@ pub async fn run<S: Source>(
             continue;
         }
         let Some(since) = dirty_since.take() else { continue };
-        let policies: Vec<&NetworkPolicy> = source.state().network_policies.values().collect();
+        let (cilium, rejected) = translate_cilium_policies(source.state(), &index);
+        metrics.rejected_cilium_policies.set(rejected.len() as i64);
+        for r in &rejected {
+            tracing::warn!(policy = %r.policy, reason = %r.reason, "a CiliumNetworkPolicy is not applied");
+        }
+        let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
+        let policies: Vec<&NetworkPolicy> = source
+            .state()
+            .network_policies
+            .values()
+            .chain(cilium.iter())
+            .collect();
         let targets = crate::health::targets(&index, &settings.node);
         targets_tx.send_if_modified(|t| {
             let changed = *t != targets;
@@ -223,8 +235,9 @@ pub async fn run<S: Source>(
         };
         let peers = crate::peer_report::views(&index, &options.failing);
         report_tx.send_if_modified(|r| {
-            let changed = r.peers != peers;
+            let changed = r.peers != peers || r.rejected_policies != rejected;
             r.peers = peers;
+            r.rejected_policies = rejected;
             changed
         });
         let span = tracing::info_span!(
@@ -287,6 +300,30 @@ pub async fn run<S: Source>(
     }
     watch.abort();
     Ok(())
+}
+
+/// Cilium's policies in the subset Knit supports, as NetworkPolicies, and
+/// the ones rejected as a whole. A clusterwide policy applies in every
+/// namespace this cluster's endpoints use.
+fn translate_cilium_policies(
+    state: &knit_sources::ClusterState,
+    index: &MeshIndex,
+) -> (Vec<NetworkPolicy>, Vec<crate::cilium_policy::Rejected>) {
+    let namespaces: std::collections::BTreeSet<&str> = index
+        .local
+        .endpoints
+        .values()
+        .map(|e| e.namespace.as_str())
+        .collect();
+    let namespaces: Vec<&str> = namespaces.into_iter().collect();
+    let (mut ok, mut rejected) = (Vec::new(), Vec::new());
+    for policy in state.cilium_policies.values() {
+        match crate::cilium_policy::translate(policy, &namespaces) {
+            Ok(policies) => ok.extend(policies),
+            Err(r) => rejected.push(r),
+        }
+    }
+    (ok, rejected)
 }
 
 /// Brings the agent's direct node routes to what the index says; `false`

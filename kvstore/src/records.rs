@@ -209,6 +209,10 @@ pub struct AgentStatusRecord {
     /// Per peer cluster: whether this node reaches it.
     #[serde(default)]
     pub peers: BTreeMap<String, AgentPeerView>,
+    /// Policies this agent does not apply, each naming the policy and the
+    /// field outside what Knit supports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_policies: Vec<String>,
 }
 
 /// Whether one node reaches one peer: its data is synced in the local

@@ -3,6 +3,7 @@
 //! [`StatusReport`] (`-o json|yaml`). Pure: reports and the current time
 //! in, text out.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use knit_kvstore::keys::Kind;
@@ -103,6 +104,17 @@ pub fn render_nodes(report: &StatusReport) -> String {
     out
 }
 
+/// Policies an agent rejected, each once, with the nodes reporting it.
+fn rejected_policies(nodes: &[AgentStatusRecord]) -> BTreeMap<&str, Vec<&str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in nodes {
+        for p in &n.rejected_policies {
+            out.entry(p.as_str()).or_default().push(n.node.as_str());
+        }
+    }
+    out
+}
+
 /// Renders the status of `cluster` from its peer and agent reports.
 pub fn render_status(
     cluster: &str,
@@ -160,6 +172,9 @@ pub fn render_status(
             let _ = writeln!(out, "  {}: node {node} does not reach it: {why}", r.peer);
         }
     }
+    for (policy, nodes) in rejected_policies(nodes) {
+        let _ = writeln!(out, "{policy} (reported by {})", nodes.join(", "));
+    }
     out
 }
 
@@ -194,6 +209,9 @@ mod tests {
                     },
                 )]
                 .into(),
+                rejected_policies: vec![
+                    "CiliumNetworkPolicy shop/l7 not applied: field rules is not supported".into(),
+                ],
             },
             AgentStatusRecord {
                 node: "a-n2".into(),
@@ -205,9 +223,16 @@ mod tests {
                     },
                 )]
                 .into(),
+                rejected_policies: vec![
+                    "CiliumNetworkPolicy shop/l7 not applied: field rules is not supported".into(),
+                ],
             },
         ];
         let t = render_status("cluster-a", &[b, c], &nodes, 100);
+        assert!(
+            t.contains("CiliumNetworkPolicy shop/l7 not applied: field rules is not supported (reported by a-n1, a-n2)"),
+            "{t}"
+        );
         assert!(t.contains("   1/2 "), "{t}");
         assert!(
             t.contains("cluster-b: node a-n2 does not reach it: none of its 2 nodes answers"),
@@ -263,6 +288,7 @@ mod tests {
             nodes: vec![AgentStatusRecord {
                 node: "a-n1".into(),
                 peers: Default::default(),
+                rejected_policies: Vec::new(),
             }],
         };
         let json: StatusReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();

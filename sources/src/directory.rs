@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{
-    ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceExportInfo, ServiceInfo, object_key,
+    CiliumPolicy, ClusterState, EndpointSliceInfo, Interner, NodeInfo, PodInfo, ServiceExportInfo,
+    ServiceInfo, object_key,
 };
 
 /// What one file contributed.
@@ -39,6 +40,7 @@ enum Slot {
     NetworkPolicy,
     Policy,
     ServiceExport,
+    CiliumPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +53,7 @@ enum Object {
     NetworkPolicy(Box<k8s_openapi::api::networking::v1::NetworkPolicy>),
     Policy(Box<knit_crds::GlobalServicePolicy>),
     ServiceExport(Box<ServiceExportInfo>),
+    CiliumPolicy(Box<(String, CiliumPolicy)>),
 }
 
 /// Reads a directory of manifests into a [`ClusterState`].
@@ -184,6 +187,7 @@ impl DirectorySource {
                 Slot::NetworkPolicy => drop(s.network_policies.remove(&key)),
                 Slot::Policy => drop(s.policies.remove(&key)),
                 Slot::ServiceExport => drop(s.service_exports.remove(&key)),
+                Slot::CiliumPolicy => drop(s.cilium_policies.remove(&key)),
             }
         }
     }
@@ -268,6 +272,11 @@ fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
             state.service_exports.insert(key.clone(), *o);
             (Slot::ServiceExport, key)
         }
+        Object::CiliumPolicy(o) => {
+            let (key, policy) = *o;
+            state.cilium_policies.insert(key.clone(), policy);
+            (Slot::CiliumPolicy, key)
+        }
     }
 }
 
@@ -296,6 +305,9 @@ fn parse_documents(text: &str, skipped: &mut u64, interner: &mut Interner) -> Re
                 .map(|o| Object::EndpointSlice(Box::new(o.into()))),
             "NetworkPolicy" => serde_json::from_value(value).map(|o| Object::NetworkPolicy(Box::new(o))),
             "GlobalServicePolicy" => serde_json::from_value(value).map(|o| Object::Policy(Box::new(o))),
+            "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" => {
+                Ok(Object::CiliumPolicy(Box::new(CiliumPolicy::from_object(value))))
+            }
             "ServiceExport" => serde_json::from_value(value.get("metadata").cloned().unwrap_or_default())
                 .map(|m| Object::ServiceExport(Box::new(ServiceExportInfo::from_metadata(m)))),
             _ => {

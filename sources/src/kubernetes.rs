@@ -19,15 +19,15 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_crds::GlobalServicePolicy;
 use knit_crds::mcs::ServiceExport;
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    ClusterState, EndpointSliceInfo, Interner, Kinds, NodeInfo, PodInfo, ServiceExportInfo, ServiceInfo,
-    Source, object_key,
+    CiliumPolicy, ClusterState, EndpointSliceInfo, Interner, Kinds, NodeInfo, PodInfo, ServiceExportInfo,
+    ServiceInfo, Source, object_key,
 };
 
 // Boxing each event would cost an allocation per object for nothing: the
@@ -44,6 +44,10 @@ enum Change {
     ServiceExport(Event<PartialObjectMeta<ServiceExport>>),
     /// The ServiceExport CRD is not installed.
     ServiceExportsAbsent,
+    /// A CiliumNetworkPolicy (0) or CiliumClusterwideNetworkPolicy (1) event.
+    Cilium(usize, Event<DynamicObject>),
+    /// That Cilium CRD is not installed.
+    CiliumAbsent(usize),
 }
 
 /// Relist buffers and readiness per kind.
@@ -57,6 +61,10 @@ struct Buffers {
     network_policies: Option<BTreeMap<String, NetworkPolicy>>,
     policies: Option<BTreeMap<String, GlobalServicePolicy>>,
     service_exports: Option<BTreeMap<String, ServiceExportInfo>>,
+    /// Per Cilium kind: its policies (merged into the state's one map) and
+    /// its relist buffer.
+    cilium: [BTreeMap<String, CiliumPolicy>; 2],
+    cilium_buffers: [Option<BTreeMap<String, CiliumPolicy>>; 2],
 }
 
 /// Watches the cluster through the Kubernetes API.
@@ -64,7 +72,7 @@ pub struct KubernetesSource {
     state: ClusterState,
     interner: Interner,
     buffers: Buffers,
-    listed: [bool; 8],
+    listed: [bool; 10],
     changes: SelectAll<BoxStream<'static, Change>>,
 }
 
@@ -94,6 +102,8 @@ impl KubernetesSource {
             kinds.network_policies,
             kinds.policies,
             kinds.service_exports,
+            kinds.cilium_policies,
+            kinds.cilium_policies,
         ];
         let streams = [
             kinds.nodes.then(|| stream::<Node>(&client, Change::Node)),
@@ -114,6 +124,17 @@ impl KubernetesSource {
                 .policies
                 .then(|| stream::<GlobalServicePolicy>(&client, Change::Policy)),
             kinds.service_exports.then(|| optional_service_exports(&client)),
+            kinds.cilium_policies.then(|| {
+                optional_cilium_policies(&client, 0, "CiliumNetworkPolicy", "ciliumnetworkpolicies")
+            }),
+            kinds.cilium_policies.then(|| {
+                optional_cilium_policies(
+                    &client,
+                    1,
+                    "CiliumClusterwideNetworkPolicy",
+                    "ciliumclusterwidenetworkpolicies",
+                )
+            }),
         ];
         Self {
             state: ClusterState::default(),
@@ -162,6 +183,19 @@ impl KubernetesSource {
                 s.service_exports.clear();
                 (7, if had { Applied::Changed } else { Applied::ListDone })
             }
+            Change::Cilium(i, e) => {
+                let applied = apply(&mut b.cilium[i], &mut b.cilium_buffers[i], e, &mut |o| {
+                    CiliumPolicy::from_object(serde_json::to_value(o).unwrap_or_default()).1
+                });
+                s.cilium_policies = b.cilium.iter().flat_map(|m| m.clone()).collect();
+                (8 + i, applied)
+            }
+            Change::CiliumAbsent(i) => {
+                let had = !b.cilium[i].is_empty();
+                b.cilium[i].clear();
+                s.cilium_policies = b.cilium.iter().flat_map(|m| m.clone()).collect();
+                (8 + i, if had { Applied::Changed } else { Applied::ListDone })
+            }
         };
         if applied == Applied::ListDone {
             self.listed[kind] = true;
@@ -187,6 +221,43 @@ fn optional_service_exports(client: &Client) -> BoxStream<'static, Change> {
             Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
                 tracing::debug!("ServiceExport CRD not installed; no MCS exports");
                 Some(Change::ServiceExportsAbsent)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kubernetes watch error; retrying");
+                None
+            }
+        }
+    })
+    .boxed()
+}
+
+/// A watch of one of Cilium's policy kinds (`cilium.io/v2`), read as
+/// dynamic objects (the agent reads the subset it supports); a 404 on the
+/// list (Cilium's CRDs not installed) counts as none.
+fn optional_cilium_policies(
+    client: &Client,
+    index: usize,
+    kind: &'static str,
+    plural: &'static str,
+) -> BoxStream<'static, Change> {
+    use kube::runtime::watcher::watcher;
+    let resource = ApiResource {
+        group: "cilium.io".into(),
+        version: "v2".into(),
+        api_version: "cilium.io/v2".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    watcher(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(move |r| async move {
+        match r {
+            Ok(e) => Some(Change::Cilium(index, e)),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+                Some(Change::CiliumAbsent(index))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Kubernetes watch error; retrying");

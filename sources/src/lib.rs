@@ -47,6 +47,54 @@ pub struct ClusterState {
     /// ServiceExports (Multi-Cluster Services API); empty when the CRD is
     /// not installed.
     pub service_exports: BTreeMap<String, ServiceExportInfo>,
+    /// CiliumNetworkPolicies (by `namespace/name`) and
+    /// CiliumClusterwideNetworkPolicies (by `name`, namespace `None`);
+    /// empty when Cilium's CRDs are not installed.
+    pub cilium_policies: BTreeMap<String, CiliumPolicy>,
+}
+
+/// A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy as written: the
+/// agent translates the subset Knit supports and reports the rest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CiliumPolicy {
+    /// Namespace; `None` for a clusterwide policy.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// The whole object (its `spec`, `specs` and anything else).
+    pub object: serde_json::Value,
+}
+
+impl CiliumPolicy {
+    /// Reads a `cilium.io/v2` policy object; the key it is stored under.
+    pub fn from_object(object: serde_json::Value) -> (String, Self) {
+        let meta = |k: &str| {
+            object
+                .pointer(&format!("/metadata/{k}"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let clusterwide =
+            object.get("kind").and_then(|k| k.as_str()) == Some("CiliumClusterwideNetworkPolicy");
+        let namespace = if clusterwide {
+            None
+        } else {
+            Some(meta("namespace").unwrap_or_else(|| "default".into()))
+        };
+        let name = meta("name").unwrap_or_default();
+        let key = match &namespace {
+            Some(ns) => object_key(Some(ns), &name),
+            None => format!("clusterwide/{name}"),
+        };
+        (
+            key,
+            Self {
+                namespace,
+                name,
+                object,
+            },
+        )
+    }
 }
 
 impl ServiceExportInfo {
@@ -338,6 +386,8 @@ pub struct Kinds {
     pub policies: bool,
     /// ServiceExports (optional: a cluster without the MCS CRDs lists none).
     pub service_exports: bool,
+    /// Cilium's network policies (optional, like ServiceExports).
+    pub cilium_policies: bool,
 }
 
 impl Kinds {
@@ -351,9 +401,11 @@ impl Kinds {
         network_policies: true,
         policies: true,
         service_exports: true,
+        cilium_policies: false,
     };
 
-    /// What knit-agent renders from the API server: NetworkPolicies only.
+    /// What knit-agent renders from the API server: NetworkPolicies (and
+    /// Cilium's, where its CRDs exist).
     /// Pods, Services, namespaces' labels and nodes reach it through the
     /// kvstore, already reduced to what the datapath needs.
     pub const AGENT: Self = Self {
@@ -365,6 +417,7 @@ impl Kinds {
         network_policies: true,
         policies: false,
         service_exports: false,
+        cilium_policies: true,
     };
 }
 

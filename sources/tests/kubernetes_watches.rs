@@ -1,6 +1,6 @@
 //! The Kubernetes source asks the API server for exactly the kinds its
 //! reader needs: an agent (one per node) lists and watches NetworkPolicies
-//! and nothing else. Checked against a tower-test mock API server that sees
+//! and Cilium's policies, and nothing else. Checked against a tower-test mock API server that sees
 //! every request.
 
 use std::time::Duration;
@@ -38,28 +38,50 @@ async fn an_agent_watches_network_policies_only() {
         }
         source
     });
-    let (path, send) = next_path(&mut handle).await.expect("a first request");
-    assert!(
-        path.starts_with("/apis/networking.k8s.io/v1/networkpolicies?"),
-        "the first request lists NetworkPolicies: {path}"
-    );
-    let policy = json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "5"},
-        "spec": {"podSelector": {}}
-    });
-    let list = json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList",
-        "metadata": {"resourceVersion": "5"}, "items": [policy]
-    });
-    send.send_response(
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&list).unwrap()))
-            .unwrap(),
+    // NetworkPolicies, and Cilium's two policy kinds (not installed here: 404).
+    let mut asked = Vec::new();
+    for _ in 0..3 {
+        let (path, send) = next_path(&mut handle).await.expect("a list per kind");
+        let resource = path.split('?').next().unwrap().to_owned();
+        if resource == "/apis/networking.k8s.io/v1/networkpolicies" {
+            let policy = json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "5"},
+                "spec": {"podSelector": {}}
+            });
+            let list = json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList",
+                "metadata": {"resourceVersion": "5"}, "items": [policy]
+            });
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&list).unwrap()))
+                    .unwrap(),
+            );
+        } else {
+            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "reason": "NotFound", "code": 404, "metadata": {}});
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+        }
+        asked.push(resource);
+    }
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies",
+            "/apis/cilium.io/v2/ciliumnetworkpolicies",
+            "/apis/networking.k8s.io/v1/networkpolicies",
+        ]
     );
     let source = tokio::time::timeout(Duration::from_secs(5), driver)
         .await
-        .expect("ready after one list")
+        .expect("ready after one list each, Cilium's CRDs absent")
         .unwrap();
     assert_eq!(
         source.state().network_policies.keys().collect::<Vec<_>>(),
@@ -67,11 +89,12 @@ async fn an_agent_watches_network_policies_only() {
     );
     assert!(source.state().pods.is_empty() && source.state().services.is_empty());
 
-    // Whatever else it asks for is the NetworkPolicy watch; never another kind.
+    // Whatever else it asks for is one of those watches; never another kind.
     while let Some((path, _send)) = next_path(&mut handle).await {
         assert!(
-            path.starts_with("/apis/networking.k8s.io/v1/networkpolicies?") && path.contains("watch=true"),
-            "an agent asked for more than NetworkPolicies: {path}"
+            path.starts_with("/apis/networking.k8s.io/v1/networkpolicies?")
+                || path.starts_with("/apis/cilium.io/v2/"),
+            "an agent asked for another kind: {path}"
         );
     }
 }

@@ -173,6 +173,7 @@ mod tests {
         serde_json::to_vec(&AgentStatusRecord {
             node: node.into(),
             peers,
+            rejected_policies: Vec::new(),
         })
         .unwrap()
     }

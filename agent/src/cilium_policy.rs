@@ -1,0 +1,497 @@
+//! CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy (`cilium.io/v2`)
+//! in their L3/L4 subset, translated into the Kubernetes NetworkPolicies
+//! [`crate::policy`] compiles. Pure: a policy in, policies or the reason it
+//! is rejected out.
+//!
+//! The subset: `endpointSelector`; `ingress` / `egress` rules with
+//! `fromEndpoints` / `toEndpoints`, `fromCIDR` / `toCIDR`, `fromCIDRSet` /
+//! `toCIDRSet` (with `except`), `fromEntities` / `toEntities` (`all`,
+//! `cluster`, `world`, and `host` for ingress, which Knit always admits), and
+//! `toPorts` (port, protocol, `endPort`). Anything else (L7 `rules`, FQDN,
+//! `ingressDeny` / `egressDeny`, other entities, `specs` lists) rejects the
+//! **whole** policy: it is never partly applied, and the rejection names the
+//! field (logged, counted, and shown by `knitctl status`).
+//!
+//! Selectors: a `k8s:` or `any:` key prefix is dropped; a selector naming
+//! `io.kubernetes.pod.namespace` reaches across namespaces, one that does
+//! not selects the policy's own namespace (every namespace for a
+//! clusterwide policy), as Cilium does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use knit_sources::CiliumPolicy;
+use serde::Deserialize;
+
+use crate::policy::NAMESPACE_LABEL;
+
+/// Why a Cilium policy is not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// `namespace/name`, or `name` for a clusterwide policy.
+    pub policy: String,
+    /// What is outside the subset, naming the field.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CiliumNetworkPolicy {} not applied: {}",
+            self.policy, self.reason
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Object {
+    #[serde(rename = "apiVersion")]
+    _api_version: Option<String>,
+    #[serde(rename = "kind")]
+    _kind: Option<String>,
+    #[serde(rename = "metadata")]
+    _metadata: Option<serde_json::Value>,
+    spec: Spec,
+    #[serde(rename = "status")]
+    _status: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Spec {
+    endpoint_selector: Selector,
+    #[serde(default)]
+    ingress: Option<Vec<Rule>>,
+    #[serde(default)]
+    egress: Option<Vec<Rule>>,
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
+}
+
+/// One rule; `from*` fields in ingress, `to*` in egress (checked below).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Rule {
+    from_endpoints: Option<Vec<Selector>>,
+    to_endpoints: Option<Vec<Selector>>,
+    #[serde(rename = "fromCIDR")]
+    from_cidr: Option<Vec<String>>,
+    #[serde(rename = "toCIDR")]
+    to_cidr: Option<Vec<String>>,
+    #[serde(rename = "fromCIDRSet")]
+    from_cidr_set: Option<Vec<CidrSet>>,
+    #[serde(rename = "toCIDRSet")]
+    to_cidr_set: Option<Vec<CidrSet>>,
+    from_entities: Option<Vec<String>>,
+    to_entities: Option<Vec<String>>,
+    to_ports: Option<Vec<PortRule>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Selector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    match_expressions: Vec<Requirement>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Requirement {
+    key: String,
+    operator: String,
+    #[serde(default)]
+    values: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CidrSet {
+    cidr: String,
+    #[serde(default)]
+    except: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortRule {
+    ports: Vec<PortProtocol>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PortProtocol {
+    port: String,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    end_port: Option<i32>,
+}
+
+/// The NetworkPolicies `policy` stands for (one per namespace in
+/// `namespaces` for a clusterwide policy), or why it is rejected.
+pub fn translate(policy: &CiliumPolicy, namespaces: &[&str]) -> Result<Vec<NetworkPolicy>, Rejected> {
+    let name = match &policy.namespace {
+        Some(ns) => format!("{ns}/{}", policy.name),
+        None => policy.name.clone(),
+    };
+    let reject = |reason: String| Rejected {
+        policy: name.clone(),
+        reason,
+    };
+    let object: Object = serde_json::from_value(policy.object.clone()).map_err(|e| {
+        let text = e.to_string();
+        let field = text
+            .split('`')
+            .nth(1)
+            .filter(|_| text.starts_with("unknown field"))
+            .map(str::to_owned);
+        reject(match field {
+            Some(field) => format!("field {field} is not supported (Knit supports Cilium's L3/L4 subset)"),
+            None => format!("not readable: {text}"),
+        })
+    })?;
+    let spec = object.spec;
+    let clusterwide = policy.namespace.is_none();
+    let ingress = spec
+        .ingress
+        .as_ref()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| ingress_rule(r, clusterwide))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(reject)?;
+    let egress = spec
+        .egress
+        .as_ref()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| egress_rule(r, clusterwide))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(reject)?;
+    let mut types = Vec::new();
+    if ingress.is_some() {
+        types.push("Ingress".to_owned());
+    }
+    if egress.is_some() {
+        types.push("Egress".to_owned());
+    }
+    let target_namespaces: Vec<String> = match &policy.namespace {
+        Some(ns) => vec![ns.clone()],
+        None => namespaces.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    Ok(target_namespaces
+        .into_iter()
+        .map(|ns| NetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some(format!("cilium-{}", policy.name)),
+                namespace: Some(ns),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(label_selector(&spec.endpoint_selector)),
+                policy_types: Some(types.clone()),
+                ingress: ingress.clone(),
+                egress: egress.clone(),
+            }),
+        })
+        .collect())
+}
+
+fn ingress_rule(rule: &Rule, clusterwide: bool) -> Result<NetworkPolicyIngressRule, String> {
+    if rule.to_endpoints.is_some()
+        || rule.to_cidr.is_some()
+        || rule.to_cidr_set.is_some()
+        || rule.to_entities.is_some()
+    {
+        return Err("an ingress rule names destinations (to…); use from… fields".into());
+    }
+    Ok(NetworkPolicyIngressRule {
+        from: peers(
+            rule.from_endpoints.as_deref(),
+            rule.from_cidr.as_deref(),
+            rule.from_cidr_set.as_deref(),
+            rule.from_entities.as_deref(),
+            clusterwide,
+            true,
+        )?,
+        ports: ports(rule.to_ports.as_deref())?,
+    })
+}
+
+fn egress_rule(rule: &Rule, clusterwide: bool) -> Result<NetworkPolicyEgressRule, String> {
+    if rule.from_endpoints.is_some()
+        || rule.from_cidr.is_some()
+        || rule.from_cidr_set.is_some()
+        || rule.from_entities.is_some()
+    {
+        return Err("an egress rule names sources (from…); use to… fields".into());
+    }
+    Ok(NetworkPolicyEgressRule {
+        to: peers(
+            rule.to_endpoints.as_deref(),
+            rule.to_cidr.as_deref(),
+            rule.to_cidr_set.as_deref(),
+            rule.to_entities.as_deref(),
+            clusterwide,
+            false,
+        )?,
+        ports: ports(rule.to_ports.as_deref())?,
+    })
+}
+
+/// The peers of one rule; `None` means every peer.
+fn peers(
+    endpoints: Option<&[Selector]>,
+    cidrs: Option<&[String]>,
+    cidr_sets: Option<&[CidrSet]>,
+    entities: Option<&[String]>,
+    clusterwide: bool,
+    ingress: bool,
+) -> Result<Option<Vec<NetworkPolicyPeer>>, String> {
+    let mut out = Vec::new();
+    for sel in endpoints.into_iter().flatten() {
+        let pod_selector = label_selector(sel);
+        let names_namespace = pod_selector
+            .match_labels
+            .iter()
+            .flatten()
+            .any(|(k, _)| k == NAMESPACE_LABEL)
+            || pod_selector
+                .match_expressions
+                .iter()
+                .flatten()
+                .any(|e| e.key == NAMESPACE_LABEL);
+        out.push(NetworkPolicyPeer {
+            pod_selector: Some(pod_selector),
+            namespace_selector: (names_namespace || clusterwide).then(LabelSelector::default),
+            ip_block: None,
+        });
+    }
+    for cidr in cidrs.into_iter().flatten() {
+        out.push(block(cidr, None));
+    }
+    for set in cidr_sets.into_iter().flatten() {
+        out.push(block(&set.cidr, set.except.clone()));
+    }
+    for entity in entities.into_iter().flatten() {
+        match entity.as_str() {
+            "all" => return Ok(None),
+            "cluster" => out.push(NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector::default()),
+                namespace_selector: Some(LabelSelector::default()),
+                ip_block: None,
+            }),
+            "world" => out.push(block("0.0.0.0/0", None)),
+            // The node always reaches its pods in Knit (as reserved:host).
+            "host" if ingress => {}
+            other => {
+                return Err(format!(
+                    "entity {other:?}{} is not supported (all, cluster, world, and host for ingress are)",
+                    if ingress { "" } else { " in egress" }
+                ));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+fn block(cidr: &str, except: Option<Vec<String>>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_owned(),
+            except,
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn ports(rules: Option<&[PortRule]>) -> Result<Option<Vec<NetworkPolicyPort>>, String> {
+    let Some(rules) = rules else { return Ok(None) };
+    let mut out = Vec::new();
+    for p in rules.iter().flat_map(|r| r.ports.iter()) {
+        let protocol = match p.protocol.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            None | Some("ANY") => None,
+            Some(proto @ ("TCP" | "UDP")) => Some(proto.to_owned()),
+            Some(other) => {
+                return Err(format!(
+                    "toPorts protocol {other} is not supported (TCP, UDP, ANY are)"
+                ));
+            }
+        };
+        let port = match p.port.parse::<i32>() {
+            Ok(0) => None,
+            Ok(n) => Some(IntOrString::Int(n)),
+            Err(_) => Some(IntOrString::String(p.port.clone())),
+        };
+        let protocols = match protocol {
+            Some(proto) => vec![Some(proto)],
+            // ANY: both protocols Knit handles.
+            None => vec![Some("TCP".to_owned()), Some("UDP".to_owned())],
+        };
+        for protocol in protocols {
+            out.push(NetworkPolicyPort {
+                port: port.clone(),
+                end_port: p.end_port,
+                protocol,
+            });
+        }
+    }
+    Ok(Some(out))
+}
+
+/// A Cilium selector as Kubernetes', without Cilium's `k8s:`/`any:` prefixes.
+fn label_selector(sel: &Selector) -> LabelSelector {
+    let key = |k: &str| {
+        k.strip_prefix("k8s:")
+            .or_else(|| k.strip_prefix("any:"))
+            .unwrap_or(k)
+            .to_owned()
+    };
+    LabelSelector {
+        match_labels: (!sel.match_labels.is_empty()).then(|| {
+            sel.match_labels
+                .iter()
+                .map(|(k, v)| (key(k), v.clone()))
+                .collect()
+        }),
+        match_expressions: (!sel.match_expressions.is_empty()).then(|| {
+            sel.match_expressions
+                .iter()
+                .map(|e| LabelSelectorRequirement {
+                    key: key(&e.key),
+                    operator: e.operator.clone(),
+                    values: e.values.clone(),
+                })
+                .collect()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cilium(yaml: &str) -> CiliumPolicy {
+        let value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        knit_sources::CiliumPolicy::from_object(value).1
+    }
+
+    #[test]
+    fn the_users_cross_cluster_policy_becomes_a_network_policy() {
+        let p = cilium(
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-cross-cluster, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: cluster-a}
+"#,
+        );
+        let out = translate(&p, &[]).unwrap();
+        assert_eq!(out.len(), 1);
+        let spec = out[0].spec.as_ref().unwrap();
+        assert_eq!(out[0].metadata.namespace.as_deref(), Some("production"));
+        assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+        let peer = &spec.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0];
+        let labels = peer.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        assert_eq!(labels["io.cilium.k8s.policy.cluster"], "cluster-a");
+        assert!(peer.namespace_selector.is_none(), "the policy's own namespace");
+    }
+
+    #[test]
+    fn anything_outside_the_subset_rejects_the_whole_policy_naming_the_field() {
+        for (yaml, field) in [
+            (
+                "spec:\n  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: \"80\", protocol: TCP}]\n      rules: {http: [{method: GET}]}\n",
+                "rules",
+            ),
+            (
+                "spec:\n  endpointSelector: {}\n  ingressDeny:\n  - fromEntities: [world]\n",
+                "ingressDeny",
+            ),
+            (
+                "spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: example.com}]\n",
+                "toFQDNs",
+            ),
+            (
+                "spec:\n  endpointSelector: {}\n  egress:\n  - toEntities: [kube-apiserver]\n",
+                "kube-apiserver",
+            ),
+            ("specs:\n- endpointSelector: {}\n", "specs"),
+        ] {
+            let p = cilium(&format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: ns}}\n{yaml}"
+            ));
+            let err = translate(&p, &[]).unwrap_err();
+            assert_eq!(err.policy, "ns/p");
+            assert!(err.reason.contains(field), "{field}: {}", err.reason);
+        }
+    }
+
+    #[test]
+    fn clusterwide_policies_apply_in_every_namespace_with_ports_cidrs_and_entities() {
+        let p = cilium(
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: lockdown}
+spec:
+  endpointSelector: {matchLabels: {k8s:role: db}}
+  ingress:
+  - fromEntities: [cluster]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}, {port: "9000", endPort: 9002}]}]
+  egress:
+  - toCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}]
+  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system}}]
+"#,
+        );
+        let out = translate(&p, &["a", "b"]).unwrap();
+        assert_eq!(
+            out.iter()
+                .map(|n| n.metadata.namespace.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let spec = out[0].spec.as_ref().unwrap();
+        assert_eq!(
+            spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["role"],
+            "db"
+        );
+        let ports = spec.ingress.as_ref().unwrap()[0].ports.as_ref().unwrap();
+        assert_eq!(ports.len(), 3, "5432/TCP, and 9000-9002 for TCP and UDP");
+        let egress = spec.egress.as_ref().unwrap();
+        assert_eq!(
+            egress[0].to.as_ref().unwrap()[0]
+                .ip_block
+                .as_ref()
+                .unwrap()
+                .except
+                .as_ref()
+                .unwrap()[0],
+            "192.0.2.128/25"
+        );
+        let to_ns = &egress[1].to.as_ref().unwrap()[0];
+        assert!(
+            to_ns.namespace_selector.is_some(),
+            "naming the namespace label reaches across namespaces"
+        );
+    }
+}

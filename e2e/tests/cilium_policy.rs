@@ -1,0 +1,78 @@
+//! Cilium users' policies on the local mesh: the user's
+//! CiliumNetworkPolicy, as written, admits `app=frontend` of cluster-a to
+//! the backend and nothing else (not cluster-b's frontend, not another pod
+//! of cluster-a); a policy outside Knit's L3/L4 subset (an L7 rule) is not
+//! applied at all, and `knitctl status` names it and the field.
+
+use std::time::Duration;
+
+use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions};
+
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
+
+const USERS_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-cross-cluster, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: cluster-a}
+";
+
+const L7_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7-only, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: other}}
+  ingress:
+  - toPorts:
+    - ports: [{port: \"8080\", protocol: TCP}]
+      rules: {http: [{method: GET}]}
+";
+
+#[test]
+fn the_users_cilium_policy_works_as_written_and_l7_is_rejected_whole() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        nodes: 1,
+        ..MeshOptions::default()
+    });
+    let backend = mesh.add_pod(A.node(0), "production", "backend", &[("app", "backend")]);
+    let frontend_a = mesh.add_pod(A.node(0), "production", "frontend-a", &[("app", "frontend")]);
+    let other_a = mesh.add_pod(A.node(0), "production", "other", &[("app", "other")]);
+    let frontend_b = mesh.add_pod(B.node(0), "production", "frontend-b", &[("app", "frontend")]);
+    let backend_ip = mesh.pod(backend).ip;
+    for client in [frontend_a, other_a, frontend_b] {
+        mesh.wait_for_hits("open access before any policy", client, backend_ip, false, |h| {
+            h.total() == 40
+        });
+    }
+    mesh.write_manifest(A, "cnp.yaml", USERS_POLICY);
+    // A refused request costs its connect timeout: probe with few.
+    for (what, client) in [
+        ("cluster-b's frontend refused", frontend_b),
+        ("another pod of cluster-a refused", other_a),
+    ] {
+        mesh.wait_until(what, Duration::from_secs(30), || {
+            mesh.hits(client, backend_ip, 2, false).total() == 0
+        });
+    }
+    let allowed = mesh.hits(frontend_a, backend_ip, 40, false);
+    assert_eq!(allowed.total(), 40, "cluster-a's frontend admitted: {allowed:?}");
+
+    // An L7 rule: the whole policy is not applied, and says why.
+    mesh.write_manifest(A, "cnp-l7.yaml", L7_POLICY);
+    mesh.wait_until(
+        "knitctl status to name the rejected policy",
+        Duration::from_secs(30),
+        || {
+            mesh.knitctl_status(A)
+                .contains("CiliumNetworkPolicy production/l7-only not applied: field rules is not supported")
+        },
+    );
+    let other_ip = mesh.pod(other_a).ip;
+    let open = mesh.hits(frontend_a, other_ip, 20, false);
+    assert_eq!(open.total(), 20, "a rejected policy isolates nothing: {open:?}");
+    assert!(mesh.agent_metric(A.node(0), "knit_agent_rejected_cilium_policies") >= 1);
+}
