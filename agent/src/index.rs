@@ -186,3 +186,12 @@ fn apply_to_view(
         },
     }
 }
+
+/// Test helper: applies `value` at `knit/v1/<key>` as the watch would.
+#[cfg(test)]
+pub(crate) fn put(index: &mut MeshIndex, key: &str, value: serde_json::Value) {
+    index.apply(&WatchEvent::Upsert {
+        key: format!("knit/v1/{key}"),
+        value: serde_json::to_vec(&value).unwrap(),
+    });
+}

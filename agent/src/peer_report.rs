@@ -101,16 +101,8 @@ pub async fn publish(config: EtcdClientConfig, node: String, mut rx: watch::Rece
 
 #[cfg(test)]
 mod tests {
-    use knit_kvstore::watch_store::WatchEvent;
-
     use super::*;
-
-    fn put(index: &mut MeshIndex, key: &str, value: serde_json::Value) {
-        index.apply(&WatchEvent::Upsert {
-            key: format!("knit/v1/{key}"),
-            value: serde_json::to_vec(&value).unwrap(),
-        });
-    }
+    use crate::index::put;
 
     #[test]
     fn a_peer_is_reached_when_synced_and_one_of_its_nodes_answers() {

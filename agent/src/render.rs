@@ -310,16 +310,9 @@ fn add_service(
 
 #[cfg(test)]
 mod tests {
-    use knit_kvstore::watch_store::WatchEvent;
-
     use super::*;
-
-    fn put(index: &mut MeshIndex, key: &str, value: serde_json::Value) {
-        index.apply(&WatchEvent::Upsert {
-            key: format!("knit/v1/{key}"),
-            value: serde_json::to_vec(&value).unwrap(),
-        });
-    }
+    use crate::index::put;
+    use knit_kvstore::watch_store::WatchEvent;
 
     fn service(
         cluster: &str,

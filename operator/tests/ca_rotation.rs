@@ -43,21 +43,6 @@ fn published(plan: &MeshPlan) -> String {
     cm_text(plan, names::PUBLIC_CA_CONFIGMAP, "ca.crt").unwrap()
 }
 
-fn trust_hash(plan: &MeshPlan) -> String {
-    plan.deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .annotations
-        .as_ref()
-        .unwrap()[names::TRUST_HASH_ANNOTATION]
-        .clone()
-}
-
 #[test]
 fn a_roll_publishes_both_cas_then_switches_then_drops_the_old_one() {
     let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");

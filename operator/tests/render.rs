@@ -221,21 +221,7 @@ fn deleting_a_peer_removes_its_config_trust_and_user_and_rolls_etcd() {
             .unwrap()
             .contains("peer c")
     );
-    let hash = |p: &knit_operator::render::MeshPlan| {
-        p.deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .annotations
-            .as_ref()
-            .unwrap()[names::TRUST_HASH_ANNOTATION]
-            .clone()
-    };
-    assert_ne!(hash(&both), hash(&only_b));
+    assert_ne!(trust_hash(&both), trust_hash(&only_b));
     // b's client certificate was kept, not re-issued.
     assert_eq!(
         secret_text(&both, names::PEER_CONFIGS_SECRET, "b.crt"),

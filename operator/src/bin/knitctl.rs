@@ -167,14 +167,7 @@ async fn status(
     per_node: bool,
 ) -> anyhow::Result<()> {
     use knit_kvstore::records::{AgentStatusRecord, PeerStatusRecord};
-    let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
-        .with_context(|| format!("reading {}", etcd_config.display()))?;
-    if let Some(e) = endpoint {
-        config.endpoints = vec![e];
-    }
-    let mut client = knit_kvstore::etcd::connect(&config)
-        .await
-        .context("connecting to the local etcd")?;
+    let mut client = connect_local(etcd_config, endpoint).await?;
     let mut reports: Vec<PeerStatusRecord> =
         read_reports(&mut client, &knit_kvstore::keys::mesh_status_prefix()).await?;
     reports.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -213,14 +206,7 @@ async fn mcs_render(
     cidr: ipnet::Ipv4Net,
     out: &Path,
 ) -> anyhow::Result<()> {
-    let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
-        .with_context(|| format!("reading {}", etcd_config.display()))?;
-    if let Some(e) = endpoint {
-        config.endpoints = vec![e];
-    }
-    let mut client = knit_kvstore::etcd::connect(&config)
-        .await
-        .context("connecting to the local etcd")?;
+    let mut client = connect_local(etcd_config, endpoint).await?;
     let records = knit_kvstore::etcd::exported_services(&mut client)
         .await
         .context("reading the exported services")?;
@@ -245,6 +231,19 @@ async fn mcs_render(
     }
     println!("{} clusterset service(s) imported", files.len());
     Ok(())
+}
+
+/// Connects to this cluster's etcd with the client config at
+/// `etcd_config`, at `endpoint` instead of the config's when given.
+async fn connect_local(etcd_config: &Path, endpoint: Option<String>) -> anyhow::Result<etcd_client::Client> {
+    let mut config = knit_kvstore::etcd::load_client_config(etcd_config)
+        .with_context(|| format!("reading {}", etcd_config.display()))?;
+    if let Some(e) = endpoint {
+        config.endpoints = vec![e];
+    }
+    knit_kvstore::etcd::connect(&config)
+        .await
+        .context("connecting to the local etcd")
 }
 
 /// Every record under `prefix`, skipping (and naming) unreadable ones.

@@ -80,3 +80,20 @@ pub fn cm_text(plan: &MeshPlan, cm: &str, key: &str) -> Option<String> {
         .find(|c| c.metadata.name.as_deref() == Some(cm))?;
     c.data.as_ref()?.get(key).cloned()
 }
+
+/// The trust-hash annotation of the apiserver pod template (it changes when
+/// etcd's trust does, which restarts etcd).
+pub fn trust_hash(plan: &MeshPlan) -> String {
+    plan.deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()[knit_operator::names::TRUST_HASH_ANNOTATION]
+        .clone()
+}
