@@ -312,28 +312,43 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 #define TCP_ACK 0x10
 
 /* A packet from a local pod leaves through the host stack: remember the
- * pod's end of the flows it opens (TCP SYN, any UDP) so their replies take
- * the same way back. */
+ * pod's end of the flows it opens (TCP SYN, UDP from a port the stack has
+ * not brought requests to) so their replies take the same way back. A
+ * port already known (opened, or served) keeps what it is. */
 static __always_inline int to_stack(const struct flow *f)
 {
 	struct stack_flow_key k = {.addr = f->saddr, .port = f->sport, .proto = f->proto};
-	__u8 one = 1;
+	__u8 opened = STACK_FLOW_OPENED;
 
 	if (f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
 		return TC_ACT_OK;
 	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
 		return TC_ACT_OK;
 	if (!bpf_map_lookup_elem(&knit_stack_flows, &k))
-		bpf_map_update_elem(&knit_stack_flows, &k, &one, BPF_ANY);
+		bpf_map_update_elem(&knit_stack_flows, &k, &opened, BPF_NOEXIST);
 	return TC_ACT_OK;
 }
 
-/* Whether a packet towards a local pod answers a flow the pod sent into
+/* The host stack brings a UDP datagram to a local pod's port that no flow
+ * of the pod opened: the pod serves there (a masqueraded client, the node),
+ * so its answers from that port are not flows of its own, and requests
+ * from the tunnel to it stay on the mesh path. */
+static __always_inline void served_from_stack(const struct flow *f)
+{
+	struct stack_flow_key k = {.addr = f->daddr, .port = f->dport, .proto = f->proto};
+	__u8 served = STACK_FLOW_SERVED;
+
+	if (f->proto == IPPROTO_UDP && !bpf_map_lookup_elem(&knit_stack_flows, &k))
+		bpf_map_update_elem(&knit_stack_flows, &k, &served, BPF_NOEXIST);
+}
+
+/* Whether a packet towards a local pod answers a flow the pod opened into
  * the host stack (which may have translated it). */
 static __always_inline int answers_stack_flow(const struct flow *f)
 {
 	struct stack_flow_key k = {.addr = f->daddr, .port = f->dport, .proto = f->proto};
-	return bpf_map_lookup_elem(&knit_stack_flows, &k) != 0;
+	__u8 *v = bpf_map_lookup_elem(&knit_stack_flows, &k);
+	return v && *v == STACK_FLOW_OPENED;
 }
 
 static __always_inline __u32 identity_of(__u32 addr, __u32 fallback)
@@ -425,7 +440,10 @@ int to_pod(struct __sk_buff *skb)
 	if (parsed != 0)
 		return TC_ACT_OK;
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
-	if (!dst || !(dst->flags & (ENDPOINT_F_POLICY | ENDPOINT_F_EGRESS)))
+	if (!dst)
+		return TC_ACT_OK;
+	served_from_stack(&f);
+	if (!(dst->flags & (ENDPOINT_F_POLICY | ENDPOINT_F_EGRESS)))
 		return TC_ACT_OK;
 	if (skb->ingress_ifindex != 0 && (dst->flags & ENDPOINT_F_POLICY) && !admitted(&f, identity_of(f.saddr, 0)))
 		return drop(DROP_POLICY);

@@ -35,9 +35,11 @@ struct endpoint_value {
 	__u8 node_mac[6]; /* the host side of its veth */
 };
 
-/* The pod's end of flows it sent into the host stack (LRU): to a
- * ClusterIP kube-proxy translates, or out of the mesh. Their replies go
- * back through the stack, so the kernel can undo its NAT. */
+/* The pod's end of flows through the host stack (LRU), valued
+ * STACK_FLOW_*: flows it opened (to a ClusterIP kube-proxy translates, or
+ * out of the mesh), whose replies go back through the stack so the kernel
+ * can undo its NAT; and UDP ports the stack brought requests to, whose
+ * answers are not flows of the pod's own. */
 struct stack_flow_key {
 	__u32 addr;
 	__u16 port;
@@ -117,6 +119,10 @@ struct sock_nat_value {
 #define CT_F_ALLOWED 2        /* ingress policy admitted this tuple */
 #define CT_F_INGRESS 4        /* delivered into an egress-selected pod: its replies pass */
 #define CT_F_EGRESS_ALLOWED 8 /* egress policy admitted this tuple */
+
+/* What a pod's end of a flow through the host stack is (knit_stack_flows). */
+#define STACK_FLOW_OPENED 1 /* the pod opened it: replies from the tunnel go to the stack */
+#define STACK_FLOW_SERVED 2 /* the stack brought a UDP request to it: the pod serves there */
 
 struct ct_key {
 	__u32 saddr;

@@ -155,7 +155,7 @@ impl Programs {
         map.get(&key, 0).ok().map(|v| v.flags)
     }
 
-    fn stack_flow(&self, addr: Ipv4Addr, port: u16, proto: u8) -> bool {
+    fn stack_flow(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<u8> {
         let map: HashMap<&MapData, StackFlowKey, u8> =
             HashMap::try_from(self.ebpf.map(MAP_STACK_FLOWS).unwrap()).unwrap();
         let key = StackFlowKey {
@@ -164,7 +164,7 @@ impl Programs {
             proto,
             pad: 0,
         };
-        map.get(&key, 0).is_ok()
+        map.get(&key, 0).ok()
     }
 
     /// Runs `program` on `packet`; returns the verdict and the packet as
@@ -357,22 +357,55 @@ fn from_pod_leaves_what_is_not_mesh_traffic_to_the_host_stack() {
         p.run(PROG_FROM_POD, &tcp(POD_A, OUTSIDE, 40004, 443, SYN), 0).0,
         TC_ACT_OK
     );
-    assert!(p.stack_flow(POD_A, 40004, TCP));
+    assert_eq!(p.stack_flow(POD_A, 40004, TCP), Some(STACK_FLOW_OPENED));
     assert_eq!(
         p.run(PROG_FROM_POD, &tcp(POD_A, OUTSIDE, 40005, 443, ACK), 0).0,
         TC_ACT_OK
     );
-    assert!(!p.stack_flow(POD_A, 40005, TCP));
+    assert_eq!(p.stack_flow(POD_A, 40005, TCP), None);
     assert_eq!(
         p.run(PROG_FROM_POD, &packet(POD_A, OUTSIDE, UDP, 40006, 53, 0), 0)
             .0,
         TC_ACT_OK
     );
-    assert!(p.stack_flow(POD_A, 40006, UDP));
+    assert_eq!(p.stack_flow(POD_A, 40006, UDP), Some(STACK_FLOW_OPENED));
     // A local pod answering such a flow (after the host's NAT) goes back
     // through the stack too, not straight into a.
     assert_eq!(
         p.run(PROG_FROM_POD, &tcp(POD_B, POD_A, 443, 40004, ACK), 0).0,
+        TC_ACT_OK
+    );
+}
+
+#[test]
+fn a_udp_port_the_stack_brings_requests_to_is_served_not_opened() {
+    let mut p = two_pods("served", false);
+    p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));
+    // A masqueraded client's datagram, routed by the host into a's port 80.
+    assert_eq!(
+        p.run(PROG_TO_POD, &packet(REMOTE_NODE, POD_A, UDP, 40010, 80, 0), 3)
+            .0,
+        TC_ACT_OK
+    );
+    assert_eq!(p.stack_flow(POD_A, 80, UDP), Some(STACK_FLOW_SERVED));
+    // a's answer goes back through the stack without becoming a flow of a's.
+    assert_eq!(
+        p.run(PROG_FROM_POD, &packet(POD_A, REMOTE_NODE, UDP, 80, 40010, 0), 0)
+            .0,
+        TC_ACT_OK
+    );
+    assert_eq!(p.stack_flow(POD_A, 80, UDP), Some(STACK_FLOW_SERVED));
+    // So a remote pod's datagram to port 80 stays on the mesh path.
+    let (verdict, _) = p.run(PROG_FROM_TUNNEL, &packet(REMOTE_POD, POD_A, UDP, 40011, 80, 0), 0);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    // A port a opened keeps its replies on the stack path, whichever way
+    // they come.
+    p.run(PROG_FROM_POD, &packet(POD_A, OUTSIDE, UDP, 40012, 53, 0), 0);
+    p.run(PROG_TO_POD, &packet(OUTSIDE, POD_A, UDP, 53, 40012, 0), 3);
+    assert_eq!(p.stack_flow(POD_A, 40012, UDP), Some(STACK_FLOW_OPENED));
+    assert_eq!(
+        p.run(PROG_FROM_TUNNEL, &packet(REMOTE_POD, POD_A, UDP, 53, 40012, 0), 0)
+            .0,
         TC_ACT_OK
     );
 }

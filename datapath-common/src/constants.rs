@@ -44,6 +44,12 @@ pub const CT_F_ALLOWED: u32 = 2;
 pub const CT_F_INGRESS: u32 = 4;
 /// `CT_F_EGRESS_ALLOWED`: egress policy admitted this tuple.
 pub const CT_F_EGRESS_ALLOWED: u32 = 8;
+/// `STACK_FLOW_OPENED`: a pod opened this flow into the host stack; its
+/// replies arriving from the tunnel are handed to the stack.
+pub const STACK_FLOW_OPENED: u8 = 1;
+/// `STACK_FLOW_SERVED`: the host stack brought a UDP request to this pod
+/// port; what the pod sends from it are answers, not flows it opens.
+pub const STACK_FLOW_SERVED: u8 = 2;
 /// `POLICY_INGRESS`: an allow entry for what reaches the selected pod.
 pub const POLICY_INGRESS: u8 = 0;
 /// `POLICY_EGRESS`: an allow entry for what the selected pod sends.
@@ -129,6 +135,8 @@ mod tests {
             ("CT_F_ALLOWED", CT_F_ALLOWED),
             ("CT_F_INGRESS", CT_F_INGRESS),
             ("CT_F_EGRESS_ALLOWED", CT_F_EGRESS_ALLOWED),
+            ("STACK_FLOW_OPENED", u32::from(STACK_FLOW_OPENED)),
+            ("STACK_FLOW_SERVED", u32::from(STACK_FLOW_SERVED)),
             ("POLICY_INGRESS", u32::from(POLICY_INGRESS)),
             ("POLICY_EGRESS", u32::from(POLICY_EGRESS)),
             ("DROP_REASONS", DROP_REASON_SLOTS),

@@ -6,17 +6,26 @@
 
 use knit_e2e::conformance::{Layout, Model, NOT_PORTED, Outcome, cases};
 
+/// Only the cases whose name contains this, when set (for debugging one
+/// case; the summary then says so).
+const FILTER: &str = "KNIT_CONFORMANCE_CASE";
+
 fn run(layout: Layout) -> Vec<Outcome> {
+    let filter = std::env::var(FILTER).unwrap_or_default();
     let model = Model::start(layout);
     cases()
         .iter()
         .enumerate()
+        .filter(|(_, case)| case.name.contains(filter.as_str()))
         .map(|(i, case)| model.run(i, case))
         .collect()
 }
 
 fn summary(layout: Layout, outcomes: &[Outcome]) -> (usize, Vec<String>) {
-    let upstream = outcomes.len() + NOT_PORTED.len();
+    if let Ok(filter) = std::env::var(FILTER) {
+        println!("only the cases whose name contains {filter:?} ({FILTER})");
+    }
+    let upstream = cases().len() + NOT_PORTED.len();
     let passed = outcomes.iter().filter(|o| o.passed).count();
     println!(
         "{passed} of {upstream} upstream cases pass ({}); {} not run here:",

@@ -1,24 +1,13 @@
 //! The upstream cases, as data: each one's policies (the spec, in YAML) and
 //! expected truth tables, written with upstream's operations. Names are
-//! upstream's (`should …`). Cases that change pod or namespace labels
-//! mid-case, or use SCTP, are listed in [`NOT_PORTED`] with the reason.
+//! upstream's (`should …`); the cases of upstream's UDP and SCTP contexts
+//! are prefixed `using UDP:` and `using SCTP:`. Cases that need SCTP are
+//! listed in [`NOT_PORTED`] with the reason.
 
-use super::{ANY, Case, Probe, Reachability, Step, ns, pod};
+use super::{ANY, Case, Probe, Reachability, Relabel, Step, ns, pod};
 
 /// Upstream cases not run here, each with why.
 pub const NOT_PORTED: &[(&str, &str)] = &[
-    (
-        "should allow ingress access from updated namespace",
-        "changes a namespace's labels mid-case; the harness does not relabel yet",
-    ),
-    (
-        "should allow ingress access from updated pod",
-        "changes a pod's labels mid-case; the harness does not relabel yet",
-    ),
-    (
-        "should deny ingress access to updated pod",
-        "changes a pod's labels mid-case; the harness does not relabel yet",
-    ),
     (
         "should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP",
         "the kernel here has no SCTP module to serve on",
@@ -28,12 +17,16 @@ pub const NOT_PORTED: &[(&str, &str)] = &[
         "the kernel here has no SCTP module to serve on",
     ),
     (
-        "should support egress traffic on port ranges (endPort)",
-        "not ported yet",
+        "using SCTP: should support a 'default-deny-ingress' policy",
+        "the kernel here has no SCTP module to serve on",
     ),
     (
-        "should support ingress traffic on port ranges (endPort)",
-        "not ported yet",
+        "using SCTP: should enforce policy based on Ports",
+        "the kernel here has no SCTP module to serve on",
+    ),
+    (
+        "using SCTP: should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
+        "the kernel here has no SCTP module to serve on",
     ),
 ];
 
@@ -58,7 +51,16 @@ fn one(policies: Vec<(&'static str, &'static str, &str)>, probes: Vec<Probe>) ->
 }
 
 fn step(policies: Vec<(&'static str, &'static str, &str)>, probes: Vec<Probe>) -> Step {
+    relabel_step(Vec::new(), policies, probes)
+}
+
+fn relabel_step(
+    relabels: Vec<Relabel>,
+    policies: Vec<(&'static str, &'static str, &str)>,
+    probes: Vec<Probe>,
+) -> Step {
     Step {
+        relabels,
         policies: policies
             .into_iter()
             .map(|(n, name, s)| (n, name, typed(s)))
@@ -309,10 +311,12 @@ pub fn cases() -> Vec<Case> {
                 };
                 vec![
                     Step {
+                        relabels: Vec::new(),
                         policies: vec![("x", "allow-client-a-via-ns-selector", typed(&port(81)))],
                         probes: vec![tcp(81, allowed()), tcp(80, x_a_denied())],
                     },
                     Step {
+                        relabels: Vec::new(),
                         policies: vec![("x", "allow-client-a-via-ns-selector-80", typed(&port(80)))],
                         probes: vec![tcp(80, allowed())],
                     },
@@ -390,6 +394,37 @@ pub fn cases() -> Vec<Case> {
                 ),
             ],
         ),
+        case("should allow ingress access from updated namespace", {
+            let from_ns2 = "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns2: updated}}\n";
+            vec![
+                step(
+                    vec![("x", "allow-client-a-via-ns-selector", from_ns2)],
+                    vec![tcp(80, x_a_denied())],
+                ),
+                relabel_step(
+                    vec![Relabel::Namespace("y", vec![("ns2", "updated")])],
+                    vec![],
+                    vec![tcp(80, x_a_denied().expect_peer(ns("y"), ANY, true))],
+                ),
+            ]
+        }),
+        case("should allow ingress access from updated pod", {
+            let from_pod2 = "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - podSelector: {matchLabels: {pod: b, pod2: updated}}\n";
+            vec![
+                step(
+                    vec![("x", "allow-client-a-via-pod-selector", from_pod2)],
+                    vec![tcp(80, x_a_denied())],
+                ),
+                relabel_step(
+                    vec![Relabel::Pod(("x", "b"), vec![("pod2", "updated")])],
+                    vec![],
+                    vec![tcp(
+                        80,
+                        x_a_denied().expect_peer(pod("x", "b"), pod("x", "a"), true),
+                    )],
+                ),
+            ]
+        }),
         case(
             "should deny ingress from pods on other namespaces",
             one(
@@ -405,6 +440,24 @@ pub fn cases() -> Vec<Case> {
                         .expect_peer(ns("z"), ns("x"), false),
                 )],
             ),
+        ),
+        case(
+            "should deny ingress access to updated pod",
+            vec![
+                step(
+                    vec![(
+                        "x",
+                        "deny-ingress-via-label-selector",
+                        "podSelector: {matchLabels: {target: isolated}}\npolicyTypes: [Ingress]\n",
+                    )],
+                    vec![tcp(80, all())],
+                ),
+                relabel_step(
+                    vec![Relabel::Pod(("x", "a"), vec![("target", "isolated")])],
+                    vec![],
+                    vec![tcp(80, x_a_denied())],
+                ),
+            ],
         ),
         case(
             "should deny egress from pods based on PodSelector",
@@ -455,6 +508,7 @@ pub fn cases() -> Vec<Case> {
                 let from_x_a = "ingress:\n- from:\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"x\"}}\n    podSelector: {matchLabels: {pod: a}}\n";
                 let on = |p: &str| format!("podSelector: {{matchLabels: {{pod: {p}}}}}\n{from_x_a}");
                 vec![Step {
+                    relabels: Vec::new(),
                     policies: vec![
                         (
                             "x",
@@ -636,6 +690,81 @@ pub fn cases() -> Vec<Case> {
                     vec![tcp(80, x_a_denied())],
                 ),
             ],
+        ),
+        case(
+            "should not allow access by TCP when a policy specifies only UDP",
+            one(
+                vec![(
+                    "x",
+                    "allow-only-udp-ingress-on-port-81",
+                    "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 81, protocol: UDP}\n",
+                )],
+                vec![tcp(81, x_a_denied())],
+            ),
+        ),
+        case(
+            "should enforce policy to allow traffic based on NamespaceSelector with MatchLabels using default ns label",
+            one(
+                vec![(
+                    "x",
+                    "allow-client-a-via-ns-selector-for-immutable-ns-label",
+                    A_FROM_NS_Y,
+                )],
+                vec![tcp(
+                    80,
+                    all().expect_peer(ns("x"), pod("x", "a"), false).expect_peer(
+                        ns("z"),
+                        pod("x", "a"),
+                        false,
+                    ),
+                )],
+            ),
+        ),
+        case(
+            "should enforce policy based on NamespaceSelector with MatchExpressions using default ns label",
+            one(
+                vec![(
+                    "x",
+                    "allow-ns-y-match-selector-for-immutable-ns-label",
+                    "podSelector: {matchLabels: {pod: a}}\negress:\n- to:\n  - namespaceSelector:\n      matchExpressions:\n      - {key: kubernetes.io/metadata.name, operator: NotIn, values: [\"y\"]}\n",
+                )],
+                vec![tcp(80, all().expect_peer(pod("x", "a"), ns("y"), false))],
+            ),
+        ),
+        case(
+            "using UDP: should support a 'default-deny-ingress' policy",
+            one(
+                vec![("x", "deny-all", DENY_INGRESS)],
+                vec![udp(80, all().expect_peer(ANY, ns("x"), false))],
+            ),
+        ),
+        case("using UDP: should enforce policy based on Ports", {
+            let port81 = "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}\n  ports:\n  - {port: 81, protocol: UDP}\n";
+            one(
+                vec![("x", "allow-ingress-on-port-81-ns-x", port81)],
+                vec![udp(
+                    81,
+                    all().expect_peer(ns("x"), pod("x", "a"), false).expect_peer(
+                        ns("z"),
+                        pod("x", "a"),
+                        false,
+                    ),
+                )],
+            )
+        }),
+        case(
+            "using UDP: should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
+            one(
+                vec![(
+                    "x",
+                    "allow-ns-y-pod-a-via-namespace-pod-selector",
+                    "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}\n    podSelector: {matchLabels: {pod: a}}\n",
+                )],
+                vec![udp(
+                    80,
+                    x_a_denied().expect_peer(pod("y", "a"), pod("x", "a"), true),
+                )],
+            ),
         ),
     ]
 }

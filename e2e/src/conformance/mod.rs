@@ -6,8 +6,10 @@
 //! serving TCP and UDP on 80 and 81 with the named ports `serve-80-tcp` and
 //! so on. A [`Case`] is a list of steps; a step writes policies and probes
 //! ports, each against an expected reachability truth table
-//! ([`Reachability`], built with upstream's operations). Loopback (a pod to
-//! itself) is ignored, as upstream does.
+//! ([`Reachability`], built with upstream's operations). A step may first
+//! add labels to a pod or a namespace ([`Relabel`], upstream's
+//! `AddPodLabels` and `AddNamespaceLabel`); the labels are reset when the
+//! case ends. Loopback (a pod to itself) is ignored, as upstream does.
 //!
 //! [`Layout`] says where the pods live: all in cluster-a, or spread over
 //! cluster-a and cluster-b. Across clusters the agents run with
@@ -161,9 +163,22 @@ pub struct Probe {
     pub expect: Reachability,
 }
 
-/// Policies written (into namespace, YAML of the spec) and probes run.
+/// Labels a step adds before it writes its policies; reset when the case
+/// ends.
+#[derive(Clone, Debug)]
+pub enum Relabel {
+    /// Adds labels to the pod `namespace/pod`.
+    Pod(ModelPod, Vec<(&'static str, &'static str)>),
+    /// Adds labels to a namespace (in every cluster).
+    Namespace(&'static str, Vec<(&'static str, &'static str)>),
+}
+
+/// Labels changed, policies written (into namespace, YAML of the spec) and
+/// probes run, in that order.
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// Labels added first.
+    pub relabels: Vec<Relabel>,
     /// `(namespace, name, spec YAML)`; `{ip:<ns>/<pod>}` becomes that pod's IP.
     pub policies: Vec<(&'static str, &'static str, String)>,
     /// What to check afterwards.
@@ -241,20 +256,60 @@ impl Model {
             agent_args,
             ..MeshOptions::default()
         });
-        for c in mesh.cluster_ids() {
-            let namespaces: String = NAMESPACES
-                .iter()
-                .map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{n}\"\n  labels: {{ns: \"{n}\"}}\n---\n"))
-                .collect();
-            mesh.write_manifest(c, "namespaces.yaml", &namespaces);
-        }
         let mut pods = BTreeMap::new();
         for (i, (ns, name)) in model_pods().into_iter().enumerate() {
             let node = layout.cluster_of((ns, name)).node(i % 2);
             let id = mesh.add_pod(node, ns, &format!("{name}-{ns}"), &[("pod", name)]);
             pods.insert((ns, name), id);
         }
-        Self { mesh, layout, pods }
+        let model = Self { mesh, layout, pods };
+        model.write_namespaces(&[]);
+        model
+    }
+
+    /// Writes the model's namespaces into every cluster, each labelled
+    /// `ns: <name>` plus what `extra` adds to it.
+    fn write_namespaces(&self, extra: &[(&'static str, Vec<(&'static str, &'static str)>)]) {
+        let namespaces: String = NAMESPACES
+            .iter()
+            .map(|n| {
+                let added: String = extra
+                    .iter()
+                    .filter(|(ns, _)| ns == n)
+                    .flat_map(|(_, labels)| labels.iter().map(|(k, v)| format!(", {k}: \"{v}\"")))
+                    .collect();
+                format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{n}\"\n  labels: {{ns: \"{n}\"{added}}}\n---\n")
+            })
+            .collect();
+        for c in self.mesh.cluster_ids() {
+            self.mesh.write_manifest(c, "namespaces.yaml", &namespaces);
+        }
+    }
+
+    /// Writes pod `p`'s manifest with `pod: <name>` plus `extra`.
+    fn label_pod(&self, p: ModelPod, extra: &[(&'static str, &'static str)]) {
+        let pod = self.mesh.pod(self.pods[&p]);
+        let mut labels = vec![("pod", p.1)];
+        labels.extend_from_slice(extra);
+        self.mesh
+            .register_pod(pod.node, &pod.namespace, &pod.name, pod.ip, &labels);
+    }
+
+    /// Applies `relabels`, keeping what namespaces already gained in `namespaces`.
+    fn relabel(
+        &self,
+        relabels: &[Relabel],
+        namespaces: &mut Vec<(&'static str, Vec<(&'static str, &'static str)>)>,
+    ) {
+        for r in relabels {
+            match r {
+                Relabel::Pod(p, labels) => self.label_pod(*p, labels),
+                Relabel::Namespace(ns, labels) => {
+                    namespaces.push((ns, labels.clone()));
+                    self.write_namespaces(namespaces);
+                }
+            }
+        }
     }
 
     fn ip(&self, p: ModelPod) -> Ipv4Addr {
@@ -343,7 +398,9 @@ impl Model {
     pub fn run(&self, index: usize, case: &Case) -> Outcome {
         let mut report = String::new();
         let mut passed = true;
+        let mut namespaces = Vec::new();
         for (s, step) in case.steps.iter().enumerate() {
+            self.relabel(&step.relabels, &mut namespaces);
             self.write_policies(index, &step.policies);
             for probe in &step.probes {
                 let observed = self.converge(probe, Duration::from_secs(15));
@@ -365,6 +422,14 @@ impl Model {
             }
         }
         self.remove_policies();
+        for r in case.steps.iter().flat_map(|s| &s.relabels) {
+            if let Relabel::Pod(p, _) = r {
+                self.label_pod(*p, &[]);
+            }
+        }
+        if !namespaces.is_empty() {
+            self.write_namespaces(&[]);
+        }
         // Back to open before the next case.
         let open = Probe {
             port: 80,
