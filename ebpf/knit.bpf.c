@@ -212,51 +212,62 @@ static __always_inline void ct_mark(const struct flow *f, __u32 flag)
 	bpf_map_update_elem(&knit_ct, &k, &nv, BPF_ANY);
 }
 
-/* Whether an allow entry of `endpoint` in `direction` admits the peer
- * identity on dport/proto: exact, any port of the protocol, anything;
- * for the identity, then for any peer. */
-static __always_inline int identity_allows(__u32 endpoint, __u8 direction, __u32 identity, __u16 dport,
-					   __u8 proto)
+/* The strongest verdict among entries found: deny over allow over none. */
+static __always_inline __u8 stronger(__u8 verdict, const __u8 *found)
+{
+	if (found && *found > verdict)
+		return *found;
+	return verdict;
+}
+
+/* The verdict of the entries of `endpoint` in `direction` for the peer
+ * identity on dport/proto: exact, any port of the protocol, anything; for
+ * the identity and for any peer. Every candidate is looked at, so a deny
+ * entry wins however specific the allow entry is. */
+static __always_inline __u8 identity_verdict(__u32 endpoint, __u8 direction, __u32 identity, __u16 dport,
+					     __u8 proto)
 {
 	struct policy_key k = {.endpoint = endpoint, .direction = direction};
 	__u32 ids[2] = {identity, 0};
+	__u8 verdict = 0;
 
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
 		k.identity = ids[i];
 		k.dport = dport;
 		k.proto = proto;
-		if (bpf_map_lookup_elem(&knit_policy, &k))
-			return 1;
+		verdict = stronger(verdict, bpf_map_lookup_elem(&knit_policy, &k));
 		k.dport = 0;
-		if (bpf_map_lookup_elem(&knit_policy, &k))
-			return 1;
+		verdict = stronger(verdict, bpf_map_lookup_elem(&knit_policy, &k));
 		k.proto = 0;
-		if (bpf_map_lookup_elem(&knit_policy, &k))
-			return 1;
+		verdict = stronger(verdict, bpf_map_lookup_elem(&knit_policy, &k));
 	}
-	return 0;
+	return verdict;
 }
 
-/* Whether an ipBlock entry of `endpoint` in `direction` admits `peer`. */
-static __always_inline int cidr_allows(__u32 endpoint, __u8 direction, __u32 peer, __u16 dport, __u8 proto)
+/* The verdict of the address entries of `endpoint` in `direction` for
+ * `peer` (the agent cuts deny prefixes out of the allow prefixes of the
+ * same port, so the longest match of each port variant is the verdict). */
+static __always_inline __u8 cidr_verdict(__u32 endpoint, __u8 direction, __u32 peer, __u16 dport, __u8 proto)
 {
 	struct policy_cidr_key k = {
 		.prefixlen = 96, .endpoint = endpoint, .direction = direction, .proto = proto, .dport = dport, .addr = peer};
-	if (bpf_map_lookup_elem(&knit_policy_cidr, &k))
-		return 1;
+	__u8 verdict = stronger(0, bpf_map_lookup_elem(&knit_policy_cidr, &k));
 	k.dport = 0;
-	if (bpf_map_lookup_elem(&knit_policy_cidr, &k))
-		return 1;
+	verdict = stronger(verdict, bpf_map_lookup_elem(&knit_policy_cidr, &k));
 	k.proto = 0;
-	return bpf_map_lookup_elem(&knit_policy_cidr, &k) != 0;
+	return stronger(verdict, bpf_map_lookup_elem(&knit_policy_cidr, &k));
 }
 
+/* Whether some entry allows and none denies. */
 static __always_inline int policy_allows(__u32 endpoint, __u8 direction, __u32 identity, __u32 peer,
 					 __u16 dport, __u8 proto)
 {
-	return identity_allows(endpoint, direction, identity, dport, proto) ||
-	       cidr_allows(endpoint, direction, peer, dport, proto);
+	__u8 by_identity = identity_verdict(endpoint, direction, identity, dport, proto);
+	__u8 by_address = cidr_verdict(endpoint, direction, peer, dport, proto);
+	if (by_identity == POLICY_DENY || by_address == POLICY_DENY)
+		return 0;
+	return by_identity == POLICY_ALLOW || by_address == POLICY_ALLOW;
 }
 
 static __always_inline int ct_has(const struct flow *f, int reverse, __u32 flag)

@@ -47,12 +47,15 @@ struct stack_flow_key {
 	__u8 pad;
 };
 
-/* Allow entries (hash), per selected pod and direction: the peer's
+/* Policy entries (hash), per selected pod and direction: the peer's
  * identity (the source for ingress, the destination for egress). Zero in
- * identity, dport or proto is a wildcard: the program tries the exact key,
- * then the wildcards. */
+ * identity, dport or proto is a wildcard: the program tries the exact key
+ * and every wildcard. The value is the verdict; a deny entry anywhere among
+ * the candidates wins (Cilium's ingressDeny/egressDeny). */
 #define POLICY_INGRESS 0
 #define POLICY_EGRESS 1
+#define POLICY_ALLOW 1
+#define POLICY_DENY 2
 
 struct policy_key {
 	__u32 endpoint;

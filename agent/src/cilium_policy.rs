@@ -1,16 +1,23 @@
 //! CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy (`cilium.io/v2`)
 //! in their L3/L4 subset, translated into the Kubernetes NetworkPolicies
-//! [`crate::policy`] compiles. Pure: a policy in, policies or the reason it
-//! is rejected out.
+//! [`crate::policy`] compiles, each with what its rules do
+//! ([`Translated`]). Pure: a policy in, policies or the reason it is
+//! rejected out.
 //!
-//! The subset: `endpointSelector`; `ingress` / `egress` rules with
-//! `fromEndpoints` / `toEndpoints`, `fromCIDR` / `toCIDR`, `fromCIDRSet` /
-//! `toCIDRSet` (with `except`), `fromEntities` / `toEntities` (`all`,
-//! `cluster`, `world`, and `host` for ingress, which Knit always admits), and
-//! `toPorts` (port, protocol, `endPort`). Anything else (L7 `rules`, FQDN,
-//! `ingressDeny` / `egressDeny`, other entities, `specs` lists) rejects the
-//! **whole** policy: it is never partly applied, and the rejection names the
-//! field (logged, counted, and shown by `knitctl status`).
+//! The subset: `endpointSelector`; `ingress` / `egress` and `ingressDeny` /
+//! `egressDeny` rules with `fromEndpoints` / `toEndpoints`, `fromCIDR` /
+//! `toCIDR`, `fromCIDRSet` / `toCIDRSet` (with `except`), `fromEntities` /
+//! `toEntities` (`all`, `cluster`, `world`, and `host` for ingress allow
+//! rules, which Knit always admits), and `toPorts` (port, protocol,
+//! `endPort`); `enableDefaultDeny`. Deny rules win over every allow rule,
+//! of any policy, as in Cilium. Anything else (L7 `rules`, FQDN, other
+//! entities, `specs` lists) rejects the **whole** policy: it is never
+//! partly applied, and the rejection names the field (logged, counted, and
+//! shown by `knitctl status`).
+//!
+//! Default deny as Cilium's: a policy isolates the pods it selects in each
+//! direction it has rules for (allow or deny), unless `enableDefaultDeny`
+//! says otherwise for that direction.
 //!
 //! Selectors: a `k8s:` or `any:` key prefix is dropped; a selector naming
 //! `io.kubernetes.pod.namespace` reaches across namespaces, one that does
@@ -28,7 +35,29 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use knit_sources::CiliumPolicy;
 use serde::Deserialize;
 
-use crate::policy::NAMESPACE_LABEL;
+use crate::policy::{NAMESPACE_LABEL, PolicyRules, Verdict};
+
+/// One NetworkPolicy a Cilium policy stands for, and what its rules do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Translated {
+    /// Selector, types and rules.
+    pub policy: NetworkPolicy,
+    /// Allow (`ingress`/`egress`) or deny (`ingressDeny`/`egressDeny`).
+    pub verdict: Verdict,
+    /// Default deny in (ingress, egress).
+    pub default_deny: (bool, bool),
+}
+
+impl Translated {
+    /// As the compiler takes it.
+    pub fn rules(&self) -> PolicyRules<'_> {
+        PolicyRules {
+            policy: &self.policy,
+            verdict: self.verdict,
+            default_deny: self.default_deny,
+        }
+    }
+}
 
 /// Why a Cilium policy is not applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,8 +100,21 @@ struct Spec {
     ingress: Option<Vec<Rule>>,
     #[serde(default)]
     egress: Option<Vec<Rule>>,
+    #[serde(default)]
+    ingress_deny: Option<Vec<Rule>>,
+    #[serde(default)]
+    egress_deny: Option<Vec<Rule>>,
+    #[serde(default)]
+    enable_default_deny: Option<DefaultDeny>,
     #[serde(default, rename = "description")]
     _description: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DefaultDeny {
+    ingress: Option<bool>,
+    egress: Option<bool>,
 }
 
 /// One rule; `from*` fields in ingress, `to*` in egress (checked below).
@@ -137,8 +179,9 @@ struct PortProtocol {
 }
 
 /// The NetworkPolicies `policy` stands for (one per namespace in
-/// `namespaces` for a clusterwide policy), or why it is rejected.
-pub fn translate(policy: &CiliumPolicy, namespaces: &[&str]) -> Result<Vec<NetworkPolicy>, Rejected> {
+/// `namespaces` for a clusterwide policy, and a deny one besides when it
+/// has deny rules), or why it is rejected.
+pub fn translate(policy: &CiliumPolicy, namespaces: &[&str]) -> Result<Vec<Translated>, Rejected> {
     let name = match &policy.namespace {
         Some(ns) => format!("{ns}/{}", policy.name),
         None => policy.name.clone(),
@@ -161,58 +204,110 @@ pub fn translate(policy: &CiliumPolicy, namespaces: &[&str]) -> Result<Vec<Netwo
     })?;
     let spec = object.spec;
     let clusterwide = policy.namespace.is_none();
-    let ingress = spec
-        .ingress
-        .as_ref()
-        .map(|rules| {
-            rules
-                .iter()
-                .map(|r| ingress_rule(r, clusterwide))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()
-        .map_err(reject)?;
-    let egress = spec
-        .egress
-        .as_ref()
-        .map(|rules| {
-            rules
-                .iter()
-                .map(|r| egress_rule(r, clusterwide))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()
-        .map_err(reject)?;
-    let mut types = Vec::new();
-    if ingress.is_some() {
-        types.push("Ingress".to_owned());
-    }
-    if egress.is_some() {
-        types.push("Egress".to_owned());
-    }
+    let rules = |list: &Option<Vec<Rule>>, ingress: bool, deny: bool| {
+        list.as_ref()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| Directed::of(r, ingress, clusterwide, deny))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+    };
+    let ingress = rules(&spec.ingress, true, false).map_err(reject)?;
+    let egress = rules(&spec.egress, false, false).map_err(reject)?;
+    let ingress_deny = rules(&spec.ingress_deny, true, true).map_err(reject)?;
+    let egress_deny = rules(&spec.egress_deny, false, true).map_err(reject)?;
+    let defaults = spec.enable_default_deny.unwrap_or_default();
+    let default_deny = (defaults.ingress.unwrap_or(true), defaults.egress.unwrap_or(true));
+    let selector = label_selector(&spec.endpoint_selector);
     let target_namespaces: Vec<String> = match &policy.namespace {
         Some(ns) => vec![ns.clone()],
         None => namespaces.iter().map(|s| (*s).to_owned()).collect(),
     };
-    Ok(target_namespaces
-        .into_iter()
-        .map(|ns| NetworkPolicy {
+    let has_ingress = ingress.is_some() || ingress_deny.is_some();
+    let has_egress = egress.is_some() || egress_deny.is_some();
+    let mut out = Vec::new();
+    for ns in target_namespaces {
+        let network_policy = |suffix: &str,
+                              ingress: &Option<Vec<Directed>>,
+                              egress: &Option<Vec<Directed>>,
+                              types: (bool, bool)| NetworkPolicy {
             metadata: ObjectMeta {
-                name: Some(format!("cilium-{}", policy.name)),
-                namespace: Some(ns),
+                name: Some(format!("cilium-{}{suffix}", policy.name)),
+                namespace: Some(ns.clone()),
                 ..ObjectMeta::default()
             },
             spec: Some(NetworkPolicySpec {
-                pod_selector: Some(label_selector(&spec.endpoint_selector)),
-                policy_types: Some(types.clone()),
-                ingress: ingress.clone(),
-                egress: egress.clone(),
+                pod_selector: Some(selector.clone()),
+                policy_types: Some(
+                    [(types.0, "Ingress"), (types.1, "Egress")]
+                        .into_iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, t)| t.to_owned())
+                        .collect(),
+                ),
+                ingress: ingress
+                    .as_ref()
+                    .map(|r| r.iter().filter_map(Directed::ingress).collect()),
+                egress: egress
+                    .as_ref()
+                    .map(|r| r.iter().filter_map(Directed::egress).collect()),
             }),
-        })
-        .collect())
+        };
+        out.push(Translated {
+            policy: network_policy("", &ingress, &egress, (has_ingress, has_egress)),
+            verdict: Verdict::Allow,
+            default_deny,
+        });
+        if ingress_deny.is_some() || egress_deny.is_some() {
+            out.push(Translated {
+                policy: network_policy(
+                    "-deny",
+                    &ingress_deny,
+                    &egress_deny,
+                    (ingress_deny.is_some(), egress_deny.is_some()),
+                ),
+                verdict: Verdict::Deny,
+                default_deny,
+            });
+        }
+    }
+    Ok(out)
 }
 
-fn ingress_rule(rule: &Rule, clusterwide: bool) -> Result<NetworkPolicyIngressRule, String> {
+/// A rule translated for its direction.
+#[derive(Clone)]
+enum Directed {
+    Ingress(NetworkPolicyIngressRule),
+    Egress(NetworkPolicyEgressRule),
+}
+
+impl Directed {
+    fn of(rule: &Rule, ingress: bool, clusterwide: bool, deny: bool) -> Result<Self, String> {
+        if ingress {
+            ingress_rule(rule, clusterwide, deny).map(Self::Ingress)
+        } else {
+            egress_rule(rule, clusterwide, deny).map(Self::Egress)
+        }
+    }
+
+    fn ingress(&self) -> Option<NetworkPolicyIngressRule> {
+        match self {
+            Self::Ingress(r) => Some(r.clone()),
+            Self::Egress(_) => None,
+        }
+    }
+
+    fn egress(&self) -> Option<NetworkPolicyEgressRule> {
+        match self {
+            Self::Egress(r) => Some(r.clone()),
+            Self::Ingress(_) => None,
+        }
+    }
+}
+
+fn ingress_rule(rule: &Rule, clusterwide: bool, deny: bool) -> Result<NetworkPolicyIngressRule, String> {
     if rule.to_endpoints.is_some()
         || rule.to_cidr.is_some()
         || rule.to_cidr_set.is_some()
@@ -228,12 +323,13 @@ fn ingress_rule(rule: &Rule, clusterwide: bool) -> Result<NetworkPolicyIngressRu
             rule.from_entities.as_deref(),
             clusterwide,
             true,
+            deny,
         )?,
         ports: ports(rule.to_ports.as_deref())?,
     })
 }
 
-fn egress_rule(rule: &Rule, clusterwide: bool) -> Result<NetworkPolicyEgressRule, String> {
+fn egress_rule(rule: &Rule, clusterwide: bool, deny: bool) -> Result<NetworkPolicyEgressRule, String> {
     if rule.from_endpoints.is_some()
         || rule.from_cidr.is_some()
         || rule.from_cidr_set.is_some()
@@ -249,6 +345,7 @@ fn egress_rule(rule: &Rule, clusterwide: bool) -> Result<NetworkPolicyEgressRule
             rule.to_entities.as_deref(),
             clusterwide,
             false,
+            deny,
         )?,
         ports: ports(rule.to_ports.as_deref())?,
     })
@@ -262,6 +359,7 @@ fn peers(
     entities: Option<&[String]>,
     clusterwide: bool,
     ingress: bool,
+    deny: bool,
 ) -> Result<Option<Vec<NetworkPolicyPeer>>, String> {
     let mut out = Vec::new();
     for sel in endpoints.into_iter().flatten() {
@@ -297,8 +395,15 @@ fn peers(
                 ip_block: None,
             }),
             "world" => out.push(block("0.0.0.0/0", None)),
-            // The node always reaches its pods in Knit (as reserved:host).
-            "host" if ingress => {}
+            // The node always reaches its pods in Knit (as reserved:host),
+            // so it can be allowed (a no-op) but not denied.
+            "host" if ingress && !deny => {}
+            "host" if ingress => {
+                return Err(
+                    "fromEntities host in ingressDeny is not supported (the node always reaches its pods)"
+                        .into(),
+                );
+            }
             other => {
                 return Err(format!(
                     "entity {other:?}{} is not supported (all, cluster, world, and host for ingress are)",
@@ -407,6 +512,11 @@ spec:
         );
         let out = translate(&p, &[]).unwrap();
         assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].verdict, out[0].default_deny),
+            (Verdict::Allow, (true, true))
+        );
+        let out: Vec<NetworkPolicy> = out.into_iter().map(|t| t.policy).collect();
         let spec = out[0].spec.as_ref().unwrap();
         assert_eq!(out[0].metadata.namespace.as_deref(), Some("production"));
         assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
@@ -424,8 +534,8 @@ spec:
                 "rules",
             ),
             (
-                "spec:\n  endpointSelector: {}\n  ingressDeny:\n  - fromEntities: [world]\n",
-                "ingressDeny",
+                "spec:\n  endpointSelector: {}\n  ingressDeny:\n  - fromEntities: [host]\n",
+                "host",
             ),
             (
                 "spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: example.com}]\n",
@@ -463,7 +573,11 @@ spec:
   - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system}}]
 "#,
         );
-        let out = translate(&p, &["a", "b"]).unwrap();
+        let out: Vec<NetworkPolicy> = translate(&p, &["a", "b"])
+            .unwrap()
+            .into_iter()
+            .map(|t| t.policy)
+            .collect();
         assert_eq!(
             out.iter()
                 .map(|n| n.metadata.namespace.clone().unwrap())
@@ -492,6 +606,69 @@ spec:
         assert!(
             to_ns.namespace_selector.is_some(),
             "naming the namespace label reaches across namespaces"
+        );
+    }
+
+    #[test]
+    fn deny_rules_become_a_deny_policy_beside_the_allow_one() {
+        let p = cilium(
+            r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-legacy, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEntities: [cluster]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: legacy}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+  egressDeny:
+  - toCIDR: [192.0.2.0/24]
+  enableDefaultDeny: {egress: false}
+"#,
+        );
+        let out = translate(&p, &[]).unwrap();
+        assert_eq!(out.len(), 2);
+        let (allow, deny) = (&out[0], &out[1]);
+        assert_eq!(allow.verdict, Verdict::Allow);
+        assert_eq!(deny.verdict, Verdict::Deny);
+        assert_eq!(
+            allow.default_deny,
+            (true, false),
+            "enableDefaultDeny.egress: false"
+        );
+        let types = |t: &Translated| t.policy.spec.as_ref().unwrap().policy_types.clone().unwrap();
+        assert_eq!(
+            types(allow),
+            ["Ingress", "Egress"],
+            "a direction with only deny rules is still one it has rules for"
+        );
+        assert_eq!(types(deny), ["Ingress", "Egress"]);
+        let spec = deny.policy.spec.as_ref().unwrap();
+        let from = &spec.ingress.as_ref().unwrap()[0];
+        assert_eq!(
+            from.from.as_ref().unwrap()[0]
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app"],
+            "legacy"
+        );
+        assert_eq!(from.ports.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            spec.egress.as_ref().unwrap()[0].to.as_ref().unwrap()[0]
+                .ip_block
+                .as_ref()
+                .unwrap()
+                .cidr,
+            "192.0.2.0/24"
+        );
+        assert!(
+            allow.policy.spec.as_ref().unwrap().egress.is_none(),
+            "no egress allow rules"
         );
     }
 }

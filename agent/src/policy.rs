@@ -16,6 +16,13 @@
 //! ranges cut out; they match any address in range, pods included. Egress
 //! rules select destinations the same ways, a named port resolving per
 //! destination identity; replies of connections a peer opened always pass.
+//!
+//! Deny rules (Cilium's `ingressDeny` / `egressDeny`, [`Verdict::Deny`])
+//! compile the same way into deny entries, which win over every allow
+//! entry; an allow prefix has the deny prefixes of its port cut out. A pod
+//! that only deny rules select, in a direction no policy isolates (Cilium's
+//! `enableDefaultDeny: false`), gets an allow-all entry there, so only the
+//! deny rules bite.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -27,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use knit_kvstore::records::{PortSpec, Protocol};
 
-use crate::datapath::state::{AllowEntry, CidrAllow, Direction, PROTO_TCP, PROTO_UDP};
+use crate::datapath::state::{CidrEntry, Direction, PROTO_TCP, PROTO_UDP, PolicyEntry};
 
 /// Label holding a pod's namespace in identity labels.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
@@ -50,6 +57,43 @@ pub struct PolicyTarget<'a> {
     pub named_ports: &'a BTreeMap<String, PortSpec>,
 }
 
+/// What a policy's rules do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admit what they match (NetworkPolicy; Cilium's `ingress`/`egress`).
+    #[default]
+    Allow,
+    /// Drop what they match, whatever admits it (Cilium's
+    /// `ingressDeny`/`egressDeny`).
+    Deny,
+}
+
+/// One policy as the compiler takes it: the selector, `policyTypes` and
+/// rules of a NetworkPolicy, what its rules do, and whether selecting a pod
+/// isolates it in each direction.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyRules<'a> {
+    /// Selector, types and rules.
+    pub policy: &'a NetworkPolicy,
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// Whether the pods it selects admit, in (ingress, egress), only what
+    /// some rule allows; Cilium's `enableDefaultDeny`. Always both for a
+    /// Kubernetes NetworkPolicy (`policyTypes` says which directions).
+    pub default_deny: (bool, bool),
+}
+
+impl<'a> PolicyRules<'a> {
+    /// A Kubernetes NetworkPolicy: allow rules that isolate.
+    pub fn network_policy(policy: &'a NetworkPolicy) -> Self {
+        Self {
+            policy,
+            verdict: Verdict::Allow,
+            default_deny: (true, true),
+        }
+    }
+}
+
 /// Compiled policy of this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
@@ -58,9 +102,13 @@ pub struct CompiledPolicy {
     /// Pods that only send what the egress entries allow.
     pub egress_enforced: BTreeSet<Ipv4Addr>,
     /// Allow entries by peer identity.
-    pub allow: BTreeSet<AllowEntry>,
+    pub allow: BTreeSet<PolicyEntry>,
     /// Allow entries by peer address (ipBlock).
-    pub cidr_allow: BTreeSet<CidrAllow>,
+    pub cidr_allow: BTreeSet<CidrEntry>,
+    /// Deny entries by peer identity.
+    pub deny: BTreeSet<PolicyEntry>,
+    /// Deny entries by peer address.
+    pub cidr_deny: BTreeSet<CidrEntry>,
     /// Ports that allow nothing, with why (a range too long, a protocol the
     /// datapath does not handle).
     pub unsupported_ports: Vec<String>,
@@ -83,14 +131,17 @@ type Rule<'a> = (
 /// Ingress policy, and an Egress policy too if it has egress rules. A pod
 /// selected in a direction allows there only what some rule allows.
 pub fn compile(
-    policies: &[&NetworkPolicy],
+    policies: &[PolicyRules<'_>],
     targets: &[PolicyTarget<'_>],
     identities: &BTreeMap<u32, &BTreeMap<String, String>>,
     peer_ports: &BTreeMap<u32, BTreeMap<String, PortSpec>>,
     local_cluster: Option<&str>,
 ) -> CompiledPolicy {
     let mut out = CompiledPolicy::default();
-    for policy in policies {
+    let mut deny_selected: BTreeSet<(Ipv4Addr, Direction)> = BTreeSet::new();
+    for rules_of in policies {
+        let policy = rules_of.policy;
+        let verdict = rules_of.verdict;
         let Some(spec) = &policy.spec else { continue };
         let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
         let (ingress, egress) = match &spec.policy_types {
@@ -136,11 +187,18 @@ pub fn compile(
                     .flatten(),
             )
             .collect();
-        if ingress {
+        if ingress && rules_of.default_deny.0 {
             out.enforced.extend(selected.iter().map(|t| t.ip));
         }
-        if egress {
+        if egress && rules_of.default_deny.1 {
             out.egress_enforced.extend(selected.iter().map(|t| t.ip));
+        }
+        if verdict == Verdict::Deny {
+            for (on, direction) in [(ingress, Direction::Ingress), (egress, Direction::Egress)] {
+                if on {
+                    deny_selected.extend(selected.iter().map(|t| (t.ip, direction)));
+                }
+            }
         }
         for (direction, peers, rule_ports) in rules {
             let identities_of_peers: Vec<u32> = match peers {
@@ -182,7 +240,7 @@ pub fn compile(
                 };
                 for (port, proto) in &ports {
                     for id in &identities_of_peers {
-                        out.allow.insert(AllowEntry {
+                        out.entries(verdict).insert(PolicyEntry {
                             endpoint: target.ip,
                             identity: *id,
                             port: *port,
@@ -191,7 +249,7 @@ pub fn compile(
                         });
                     }
                     for peer in &blocks {
-                        out.cidr_allow.insert(CidrAllow {
+                        out.cidr_entries(verdict).insert(CidrEntry {
                             endpoint: target.ip,
                             direction,
                             peer: *peer,
@@ -215,7 +273,7 @@ pub fn compile(
                             peer_ports.get(&id).unwrap_or(&empty),
                             &mut out.unsupported_ports,
                         ) {
-                            out.allow.insert(AllowEntry {
+                            out.entries(verdict).insert(PolicyEntry {
                                 endpoint: target.ip,
                                 identity: id,
                                 port,
@@ -231,6 +289,55 @@ pub fn compile(
                 }
             }
         }
+    }
+    for (ip, direction) in deny_selected {
+        let isolated = match direction {
+            Direction::Ingress => &mut out.enforced,
+            Direction::Egress => &mut out.egress_enforced,
+        };
+        if isolated.insert(ip) {
+            out.allow.insert(PolicyEntry {
+                endpoint: ip,
+                identity: 0,
+                port: 0,
+                proto: 0,
+                direction,
+            });
+        }
+    }
+    out.cidr_allow = cut_denied(&out.cidr_allow, &out.cidr_deny);
+    out
+}
+
+impl CompiledPolicy {
+    fn entries(&mut self, verdict: Verdict) -> &mut BTreeSet<PolicyEntry> {
+        match verdict {
+            Verdict::Allow => &mut self.allow,
+            Verdict::Deny => &mut self.deny,
+        }
+    }
+
+    fn cidr_entries(&mut self, verdict: Verdict) -> &mut BTreeSet<CidrEntry> {
+        match verdict {
+            Verdict::Allow => &mut self.cidr_allow,
+            Verdict::Deny => &mut self.cidr_deny,
+        }
+    }
+}
+
+/// The allow prefixes with the deny prefixes of the same pod, direction,
+/// port and protocol cut out, so the datapath's longest match never finds
+/// an allow prefix inside a denied one.
+fn cut_denied(allow: &BTreeSet<CidrEntry>, deny: &BTreeSet<CidrEntry>) -> BTreeSet<CidrEntry> {
+    let mut out = BTreeSet::new();
+    for a in allow {
+        let mut pieces = vec![a.peer];
+        for d in deny.iter().filter(|d| {
+            (d.endpoint, d.direction, d.port, d.proto) == (a.endpoint, a.direction, a.port, a.proto)
+        }) {
+            pieces = pieces.into_iter().flat_map(|p| subtract(p, d.peer)).collect();
+        }
+        out.extend(pieces.into_iter().map(|peer| CidrEntry { peer, ..*a }));
     }
     out
 }
@@ -408,7 +515,13 @@ spec:
             labels: &web,
             named_ports: &NO_PORTS,
         }];
-        let c = compile(&[&p], &targets, &ids, &BTreeMap::new(), None);
+        let c = compile(
+            &[PolicyRules::network_policy(&p)],
+            &targets,
+            &ids,
+            &BTreeMap::new(),
+            None,
+        );
         // No policyTypes: an egress section makes it an Egress policy too.
         assert_eq!(c.egress_enforced, BTreeSet::from([ip]));
         assert_eq!(
@@ -418,7 +531,7 @@ spec:
         );
         assert_eq!(
             c.allow,
-            BTreeSet::from([AllowEntry {
+            BTreeSet::from([PolicyEntry {
                 endpoint: ip,
                 identity: 2,
                 port: 5432,
@@ -443,7 +556,13 @@ spec:
         let egress_only = policy(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n",
         );
-        let c = compile(&[&egress_only], &targets, &ids, &BTreeMap::new(), None);
+        let c = compile(
+            &[PolicyRules::network_policy(&egress_only)],
+            &targets,
+            &ids,
+            &BTreeMap::new(),
+            None,
+        );
         assert!(c.enforced.is_empty() && c.allow.is_empty() && c.cidr_allow.is_empty());
         assert_eq!(c.egress_enforced, BTreeSet::from([ip]), "deny all egress");
     }
@@ -486,7 +605,13 @@ spec:
             labels: &me,
             named_ports: &NO_PORTS,
         }];
-        let c = compile(&[&p], &targets, &ids, &peer_ports, None);
+        let c = compile(
+            &[PolicyRules::network_policy(&p)],
+            &targets,
+            &ids,
+            &peer_ports,
+            None,
+        );
         let entries: Vec<(u32, u16)> = c.allow.iter().map(|e| (e.identity, e.port)).collect();
         // "http" to anyone: only web declares it; "sql" to db only: 5432, not web's 3306.
         assert_eq!(entries, [(2, 5432), (3, 8080)]);
@@ -560,7 +685,13 @@ spec:
                 named_ports: &b_ports,
             },
         ];
-        let out = compile(&[&p], &targets, &BTreeMap::new(), &BTreeMap::new(), None);
+        let out = compile(
+            &[PolicyRules::network_policy(&p)],
+            &targets,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            None,
+        );
         let ports = |ip| -> Vec<(u16, u8)> {
             out.allow
                 .iter()
@@ -590,6 +721,75 @@ spec:
         assert_eq!(out.unsupported_ports.len(), 4, "{:?}", out.unsupported_ports);
         assert!(out.unsupported_ports.iter().any(|w| w.contains("1-65535")));
         assert!(out.unsupported_ports.iter().any(|w| w.contains("SCTP")));
+    }
+
+    #[test]
+    fn deny_rules_become_deny_entries_and_cut_allowed_prefixes() {
+        let allow = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8}\n",
+        );
+        let deny = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: d, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.1.0.0/16}\n    - podSelector: {matchLabels: {app: legacy}}\n  egress:\n  - to:\n    - podSelector: {matchLabels: {app: legacy}}\n    ports: [{port: 5432}]\n",
+        );
+        let web = labels(&[("app", "web"), (NAMESPACE_LABEL, "shop")]);
+        let legacy = labels(&[("app", "legacy"), (NAMESPACE_LABEL, "shop")]);
+        let ids = BTreeMap::from([(1, &web), (2, &legacy)]);
+        let ip = Ipv4Addr::new(10, 1, 0, 5);
+        let targets = [PolicyTarget {
+            ip,
+            namespace: "shop",
+            labels: &web,
+            named_ports: &NO_PORTS,
+        }];
+        let deny_rules = |egress_default_deny: bool| PolicyRules {
+            policy: &deny,
+            verdict: Verdict::Deny,
+            default_deny: (true, egress_default_deny),
+        };
+        let c = compile(
+            &[PolicyRules::network_policy(&allow), deny_rules(false)],
+            &targets,
+            &ids,
+            &BTreeMap::new(),
+            None,
+        );
+        let entry = |identity, port, proto, direction| PolicyEntry {
+            endpoint: ip,
+            identity,
+            port,
+            proto,
+            direction,
+        };
+        assert_eq!(
+            c.deny,
+            BTreeSet::from([
+                entry(2, 0, 0, Direction::Ingress),
+                entry(2, 5432, PROTO_TCP, Direction::Egress)
+            ])
+        );
+        let prefixes =
+            |set: &BTreeSet<CidrEntry>| -> Vec<String> { set.iter().map(|e| e.peer.to_string()).collect() };
+        assert_eq!(prefixes(&c.cidr_deny), ["10.1.0.0/16"]);
+        assert!(
+            c.cidr_allow
+                .iter()
+                .all(|a| !a.peer.contains(&Ipv4Addr::new(10, 1, 2, 3))),
+            "the denied /16 is cut out of the allowed /8: {:?}",
+            prefixes(&c.cidr_allow)
+        );
+        assert!(
+            c.cidr_allow
+                .iter()
+                .any(|a| a.peer.contains(&Ipv4Addr::new(10, 2, 0, 1)))
+        );
+        // Egress: only deny rules select the pod, and enableDefaultDeny is
+        // off there, so it allows everything else.
+        assert_eq!(c.egress_enforced, BTreeSet::from([ip]));
+        assert!(c.allow.contains(&entry(0, 0, 0, Direction::Egress)));
+        // With default deny on, the deny policy isolates: no allow-all.
+        let c = compile(&[deny_rules(true)], &targets, &ids, &BTreeMap::new(), None);
+        assert_eq!(c.egress_enforced, BTreeSet::from([ip]));
+        assert!(!c.allow.contains(&entry(0, 0, 0, Direction::Egress)));
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -656,11 +856,17 @@ spec:
                 named_ports: &NO_PORTS,
             },
         ];
-        let c = compile(&[&p], &targets, &ids, &BTreeMap::new(), None);
+        let c = compile(
+            &[PolicyRules::network_policy(&p)],
+            &targets,
+            &ids,
+            &BTreeMap::new(),
+            None,
+        );
         assert_eq!(c.enforced, BTreeSet::from([web_ip]));
         assert_eq!(
             c.allow,
-            BTreeSet::from([AllowEntry {
+            BTreeSet::from([PolicyEntry {
                 endpoint: web_ip,
                 identity: 2,
                 port: 8080,
@@ -686,10 +892,16 @@ spec:
             labels: &l,
             named_ports: &NO_PORTS,
         }];
-        let c = compile(&[&allow_all], &targets, &BTreeMap::new(), &BTreeMap::new(), None);
+        let c = compile(
+            &[PolicyRules::network_policy(&allow_all)],
+            &targets,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            None,
+        );
         assert_eq!(
             c.allow,
-            BTreeSet::from([AllowEntry {
+            BTreeSet::from([PolicyEntry {
                 endpoint: ip,
                 identity: 0,
                 port: 0,
@@ -697,7 +909,13 @@ spec:
                 direction: Direction::Ingress,
             }])
         );
-        let c = compile(&[&deny_all], &targets, &BTreeMap::new(), &BTreeMap::new(), None);
+        let c = compile(
+            &[PolicyRules::network_policy(&deny_all)],
+            &targets,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            None,
+        );
         assert_eq!(c.enforced, BTreeSet::from([ip]));
         assert!(c.allow.is_empty());
     }
@@ -728,7 +946,7 @@ spec:
         let ids = BTreeMap::from([(7, &blue), (8, &red)]);
         let ip = Ipv4Addr::new(10, 1, 0, 9);
         let c = compile(
-            &[&p],
+            &[PolicyRules::network_policy(&p)],
             &[PolicyTarget {
                 ip,
                 namespace: "ns",
@@ -778,11 +996,17 @@ spec:
             named_ports: &NO_PORTS,
         }];
         let sources = |local: Option<&str>| -> BTreeSet<u32> {
-            compile(&[&p], &targets, &ids, &BTreeMap::new(), local)
-                .allow
-                .iter()
-                .map(|a| a.identity)
-                .collect()
+            compile(
+                &[PolicyRules::network_policy(&p)],
+                &targets,
+                &ids,
+                &BTreeMap::new(),
+                local,
+            )
+            .allow
+            .iter()
+            .map(|a| a.identity)
+            .collect()
         };
         assert_eq!(
             sources(Some("cluster-a")),

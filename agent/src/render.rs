@@ -20,14 +20,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_cni::attachment::Attachment;
 use knit_kvstore::keys::Kind;
 use knit_kvstore::records::{Backend, PortSpec, Protocol, ServicePort, ServiceRecord};
 
 use crate::datapath::state::{DatapathState, Frontend, LocalEndpoint, PROTO_TCP, PROTO_UDP, Route};
 use crate::index::{ClusterView, MeshIndex};
-use crate::policy::{PolicyTarget, compile};
+use crate::policy::{PolicyRules, PolicyTarget, compile};
 use crate::preference::{ClusterBackends, Preference, choose};
 
 /// A MAC address as `aa:bb:cc:dd:ee:ff`.
@@ -62,7 +61,7 @@ pub struct RenderOptions {
 /// `attachments` (what knit-cni recorded).
 pub fn render(
     index: &MeshIndex,
-    policies: &[&NetworkPolicy],
+    policies: &[PolicyRules<'_>],
     node: &str,
     attachments: &[Attachment],
     options: &RenderOptions,
@@ -133,6 +132,8 @@ pub fn render(
     }
     out.allow = compiled.allow;
     out.cidr_allow = compiled.cidr_allow;
+    out.deny = compiled.deny;
+    out.cidr_deny = compiled.cidr_deny;
     out.unsupported_policy_ports = compiled.unsupported_ports;
 
     let on_failing_nodes = backends_on(index, failing);
@@ -512,7 +513,7 @@ mod tests {
             "clusters/cluster-a/endpoints/10.1.1.5",
             serde_json::json!({"ip": "10.1.1.5", "cluster": "cluster-a", "identity": 32769, "node": "a-node1", "namespace": "production", "pod": "backend"}),
         );
-        let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+        let policy: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(serde_json::json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": "allow-cross-cluster", "namespace": "production"},
             "spec": {"podSelector": {"matchLabels": {"app": "backend"}}, "policyTypes": ["Ingress"],
@@ -532,7 +533,7 @@ mod tests {
         };
         let all = render(
             &index,
-            &[&policy],
+            &[PolicyRules::network_policy(&policy)],
             "a-node1",
             std::slice::from_ref(&attachment),
             &RenderOptions::default(),
@@ -542,7 +543,14 @@ mod tests {
             ..RenderOptions::default()
         };
         assert_eq!(
-            render(&index, &[&policy], "a-node1", &[attachment], &local).allow,
+            render(
+                &index,
+                &[PolicyRules::network_policy(&policy)],
+                "a-node1",
+                &[attachment],
+                &local
+            )
+            .allow,
             all.allow,
             "a selector naming its cluster is not narrowed by the local-cluster default"
         );

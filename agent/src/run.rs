@@ -13,7 +13,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use knit_kvstore::KEY_PREFIX;
 use knit_kvstore::etcd::{connect, load_client_config};
 use knit_kvstore::records::AgentStatusRecord;
@@ -217,11 +216,12 @@ pub async fn run<S: Source>(
             tracing::warn!(policy = %r.policy, reason = %r.reason, "a CiliumNetworkPolicy is not applied");
         }
         let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
-        let policies: Vec<&NetworkPolicy> = source
+        let policies: Vec<crate::policy::PolicyRules<'_>> = source
             .state()
             .network_policies
             .values()
-            .chain(cilium.iter())
+            .map(crate::policy::PolicyRules::network_policy)
+            .chain(cilium.iter().map(crate::cilium_policy::Translated::rules))
             .collect();
         let targets = crate::health::targets(&index, &settings.node);
         targets_tx.send_if_modified(|t| {
@@ -308,7 +308,10 @@ pub async fn run<S: Source>(
 fn translate_cilium_policies(
     state: &knit_sources::ClusterState,
     index: &MeshIndex,
-) -> (Vec<NetworkPolicy>, Vec<crate::cilium_policy::Rejected>) {
+) -> (
+    Vec<crate::cilium_policy::Translated>,
+    Vec<crate::cilium_policy::Rejected>,
+) {
     let namespaces: std::collections::BTreeSet<&str> = index
         .local
         .endpoints

@@ -97,6 +97,18 @@ impl Programs {
     }
 
     fn allow_in(&mut self, direction: u8, endpoint: Ipv4Addr, identity: u32, dport: u16, proto: u8) {
+        self.entry(POLICY_ALLOW, direction, endpoint, identity, dport, proto);
+    }
+
+    fn entry(
+        &mut self,
+        verdict: u8,
+        direction: u8,
+        endpoint: Ipv4Addr,
+        identity: u32,
+        dport: u16,
+        proto: u8,
+    ) {
         let mut map: HashMap<&mut MapData, PolicyKey, u8> =
             HashMap::try_from(self.ebpf.map_mut(MAP_POLICY).unwrap()).unwrap();
         let key = PolicyKey {
@@ -106,10 +118,22 @@ impl Programs {
             proto,
             direction,
         };
-        map.insert(key, 1, 0).unwrap();
+        map.insert(key, verdict, 0).unwrap();
     }
 
     fn allow_cidr(&mut self, direction: u8, endpoint: Ipv4Addr, net: (Ipv4Addr, u32), dport: u16, proto: u8) {
+        self.cidr_entry(POLICY_ALLOW, direction, endpoint, net, dport, proto);
+    }
+
+    fn cidr_entry(
+        &mut self,
+        verdict: u8,
+        direction: u8,
+        endpoint: Ipv4Addr,
+        net: (Ipv4Addr, u32),
+        dport: u16,
+        proto: u8,
+    ) {
         let mut map: LpmTrie<&mut MapData, PolicyCidrKey, u8> =
             LpmTrie::try_from(self.ebpf.map_mut(MAP_POLICY_CIDR).unwrap()).unwrap();
         let key = PolicyCidrKey {
@@ -119,7 +143,7 @@ impl Programs {
             dport,
             addr: addr_be(net.0),
         };
-        map.insert(&Key::new(64 + net.1, key), 1, 0).unwrap();
+        map.insert(&Key::new(64 + net.1, key), verdict, 0).unwrap();
     }
 
     fn tunnel_device(&mut self, ifindex: u32) {
@@ -408,6 +432,43 @@ fn a_udp_port_the_stack_brings_requests_to_is_served_not_opened() {
             .0,
         TC_ACT_OK
     );
+}
+
+#[test]
+fn deny_entries_win_over_any_allow_entry() {
+    let mut p = two_pods("deny", true);
+    p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));
+    let remote = (2 << 16) | 5;
+    // Allowed from anyone on any port...
+    p.allow(POD_B, 0, 0, 0);
+    let syn = |sport| tcp(REMOTE_POD, POD_B, sport, 80, SYN);
+    assert_eq!(p.run(PROG_FROM_TUNNEL, &syn(40020), 0).0, TC_ACT_REDIRECT);
+    // ...but a deny of the remote identity on port 80 wins over that
+    // wildcard, and only there.
+    p.entry(POLICY_DENY, POLICY_INGRESS, POD_B, remote, 80, TCP);
+    assert_eq!(p.run(PROG_FROM_TUNNEL, &syn(40021), 0).0, TC_ACT_SHOT);
+    assert_eq!(p.drops(DropReason::Policy), 1);
+    assert_eq!(
+        p.run(PROG_FROM_TUNNEL, &tcp(REMOTE_POD, POD_B, 40022, 81, SYN), 0)
+            .0,
+        TC_ACT_REDIRECT
+    );
+    // A deny by address prefix wins over an exact allow of the identity.
+    p.allow(POD_B, remote, 81, TCP);
+    p.cidr_entry(
+        POLICY_DENY,
+        POLICY_INGRESS,
+        POD_B,
+        (Ipv4Addr::new(10, 2, 0, 0), 16),
+        0,
+        0,
+    );
+    assert_eq!(
+        p.run(PROG_FROM_TUNNEL, &tcp(REMOTE_POD, POD_B, 40023, 81, SYN), 0)
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(p.drops(DropReason::Policy), 2);
 }
 
 #[test]

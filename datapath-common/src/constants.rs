@@ -50,9 +50,13 @@ pub const STACK_FLOW_OPENED: u8 = 1;
 /// `STACK_FLOW_SERVED`: the host stack brought a UDP request to this pod
 /// port; what the pod sends from it are answers, not flows it opens.
 pub const STACK_FLOW_SERVED: u8 = 2;
-/// `POLICY_INGRESS`: an allow entry for what reaches the selected pod.
+/// `POLICY_ALLOW`: the value of an entry that admits.
+pub const POLICY_ALLOW: u8 = 1;
+/// `POLICY_DENY`: the value of an entry that drops, whatever else admits.
+pub const POLICY_DENY: u8 = 2;
+/// `POLICY_INGRESS`: an entry for what reaches the selected pod.
 pub const POLICY_INGRESS: u8 = 0;
-/// `POLICY_EGRESS`: an allow entry for what the selected pod sends.
+/// `POLICY_EGRESS`: an entry for what the selected pod sends.
 pub const POLICY_EGRESS: u8 = 1;
 
 /// `TC_ACT_OK`: the packet goes on its way (the host stack).
@@ -137,6 +141,8 @@ mod tests {
             ("CT_F_EGRESS_ALLOWED", CT_F_EGRESS_ALLOWED),
             ("STACK_FLOW_OPENED", u32::from(STACK_FLOW_OPENED)),
             ("STACK_FLOW_SERVED", u32::from(STACK_FLOW_SERVED)),
+            ("POLICY_ALLOW", u32::from(POLICY_ALLOW)),
+            ("POLICY_DENY", u32::from(POLICY_DENY)),
             ("POLICY_INGRESS", u32::from(POLICY_INGRESS)),
             ("POLICY_EGRESS", u32::from(POLICY_EGRESS)),
             ("DROP_REASONS", DROP_REASON_SLOTS),

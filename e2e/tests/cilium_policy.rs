@@ -2,7 +2,8 @@
 //! CiliumNetworkPolicy, as written, admits `app=frontend` of cluster-a to
 //! the backend and nothing else (not cluster-b's frontend, not another pod
 //! of cluster-a); a policy outside Knit's L3/L4 subset (an L7 rule) is not
-//! applied at all, and `knitctl status` names it and the field.
+//! applied at all, and `knitctl status` names it and the field; an
+//! `ingressDeny` rule wins over an allow-all rule of the same policy.
 
 use std::time::Duration;
 
@@ -30,6 +31,17 @@ spec:
   - toPorts:
     - ports: [{port: \"8080\", protocol: TCP}]
       rules: {http: [{method: GET}]}
+";
+
+const DENY_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-not-from-other, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  ingress:
+  - fromEntities: [all]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: other}}]
 ";
 
 #[test]
@@ -75,4 +87,19 @@ fn the_users_cilium_policy_works_as_written_and_l7_is_rejected_whole() {
     let open = mesh.hits(frontend_a, other_ip, 20, false);
     assert_eq!(open.total(), 20, "a rejected policy isolates nothing: {open:?}");
     assert!(mesh.agent_metric(A.node(0), "knit_agent_rejected_cilium_policies") >= 1);
+
+    // Deny wins: everyone is allowed into the frontend but `app=other`.
+    let frontend_ip = mesh.pod(frontend_a).ip;
+    mesh.write_manifest(A, "cnp-deny.yaml", DENY_POLICY);
+    mesh.wait_until("app=other denied by ingressDeny", Duration::from_secs(30), || {
+        mesh.hits(other_a, frontend_ip, 2, false).total() == 0
+    });
+    for (what, client) in [("cluster-b's frontend", frontend_b), ("the backend", backend)] {
+        let hits = mesh.hits(client, frontend_ip, 20, false);
+        assert_eq!(
+            hits.total(),
+            20,
+            "{what} still allowed by fromEntities all: {hits:?}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`DatapathState`] is the agent's desired state in its own words (routes,
 //! local endpoints by interface name, service frontends with backend
-//! addresses, allow entries); the render produces it without I/O.
+//! addresses, allow and deny entries); the render produces it without I/O.
 //! [`MapContents`] is the same thing as raw map entries, after interface
 //! names are resolved to indexes and frontends get their stable service
 //! IDs. [`diff`] compares two map contents entry by entry, so the writer only
@@ -16,7 +16,8 @@ use ipnet::Ipv4Net;
 
 use knit_datapath_common::{
     BackendKey, BackendValue, ENDPOINT_F_EGRESS, ENDPOINT_F_POLICY, EndpointValue, IpcacheValue,
-    POLICY_EGRESS, POLICY_INGRESS, PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue, addr_be, port_be,
+    POLICY_ALLOW, POLICY_DENY, POLICY_EGRESS, POLICY_INGRESS, PolicyCidrKey, PolicyKey, ServiceKey,
+    ServiceValue, addr_be, port_be,
 };
 
 /// IP protocol numbers the datapath knows.
@@ -52,7 +53,7 @@ pub struct LocalEndpoint {
     pub egress_enforced: bool,
 }
 
-/// Which way an allow entry admits traffic, seen from the selected pod.
+/// Which way a policy entry applies, seen from the selected pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Direction {
     /// What reaches the pod.
@@ -71,10 +72,11 @@ impl Direction {
     }
 }
 
-/// One allow entry by address prefix (an ipBlock, `except` ranges already
-/// cut out); zero port or protocol is a wildcard.
+/// One policy entry by address prefix (an ipBlock, `except` ranges already
+/// cut out; an allow prefix also has the deny prefixes of its port cut
+/// out); zero port or protocol is a wildcard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CidrAllow {
+pub struct CidrEntry {
     /// The selected pod.
     pub endpoint: Ipv4Addr,
     /// Ingress or egress.
@@ -98,12 +100,12 @@ pub struct Frontend {
     pub proto: u8,
 }
 
-/// One allow entry by peer identity; zero fields are wildcards.
+/// One policy entry by peer identity; zero fields are wildcards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AllowEntry {
+pub struct PolicyEntry {
     /// The selected pod.
     pub endpoint: Ipv4Addr,
-    /// Allowed peer identity (0 = any).
+    /// Peer identity (0 = any).
     pub identity: u32,
     /// Destination port (0 = any).
     pub port: u16,
@@ -123,9 +125,14 @@ pub struct DatapathState {
     /// Service frontends and the backends new connections may use.
     pub services: BTreeMap<Frontend, Vec<SocketAddrV4>>,
     /// Allow entries of policy-enforced pods, by peer identity.
-    pub allow: BTreeSet<AllowEntry>,
+    pub allow: BTreeSet<PolicyEntry>,
     /// Allow entries of policy-enforced pods, by peer address (ipBlock).
-    pub cidr_allow: BTreeSet<CidrAllow>,
+    pub cidr_allow: BTreeSet<CidrEntry>,
+    /// Deny entries (Cilium's `ingressDeny`/`egressDeny`), by peer
+    /// identity: they win over any allow entry.
+    pub deny: BTreeSet<PolicyEntry>,
+    /// Deny entries by peer address.
+    pub cidr_deny: BTreeSet<CidrEntry>,
     /// Policy ports that allow nothing, with why (for the log and metric;
     /// not written to any map).
     pub unsupported_policy_ports: Vec<String>,
@@ -215,26 +222,31 @@ pub fn to_map_contents(
             },
         );
     }
-    for a in &state.allow {
-        let key = PolicyKey {
-            endpoint: addr_be(a.endpoint),
-            identity: a.identity,
-            dport: a.port,
-            proto: a.proto,
-            direction: a.direction.raw(),
-        };
-        out.policy.insert(key, 1);
+    // Deny after allow: for the same key, deny wins.
+    for (entries, verdict) in [(&state.allow, POLICY_ALLOW), (&state.deny, POLICY_DENY)] {
+        for a in entries {
+            let key = PolicyKey {
+                endpoint: addr_be(a.endpoint),
+                identity: a.identity,
+                dport: a.port,
+                proto: a.proto,
+                direction: a.direction.raw(),
+            };
+            out.policy.insert(key, verdict);
+        }
     }
-    for c in &state.cidr_allow {
-        let key = PolicyCidrKey {
-            endpoint: addr_be(c.endpoint),
-            direction: c.direction.raw(),
-            proto: c.proto,
-            dport: c.port,
-            addr: addr_be(c.peer.network()),
-        };
-        out.policy_cidr
-            .insert((64 + u32::from(c.peer.prefix_len()), key), 1);
+    for (entries, verdict) in [(&state.cidr_allow, POLICY_ALLOW), (&state.cidr_deny, POLICY_DENY)] {
+        for c in entries {
+            let key = PolicyCidrKey {
+                endpoint: addr_be(c.endpoint),
+                direction: c.direction.raw(),
+                proto: c.proto,
+                dport: c.port,
+                addr: addr_be(c.peer.network()),
+            };
+            out.policy_cidr
+                .insert((64 + u32::from(c.peer.prefix_len()), key), verdict);
+        }
     }
     let mut used: BTreeSet<u32> = BTreeSet::new();
     let keys: Vec<(ServiceKey, &Vec<SocketAddrV4>)> =
