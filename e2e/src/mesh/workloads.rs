@@ -220,6 +220,37 @@ impl LocalMesh {
         backends: &[PodId],
         exported_at: &str,
     ) {
+        let yaml = format!(
+            "{}---\napiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  creationTimestamp: \"{exported_at}\"\n",
+            self.plain_service_yaml((namespace, name), vip, backends, &[])
+        );
+        self.write_manifest(c, &format!("svc-{namespace}-{name}.yaml"), &yaml);
+    }
+
+    /// Writes a Service with `annotations` (Cilium's global-service ones,
+    /// say) and its EndpointSlice of ready `backends` into `c`'s source,
+    /// with no GlobalServicePolicy.
+    pub fn deploy_annotated_service(
+        &self,
+        c: ClusterId,
+        (namespace, name): (&str, &str),
+        vip: Ipv4Addr,
+        backends: &[PodId],
+        annotations: &[(&str, &str)],
+    ) {
+        let yaml = self.plain_service_yaml((namespace, name), vip, backends, annotations);
+        self.write_manifest(c, &format!("svc-{namespace}-{name}.yaml"), &yaml);
+    }
+
+    /// A Service with `vip` (TCP `http` 8080) and `annotations`, and its
+    /// EndpointSlice of ready `backends`.
+    fn plain_service_yaml(
+        &self,
+        (namespace, name): (&str, &str),
+        vip: Ipv4Addr,
+        backends: &[PodId],
+        annotations: &[(&str, &str)],
+    ) -> String {
         let endpoints: String = backends
             .iter()
             .map(|p| {
@@ -229,13 +260,25 @@ impl LocalMesh {
                 )
             })
             .collect();
+        let endpoints = if endpoints.is_empty() {
+            "[]\n".to_owned()
+        } else {
+            format!("\n{endpoints}")
+        };
+        let annotations: String = annotations
+            .iter()
+            .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+            .collect();
+        let annotations = if annotations.is_empty() {
+            String::new()
+        } else {
+            format!("  annotations:\n{annotations}")
+        };
         let port = SERVER_PORT;
-        let yaml = format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n  - name: http\n    port: {port}\n    protocol: TCP\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\n  protocol: TCP\nendpoints:\n{endpoints}---\n\
-             apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  creationTimestamp: \"{exported_at}\"\n"
-        );
-        self.write_manifest(c, &format!("svc-{namespace}-{name}.yaml"), &yaml);
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n{annotations}spec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n  - name: http\n    port: {port}\n    protocol: TCP\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: http\n  port: {port}\n  protocol: TCP\nendpoints: {endpoints}"
+        )
     }
 
     /// Runs `knitctl mcs render` for cluster `c` (what the operator does in
