@@ -1,7 +1,8 @@
 //! Cilium users' policies on the local mesh: the user's
 //! CiliumNetworkPolicy, as written, admits `app=frontend` of cluster-a to
-//! the backend and nothing else (not cluster-b's frontend, not another pod
-//! of cluster-a); a policy outside Knit's L3/L4 subset (an L7 rule) is not
+//! the backend and nothing else (not cluster-b's frontend, not a pod of
+//! cluster-b that labels itself `io.cilium.k8s.policy.cluster: cluster-a`,
+//! not another pod of cluster-a); a policy outside Knit's L3/L4 subset (an L7 rule) is not
 //! applied at all, and `knitctl status` names it and the field; an
 //! `ingressDeny` rule wins over an allow-all rule of the same policy.
 
@@ -54,8 +55,14 @@ fn the_users_cilium_policy_works_as_written_and_l7_is_rejected_whole() {
     let frontend_a = mesh.add_pod(A.node(0), "production", "frontend-a", &[("app", "frontend")]);
     let other_a = mesh.add_pod(A.node(0), "production", "other", &[("app", "other")]);
     let frontend_b = mesh.add_pod(B.node(0), "production", "frontend-b", &[("app", "frontend")]);
+    let spoof_b = mesh.add_pod(
+        B.node(0),
+        "production",
+        "spoof",
+        &[("app", "frontend"), ("io.cilium.k8s.policy.cluster", "cluster-a")],
+    );
     let backend_ip = mesh.pod(backend).ip;
-    for client in [frontend_a, other_a, frontend_b] {
+    for client in [frontend_a, other_a, frontend_b, spoof_b] {
         mesh.wait_for_hits("open access before any policy", client, backend_ip, false, |h| {
             h.total() == 40
         });
@@ -64,6 +71,7 @@ fn the_users_cilium_policy_works_as_written_and_l7_is_rejected_whole() {
     // A refused request costs its connect timeout: probe with few.
     for (what, client) in [
         ("cluster-b's frontend refused", frontend_b),
+        ("cluster-b's pod claiming cluster-a refused", spoof_b),
         ("another pod of cluster-a refused", other_a),
     ] {
         mesh.wait_until(what, Duration::from_secs(30), || {
