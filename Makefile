@@ -28,9 +28,9 @@ bench: setup
 	$(CARGO) build --release --workspace --bins --examples
 	@echo "==> [2/5] operator render figures (seconds)"
 	./target/release/examples/render_bench
-	@echo "==> [3/5] mesh figures: churn, initial sync of 100,000 endpoints, memory (a few minutes)"
+	@echo "==> [3/5] mesh figures: churn at 200 and 1,000 updates/s, initial sync of 100,000 endpoints, memory (a few minutes)"
 	./target/release/examples/mesh_bench
-	@echo "==> [4/5] datapath figures: 1 to 100,000 services, knit vs direct vs iptables (about 10 minutes)"
+	@echo "==> [4/5] datapath figures: 1 to 100,000 services, knit vs direct vs iptables vs nftables, and a chart (about 5 minutes)"
 	./target/release/examples/datapath_bench
 	@echo "==> [5/5] failover figures (about a minute)"
 	./target/release/examples/failover_bench

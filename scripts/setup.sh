@@ -12,6 +12,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping           # network namespaces, veth, VXLAN
   iperf3 wrk                      # datapath benchmarks
   iptables                        # kube-proxy-style DNAT baseline (make bench), masquerade
+  nftables                        # kube-proxy nftables-mode baseline (make bench): nft
   containernetworking-plugins     # reference CNI plugins (ptp, bridge, host-local, portmap)
   containerd runc                 # a real container runtime for the CNI lifecycle test
   prometheus                      # promtool: checks and unit-tests config/monitoring alert rules
