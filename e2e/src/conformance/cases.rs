@@ -101,6 +101,12 @@ const A_FROM_NS_Y: &str = "podSelector: {matchLabels: {pod: a}}\ningress:\n- fro
 pub fn cases() -> Vec<Case> {
     let all = Reachability::all;
     let x_a_denied = || all().expect_all_ingress(pod("x", "a"), false);
+    // x/a admits y only: x and z refused.
+    let x_a_only_from_y = || {
+        all()
+            .expect_peer(ns("x"), pod("x", "a"), false)
+            .expect_peer(ns("z"), pod("x", "a"), false)
+    };
     vec![
         case(
             "should support a 'default-deny-ingress' policy",
@@ -165,14 +171,7 @@ pub fn cases() -> Vec<Case> {
             "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector",
             one(
                 vec![("x", "allow-client-a-via-ns-selector", A_FROM_NS_Y)],
-                vec![tcp(
-                    80,
-                    all().expect_peer(ns("x"), pod("x", "a"), false).expect_peer(
-                        ns("z"),
-                        pod("x", "a"),
-                        false,
-                    ),
-                )],
+                vec![tcp(80, x_a_only_from_y())],
             ),
         ),
         case(
@@ -197,14 +196,7 @@ pub fn cases() -> Vec<Case> {
                     "allow-ns-y-match-selector",
                     "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [\"y\"]}]}\n",
                 )],
-                vec![tcp(
-                    80,
-                    all().expect_peer(ns("x"), pod("x", "a"), false).expect_peer(
-                        ns("z"),
-                        pod("x", "a"),
-                        false,
-                    ),
-                )],
+                vec![tcp(80, x_a_only_from_y())],
             ),
         ),
         case(
@@ -297,13 +289,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "should enforce multiple, stacked policies with overlapping podSelectors",
             {
-                let allowed = || {
-                    all().expect_peer(ns("x"), pod("x", "a"), false).expect_peer(
-                        ns("z"),
-                        pod("x", "a"),
-                        false,
-                    )
-                };
+                let allowed = x_a_only_from_y;
                 let port = |p: u16| {
                     format!(
                         "podSelector: {{matchLabels: {{pod: a}}}}\ningress:\n- from:\n  - namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: \"y\"}}}}\n  ports:\n  - {{port: {p}, protocol: TCP}}\n"
@@ -710,14 +696,7 @@ pub fn cases() -> Vec<Case> {
                     "allow-client-a-via-ns-selector-for-immutable-ns-label",
                     A_FROM_NS_Y,
                 )],
-                vec![tcp(
-                    80,
-                    all().expect_peer(ns("x"), pod("x", "a"), false).expect_peer(
-                        ns("z"),
-                        pod("x", "a"),
-                        false,
-                    ),
-                )],
+                vec![tcp(80, x_a_only_from_y())],
             ),
         ),
         case(
@@ -742,14 +721,7 @@ pub fn cases() -> Vec<Case> {
             let port81 = "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}\n  ports:\n  - {port: 81, protocol: UDP}\n";
             one(
                 vec![("x", "allow-ingress-on-port-81-ns-x", port81)],
-                vec![udp(
-                    81,
-                    all().expect_peer(ns("x"), pod("x", "a"), false).expect_peer(
-                        ns("z"),
-                        pod("x", "a"),
-                        false,
-                    ),
-                )],
+                vec![udp(81, x_a_only_from_y())],
             )
         }),
         case(
