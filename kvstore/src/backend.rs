@@ -43,6 +43,51 @@ pub trait SyncBackend: Clone + Send + Sync + 'static {
 #[derive(Clone)]
 pub struct EtcdBackend(pub Client);
 
+/// Keys per page when listing owned keys: one response stays far below
+/// gRPC's 4 MiB message limit (100,000 endpoint keys are about 6 MB).
+const KEYS_PAGE: i64 = 10_000;
+
+impl EtcdBackend {
+    /// Every key under `prefix`, listed `page` keys at a time at one
+    /// revision.
+    pub async fn keys_paged(&self, prefix: &str, page: i64) -> Result<Vec<String>> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut keys = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_keys_only()
+                .with_limit(page);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = self
+                .0
+                .kv_client()
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(etcd("listing owned keys"))?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            keys.extend(
+                resp.kvs()
+                    .iter()
+                    .filter_map(|kv| kv.key_str().ok().map(str::to_owned)),
+            );
+            match (resp.more(), resp.kvs().last()) {
+                (true, Some(last)) => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(keys),
+            }
+        }
+    }
+}
+
 impl SyncBackend for EtcdBackend {
     async fn grant(&self, ttl: i64, lost: Arc<AtomicBool>) -> Result<(i64, tokio::task::JoinHandle<()>)> {
         let mut leases = self.0.lease_client();
@@ -105,18 +150,7 @@ impl SyncBackend for EtcdBackend {
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let options = GetOptions::new().with_range(prefix_end(prefix)).with_keys_only();
-        let resp = self
-            .0
-            .kv_client()
-            .get(prefix, Some(options))
-            .await
-            .map_err(etcd("listing owned keys"))?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| kv.key_str().ok().map(str::to_owned))
-            .collect())
+        self.keys_paged(prefix, KEYS_PAGE).await
     }
 
     async fn revoke(&self, lease: i64) -> Result<()> {
