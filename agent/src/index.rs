@@ -2,13 +2,16 @@
 //! cluster (`clusters/<own>/`), its non-exported services (`local/services/`)
 //! and every peer the KVStoreMesh mirrors (`cache/<peer>/`).
 //!
-//! [`MeshIndex::apply`] takes one watch event at a time and never does I/O;
+//! [`MeshIndex::apply`] takes one watch event at a time and never does I/O,
+//! and says what it changed ([`IndexChange`]) so the render can redo only
+//! that part;
 //! a value that does not parse is counted per reason and skipped, and the
 //! previous value of its key is dropped (it is no longer trustworthy).
 //! A peer's endpoints and services are used only after its `synced`
 //! canaries arrive, so a half-mirrored peer never shrinks a service.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use knit_kvstore::keys::{Key, Kind, RelativeKey, Scope};
 use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord};
@@ -52,6 +55,22 @@ pub struct MeshIndex {
     pub local_services: BTreeMap<String, ServiceRecord>,
     /// Values skipped, per reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// This cluster's endpoints per namespace (what a clusterwide policy
+    /// spans), kept so no pass has to count them.
+    local_namespaces: BTreeMap<String, usize>,
+}
+
+/// What one event changed, as narrowly as the render can use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexChange {
+    /// An endpoint (of any cluster) whose record name is its IP changed,
+    /// and nothing a policy reads (named ports, the namespaces this
+    /// cluster's endpoints use) changed with it: only the route of `ip`.
+    EndpointRoute(IpAddr),
+    /// A service record (this cluster's or a peer's) of `namespace/name`.
+    Service(String),
+    /// Anything else: the render starts over.
+    Other,
 }
 
 enum Target {
@@ -88,18 +107,42 @@ impl MeshIndex {
 
     /// Applies one watch event; `true` when the view changed.
     pub fn apply(&mut self, event: &WatchEvent) -> bool {
+        self.apply_change(event).is_some()
+    }
+
+    /// This cluster's namespaces that have endpoints.
+    pub fn local_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.local_namespaces.keys().map(String::as_str)
+    }
+
+    /// Applies one watch event and says what changed (`None`: nothing).
+    pub fn apply_change(&mut self, event: &WatchEvent) -> Option<IndexChange> {
         let (key, value) = match event {
             WatchEvent::Upsert { key, value } => (key, Some(value.as_slice())),
             WatchEvent::Delete { key } => (key, None),
-            WatchEvent::ListDone | WatchEvent::Disconnected { .. } => return false,
+            WatchEvent::ListDone | WatchEvent::Disconnected { .. } => return None,
         };
-        match self.target(key) {
-            None => false,
-            Some(Target::LocalService(name)) => {
+        match self.target(key)? {
+            Target::LocalService(name) => {
                 let parsed = value.map(|v| parse::<ServiceRecord>(v, &mut self.rejected));
-                set(&mut self.local_services, name, parsed)
+                set(&mut self.local_services, name.clone(), parsed).then_some(IndexChange::Service(name))
             }
-            Some(Target::Cluster(peer, rel)) => {
+            Target::Cluster(peer, RelativeKey::Record(Kind::Endpoints, name)) => {
+                self.apply_endpoint(peer, name, value)
+            }
+            Target::Cluster(peer, RelativeKey::Record(Kind::Services, name)) => {
+                let view = match &peer {
+                    None => &mut self.local,
+                    Some(p) => self.peers.entry(p.clone()).or_default(),
+                };
+                let parsed = value.map(|v| parse(v, &mut self.rejected));
+                let changed = set(&mut view.services, name.clone(), parsed);
+                if value.is_none() {
+                    self.drop_empty_peer(peer.as_deref());
+                }
+                changed.then_some(IndexChange::Service(name))
+            }
+            Target::Cluster(peer, rel) => {
                 let view = match &peer {
                     None => &mut self.local,
                     Some(p) => self.peers.entry(p.clone()).or_default(),
@@ -107,14 +150,87 @@ impl MeshIndex {
                 let rejected = &mut self.rejected;
                 let cluster = peer.as_deref().unwrap_or(&self.local_cluster);
                 let changed = apply_to_view(view, cluster, rel, value, rejected);
-                if let Some(p) = &peer
-                    && value.is_none()
-                    && self.peers.get(p).is_some_and(|v| *v == ClusterView::default())
-                {
-                    self.peers.remove(p);
+                if value.is_none() {
+                    self.drop_empty_peer(peer.as_deref());
                 }
-                changed
+                changed.then_some(IndexChange::Other)
             }
+        }
+    }
+
+    /// An endpoint record of this cluster (`peer` = `None`) or a peer.
+    fn apply_endpoint(
+        &mut self,
+        peer: Option<String>,
+        name: String,
+        value: Option<&[u8]>,
+    ) -> Option<IndexChange> {
+        let view = match &peer {
+            None => &mut self.local,
+            Some(p) => self.peers.entry(p.clone()).or_default(),
+        };
+        let parsed = value.map(|v| parse::<EndpointRecord>(v, &mut self.rejected));
+        let old = view.endpoints.get(&name).cloned();
+        let changed = set(&mut view.endpoints, name.clone(), parsed);
+        let new = view.endpoints.get(&name).cloned();
+        if value.is_none() {
+            self.drop_empty_peer(peer.as_deref());
+        }
+        if !changed {
+            return None;
+        }
+        let mut namespaces_changed = false;
+        if peer.is_none() {
+            if let Some(old) = &old {
+                namespaces_changed |= self.count_namespace(&old.namespace, false);
+            }
+            if let Some(new) = &new {
+                namespaces_changed |= self.count_namespace(&new.namespace, true);
+            }
+        }
+        let ports =
+            |e: &Option<EndpointRecord>| e.as_ref().map(|e| e.named_ports.clone()).unwrap_or_default();
+        let named_by_ip = |e: &Option<EndpointRecord>| e.as_ref().is_none_or(|e| e.ip.to_string() == name);
+        let ip = name.parse::<IpAddr>().ok();
+        match ip {
+            Some(ip)
+                if !namespaces_changed
+                    && ports(&old) == ports(&new)
+                    && named_by_ip(&old)
+                    && named_by_ip(&new) =>
+            {
+                Some(IndexChange::EndpointRoute(ip))
+            }
+            _ => Some(IndexChange::Other),
+        }
+    }
+
+    /// Counts one local endpoint in or out of `namespace`; `true` when the
+    /// namespace appeared or disappeared.
+    fn count_namespace(&mut self, namespace: &str, add: bool) -> bool {
+        if add {
+            let n = self.local_namespaces.entry(namespace.to_owned()).or_default();
+            *n += 1;
+            *n == 1
+        } else {
+            let Some(n) = self.local_namespaces.get_mut(namespace) else {
+                return false;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.local_namespaces.remove(namespace);
+                return true;
+            }
+            false
+        }
+    }
+
+    /// Forgets a peer none of whose records is left.
+    fn drop_empty_peer(&mut self, peer: Option<&str>) {
+        if let Some(p) = peer
+            && self.peers.get(p).is_some_and(|v| *v == ClusterView::default())
+        {
+            self.peers.remove(p);
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cilium_policy;
 pub mod cni_install;
 pub mod datapath;
 pub mod health;
+pub mod incremental;
 pub mod index;
 pub mod metrics;
 pub mod netdev;

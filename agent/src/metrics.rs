@@ -13,6 +13,14 @@ pub struct Name {
     pub name: String,
 }
 
+/// How a pass reached the datapath: `patch` (endpoint and service records
+/// alone) or `full` (the whole node rendered again).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenderPath {
+    /// `patch` or `full`.
+    pub path: &'static str,
+}
+
 /// Every metric of the agent.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -46,6 +54,8 @@ pub struct Metrics {
     pub node_route_failures: Counter,
     /// Remote nodes whose data path does not answer probes.
     pub failing_nodes: Gauge,
+    /// Passes that changed the datapath, by render path.
+    pub applies: Family<RenderPath, Counter>,
 }
 
 impl Metrics {
@@ -117,6 +127,11 @@ impl Metrics {
             "failing_nodes",
             "Remote nodes whose data path does not answer health probes (their backends are avoided)",
             self.failing_nodes.clone(),
+        );
+        r.register(
+            "applies",
+            "Datapath passes by render path (patch: endpoint and service records alone; full: the whole node)",
+            self.applies.clone(),
         );
     }
 }

@@ -137,21 +137,9 @@ pub fn render(
     out.unsupported_policy_ports = compiled.unsupported_ports;
 
     let on_failing_nodes = backends_on(index, failing);
-    for (name, own) in &index.local_services {
-        let remote: Vec<&ServiceRecord> = if own.import {
-            index
-                .peers
-                .values()
-                .filter(|p| p.is_synced(Kind::Services))
-                .filter_map(|p| p.services.get(name))
-                .filter(|r| r.export)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let (withdrawn, live): (Vec<&ServiceRecord>, Vec<&ServiceRecord>) =
-            remote.into_iter().partition(|r| r.withdrawn);
-        add_service(&mut out, own, &live, &withdrawn, &on_failing_nodes);
+    for name in index.local_services.keys() {
+        out.services
+            .extend(service_frontends(index, name, &on_failing_nodes));
     }
     out
 }
@@ -204,6 +192,87 @@ fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &s
     }
 }
 
+/// The frontends of global service `name` (`namespace/name`) of this
+/// cluster and the backends each may use; none when this cluster has no
+/// such global service.
+pub(crate) fn service_frontends(
+    index: &MeshIndex,
+    name: &str,
+    on_failing_nodes: &BTreeSet<Ipv4Addr>,
+) -> Vec<(Frontend, Vec<SocketAddrV4>)> {
+    let Some(own) = index.local_services.get(name) else {
+        return Vec::new();
+    };
+    let remote: Vec<&ServiceRecord> = if own.import {
+        index
+            .peers
+            .values()
+            .filter(|p| p.is_synced(Kind::Services))
+            .filter_map(|p| p.services.get(name))
+            .filter(|r| r.export)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (withdrawn, live): (Vec<&ServiceRecord>, Vec<&ServiceRecord>) =
+        remote.into_iter().partition(|r| r.withdrawn);
+    add_service(own, &live, &withdrawn, on_failing_nodes)
+}
+
+/// The frontends a service record renders to, whatever its backends:
+/// every IPv4 ClusterIP with every TCP or UDP port.
+pub(crate) fn frontends_of(own: &ServiceRecord) -> Vec<Frontend> {
+    let mut out = Vec::new();
+    for port in &own.ports {
+        let proto = match port.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Sctp | Protocol::Other => continue,
+        };
+        out.extend(
+            own.cluster_ips
+                .iter()
+                .filter_map(|ip| v4(*ip))
+                .map(|vip| Frontend {
+                    vip,
+                    port: port.port,
+                    proto,
+                }),
+        );
+    }
+    out
+}
+
+/// The route a full render gives `ip` as an endpoint's `/32`: that of the
+/// last cluster (this one, then peers by name) whose endpoint record named
+/// by `ip` places it on a known node. Capacity aside (the caller checks),
+/// this is what [`add_routes`] writes for it.
+pub(crate) fn endpoint_route(index: &MeshIndex, node: &str, ip: Ipv4Addr) -> Option<Route> {
+    let name = ip.to_string();
+    let peers = index
+        .peers
+        .values()
+        .filter(|p| p.config.is_some() && p.is_synced(Kind::Endpoints));
+    std::iter::once((&index.local, true))
+        .chain(peers.map(|p| (p, false)))
+        .rev()
+        .find_map(|(view, local)| {
+            let ep = view.endpoints.get(&name)?;
+            if v4(ep.ip) != Some(ip) {
+                return None;
+            }
+            let tunnel = if local && ep.node == node {
+                None
+            } else {
+                Some(v4(view.nodes.get(&ep.node)?.tunnel_endpoint)?)
+            };
+            Some(Route {
+                identity: ep.identity,
+                tunnel,
+            })
+        })
+}
+
 fn target_port(backend: &Backend, port: &ServicePort) -> Option<u16> {
     backend.ports.get(&port.name).copied().or_else(|| {
         (backend.ports.len() == 1)
@@ -225,7 +294,7 @@ fn ready(records: &[&ServiceRecord], port: &ServicePort) -> Vec<SocketAddrV4> {
 }
 
 /// Pod IPs of every cluster whose node's tunnel endpoint is in `failing`.
-fn backends_on(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeSet<Ipv4Addr> {
+pub(crate) fn backends_on(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeSet<Ipv4Addr> {
     if failing.is_empty() {
         return BTreeSet::new();
     }
@@ -248,12 +317,12 @@ fn backends_on(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeSet<Ipv4Ad
 /// only when no other backend is ready, and backends on nodes that fail
 /// their probes (`on_failing_nodes`) are dropped only when others remain.
 fn add_service(
-    out: &mut DatapathState,
     own: &ServiceRecord,
     remote: &[&ServiceRecord],
     withdrawn: &[&ServiceRecord],
     on_failing_nodes: &BTreeSet<Ipv4Addr>,
-) {
+) -> Vec<(Frontend, Vec<SocketAddrV4>)> {
+    let mut out = Vec::new();
     let vips: Vec<Ipv4Addr> = own.cluster_ips.iter().filter_map(|ip| v4(*ip)).collect();
     for port in &own.ports {
         let proto = match port.protocol {
@@ -297,16 +366,17 @@ fn add_service(
             chosen = pick(false);
         }
         for vip in &vips {
-            out.services.insert(
+            out.push((
                 Frontend {
                     vip: *vip,
                     port: port.port,
                     proto,
                 },
                 chosen.clone(),
-            );
+            ));
         }
     }
+    out
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! The agent loop: kvstore events, policy changes, interface changes and
 //! knit-cni's attachments (re-read every refresh) mark the datapath dirty;
-//! a dirty datapath is rendered and applied by difference.
+//! a dirty datapath is rendered and applied by difference. Endpoint and
+//! service records are patched alone ([`crate::incremental`]): one such
+//! change costs map writes and render time independent of the mesh's size;
+//! anything else renders the whole node again (and re-checks the node's
+//! direct routes).
 //!
 //! Fail static: nothing is written before the first complete kvstore list
 //! (and the first complete read of the policy source and of the CNI
@@ -25,10 +29,11 @@ use knit_cni::attachment::{Attachment, AttachmentStore};
 
 use crate::datapath::Datapath;
 use crate::datapath::state::Link;
+use crate::incremental::IncrementalRender;
 use crate::index::MeshIndex;
-use crate::metrics::{Metrics, Name};
+use crate::metrics::{Metrics, Name, RenderPath};
 use crate::netdev::NetDevices;
-use crate::render::{RenderOptions, render};
+use crate::render::RenderOptions;
 use crate::{Error, Result};
 
 /// How the agent is set up.
@@ -126,6 +131,8 @@ pub async fn run<S: Source>(
     )));
 
     let mut index = MeshIndex::new(settings.cluster.clone());
+    let mut renderer = IncrementalRender::new();
+    let mut node_routes_due = true;
     let mut listed = false;
     let mut dirty_since: Option<Instant> = None;
     let mut interfaces: HashMap<String, Link> = HashMap::new();
@@ -152,7 +159,8 @@ pub async fn run<S: Source>(
                         }
                         _ => {}
                     }
-                    if index.apply(event) {
+                    if let Some(change) = index.apply_change(event) {
+                        renderer.note(&change);
                         dirty_since.get_or_insert_with(Instant::now);
                     }
                 }
@@ -161,10 +169,12 @@ pub async fn run<S: Source>(
                 let failing = failing_rx.borrow().clone();
                 metrics.failing_nodes.set(failing.len() as i64);
                 tracing::info!(?failing, "remote nodes failing their health probes changed");
+                renderer.invalidate();
                 dirty_since.get_or_insert_with(Instant::now);
             }
             changed = source.next_change() => {
                 if changed {
+                    renderer.invalidate();
                     dirty_since.get_or_insert_with(Instant::now);
                 }
             }
@@ -172,6 +182,7 @@ pub async fn run<S: Source>(
                 match net.interfaces().await {
                     Ok(now) if now != interfaces => {
                         interfaces = now;
+                        renderer.invalidate();
                         dirty_since.get_or_insert_with(Instant::now);
                     }
                     Ok(_) => {}
@@ -186,6 +197,7 @@ pub async fn run<S: Source>(
                         attachments_read = true;
                         if now != attachments {
                             attachments = now;
+                            renderer.invalidate();
                             dirty_since.get_or_insert_with(Instant::now);
                         }
                     }
@@ -210,19 +222,6 @@ pub async fn run<S: Source>(
             continue;
         }
         let Some(since) = dirty_since.take() else { continue };
-        let (cilium, rejected) = translate_cilium_policies(source.state(), &index);
-        metrics.rejected_cilium_policies.set(rejected.len() as i64);
-        for r in &rejected {
-            tracing::warn!(policy = %r.policy, reason = %r.reason, "a CiliumNetworkPolicy is not applied");
-        }
-        let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
-        let policies: Vec<crate::policy::PolicyRules<'_>> = source
-            .state()
-            .network_policies
-            .values()
-            .map(crate::policy::PolicyRules::network_policy)
-            .chain(cilium.iter().map(crate::cilium_policy::Translated::rules))
-            .collect();
         let targets = crate::health::targets(&index, &settings.node);
         targets_tx.send_if_modified(|t| {
             let changed = *t != targets;
@@ -235,31 +234,58 @@ pub async fn run<S: Source>(
         };
         let peers = crate::peer_report::views(&index, &options.failing);
         report_tx.send_if_modified(|r| {
-            let changed = r.peers != peers || r.rejected_policies != rejected;
+            let changed = r.peers != peers;
             r.peers = peers;
-            r.rejected_policies = rejected;
             changed
         });
         let span = tracing::info_span!(
             "agent_apply",
             node = %settings.node,
+            full = tracing::field::Empty,
             written = tracing::field::Empty,
             deleted = tracing::field::Empty,
             failed = tracing::field::Empty
         );
-        let applied = span.in_scope(|| {
-            let desired = render(&index, &policies, &settings.node, &attachments, &options);
-            metrics
-                .unsupported_policy_ports
-                .set(desired.unsupported_policy_ports.len() as i64);
-            for why in &desired.unsupported_policy_ports {
-                tracing::warn!(%why, "a NetworkPolicy port allows nothing");
+        let applied = span.in_scope(|| match renderer.try_patch(&index, &settings.node, &options) {
+            Some(patch) => Ok((datapath.apply_patch(&patch), None)),
+            None => {
+                let (cilium, rejected) = translate_cilium_policies(source.state(), &index);
+                metrics.rejected_cilium_policies.set(rejected.len() as i64);
+                for r in &rejected {
+                    tracing::warn!(policy = %r.policy, reason = %r.reason, "a CiliumNetworkPolicy is not applied");
+                }
+                let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
+                report_tx.send_if_modified(|r| {
+                    let changed = r.rejected_policies != rejected;
+                    r.rejected_policies = rejected;
+                    changed
+                });
+                let policies: Vec<crate::policy::PolicyRules<'_>> = source
+                    .state()
+                    .network_policies
+                    .values()
+                    .map(crate::policy::PolicyRules::network_policy)
+                    .chain(cilium.iter().map(crate::cilium_policy::Translated::rules))
+                    .collect();
+                let desired = renderer.render_full(&index, &policies, &settings.node, &attachments, &options);
+                metrics
+                    .unsupported_policy_ports
+                    .set(desired.unsupported_policy_ports.len() as i64);
+                for why in &desired.unsupported_policy_ports {
+                    tracing::warn!(%why, "a NetworkPolicy port allows nothing");
+                }
+                node_routes_due = true;
+                datapath
+                    .apply(desired, &interfaces)
+                    .map(|(report, unplaced)| (report, Some(unplaced)))
             }
-            datapath.apply(&desired, &interfaces)
         });
         match applied {
             Ok((report, unplaced)) => {
-                span.record("written", report.written)
+                let path = if unplaced.is_some() { "full" } else { "patch" };
+                metrics.applies.get_or_create(&RenderPath { path }).inc();
+                span.record("full", unplaced.is_some())
+                    .record("written", report.written)
                     .record("deleted", report.deleted)
                     .record("failed", report.failed);
                 if report.written + report.deleted > 0 {
@@ -267,21 +293,28 @@ pub async fn run<S: Source>(
                 }
                 if report.failed > 0 {
                     metrics.write_failures.inc_by(report.failed as u64);
+                    renderer.invalidate();
                     dirty_since = Some(since);
                 }
-                metrics
-                    .pending_endpoints
-                    .set(unplaced.missing_interfaces.len() as i64);
+                if let Some(unplaced) = unplaced {
+                    metrics
+                        .pending_endpoints
+                        .set(unplaced.missing_interfaces.len() as i64);
+                }
                 metrics.sync_lag_ms.set(since.elapsed().as_millis() as i64);
                 health.set_ready(true);
             }
             Err(e) => {
                 tracing::warn!(error = %knit_kvstore::error_chain(&e), "datapath update failed; retrying");
+                renderer.invalidate();
                 dirty_since = Some(since);
             }
         }
-        if settings.direct_node_routes && !sync_node_routes(&net, &index, &settings.node, &metrics).await {
-            dirty_since.get_or_insert(since);
+        if settings.direct_node_routes && node_routes_due {
+            node_routes_due = !sync_node_routes(&net, &index, &settings.node, &metrics).await;
+            if node_routes_due {
+                dirty_since.get_or_insert(since);
+            }
         }
         for (map, n) in datapath.map_sizes() {
             metrics
@@ -312,13 +345,7 @@ fn translate_cilium_policies(
     Vec<crate::cilium_policy::Translated>,
     Vec<crate::cilium_policy::Rejected>,
 ) {
-    let namespaces: std::collections::BTreeSet<&str> = index
-        .local
-        .endpoints
-        .values()
-        .map(|e| e.namespace.as_str())
-        .collect();
-    let namespaces: Vec<&str> = namespaces.into_iter().collect();
+    let namespaces: Vec<&str> = index.local_namespaces().collect();
     let (mut ok, mut rejected) = (Vec::new(), Vec::new());
     for policy in state.cilium_policies.values() {
         match crate::cilium_policy::translate(policy, &namespaces) {

@@ -112,4 +112,9 @@ fn failover_thresholds_and_preferred_clusters() {
         std::time::Duration::from_secs(10),
         || counted(&mesh) >= 40,
     );
+
+    // Each of these steps changed service records only: the agent patched
+    // them instead of rendering the whole node again.
+    let patched = mesh.agent_metric(A.node(0), "knit_agent_applies_total{path=\"patch\"}");
+    assert!(patched >= 5, "service changes applied as patches: {patched}");
 }

@@ -1,10 +1,12 @@
 //! The node's eBPF datapath: programs in `ebpf/knit.bpf.c`, maps laid out
 //! as in [`knit_datapath_common`], desired contents in [`state`], loading and attaching in
-//! [`loader`], difference writes in [`writer`]. [`Datapath`] ties them
-//! together for the agent: one call per change with the desired state and
-//! the current interface indexes.
+//! [`loader`], difference writes in [`writer`], partial renders as entries
+//! in [`patch`]. [`Datapath`] ties them together for the agent: one call
+//! per change with the desired state and the current interface indexes, or
+//! with a patch.
 
 pub mod loader;
+pub mod patch;
 pub mod state;
 pub mod writer;
 
@@ -14,6 +16,7 @@ use std::path::Path;
 use aya::programs::TcAttachType;
 use knit_datapath_common::{NodeConfig, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_POD};
 use loader::Loaded;
+use patch::{ServiceIds, StatePatch, patch_entries};
 use state::{DatapathState, Link, Unplaced, to_map_contents};
 use writer::{ApplyReport, MapWriter};
 
@@ -30,6 +33,8 @@ const TUNNEL_LINK: &str = "tunnel";
 pub struct Datapath {
     loaded: Loaded,
     writer: MapWriter,
+    /// Service IDs free for patches (rebuilt after every full apply).
+    ids: ServiceIds,
     /// Pod interfaces with a pinned link, and the ifindex it was made for
     /// (0: found pinned at start, not yet refreshed).
     attached_pods: BTreeMap<String, u32>,
@@ -56,9 +61,11 @@ impl Datapath {
             .into_iter()
             .filter_map(|n| n.strip_prefix(POD_LINK_PREFIX).map(|i| (i.to_owned(), 0)))
             .collect();
+        let ids = ServiceIds::of(&writer.current().services);
         Ok(Self {
             loaded,
             writer,
+            ids,
             attached_pods,
         })
     }
@@ -80,6 +87,7 @@ impl Datapath {
         // Entries first, so the program finds its endpoint when it starts
         // seeing the pod's packets.
         let report = self.writer.apply(&contents);
+        self.ids = ServiceIds::of(&self.writer.current().services);
         // A pod re-created under the same interface name has a new ifindex
         // and its old link is defunct: attach again.
         for (iface, ifindex) in &wanted {
@@ -111,6 +119,13 @@ impl Datapath {
             self.attached_pods.remove(&iface);
         }
         Ok((report, unplaced))
+    }
+
+    /// Writes what a partial render changed (routes and frontends only;
+    /// pod interfaces are the full apply's).
+    pub fn apply_patch(&mut self, patch: &StatePatch) -> ApplyReport {
+        let diffs = patch_entries(patch, self.writer.current(), &mut self.ids);
+        self.writer.write(diffs)
     }
 
     /// Entries per map.

@@ -169,6 +169,74 @@ impl MapContents {
     }
 }
 
+/// Changes to every map the agent owns: what the writer writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapDiffs {
+    /// `knit_ipcache`.
+    pub ipcache: Diff<(u32, u32), IpcacheValue>,
+    /// `knit_endpoints`.
+    pub endpoints: Diff<u32, EndpointValue>,
+    /// `knit_policy`.
+    pub policy: Diff<PolicyKey, u8>,
+    /// `knit_policy_cidr`.
+    pub policy_cidr: Diff<(u32, PolicyCidrKey), u8>,
+    /// `knit_services`.
+    pub services: Diff<ServiceKey, ServiceValue>,
+    /// `knit_backends`.
+    pub backends: Diff<BackendKey, BackendValue>,
+}
+
+impl MapDiffs {
+    /// Every change that turns `current` into `desired`.
+    pub fn between(current: &MapContents, desired: &MapContents) -> Self {
+        Self {
+            ipcache: diff(&current.ipcache, &desired.ipcache),
+            endpoints: diff(&current.endpoints, &desired.endpoints),
+            policy: diff(&current.policy, &desired.policy),
+            policy_cidr: diff(&current.policy_cidr, &desired.policy_cidr),
+            services: diff(&current.services, &desired.services),
+            backends: diff(&current.backends, &desired.backends),
+        }
+    }
+
+    /// Entries written or deleted.
+    pub fn len(&self) -> usize {
+        fn n<K, V>(d: &Diff<K, V>) -> usize {
+            d.upserts.len() + d.removes.len()
+        }
+        n(&self.ipcache)
+            + n(&self.endpoints)
+            + n(&self.policy)
+            + n(&self.policy_cidr)
+            + n(&self.services)
+            + n(&self.backends)
+    }
+
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl MapContents {
+    /// Applies `d` to these contents (what a writer whose every write
+    /// succeeds ends up holding).
+    pub fn apply(&mut self, d: &MapDiffs) {
+        fn one<K: Eq + Hash + Clone, V: Clone>(map: &mut HashMap<K, V>, d: &Diff<K, V>) {
+            map.extend(d.upserts.iter().cloned());
+            for k in &d.removes {
+                map.remove(k);
+            }
+        }
+        one(&mut self.ipcache, &d.ipcache);
+        one(&mut self.endpoints, &d.endpoints);
+        one(&mut self.policy, &d.policy);
+        one(&mut self.policy_cidr, &d.policy_cidr);
+        one(&mut self.services, &d.services);
+        one(&mut self.backends, &d.backends);
+    }
+}
+
 /// What [`to_map_contents`] could not place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Unplaced {
@@ -315,6 +383,15 @@ impl<K, V> Diff<K, V> {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removes.is_empty()
+    }
+}
+
+impl<K, V> Default for Diff<K, V> {
+    fn default() -> Self {
+        Self {
+            upserts: Vec::new(),
+            removes: Vec::new(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 
 use super::loader::Loaded;
-use super::state::{MapContents, diff};
+use super::state::{MapContents, MapDiffs};
 use crate::{Error, Result};
 use knit_datapath_common::{
     BackendKey, BackendValue, DropReason, EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_CONFIG, MAP_DROPS,
@@ -106,15 +106,23 @@ impl MapWriter {
 
     /// Makes the maps hold `desired`, touching only entries that differ.
     pub fn apply(&mut self, desired: &MapContents) -> ApplyReport {
+        let diffs = MapDiffs::between(&self.current, desired);
+        self.write(diffs)
+    }
+
+    /// Writes `diffs` (computed against [`MapWriter::current`]) in the
+    /// order that never exposes a half-made change.
+    pub fn write(&mut self, diffs: MapDiffs) -> ApplyReport {
         let mut report = ApplyReport::default();
         let cur = &mut self.current;
-
-        let ipcache = diff(&cur.ipcache, &desired.ipcache);
-        let endpoints = diff(&cur.endpoints, &desired.endpoints);
-        let policy = diff(&cur.policy, &desired.policy);
-        let policy_cidr = diff(&cur.policy_cidr, &desired.policy_cidr);
-        let services = diff(&cur.services, &desired.services);
-        let backends = diff(&cur.backends, &desired.backends);
+        let MapDiffs {
+            ipcache,
+            endpoints,
+            policy,
+            policy_cidr,
+            services,
+            backends,
+        } = diffs;
 
         let lpm = |k: &(u32, u32)| Key::new(k.0, k.1);
         upsert(&mut report, &mut cur.ipcache, ipcache.upserts, |k, v| {
