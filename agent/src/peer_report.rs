@@ -67,7 +67,9 @@ pub async fn publish(config: EtcdClientConfig, node: String, mut rx: watch::Rece
     let key = agent_status_key(&node);
     loop {
         let store = match knit_kvstore::etcd::connect(&config).await {
-            Ok(client) => SyncStore::new(client, Vec::new(), REPORT_TTL_SECS).await,
+            Ok(client) => SyncStore::new(client, Vec::new(), REPORT_TTL_SECS)
+                .await
+                .map(SyncStore::keep_values),
             Err(e) => Err(e),
         };
         let mut store = match store {

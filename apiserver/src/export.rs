@@ -341,6 +341,10 @@ fn backends(slices: &[&EndpointSliceInfo]) -> Vec<Backend> {
     by_ip.into_values().collect()
 }
 
+/// The record as JSON, in an allocation of its own size (the SyncStore
+/// holds every record until it is written).
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+    let mut out = serde_json::to_vec(value).unwrap_or_default();
+    out.shrink_to_fit();
+    out
 }

@@ -68,6 +68,7 @@ pub async fn run_exporter<S: Source>(
     }
     loop {
         if last_heartbeat.elapsed() >= Duration::from_secs(5) {
+            pending |= store.needs_values();
             store.set(HEARTBEAT_KEY.to_owned(), unix_now().to_string().into_bytes());
             last_heartbeat = Instant::now();
             if !pending && let Err(e) = store.flush().await {
@@ -111,7 +112,9 @@ pub async fn run_exporter<S: Source>(
                         }
                         pending = !synced;
                     }
-                    Ok(_) => pending = false,
+                    // A lost lease (or a failed write) dropped values the
+                    // store does not keep: state everything again.
+                    Ok(_) => pending = store.needs_values(),
                     Err(e) => {
                         metrics.export_failures.inc();
                         tracing::warn!(error = %knit_kvstore::error_chain(&e), "export write failed; retrying");

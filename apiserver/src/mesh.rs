@@ -161,7 +161,7 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
         // has been listed completely: until then a leftover of an earlier
         // run may still be true, and deleting it would withdraw it.
         match SyncStore::new(local.clone(), Vec::new(), settings.lease_ttl_secs).await {
-            Ok(s) => break s,
+            Ok(s) => break s.keep_values(),
             Err(e) => {
                 tracing::warn!(%peer, error = %knit_kvstore::error_chain(&e), "local etcd not ready for the mirror");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -460,7 +460,8 @@ mod tests {
         let memory = MemoryBackend::new();
         let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
             .await
-            .unwrap();
+            .unwrap()
+            .keep_values();
         let metrics = Metrics::default();
         let mut m = mirror();
         let endpoint = |ip: &str| json!({"ip": ip, "cluster": "b", "identity": identity(2, 7), "node": "n1", "namespace": "shop", "pod": "p"});
@@ -514,7 +515,8 @@ mod tests {
         memory.put_leftover("knit/v1/cache/b/services/shop/gone", b"{}");
         let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
             .await
-            .unwrap();
+            .unwrap()
+            .keep_values();
         let metrics = Metrics::default();
         let mut m = mirror();
 
@@ -548,7 +550,8 @@ mod tests {
         let memory = MemoryBackend::new();
         let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
             .await
-            .unwrap();
+            .unwrap()
+            .keep_values();
         let metrics = Metrics::default();
         let mut m = Mirror::new(&PeerIdentity {
             cluster_name: "b".into(),
@@ -629,7 +632,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let memory = MemoryBackend::new();
-                let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10).await.unwrap();
+                let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10).await.unwrap().keep_values();
                 let metrics = Metrics::default();
                 let mut m = mirror();
                 m.handle(upsert("endpoints/10.2.0.7", json!({"ip": "10.2.0.7", "cluster": "b",

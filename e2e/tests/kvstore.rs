@@ -99,7 +99,8 @@ async fn sync_store_skips_unchanged_writes_canaries_last_and_survives_a_lost_lea
     let report = store.flush().await.unwrap();
     assert_eq!((report.puts, report.deletes), (1, 1));
 
-    // Someone revokes the lease: every key vanishes; the store notices and rewrites all.
+    // Someone revokes the lease: every key vanishes; the store notices,
+    // asks its owner for the values it did not keep, and rewrites all.
     let lease = got.kvs()[0].lease();
     c.lease_revoke(lease).await.unwrap();
     assert_eq!(
@@ -113,6 +114,10 @@ async fn sync_store_skips_unchanged_writes_canaries_last_and_survives_a_lost_lea
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         store.flush().await.unwrap();
+        if store.needs_values() {
+            store.replace_prefix(prefix, desired.clone());
+            store.flush().await.unwrap();
+        }
         let n = c
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await

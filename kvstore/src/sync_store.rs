@@ -3,6 +3,14 @@
 //! writes only the difference to what it last wrote, in transactions, with
 //! every key attached to one lease kept alive in the background.
 //!
+//! Per key it keeps one entry: the fingerprints of the desired value and of
+//! what etcd holds. Values are kept only until written, unless the owner
+//! asks otherwise ([`SyncStore::keep_values`]): a writer that states its
+//! whole desired set on every pass (the exporter) needs no copy of it, and
+//! after a lost lease or a failed write [`SyncStore::needs_values`] asks it
+//! for everything again. A writer that learns its state event by event (the
+//! KVStoreMesh) keeps the values, so a new lease is filled without it.
+//!
 //! Canaries (`.../synced/<kind>`, recognised by [`crate::keys`], never by
 //! their text) are written in a last phase, only once
 //! every other pending write has succeeded, so a reader that sees a canary
@@ -43,12 +51,21 @@ pub struct SyncStore<B: SyncBackend = EtcdBackend> {
     lease_lost: Arc<AtomicBool>,
     keeper: tokio::task::JoinHandle<()>,
     owned: Vec<String>,
-    desired: BTreeMap<String, Vec<u8>>,
-    /// Fingerprint of what etcd holds for each key this store wrote.
-    written: BTreeMap<String, u64>,
+    /// Every key desired or written.
+    entries: BTreeMap<String, Entry>,
+    /// Values not written yet (with `keep_values`, every desired one).
+    values: BTreeMap<String, Vec<u8>>,
+    keep_values: bool,
     /// Keys whose desired state may differ from what was written.
     dirty: BTreeSet<String>,
     cleaned: bool,
+}
+
+/// One key: what is desired and what etcd holds, as fingerprints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Entry {
+    desired: Option<u64>,
+    written: Option<u64>,
 }
 
 impl<B: SyncBackend> Drop for SyncStore<B> {
@@ -78,11 +95,33 @@ impl<B: SyncBackend> SyncStore<B> {
             lease_lost,
             keeper,
             owned,
-            desired: BTreeMap::new(),
-            written: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            values: BTreeMap::new(),
+            keep_values: false,
             dirty: BTreeSet::new(),
             cleaned: false,
         })
+    }
+
+    /// Keeps every desired value after it is written, so a lost lease is
+    /// made good without the owner (who sets keys one event at a time).
+    pub fn keep_values(mut self) -> Self {
+        self.keep_values = true;
+        self
+    }
+
+    /// Whether some desired key has no value to write (a lost lease or a
+    /// failed write dropped it): the owner states its keys again
+    /// ([`SyncStore::set`], [`SyncStore::replace_prefix`]).
+    pub fn needs_values(&self) -> bool {
+        self.dirty.iter().any(|k| self.lacks_value(k))
+    }
+
+    fn lacks_value(&self, key: &str) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.desired.is_some() && e.written != e.desired)
+            && !self.values.contains_key(key)
     }
 
     /// Takes ownership of `prefix`: on the next flush, keys under it that
@@ -98,33 +137,52 @@ impl<B: SyncBackend> SyncStore<B> {
 
     /// Desires `key` = `value`.
     pub fn set(&mut self, key: String, value: Vec<u8>) {
-        if self.written.get(&key) != Some(&fingerprint(&value)) {
+        let fp = fingerprint(&value);
+        let entry = self.entries.entry(key.clone()).or_default();
+        entry.desired = Some(fp);
+        if entry.written != Some(fp) {
             self.dirty.insert(key.clone());
+            self.values.insert(key, value);
+        } else if self.keep_values {
+            self.values.insert(key, value);
+        } else {
+            self.values.remove(&key);
         }
-        self.desired.insert(key, value);
     }
 
     /// Desires `key` absent.
     pub fn remove(&mut self, key: &str) {
-        if self.desired.remove(key).is_some() || self.written.contains_key(key) {
+        self.values.remove(key);
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        entry.desired = None;
+        if entry.written.is_some() {
             self.dirty.insert(key.to_owned());
+        } else {
+            self.entries.remove(key);
+            self.dirty.remove(key);
         }
     }
 
     /// Desires exactly `entries` under `prefix`.
     pub fn replace_prefix(&mut self, prefix: &str, entries: BTreeMap<String, Vec<u8>>) {
         let stale: Vec<String> = self
-            .desired
+            .entries
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| !entries.contains_key(*k))
+            .filter(|(k, e)| e.desired.is_some() && !entries.contains_key(*k))
             .map(|(k, _)| k.clone())
             .collect();
         for key in stale {
             self.remove(&key);
         }
         for (key, value) in entries {
-            if self.desired.get(&key) != Some(&value) {
+            let unchanged = self.entries.get(&key).is_some_and(|e| {
+                e.desired == Some(fingerprint(&value))
+                    && (e.written == e.desired || self.values.contains_key(&key))
+            });
+            if !unchanged {
                 self.set(key, value);
             }
         }
@@ -132,17 +190,17 @@ impl<B: SyncBackend> SyncStore<B> {
 
     /// Whether `key` is desired.
     pub fn contains(&self, key: &str) -> bool {
-        self.desired.contains_key(key)
+        self.entries.get(key).is_some_and(|e| e.desired.is_some())
     }
 
     /// Number of keys desired.
     pub fn len(&self) -> usize {
-        self.desired.len()
+        self.entries.values().filter(|e| e.desired.is_some()).count()
     }
 
     /// Whether nothing is desired.
     pub fn is_empty(&self) -> bool {
-        self.desired.is_empty()
+        self.len() == 0
     }
 
     /// Whether everything desired has been written.
@@ -162,15 +220,19 @@ impl<B: SyncBackend> SyncStore<B> {
                 .await?;
             self.lease = lease;
             self.keeper = keeper;
-            self.written.clear();
-            self.dirty = self.desired.keys().cloned().collect();
+            self.entries.retain(|_, e| {
+                e.written = None;
+                e.desired.is_some()
+            });
+            self.dirty = self.entries.keys().cloned().collect();
         }
         if !self.cleaned {
             for prefix in self.owned.clone() {
                 for key in self.backend.keys(&prefix).await? {
-                    if !self.written.contains_key(&key) {
+                    let entry = self.entries.entry(key.clone()).or_default();
+                    if entry.written.is_none() {
                         // Leftovers sit under an old lease: rewrite or delete every one.
-                        self.written.insert(key.clone(), u64::MAX);
+                        entry.written = Some(u64::MAX);
                         self.dirty.insert(key);
                     }
                 }
@@ -179,52 +241,84 @@ impl<B: SyncBackend> SyncStore<B> {
         }
         let mut report = FlushReport::default();
         for canaries in [false, true] {
-            let ops: Vec<(String, Option<Vec<u8>>)> = self
-                .dirty
-                .iter()
-                .filter(|k| is_canary(k) == canaries)
-                .filter_map(|k| match self.desired.get(k) {
-                    Some(v) if self.written.get(k) != Some(&fingerprint(v)) => {
-                        Some((k.clone(), Some(v.clone())))
+            // A canary promises everything before it: not while a key
+            // waits for its value.
+            if canaries && self.needs_values() {
+                break;
+            }
+            let keep = self.keep_values;
+            let mut ops: Vec<Op> = Vec::new();
+            for k in self.dirty.iter().filter(|k| is_canary(k) == canaries) {
+                let Some(e) = self.entries.get(k) else { continue };
+                match e.desired {
+                    // Without kept values the value moves into the write.
+                    Some(fp) if e.written != Some(fp) => {
+                        let value = if keep {
+                            self.values.get(k).cloned()
+                        } else {
+                            self.values.remove(k)
+                        };
+                        if let Some(v) = value {
+                            ops.push((k.clone(), Some(v)));
+                        }
                     }
-                    Some(_) => None,
-                    None => self.written.contains_key(k).then(|| (k.clone(), None)),
-                })
-                .collect();
+                    Some(_) => {}
+                    None if e.written.is_some() => ops.push((k.clone(), None)),
+                    None => {}
+                }
+            }
             let r = self.apply(ops).await?;
             report.puts += r.puts;
             report.deletes += r.deletes;
-            self.dirty.retain(|k| is_canary(k) != canaries);
+            let entries = &self.entries;
+            let values = &self.values;
+            self.dirty.retain(|k| {
+                is_canary(k) != canaries
+                    || entries.get(k.as_str()).is_some_and(|e| {
+                        e.desired.is_some() && e.written != e.desired && !values.contains_key(k.as_str())
+                    })
+            });
         }
         Ok(report)
     }
 
     async fn apply(&mut self, ops: Vec<Op>) -> Result<FlushReport> {
         let lease = self.lease;
-        let chunks: Vec<Vec<Op>> = ops.chunks(OPS_PER_TXN).map(<[_]>::to_vec).collect();
+        let mut chunks: Vec<Vec<Op>> = Vec::new();
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            chunks.push(ops.by_ref().take(OPS_PER_TXN).collect());
+        }
         let backend = self.backend.clone();
         let mut results = futures::stream::iter(chunks.into_iter().map(|chunk| {
             let backend = backend.clone();
             async move {
-                let outcome = backend.apply(chunk.clone(), lease).await;
-                (chunk, outcome)
+                let done: Vec<(String, Option<u64>)> = chunk
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_deref().map(fingerprint)))
+                    .collect();
+                (done, backend.apply(chunk, lease).await)
             }
         }))
         .buffer_unordered(TXNS_IN_FLIGHT);
         let mut report = FlushReport::default();
         let mut first_error = None;
-        while let Some((chunk, outcome)) = results.next().await {
+        while let Some((done, outcome)) = results.next().await {
             match outcome {
                 Ok(()) => {
-                    for (k, v) in chunk {
-                        match v {
-                            Some(v) => {
+                    for (k, fp) in done {
+                        match fp {
+                            Some(fp) => {
                                 report.puts += 1;
-                                self.written.insert(k, fingerprint(&v));
+                                if let Some(e) = self.entries.get_mut(&k) {
+                                    e.written = Some(fp);
+                                }
                             }
                             None => {
                                 report.deletes += 1;
-                                self.written.remove(&k);
+                                if self.entries.get(&k).is_some_and(|e| e.desired.is_none()) {
+                                    self.entries.remove(&k);
+                                }
                             }
                         }
                     }
@@ -287,15 +381,56 @@ mod tests {
         assert_eq!(store.flush().await.unwrap(), FlushReport::default());
         assert!(memory.transactions().is_empty(), "nothing unchanged is written");
 
+        // The exporter keeps no values: after a lost lease the store asks
+        // for them, writes no canary without them, then everything again.
         memory.lose_leases();
         assert!(memory.dump().is_empty());
         assert!(!store.is_flushed());
+        store.flush().await.unwrap();
+        assert!(store.needs_values());
+        assert!(memory.dump().is_empty(), "no canary before its records");
+        store.replace_prefix(P, desired(250, "v"));
+        assert!(!store.needs_values());
         store.flush().await.unwrap();
         assert_eq!(
             memory.dump().len(),
             251,
             "everything is written again under a new lease"
         );
+    }
+
+    #[tokio::test]
+    async fn kept_values_refill_a_new_lease_without_the_owner() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap()
+            .keep_values();
+        store.replace_prefix(P, desired(20, "v"));
+        store.flush().await.unwrap();
+        memory.lose_leases();
+        store.flush().await.unwrap();
+        assert!(!store.needs_values());
+        assert_eq!(memory.dump(), desired(20, "v"));
+    }
+
+    #[tokio::test]
+    async fn written_values_are_not_kept() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap();
+        store.replace_prefix(P, desired(20, "v"));
+        assert_eq!(store.values.len(), 21);
+        store.flush().await.unwrap();
+        assert!(store.values.is_empty(), "only fingerprints stay");
+        assert_eq!(store.len(), 21);
+        // A changed value is written; an unchanged one is not.
+        let mut next = desired(20, "v");
+        next.insert(format!("{P}nodes/n005"), b"changed".to_vec());
+        store.replace_prefix(P, next.clone());
+        assert_eq!(store.flush().await.unwrap().puts, 1);
+        assert_eq!(memory.dump(), next);
     }
 
     #[tokio::test]
@@ -326,6 +461,9 @@ mod tests {
         assert!(store.flush().await.is_err());
         assert!(memory.dump().is_empty());
         memory.set_failing(false);
+        // The values went with the failed write: the owner states them again.
+        assert!(store.needs_values());
+        store.replace_prefix(P, desired(3, "v"));
         assert_eq!(store.flush().await.unwrap().puts, 4);
         assert_eq!(memory.dump(), desired(3, "v"));
     }

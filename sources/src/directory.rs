@@ -282,9 +282,12 @@ fn insert(state: &mut ClusterState, object: Object) -> (Slot, String) {
 
 fn parse_documents(text: &str, skipped: &mut u64, interner: &mut Interner) -> Result<Vec<Object>, String> {
     let mut out = Vec::new();
-    let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple_with_options(text, large_manifests()).map_err(|e| e.to_string())?;
-    for (i, value) in documents.into_iter().enumerate() {
+    // One document at a time: a whole cluster's manifests as generic values
+    // at once would take several times the memory of what is kept.
+    let mut reader = text.as_bytes();
+    let documents = serde_saphyr::read_with_options::<_, serde_json::Value>(&mut reader, large_manifests());
+    for (i, value) in documents.enumerate() {
+        let value = value.map_err(|e| format!("document {}: {e}", i + 1))?;
         if value.is_null() {
             continue;
         }
