@@ -262,7 +262,7 @@ impl TestCluster {
         let mut args = vec![
             format!("--cluster-name={}", self.name),
             format!("--cluster-id={}", self.id),
-            format!("--pod-cidrs={}", self.pod_cidr()),
+            format!("--pod-cidrs={}", self.config.pod_cidrs.join(",")),
             format!("--etcd-config={}", self.admin_config_path().display()),
             format!("--etcd-users={}", self.users_file().display()),
             format!("--peer-configs={}", self.peer_configs().display()),

@@ -92,7 +92,11 @@ impl LocalMesh {
             let cp = Netns::new(&format!("{letter}-cp"));
             let cp_ip = underlay_ip(c, 0);
             attach_underlay(&underlay, &cp, &format!("u{letter}cp"), &cp_ip);
-            let control = TestCluster::in_netns(&name, id, &format!("10.{id}.0.0/16"), cp.name(), &cp_ip);
+            let cidrs = match &options.extra_pod_cidr {
+                Some((of, extra)) if *of == c => format!("10.{id}.0.0/16, {extra}"),
+                _ => format!("10.{id}.0.0/16"),
+            };
+            let control = TestCluster::in_netns(&name, id, &cidrs, cp.name(), &cp_ip);
             let agent_config = control.local_config_path().with_file_name("agent.yaml");
             let mut nodes = Vec::new();
             for n in (0..options.nodes).map(|i| c.node(i)) {
@@ -294,6 +298,11 @@ impl LocalMesh {
             },
         );
         self.clusters[n.cluster.0].nodes[n.index].agent = Some(agent);
+    }
+
+    /// The PID of node `n`'s agent, while it runs.
+    pub fn agent_pid(&self, n: NodeId) -> Option<u32> {
+        self.clusters[n.cluster.0].nodes[n.index].agent.as_ref()?.pid()
     }
 
     /// Kills the agent of node `n` (SIGKILL, by PID).

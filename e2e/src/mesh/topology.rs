@@ -121,6 +121,9 @@ pub struct MeshOptions {
     pub grace_period: String,
     /// More arguments for every agent.
     pub agent_args: Vec<String>,
+    /// A second pod CIDR for one cluster, beside its `10.<id>.0.0/16`
+    /// (room for the benchmarks' 100,000 endpoints).
+    pub extra_pod_cidr: Option<(ClusterId, String)>,
 }
 
 impl Default for MeshOptions {
@@ -130,6 +133,7 @@ impl Default for MeshOptions {
             nodes: 2,
             grace_period: "4s".into(),
             agent_args: Vec::new(),
+            extra_pod_cidr: None,
         }
     }
 }
