@@ -314,3 +314,53 @@ async fn after_an_empty_restart_stale_keys_wait_for_the_canary_and_reused_revisi
     );
     watcher.abort();
 }
+
+/// A watcher catching up on many revisions gets them batched into one
+/// response (etcd: up to 1,000 revisions), far past gRPC's 4 MiB message
+/// limit when writers use 100-key transactions. Found by the 511-cluster
+/// bench: an agent whose watch fell behind failed it on every retry
+/// ("decoded message length too large") and never caught up. The
+/// WatchStore's options make etcd fragment such responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_catching_up_on_megabytes_of_history_gets_every_event() {
+    let mut cluster = TestCluster::new("f", 9);
+    cluster.start_etcd();
+    let client = cluster.admin().await;
+    let prefix = "knit/v1/clusters/f/endpoints/";
+    let value = "x".repeat(200);
+    let (txns, per_txn) = (300, 100);
+    let mut first = 0;
+    for t in 0..txns {
+        let ops: Vec<etcd_client::TxnOp> = (0..per_txn)
+            .map(|k| etcd_client::TxnOp::put(format!("{prefix}{t}-{k}"), value.clone(), None))
+            .collect();
+        let resp = client
+            .clone()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+        if t == 0 {
+            first = resp.header().unwrap().revision();
+        }
+    }
+    // About 7 MB of events in 300 revisions, all history by now.
+    let mut stream = client
+        .clone()
+        .watch(
+            prefix,
+            Some(knit_kvstore::watch_store::watch_options(prefix, first)),
+        )
+        .await
+        .unwrap();
+    let mut events = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events < txns * per_txn {
+        let resp = tokio::time::timeout_at(deadline.into(), stream.message())
+            .await
+            .expect("every event within 30 s")
+            .expect("no watch error (a response over 4 MiB fails here)")
+            .expect("the watch stays open");
+        events += resp.events().len();
+    }
+    assert_eq!(events, txns * per_txn);
+}

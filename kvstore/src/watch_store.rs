@@ -146,11 +146,8 @@ async fn list_and_watch(
     send(tx, WatchEvent::ListDone).await?;
     *backoff = Duration::from_millis(100);
 
-    let options = WatchOptions::new()
-        .with_range(end)
-        .with_start_revision(revision + 1);
     let mut stream = client
-        .watch(prefix, Some(options))
+        .watch(prefix, Some(watch_options(prefix, revision + 1)))
         .await
         .map_err(etcd("watching"))?;
     while let Some(resp) = stream.message().await.map_err(etcd("watching"))? {
@@ -198,6 +195,18 @@ async fn upsert(
         },
     )
     .await
+}
+
+/// How a WatchStore watches `prefix` from `revision` on. A watcher that
+/// catches up gets up to 1,000 revisions in one response, and a writer's
+/// transaction holds up to 100 keys: far past gRPC's 4 MiB message limit,
+/// which would fail the watch on every retry. `fragment` makes etcd split
+/// any response larger than its request limit (1.5 MiB by default).
+pub fn watch_options(prefix: &str, revision: i64) -> WatchOptions {
+    WatchOptions::new()
+        .with_range(prefix_end(prefix))
+        .with_start_revision(revision)
+        .with_fragment()
 }
 
 async fn send(tx: &mpsc::Sender<WatchEvent>, event: WatchEvent) -> Result<()> {
