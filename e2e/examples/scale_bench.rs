@@ -424,6 +424,9 @@ fn main() {
     let mesh = LocalMesh::start(MeshOptions {
         clusters: 2,
         nodes: 1,
+        // Production's lease TTL: the harness's 10 s lapses while one etcd
+        // on two cores takes 570,000 mirrored writes.
+        lease_ttl_secs: 30,
         ..MeshOptions::default()
     });
     let a_admin = underlay_admin_config(&mesh, A);

@@ -235,9 +235,10 @@ impl LocalMesh {
     pub fn start_control_plane(&mut self, c: ClusterId) {
         let grace = format!("--grace-period={}", self.options.grace_period);
         let bin = self.bins.apiserver.to_string_lossy().into_owned();
+        let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
         let control = &mut self.clusters[c.0].control;
         control.start_etcd();
-        control.start_apiserver(&bin, &["--poll-interval=1s", &grace, "--lease-ttl=10"]);
+        control.start_apiserver(&bin, &["--poll-interval=1s", &grace, &ttl]);
     }
 
     /// Kills cluster `c`'s apiserver and etcd (by PID).

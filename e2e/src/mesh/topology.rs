@@ -121,6 +121,9 @@ pub struct MeshOptions {
     pub grace_period: String,
     /// More arguments for every agent.
     pub agent_args: Vec<String>,
+    /// The apiservers' `--lease-ttl` in seconds (10: leases of a stopped
+    /// apiserver lapse quickly in the fault tests; production's is 30).
+    pub lease_ttl_secs: u32,
     /// A second pod CIDR for one cluster, beside its `10.<id>.0.0/16`
     /// (room for the benchmarks' 100,000 endpoints).
     pub extra_pod_cidr: Option<(ClusterId, String)>,
@@ -134,6 +137,7 @@ impl Default for MeshOptions {
             grace_period: "4s".into(),
             agent_args: Vec::new(),
             extra_pod_cidr: None,
+            lease_ttl_secs: 10,
         }
     }
 }
