@@ -12,11 +12,15 @@
 //!   writes: one verdict map from (VIP, protocol, port) to a chain per
 //!   service, which picks an endpoint chain by `numgen` and DNATs there.
 //!
-//! IPVS is not measured: the kernel here has no `IP_VS`. iptables and
-//! nftables are measured up to 10,000 services (loading 100,000 takes
-//! longer than the whole bench). Besides the rates, the time to program
+//! IPVS is not measured: the kernel here has no `IP_VS`. nftables is
+//! measured up to 10,000 services: `nft -f` of kube-proxy's chain per
+//! service and per endpoint took 11 s at 10,000 and grows faster than
+//! linearly, so 100,000 would outlast the whole bench. Besides the rates, the time to program
 //! each datapath (knit's map writes, `iptables-restore`, `nft -f`) is
-//! printed.
+//! printed, and the time for one service change to take effect with N
+//! services loaded (knit: the agent's patch; iptables: the service's chain
+//! restored with `--noflush`, as kube-proxy does; nftables: one
+//! transaction rewriting its endpoint chain).
 //!
 //! Client and server are knit-probe processes in pod namespaces made by the
 //! CNI (the reference `ptp` + `host-local`, then `knit-cni` on the knit
@@ -33,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use knit_agent::datapath::Datapath;
+use knit_agent::datapath::patch::StatePatch;
 use knit_agent::datapath::state::{DatapathState, Frontend, Link, LocalEndpoint, PROTO_TCP, Route};
 use knit_agent::netdev::{NetDevices, VXLAN_PORT};
 use knit_agent::render::parse_mac;
@@ -105,6 +110,21 @@ fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize, state_dir: PathBuf
         let t = Instant::now();
         let (report, _) = dp.apply(&state, &interfaces).expect("apply");
         println!("ready: {report:?} in {:?}", t.elapsed());
+        // One service changes (its backend listed twice: same traffic), as
+        // the agent writes a service record's change: a patch.
+        let changed = Frontend {
+            vip: vip(0),
+            port: SERVER_PORT,
+            proto: PROTO_TCP,
+        };
+        let backend = SocketAddrV4::new(server, SERVER_PORT);
+        let patch = StatePatch {
+            routes: Vec::new(),
+            services: vec![(changed, Some(vec![backend, backend]))],
+        };
+        let t = Instant::now();
+        let report = dp.apply_patch(&patch);
+        println!("changed: {report:?} in {:?}", t.elapsed());
         std::future::pending::<()>().await;
     });
 }
@@ -347,9 +367,11 @@ fn write_chart(rows: &BTreeMap<(usize, &str), Figures>) -> PathBuf {
     path
 }
 
-/// The `in …` duration the datapath node printed after writing its maps.
-fn programmed_in(log: &str) -> Option<Duration> {
-    let text = log.lines().find(|l| l.starts_with("ready:"))?;
+/// The `in …` duration the datapath node printed on its line starting
+/// with `tag` (`ready:` after writing its maps, `changed:` after one
+/// service change).
+fn printed_in(log: &str, tag: &str) -> Option<Duration> {
+    let text = log.lines().find(|l| l.starts_with(tag))?;
     let d = text.rsplit(" in ").next()?.trim();
     let (value, unit) = d.split_at(d.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?);
     let value: f64 = value.parse().ok()?;
@@ -384,7 +406,8 @@ fn main() {
     let mut rows: BTreeMap<(usize, &str), Figures> = BTreeMap::new();
 
     let mut programming: BTreeMap<(&str, usize), Duration> = BTreeMap::new();
-    let mut progress = knit_e2e::progress::Progress::new("datapath", sizes.len() + 6);
+    let mut one_change: BTreeMap<(&str, usize), Duration> = BTreeMap::new();
+    let mut progress = knit_e2e::progress::Progress::new("datapath", sizes.len() * 2 + 3);
     let knit = node("k", &cgroups, &bins, &logs, true);
     let node_cg = cgroups.dir("k");
     let pin_dir = bpffs.path().join("k");
@@ -414,7 +437,7 @@ fn main() {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains("ready")
+            .contains("changed:")
         {
             assert!(
                 dp.is_running() && Instant::now() < deadline,
@@ -425,8 +448,11 @@ fn main() {
         }
         let ready = std::fs::read_to_string(&log).unwrap_or_default();
         eprintln!("knit, {n} services: {}", ready.trim());
-        if let Some(d) = programmed_in(&ready) {
+        if let Some(d) = printed_in(&ready, "ready:") {
             programming.insert(("knit map writes", n), d);
+        }
+        if let Some(d) = printed_in(&ready, "changed:") {
+            one_change.insert(("knit map writes", n), d);
         }
         let (direct, via) = measure_pair(&bins, &knit, measured(n));
         rows.insert((n, "a direct (knit node)"), direct);
@@ -439,7 +465,7 @@ fn main() {
     drop(knit);
 
     let plain = node("i", &cgroups, &bins, &logs, false);
-    for &n in &sizes[..3] {
+    for &n in &sizes {
         progress.step(&format!(
             "iptables with {n} services: load the rules, then direct and DNAT, {RUNS} runs each"
         ));
@@ -449,6 +475,20 @@ fn main() {
         plain.ns.exec("iptables-restore", &[&file.to_string_lossy()]);
         programming.insert(("iptables-restore", n), t.elapsed());
         eprintln!("iptables, {n} services: rules loaded in {:?}", t.elapsed());
+        // One service changes as kube-proxy writes it: its chain alone,
+        // without flushing the table.
+        let change = logs.path().join(format!("rules-change-{n}"));
+        let to = format!("{}:{SERVER_PORT}", plain.server_ip);
+        std::fs::write(
+            &change,
+            format!("*nat\n:KUBE-SVC-0 - [0:0]\n-A KUBE-SVC-0 -p tcp -j DNAT --to-destination {to}\n-A KUBE-SVC-0 -p tcp -j DNAT --to-destination {to}\nCOMMIT\n"),
+        )
+        .expect("rules");
+        let t = Instant::now();
+        plain
+            .ns
+            .exec("iptables-restore", &["--noflush", &change.to_string_lossy()]);
+        one_change.insert(("iptables-restore", n), t.elapsed());
         let (direct, via) = measure_pair(&bins, &plain, measured(n));
         rows.insert((n, "a direct (iptables node)"), direct);
         rows.insert((n, "c iptables DNAT"), via);
@@ -467,6 +507,17 @@ fn main() {
         plain.ns.exec("nft", &["-f", &file.to_string_lossy()]);
         programming.insert(("nft -f", n), t.elapsed());
         eprintln!("nftables, {n} services: rules loaded in {:?}", t.elapsed());
+        // One service changes as kube-proxy's nftables mode writes it: one
+        // transaction rewriting its endpoint chain.
+        let change = logs.path().join(format!("nft-change-{n}"));
+        std::fs::write(
+            &change,
+            format!("flush chain ip kube-proxy endpoint-0\nadd rule ip kube-proxy endpoint-0 meta l4proto tcp dnat to {}:{SERVER_PORT}\n", plain.server_ip),
+        )
+        .expect("rules");
+        let t = Instant::now();
+        plain.ns.exec("nft", &["-f", &change.to_string_lossy()]);
+        one_change.insert(("nft -f", n), t.elapsed());
         let (direct, via) = measure_pair(&bins, &plain, measured(n));
         rows.insert((n, "a direct (nftables node)"), direct);
         rows.insert((n, "d nftables vmap"), via);
@@ -506,6 +557,7 @@ fn main() {
     let k100k = rows[&(100_000, "b knit VIP")].crr;
     let k10k = rows[&(10_000, "b knit VIP")].crr;
     let i10k = rows[&(10_000, "c iptables DNAT")].crr;
+    let i100k = rows[&(100_000, "c iptables DNAT")].crr;
     println!("knit 100,000 vs 1 service: {:.2}x conn/s", k100k / k1);
     let worst = sizes
         .iter()
@@ -513,6 +565,10 @@ fn main() {
         .fold(f64::INFINITY, f64::min);
     println!("knit VIP / direct at the worst size: {worst:.2}x conn/s (target: 0.95x or more)");
     println!("knit / iptables at 10,000 services: {:.2}x conn/s", k10k / i10k);
+    println!(
+        "knit / iptables at 100,000 services: {:.2}x conn/s",
+        k100k / i100k
+    );
     let n10k = rows[&(10_000, "d nftables vmap")].crr;
     println!("knit / nftables at 10,000 services: {:.2}x conn/s", k10k / n10k);
     println!("IPVS: not measured (the kernel here has no IP_VS)");
@@ -525,11 +581,24 @@ fn main() {
         "{:<18} {:>12} {:>12} {:>12} {:>12}",
         "datapath", "1", "1,000", "10,000", "100,000"
     );
+    print_times(&programming, |d| format!("{:.3} s", d.as_secs_f64()));
+    println!(
+        "\ntime for one service change to take effect, N services loaded (knit: a patch; iptables: its chain with --noflush; nftables: one transaction)"
+    );
+    println!(
+        "{:<18} {:>12} {:>12} {:>12} {:>12}",
+        "datapath", "1", "1,000", "10,000", "100,000"
+    );
+    print_times(&one_change, |d| format!("{:.3} ms", d.as_secs_f64() * 1e3));
+}
+
+/// One row per datapath of `times`, by number of services.
+fn print_times(times: &BTreeMap<(&str, usize), Duration>, show: impl Fn(Duration) -> String) {
     for datapath in ["knit map writes", "iptables-restore", "nft -f"] {
         let cell = |n: usize| {
-            programming
+            times
                 .get(&(datapath, n))
-                .map_or("not measured".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()))
+                .map_or("not measured".to_owned(), |d| show(*d))
         };
         println!(
             "{:<18} {:>12} {:>12} {:>12} {:>12}",
