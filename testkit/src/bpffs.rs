@@ -42,7 +42,16 @@ impl BpffsRoot {
 impl Drop for BpffsRoot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.mount);
-        let _ = Command::new("umount").arg(&self.mount).output();
+        // A child another test thread is forking may hold a descriptor of
+        // this mount for a moment (EBUSY): detach it lazily then, so no
+        // mount outlives the test.
+        let unmounted = Command::new("umount")
+            .arg(&self.mount)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
+        }
         let _ = std::fs::remove_dir(&self.mount);
     }
 }
