@@ -486,6 +486,16 @@ mod tests {
 
     static NO_PORTS: BTreeMap<String, PortSpec> = BTreeMap::new();
 
+    /// A selected pod at `ip` with no named ports.
+    fn pod<'a>(ip: Ipv4Addr, namespace: &'a str, labels: &'a BTreeMap<String, String>) -> PolicyTarget<'a> {
+        PolicyTarget {
+            ip,
+            namespace,
+            labels,
+            named_ports: &NO_PORTS,
+        }
+    }
+
     #[test]
     fn egress_rules_and_ip_blocks_with_except() {
         let p = policy(
@@ -509,12 +519,7 @@ spec:
         let db = labels(&[("app", "db"), (NAMESPACE_LABEL, "shop")]);
         let ids = BTreeMap::from([(1, &web), (2, &db)]);
         let ip = Ipv4Addr::new(10, 1, 0, 5);
-        let targets = [PolicyTarget {
-            ip,
-            namespace: "shop",
-            labels: &web,
-            named_ports: &NO_PORTS,
-        }];
+        let targets = [pod(ip, "shop", &web)];
         let c = compile(
             &[PolicyRules::network_policy(&p)],
             &targets,
@@ -599,12 +604,7 @@ spec:
             ),
         ]);
         let ip = Ipv4Addr::new(10, 1, 0, 1);
-        let targets = [PolicyTarget {
-            ip,
-            namespace: "shop",
-            labels: &me,
-            named_ports: &NO_PORTS,
-        }];
+        let targets = [pod(ip, "shop", &me)];
         let c = compile(
             &[PolicyRules::network_policy(&p)],
             &targets,
@@ -735,12 +735,7 @@ spec:
         let legacy = labels(&[("app", "legacy"), (NAMESPACE_LABEL, "shop")]);
         let ids = BTreeMap::from([(1, &web), (2, &legacy)]);
         let ip = Ipv4Addr::new(10, 1, 0, 5);
-        let targets = [PolicyTarget {
-            ip,
-            namespace: "shop",
-            labels: &web,
-            named_ports: &NO_PORTS,
-        }];
+        let targets = [pod(ip, "shop", &web)];
         let deny_rules = |egress_default_deny: bool| PolicyRules {
             policy: &deny,
             verdict: Verdict::Deny,
@@ -842,20 +837,7 @@ spec:
         let ids = BTreeMap::from([(1, &web), (2, &fe_a), (3, &fe_b), (4, &fe_a_other_ns)]);
         let web_ip = Ipv4Addr::new(10, 1, 0, 5);
         let db_ip = Ipv4Addr::new(10, 1, 0, 6);
-        let targets = [
-            PolicyTarget {
-                ip: web_ip,
-                namespace: "shop",
-                labels: &web,
-                named_ports: &NO_PORTS,
-            },
-            PolicyTarget {
-                ip: db_ip,
-                namespace: "shop",
-                labels: &other,
-                named_ports: &NO_PORTS,
-            },
-        ];
+        let targets = [pod(web_ip, "shop", &web), pod(db_ip, "shop", &other)];
         let c = compile(
             &[PolicyRules::network_policy(&p)],
             &targets,
@@ -886,12 +868,7 @@ spec:
         );
         let l = labels(&[(NAMESPACE_LABEL, "ns")]);
         let ip = Ipv4Addr::new(10, 1, 0, 9);
-        let targets = [PolicyTarget {
-            ip,
-            namespace: "ns",
-            labels: &l,
-            named_ports: &NO_PORTS,
-        }];
+        let targets = [pod(ip, "ns", &l)];
         let c = compile(
             &[PolicyRules::network_policy(&allow_all)],
             &targets,
@@ -947,12 +924,7 @@ spec:
         let ip = Ipv4Addr::new(10, 1, 0, 9);
         let c = compile(
             &[PolicyRules::network_policy(&p)],
-            &[PolicyTarget {
-                ip,
-                namespace: "ns",
-                labels: &me,
-                named_ports: &NO_PORTS,
-            }],
+            &[pod(ip, "ns", &me)],
             &ids,
             &BTreeMap::new(),
             None,
@@ -989,12 +961,7 @@ spec:
             ("knit.dev/cluster", "cluster-b"),
         ]);
         let ids = BTreeMap::from([(2, &fe_a), (3, &fe_b)]);
-        let targets = [PolicyTarget {
-            ip: Ipv4Addr::new(10, 1, 0, 5),
-            namespace: "shop",
-            labels: &web,
-            named_ports: &NO_PORTS,
-        }];
+        let targets = [pod(Ipv4Addr::new(10, 1, 0, 5), "shop", &web)];
         let sources = |local: Option<&str>| -> BTreeSet<u32> {
             compile(
                 &[PolicyRules::network_policy(&p)],
