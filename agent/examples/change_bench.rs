@@ -15,6 +15,7 @@ use knit_agent::incremental::IncrementalRender;
 use knit_agent::index::MeshIndex;
 use knit_agent::render::{RenderOptions, render};
 use knit_kvstore::watch_store::WatchEvent;
+use knit_testkit::bench::percentile;
 
 fn put(
     index: &mut MeshIndex,
@@ -59,10 +60,6 @@ fn endpoint(i: usize) -> serde_json::Value {
 fn contents(index: &MeshIndex, previous: &MapContents) -> MapContents {
     let state = render(index, &[], "a-node1", &[], &RenderOptions::default());
     to_map_contents(&state, &HashMap::new(), &previous.services).0
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// The index at `n` services, each with one backend, and the node's maps.

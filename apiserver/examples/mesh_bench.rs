@@ -19,6 +19,7 @@ use etcd_client::{EventType, GetOptions, WatchOptions};
 use knit_kvstore::keys::{cache_prefix, mesh_status_key};
 use knit_kvstore::records::PeerStatusRecord;
 use knit_testkit::TestCluster;
+use knit_testkit::bench::{churn_rates, env_usize, percentile, rss_kib};
 use knit_testkit::cluster::full_mesh;
 use knit_testkit::manifests::{node, pod};
 
@@ -32,26 +33,6 @@ fn apiserver_bin() -> String {
             .to_owned();
         dir.join("knit-apiserver").display().to_string()
     })
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_default()
 }
 
 async fn wait_synced(
@@ -255,15 +236,7 @@ async fn main() {
     let endpoints = env_usize("KNIT_BENCH_ENDPOINTS", 100_000);
     let services = env_usize("KNIT_BENCH_SERVICES", 10_000);
 
-    let rates: Vec<f64> = std::env::var("KNIT_BENCH_CHURN_RATES")
-        .unwrap_or_else(|_| "200,1000".into())
-        .split(',')
-        .map(|r| {
-            r.trim()
-                .parse()
-                .expect("KNIT_BENCH_CHURN_RATES: updates per second, comma-separated")
-        })
-        .collect();
+    let rates = churn_rates();
     let mut churn = Vec::new();
     for &rate in &rates {
         eprintln!("mesh bench: propagation under {rate} updates/s");

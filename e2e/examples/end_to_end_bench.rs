@@ -16,18 +16,12 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions};
+use knit_testkit::bench::{env_usize, rss_kib};
 
 const A: ClusterId = ClusterId(0);
 const B: ClusterId = ClusterId(1);
 /// Cluster-a's room for the endpoints (`10.64.0.0/12`: a million addresses).
 const BENCH_CIDR: &str = "10.64.0.0/12";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn pod_ip(i: usize) -> String {
     format!("10.{}.{}.{}", 64 + i / 65_536, (i / 256) % 256, i % 256)
@@ -82,15 +76,6 @@ fn pods_yaml(endpoints: usize, node: &str) -> String {
         );
     }
     y
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_default()
 }
 
 fn main() {

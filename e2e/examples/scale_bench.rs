@@ -31,6 +31,7 @@ use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions};
 use knit_kvstore::keys::{Kind, RelativeKey, cache_prefix, cluster_prefix};
 use knit_kvstore::records::identity;
 use knit_kvstore::{EtcdClientConfig, PeerIdentity};
+use knit_testkit::bench::{churn_rates, percentile, rss_kib};
 
 const A: ClusterId = ClusterId(0);
 const B: ClusterId = ClusterId(1);
@@ -64,22 +65,6 @@ fn unix_ms() -> u128 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis()
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_default()
 }
 
 /// Every record of simulated cluster `id`, keys under its prefix.
@@ -391,15 +376,15 @@ fn run_helper(mesh: &LocalMesh, args: &[String]) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// Cluster `c`'s admin config with its etcd's underlay address, written
-/// beside the original.
-fn underlay_admin_config(mesh: &LocalMesh, c: ClusterId) -> String {
-    let path = mesh.cluster(c).control.admin_config_path();
-    let mut config = EtcdClientConfig::from_yaml(&std::fs::read_to_string(&path).expect("admin config"))
-        .expect("admin config")
+/// The client config at `path` (one of cluster `c`'s) with `c`'s etcd at
+/// its underlay address, written beside it as `underlay-<file>`.
+fn on_underlay(mesh: &LocalMesh, c: ClusterId, path: &Path) -> String {
+    let mut config = EtcdClientConfig::from_yaml(&std::fs::read_to_string(path).expect("client config"))
+        .expect("client config")
         .resolved_in(path.parent().expect("dir"));
     config.endpoints = vec![mesh.etcd_url(c)];
-    let out = path.with_file_name("underlay-admin.yaml");
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let out = path.with_file_name(format!("underlay-{name}"));
     std::fs::write(&out, config.to_yaml().expect("yaml")).expect("write config");
     out.display().to_string()
 }
@@ -429,18 +414,9 @@ fn main() {
         lease_ttl_secs: 30,
         ..MeshOptions::default()
     });
-    let a_admin = underlay_admin_config(&mesh, A);
-    let b_admin = underlay_admin_config(&mesh, B);
-    let b_local = mesh.cluster(B).control.local_config_path();
-    let b_local_underlay = b_local.with_file_name("underlay-local.yaml");
-    {
-        let mut config =
-            EtcdClientConfig::from_yaml(&std::fs::read_to_string(&b_local).expect("local config"))
-                .expect("local config")
-                .resolved_in(b_local.parent().expect("dir"));
-        config.endpoints = vec![mesh.etcd_url(B)];
-        std::fs::write(&b_local_underlay, config.to_yaml().expect("yaml")).expect("write config");
-    }
+    let a_admin = on_underlay(&mesh, A, &mesh.cluster(A).control.admin_config_path());
+    let b_admin = on_underlay(&mesh, B, &mesh.cluster(B).control.admin_config_path());
+    let b_local_underlay = on_underlay(&mesh, B, &mesh.cluster(B).control.local_config_path());
     let tunnel = mesh.node(B.node(0)).ip.clone();
     let generate = Instant::now();
     run_helper(
@@ -468,7 +444,7 @@ fn main() {
             "sync".into(),
             a_admin.clone(),
             mesh.cluster(A).control.peer_configs().display().to_string(),
-            b_local_underlay.display().to_string(),
+            b_local_underlay.clone(),
             sims.to_string(),
         ],
     );
@@ -490,15 +466,7 @@ fn main() {
         .unwrap_or_default();
     let agent_after = rss_kib(agent_pid);
 
-    let rates: Vec<f64> = std::env::var("KNIT_BENCH_CHURN_RATES")
-        .unwrap_or_else(|_| "200,1000".into())
-        .split(',')
-        .map(|r| {
-            r.trim()
-                .parse()
-                .expect("KNIT_BENCH_CHURN_RATES: updates per second, comma-separated")
-        })
-        .collect();
+    let rates = churn_rates();
     let mut churn = Vec::new();
     for rate in rates {
         eprintln!("scale bench: endpoint churn at {rate} updates/s across the simulated clusters");

@@ -13,6 +13,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod bpffs;
 pub mod cluster;
 pub mod manifests;

@@ -1,0 +1,62 @@
+//! Small helpers the `make bench` programs share: sizes and rates from the
+//! environment, percentiles, a process's resident memory.
+
+use std::time::Duration;
+
+/// `name` from the environment as a number, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The churn rates to measure, in updates per second:
+/// `KNIT_BENCH_CHURN_RATES` (comma-separated), default 200 and 1,000.
+pub fn churn_rates() -> Vec<f64> {
+    std::env::var("KNIT_BENCH_CHURN_RATES")
+        .unwrap_or_else(|_| "200,1000".into())
+        .split(',')
+        .map(|r| {
+            r.trim()
+                .parse()
+                .expect("KNIT_BENCH_CHURN_RATES: updates per second, comma-separated")
+        })
+        .collect()
+}
+
+/// The `q` quantile (0 to 1) of `sorted`; zero when it is empty.
+pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// Resident memory of process `pid` in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 0.5), Duration::from_millis(51));
+        assert_eq!(percentile(&v, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&[], 0.99), Duration::ZERO);
+    }
+
+    #[test]
+    fn this_process_has_resident_memory() {
+        assert!(rss_kib(std::process::id()) > 0);
+    }
+}
