@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use knit_kvstore::keys::{Key, Kind, RelativeKey, Scope};
-use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceRecord};
+use knit_kvstore::records::{
+    ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, PortSpec, ServiceRecord,
+};
 use knit_kvstore::validate::Rejection;
 use knit_kvstore::watch_store::WatchEvent;
 use serde::de::DeserializeOwned;
@@ -188,8 +190,9 @@ impl MeshIndex {
                 namespaces_changed |= self.count_namespace(&new.namespace, true);
             }
         }
-        let ports =
-            |e: &Option<EndpointRecord>| e.as_ref().map(|e| e.named_ports.clone()).unwrap_or_default();
+        fn ports(e: &Option<EndpointRecord>) -> Option<&BTreeMap<String, PortSpec>> {
+            e.as_ref().map(|e| &e.named_ports).filter(|p| !p.is_empty())
+        }
         let named_by_ip = |e: &Option<EndpointRecord>| e.as_ref().is_none_or(|e| e.ip.to_string() == name);
         let ip = name.parse::<IpAddr>().ok();
         match ip {
