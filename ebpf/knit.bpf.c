@@ -400,8 +400,14 @@ int from_pod(struct __sk_buff *skb)
 	 * host stack routes it (and masquerades what leaves the node). */
 	struct ipcache_key k = {.prefixlen = 32, .addr = f.daddr};
 	struct ipcache_value *route = bpf_map_lookup_elem(&knit_ipcache, &k);
-	if (!route || !route->tunnel_endpoint)
+	if (!route)
 		return to_stack(&f);
+	/* A pod of this node not attached yet: nothing on the way translates
+	 * the flow, so its replies need not come back through the stack, and
+	 * marking the port would send the replies of the pod's later direct
+	 * flows from that port through the host's conntrack, half seen. */
+	if (!route->tunnel_endpoint)
+		return TC_ACT_OK;
 
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&knit_config, &zero);

@@ -402,6 +402,22 @@ fn from_pod_leaves_what_is_not_mesh_traffic_to_the_host_stack() {
 }
 
 #[test]
+fn a_local_pod_not_attached_yet_is_reached_through_the_stack_without_marking_the_port() {
+    let mut p = two_pods("unattached", false);
+    let unattached = Ipv4Addr::new(10, 1, 1, 12);
+    p.route(unattached, 0, None);
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, unattached, 40020, 80, SYN), 0).0,
+        TC_ACT_OK
+    );
+    assert_eq!(
+        p.stack_flow(POD_A, 40020, TCP),
+        None,
+        "no NAT on this path: a's later flows from 40020 keep their direct replies"
+    );
+}
+
+#[test]
 fn a_udp_port_the_stack_brings_requests_to_is_served_not_opened() {
     let mut p = two_pods("served", false);
     p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));
