@@ -6,7 +6,8 @@
 //!    default `200,1000`): p50 / p99, against the target p99 < 50 ms at
 //!    1,000 updates/s;
 //! 2. initial sync of 100,000 endpoints + 10,000 services into a new peer;
-//! 3. resident memory of the exporting apiserver per endpoint.
+//! 3. resident memory of the exporting apiserver per endpoint, 2 s after
+//!    the export, and its peak.
 //!
 //! Prints a table. Sizes can be reduced with KNIT_BENCH_ENDPOINTS /
 //! KNIT_BENCH_SERVICES for a quick run.
@@ -19,7 +20,7 @@ use etcd_client::{EventType, GetOptions, WatchOptions};
 use knit_kvstore::keys::{cache_prefix, mesh_status_key};
 use knit_kvstore::records::PeerStatusRecord;
 use knit_testkit::TestCluster;
-use knit_testkit::bench::{churn_rates, env_usize, percentile, rss_kib};
+use knit_testkit::bench::{churn_rates, env_usize, peak_rss_kib, percentile, rss_kib};
 use knit_testkit::cluster::full_mesh;
 use knit_testkit::manifests::{node, pod};
 
@@ -143,7 +144,7 @@ fn ip(i: usize) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 64, 0, 1)) + i as u32)
 }
 
-async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration, Duration, u64) {
+async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration, Duration, u64, u64) {
     let mut clusters = vec![
         TestCluster::with_pod_cidr("a", 1, "10.64.0.0/12"),
         TestCluster::new("b", 2),
@@ -211,6 +212,7 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
     let export_time = export_start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = clusters[0].apiserver_pid().map(rss_kib).unwrap_or_default();
+    let peak = clusters[0].apiserver_pid().map(peak_rss_kib).unwrap_or_default();
 
     clusters[1].start_apiserver(bin, &["--lease-ttl=120"]);
     let b = clusters[1].admin().await;
@@ -223,7 +225,7 @@ async fn initial_sync(bin: &str, endpoints: usize, services: usize) -> (Duration
     )
     .await
     .unwrap_or_else(|| panic!("b never synced a\n{}", clusters[1].logs()));
-    (export_time, sync, rss)
+    (export_time, sync, rss, peak)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +244,7 @@ async fn main() {
         eprintln!("mesh bench: propagation under {rate} updates/s");
         churn.push((rate, latency_under_churn(&bin, rate).await));
     }
-    let (export, sync, rss) = initial_sync(&bin, endpoints, services).await;
+    let (export, sync, rss, peak) = initial_sync(&bin, endpoints, services).await;
     let per_endpoint = rss as f64 * 1024.0 / endpoints as f64;
 
     println!("\n## knit-apiserver / KVStoreMesh (real etcd 3.4, mTLS, two clusters on loopback)\n");
@@ -276,5 +278,9 @@ async fn main() {
         "| resident memory per endpoint | {:.0} B | 1024 B | {:.2} |",
         per_endpoint,
         per_endpoint / 1024.0
+    );
+    println!(
+        "| peak resident memory during the export | {:.1} MiB | — | — |",
+        peak as f64 / 1024.0
     );
 }

@@ -11,22 +11,21 @@
 //!
 //! A Service is global when the oldest GlobalServicePolicy of its namespace
 //! selects it, or else when it carries the Cilium annotations.
+//!
+//! [`plan`] renders the few records eagerly and leaves the many (services,
+//! [`ServiceRecords`], and endpoints, [`EndpointRecords`]) to iterators,
+//! so the exporter can write a large cluster in parts; [`export`] renders
+//! it all at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use knit_crds::mcs::SERVICE_NAME_LABEL;
-use knit_crds::{ServicePolicy, policy_from_annotations};
-use knit_kvstore::keys::{Kind, RelativeKey, cluster_prefix, local_service_key};
-use knit_kvstore::records::{
-    Backend, ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord, ServiceExportFacts,
-    ServiceRecord,
-};
+use knit_kvstore::keys::{Kind, RelativeKey, cluster_prefix};
+use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord};
 
 use crate::identity::{IdentityAllocator, Labels};
-use knit_sources::{ClusterState, EndpointSliceInfo, PodInfo, ServiceInfo, object_key};
+use knit_sources::{ClusterState, PodInfo};
 
 /// This cluster's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +39,12 @@ pub struct LocalCluster {
 }
 
 pub use knit_kvstore::keys::local_prefix;
+pub use services::{ServiceRecords, service_policy};
+
+mod services;
+
+/// One key and its value.
+pub type Record = (String, Vec<u8>);
 
 /// What one export produced.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -54,8 +59,39 @@ pub struct Exported {
     pub skipped_pods: Vec<String>,
 }
 
+/// One export, the endpoint records (nearly all of a large cluster's
+/// records) still to be rendered: the exporter writes them in parts, so a
+/// cluster's whole record set never sits in memory at once.
+pub struct ExportPlan<'a> {
+    /// Everything but the endpoint records; `counts` counts them too.
+    pub exported: Exported,
+    /// The service records, published and local, rendered as they are taken.
+    pub services: ServiceRecords<'a>,
+    /// The endpoint records, rendered as they are taken.
+    pub endpoints: EndpointRecords<'a>,
+}
+
 /// Computes everything this cluster publishes.
 pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAllocator) -> Exported {
+    let plan = plan(cluster, state, ids);
+    let mut out = plan.exported;
+    for (key, value) in plan.services {
+        if key.starts_with(&local_prefix()) {
+            out.local.insert(key, value);
+        } else {
+            out.published.insert(key, value);
+        }
+    }
+    out.published.extend(plan.endpoints);
+    out
+}
+
+/// Computes everything this cluster publishes, the endpoint records lazily.
+pub fn plan<'a>(
+    cluster: &LocalCluster,
+    state: &'a ClusterState,
+    ids: &mut IdentityAllocator,
+) -> ExportPlan<'a> {
     let prefix = cluster_prefix(&cluster.name);
     let mut out = Exported::default();
     let put = |out: &mut Exported, key: RelativeKey, value: Vec<u8>| {
@@ -106,11 +142,11 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
     let mut in_use = BTreeSet::new();
     // Pods with the same (interned) labels and namespace share an identity:
     // build their label set once.
-    let mut memo: HashMap<(*const Labels, *const u8), Option<u32>> = HashMap::new();
+    let mut memo: HashMap<SharedIdentityKey, Option<u32>> = HashMap::new();
+    let mut endpoints = 0;
     for pod in state.pods.values().filter(|p| !p.ips.is_empty()) {
-        let memo_key = (Arc::as_ptr(&pod.labels), Arc::as_ptr(&pod.namespace).cast::<u8>());
         let id = *memo
-            .entry(memo_key)
+            .entry(shared_identity_key(pod))
             .or_insert_with(|| ids.allocate(&identity_labels(cluster, state, pod)));
         let Some(id) = id else {
             out.skipped_pods
@@ -126,22 +162,10 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
                 continue;
             }
             in_use.insert(id);
-            let record = EndpointRecord {
-                ip: *ip,
-                cluster: cluster.name.clone(),
-                identity: id,
-                node: pod.node.to_string(),
-                namespace: pod.namespace.to_string(),
-                pod: pod.name.clone(),
-                named_ports: pod.named_ports.clone(),
-            };
-            put(
-                &mut out,
-                RelativeKey::Record(Kind::Endpoints, ip.to_string()),
-                json(&record),
-            );
+            endpoints += 1;
         }
     }
+    out.counts.insert(Kind::Endpoints, endpoints);
     ids.retain_used(&in_use);
     for (id, labels) in ids.identities() {
         let record = IdentityRecord {
@@ -156,160 +180,79 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
         );
     }
 
-    let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSliceInfo>> = BTreeMap::new();
-    for slice in state.endpoint_slices.values() {
-        slices
-            .entry((slice.namespace.as_str(), slice.service.as_str()))
-            .or_default()
-            .push(slice);
-    }
-    let clusterset = clusterset_vips(state);
-    let mut serviced: BTreeSet<(&str, &str)> = BTreeSet::new();
-    for service in state.services.values().filter(|s| !is_derived(s)) {
-        let (ns, name) = (&service.namespace, &service.name);
-        let service_export = state.service_exports.get(&object_key(Some(ns), name));
-        let knit_policy = service_policy(state, service);
-        let Some(policy) = knit_policy
-            .clone()
-            .or_else(|| service_export.map(|_| exported_by_service_export()))
-        else {
-            continue;
-        };
-        serviced.insert((ns, name));
-        let record = ServiceRecord {
+    let services = ServiceRecords::new(cluster, state);
+    out.counts.insert(Kind::Services, services.exported);
+    ExportPlan {
+        exported: out,
+        services,
+        endpoints: EndpointRecords {
+            prefix,
             cluster: cluster.name.clone(),
-            namespace: ns.clone(),
-            name: name.clone(),
-            ports: service.ports.clone(),
-            cluster_ips: service.cluster_ips.clone(),
-            backends: backends(
-                slices
-                    .get(&(ns.as_str(), name.as_str()))
-                    .map(Vec::as_slice)
-                    .unwrap_or_default(),
-            ),
-            export: policy.export,
-            import: policy.import,
-            affinity: policy.affinity,
-            preferred_clusters: policy.preferred_clusters.clone(),
-            failover: (policy.failover != knit_crds::Failover::default()).then_some(policy.failover),
-            service_export: service_export.map(|e| ServiceExportFacts {
-                created_unix: e.created_unix,
-                headless: service.cluster_ips.is_empty(),
-                session_affinity: service.session_affinity.clone(),
-            }),
-            withdrawn: false,
-        };
-        // Which VIPs local clients reach the mesh through: a Knit global
-        // Service's own ClusterIP, and the clusterset VIP. A Service only a
-        // ServiceExport exports keeps its ClusterIP cluster-local, as MCS
-        // says (kube-proxy serves it).
-        let derived = clusterset.get(&(ns.as_str(), name.as_str()));
-        let mut local = record.clone();
-        if knit_policy.is_none() {
-            local.cluster_ips.clear();
+            pod_cidrs,
+            pods: state.pods.values(),
+            current: None,
+            identities: memo,
+        },
+    }
+}
+
+/// Pods share an identity when they share their (interned) label set and
+/// namespace: the two allocations' addresses.
+type SharedIdentityKey = (usize, usize);
+
+fn shared_identity_key(pod: &PodInfo) -> SharedIdentityKey {
+    (
+        Arc::as_ptr(&pod.labels) as usize,
+        Arc::as_ptr(&pod.namespace).cast::<u8>() as usize,
+    )
+}
+
+/// The endpoint records of an [`ExportPlan`], one `(key, value)` per pod IP
+/// inside the cluster's pod CIDRs, rendered as they are taken.
+pub struct EndpointRecords<'a> {
+    prefix: String,
+    cluster: String,
+    pod_cidrs: Vec<IpNet>,
+    pods: std::collections::btree_map::Values<'a, String, PodInfo>,
+    /// The pod being rendered, its identity and its next IP.
+    current: Option<(&'a PodInfo, u32, usize)>,
+    identities: HashMap<SharedIdentityKey, Option<u32>>,
+}
+
+impl Iterator for EndpointRecords<'_> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((pod, id, next)) = &mut self.current {
+                while let Some(ip) = pod.ips.get(*next) {
+                    *next += 1;
+                    if !self.pod_cidrs.iter().any(|c| c.contains(ip)) {
+                        continue;
+                    }
+                    let record = EndpointRecord {
+                        ip: *ip,
+                        cluster: self.cluster.clone(),
+                        identity: *id,
+                        node: pod.node.to_string(),
+                        namespace: pod.namespace.to_string(),
+                        pod: pod.name.clone(),
+                        named_ports: pod.named_ports.clone(),
+                    };
+                    let key = RelativeKey::Record(Kind::Endpoints, ip.to_string()).under(&self.prefix);
+                    return Some((key, json(&record)));
+                }
+                self.current = None;
+            }
+            let pod = self.pods.next()?;
+            if pod.ips.is_empty() {
+                continue;
+            }
+            if let Some(Some(id)) = self.identities.get(&shared_identity_key(pod)) {
+                self.current = Some((pod, *id, 0));
+            }
         }
-        local
-            .cluster_ips
-            .extend(derived.map(|d| d.cluster_ips.clone()).unwrap_or_default());
-        out.local.insert(local_service_key(ns, name), json(&local));
-        if policy.export {
-            put(
-                &mut out,
-                RelativeKey::Record(Kind::Services, format!("{ns}/{name}")),
-                json(&record),
-            );
-        }
     }
-    // A consumer without the Service: the derived Service alone gives the
-    // clusterset VIP, served only by other clusters' backends.
-    for ((ns, name), derived) in &clusterset {
-        if serviced.contains(&(*ns, *name)) {
-            continue;
-        }
-        let record = ServiceRecord {
-            cluster: cluster.name.clone(),
-            namespace: (*ns).to_owned(),
-            name: (*name).to_owned(),
-            ports: derived.ports.clone(),
-            cluster_ips: derived.cluster_ips.clone(),
-            backends: Vec::new(),
-            export: false,
-            import: true,
-            affinity: knit_crds::Affinity::None,
-            preferred_clusters: Vec::new(),
-            failover: None,
-            service_export: None,
-            withdrawn: false,
-        };
-        out.local.insert(local_service_key(ns, name), json(&record));
-    }
-    out
-}
-
-/// Whether `service` is a derived Service the operator made for a
-/// clusterset service (MCS), not a Service of its own.
-fn is_derived(service: &ServiceInfo) -> bool {
-    service.labels.contains_key(SERVICE_NAME_LABEL)
-        && service
-            .labels
-            .get("app.kubernetes.io/managed-by")
-            .map(String::as_str)
-            == Some("knit-operator")
-}
-
-/// Derived Services by the clusterset service they stand for.
-fn clusterset_vips(state: &ClusterState) -> BTreeMap<(&str, &str), &ServiceInfo> {
-    state
-        .services
-        .values()
-        .filter(|s| is_derived(s))
-        .filter_map(|s| {
-            Some((
-                (s.namespace.as_str(), s.labels.get(SERVICE_NAME_LABEL)?.as_str()),
-                s,
-            ))
-        })
-        .collect()
-}
-
-/// How a Service that only a `ServiceExport` exports takes part: exported,
-/// imported, no affinity (MCS has none).
-fn exported_by_service_export() -> ServicePolicy {
-    ServicePolicy {
-        export: true,
-        import: true,
-        affinity: knit_crds::Affinity::None,
-        clusters: None,
-        preferred_clusters: Vec::new(),
-        failover: knit_crds::Failover::default(),
-    }
-}
-
-/// The policy governing a Service: the oldest selecting GlobalServicePolicy
-/// of its namespace, else its Cilium annotations.
-pub fn service_policy(state: &ClusterState, service: &ServiceInfo) -> Option<ServicePolicy> {
-    let (ns, name) = (service.namespace.as_str(), service.name.as_str());
-    let governing = state
-        .policies
-        .values()
-        .filter(|p| {
-            p.metadata.namespace.as_deref().unwrap_or("default") == ns
-                && p.spec.selects(name, &service.labels)
-        })
-        .min_by_key(|p| {
-            (
-                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                p.metadata.name.clone(),
-            )
-        });
-    if let Some(p) = governing {
-        return Some(ServicePolicy::from(&p.spec));
-    }
-    policy_from_annotations(&service.annotations).unwrap_or_else(|e| {
-        tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "ignoring bad Cilium annotation");
-        None
-    })
 }
 
 fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &PodInfo) -> Labels {
@@ -325,25 +268,9 @@ fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &PodInfo) 
     labels
 }
 
-fn backends(slices: &[&EndpointSliceInfo]) -> Vec<Backend> {
-    let mut by_ip: BTreeMap<IpAddr, Backend> = BTreeMap::new();
-    for slice in slices {
-        for (ip, ready) in &slice.endpoints {
-            let entry = by_ip.entry(*ip).or_insert_with(|| Backend {
-                ip: *ip,
-                ports: BTreeMap::new(),
-                ready: *ready,
-            });
-            entry.ports.extend(slice.ports.clone());
-            entry.ready &= *ready;
-        }
-    }
-    by_ip.into_values().collect()
-}
-
 /// The record as JSON, in an allocation of its own size (the SyncStore
 /// holds every record until it is written).
-fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = serde_json::to_vec(value).unwrap_or_default();
     out.shrink_to_fit();
     out

@@ -14,11 +14,16 @@ use knit_kvstore::sync_store::SyncStore;
 use knit_telemetry::Health;
 use tracing::Instrument as _;
 
-use crate::export::{LocalCluster, export, local_prefix};
+use crate::export::{LocalCluster, local_prefix, plan};
 use crate::identity::IdentityAllocator;
 use crate::metrics::{Metrics, PeerDetail};
 use crate::{Error, Result, unix_now};
 use knit_sources::Source;
+
+/// Values the exporter lets the store hold before writing them: the
+/// initial export of a large cluster is written in parts of this size
+/// instead of all at once.
+const VALUES_PER_WRITE: usize = 2_000;
 
 /// Exporter settings.
 pub struct ExporterSettings {
@@ -82,7 +87,8 @@ pub async fn run_exporter<S: Source>(
                 records = tracing::field::Empty
             );
             async {
-                let exported = export(&settings.cluster, source.state(), &mut ids);
+                let plan = plan(&settings.cluster, source.state(), &mut ids);
+                let exported = plan.exported;
                 for kind in Kind::ALL {
                     let n = exported.counts.get(&kind).copied().unwrap_or_default();
                     metrics
@@ -93,14 +99,44 @@ pub async fn run_exporter<S: Source>(
                         })
                         .set(n as i64);
                 }
-                tracing::Span::current().record("records", exported.published.len());
-                let mut published = exported.published;
-                if synced {
-                    published.extend(canaries(&own, synced_at));
+                let records = exported.published.len()
+                    + [Kind::Endpoints, Kind::Services]
+                        .iter()
+                        .map(|k| exported.counts.get(k).copied().unwrap_or_default())
+                        .sum::<usize>();
+                tracing::Span::current().record("records", records);
+                let local = local_prefix();
+                store.begin_restate(&local);
+                store.begin_restate(&own);
+                for (key, value) in exported.published {
+                    store.set(key, value);
                 }
-                store.replace_prefix(&own, published);
-                store.replace_prefix(&local_prefix(), exported.local);
-                match store.flush().await {
+                if synced {
+                    for (key, value) in canaries(&own, synced_at) {
+                        store.set(key, value);
+                    }
+                }
+                let mut written = Ok(());
+                for (key, value) in plan.services.chain(plan.endpoints) {
+                    store.set(key, value);
+                    if store.pending_values() >= VALUES_PER_WRITE {
+                        written = store.flush_puts().await.map(drop);
+                        if written.is_err() {
+                            break;
+                        }
+                    }
+                }
+                // A pass cut short by a failed write gives up nothing: the
+                // retry states everything again.
+                let flushed = match written {
+                    Ok(()) => {
+                        store.end_restate(&own);
+                        store.end_restate(&local);
+                        store.flush().await
+                    }
+                    Err(e) => Err(e),
+                };
+                match flushed {
                     Ok(_) if !synced => {
                         for (k, v) in canaries(&own, synced_at) {
                             store.set(k, v);
@@ -118,6 +154,7 @@ pub async fn run_exporter<S: Source>(
                     Err(e) => {
                         metrics.export_failures.inc();
                         tracing::warn!(error = %knit_kvstore::error_chain(&e), "export write failed; retrying");
+                        pending = true;
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }

@@ -8,8 +8,6 @@
 //! turns annotations into the same [`ServicePolicy`] a policy yields, so the
 //! rest of Knit never looks at annotations.
 
-use std::collections::BTreeMap;
-
 use crate::{Affinity, Error, Failover, GlobalServicePolicySpec, Result};
 
 /// Marks a Service global (Cilium's annotation).
@@ -22,6 +20,10 @@ pub const SHARED: &str = "service.cilium.io/shared";
 pub const AFFINITY: &str = "service.cilium.io/affinity";
 /// Older spelling of [`AFFINITY`] that Cilium still honours.
 pub const AFFINITY_LEGACY: &str = "io.cilium/service-affinity";
+
+/// Every annotation [`policy_from_annotations`] reads: a reader may keep
+/// only these of a Service's annotations.
+pub const POLICY_ANNOTATIONS: [&str; 5] = [GLOBAL, GLOBAL_LEGACY, SHARED, AFFINITY, AFFINITY_LEGACY];
 
 /// How one Service takes part in the mesh, whatever declared it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +57,16 @@ impl From<&GlobalServicePolicySpec> for ServicePolicy {
 
 /// Reads the Cilium annotations of a Service. `Ok(None)` when the Service is
 /// not global; an error names the annotation and the values it accepts.
-pub fn policy_from_annotations(annotations: &BTreeMap<String, String>) -> Result<Option<ServicePolicy>> {
+pub fn policy_from_annotations<'a>(
+    annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<Option<ServicePolicy>> {
+    let mut found: [Option<&str>; POLICY_ANNOTATIONS.len()] = [None; POLICY_ANNOTATIONS.len()];
+    for (key, value) in annotations {
+        if let Some(i) = POLICY_ANNOTATIONS.iter().position(|a| *a == key.as_str()) {
+            found[i] = Some(value.as_str());
+        }
+    }
+    let annotations = Found(found);
     let global = match annotations.get(GLOBAL).or_else(|| annotations.get(GLOBAL_LEGACY)) {
         None => return Ok(None),
         Some(v) => parse_bool(GLOBAL, v)?,
@@ -96,6 +107,16 @@ pub fn policy_from_annotations(annotations: &BTreeMap<String, String>) -> Result
     }))
 }
 
+/// The policy annotations a Service carries, by name.
+struct Found<'a>([Option<&'a str>; POLICY_ANNOTATIONS.len()]);
+
+impl<'a> Found<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        let i = POLICY_ANNOTATIONS.iter().position(|a| *a == name)?;
+        self.0[i]
+    }
+}
+
 fn parse_bool(annotation: &'static str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" => Ok(true),
@@ -110,6 +131,8 @@ fn parse_bool(annotation: &'static str, value: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

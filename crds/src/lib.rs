@@ -12,7 +12,8 @@ mod global_service_policy;
 pub mod mcs;
 
 pub use annotations::{
-    AFFINITY, AFFINITY_LEGACY, GLOBAL, GLOBAL_LEGACY, SHARED, ServicePolicy, policy_from_annotations,
+    AFFINITY, AFFINITY_LEGACY, GLOBAL, GLOBAL_LEGACY, POLICY_ANNOTATIONS, SHARED, ServicePolicy,
+    policy_from_annotations,
 };
 pub use cluster_mesh_peer::{
     CLUSTER_NAME_PATTERN, ClusterMeshPeer, ClusterMeshPeerSpec, ClusterMeshPeerStatus, MAX_CLUSTER_ID,

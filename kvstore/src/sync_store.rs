@@ -28,6 +28,13 @@ use crate::backend::{EtcdBackend, Op, SyncBackend};
 use crate::keys::is_canary;
 use crate::{Result, fingerprint};
 
+/// A value's fingerprint, never zero, so an absent one takes no room.
+type Fingerprint = std::num::NonZeroU64;
+
+fn fingerprint_of(value: &[u8]) -> Fingerprint {
+    Fingerprint::new(fingerprint(value)).unwrap_or(Fingerprint::MIN)
+}
+
 /// Operations per etcd transaction (etcd's default limit is 128).
 const OPS_PER_TXN: usize = 100;
 /// Transactions in flight at once.
@@ -64,8 +71,10 @@ pub struct SyncStore<B: SyncBackend = EtcdBackend> {
 /// One key: what is desired and what etcd holds, as fingerprints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Entry {
-    desired: Option<u64>,
-    written: Option<u64>,
+    desired: Option<Fingerprint>,
+    written: Option<Fingerprint>,
+    /// Stated since the last [`SyncStore::begin_restate`] of its prefix.
+    stated: bool,
 }
 
 impl<B: SyncBackend> Drop for SyncStore<B> {
@@ -137,9 +146,13 @@ impl<B: SyncBackend> SyncStore<B> {
 
     /// Desires `key` = `value`.
     pub fn set(&mut self, key: String, value: Vec<u8>) {
-        let fp = fingerprint(&value);
-        let entry = self.entries.entry(key.clone()).or_default();
+        let fp = fingerprint_of(&value);
+        let entry = match self.entries.get_mut(key.as_str()) {
+            Some(entry) => entry,
+            None => self.entries.entry(key.clone()).or_default(),
+        };
         entry.desired = Some(fp);
+        entry.stated = true;
         if entry.written != Some(fp) {
             self.dirty.insert(key.clone());
             self.values.insert(key, value);
@@ -167,24 +180,54 @@ impl<B: SyncBackend> SyncStore<B> {
 
     /// Desires exactly `entries` under `prefix`.
     pub fn replace_prefix(&mut self, prefix: &str, entries: BTreeMap<String, Vec<u8>>) {
+        self.begin_restate(prefix);
+        for (key, value) in entries {
+            self.set(key, value);
+        }
+        self.end_restate(prefix);
+    }
+
+    /// Starts stating everything under `prefix` anew, in as many
+    /// [`SyncStore::set`]s (and [`SyncStore::flush_puts`]) as the owner
+    /// likes: [`SyncStore::end_restate`] then gives up the keys under it
+    /// that were not stated. Nothing is deleted in between, so a reader
+    /// never sees a true key vanish and come back.
+    pub fn begin_restate(&mut self, prefix: &str) {
+        for (_, entry) in self.under_mut(prefix) {
+            entry.stated = false;
+        }
+    }
+
+    /// Ends a restate begun by [`SyncStore::begin_restate`]: keys under
+    /// `prefix` not stated since are desired absent.
+    pub fn end_restate(&mut self, prefix: &str) {
         let stale: Vec<String> = self
-            .entries
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, e)| e.desired.is_some() && !entries.contains_key(*k))
+            .under_mut(prefix)
+            .filter(|(_, e)| e.desired.is_some() && !e.stated)
             .map(|(k, _)| k.clone())
             .collect();
         for key in stale {
             self.remove(&key);
         }
-        for (key, value) in entries {
-            let unchanged = self.entries.get(&key).is_some_and(|e| {
-                e.desired == Some(fingerprint(&value))
-                    && (e.written == e.desired || self.values.contains_key(&key))
-            });
-            if !unchanged {
-                self.set(key, value);
-            }
+    }
+
+    fn under_mut<'s>(
+        &'s mut self,
+        prefix: &'s str,
+    ) -> impl Iterator<Item = (&'s String, &'s mut Entry)> + 's {
+        self.entries
+            .range_mut::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// Values stated and not written yet: an owner stating a large set
+    /// calls [`SyncStore::flush_puts`] when this grows, so the values never
+    /// pile up.
+    pub fn pending_values(&self) -> usize {
+        if self.keep_values {
+            self.dirty.len()
+        } else {
+            self.values.len()
         }
     }
 
@@ -211,6 +254,41 @@ impl<B: SyncBackend> SyncStore<B> {
     /// Writes the difference. On error, what was written stays recorded and
     /// the rest is retried by the next flush.
     pub async fn flush(&mut self) -> Result<FlushReport> {
+        self.renew_lost_lease().await?;
+        if !self.cleaned {
+            for prefix in self.owned.clone() {
+                for key in self.backend.keys(&prefix).await? {
+                    let entry = self.entries.entry(key.clone()).or_default();
+                    if entry.written.is_none() {
+                        // Leftovers sit under an old lease: rewrite or delete every one.
+                        entry.written = Some(Fingerprint::MAX);
+                        self.dirty.insert(key);
+                    }
+                }
+            }
+            self.cleaned = true;
+        }
+        let mut report = self.write_phase(false, true).await?;
+        // A canary promises everything before it: not while a key waits
+        // for its value.
+        if !self.needs_values() {
+            let r = self.write_phase(true, true).await?;
+            report.puts += r.puts;
+            report.deletes += r.deletes;
+        }
+        Ok(report)
+    }
+
+    /// Writes the values stated so far, and nothing else: no deletes, no
+    /// canaries, no leftovers. The middle of a restate
+    /// ([`SyncStore::begin_restate`]) calls it to bound
+    /// [`SyncStore::pending_values`].
+    pub async fn flush_puts(&mut self) -> Result<FlushReport> {
+        self.renew_lost_lease().await?;
+        self.write_phase(false, false).await
+    }
+
+    async fn renew_lost_lease(&mut self) -> Result<()> {
         if self.lease_lost.swap(false, Ordering::Relaxed) {
             tracing::warn!("etcd lease lost; writing everything again under a new lease");
             self.keeper.abort();
@@ -226,59 +304,43 @@ impl<B: SyncBackend> SyncStore<B> {
             });
             self.dirty = self.entries.keys().cloned().collect();
         }
-        if !self.cleaned {
-            for prefix in self.owned.clone() {
-                for key in self.backend.keys(&prefix).await? {
-                    let entry = self.entries.entry(key.clone()).or_default();
-                    if entry.written.is_none() {
-                        // Leftovers sit under an old lease: rewrite or delete every one.
-                        entry.written = Some(u64::MAX);
-                        self.dirty.insert(key);
+        Ok(())
+    }
+
+    /// Writes the dirty canaries, or the dirty other keys; deletes too
+    /// when `deletes`.
+    async fn write_phase(&mut self, canaries: bool, deletes: bool) -> Result<FlushReport> {
+        let keep = self.keep_values;
+        let mut ops: Vec<Op> = Vec::new();
+        for k in self.dirty.iter().filter(|k| is_canary(k) == canaries) {
+            let Some(e) = self.entries.get(k) else { continue };
+            match e.desired {
+                // Without kept values the value moves into the write.
+                Some(fp) if e.written != Some(fp) => {
+                    let value = if keep {
+                        self.values.get(k).cloned()
+                    } else {
+                        self.values.remove(k)
+                    };
+                    if let Some(v) = value {
+                        ops.push((k.clone(), Some(v)));
                     }
                 }
+                Some(_) => {}
+                None if deletes && e.written.is_some() => ops.push((k.clone(), None)),
+                None => {}
             }
-            self.cleaned = true;
         }
-        let mut report = FlushReport::default();
-        for canaries in [false, true] {
-            // A canary promises everything before it: not while a key
-            // waits for its value.
-            if canaries && self.needs_values() {
-                break;
-            }
-            let keep = self.keep_values;
-            let mut ops: Vec<Op> = Vec::new();
-            for k in self.dirty.iter().filter(|k| is_canary(k) == canaries) {
-                let Some(e) = self.entries.get(k) else { continue };
-                match e.desired {
-                    // Without kept values the value moves into the write.
-                    Some(fp) if e.written != Some(fp) => {
-                        let value = if keep {
-                            self.values.get(k).cloned()
-                        } else {
-                            self.values.remove(k)
-                        };
-                        if let Some(v) = value {
-                            ops.push((k.clone(), Some(v)));
-                        }
-                    }
-                    Some(_) => {}
-                    None if e.written.is_some() => ops.push((k.clone(), None)),
-                    None => {}
-                }
-            }
-            let r = self.apply(ops).await?;
-            report.puts += r.puts;
-            report.deletes += r.deletes;
-            let entries = &self.entries;
-            let values = &self.values;
-            self.dirty.retain(|k| {
-                is_canary(k) != canaries
-                    || entries.get(k.as_str()).is_some_and(|e| {
-                        e.desired.is_some() && e.written != e.desired && !values.contains_key(k.as_str())
-                    })
-            });
-        }
+        let report = self.apply(ops).await?;
+        let entries = &self.entries;
+        let values = &self.values;
+        self.dirty.retain(|k| {
+            is_canary(k) != canaries
+                || entries.get(k.as_str()).is_some_and(|e| {
+                    (e.desired.is_some() && e.written != e.desired && !values.contains_key(k.as_str()))
+                        || (!deletes && e.desired.is_none() && e.written.is_some())
+                })
+        });
         Ok(report)
     }
 
@@ -293,9 +355,9 @@ impl<B: SyncBackend> SyncStore<B> {
         let mut results = futures::stream::iter(chunks.into_iter().map(|chunk| {
             let backend = backend.clone();
             async move {
-                let done: Vec<(String, Option<u64>)> = chunk
+                let done: Vec<(String, Option<Fingerprint>)> = chunk
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.as_deref().map(fingerprint)))
+                    .map(|(k, v)| (k.clone(), v.as_deref().map(fingerprint_of)))
                     .collect();
                 (done, backend.apply(chunk, lease).await)
             }
@@ -448,6 +510,39 @@ mod tests {
         assert_eq!(txns.len(), 2, "records, then canaries: {txns:?}");
         assert_eq!(txns[0], vec![(service, Some(b"{}".to_vec()))]);
         assert_eq!(txns[1], vec![(canary, Some(b"1".to_vec()))]);
+    }
+
+    #[tokio::test]
+    async fn a_restate_in_parts_writes_as_it_goes_and_deletes_only_at_the_end() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap();
+        store.replace_prefix(P, desired(10, "v"));
+        store.flush().await.unwrap();
+
+        // Restate n000..n004 changed, in two parts; n005..n009 are gone.
+        store.begin_restate(P);
+        for i in 0..3 {
+            store.set(format!("{P}nodes/n{i:03}"), b"w".to_vec());
+        }
+        assert_eq!(store.pending_values(), 3);
+        let report = store.flush_puts().await.unwrap();
+        assert_eq!((report.puts, report.deletes), (3, 0));
+        assert_eq!(store.pending_values(), 0, "written values are let go");
+        assert_eq!(memory.dump().len(), 11, "nothing deleted mid-restate");
+        for i in 3..5 {
+            store.set(format!("{P}nodes/n{i:03}"), b"w".to_vec());
+        }
+        store.set(format!("{P}synced/nodes"), b"1".to_vec());
+        store.end_restate(P);
+        let report = store.flush().await.unwrap();
+        assert_eq!((report.puts, report.deletes), (2, 5));
+        let expected: BTreeMap<String, Vec<u8>> = (0..5)
+            .map(|i| (format!("{P}nodes/n{i:03}"), b"w".to_vec()))
+            .chain([(format!("{P}synced/nodes"), b"1".to_vec())])
+            .collect();
+        assert_eq!(memory.dump(), expected);
     }
 
     #[tokio::test]

@@ -26,10 +26,44 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 struct FileEntry {
     stamp: Option<(u64, SystemTime, u64)>,
-    keys: Vec<(Slot, String)>,
+    keys: ObjectKeys,
 }
 
-/// Which map of the state an object lives in.
+/// The objects one file contributed, in one string (`<slot><key>\n` per
+/// object): a file of a thousand pods would otherwise keep a thousand
+/// small allocations beside the pods themselves.
+#[derive(Clone, Debug, Default)]
+struct ObjectKeys(String);
+
+impl ObjectKeys {
+    fn push(&mut self, (slot, key): (Slot, String)) {
+        self.0.push(char::from(b'a' + slot as u8));
+        self.0.push_str(&key);
+        self.0.push('\n');
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Slot, &str)> {
+        self.0.lines().filter_map(|line| {
+            let slot = *SLOTS.get(usize::from(line.as_bytes().first()?.checked_sub(b'a')?))?;
+            Some((slot, &line[1..]))
+        })
+    }
+}
+
+/// Every [`Slot`], in declaration order.
+const SLOTS: [Slot; 9] = [
+    Slot::Node,
+    Slot::Pod,
+    Slot::Namespace,
+    Slot::Service,
+    Slot::EndpointSlice,
+    Slot::NetworkPolicy,
+    Slot::Policy,
+    Slot::ServiceExport,
+    Slot::CiliumPolicy,
+];
+
+/// Which map of the state an object lives in (names cannot hold a newline).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     Node,
@@ -157,7 +191,11 @@ impl DirectorySource {
             Ok(objects) => {
                 self.errors.remove(path);
                 self.forget(path);
-                let keys = objects.into_iter().map(|o| insert(&mut self.state, o)).collect();
+                let mut keys = ObjectKeys::default();
+                for object in objects {
+                    keys.push(insert(&mut self.state, object));
+                }
+                keys.0.shrink_to_fit();
                 self.files.insert(path.to_owned(), FileEntry { stamp, keys });
                 true
             }
@@ -176,18 +214,18 @@ impl DirectorySource {
         let Some(entry) = self.files.remove(path) else {
             return;
         };
-        for (slot, key) in entry.keys {
+        for (slot, key) in entry.keys.iter() {
             let s = &mut self.state;
             match slot {
-                Slot::Node => drop(s.nodes.remove(&key)),
-                Slot::Pod => drop(s.pods.remove(&key)),
-                Slot::Namespace => drop(s.namespaces.remove(&key)),
-                Slot::Service => drop(s.services.remove(&key)),
-                Slot::EndpointSlice => drop(s.endpoint_slices.remove(&key)),
-                Slot::NetworkPolicy => drop(s.network_policies.remove(&key)),
-                Slot::Policy => drop(s.policies.remove(&key)),
-                Slot::ServiceExport => drop(s.service_exports.remove(&key)),
-                Slot::CiliumPolicy => drop(s.cilium_policies.remove(&key)),
+                Slot::Node => drop(s.nodes.remove(key)),
+                Slot::Pod => drop(s.pods.remove(key)),
+                Slot::Namespace => drop(s.namespaces.remove(key)),
+                Slot::Service => drop(s.services.remove(key)),
+                Slot::EndpointSlice => drop(s.endpoint_slices.remove(key)),
+                Slot::NetworkPolicy => drop(s.network_policies.remove(key)),
+                Slot::Policy => drop(s.policies.remove(key)),
+                Slot::ServiceExport => drop(s.service_exports.remove(key)),
+                Slot::CiliumPolicy => drop(s.cilium_policies.remove(key)),
             }
         }
     }

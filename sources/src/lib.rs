@@ -268,8 +268,10 @@ pub struct ServiceInfo {
     pub name: String,
     /// Labels (GlobalServicePolicy selectors match them).
     pub labels: BTreeMap<String, String>,
-    /// Annotations (the Cilium-style ones make a Service global).
-    pub annotations: BTreeMap<String, String>,
+    /// The Cilium-style annotations that make a Service global
+    /// ([`knit_crds::POLICY_ANNOTATIONS`]); the others are
+    /// not kept.
+    pub annotations: Vec<(String, String)>,
     /// Ports.
     pub ports: Vec<ServicePort>,
     /// ClusterIPs (none for headless Services).
@@ -310,7 +312,13 @@ impl From<Service> for ServiceInfo {
             namespace: service.metadata.namespace.unwrap_or_else(|| "default".into()),
             name: service.metadata.name.unwrap_or_default(),
             labels: service.metadata.labels.unwrap_or_default(),
-            annotations: service.metadata.annotations.unwrap_or_default(),
+            annotations: service
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| knit_crds::POLICY_ANNOTATIONS.contains(&k.as_str()))
+                .collect(),
             ports,
             cluster_ips,
         }
@@ -326,8 +334,8 @@ pub struct EndpointSliceInfo {
     pub name: String,
     /// The Service it belongs to (`kubernetes.io/service-name`).
     pub service: String,
-    /// Target port per port name.
-    pub ports: BTreeMap<String, u16>,
+    /// Target port per port name (a slice has a handful).
+    pub ports: Vec<(String, u16)>,
     /// Addresses and whether each is ready.
     pub endpoints: Vec<(IpAddr, bool)>,
 }
@@ -340,13 +348,16 @@ impl From<EndpointSlice> for EndpointSliceInfo {
             .as_ref()
             .and_then(|l| l.get("kubernetes.io/service-name").cloned())
             .unwrap_or_default();
-        let ports = slice
+        let mut ports: Vec<(String, u16)> = slice
             .ports
             .iter()
             .flatten()
             .filter_map(|p| Some((p.name.clone().unwrap_or_default(), u16::try_from(p.port?).ok()?)))
             .collect();
-        let endpoints = slice
+        ports.sort();
+        ports.dedup_by(|a, b| a.0 == b.0);
+        ports.shrink_to_fit();
+        let mut endpoints: Vec<(IpAddr, bool)> = slice
             .endpoints
             .iter()
             .flat_map(|e| {
@@ -356,6 +367,7 @@ impl From<EndpointSlice> for EndpointSliceInfo {
                     .filter_map(move |a| Some((a.parse().ok()?, ready)))
             })
             .collect();
+        endpoints.shrink_to_fit();
         Self {
             namespace: slice.metadata.namespace.unwrap_or_else(|| "default".into()),
             name: slice.metadata.name.unwrap_or_default(),

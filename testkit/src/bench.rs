@@ -12,11 +12,13 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// The churn rates to measure, in updates per second:
-/// `KNIT_BENCH_CHURN_RATES` (comma-separated), default 200 and 1,000.
+/// `KNIT_BENCH_CHURN_RATES` (comma-separated; empty measures no churn),
+/// default 200 and 1,000.
 pub fn churn_rates() -> Vec<f64> {
     std::env::var("KNIT_BENCH_CHURN_RATES")
         .unwrap_or_else(|_| "200,1000".into())
         .split(',')
+        .filter(|r| !r.trim().is_empty())
         .map(|r| {
             r.trim()
                 .parse()
@@ -35,10 +37,19 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 /// Resident memory of process `pid` in KiB (0 when it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The most resident memory process `pid` has had, in KiB (0 when it is gone).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_default()
 }
@@ -57,6 +68,8 @@ mod tests {
 
     #[test]
     fn this_process_has_resident_memory() {
-        assert!(rss_kib(std::process::id()) > 0);
+        let pid = std::process::id();
+        assert!(rss_kib(pid) > 0);
+        assert!(peak_rss_kib(pid) >= rss_kib(pid));
     }
 }
