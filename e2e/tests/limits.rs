@@ -1,6 +1,7 @@
 //! A peer that publishes more than its limits allows harms nobody else:
 //! records beyond the cap are refused and counted, this cluster's own
-//! services and the peer's real pods keep working.
+//! services and the peer's real pods keep working, also while the mirror
+//! restarts for the new limits.
 
 use std::net::Ipv4Addr;
 
@@ -22,6 +23,11 @@ fn a_peer_over_its_limit_harms_nobody_else() {
     let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
     let vip = Ipv4Addr::new(10, 96, 1, 50);
     mesh.deploy_service(A, &GlobalService::web(vip, vec![web_a]));
+    // b's pod answers before anything changes (a's agent has learned b).
+    let web_b_ip = mesh.pod(web_b).ip;
+    mesh.wait_for_hits("b's pod to be reachable from a", client, web_b_ip, false, |h| {
+        h.names.get("cluster-b/web-b") == Some(&40)
+    });
 
     // a allows b 100 endpoints; b publishes 400 more (on a simulated node).
     mesh.limit_peer(
@@ -54,22 +60,36 @@ fn a_peer_over_its_limit_harms_nobody_else() {
     }
     mesh.write_manifest(B, "bulk.yaml", &bulk);
 
-    mesh.wait_until(
-        "a to refuse b's endpoints over the limit",
-        std::time::Duration::from_secs(60),
-        || {
-            mesh.status_report(A).is_some_and(|r| {
-                r.peers.iter().any(|p| {
-                    p.rejected.get("over_limit").is_some_and(|n| *n >= 300)
-                        && p.counts.get(&knit_kvstore::keys::Kind::Endpoints) == Some(&100)
-                })
+    // While a's mirror of b restarts for the new limits and b floods it,
+    // b's pod never stops answering.
+    let refused = |mesh: &LocalMesh| {
+        mesh.status_report(A).is_some_and(|r| {
+            r.peers.iter().any(|p| {
+                p.rejected.get("over_limit").is_some_and(|n| *n >= 300)
+                    && p.counts.get(&knit_kvstore::keys::Kind::Endpoints) == Some(&100)
             })
-        },
-    );
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut rounds = 0;
+    while rounds < 10 || !refused(&mesh) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never refused b's endpoints over the limit\n{}",
+            mesh.logs()
+        );
+        let during = mesh.hits(client, web_b_ip, 10, false);
+        assert_eq!(
+            during.names.get("cluster-b/web-b"),
+            Some(&10),
+            "round {rounds}: {during:?}"
+        );
+        rounds += 1;
+    }
     // a's own service, and b's real pod (routed by its node's pod CIDR
     // even if its endpoint record was over the limit), still answer.
     let own = mesh.hits(client, vip, 40, false);
     assert_eq!(own.names.get("cluster-a/web"), Some(&40), "{own:?}");
-    let peer = mesh.hits(client, mesh.pod(web_b).ip, 20, false);
+    let peer = mesh.hits(client, web_b_ip, 20, false);
     assert_eq!(peer.names.get("cluster-b/web-b"), Some(&20), "{peer:?}");
 }
