@@ -19,7 +19,6 @@ use etcd_client::Client;
 use knit_kvstore::backend::SyncBackend;
 use knit_kvstore::keys::{Kind, RelativeKey, cache_prefix, cluster_prefix, mesh_status_key};
 use knit_kvstore::records::{PeerStatusRecord, ServiceRecord};
-use knit_kvstore::shared_lease::SharedLeaseBackend;
 use knit_kvstore::sync_store::SyncStore;
 use knit_kvstore::validate::{PeerValidator, Rejection};
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
@@ -44,8 +43,6 @@ pub struct MeshSettings {
 /// Runs the mirrors of every peer config (`*.yaml`) in `dir`, adding and
 /// removing mirrors as files appear and disappear.
 pub async fn run_mesh(local: Client, dir: PathBuf, settings: MeshSettings) {
-    // Every mirror writes under one lease, kept alive by one stream.
-    let lease = SharedLeaseBackend::new(local.clone());
     let mut running: BTreeMap<PathBuf, (EtcdClientConfig, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     // Removed peers whose mirror is still to be deleted (retried until done).
     let mut to_delete: BTreeSet<String> = BTreeSet::new();
@@ -89,7 +86,7 @@ pub async fn run_mesh(local: Client, dir: PathBuf, settings: MeshSettings) {
             if let Some(peer) = &config.peer {
                 to_delete.remove(&peer.cluster_name);
             }
-            let task = tokio::spawn(mirror_peer_under(lease.clone(), config.clone(), settings.clone()));
+            let task = tokio::spawn(mirror_peer(local.clone(), config.clone(), settings.clone()));
             running.insert(path, (config, task));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -152,14 +149,8 @@ fn limit(limits: &knit_crds::PeerLimits, kind: Kind) -> u32 {
     }
 }
 
-/// Mirrors one peer until aborted, under a lease of its own.
+/// Mirrors one peer until aborted.
 pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: MeshSettings) {
-    mirror_peer_under(SharedLeaseBackend::new(local), config, settings).await;
-}
-
-/// Mirrors one peer until aborted, writing through `local` (whose lease
-/// the other mirrors share).
-pub async fn mirror_peer_under(local: SharedLeaseBackend, config: EtcdClientConfig, settings: MeshSettings) {
     let Some(identity) = config.peer.clone() else {
         return;
     };
@@ -169,7 +160,7 @@ pub async fn mirror_peer_under(local: SharedLeaseBackend, config: EtcdClientConf
         // The cache prefix is owned (leftovers deleted) only once the peer
         // has been listed completely: until then a leftover of an earlier
         // run may still be true, and deleting it would withdraw it.
-        match SyncStore::with_backend(local.clone(), Vec::new(), settings.lease_ttl_secs).await {
+        match SyncStore::new(local.clone(), Vec::new(), settings.lease_ttl_secs).await {
             Ok(s) => break s.keep_values(),
             Err(e) => {
                 tracing::warn!(%peer, error = %knit_kvstore::error_chain(&e), "local etcd not ready for the mirror");

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use etcd_client::GetOptions;
 use knit_e2e::TestCluster;
 use knit_kvstore::etcd;
-use knit_kvstore::shared_lease::SharedLeaseBackend;
 use knit_kvstore::sync_store::SyncStore;
 use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use tokio::sync::mpsc;
@@ -131,62 +130,6 @@ async fn sync_store_skips_unchanged_writes_canaries_last_and_survives_a_lost_lea
         assert!(
             Instant::now() < deadline,
             "the store never rewrote its keys after losing the lease ({n} keys)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mirrors_share_one_lease_and_all_rewrite_when_it_is_lost() {
-    let mut cluster = TestCluster::new("s", 9);
-    cluster.start_etcd();
-    let client = cluster.admin().await;
-    let shared = SharedLeaseBackend::new(client.clone());
-    let prefixes = ["knit/v1/cache/p1/", "knit/v1/cache/p2/", "knit/v1/cache/p3/"];
-    let mut stores = Vec::new();
-    for prefix in prefixes {
-        let mut store = SyncStore::with_backend(shared.clone(), Vec::new(), 5)
-            .await
-            .unwrap()
-            .keep_values();
-        store.set(format!("{prefix}nodes/n1"), b"v".to_vec());
-        store.flush().await.unwrap();
-        stores.push(store);
-    }
-    let mut c = client.clone();
-    let leases = |c: &mut etcd_client::Client| {
-        let mut c = c.clone();
-        async move {
-            let got = c
-                .get("knit/v1/cache/", Some(GetOptions::new().with_prefix()))
-                .await
-                .unwrap();
-            got.kvs().iter().map(|kv| kv.lease()).collect::<Vec<i64>>()
-        }
-    };
-    let first = leases(&mut c).await;
-    assert_eq!(first.len(), 3);
-    assert!(
-        first[0] != 0 && first.iter().all(|l| *l == first[0]),
-        "one lease: {first:?}"
-    );
-
-    // The lease is lost: every key goes, every store notices, and all of
-    // them rewrite under one new lease.
-    c.lease_revoke(first[0]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        for store in &mut stores {
-            store.flush().await.unwrap();
-        }
-        let now = leases(&mut c).await;
-        if now.len() == 3 {
-            assert!(now.iter().all(|l| *l == now[0]) && now[0] != first[0], "{now:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stores never rewrote their keys: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -90,15 +90,45 @@ impl EtcdBackend {
 
 impl SyncBackend for EtcdBackend {
     async fn grant(&self, ttl: i64, lost: Arc<AtomicBool>) -> Result<(i64, tokio::task::JoinHandle<()>)> {
-        let lease = self
-            .0
-            .lease_client()
+        let mut leases = self.0.lease_client();
+        let lease = leases
             .grant(ttl, None)
             .await
             .map_err(etcd("granting lease"))?
             .id();
-        let keeper = keep_alive(self.0.clone(), lease, ttl, move || {
-            lost.store(true, Ordering::Relaxed)
+        let keeper = tokio::spawn(async move {
+            let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+            loop {
+                let outcome = async {
+                    let (mut keeper, mut responses) = leases.keep_alive(lease).await?;
+                    loop {
+                        keeper.keep_alive().await?;
+                        match responses.message().await? {
+                            Some(r) if r.ttl() > 0 => {}
+                            _ => return Ok::<bool, etcd_client::Error>(true),
+                        }
+                        tokio::time::sleep(period).await;
+                    }
+                }
+                .await;
+                match outcome {
+                    Ok(true) => {
+                        lost.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "lease keepalive failed; retrying");
+                        tokio::time::sleep(period).await;
+                        if let Ok(r) = leases.time_to_live(lease, None).await
+                            && r.ttl() <= 0
+                        {
+                            lost.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }
         });
         Ok((lease, keeper))
     }
@@ -133,49 +163,7 @@ impl SyncBackend for EtcdBackend {
     }
 }
 
-/// Keeps `lease` alive until aborted; calls `lost` once it is gone for
-/// good (expired, revoked, etcd restarted empty).
-pub(crate) fn keep_alive(
-    client: Client,
-    lease: i64,
-    ttl: i64,
-    lost: impl FnOnce() + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    let mut leases = client.lease_client();
-    tokio::spawn(async move {
-        let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
-        loop {
-            let outcome = async {
-                let (mut keeper, mut responses) = leases.keep_alive(lease).await?;
-                loop {
-                    keeper.keep_alive().await?;
-                    match responses.message().await? {
-                        Some(r) if r.ttl() > 0 => {}
-                        _ => return Ok::<bool, etcd_client::Error>(true),
-                    }
-                    tokio::time::sleep(period).await;
-                }
-            }
-            .await;
-            match outcome {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "lease keepalive failed; retrying");
-                    tokio::time::sleep(period).await;
-                    if let Ok(r) = leases.time_to_live(lease, None).await
-                        && r.ttl() <= 0
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        lost();
-    })
-}
-
-pub(crate) fn etcd(action: &'static str) -> impl Fn(etcd_client::Error) -> Error {
+fn etcd(action: &'static str) -> impl Fn(etcd_client::Error) -> Error {
     move |source| Error::Etcd {
         action: action.into(),
         source,

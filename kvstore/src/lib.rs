@@ -18,7 +18,6 @@ pub mod drain;
 pub mod etcd;
 pub mod keys;
 pub mod records;
-pub mod shared_lease;
 pub mod sync_store;
 pub mod validate;
 pub mod watch_store;
