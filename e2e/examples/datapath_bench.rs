@@ -452,7 +452,8 @@ fn main() {
 
     let mut programming: BTreeMap<(&str, usize), Duration> = BTreeMap::new();
     let mut one_change: BTreeMap<(&str, usize), Duration> = BTreeMap::new();
-    let mut progress = knit_e2e::progress::Progress::new("datapath", sizes.len() * 2 + 3);
+    // knit and iptables at every size, nftables five times (below).
+    let mut progress = knit_e2e::progress::Progress::new("datapath", sizes.len() * 2 + 5);
     let knit = node("k", &cgroups, &bins, &logs, true);
     let node_cg = cgroups.dir("k");
     let pin_dir = bpffs.path().join("k");
