@@ -59,11 +59,12 @@ pub struct Exported {
     pub skipped_pods: Vec<String>,
 }
 
-/// One export, the endpoint records (nearly all of a large cluster's
-/// records) still to be rendered: the exporter writes them in parts, so a
-/// cluster's whole record set never sits in memory at once.
+/// One export, the service and endpoint records (nearly all of a large
+/// cluster's records) still to be rendered: the exporter writes them in
+/// parts, so a cluster's whole record set never sits in memory at once.
 pub struct ExportPlan<'a> {
-    /// Everything but the endpoint records; `counts` counts them too.
+    /// Config, nodes and identities (`local` stays empty); `counts` counts
+    /// the service and endpoint records too.
     pub exported: Exported,
     /// The service records, published and local, rendered as they are taken.
     pub services: ServiceRecords<'a>,
@@ -75,8 +76,9 @@ pub struct ExportPlan<'a> {
 pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAllocator) -> Exported {
     let plan = plan(cluster, state, ids);
     let mut out = plan.exported;
+    let local = local_prefix();
     for (key, value) in plan.services {
-        if key.starts_with(&local_prefix()) {
+        if key.starts_with(&local) {
             out.local.insert(key, value);
         } else {
             out.published.insert(key, value);
