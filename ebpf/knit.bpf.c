@@ -354,12 +354,16 @@ static __always_inline void served_from_stack(const struct flow *f)
 }
 
 /* Whether a packet towards a local pod answers a flow the pod opened into
- * the host stack (which may have translated it). */
+ * the host stack (which may have translated it). A port stays remembered
+ * as long as the LRU keeps it, and the pod opens later flows from the same
+ * port (a connect to a Service before the socket LB knew it leaves the
+ * port marked). A reply whose exact tuple the pod itself sent is no
+ * translated reply: it is delivered directly, whatever the port's mark. */
 static __always_inline int answers_stack_flow(const struct flow *f)
 {
 	struct stack_flow_key k = {.addr = f->daddr, .port = f->dport, .proto = f->proto};
 	__u8 *v = bpf_map_lookup_elem(&knit_stack_flows, &k);
-	return v && *v == STACK_FLOW_OPENED;
+	return v && *v == STACK_FLOW_OPENED && !ct_has(f, 1, CT_F_EGRESS);
 }
 
 static __always_inline __u32 identity_of(__u32 addr, __u32 fallback)

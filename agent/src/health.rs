@@ -3,16 +3,28 @@
 //! tunnel endpoints), as cilium-health does, so failover follows the data
 //! plane rather than the control plane.
 //!
-//! - Every agent answers probes on UDP [`HEALTH_PORT`] (echo).
+//! - Every agent answers probes on UDP [`HEALTH_PORT`] (echo, to the
+//!   prober's address and port).
 //! - Every agent probes the tunnel endpoints of every other node it
 //!   routes to, local cluster and peers, once per interval. To scale to
 //!   hundreds of clusters, at most [`MAX_PROBES_PER_ROUND`] are sent per
 //!   round, round-robin over the targets; a node unprobed so far counts as
 //!   healthy.
 //! - A node fails after [`FAILURES_TO_DOWN`] unanswered probes in a row and
-//!   is healthy again at its next answer.
+//!   is healthy again at its next answer. A failing node is probed every
+//!   [`FAILING_PROBE_EVERY`] rounds only.
 //!
-//! The [`Tracker`] is pure; [`run`] owns the socket. Its output, the set
+//! Nothing here ever waits for the network. A probe to a node that is gone
+//! waits in the kernel's neighbour queue until ARP gives up (3 s), charged
+//! to the sending socket: with dozens of dead nodes the send buffer fills.
+//! Awaiting that buffer stalled the prober for seconds, so it neither
+//! probed nor answered and live nodes on both sides were flagged failing.
+//! So answers leave from their own socket (the one on [`HEALTH_PORT`]),
+//! probes to healthy and to failing nodes from two others (ephemeral
+//! ports), every send is `try_send_to`, and a probe the kernel cannot take
+//! now is not sent this round rather than counted as missed.
+//!
+//! The [`Tracker`] is pure; [`run`] owns the sockets. Its output, the set
 //! of failing tunnel endpoints, feeds the render, which drops backends on
 //! failing nodes while others remain (`crate::render`).
 
@@ -22,6 +34,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 
 /// UDP port of the health echo (next to VXLAN's 8472).
 pub const HEALTH_PORT: u16 = 8471;
@@ -29,30 +42,40 @@ pub const HEALTH_PORT: u16 = 8471;
 pub const FAILURES_TO_DOWN: u32 = 3;
 /// Probes sent per round at most.
 pub const MAX_PROBES_PER_ROUND: usize = 2000;
+/// A failing node is probed in one round out of this many.
+pub const FAILING_PROBE_EVERY: u64 = 4;
 
 /// Probe outcomes per target.
 #[derive(Debug, Default)]
 pub struct Tracker {
     missed: BTreeMap<IpAddr, u32>,
     cursor: usize,
+    round: u64,
 }
 
 impl Tracker {
     /// The targets to probe this round: at most `max`, continuing where
-    /// the last round stopped. Forgets targets no longer listed.
+    /// the last round stopped; failing targets only every
+    /// [`FAILING_PROBE_EVERY`] rounds. Forgets targets no longer listed.
     pub fn next_round(&mut self, targets: &BTreeSet<IpAddr>, max: usize) -> Vec<IpAddr> {
         self.missed.retain(|ip, _| targets.contains(ip));
-        if targets.is_empty() {
+        let failing_due = self.round.is_multiple_of(FAILING_PROBE_EVERY);
+        self.round += 1;
+        let all: Vec<IpAddr> = targets
+            .iter()
+            .copied()
+            .filter(|ip| failing_due || !self.is_failing(ip))
+            .collect();
+        if all.is_empty() {
             return Vec::new();
         }
-        let all: Vec<IpAddr> = targets.iter().copied().collect();
         let n = max.min(all.len());
         let start = self.cursor % all.len();
         self.cursor = (start + n) % all.len();
         (0..n).map(|i| all[(start + i) % all.len()]).collect()
     }
 
-    /// Records a round: `probed` were asked, `answered` replied.
+    /// Records a round: `probed` were sent, `answered` replied.
     pub fn record(&mut self, probed: &[IpAddr], answered: &BTreeSet<IpAddr>) {
         for ip in probed {
             let missed = self.missed.entry(*ip).or_default();
@@ -62,6 +85,11 @@ impl Tracker {
                 *missed = missed.saturating_add(1);
             }
         }
+    }
+
+    /// Whether `ip` is failing now.
+    pub fn is_failing(&self, ip: &IpAddr) -> bool {
+        self.missed.get(ip).is_some_and(|n| *n >= FAILURES_TO_DOWN)
     }
 
     /// Targets failing now.
@@ -95,13 +123,13 @@ pub async fn run(
     failing: watch::Sender<BTreeSet<IpAddr>>,
 ) {
     loop {
-        match UdpSocket::bind(("0.0.0.0", port)).await {
-            Ok(socket) => {
-                if let Err(e) = serve(&socket, port, interval, &targets, &failing).await {
+        match Sockets::bind(port).await {
+            Ok(sockets) => {
+                if let Err(e) = serve(&sockets, port, interval, &targets, &failing).await {
                     tracing::warn!(error = %e, "health prober failed; restarting");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, port, "cannot bind the health port; retrying"),
+            Err(e) => tracing::warn!(error = %e, port, "cannot bind the health sockets; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -110,31 +138,66 @@ pub async fn run(
 const PROBE: &[u8] = b"knit-health?";
 const ANSWER: &[u8] = b"knit-health!";
 
+/// The prober's sockets: answers, probes to healthy nodes, probes to
+/// failing ones (see the module doc for why three).
+struct Sockets {
+    answers: UdpSocket,
+    healthy: UdpSocket,
+    failing: UdpSocket,
+}
+
+impl Sockets {
+    async fn bind(port: u16) -> std::io::Result<Self> {
+        Ok(Self {
+            answers: UdpSocket::bind(("0.0.0.0", port)).await?,
+            healthy: UdpSocket::bind(("0.0.0.0", 0)).await?,
+            failing: UdpSocket::bind(("0.0.0.0", 0)).await?,
+        })
+    }
+}
+
+/// What a datagram asks of the prober.
+fn received(datagram: &[u8], from: SocketAddr, answers: &UdpSocket, answered: &mut BTreeSet<IpAddr>) {
+    match datagram {
+        // An answer that cannot leave now is a miss for the prober.
+        PROBE => {
+            let _ = answers.try_send_to(ANSWER, from);
+        }
+        ANSWER => {
+            answered.insert(from.ip());
+        }
+        _ => {}
+    }
+}
+
 async fn serve(
-    socket: &UdpSocket,
+    sockets: &Sockets,
     port: u16,
     interval: Duration,
     targets: &watch::Receiver<BTreeSet<IpAddr>>,
     failing: &watch::Sender<BTreeSet<IpAddr>>,
 ) -> std::io::Result<()> {
     let mut tracker = Tracker::default();
-    let mut buf = [0u8; 64];
+    let (mut a, mut h, mut f) = ([0u8; 64], [0u8; 64], [0u8; 64]);
     let mut tick = tokio::time::interval(interval);
+    // After a stall, one round, not a burst of rounds that record probes
+    // nobody had time to answer.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probed: Vec<IpAddr> = Vec::new();
     let mut answered: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
         tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let (n, from) = received?;
-                match &buf[..n] {
-                    PROBE => {
-                        let _ = socket.send_to(ANSWER, from).await;
-                    }
-                    ANSWER => {
-                        answered.insert(from.ip());
-                    }
-                    _ => {}
-                }
+            r = sockets.answers.recv_from(&mut a) => {
+                let (n, from) = r?;
+                received(&a[..n], from, &sockets.answers, &mut answered);
+            }
+            r = sockets.healthy.recv_from(&mut h) => {
+                let (n, from) = r?;
+                received(&h[..n], from, &sockets.answers, &mut answered);
+            }
+            r = sockets.failing.recv_from(&mut f) => {
+                let (n, from) = r?;
+                received(&f[..n], from, &sockets.answers, &mut answered);
             }
             _ = tick.tick() => {
                 tracker.record(&probed, &answered);
@@ -146,10 +209,14 @@ async fn serve(
                 });
                 answered.clear();
                 let current = targets.borrow().clone();
-                probed = tracker.next_round(&current, MAX_PROBES_PER_ROUND);
-                for ip in &probed {
-                    // A send error (no route) is a missed answer.
-                    let _ = socket.send_to(PROBE, SocketAddr::new(*ip, port)).await;
+                probed.clear();
+                for ip in tracker.next_round(&current, MAX_PROBES_PER_ROUND) {
+                    let socket = if tracker.is_failing(&ip) { &sockets.failing } else { &sockets.healthy };
+                    match socket.try_send_to(PROBE, SocketAddr::new(ip, port)) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        // Sent, or refused (no route): answered or missed.
+                        _ => probed.push(ip),
+                    }
                 }
             }
         }
@@ -179,13 +246,31 @@ mod tests {
                 "round {round}"
             );
         }
+        // A failing node is left out of the next rounds but one in
+        // FAILING_PROBE_EVERY (round 4 is not due, round 5 is).
         let probed = t.next_round(&targets, 10);
+        assert_eq!(probed, vec![ip("192.168.50.11")]);
+        t.record(&probed, &BTreeSet::new());
+        let probed = t.next_round(&targets, 10);
+        assert_eq!(probed.len(), 2, "every FAILING_PROBE_EVERY rounds");
         t.record(&probed, &BTreeSet::from([ip("192.168.50.12")]));
         assert_eq!(
             t.failing(),
             BTreeSet::new(),
             "one answer is enough; one miss is not"
         );
+    }
+
+    #[test]
+    fn a_probe_never_sent_is_neither_an_answer_nor_a_miss() {
+        let mut t = Tracker::default();
+        let targets = BTreeSet::from([ip("192.168.50.11")]);
+        for _ in 0..5 {
+            t.next_round(&targets, 10);
+            // The send buffer was full: nothing went out.
+            t.record(&[], &BTreeSet::new());
+        }
+        assert!(t.failing().is_empty());
     }
 
     #[test]

@@ -418,6 +418,47 @@ fn a_local_pod_not_attached_yet_is_reached_through_the_stack_without_marking_the
 }
 
 #[test]
+fn a_port_once_opened_into_the_stack_keeps_the_direct_replies_of_later_mesh_flows() {
+    let mut p = two_pods("port-reuse", false);
+    p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));
+    p.tunnel_device(7);
+    // a connects to a Service the socket LB does not know yet: the SYN
+    // leaves through the stack and port 40030 is remembered.
+    for port in [40030, 40031] {
+        assert_eq!(
+            p.run(PROG_FROM_POD, &tcp(POD_A, OUTSIDE, port, 80, SYN), 0).0,
+            TC_ACT_OK
+        );
+        assert_eq!(p.stack_flow(POD_A, port, TCP), Some(STACK_FLOW_OPENED));
+    }
+    // Later the kernel hands the same ports to a's connections to a remote
+    // pod and to b, which go through the mesh.
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, REMOTE_POD, 40030, 8080, SYN), 0)
+            .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_A, POD_B, 40031, 8080, SYN), 0).0,
+        TC_ACT_REDIRECT
+    );
+    // Their SYN-ACKs are delivered to a, not handed to the stack (which
+    // never saw the SYNs and lost the replies: connects timed out).
+    let (verdict, _) = p.run(
+        PROG_FROM_TUNNEL,
+        &tcp(REMOTE_POD, POD_A, 8080, 40030, SYN | ACK),
+        0,
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the remote pod's reply reaches a");
+    let (verdict, _) = p.run(PROG_FROM_POD, &tcp(POD_B, POD_A, 8080, 40031, SYN | ACK), 0);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "b's reply reaches a");
+    // A reply the stack translated (from the Service's backend, a tuple a
+    // never sent) still goes back through the stack.
+    let (verdict, _) = p.run(PROG_FROM_TUNNEL, &tcp(REMOTE_POD, POD_A, 80, 40030, SYN | ACK), 0);
+    assert_eq!(verdict, TC_ACT_OK);
+}
+
+#[test]
 fn a_udp_port_the_stack_brings_requests_to_is_served_not_opened() {
     let mut p = two_pods("served", false);
     p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));

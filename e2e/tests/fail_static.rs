@@ -48,6 +48,13 @@ fn bulk(c: ClusterId) -> String {
     out
 }
 
+/// Now, in seconds since the Unix epoch: the clients report failures so.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 struct Client {
     process: knit_e2e::ChildProcess,
     what: String,
@@ -146,12 +153,12 @@ fn empty_etcd_restarts_fail_no_request() {
 
     let mut took = Vec::new();
     for c in [B, A] {
-        let started = Instant::now();
+        let (started, at) = (Instant::now(), unix_seconds());
         mesh.restart_control_plane_empty(c);
         for other in [A, B] {
             wait_synced(&mesh, other, total);
         }
-        took.push((c.name(), started.elapsed()));
+        took.push((c.name(), at, started.elapsed()));
         std::thread::sleep(Duration::from_secs(2));
     }
     std::fs::write(&stop, "").unwrap();
@@ -165,7 +172,7 @@ fn empty_etcd_restarts_fail_no_request() {
             .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
         let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
         eprintln!(
-            "{}: {ok} ok, {failed} failed during empty restarts {took:?}",
+            "{}: {ok} ok, {failed} failed during empty restarts (cluster, started at, took): {took:?}",
             client.what
         );
         assert!(ok > 200, "{}: too few requests to tell: {report}", client.what);

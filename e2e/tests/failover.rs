@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use knit_e2e::manifests::node;
 use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions};
 
 const A: ClusterId = ClusterId(0);
@@ -39,4 +40,52 @@ fn a_dead_node_loses_its_backends_and_gets_them_back() {
     mesh.wait_until("no failing node", Duration::from_secs(10), || {
         mesh.agent_metric(A.node(0), failing) == 0
     });
+}
+
+/// Dead nodes by the dozen (a peer's nodes gone at once, or nodes whose
+/// records outlive them) must not make live ones look dead. Probes to them
+/// wait in the kernel's neighbour queues until ARP gives up; the prober
+/// once awaited its full send buffer for seconds, answering nobody, and
+/// live nodes on both sides flapped between failing and healthy.
+#[test]
+fn dead_nodes_by_the_dozen_make_no_live_node_fail() {
+    const DEAD: usize = 80;
+    let mesh = LocalMesh::start(MeshOptions {
+        nodes: 1,
+        ..MeshOptions::default()
+    });
+    let id = B.mesh_id();
+    let dead: String = (0..DEAD)
+        .map(|n| {
+            node(
+                &format!("gone-{n}"),
+                &format!("192.168.50.{}", 100 + n),
+                &format!("10.{id}.{}.0/24", 100 + n),
+            )
+        })
+        .collect();
+    mesh.write_manifest(B, "gone.yaml", &dead);
+    let failing = "knit_agent_failing_nodes ";
+    let agents = [A.node(0), B.node(0)];
+    mesh.wait_until(
+        "every agent to find the dead nodes failing",
+        Duration::from_secs(60),
+        || {
+            agents
+                .iter()
+                .all(|n| mesh.agent_metric(*n, failing) == DEAD as i64)
+        },
+    );
+    // Each dead node's ARP gives up after 3 s and the queues refill: watch
+    // for three such cycles.
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        seen.push(agents.map(|n| mesh.agent_metric(n, failing)));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        seen.iter().all(|s| *s == [DEAD as i64; 2]),
+        "failing nodes per agent, every 250 ms (a and b): {seen:?}\n{}",
+        mesh.logs()
+    );
 }

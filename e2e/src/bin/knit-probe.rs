@@ -14,8 +14,10 @@
 //! - `crr` / `rr --to A:P --seconds S`: benchmark loops (connect, request,
 //!   response, close; or requests on one connection); print JSON figures.
 //!   `crr --pause-ms M` waits M ms between requests (a steady client rather
-//!   than a benchmark) and reports failures by kind; `--stop-file F` ends
-//!   the loop early once F exists.
+//!   than a benchmark) and reports failures by kind, and the first 20
+//!   failures with when each request started (`failures`: UTC seconds since
+//!   the epoch, to line up with the components' logs) and the error;
+//!   `--stop-file F` ends the loop early once F exists.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -235,6 +237,7 @@ fn crr(to: SocketAddr, seconds: f64, pause_ms: u64, stop_file: Option<String>) {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failures: Vec<(f64, String)> = Vec::new();
     let start = Instant::now();
     let stopped = || {
         stop_file
@@ -242,10 +245,16 @@ fn crr(to: SocketAddr, seconds: f64, pause_ms: u64, stop_file: Option<String>) {
             .is_some_and(|f| std::path::Path::new(f).exists())
     };
     while Instant::now() < end && !stopped() {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         match request_tcp(to) {
             Ok(_) => ok += 1,
             Err(e) => {
                 failed += 1;
+                if failures.len() < 20 {
+                    failures.push((at, e.clone()));
+                }
                 *errors.entry(e).or_default() += 1;
             }
         }
@@ -256,7 +265,7 @@ fn crr(to: SocketAddr, seconds: f64, pause_ms: u64, stop_file: Option<String>) {
     let rate = ok as f64 / start.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"connections_per_sec": rate, "ok": ok, "failed": failed, "errors": errors})
+        serde_json::json!({"connections_per_sec": rate, "ok": ok, "failed": failed, "errors": errors, "failures": failures})
     );
 }
 
