@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions};
@@ -61,10 +61,7 @@ fn sim_ip(id: u16, k: u32) -> Ipv4Addr {
 }
 
 fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
+    (knit_testkit::unix_seconds() * 1e3) as u128
 }
 
 /// Every record of simulated cluster `id`, keys under its prefix.

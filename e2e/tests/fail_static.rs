@@ -48,13 +48,6 @@ fn bulk(c: ClusterId) -> String {
     out
 }
 
-/// Now, in seconds since the Unix epoch: the clients report failures so.
-fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 struct Client {
     process: knit_e2e::ChildProcess,
     what: String,
@@ -153,7 +146,7 @@ fn empty_etcd_restarts_fail_no_request() {
 
     let mut took = Vec::new();
     for c in [B, A] {
-        let (started, at) = (Instant::now(), unix_seconds());
+        let (started, at) = (Instant::now(), knit_testkit::unix_seconds());
         mesh.restart_control_plane_empty(c);
         for other in [A, B] {
             wait_synced(&mesh, other, total);

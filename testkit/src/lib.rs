@@ -20,4 +20,4 @@ pub mod manifests;
 pub mod process;
 
 pub use cluster::TestCluster;
-pub use process::{ChildProcess, Placement, TempDir, free_port};
+pub use process::{ChildProcess, Placement, TempDir, free_port, unix_seconds};

@@ -208,3 +208,11 @@ pub fn tcp_open(netns: &str, addr: &str, port: u16) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Wall-clock now, in seconds since the Unix epoch: how separate processes
+/// (test, probes, components' logs) put their events on one time line.
+pub fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

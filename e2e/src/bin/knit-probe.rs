@@ -245,9 +245,7 @@ fn crr(to: SocketAddr, seconds: f64, pause_ms: u64, stop_file: Option<String>) {
             .is_some_and(|f| std::path::Path::new(f).exists())
     };
     while Instant::now() < end && !stopped() {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let at = knit_testkit::unix_seconds();
         match request_tcp(to) {
             Ok(_) => ok += 1,
             Err(e) => {
