@@ -1,4 +1,4 @@
-//! knit-cni: the CNI plugin (spec 1.1) that attaches pods to Knit's
+//! knit-cni: the CNI plugin (spec 0.3.0 to 1.1) that attaches pods to Knit's
 //! datapath, and the installer that puts it into a node's CNI config.
 //!
 //! Data flow: the container runtime runs the node's conflist; the plugin
@@ -10,12 +10,14 @@
 //! the hand-over, so an agent that is down or restarting finds every pod
 //! added or deleted meanwhile when it comes back. [`conflist`] chains `knit`
 //! into an existing conflist or writes the default one, and undoes it.
-//! [`protocol`] holds the wire types of the CNI spec.
+//! [`protocol`] holds the wire types of the CNI spec; [`links`] asks the
+//! kernel for what a previous result leaves out.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod attachment;
 pub mod conflist;
+pub mod links;
 pub mod plugin;
 pub mod protocol;
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
+use knit_cni::links::NodeLinks;
 use knit_cni::plugin;
 use knit_cni::protocol::{CniError, ErrorCode, Invocation};
 
@@ -16,7 +17,7 @@ fn main() {
         Ok(plugin::version())
     } else {
         match std::io::stdin().read_to_end(&mut stdin) {
-            Ok(_) => plugin::run(&inv, &stdin),
+            Ok(_) => plugin::run(&inv, &stdin, &NodeLinks),
             Err(e) => Err(
                 CniError::new(ErrorCode::Io, "reading the network config from stdin failed")
                     .with_details(e.to_string()),

@@ -4,12 +4,12 @@
 //! [`AttachmentStore`].
 //!
 //! Knit is a chained plugin: it never creates interfaces or addresses. On
-//! ADD it reads the previous plugin's result: the container interface is
-//! the one named `CNI_IFNAME` with a `sandbox`; the host side of its veth
-//! is the host interface listed right before it (how `ptp`, `bridge` and
-//! kindnet report a veth pair); the pod's addresses are the `ips` that
-//! point at the container interface. The result passes through unchanged.
+//! ADD it reads the previous plugin's result ([`attachment_from_result`]):
+//! the pod's veth, its host side and its addresses, asking the kernel
+//! ([`LinkLookup`]) only for what a result leaves out. The result passes
+//! through unchanged, in the config's version.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -17,11 +17,12 @@ use serde_json::{Value, json};
 use crate::attachment::{Attachment, AttachmentStore, DEFAULT_STATE_DIR, check_names};
 use crate::protocol::{
     CNI_VERSION, CniError, ErrorCode, Invocation, NetConf, ResultView, SUPPORTED_VERSIONS,
-    VERSIONS_WITH_STATUS_AND_GC,
+    VERSIONS_WITH_CHECK, VERSIONS_WITH_STATUS_AND_GC,
 };
 
 /// Runs one invocation. `Ok` holds what goes to stdout (possibly empty).
-pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<String, CniError> {
+/// `links` answers what a result leaves out ([`LinkLookup`]).
+pub fn run(inv: &Invocation, stdin: &[u8], links: &dyn LinkLookup) -> Result<String, CniError> {
     if inv.command == "VERSION" {
         return Ok(version());
     }
@@ -33,10 +34,11 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<String, CniError> {
         .with_details(e.to_string())
     })?;
     let version = conf.cni_version.clone();
-    run_conf(inv, &conf).map_err(|e| e.in_version(if version.is_empty() { CNI_VERSION } else { &version }))
+    run_conf(inv, &conf, links)
+        .map_err(|e| e.in_version(if version.is_empty() { CNI_VERSION } else { &version }))
 }
 
-fn run_conf(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
+fn run_conf(inv: &Invocation, conf: &NetConf, links: &dyn LinkLookup) -> Result<String, CniError> {
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
             ErrorCode::IncompatibleVersion,
@@ -53,15 +55,18 @@ fn run_conf(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
     );
     match inv.command.as_str() {
-        "ADD" => add(inv, conf, &store),
+        "ADD" => add(inv, conf, &store, links),
         "DEL" => del(inv, &store).map(|()| String::new()),
-        "CHECK" => check(inv, conf, &store).map(|()| String::new()),
+        "CHECK" => {
+            needs(conf, "CHECK", &VERSIONS_WITH_CHECK)?;
+            check(inv, conf, &store, links).map(|()| String::new())
+        }
         "STATUS" => {
-            needs_status_and_gc(conf, "STATUS")?;
+            needs(conf, "STATUS", &VERSIONS_WITH_STATUS_AND_GC)?;
             status(&store).map(|()| String::new())
         }
         "GC" => {
-            needs_status_and_gc(conf, "GC")?;
+            needs(conf, "GC", &VERSIONS_WITH_STATUS_AND_GC)?;
             gc(conf, &store).map(|()| String::new())
         }
         "" => Err(CniError::new(
@@ -80,14 +85,15 @@ pub fn version() -> String {
     json!({"cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED_VERSIONS}).to_string()
 }
 
-fn needs_status_and_gc(conf: &NetConf, command: &str) -> Result<(), CniError> {
-    if VERSIONS_WITH_STATUS_AND_GC.contains(&conf.cni_version.as_str()) {
+fn needs(conf: &NetConf, command: &str, versions: &[&str]) -> Result<(), CniError> {
+    if versions.contains(&conf.cni_version.as_str()) {
         return Ok(());
     }
     Err(CniError::new(
         ErrorCode::IncompatibleVersion,
         format!(
-            "{command} needs cniVersion 1.1.0; the config says {:?}",
+            "{command} needs cniVersion {}; the config says {:?}",
+            versions.join(" or "),
             conf.cni_version
         ),
     ))
@@ -116,8 +122,43 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// What the previous result does not say and the node must: the pod's
+/// interface inside `CNI_NETNS`, and a host interface's MAC. [`NodeLinks`]
+/// asks the kernel; tests give values.
+pub trait LinkLookup {
+    /// The pod's interface in the network namespace at `netns`: the one
+    /// named `ifname`, else the one holding one of `ips`. `None` when there
+    /// is neither.
+    fn pod_link(&self, netns: &str, ifname: &str, ips: &[IpAddr]) -> Result<Option<PodLink>, String>;
+    /// The MAC of `name` in the plugin's own (the host's) namespace.
+    fn host_mac(&self, name: &str) -> Result<Option<String>, String>;
+}
+
+/// An interface found inside the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLink {
+    /// Its name.
+    pub name: String,
+    /// Its MAC.
+    pub mac: Option<String>,
+}
+
 /// Reads the attachment the previous plugin's result describes.
-pub fn attachment_from_result(inv: &Invocation, prev: &Value) -> Result<Attachment, CniError> {
+///
+/// Two result shapes are understood:
+/// - a veth pair listed as host interface then pod interface (`ptp`,
+///   `bridge`, kindnet, Cilium's chaining): the pod side is the interface
+///   named `CNI_IFNAME` with a `sandbox`, the host side the host interface
+///   right before it, the addresses those pointing at the pod side;
+/// - only the host side (Calico's `cali…`, Cilium's `lxc…`): the host
+///   interface is the first one without a `sandbox`, every address is the
+///   pod's, and the pod side and the MACs the result leaves out come from
+///   `links` (the kernel, on a real node).
+pub fn attachment_from_result(
+    inv: &Invocation,
+    prev: &Value,
+    links: &dyn LinkLookup,
+) -> Result<Attachment, CniError> {
     let view: ResultView = serde_json::from_value(prev.clone()).map_err(|e| {
         CniError::new(
             ErrorCode::Decode,
@@ -125,34 +166,45 @@ pub fn attachment_from_result(inv: &Invocation, prev: &Value) -> Result<Attachme
         )
         .with_details(e.to_string())
     })?;
-    let container = view
+    let veth_pair = view
         .interfaces
         .iter()
-        .position(|i| i.name == inv.ifname && i.sandbox.is_some())
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::InvalidConfig,
-                format!(
-                    "the previous plugin's result has no interface {:?} inside the pod; put knit after the plugin that creates the pod's veth (ptp, bridge, kindnet)",
-                    inv.ifname
-                ),
-            )
-        })?;
-    let host = view.interfaces[..container]
-        .iter()
-        .rposition(|i| i.sandbox.is_none())
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::InvalidConfig,
-                "the previous plugin's result lists no host-side interface before the pod's; knit attaches to a veth pair (ptp, bridge, kindnet), not to macvlan or ipvlan",
-            )
-        })?;
-    let ips: Vec<_> = view
-        .ips
-        .iter()
-        .filter(|ip| ip.interface.is_none_or(|i| i == container))
-        .filter_map(|ip| ip.ip())
-        .collect();
+        .position(|i| i.name == inv.ifname && i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
+        .and_then(|pod| {
+            let host = view.interfaces[..pod].iter().rposition(is_host_side)?;
+            Some((pod, host))
+        });
+    let (host, pod_mac, ips) = match veth_pair {
+        Some((pod, host)) => {
+            let ips = addresses(&view, |i| i.is_none_or(|i| i == pod));
+            (host, view.interfaces[pod].mac.clone(), ips)
+        }
+        None => {
+            let host = view.interfaces.iter().position(is_host_side).ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "the previous plugin's result lists neither the pod's interface {:?} nor a host-side interface; knit attaches to a veth pair (ptp, bridge, kindnet, Calico, Cilium), not to macvlan or ipvlan",
+                        inv.ifname
+                    ),
+                )
+            })?;
+            let ips = addresses(&view, |_| true);
+            let found = links
+                .pod_link(&inv.netns, &inv.ifname, &ips)
+                .map_err(|e| lookup_error("reading the pod's interface from CNI_NETNS", e))?
+                .ok_or_else(|| {
+                    CniError::new(
+                        ErrorCode::InvalidConfig,
+                        format!(
+                            "the pod's network namespace {} has no interface {:?} and none holding {:?}; put knit after the plugin that creates the pod's interface",
+                            inv.netns, inv.ifname, ips
+                        ),
+                    )
+                })?;
+            (host, found.mac, ips)
+        }
+    };
     if ips.is_empty() {
         return Err(CniError::new(
             ErrorCode::InvalidConfig,
@@ -162,6 +214,13 @@ pub fn attachment_from_result(inv: &Invocation, prev: &Value) -> Result<Attachme
             ),
         ));
     }
+    let host_interface = view.interfaces[host].name.clone();
+    let host_mac = match &view.interfaces[host].mac {
+        Some(mac) if !mac.is_empty() => Some(mac.clone()),
+        _ => links
+            .host_mac(&host_interface)
+            .map_err(|e| lookup_error("reading the host interface's MAC", e))?,
+    };
     let (pod_namespace, pod_name) = inv.pod();
     Ok(Attachment {
         container_id: inv.container_id.clone(),
@@ -169,11 +228,33 @@ pub fn attachment_from_result(inv: &Invocation, prev: &Value) -> Result<Attachme
         netns: inv.netns.clone(),
         pod_namespace,
         pod_name,
-        host_interface: view.interfaces[host].name.clone(),
-        host_mac: view.interfaces[host].mac.clone(),
-        pod_mac: view.interfaces[container].mac.clone(),
+        host_interface,
+        host_mac,
+        pod_mac,
         ips,
     })
+}
+
+fn is_host_side(i: &crate::protocol::ResultInterface) -> bool {
+    i.sandbox.as_deref().is_none_or(str::is_empty)
+}
+
+fn addresses(view: &ResultView, keep: impl Fn(Option<usize>) -> bool) -> Vec<IpAddr> {
+    view.ips
+        .iter()
+        .filter(|ip| keep(ip.interface))
+        .filter_map(|ip| ip.ip())
+        .collect()
+}
+
+fn lookup_error(action: &str, detail: String) -> CniError {
+    CniError::new(
+        ErrorCode::Io,
+        format!(
+            "{action} failed; knit-cni runs as root in the host's network namespace, as the runtime runs it"
+        ),
+    )
+    .with_details(detail)
 }
 
 fn prev_result<'a>(conf: &'a NetConf, command: &str) -> Result<&'a Value, CniError> {
@@ -187,7 +268,12 @@ fn prev_result<'a>(conf: &'a NetConf, command: &str) -> Result<&'a Value, CniErr
     })
 }
 
-fn add(inv: &Invocation, conf: &NetConf, store: &AttachmentStore) -> Result<String, CniError> {
+fn add(
+    inv: &Invocation,
+    conf: &NetConf,
+    store: &AttachmentStore,
+    links: &dyn LinkLookup,
+) -> Result<String, CniError> {
     names(inv)?;
     if inv.netns.is_empty() {
         return Err(CniError::new(
@@ -196,7 +282,7 @@ fn add(inv: &Invocation, conf: &NetConf, store: &AttachmentStore) -> Result<Stri
         ));
     }
     let prev = prev_result(conf, "ADD")?;
-    let attachment = attachment_from_result(inv, prev)?;
+    let attachment = attachment_from_result(inv, prev, links)?;
     store
         .put(&attachment)
         .map_err(|e| io_error("recording the attachment", e))?;
@@ -215,10 +301,15 @@ fn del(inv: &Invocation, store: &AttachmentStore) -> Result<(), CniError> {
         .map_err(|e| io_error("removing the attachment", e))
 }
 
-fn check(inv: &Invocation, conf: &NetConf, store: &AttachmentStore) -> Result<(), CniError> {
+fn check(
+    inv: &Invocation,
+    conf: &NetConf,
+    store: &AttachmentStore,
+    links: &dyn LinkLookup,
+) -> Result<(), CniError> {
     names(inv)?;
     let prev = prev_result(conf, "CHECK")?;
-    let expected = attachment_from_result(inv, prev)?;
+    let expected = attachment_from_result(inv, prev, links)?;
     let recorded = store
         .get(&inv.container_id, &inv.ifname)
         .map_err(|e| io_error("reading the attachment", e))?
@@ -279,4 +370,135 @@ fn gc(conf: &NetConf, store: &AttachmentStore) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node whose pod namespace holds `eth0` with one MAC, and whose host
+    /// interfaces all have another.
+    struct Node;
+
+    impl LinkLookup for Node {
+        fn pod_link(&self, _: &str, ifname: &str, _: &[IpAddr]) -> Result<Option<PodLink>, String> {
+            Ok((ifname == "eth0").then(|| PodLink {
+                name: "eth0".into(),
+                mac: Some("0a:00:00:00:00:01".into()),
+            }))
+        }
+        fn host_mac(&self, _: &str) -> Result<Option<String>, String> {
+            Ok(Some("ee:ee:ee:ee:ee:ee".into()))
+        }
+    }
+
+    fn inv(command: &str) -> Invocation {
+        Invocation {
+            command: command.into(),
+            container_id: "c1".into(),
+            netns: "/run/netns/p".into(),
+            ifname: "eth0".into(),
+            args: Default::default(),
+        }
+    }
+
+    fn conf(version: &str, prev: Value, state: &std::path::Path) -> Vec<u8> {
+        json!({"cniVersion": version, "name": "k", "type": "knit", "stateDir": state, "prevResult": prev})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// ptp's result at 0.3.1: `ips[].version`, interface indexes.
+    fn ptp_031() -> Value {
+        json!({"cniVersion": "0.3.1",
+            "interfaces": [{"name": "veth1", "mac": "aa:00:00:00:00:01"},
+                           {"name": "eth0", "mac": "aa:00:00:00:00:02", "sandbox": "/run/netns/p"}],
+            "ips": [{"version": "4", "interface": 1, "address": "10.1.0.5/24", "gateway": "10.1.0.1"}],
+            "dns": {}})
+    }
+
+    /// Calico's result: the host-side `cali…` veth only, no MAC, no index.
+    fn calico() -> Value {
+        json!({"cniVersion": "0.3.1",
+            "interfaces": [{"name": "cali0123456789a"}],
+            "ips": [{"version": "4", "address": "10.1.0.9/32"}],
+            "dns": {}})
+    }
+
+    #[test]
+    fn every_version_is_accepted_and_answered_in_its_own_version() {
+        let dir = std::env::temp_dir().join(format!("knit-cni-versions-{}", std::process::id()));
+        for version in SUPPORTED_VERSIONS {
+            let mut prev = ptp_031();
+            prev["cniVersion"] = json!(version);
+            let out = run(&inv("ADD"), &conf(version, prev.clone(), &dir), &Node).expect(version);
+            let out: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(out["cniVersion"], version);
+            assert_eq!(out["ips"], prev["ips"], "{version}: the result passes through");
+            let check = run(&inv("CHECK"), &conf(version, prev, &dir), &Node);
+            if VERSIONS_WITH_CHECK.contains(&version) {
+                check.expect("CHECK from 0.4.0");
+            } else {
+                let e = check.expect_err("no CHECK before 0.4.0");
+                assert_eq!(e.code, ErrorCode::IncompatibleVersion as u32);
+                assert_eq!(e.cni_version, version, "the error is in the config's version");
+                assert!(e.msg.contains("0.4.0"), "{}", e.msg);
+            }
+            run(&inv("DEL"), &conf(version, Value::Null, &dir), &Node).expect("DEL");
+        }
+        let e = run(&inv("ADD"), &conf("0.2.0", ptp_031(), &dir), &Node).unwrap_err();
+        assert_eq!(e.code, ErrorCode::IncompatibleVersion as u32);
+        assert!(e.msg.contains("0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"), "{}", e.msg);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_veth_pair_is_read_from_the_result_alone() {
+        struct Nothing;
+        impl LinkLookup for Nothing {
+            fn pod_link(&self, _: &str, _: &str, _: &[IpAddr]) -> Result<Option<PodLink>, String> {
+                Err("not asked".into())
+            }
+            fn host_mac(&self, _: &str) -> Result<Option<String>, String> {
+                Err("not asked".into())
+            }
+        }
+        let a = attachment_from_result(&inv("ADD"), &ptp_031(), &Nothing).unwrap();
+        assert_eq!(a.host_interface, "veth1");
+        assert_eq!(a.host_mac.as_deref(), Some("aa:00:00:00:00:01"));
+        assert_eq!(a.pod_mac.as_deref(), Some("aa:00:00:00:00:02"));
+        assert_eq!(a.ips, vec!["10.1.0.5".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn calico_and_cilium_shaped_results_take_the_rest_from_the_node() {
+        let a = attachment_from_result(&inv("ADD"), &calico(), &Node).unwrap();
+        assert_eq!(a.host_interface, "cali0123456789a");
+        assert_eq!(a.host_mac.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
+        assert_eq!(a.pod_mac.as_deref(), Some("0a:00:00:00:00:01"));
+        assert_eq!(a.ips, vec!["10.1.0.9".parse::<IpAddr>().unwrap()]);
+
+        // Cilium's host-side lxc name with its MAC, and an address index
+        // pointing at it.
+        let cilium = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "lxc12ab", "mac": "02:00:00:00:00:07", "sandbox": ""}],
+            "ips": [{"interface": 0, "address": "10.1.0.10/32"}]});
+        let a = attachment_from_result(&inv("ADD"), &cilium, &Node).unwrap();
+        assert_eq!(a.host_interface, "lxc12ab");
+        assert_eq!(a.host_mac.as_deref(), Some("02:00:00:00:00:07"));
+        assert_eq!(a.pod_mac.as_deref(), Some("0a:00:00:00:00:01"));
+
+        // A pod namespace without the interface: the error names it.
+        let mut other = inv("ADD");
+        other.ifname = "net1".into();
+        let e = attachment_from_result(&other, &calico(), &Node).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig as u32);
+        assert!(e.msg.contains("\"net1\""), "{}", e.msg);
+
+        // macvlan-like: only a sandbox interface of another name.
+        let macvlan = json!({"interfaces": [{"name": "net1", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "10.1.0.11/24", "interface": 0}]});
+        let e = attachment_from_result(&inv("ADD"), &macvlan, &Node).unwrap_err();
+        assert!(e.msg.contains("macvlan"), "{}", e.msg);
+    }
 }

@@ -1,7 +1,13 @@
-//! The CNI wire protocol (spec 1.1) as far as a chained plugin needs it:
-//! the `CNI_*` environment, the network config on stdin (with the previous
-//! plugin's result), the result and error JSON, and the well-known error
-//! codes.
+//! The CNI wire protocol as far as a chained plugin needs it: the `CNI_*`
+//! environment, the network config on stdin (with the previous plugin's
+//! result), the result and error JSON, and the well-known error codes.
+//!
+//! Every version a runtime may send since results got interfaces is
+//! accepted: 0.3.0 and 0.3.1 (kindnet, flannel, Calico, older Cilium),
+//! 0.4.0 (adds CHECK), 1.0.0 (drops `ips[].version`) and 1.1.0 (adds STATUS
+//! and GC). Knit reads only what every one of them shares (`interfaces`,
+//! `ips[].address`, `ips[].interface`) and passes the previous result
+//! through in the config's own version, so it never converts a result.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,7 +18,9 @@ use serde_json::Value;
 /// The CNI version this plugin speaks natively.
 pub const CNI_VERSION: &str = "1.1.0";
 /// Every version this plugin accepts in a network config.
-pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// Versions that know `CHECK` (from 0.4.0).
+pub const VERSIONS_WITH_CHECK: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 /// Versions that know `STATUS` and `GC`.
 pub const VERSIONS_WITH_STATUS_AND_GC: [&str; 1] = ["1.1.0"];
 
