@@ -1,27 +1,22 @@
-//! Putting Knit into a node's CNI configuration, and taking it out again.
+//! The CNI configs Knit writes, as values: Knit's entry in a conflist,
+//! the default conflist for nodes without a CNI, and a cluster's config
+//! with Knit chained into it ([`chain`]), for every shape libcni loads:
+//! - a `.conflist`: Knit is appended to its `plugins`;
+//! - a single-plugin `.conf` / `.json`: it becomes a conflist of that
+//!   plugin and Knit (written as a `.conflist` by [`crate::install`]);
+//! - a Multus config (`type: multus` or `multus-shim`) with inline
+//!   `delegates`: Knit joins the first delegate, the cluster network.
+//!   Multus configs that name the cluster network by path or name are
+//!   followed to that file by [`crate::install`].
 //!
-//! The runtime uses the first file of its config directory in lexical
-//! order (`*.conflist`, `*.conf`, `*.json`). [`install`]:
-//! - when that file exists and is not Knit's, saves it as
-//!   `<file>.knit-backup` (runtimes ignore that extension) and rewrites it
-//!   with `knit` appended to its plugins ([`chain`]), so the cluster keeps
-//!   its own CNI and Knit joins after it;
-//! - when the directory has no config, writes [`DEFAULT_CONFLIST`]:
-//!   `ptp` + `host-local` over the node's pod CIDRs, `portmap`, `knit`;
-//! - is idempotent: a config that already chains Knit is left alone.
-//!
-//! [`keep_chained`], run by the agent on every refresh, puts Knit back when
-//! the cluster's own CNI agent rewrites its file (kindnet, flannel and
-//! Calico all do on restart). [`uninstall`] restores every backup and
-//! removes the default conflist.
-//! The functions that compute configs take and return values.
+//! Nothing here touches a file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
 use crate::attachment::DEFAULT_STATE_DIR;
-use crate::{Error, Result};
+pub use crate::install::{Installed, active_config, install, keep_chained, uninstall};
 
 /// File name of the conflist Knit writes on nodes without a CNI.
 pub const DEFAULT_CONFLIST: &str = "10-knit.conflist";
@@ -68,22 +63,48 @@ pub fn default_conflist(pod_cidrs: &[String], state_dir: &Path, ipam_data_dir: O
     })
 }
 
-/// Whether a conflist already runs Knit.
+/// Plugin types of the Multus meta-plugin (thin and thick).
+pub const MULTUS_TYPES: [&str; 2] = ["multus", "multus-shim"];
+
+/// Whether `conf` is a Multus config.
+pub fn is_multus(conf: &Value) -> bool {
+    conf["type"].as_str().is_some_and(|t| MULTUS_TYPES.contains(&t))
+}
+
+/// Whether a config already runs Knit: a conflist with Knit among its
+/// plugins, or a Multus config whose cluster network (first inline
+/// delegate) does.
 pub fn chains_knit(conf: &Value) -> bool {
+    if is_multus(conf) {
+        return conf["delegates"]
+            .as_array()
+            .and_then(|d| d.first())
+            .is_some_and(chains_knit);
+    }
     conf["plugins"]
         .as_array()
         .is_some_and(|ps| ps.iter().any(|p| p["type"] == PLUGIN_TYPE))
 }
 
-/// `conf` (a conflist, or a single-plugin `.conf`) with Knit appended to
-/// its plugins. Errs with what is wrong when the config is not a CNI
-/// config.
+/// `conf` with Knit chained in: appended to a conflist's plugins, a
+/// single-plugin config turned into a conflist, a Multus config's first
+/// delegate chained. Errs with what is wrong when the config is not a CNI
+/// config, or is a Multus config without inline delegates (the caller
+/// follows its `clusterNetwork`).
 pub fn chain(conf: &Value, state_dir: &Path) -> std::result::Result<Value, String> {
     let Some(obj) = conf.as_object() else {
         return Err("is not a JSON object".into());
     };
     if chains_knit(conf) {
         return Ok(conf.clone());
+    }
+    if is_multus(conf) {
+        let Some(first) = conf["delegates"].as_array().and_then(|d| d.first()) else {
+            return Err("is a Multus config without \"delegates\"; its \"clusterNetwork\" names the file to chain into".into());
+        };
+        let mut out = conf.clone();
+        out["delegates"][0] = chain(first, state_dir).map_err(|e| format!("its first delegate {e}"))?;
+        return Ok(out);
     }
     if let Some(plugins) = obj.get("plugins") {
         let Some(plugins) = plugins.as_array() else {
@@ -105,174 +126,25 @@ pub fn chain(conf: &Value, state_dir: &Path) -> std::result::Result<Value, Strin
     let version = plugin_obj
         .remove("cniVersion")
         .unwrap_or(json!(crate::protocol::CNI_VERSION));
-    Ok(json!({
+    let list_fields: Vec<(&str, Value)> = ["disableCheck", "disableGC"]
+        .into_iter()
+        .filter_map(|k| plugin_obj.remove(k).map(|v| (k, v)))
+        .collect();
+    let mut out = json!({
         "cniVersion": version,
         "name": name,
         "plugins": [plugin, knit_plugin(state_dir)],
-    }))
-}
-
-/// What [`install`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Installed {
-    /// Knit was appended to this existing config (original saved).
-    Chained(PathBuf),
-    /// The config already ran Knit.
-    AlreadyChained(PathBuf),
-    /// No config existed; the default conflist was written.
-    Default(PathBuf),
-}
-
-fn is_cni_config(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("conflist" | "conf" | "json")
-    )
-}
-
-/// The config the runtime uses: the first CNI config file by name.
-pub fn active_config(conf_dir: &Path) -> Result<Option<PathBuf>> {
-    let entries = match std::fs::read_dir(conf_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::File {
-                action: "list",
-                path: conf_dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_cni_config(p))
-        .collect();
-    files.sort();
-    Ok(files.into_iter().next())
-}
-
-fn write(path: &Path, value: &Value) -> Result<()> {
-    let tmp = path.with_extension("knit-tmp");
-    let text = serde_json::to_string_pretty(value).expect("JSON serialises");
-    std::fs::write(&tmp, text).map_err(|source| Error::File {
-        action: "write",
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::File {
-        action: "rename into place",
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Chains Knit into the node's active config, or writes the default one
-/// over `pod_cidrs` (which must then be non-empty).
-pub fn install(conf_dir: &Path, pod_cidrs: &[String], state_dir: &Path) -> Result<Installed> {
-    std::fs::create_dir_all(conf_dir).map_err(|source| Error::File {
-        action: "create",
-        path: conf_dir.to_owned(),
-        source,
-    })?;
-    let Some(active) = active_config(conf_dir)? else {
-        if pod_cidrs.is_empty() {
-            return Err(Error::Config {
-                path: conf_dir.to_owned(),
-                reason: "holds no CNI config and the node has no podCIDR: give the node a podCIDR (kube-controller-manager --allocate-node-cidrs) or install a CNI first".into(),
-            });
-        }
-        let path = conf_dir.join(DEFAULT_CONFLIST);
-        write(&path, &default_conflist(pod_cidrs, state_dir, None))?;
-        return Ok(Installed::Default(path));
-    };
-    let text = std::fs::read(&active).map_err(|source| Error::File {
-        action: "read",
-        path: active.clone(),
-        source,
-    })?;
-    let conf: Value = serde_json::from_slice(&text).map_err(|source| Error::Parse {
-        path: active.clone(),
-        source,
-    })?;
-    if chains_knit(&conf) {
-        return Ok(Installed::AlreadyChained(active));
+    });
+    for (key, v) in list_fields {
+        out[key] = v;
     }
-    let chained = chain(&conf, state_dir).map_err(|reason| Error::Config {
-        path: active.clone(),
-        reason: format!("{reason}; fix the node's CNI config or remove it to get Knit's default"),
-    })?;
-    let backup = backup_path(&active);
-    std::fs::write(&backup, &text).map_err(|source| Error::File {
-        action: "save the original config as",
-        path: backup.clone(),
-        source,
-    })?;
-    write(&active, &chained)?;
-    Ok(Installed::Chained(active))
-}
-
-/// Re-chains Knit into the active config when something removed it since
-/// [`install`] (the cluster's CNI agent rewrote its file). Returns the file
-/// re-chained, or `None` when Knit is still there or the directory holds no
-/// config at all (then there is nothing to join; the init container writes
-/// the default on the next start).
-pub fn keep_chained(conf_dir: &Path, state_dir: &Path) -> Result<Option<PathBuf>> {
-    if active_config(conf_dir)?.is_none() {
-        return Ok(None);
-    }
-    match install(conf_dir, &[], state_dir)? {
-        Installed::Chained(path) => Ok(Some(path)),
-        Installed::AlreadyChained(_) | Installed::Default(_) => Ok(None),
-    }
-}
-
-fn backup_path(config: &Path) -> PathBuf {
-    let mut name = config.file_name().expect("a file").to_os_string();
-    name.push(".");
-    name.push(BACKUP_SUFFIX);
-    config.with_file_name(name)
-}
-
-/// Restores every config Knit chained into and removes the default
-/// conflist. Returns the files restored or removed.
-pub fn uninstall(conf_dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut done = Vec::new();
-    let entries = match std::fs::read_dir(conf_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
-        Err(source) => {
-            return Err(Error::File {
-                action: "list",
-                path: conf_dir.to_owned(),
-                source,
-            });
-        }
-    };
-    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if let Some(original) = name.strip_suffix(&format!(".{BACKUP_SUFFIX}")) {
-            let target = conf_dir.join(original);
-            std::fs::rename(&path, &target).map_err(|source| Error::File {
-                action: "restore",
-                path: target.clone(),
-                source,
-            })?;
-            done.push(target);
-        } else if name == DEFAULT_CONFLIST {
-            std::fs::remove_file(&path).map_err(|source| Error::File {
-                action: "remove",
-                path: path.clone(),
-                source,
-            })?;
-            done.push(path);
-        }
-    }
-    done.sort();
-    Ok(done)
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn state() -> PathBuf {
@@ -302,6 +174,22 @@ mod tests {
                 .contains("neither")
         );
         assert!(chain(&json!([1]), &state()).is_err());
+    }
+
+    #[test]
+    fn chains_into_multus_inline_delegates() {
+        let multus = json!({"cniVersion": "0.3.1", "name": "multus-cni-network", "type": "multus",
+            "kubeconfig": "/etc/cni/net.d/multus.d/multus.kubeconfig",
+            "delegates": [{"cniVersion": "0.3.1", "name": "k8s-pod-network",
+                "plugins": [{"type": "calico"}, {"type": "portmap"}]}]});
+        assert!(!chains_knit(&multus));
+        let out = chain(&multus, &state()).unwrap();
+        assert_eq!(out["type"], "multus", "still a Multus config");
+        assert_eq!(out["delegates"][0]["plugins"][2]["type"], "knit");
+        assert!(chains_knit(&out));
+        assert_eq!(chain(&out, &state()).unwrap(), out, "idempotent");
+        let shim = json!({"cniVersion": "0.3.1", "type": "multus-shim", "clusterNetwork": "/host/etc/cni/net.d/10-calico.conflist"});
+        assert!(chain(&shim, &state()).unwrap_err().contains("clusterNetwork"));
     }
 
     #[test]

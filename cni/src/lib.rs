@@ -8,8 +8,9 @@
 //! IPs and MACs, pod name) and writes it into the node's state directory
 //! ([`attachment::AttachmentStore`]). knit-agent reads the directory: it is
 //! the hand-over, so an agent that is down or restarting finds every pod
-//! added or deleted meanwhile when it comes back. [`conflist`] chains `knit`
-//! into an existing conflist or writes the default one, and undoes it.
+//! added or deleted meanwhile when it comes back. [`conflist`] computes the
+//! configs with `knit` chained in, and [`install`] puts them into the
+//! node's config directory (every shape libcni loads) and undoes it.
 //! [`protocol`] holds the wire types of the CNI spec; [`links`] asks the
 //! kernel for what a previous result leaves out.
 #![deny(rust_2018_idioms)]
@@ -17,6 +18,7 @@
 
 pub mod attachment;
 pub mod conflist;
+pub mod install;
 pub mod links;
 pub mod plugin;
 pub mod protocol;
