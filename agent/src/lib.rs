@@ -82,6 +82,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The kernel lacks a feature the datapath needs.
+    #[error("this kernel has no {feature} (Linux {minimum} or later has it); {fix}")]
+    KernelFeature {
+        /// The feature.
+        feature: &'static str,
+        /// The first Linux version with it.
+        minimum: &'static str,
+        /// What to do.
+        fix: &'static str,
+    },
     /// The kvstore layer failed.
     #[error("kvstore")]
     Store(#[source] knit_kvstore::Error),

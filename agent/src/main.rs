@@ -46,6 +46,10 @@ struct Args {
     /// UDP port of the VXLAN device.
     #[arg(long, default_value_t = VXLAN_PORT)]
     tunnel_port: u16,
+    /// How tc programs attach: `auto` uses TCX where the kernel has it
+    /// (6.6+) and netlink cls_bpf elsewhere.
+    #[arg(long, value_enum, env = "KNIT_TC_ATTACH", default_value_t = knit_agent::datapath::tc::TcAttach::Auto)]
+    tc_attach: knit_agent::datapath::tc::TcAttach,
     /// knit-cni's state directory (the `stateDir` of the conflist's knit
     /// plugin).
     #[arg(long, default_value = knit_cni::attachment::DEFAULT_STATE_DIR)]
@@ -116,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         cgroup: args.cgroup_path.clone(),
         tunnel_interface: args.tunnel_interface.clone(),
         tunnel_port: args.tunnel_port,
+        tc_attach: args.tc_attach,
         refresh: Duration::from_millis(500),
         cni_state_dir: args.cni_state_dir.clone(),
         cni_conf_dir: args.cni_conf_dir.clone(),

@@ -65,6 +65,9 @@ pub struct AgentSettings {
     /// Whether to keep direct routes to this cluster's other nodes' pod
     /// CIDRs ([`crate::node_routes`]).
     pub direct_node_routes: bool,
+    /// How tc programs attach (TCX or netlink, see
+    /// [`crate::datapath::tc`]).
+    pub tc_attach: crate::datapath::tc::TcAttach,
     /// UDP port of data-path health probes ([`crate::health`]).
     pub health_port: u16,
     /// How often remote nodes are probed.
@@ -86,6 +89,7 @@ pub async fn run<S: Source>(
         .await?;
     let mut datapath = Datapath::start(
         &settings.pin_dir,
+        settings.tc_attach,
         &settings.tunnel_interface,
         tunnel_ifindex,
         settings.cgroup.as_deref(),
@@ -96,6 +100,7 @@ pub async fn run<S: Source>(
         cni_state_dir = %settings.cni_state_dir.display(),
         pin_dir = %settings.pin_dir.display(),
         tunnel = %settings.tunnel_interface,
+        tc_attach = %datapath.tc_mode(),
         socket_lb = settings.cgroup.is_some(),
         "datapath loaded"
     );

@@ -44,6 +44,7 @@ use ipnet::Ipv4Net;
 use knit_agent::datapath::Datapath;
 use knit_agent::datapath::patch::StatePatch;
 use knit_agent::datapath::state::{DatapathState, Frontend, Link, LocalEndpoint, PROTO_TCP, Route};
+use knit_agent::datapath::tc::TcAttach;
 use knit_agent::netdev::{NetDevices, VXLAN_PORT};
 use knit_agent::render::parse_mac;
 use knit_cni::attachment::AttachmentStore;
@@ -77,7 +78,8 @@ fn datapath_node(pin_dir: PathBuf, cgroup: PathBuf, n: usize, state_dir: PathBuf
     rt.block_on(async move {
         let net = NetDevices::connect().expect("netlink");
         let tunnel = net.ensure_vxlan("knit_vxlan", VXLAN_PORT).await.expect("vxlan");
-        let mut dp = Datapath::start(&pin_dir, "knit_vxlan", tunnel, Some(&cgroup)).expect("datapath");
+        let mut dp =
+            Datapath::start(&pin_dir, TcAttach::Auto, "knit_vxlan", tunnel, Some(&cgroup)).expect("datapath");
         let mut state = DatapathState::default();
         let (attachments, _) = AttachmentStore::new(state_dir).list().expect("attachments");
         for a in &attachments {
@@ -594,6 +596,13 @@ fn main() {
     }
     drop(plain);
 
+    println!(
+        "\nknit's tc programs attached with {} (--tc-attach=auto on this kernel)",
+        TcAttach::Auto
+            .resolve()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    );
     println!(
         "\npod -> VIP -> pod (client on CPU 0, server on CPU 1; conn/s: median of {RUNS} runs of {SECONDS} s, direct and VIP interleaved)"
     );

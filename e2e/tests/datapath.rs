@@ -10,9 +10,41 @@ use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions, NodeId};
 const A: ClusterId = ClusterId(0);
 const B: ClusterId = ClusterId(1);
 
+/// Knit's tc filters (netlink mode, handle "KN" = 0x4b4e) on `dev` of
+/// node `n`, as `tc -j filter show` lists them.
+fn knit_filters(mesh: &LocalMesh, n: NodeId, dev: &str, direction: &str) -> usize {
+    let out = mesh
+        .node(n)
+        .netns
+        .exec("tc", &["-j", "filter", "show", "dev", dev, direction]);
+    let filters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    filters
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .filter(|f| f["kind"] == "bpf" && f["options"]["handle"] == "0x4b4e")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
-fn routing_load_balancing_affinity_and_agent_restart() {
-    let mut mesh = LocalMesh::start(MeshOptions::default());
+fn routing_load_balancing_affinity_and_agent_restart_with_tcx() {
+    routing_load_balancing_affinity_and_agent_restart("tcx");
+}
+
+/// The attach mode of kernels before 6.6, forced on this one.
+#[test]
+fn routing_load_balancing_affinity_and_agent_restart_with_netlink_tc() {
+    routing_load_balancing_affinity_and_agent_restart("netlink");
+}
+
+fn routing_load_balancing_affinity_and_agent_restart(tc_attach: &str) {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        agent_args: vec![format!("--tc-attach={tc_attach}")],
+        ..MeshOptions::default()
+    });
+    let netlink = usize::from(tc_attach == "netlink");
     let (a, b) = (A.name(), B.name());
     let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
     let a_same_node = mesh.add_pod(A.node(0), "shop", "web-a1", &[("app", "web")]);
@@ -99,6 +131,17 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     mesh.deploy_service(A, &svc(vip_a, vec![a_same_node, a_other_node], "none"));
     mesh.wait_for_hits("affinity none", client, vip_a, false, |h| h.names.len() == 4);
 
+    // Programs sit where the mode puts them: netlink filters (one per hook)
+    // only in netlink mode.
+    let pod_dev = knit_cni::attachment::AttachmentStore::new(&mesh.node(A.node(0)).cni_state_dir)
+        .get(&mesh.pod(client).sandbox.container_id, "eth0")
+        .unwrap()
+        .expect("the client's attachment")
+        .host_interface;
+    assert_eq!(knit_filters(&mesh, A.node(0), "knit_vxlan", "ingress"), netlink);
+    assert_eq!(knit_filters(&mesh, A.node(0), &pod_dev, "ingress"), netlink);
+    assert_eq!(knit_filters(&mesh, A.node(0), &pod_dev, "egress"), netlink);
+
     // An agent restart keeps an open TCP connection (to a pod on another
     // cluster, through the tunnel) working, and the maps are kept.
     let target = format!("{}:8080", mesh.pod(b_web1).ip);
@@ -112,6 +155,11 @@ fn routing_load_balancing_affinity_and_agent_restart() {
         20,
         "new connections work while the agent is down: {during:?}"
     );
+    assert_eq!(
+        knit_filters(&mesh, A.node(0), "knit_vxlan", "ingress"),
+        netlink,
+        "the filters outlive the agent"
+    );
     mesh.start_agent(A.node(0));
     let (ok, out) = held.wait();
     assert!(ok, "the held connection broke across the agent restart: {out}");
@@ -119,6 +167,11 @@ fn routing_load_balancing_affinity_and_agent_restart() {
     mesh.wait_for_hits("service after the restart", client, vip_a, false, |h| {
         h.names.len() == 4
     });
+    assert_eq!(
+        knit_filters(&mesh, A.node(0), &pod_dev, "ingress"),
+        netlink,
+        "the restarted agent replaced its programs in place, adding none"
+    );
 }
 
 fn policy_denied_drops(mesh: &LocalMesh, n: NodeId) -> u64 {

@@ -1,9 +1,11 @@
 //! Loads `knit.bpf.o` into the kernel and attaches it, so that everything
 //! survives the agent: maps are pinned by name under `<pin dir>/maps`, and
-//! every attachment is a BPF link pinned under `<pin dir>/links`.
+//! every attachment is kept under `<pin dir>/links` (a pinned BPF link, or
+//! for tc on kernels without TCX the record of a netlink filter, see
+//! [`tc`]).
 //!
-//! On start, a pinned tc link has its program swapped atomically
-//! (`attach_to_link`), so traffic never runs without a program; cgroup
+//! On start, a tc attachment has its program swapped atomically, so
+//! traffic never runs without a program; cgroup
 //! links get the new program attached next to the old one, after which the
 //! old link's pin is removed (the socket programs are idempotent, so
 //! running both for a moment is harmless).
@@ -12,13 +14,13 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 use knit_datapath_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_POD};
 
+use super::tc::{self, TcAttach, TcMode};
 use crate::{Error, Result};
 
 /// The compiled datapath.
@@ -37,6 +39,7 @@ pub struct Loaded {
     /// The object (maps are taken out of it by the writer).
     pub ebpf: Ebpf,
     pin_dir: PathBuf,
+    tc_mode: TcMode,
 }
 
 fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -50,8 +53,10 @@ fn pin_err(action: &str) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
-/// Loads every program, reusing maps already pinned in `pin_dir`.
-pub fn load(pin_dir: &Path) -> Result<Loaded> {
+/// Loads every program, reusing maps already pinned in `pin_dir`; tc
+/// programs will attach the way `tc_attach` resolves to on this kernel.
+pub fn load(pin_dir: &Path, tc_attach: TcAttach) -> Result<Loaded> {
+    let tc_mode = tc_attach.resolve()?;
     let maps = pin_dir.join("maps");
     std::fs::create_dir_all(&maps).map_err(pin_err("create the map pin directory"))?;
     std::fs::create_dir_all(links_dir(pin_dir)).map_err(pin_err("create the link pin directory"))?;
@@ -70,6 +75,7 @@ pub fn load(pin_dir: &Path) -> Result<Loaded> {
     Ok(Loaded {
         ebpf,
         pin_dir: pin_dir.to_owned(),
+        tc_mode,
     })
 }
 
@@ -88,8 +94,9 @@ impl Loaded {
         links_dir(&self.pin_dir).join(name)
     }
 
-    /// Attaches `program` to tc `direction` of `interface`, replacing the
-    /// program of the link pinned as `link_name` if there is one.
+    /// Attaches `program` to tc `direction` of `interface` as `link_name`
+    /// in this node's tc mode ([`tc`]), replacing the program of the
+    /// attachment of that name if there is one.
     pub fn attach_tc(
         &mut self,
         program_name: &str,
@@ -97,46 +104,20 @@ impl Loaded {
         direction: TcAttachType,
         link_name: &str,
     ) -> Result<()> {
-        let path = self.link_path(link_name);
+        let links = links_dir(&self.pin_dir);
+        let mode = self.tc_mode;
         let prog: &mut SchedClassifier = program(&mut self.ebpf, program_name)?;
-        let reused = match PinnedLink::from_pin(&path) {
-            Ok(old) => {
-                let fd = old.unpin().map_err(pin_err("unpin a tc link"))?;
-                // A link whose device went away cannot take a new program.
-                SchedClassifierLink::try_from(fd)
-                    .ok()
-                    .and_then(|link| prog.attach_to_link(link).ok())
-            }
-            Err(_) => None,
-        };
-        let id = match reused {
-            Some(id) => id,
-            None => prog
-                .attach_with_options(
-                    interface,
-                    direction,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|e| Error::program(program_name, e))?,
-        };
-        let link = prog.take_link(id).map_err(|e| Error::program(program_name, e))?;
-        let fd: FdLink = link.try_into().map_err(|e| Error::Link {
-            action: format!("pin the tc link of {interface}"),
-            source: Box::new(e),
-        })?;
-        fd.pin(&path).map_err(|e| Error::Link {
-            action: format!("pin the tc link of {interface}"),
-            source: Box::new(e),
-        })?;
-        Ok(())
+        tc::attach(prog, mode, &links, interface, direction, link_name)
     }
 
-    /// Removes the pinned link `link_name` (detaching its program).
+    /// The way tc programs are attached.
+    pub fn tc_mode(&self) -> TcMode {
+        self.tc_mode
+    }
+
+    /// Removes the attachment `link_name` (detaching its program).
     pub fn detach(&self, link_name: &str) -> Result<()> {
-        match std::fs::remove_file(self.link_path(link_name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_err("remove a link pin")(e)),
-            _ => Ok(()),
-        }
+        tc::detach(&links_dir(&self.pin_dir), link_name)
     }
 
     /// Names of the pinned links.
@@ -144,7 +125,7 @@ impl Loaded {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(links_dir(&self.pin_dir)).map_err(pin_err("list link pins"))? {
             let entry = entry.map_err(pin_err("list link pins"))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
+            names.push(tc::link_name(&entry.file_name().to_string_lossy()).to_owned());
         }
         Ok(names)
     }
@@ -174,7 +155,10 @@ impl Loaded {
                 })?;
         }
         for name in old.iter().filter(|n| n.starts_with("cgroup-")) {
-            self.detach(name)?;
+            match std::fs::remove_file(self.link_path(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(pin_err("remove a link pin")(e)),
+                _ => {}
+            }
         }
         Ok(())
     }

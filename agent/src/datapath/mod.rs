@@ -8,6 +8,7 @@
 pub mod loader;
 pub mod patch;
 pub mod state;
+pub mod tc;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +19,7 @@ use knit_datapath_common::{NodeConfig, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_
 use loader::Loaded;
 use patch::{ServiceIds, StatePatch, patch_entries};
 use state::{DatapathState, Link, Unplaced, to_map_contents};
+use tc::{TcAttach, TcMode};
 use writer::{ApplyReport, MapWriter};
 
 use crate::Result;
@@ -42,11 +44,18 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs (reusing pinned maps and links under `pin_dir`),
+    /// attaching tc programs as `tc_attach` resolves on this kernel,
     /// attaches the tunnel program to `tunnel` (ifindex `tunnel_ifindex`)
     /// and, when given, the socket programs to the cgroup v2 directory
     /// `cgroup`.
-    pub fn start(pin_dir: &Path, tunnel: &str, tunnel_ifindex: u32, cgroup: Option<&Path>) -> Result<Self> {
-        let mut loaded = loader::load(pin_dir)?;
+    pub fn start(
+        pin_dir: &Path,
+        tc_attach: TcAttach,
+        tunnel: &str,
+        tunnel_ifindex: u32,
+        cgroup: Option<&Path>,
+    ) -> Result<Self> {
+        let mut loaded = loader::load(pin_dir, tc_attach)?;
         let mut writer = MapWriter::new(&mut loaded)?;
         writer.set_config(NodeConfig {
             tunnel_ifindex,
@@ -126,6 +135,11 @@ impl Datapath {
     pub fn apply_patch(&mut self, patch: &StatePatch) -> ApplyReport {
         let diffs = patch_entries(patch, self.writer.current(), &mut self.ids);
         self.writer.write(diffs)
+    }
+
+    /// The way tc programs are attached on this node.
+    pub fn tc_mode(&self) -> TcMode {
+        self.loaded.tc_mode()
     }
 
     /// Entries per map.
