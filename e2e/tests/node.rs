@@ -3,7 +3,8 @@
 //! its pods reach each other (kubelet probes, hostNetwork pods), pods reach
 //! a host outside the mesh masqueraded, a plain ClusterIP Service keeps
 //! working through the host's DNAT (kube-proxy's stand-in), and an agent
-//! that was down while pods came and went catches up. Runs as root.
+//! that was down while pods came and went catches up, with tc programs
+//! attached either way (TCX, netlink). Runs as root.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -15,9 +16,15 @@ const A: ClusterId = ClusterId(0);
 const NODE_PORT: u16 = 9090;
 
 fn one_cluster() -> LocalMesh {
+    one_cluster_attached_with("auto")
+}
+
+/// One cluster whose agents attach tc programs as `tc_attach` says.
+fn one_cluster_attached_with(tc_attach: &str) -> LocalMesh {
     LocalMesh::start(MeshOptions {
         clusters: 1,
         nodes: 2,
+        agent_args: vec![format!("--tc-attach={tc_attach}")],
         ..MeshOptions::default()
     })
 }
@@ -224,7 +231,17 @@ fn plain_cluster_ip_through_the_host_dnat() {
 
 #[test]
 fn agent_down_while_pods_come_and_go() {
-    let mut mesh = one_cluster();
+    agent_down_while_pods_come_and_go_attached_with("tcx");
+}
+
+/// The same with netlink tc filters, as on kernels before 6.6.
+#[test]
+fn agent_down_while_pods_come_and_go_with_netlink_tc() {
+    agent_down_while_pods_come_and_go_attached_with("netlink");
+}
+
+fn agent_down_while_pods_come_and_go_attached_with(tc_attach: &str) {
+    let mut mesh = one_cluster_attached_with(tc_attach);
     let client = mesh.add_pod(A.node(1), "shop", "client", &[("app", "client")]);
     let old = mesh.add_pod(A.node(0), "shop", "old", &[("app", "old")]);
     let old_name = format!("{}/old", A.name());
