@@ -24,6 +24,7 @@ pub mod policy;
 pub mod preference;
 pub mod render;
 pub mod run;
+pub mod tunnel_port;
 
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,16 @@ pub enum Error {
         /// Cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The tunnel's UDP port is already held by something else on the node.
+    #[error(
+        "UDP port {port} of the tunnel is already taken by {owner}; give Knit another port with tunnelPort (config/agent, the agent's --tunnel-port), the same on every cluster of the mesh"
+    )]
+    TunnelPortTaken {
+        /// The port.
+        port: u16,
+        /// What holds it, in words.
+        owner: String,
     },
     /// The kernel lacks a feature the datapath needs.
     #[error("this kernel has no {feature} (Linux {minimum} or later has it); {fix}")]

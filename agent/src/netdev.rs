@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -70,9 +70,72 @@ impl NetDevices {
         Ok(out)
     }
 
+    /// Every VXLAN device's UDP port by name.
+    pub async fn vxlan_ports(&self) -> Result<BTreeMap<String, u16>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = BTreeMap::new();
+        while let Some(msg) = links.try_next().await.map_err(netlink("list interfaces"))? {
+            let mut name = None;
+            let mut port = None;
+            for attr in &msg.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::LinkInfo(infos) => {
+                        for info in infos {
+                            if let LinkInfo::Data(InfoData::Vxlan(vx)) = info {
+                                port = vx.iter().find_map(|a| match a {
+                                    InfoVxlan::Port(p) => Some(*p),
+                                    _ => None,
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(name), Some(port)) = (name, port) {
+                out.insert(name, port);
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates (or keeps) the VXLAN device `name` in collect-metadata mode
-    /// on `port`, up, and returns its index.
+    /// on `port`, up, and returns its index. A device of that name on
+    /// another port is made again on `port`. Fails with
+    /// [`Error::TunnelPortTaken`], naming the owner, when another device or
+    /// a socket holds `port` ([`crate::tunnel_port`]).
     pub async fn ensure_vxlan(&self, name: &str, port: u16) -> Result<u32> {
+        let ports = self.vxlan_ports().await?;
+        if let Some((other, _)) = ports.iter().find(|(n, p)| **p == port && n.as_str() != name) {
+            return Err(Error::TunnelPortTaken {
+                port,
+                owner: format!("the VXLAN device {other} (flannel.1 is flannel's, cilium_vxlan Cilium's)"),
+            });
+        }
+        let interfaces = self.interfaces().await?;
+        if let (Some(link), Some(old)) = (interfaces.get(name), ports.get(name)) {
+            if *old != port {
+                tracing::warn!(
+                    device = name,
+                    old,
+                    new = port,
+                    "the tunnel device is on another port: making it again"
+                );
+                self.handle
+                    .link()
+                    .del(link.index)
+                    .execute()
+                    .await
+                    .map_err(netlink("delete the tunnel device on the old port"))?;
+            }
+        }
+        let ours = ports.get(name) == Some(&port) && interfaces.contains_key(name);
+        if !ours {
+            if let Some(owner) = crate::tunnel_port::socket_owner(port) {
+                return Err(Error::TunnelPortTaken { port, owner });
+            }
+        }
         if let Some(Link { index, .. }) = self.interfaces().await?.get(name) {
             self.handle
                 .link()
