@@ -43,8 +43,9 @@ struct Args {
     /// Name of the VXLAN device.
     #[arg(long, default_value = "knit_vxlan")]
     tunnel_interface: String,
-    /// UDP port of the VXLAN device.
-    #[arg(long, default_value_t = VXLAN_PORT)]
+    /// UDP port of the VXLAN device (the same on every cluster of the
+    /// mesh).
+    #[arg(long, env = "KNIT_TUNNEL_PORT", default_value_t = VXLAN_PORT)]
     tunnel_port: u16,
     /// How tc programs attach: `auto` uses TCX where the kernel has it
     /// (6.6+) and netlink cls_bpf elsewhere.

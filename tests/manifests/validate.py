@@ -273,6 +273,44 @@ def check_monitoring():
     return failures
 
 
+# Each distribution's CNI config and plugin directories (docs/cni.md).
+DISTRO_CNI_DIRS = {
+    "eks": ("/etc/cni/net.d", "/opt/cni/bin"),
+    "gke": ("/etc/cni/net.d", "/home/kubernetes/bin"),
+    "k3s": ("/var/lib/rancher/k3s/agent/etc/cni/net.d", "/var/lib/rancher/k3s/data/current/bin"),
+    "openshift": ("/etc/kubernetes/cni/net.d", "/var/lib/cni/bin"),
+    "rke2": ("/etc/cni/net.d", "/opt/cni/bin"),
+}
+
+
+def check_distros():
+    """config/distros/*: every overlay renders valid objects, and mounts its
+    distribution's CNI directories where the agent and install-cni expect
+    the node's config and plugin directories."""
+    failures = []
+    found = sorted(os.path.basename(os.path.dirname(p))
+                   for p in glob.glob(os.path.join(ROOT, "config", "distros", "*", "kustomization.yaml")))
+    if found != sorted(DISTRO_CNI_DIRS):
+        failures.append(f"config/distros: expected {sorted(DISTRO_CNI_DIRS)}, found {found}")
+    for distro in found:
+        docs = kustomize(os.path.join(ROOT, "config", "distros", distro))
+        for doc in docs:
+            if doc["kind"] == "CustomResourceDefinition":
+                continue
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                failures.append(f"config/distros/{distro}: {doc['kind']}/{doc['metadata']['name']}: {e.message}")
+        ds = next(d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "knit-agent")
+        volumes = {v["name"]: v.get("hostPath", {}).get("path") for v in ds["spec"]["template"]["spec"]["volumes"]}
+        got = (volumes.get("cni-conf"), volumes.get("cni-bin"))
+        if got != DISTRO_CNI_DIRS.get(distro):
+            failures.append(f"config/distros/{distro}: CNI directories {got}, expected {DISTRO_CNI_DIRS.get(distro)}")
+        else:
+            print(f"config/distros/{distro}: CNI config {got[0]}, plugins {got[1]}")
+    return failures
+
+
 def main():
     crds = load_crds()
     failures = []
@@ -303,6 +341,8 @@ def main():
     corefile = open(os.path.join(ROOT, "config", "coredns", "Corefile.snippet")).read()
     if "multicluster clusterset.local" not in corefile:
         failures.append("config/coredns/Corefile.snippet must enable the multicluster plugin for clusterset.local")
+
+    failures += check_distros()
 
     for sample in sorted(glob.glob(os.path.join(ROOT, "config", "samples", "*", "kustomization.yaml"))):
         d = os.path.dirname(sample)
