@@ -6,7 +6,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p knit-agent --bin knit-agent \
- && cargo build --release --locked -p knit-cni --bin knit-cni \
+ && cargo rustc --release --locked -p knit-cni --bin knit-cni -- -C target-feature=+crt-static \
  && cargo build --release --locked -p knit-operator --bin knitctl
 
 # The reference CNI plugins, installed on nodes that lack them by the
@@ -17,6 +17,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends containernetwor
 # The agent runs privileged (it loads eBPF programs), so the image runs as root.
 FROM gcr.io/distroless/cc-debian12
 COPY --from=build /src/target/release/knit-agent /usr/local/bin/knit-agent
+# knit-cni runs on the host: linked statically (static-pie), so it needs no
+# glibc or libgcc_s of the node's.
 COPY --from=build /src/target/release/knit-cni /usr/local/bin/knit-cni
 COPY --from=cni /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/lib/cni/portmap /usr/lib/cni/loopback /usr/lib/cni/
 # `kubectl exec ds/knit-agent -- knitctl status` reads the mesh reports with
