@@ -91,11 +91,12 @@ pub struct CniRuntime {
 }
 
 impl CniRuntime {
-    /// Plugin directory `bin_dir` made of the reference plugins and
-    /// `knit-cni` (as `knit`), by symlink.
+    /// Plugin directory `bin_dir` made of the reference plugins,
+    /// `knit-cni` (as `knit`) and the stand-in `calico`
+    /// (`e2e/cni-standins`), by symlink.
     pub fn link_plugins(bin_dir: &Path, knit_cni: &Path) {
         std::fs::create_dir_all(bin_dir).expect("plugin directory");
-        for p in ["ptp", "bridge", "host-local", "portmap", "loopback"] {
+        for p in ["ptp", "bridge", "host-local", "portmap", "loopback", "bandwidth"] {
             let src = Path::new(REFERENCE_PLUGINS).join(p);
             assert!(
                 src.exists(),
@@ -105,6 +106,10 @@ impl CniRuntime {
             let _ = std::os::unix::fs::symlink(&src, bin_dir.join(p));
         }
         let _ = std::os::unix::fs::symlink(knit_cni, bin_dir.join("knit"));
+        // Stand-ins for plugins that cannot be installed here, making
+        // interfaces and results the way the real ones do.
+        let standins = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-standins");
+        let _ = std::os::unix::fs::symlink(standins.join("calico"), bin_dir.join("calico"));
     }
 
     fn plugins(&self) -> Vec<Value> {

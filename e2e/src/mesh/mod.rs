@@ -269,6 +269,13 @@ impl LocalMesh {
         self.node(n).netns.ip(&["link", "set", "eth0", "up"]);
     }
 
+    /// Makes node `n`'s runtime run `conflist` for the pods added from now
+    /// on (pods already there are deleted with the conflist that made them
+    /// only if the test sets it back first).
+    pub fn set_conflist(&mut self, n: NodeId, conflist: serde_json::Value) {
+        self.clusters[n.cluster.0].nodes[n.index].cni.conflist = conflist;
+    }
+
     /// Starts (or restarts) the agent of node `n`.
     pub fn start_agent(&mut self, n: NodeId) {
         let cluster = self.cluster(n.cluster);
