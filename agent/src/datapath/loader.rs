@@ -56,6 +56,7 @@ fn pin_err(action: &str) -> impl FnOnce(io::Error) -> Error + '_ {
 /// Loads every program, reusing maps already pinned in `pin_dir`; tc
 /// programs will attach the way `tc_attach` resolves to on this kernel.
 pub fn load(pin_dir: &Path, tc_attach: TcAttach) -> Result<Loaded> {
+    super::features::check()?;
     let tc_mode = tc_attach.resolve()?;
     let maps = pin_dir.join("maps");
     std::fs::create_dir_all(&maps).map_err(pin_err("create the map pin directory"))?;

@@ -5,6 +5,7 @@
 //! per change with the desired state and the current interface indexes, or
 //! with a patch.
 
+pub mod features;
 pub mod loader;
 pub mod patch;
 pub mod state;
