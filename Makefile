@@ -1,6 +1,6 @@
 # Entry points a newcomer types. Every target installs what it needs first
 # (scripts/setup.sh is idempotent).
-.PHONY: setup test demo bench fuzz conformance crds mcs-types e2e-kind fmt lint images
+.PHONY: setup test test-kernels demo bench fuzz conformance crds mcs-types e2e-kind fmt lint images
 
 CARGO ?= cargo
 PYTHON := .venv/bin/python
@@ -15,6 +15,12 @@ test: setup
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(PYTHON) tests/manifests/validate.py
+	scripts/test-kernels.sh
+
+## make test-kernels: the BPF program tests and a two-cluster datapath test
+## inside Debian's own 6.1 kernel under qemu (KVM, else TCG; a few minutes).
+test-kernels: setup
+	scripts/test-kernels.sh
 
 ## make demo: the local demo (see README).
 demo: setup

@@ -256,3 +256,37 @@ pub(super) fn detach(links_dir: &Path, name: &str) -> Result<()> {
 pub(super) fn link_name(file_name: &str) -> &str {
     file_name.strip_suffix(NETLINK_RECORD).unwrap_or(file_name)
 }
+
+#[cfg(test)]
+mod tests {
+    use aya::util::KernelVersion;
+
+    use super::*;
+
+    /// Needs root. On this machine's kernel and on the older ones
+    /// `make test-kernels` boots: auto is TCX exactly from Linux 6.6.
+    #[test]
+    fn auto_picks_tcx_exactly_where_the_kernel_has_it() {
+        let v = KernelVersion::current().expect("kernel version");
+        let want = if v >= KernelVersion::new(6, 6, 0) {
+            TcMode::Tcx
+        } else {
+            TcMode::Netlink
+        };
+        assert_eq!(TcAttach::Auto.resolve().unwrap(), want, "kernel {v:?}");
+        assert_eq!(TcAttach::Netlink.resolve().unwrap(), TcMode::Netlink);
+        match TcAttach::Tcx.resolve() {
+            Ok(mode) => assert_eq!((mode, want), (TcMode::Tcx, TcMode::Tcx)),
+            Err(e) => {
+                assert_eq!(want, TcMode::Netlink);
+                assert!(e.to_string().contains("6.6") && e.to_string().contains("--tc-attach"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn netlink_records_are_listed_under_the_link_name() {
+        assert_eq!(link_name("pod-veth12_nl"), "pod-veth12");
+        assert_eq!(link_name("tunnel"), "tunnel");
+    }
+}
