@@ -23,6 +23,7 @@
  * they survive agent restarts. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
@@ -33,6 +34,11 @@
 
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
+/* The tunnel key up to tunnel_label: the size every kernel since 4.7
+ * accepts. Linux 6.0 added local_ipv4/6 after it, and a kernel older than
+ * the headers refuses the new sizeof (5.10: -EINVAL, every packet of the
+ * tunnel dropped; found by make test-kernels). */
+#define TUNNEL_KEY_SIZE (__builtin_offsetof(struct bpf_tunnel_key, tunnel_label) + sizeof(__u32))
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -302,7 +308,12 @@ static __always_inline int egress_admitted(const struct flow *f, __u32 identity)
 }
 
 /* Hands the packet straight into the pod, addressed from the host side of
- * its veth to the pod's MAC (both from the pod's CNI result). */
+ * its veth to the pod's MAC (both from the pod's CNI result), as a packet
+ * for the pod's host: a frame from the tunnel arrives addressed to the
+ * sender's gateway MAC, so the VXLAN device marked it PACKET_OTHERHOST,
+ * and older kernels keep that mark across bpf_redirect_peer (5.10 does,
+ * 6.1 does not), where the pod's IP layer drops it (on 5.10 every
+ * cross-node flow was lost; found by make test-kernels). */
 static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 				   const struct endpoint_value *ep, __u32 identity)
 {
@@ -315,6 +326,8 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 	__builtin_memcpy(&macs[0], ep->mac, 6);
 	__builtin_memcpy(&macs[6], ep->node_mac, 6);
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+		return drop(DROP_MALFORMED);
+	if (skb->pkt_type != PACKET_HOST && bpf_skb_change_type(skb, PACKET_HOST) < 0)
 		return drop(DROP_MALFORMED);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
@@ -421,7 +434,7 @@ int from_pod(struct __sk_buff *skb)
 	key.remote_ipv4 = bpf_ntohl(route->tunnel_endpoint);
 	key.tunnel_id = identity;
 	key.tunnel_ttl = 64;
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+	if (bpf_skb_set_tunnel_key(skb, &key, TUNNEL_KEY_SIZE, BPF_F_ZERO_CSUM_TX) < 0)
 		return drop(DROP_REDIRECT_FAILED);
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
@@ -442,7 +455,7 @@ int from_tunnel(struct __sk_buff *skb)
 		return drop(DROP_NO_ROUTE);
 	if (answers_stack_flow(&f))
 		return TC_ACT_OK;
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+	if (bpf_skb_get_tunnel_key(skb, &key, TUNNEL_KEY_SIZE, 0) < 0)
 		key.tunnel_id = 0;
 	return deliver(skb, &f, dst, identity_of(f.saddr, (__u32)key.tunnel_id));
 }

@@ -18,16 +18,39 @@
 # namespaces its tests make inside the VM. Nothing is downloaded but Debian
 # packages (the kernel, with apt-get download, cached in target/kernels).
 #
-# KNIT_TEST_KERNELS lists Debian kernel packages (default: bookworm's cloud
-# kernel, 6.1). Debian bookworm has no 5.10 package; bullseye's would need
-# its own apt source, which this machine does not have.
+# KNIT_TEST_KERNELS lists <suite>:<Debian kernel package> (default:
+# bookworm's cloud kernel, 6.1, and bullseye's, 5.10, the oldest Knit
+# supports). A suite other than the machine's own is read through an apt
+# state of this script's (target/kernels/apt-<suite>), never the machine's
+# sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=$ROOT/target/kernels
 mkdir -p "$WORK"
 
-meta=${KNIT_TEST_KERNELS:-linux-image-cloud-amd64}
+kernels=${KNIT_TEST_KERNELS:-bookworm:linux-image-cloud-amd64 bullseye:linux-image-cloud-amd64}
+own_suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+
+# apt_for SUITE: apt options reading SUITE's packages (none for the
+# machine's own suite).
+apt_for() {
+  local suite=$1 dir=$WORK/apt-$1
+  APT=()
+  [ "$suite" = "$own_suite" ] && return 0
+  APT=(-o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=/dev/null
+    -o "Dir::State::lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o Debug::NoLocking=1)
+  if [ ! -f "$dir/updated" ]; then
+    mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+    printf 'deb http://deb.debian.org/debian %s main\ndeb http://deb.debian.org/debian-security %s-security main\n' \
+      "$suite" "$suite" >"$dir/sources.list"
+    apt-get "${APT[@]}" update -qq >/dev/null || {
+      echo "test-kernels: FAILED: apt-get update of Debian $suite" >&2
+      exit 1
+    }
+    touch "$dir/updated"
+  fi
+}
 
 # --- the binaries under test -------------------------------------------------
 cargo build -q --workspace --bins
@@ -76,6 +99,16 @@ copy_stripped() {
 
 build_initramfs() {
   local version=$1 modroot=$2
+  # 5.10's BPF_PROG_TEST_RUN refuses a context that sets ingress_ifindex
+  # (EINVAL); the cases that need it are not run there, and the two-cluster
+  # datapath test drives the same paths with real packets.
+  local bpf_skip="" bpf_note=""
+  case $version in
+    5.10.*)
+      bpf_skip="--skip a_udp_port_the_stack_brings_requests_to_is_served_not_opened --skip ip_blocks_admit_by_address_prefix_in_both_directions --skip to_pod_lets_the_host_in_and_holds_forwarded_traffic_to_the_policy"
+      bpf_note="echo 'knit-vm: not run on this kernel: 3 BPF cases that set ingress_ifindex through BPF_PROG_TEST_RUN, which 5.10 refuses'"
+      ;;
+  esac
   STAGE=$WORK/stage-$version
   rm -rf "$STAGE"
   mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,root,var/lib}
@@ -128,9 +161,10 @@ echo "knit-vm: kernel \$(cat /proc/sys/kernel/osrelease), $accel"
 rc=0
 run() { echo "knit-vm: RUN \$*"; "\$@" || { echo "knit-vm: FAILED \$*"; rc=1; }; }
 cd /tmp
-run $BPF_TESTS --test-threads=1
+$bpf_note
+run $BPF_TESTS --test-threads=1 $bpf_skip
 run $AGENT_TESTS --test-threads=1 datapath::tc:: datapath::features::
-run $DATAPATH_TESTS --test-threads=1 network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc
+run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc}
 echo "knit-vm: RESULT \$rc"
 poweroff -f
 EOF
@@ -168,15 +202,18 @@ choose_accel() {
 # --- each kernel -------------------------------------------------------------
 failed=()
 summary=()
-for m in $meta; do
-  pkg=$(apt-cache depends "$m" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+for entry in $kernels; do
+  suite=${entry%%:*}
+  m=${entry#*:}
+  apt_for "$suite"
+  pkg=$(apt-cache "${APT[@]}" depends "$m" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
   pkg=${pkg:-$m}
   version=${pkg#linux-image-}
   dir=$WORK/$version
   if [ ! -f "$dir/root/boot/vmlinuz-$version" ]; then
     echo "test-kernels: fetching $pkg (Debian package)"
     rm -rf "$dir" && mkdir -p "$dir"
-    (cd "$dir" && apt-get download -q "$pkg" >/dev/null 2>&1) || {
+    (cd "$dir" && apt-get "${APT[@]}" download -q "$pkg" >/dev/null 2>&1) || {
       echo "test-kernels: FAILED: apt-get download $pkg" >&2
       exit 1
     }
@@ -193,7 +230,7 @@ for m in $meta; do
     </dev/null >"$log" 2>&1 || true
   grep -E '^knit-vm: |^test result:|^test .* FAILED|panicked' "$log" | sed "s/^/[$version] /" || true
   if grep -q '^knit-vm: RESULT 0' "$log"; then
-    summary+=("$version ($accel, tc attach: netlink): bpf program tests, kernel probes, two-cluster datapath: passed")
+    summary+=("$version (Debian $suite, $accel, tc attach: netlink): bpf program tests, kernel probes, two-cluster datapath: passed")
   else
     failed+=("$version")
     summary+=("$version ($accel): FAILED, see $log")

@@ -44,7 +44,7 @@ pub struct Requirement {
 }
 
 /// Everything `ebpf/knit.bpf.c` and the loader use, oldest first.
-pub const REQUIRED: [Requirement; 9] = [
+pub const REQUIRED: [Requirement; 10] = [
     Requirement {
         feature: "tc BPF programs (sched_cls)",
         minimum: "4.1",
@@ -57,6 +57,11 @@ pub const REQUIRED: [Requirement; 9] = [
             ProgramType::SchedClassifier,
             BpfHelper::BPF_FUNC_skb_set_tunnel_key,
         ),
+    },
+    Requirement {
+        feature: "bpf_skb_change_type in tc programs",
+        minimum: "4.8",
+        probe: Probe::Helper(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_skb_change_type),
     },
     Requirement {
         feature: "LRU hash maps",
@@ -148,7 +153,7 @@ mod tests {
 
     #[test]
     fn the_message_says_what_and_since_when() {
-        let r = REQUIRED[8];
+        let r = REQUIRED[9];
         let e = Error::KernelFeature {
             feature: r.feature,
             minimum: r.minimum,

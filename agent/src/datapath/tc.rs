@@ -279,7 +279,10 @@ mod tests {
             Ok(mode) => assert_eq!((mode, want), (TcMode::Tcx, TcMode::Tcx)),
             Err(e) => {
                 assert_eq!(want, TcMode::Netlink);
-                assert!(e.to_string().contains("6.6") && e.to_string().contains("--tc-attach"), "{e}");
+                assert!(
+                    e.to_string().contains("6.6") && e.to_string().contains("--tc-attach"),
+                    "{e}"
+                );
             }
         }
     }

@@ -339,15 +339,31 @@ impl LocalMesh {
             .unwrap_or(0)
     }
 
-    /// Every log tail, for failure messages.
+    /// Every log tail, and every agent's non-zero drop counters, for
+    /// failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for c in &self.clusters {
+        for (ci, c) in self.clusters.iter().enumerate() {
             out.push_str(&c.control.logs());
-            for n in &c.nodes {
+            for (ni, n) in c.nodes.iter().enumerate() {
                 if let Some(a) = &n.agent {
                     out.push('\n');
                     out.push_str(&a.log_tail());
+                    let drops: Vec<String> = self
+                        .agent_metrics(ClusterId(ci).node(ni))
+                        .lines()
+                        .filter(|l| l.starts_with("knit_agent_drops") && !l.ends_with(" 0"))
+                        .map(str::to_owned)
+                        .collect();
+                    out.push_str(&format!("drops of {}: {drops:?}\n", n.name));
+                    for dev in ["knit_vxlan", "eth0"] {
+                        if let Ok(link) = Command::new("ip")
+                            .args(["-n", n.netns.name(), "-s", "-o", "link", "show", "dev", dev])
+                            .output()
+                        {
+                            out.push_str(&String::from_utf8_lossy(&link.stdout));
+                        }
+                    }
                 }
             }
         }
