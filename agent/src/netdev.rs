@@ -114,27 +114,25 @@ impl NetDevices {
             });
         }
         let interfaces = self.interfaces().await?;
-        if let (Some(link), Some(old)) = (interfaces.get(name), ports.get(name)) {
-            if *old != port {
-                tracing::warn!(
-                    device = name,
-                    old,
-                    new = port,
-                    "the tunnel device is on another port: making it again"
-                );
-                self.handle
-                    .link()
-                    .del(link.index)
-                    .execute()
-                    .await
-                    .map_err(netlink("delete the tunnel device on the old port"))?;
-            }
+        if let (Some(link), Some(old)) = (interfaces.get(name), ports.get(name))
+            && *old != port
+        {
+            tracing::warn!(
+                device = name,
+                old,
+                new = port,
+                "the tunnel device is on another port: making it again"
+            );
+            self.handle
+                .link()
+                .del(link.index)
+                .execute()
+                .await
+                .map_err(netlink("delete the tunnel device on the old port"))?;
         }
         let ours = ports.get(name) == Some(&port) && interfaces.contains_key(name);
-        if !ours {
-            if let Some(owner) = crate::tunnel_port::socket_owner(port) {
-                return Err(Error::TunnelPortTaken { port, owner });
-            }
+        if !ours && let Some(owner) = crate::tunnel_port::socket_owner(port) {
+            return Err(Error::TunnelPortTaken { port, owner });
         }
         if let Some(Link { index, .. }) = self.interfaces().await?.get(name) {
             self.handle

@@ -65,14 +65,12 @@ fn libcni_loads(path: &Path) -> Result<(), String> {
     }
     let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).map_err(|e| e.to_string())?;
     let typed = |p: &Value| p["type"].as_str().is_some_and(|t| !t.is_empty());
-    if let Some(version) = v.get("cniVersion") {
-        if !version.is_string() {
-            return Err("cniVersion is not a string".into());
-        }
+    if v.get("cniVersion").is_some_and(|version| !version.is_string()) {
+        return Err("cniVersion is not a string".into());
     }
     match ext {
         Some("conflist") => {
-            if !v["name"].as_str().is_some_and(|n| !n.is_empty()) {
+            if v["name"].as_str().is_none_or(str::is_empty) {
                 return Err("error parsing configuration list: no name".into());
             }
             let plugins = v["plugins"]
