@@ -6,7 +6,9 @@
 //!    `host-local`, `portmap`, `loopback`) that the node lacks, from the
 //!    image's `/usr/lib/cni`. A plugin the node already has is left alone.
 //! 2. Chains `knit` into the node's active config, or writes the default
-//!    conflist over the node's pod CIDRs ([`knit_cni::conflist::install`]).
+//!    conflist over the node's pod CIDRs ([`knit_cni::conflist::install`]),
+//!    its pods at the node's underlay MTU less the tunnel's overhead
+//!    ([`node_pod_mtu`]: the MTU of the default route's interface).
 //!
 //! `knit-agent uninstall-cni` restores the node's previous config. What to
 //! copy is decided by [`plugins_to_copy`], a pure function.
@@ -61,6 +63,7 @@ pub fn install(
     conf_dir: &Path,
     state_dir: &Path,
     pod_cidrs: &[String],
+    pod_mtu: Option<u32>,
 ) -> Result<Installed> {
     std::fs::create_dir_all(bin_dir).map_err(|source| Error::Pin {
         action: format!("create {}", bin_dir.display()),
@@ -69,7 +72,29 @@ pub fn install(
     for (src, dst) in plugins_to_copy(knit_cni, image_plugins, bin_dir, |p| p.exists()) {
         copy(&src, &dst)?;
     }
-    conflist::install(conf_dir, pod_cidrs, state_dir).map_err(Error::Cni)
+    conflist::install_with_mtu(conf_dir, pod_cidrs, state_dir, pod_mtu).map_err(Error::Cni)
+}
+
+/// The interface of the IPv4 default route in a `/proc/net/route` table.
+pub fn default_route_interface(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&"00000000") && cols.get(7) == Some(&"00000000")).then(|| cols[0].to_owned())
+    })
+}
+
+/// The pods' MTU on this node: the default route interface's MTU less
+/// [`conflist::TUNNEL_OVERHEAD`]; `None` when the node has no default
+/// route (then `ptp` keeps its own default).
+pub fn node_pod_mtu() -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    let dev = default_route_interface(&table)?;
+    let mtu: u32 = std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(conflist::pod_mtu(mtu))
 }
 
 /// Whether the node's config directory still needs the pod CIDRs (it has
@@ -81,6 +106,16 @@ pub fn needs_pod_cidrs(conf_dir: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_route_names_the_underlay() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+ens5\t0010A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+ens5\t00000000\t0110A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+";
+        assert_eq!(default_route_interface(table).as_deref(), Some("ens5"));
+        assert_eq!(default_route_interface("Iface\tDestination\n"), None);
+    }
 
     #[test]
     fn copies_knit_always_and_reference_plugins_only_when_missing() {

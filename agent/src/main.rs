@@ -191,6 +191,10 @@ struct CniArgs {
     /// This node's name (for reading its pod CIDRs).
     #[arg(long, env = "KNIT_NODE_NAME")]
     node_name: Option<String>,
+    /// MTU of the default conflist's pods; by default the MTU of the
+    /// interface of the node's default route less the tunnel's 50 bytes.
+    #[arg(long, env = "KNIT_POD_MTU")]
+    pod_mtu: Option<u32>,
 }
 
 async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
@@ -214,6 +218,7 @@ async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
             pod_cidrs.extend(spec.pod_cidr);
         }
     }
+    let pod_mtu = args.pod_mtu.or_else(knit_agent::cni_install::node_pod_mtu);
     let installed = knit_agent::cni_install::install(
         &args.knit_cni,
         &args.image_plugins,
@@ -221,8 +226,9 @@ async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
         &args.conf_dir,
         &args.state_dir,
         &pod_cidrs,
+        pod_mtu,
     )?;
-    tracing::info!(?installed, "CNI installed");
+    tracing::info!(?installed, ?pod_mtu, "CNI installed");
     Ok(())
 }
 

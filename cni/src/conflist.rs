@@ -16,7 +16,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::attachment::DEFAULT_STATE_DIR;
-pub use crate::install::{Installed, active_config, install, keep_chained, uninstall};
+pub use crate::install::{Installed, active_config, install, install_with_mtu, keep_chained, uninstall};
 
 /// File name of the conflist Knit writes on nodes without a CNI.
 pub const DEFAULT_CONFLIST: &str = "10-knit.conflist";
@@ -28,6 +28,15 @@ pub const BACKUP_SUFFIX: &str = "knit-backup";
 pub const DEFAULT_CONFLIST_VERSION: &str = "1.0.0";
 /// The plugin `type` of Knit.
 pub const PLUGIN_TYPE: &str = "knit";
+/// Bytes VXLAN over IPv4 adds to a pod's packet: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14).
+pub const TUNNEL_OVERHEAD: u32 = 50;
+
+/// The MTU a pod's interface may have on an underlay of `underlay_mtu`,
+/// so that its packets cross the tunnel without being fragmented.
+pub fn pod_mtu(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(TUNNEL_OVERHEAD)
+}
 
 /// Knit's entry in a conflist's `plugins`.
 pub fn knit_plugin(state_dir: &Path) -> Value {
@@ -41,8 +50,15 @@ pub fn knit_plugin(state_dir: &Path) -> Value {
 /// The conflist for a node without a CNI: `ptp` with `host-local` IPAM over
 /// `pod_cidrs` (one range set per CIDR, so dual-stack works), masquerading
 /// what leaves the pod network, then `portmap` (hostPort), then `knit`.
-/// `ipam_data_dir` overrides host-local's `/var/lib/cni/networks`.
-pub fn default_conflist(pod_cidrs: &[String], state_dir: &Path, ipam_data_dir: Option<&Path>) -> Value {
+/// `ipam_data_dir` overrides host-local's `/var/lib/cni/networks`; `mtu`
+/// is the pods' interface MTU ([`pod_mtu`] of the node's underlay; `None`
+/// leaves `ptp`'s default, the host's route MTU).
+pub fn default_conflist(
+    pod_cidrs: &[String],
+    state_dir: &Path,
+    ipam_data_dir: Option<&Path>,
+    mtu: Option<u32>,
+) -> Value {
     let ranges: Vec<Value> = pod_cidrs.iter().map(|c| json!([{"subnet": c}])).collect();
     let mut ipam = json!({
         "type": "host-local",
@@ -52,11 +68,15 @@ pub fn default_conflist(pod_cidrs: &[String], state_dir: &Path, ipam_data_dir: O
     if let Some(dir) = ipam_data_dir {
         ipam["dataDir"] = json!(dir);
     }
+    let mut ptp = json!({"type": "ptp", "ipMasq": true, "ipam": ipam});
+    if let Some(mtu) = mtu {
+        ptp["mtu"] = json!(mtu);
+    }
     json!({
         "cniVersion": DEFAULT_CONFLIST_VERSION,
         "name": "knit",
         "plugins": [
-            {"type": "ptp", "ipMasq": true, "ipam": ipam},
+            ptp,
             {"type": "portmap", "capabilities": {"portMappings": true}},
             knit_plugin(state_dir),
         ],
@@ -194,7 +214,18 @@ mod tests {
 
     #[test]
     fn default_conflist_is_ptp_host_local_portmap_knit() {
-        let c = default_conflist(&["10.1.1.0/24".into()], Path::new("/tmp/s"), None);
+        let c = default_conflist(
+            &["10.1.1.0/24".into()],
+            Path::new("/tmp/s"),
+            None,
+            Some(pod_mtu(9001)),
+        );
+        assert_eq!(c["plugins"][0]["mtu"], 8951, "AWS's jumbo underlay less VXLAN");
+        assert!(
+            default_conflist(&[], Path::new("/tmp/s"), None, None)["plugins"][0]
+                .get("mtu")
+                .is_none()
+        );
         let types: Vec<&str> = c["plugins"]
             .as_array()
             .unwrap()

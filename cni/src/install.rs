@@ -132,8 +132,20 @@ fn config_error(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Chains Knit into the node's active config, or writes the default one
-/// over `pod_cidrs` (which must then be non-empty).
+/// over `pod_cidrs` (which must then be non-empty), with no pod MTU of its
+/// own ([`install_with_mtu`]).
 pub fn install(conf_dir: &Path, pod_cidrs: &[String], state_dir: &Path) -> Result<Installed> {
+    install_with_mtu(conf_dir, pod_cidrs, state_dir, None)
+}
+
+/// [`install`], with the default conflist's pods at `pod_mtu`
+/// ([`crate::conflist::pod_mtu`] of the node's underlay).
+pub fn install_with_mtu(
+    conf_dir: &Path,
+    pod_cidrs: &[String],
+    state_dir: &Path,
+    pod_mtu: Option<u32>,
+) -> Result<Installed> {
     std::fs::create_dir_all(conf_dir).map_err(|source| Error::File {
         action: "create",
         path: conf_dir.to_owned(),
@@ -147,7 +159,7 @@ pub fn install(conf_dir: &Path, pod_cidrs: &[String], state_dir: &Path) -> Resul
             ));
         }
         let path = conf_dir.join(DEFAULT_CONFLIST);
-        write(&path, &default_conflist(pod_cidrs, state_dir, None))?;
+        write(&path, &default_conflist(pod_cidrs, state_dir, None, pod_mtu))?;
         return Ok(Installed::Default(path));
     };
     let bytes = read_bytes(&active)?;

@@ -162,8 +162,12 @@ fn node(tag: &str, cgroups: &CgroupRoot, bins: &Binaries, logs: &TempDir, knit: 
     let dir = logs.path().join(format!("cni-{tag}"));
     let state_dir = dir.join("state");
     CniRuntime::link_plugins(&dir.join("bin"), &bins.cni);
-    let mut conflist =
-        knit_cni::conflist::default_conflist(&[POD_CIDR.to_owned()], &state_dir, Some(&dir.join("ipam")));
+    let mut conflist = knit_cni::conflist::default_conflist(
+        &[POD_CIDR.to_owned()],
+        &state_dir,
+        Some(&dir.join("ipam")),
+        None,
+    );
     if !knit {
         // The plain node: the same reference plugins without Knit.
         conflist["plugins"].as_array_mut().expect("plugins").pop();

@@ -71,6 +71,16 @@ impl Netns {
         sh("ip", &all)
     }
 
+    /// Runs `program args…` inside the namespace and returns how it went,
+    /// failure included.
+    pub fn exec_status(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.name.as_str(), program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"))
+    }
+
     /// Whether a TCP connection to `addr:port` succeeds from inside.
     pub fn tcp_open(&self, addr: &str, port: u16) -> bool {
         tcp_open(&self.name, addr, port)

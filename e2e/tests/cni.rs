@@ -29,6 +29,7 @@ fn node() -> Node {
             &["10.77.1.0/24".into()],
             &state,
             Some(&dir.path().join("ipam")),
+            None,
         ),
         bin_dir: dir.path().join("bin"),
         cache_dir: dir.path().join("cache"),

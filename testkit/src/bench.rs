@@ -46,7 +46,10 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
-    field_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(), field)
+    field_kib(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        field,
+    )
 }
 
 /// `field` (e.g. `VmRSS:`) of one `/proc/<pid>/status` text, in KiB.
@@ -79,6 +82,9 @@ mod tests {
         assert!(rss_kib(pid) > 0);
         assert!(peak_rss_kib(pid) > 0);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        assert!(field_kib(&status, "VmHWM:") >= field_kib(&status, "VmRSS:"), "{status}");
+        assert!(
+            field_kib(&status, "VmHWM:") >= field_kib(&status, "VmRSS:"),
+            "{status}"
+        );
     }
 }

@@ -91,7 +91,13 @@ impl LocalMesh {
             let (name, id, letter) = (c.name(), c.mesh_id(), c.letter());
             let cp = Netns::new(&format!("{letter}-cp"));
             let cp_ip = underlay_ip(c, 0);
-            attach_underlay(&underlay, &cp, &format!("u{letter}cp"), &cp_ip);
+            attach_underlay(
+                &underlay,
+                &cp,
+                &format!("u{letter}cp"),
+                &cp_ip,
+                options.underlay_mtu,
+            );
             let cidrs = match &options.extra_pod_cidr {
                 Some((of, extra)) if *of == c => format!("10.{id}.0.0/16, {extra}"),
                 _ => format!("10.{id}.0.0/16"),
@@ -103,7 +109,13 @@ impl LocalMesh {
                 let tag = n.tag();
                 let ns = Netns::new(&tag);
                 let ip = underlay_ip(c, n.index + 1);
-                attach_underlay(&underlay, &ns, &format!("u{}", tag.replace('-', "")), &ip);
+                attach_underlay(
+                    &underlay,
+                    &ns,
+                    &format!("u{}", tag.replace('-', "")),
+                    &ip,
+                    options.underlay_mtu,
+                );
                 let pod_cidr = format!("10.{id}.{}.0/24", n.index + 1);
                 let node_dir = cni.path().join(&tag);
                 let cni_state_dir = node_dir.join("state");
@@ -112,6 +124,7 @@ impl LocalMesh {
                         std::slice::from_ref(&pod_cidr),
                         &cni_state_dir,
                         Some(&node_dir.join("ipam")),
+                        Some(knit_cni::conflist::pod_mtu(options.underlay_mtu)),
                     ),
                     bin_dir: plugin_dir.clone(),
                     cache_dir: node_dir.join("cache"),

@@ -174,7 +174,13 @@ impl LocalMesh {
     /// masqueraded: it has no route to any pod CIDR.
     pub fn add_outside_host(&self, tag: &str, ip: &str) -> (Netns, ChildProcess) {
         let ns = Netns::new(&format!("x-{tag}"));
-        attach_underlay(&self.underlay, &ns, &format!("ux{tag}"), ip);
+        attach_underlay(
+            &self.underlay,
+            &ns,
+            &format!("ux{tag}"),
+            ip,
+            self.options.underlay_mtu,
+        );
         let server = self.serve_in(ns.name(), &format!("outside/{tag}"), SERVER_PORT);
         (ns, server)
     }

@@ -127,6 +127,9 @@ pub struct MeshOptions {
     /// A second pod CIDR for one cluster, beside its `10.<id>.0.0/16`
     /// (room for the benchmarks' 100,000 endpoints).
     pub extra_pod_cidr: Option<(ClusterId, String)>,
+    /// MTU of the underlay (every node's `eth0` and the bridge's ports);
+    /// pods get this less the tunnel's overhead, as install-cni gives them.
+    pub underlay_mtu: u32,
 }
 
 impl Default for MeshOptions {
@@ -138,6 +141,7 @@ impl Default for MeshOptions {
             agent_args: Vec::new(),
             extra_pod_cidr: None,
             lease_ttl_secs: 10,
+            underlay_mtu: 1500,
         }
     }
 }
@@ -212,8 +216,11 @@ pub(super) fn underlay_ip(cluster: ClusterId, slot: usize) -> String {
 }
 
 /// Connects `ns` to the underlay bridge with `ip`/24 on its `eth0`.
-pub(super) fn attach_underlay(underlay: &Netns, ns: &Netns, bridge_side: &str, ip: &str) {
+pub(super) fn attach_underlay(underlay: &Netns, ns: &Netns, bridge_side: &str, ip: &str, mtu: u32) {
     underlay.veth_to(bridge_side, ns, "eth0");
+    let mtu = mtu.to_string();
+    underlay.ip(&["link", "set", bridge_side, "mtu", &mtu]);
+    ns.ip(&["link", "set", "eth0", "mtu", &mtu]);
     underlay.ip(&["link", "set", bridge_side, "master", "br0"]);
     ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
 }
