@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod netdev;
 pub mod node_routes;
 pub mod peer_report;
+pub mod pod_mtu;
 pub mod policy;
 pub mod preference;
 pub mod render;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub unreadable_attachments: Gauge,
     /// Times Knit was chained again into a CNI config that lost it.
     pub cni_config_rechained: Counter,
+    /// Attached pods whose MTU exceeds what the tunnel carries whole.
+    pub pods_over_tunnel_mtu: Gauge,
     /// Direct routes to other nodes' pod CIDRs the agent keeps.
     pub node_routes: Gauge,
     /// Direct routes the kernel refused (e.g. a gateway not on-link).
@@ -112,6 +114,11 @@ impl Metrics {
             "cni_config_rechained",
             "Times the node's CNI config was rewritten without Knit (by the cluster's CNI) and Knit was chained again",
             self.cni_config_rechained.clone(),
+        );
+        r.register(
+            "pods_over_tunnel_mtu",
+            "Attached pods whose interface MTU exceeds the underlay's less the tunnel's 50 bytes (their full-size packets fragment); set the CNI's MTU lower",
+            self.pods_over_tunnel_mtu.clone(),
         );
         r.register(
             "node_routes",

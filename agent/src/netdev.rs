@@ -70,6 +70,26 @@ impl NetDevices {
         Ok(out)
     }
 
+    /// Every interface's MTU by name.
+    pub async fn mtus(&self) -> Result<HashMap<String, u32>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = HashMap::new();
+        while let Some(msg) = links.try_next().await.map_err(netlink("list interfaces"))? {
+            let (mut name, mut mtu) = (None, None);
+            for attr in &msg.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::Mtu(m) => mtu = Some(*m),
+                    _ => {}
+                }
+            }
+            if let (Some(name), Some(mtu)) = (name, mtu) {
+                out.insert(name, mtu);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every VXLAN device's UDP port by name.
     pub async fn vxlan_ports(&self) -> Result<BTreeMap<String, u16>> {
         let mut links = self.handle.link().get().execute();

@@ -149,6 +149,7 @@ pub async fn run<S: Source>(
     let mut interfaces: HashMap<String, Link> = HashMap::new();
     let mut attachments: Vec<Attachment> = Vec::new();
     let mut attachments_read = false;
+    let mut mtu_check_due = true;
     let mut tick = tokio::time::interval(settings.refresh);
     loop {
         tokio::select! {
@@ -199,6 +200,7 @@ pub async fn run<S: Source>(
                 match net.interfaces().await {
                     Ok(now) if now != interfaces => {
                         interfaces = now;
+                        mtu_check_due = true;
                         renderer.invalidate();
                         dirty_since.get_or_insert_with(Instant::now);
                     }
@@ -214,6 +216,7 @@ pub async fn run<S: Source>(
                         attachments_read = true;
                         if now != attachments {
                             attachments = now;
+                            mtu_check_due = true;
                             renderer.invalidate();
                             dirty_since.get_or_insert_with(Instant::now);
                         }
@@ -229,6 +232,10 @@ pub async fn run<S: Source>(
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "checking the node's CNI config failed"),
                     }
+                }
+                if mtu_check_due {
+                    mtu_check_due = false;
+                    check_pod_mtus(&net, &attachments, &metrics).await;
                 }
                 for (reason, n) in datapath.drops() {
                     metrics.drops.get_or_create(&Name { name: reason.into() }).set(n as i64);
@@ -411,5 +418,30 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Counts and names the attached pods too large for the tunnel
+/// ([`crate::pod_mtu`]); nothing when the node has no default route to
+/// take the underlay's MTU from.
+async fn check_pod_mtus(net: &NetDevices, attachments: &[Attachment], metrics: &Metrics) {
+    let Some(limit) = crate::cni_install::node_pod_mtu() else {
+        return;
+    };
+    let mtus = match net.mtus().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %knit_kvstore::error_chain(&e), "reading interface MTUs failed");
+            return;
+        }
+    };
+    let over = crate::pod_mtu::over_tunnel_mtu(attachments, &mtus, limit);
+    metrics.pods_over_tunnel_mtu.set(over.len() as i64);
+    if !over.is_empty() {
+        tracing::warn!(
+            pods = ?over,
+            limit,
+            "pods have an MTU above the underlay's less the tunnel's 50 bytes: their full-size packets will fragment across nodes; set the cluster CNI's MTU to {limit} or less"
+        );
     }
 }

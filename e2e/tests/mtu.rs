@@ -129,3 +129,47 @@ fn full_size_transfers_cross_a_1400_byte_underlay_unfragmented() {
         "no node fragmented or reassembled a packet (FragCreates, ReasmReqds per node)"
     );
 }
+
+/// On a node where Knit is chained into a CNI that leaves pods at the
+/// underlay's full MTU (kindnet's conflist says 1500), the agent counts
+/// and names them; pods of Knit's default conflist are not counted.
+#[test]
+fn a_chained_cni_with_full_size_pods_is_reported() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 1,
+        nodes: 1,
+        ..MeshOptions::default()
+    });
+    let node = A.node(0);
+    // The underlay's MTU is the default route's interface's.
+    mesh.node(node)
+        .netns
+        .ip(&["route", "replace", "default", "dev", "eth0"]);
+    let metric = "knit_agent_pods_over_tunnel_mtu";
+    let fits = mesh.add_pod(node, "shop", "fits", &[("app", "web")]);
+    assert_eq!(eth0_mtu(&mesh, fits), 1450);
+    mesh.wait_until(
+        "the agent to check the pod",
+        std::time::Duration::from_secs(20),
+        || {
+            mesh.agent_metrics(node)
+                .lines()
+                .any(|l| l == format!("{metric} 0"))
+        },
+    );
+
+    let default = mesh.node(node).cni.conflist.clone();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cni/tests/fixtures/kindnet/10-kindnet.conflist");
+    let mut kindnet: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    kindnet["plugins"][0]["ipam"] = default["plugins"][0]["ipam"].clone();
+    let state = std::path::PathBuf::from(default["plugins"][2]["stateDir"].as_str().unwrap());
+    mesh.set_conflist(node, knit_cni::conflist::chain(&kindnet, &state).unwrap());
+    let big = mesh.add_pod(node, "shop", "big", &[("app", "web")]);
+    assert_eq!(eth0_mtu(&mesh, big), 1500);
+    mesh.wait_until(
+        "the agent to report the full-size pod",
+        std::time::Duration::from_secs(20),
+        || mesh.agent_metric(node, metric) == 1,
+    );
+}
