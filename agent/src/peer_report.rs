@@ -6,7 +6,10 @@
 //!
 //! A node reaches a peer when the peer's data is synced in the local
 //! kvstore (every kind's canary seen) and, if the peer announces nodes, the
-//! data path to at least one of them answers its probes.
+//! data path to at least one of them answers its probes, and the peer's
+//! tunnel is on this node's UDP port (a peer announcing another port is
+//! never reachable: the VXLAN device sends every cluster's packets to its
+//! own port).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,8 +27,12 @@ use crate::index::MeshIndex;
 pub const REPORT_TTL_SECS: i64 = 15;
 
 /// This node's view of every peer in `index`, given the tunnel endpoints
-/// failing their probes.
-pub fn views(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeMap<String, AgentPeerView> {
+/// failing their probes and this node's tunnel port.
+pub fn views(
+    index: &MeshIndex,
+    failing: &BTreeSet<IpAddr>,
+    tunnel_port: u16,
+) -> BTreeMap<String, AgentPeerView> {
     index
         .peers
         .iter()
@@ -40,7 +47,12 @@ pub fn views(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeMap<String, 
                 .values()
                 .filter(|n| !failing.contains(&n.tunnel_endpoint))
                 .count();
-            let problem = if !unsynced.is_empty() {
+            let peer_port = view.config.as_ref().and_then(|c| c.tunnel_port);
+            let problem = if let Some(port) = peer_port.filter(|p| *p != tunnel_port) {
+                Some(format!(
+                    "its tunnel is on UDP {port}, this cluster's on {tunnel_port}: set the same tunnelPort (ConfigMap knit-agent-config) in every cluster of the mesh"
+                ))
+            } else if !unsynced.is_empty() {
                 Some(format!("its {} are not synced yet", unsynced.join(", ")))
             } else if !view.nodes.is_empty() && answering == 0 {
                 Some(format!(
@@ -55,6 +67,7 @@ pub fn views(index: &MeshIndex, failing: &BTreeSet<IpAddr>) -> BTreeMap<String, 
                 AgentPeerView {
                     connected: problem.is_none(),
                     problem,
+                    tunnel_port_mismatch: peer_port.filter(|p| *p != tunnel_port),
                 },
             )
         })
@@ -121,7 +134,7 @@ mod tests {
                 serde_json::json!({"name": node, "cluster": "b", "underlayIps": [ip], "tunnelEndpoint": ip, "podCIDRs": []}),
             );
         }
-        let not_synced = views(&index, &BTreeSet::new());
+        let not_synced = views(&index, &BTreeSet::new(), 8472);
         assert!(!not_synced["b"].connected);
         assert!(not_synced["b"].problem.as_deref().unwrap().contains("not synced"));
 
@@ -133,20 +146,53 @@ mod tests {
             );
         }
         assert_eq!(
-            views(&index, &BTreeSet::new())["b"],
+            views(&index, &BTreeSet::new(), 8472)["b"],
             AgentPeerView {
                 connected: true,
-                problem: None
+                problem: None,
+                tunnel_port_mismatch: None,
             }
         );
         let one_down = BTreeSet::from(["192.168.2.1".parse().unwrap()]);
-        assert!(views(&index, &one_down)["b"].connected);
+        assert!(views(&index, &one_down, 8472)["b"].connected);
         let all_down = BTreeSet::from(["192.168.2.1".parse().unwrap(), "192.168.2.2".parse().unwrap()]);
-        let view = &views(&index, &all_down)["b"];
+        let view = &views(&index, &all_down, 8472)["b"];
         assert!(!view.connected);
         assert!(
             view.problem.as_deref().unwrap().contains("none of its 2 nodes"),
             "{view:?}"
         );
+    }
+
+    #[test]
+    fn a_peer_on_another_tunnel_port_is_not_reached_and_says_so() {
+        let mut index = MeshIndex::new("a");
+        let config = |port: Option<u16>| {
+            let mut c = serde_json::json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"]});
+            if let Some(p) = port {
+                c["tunnelPort"] = p.into();
+            }
+            c
+        };
+        for kind in Kind::ALL {
+            put(
+                &mut index,
+                &format!("cache/b/synced/{kind}"),
+                serde_json::json!(1),
+            );
+        }
+        put(&mut index, "cache/b/config", config(Some(8473)));
+        let view = &views(&index, &BTreeSet::new(), 8472)["b"];
+        assert!(!view.connected);
+        assert_eq!(view.tunnel_port_mismatch, Some(8473));
+        let problem = view.problem.as_deref().unwrap();
+        assert!(
+            problem.contains("UDP 8473") && problem.contains("8472") && problem.contains("tunnelPort"),
+            "{problem}"
+        );
+        assert!(views(&index, &BTreeSet::new(), 8473)["b"].connected);
+        // A writer from before the port was announced: nothing to compare.
+        put(&mut index, "cache/b/config", config(None));
+        assert!(views(&index, &BTreeSet::new(), 8472)["b"].connected);
     }
 }

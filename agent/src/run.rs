@@ -258,7 +258,7 @@ pub async fn run<S: Source>(
                 *t = targets;
                 changed
             });
-            let peers = crate::peer_report::views(&index, &options.failing);
+            let peers = crate::peer_report::views(&index, &options.failing, settings.tunnel_port);
             report_tx.send_if_modified(|r| {
                 let changed = r.peers != peers;
                 r.peers = peers;

@@ -36,6 +36,9 @@ pub struct LocalCluster {
     pub id: u16,
     /// Pod CIDRs.
     pub pod_cidrs: Vec<IpNet>,
+    /// UDP port of the cluster's tunnel, announced so peers can tell a
+    /// mismatch.
+    pub tunnel_port: Option<u16>,
 }
 
 pub use knit_kvstore::keys::local_prefix;
@@ -119,6 +122,7 @@ pub fn plan<'a>(
         id: cluster.id,
         pod_cidrs: pod_cidrs.clone(),
         capabilities: vec!["services-local-prefix".into()],
+        tunnel_port: cluster.tunnel_port,
     };
     put(&mut out, RelativeKey::Config, json(&config));
 

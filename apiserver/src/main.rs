@@ -31,6 +31,10 @@ struct Args {
     /// exported. None (or empty): the Nodes' podCIDRs.
     #[arg(long, value_delimiter = ',', value_parser = parse_pod_cidr)]
     pod_cidrs: Vec<ipnet::IpNet>,
+    /// UDP port of this cluster's VXLAN tunnel (the agents'
+    /// `tunnelPort`), announced in the cluster's config record.
+    #[arg(long, env = "KNIT_TUNNEL_PORT", default_value_t = 8472)]
+    tunnel_port: u16,
     /// etcd client config of the local writer (the `admin` certificate).
     #[arg(long)]
     etcd_config: PathBuf,
@@ -152,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         name: args.cluster_name.clone(),
         id: args.cluster_id,
         pod_cidrs: args.pod_cidrs.clone(),
+        tunnel_port: Some(args.tunnel_port),
     };
     let settings = ExporterSettings {
         cluster,

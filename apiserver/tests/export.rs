@@ -17,6 +17,7 @@ fn cluster() -> LocalCluster {
         name: "a".into(),
         id: 1,
         pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+        tunnel_port: Some(8472),
     }
 }
 

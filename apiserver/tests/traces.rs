@@ -43,6 +43,7 @@ async fn exporting(name: &str, id: u16) -> TestCluster {
             name: name.into(),
             id,
             pod_cidrs: vec![cluster.pod_cidr().parse().unwrap()],
+            tunnel_port: Some(8472),
         },
         lease_ttl_secs: 10,
     };

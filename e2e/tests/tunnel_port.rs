@@ -2,13 +2,17 @@
 //! on k3s (flannel's `flannel.1`) or beside Cilium in VXLAN mode: the agent
 //! stops at once with an error naming the owner and `tunnelPort`, never a
 //! crash loop on "address in use"; on another port it starts. Each case
-//! runs knit-agent in a network namespace of its own. Runs as root.
+//! runs knit-agent in a network namespace of its own. And across the mesh:
+//! a peer that announces another tunnel port is reported unreachable by
+//! every agent, with the port and the fix, until it agrees again. Runs as
+//! root.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use knit_e2e::mesh::Binaries;
+use knit_e2e::mesh::{Binaries, ClusterId, LocalMesh, MeshOptions};
 use knit_e2e::netns::{Netns, run_bpffs};
+use knit_operator::status_table::agents_reaching;
 
 /// Runs the agent in `ns` with `extra` arguments until it exits or
 /// `deadline` passes; returns (exited, stderr + stdout).
@@ -128,4 +132,40 @@ fn a_taken_vxlan_port_stops_the_agent_with_the_owner_named() {
     let dev = flannel.ip(&["-d", "-j", "link", "show", "knit_vxlan"]);
     let dev: serde_json::Value = serde_json::from_slice(&dev.stdout).expect("knit_vxlan exists");
     assert_eq!(dev[0]["linkinfo"]["info_data"]["port"], 8473, "{dev}");
+}
+
+#[test]
+fn a_peer_announcing_another_tunnel_port_is_reported_unreachable() {
+    let (a, b) = (ClusterId(0), ClusterId(1));
+    let mut mesh = LocalMesh::start(MeshOptions {
+        nodes: 1,
+        ..MeshOptions::default()
+    });
+    let reaching = |mesh: &LocalMesh| {
+        mesh.status_report(a)
+            .map(|r| agents_reaching(&r.nodes, &b.name()))
+    };
+    mesh.wait_until("a's agent to reach b", Duration::from_secs(30), || {
+        reaching(&mesh).is_some_and(|r| (r.connected, r.total) == (1, 1))
+    });
+
+    mesh.restart_apiserver_with(b, &["--tunnel-port=8473"]);
+    mesh.wait_until("a's agent to see b's other port", Duration::from_secs(40), || {
+        reaching(&mesh).is_some_and(|r| {
+            r.connected == 0
+                && r.not_connected
+                    .iter()
+                    .any(|(_, why)| why.contains("UDP 8473") && why.contains("tunnelPort"))
+        })
+    });
+    let table = mesh.knitctl_status(a);
+    assert!(
+        table.contains("its tunnel is on UDP 8473, this cluster's on 8472"),
+        "{table}"
+    );
+
+    mesh.restart_apiserver_with(b, &[]);
+    mesh.wait_until("a's agent to reach b again", Duration::from_secs(40), || {
+        reaching(&mesh).is_some_and(|r| (r.connected, r.total) == (1, 1))
+    });
 }

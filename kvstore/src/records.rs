@@ -44,6 +44,10 @@ pub struct ClusterConfigRecord {
     /// Optional features the writer supports.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// UDP port of the cluster's VXLAN tunnel; every cluster of a mesh
+    /// must use the same (absent from writers before it was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_port: Option<u16>,
 }
 
 /// `clusters/<c>/nodes/<node>`.
@@ -225,6 +229,10 @@ pub struct AgentPeerView {
     /// Why not, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The peer's tunnel port, when it differs from this node's (the
+    /// peer is then unreachable; its ClusterMeshPeer says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_port_mismatch: Option<u16>,
 }
 
 /// What a cluster's `ServiceExport` says of its Service, for KEP-1645:

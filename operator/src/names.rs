@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 /// Deployment of the mesh apiserver (knit-apiserver + etcd), and its
 /// ClusterIP Service for local agents (port `etcd`).
 pub const APISERVER: &str = "knit-apiserver";
+/// The agents' ConfigMap (`config/agent/agent-config.yaml`): `tunnelPort`,
+/// `tcAttach`. The apiserver reads `tunnelPort` from it to announce it.
+pub const AGENT_CONFIG: &str = "knit-agent-config";
 /// Service peers reach (port `peers`, the peer front): the one exposed as
 /// NodePort or LoadBalancer. etcd itself is never exposed outside.
 pub const PEERS_SERVICE: &str = "knit-apiserver-peers";

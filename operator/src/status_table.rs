@@ -206,6 +206,7 @@ mod tests {
                     knit_kvstore::records::AgentPeerView {
                         connected: true,
                         problem: None,
+                        tunnel_port_mismatch: None,
                     },
                 )]
                 .into(),
@@ -220,6 +221,7 @@ mod tests {
                     knit_kvstore::records::AgentPeerView {
                         connected: false,
                         problem: Some("none of its 2 nodes answers".into()),
+                        tunnel_port_mismatch: None,
                     },
                 )]
                 .into(),

@@ -355,6 +355,7 @@ fn the_apiservers_report_fills_counts_and_readiness() {
         over_limit: 12,
         last_sync: Some(t0()),
         last_error: None,
+        tunnel_port_mismatch: None,
     });
     let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
     let status = &plan.peer_statuses["b"];
@@ -522,4 +523,47 @@ fn every_certificate_has_one_expiry_for_the_alert() {
     let leaf = (t0() + SignedDuration::from_hours(24 * 365)).as_second();
     assert_eq!(expiries["knit-peer-front-cert/tls.crt"], leaf);
     assert!(expiries["knit-ca/ca.crt"] > leaf);
+}
+
+#[test]
+fn the_apiserver_announces_the_agents_tunnel_port_from_their_configmap() {
+    let deployment = knit_operator::render::workloads::apiserver_deployment(&config_a(), "h").unwrap();
+    let value = serde_json::to_value(&deployment).unwrap();
+    let containers = value["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let apiserver = containers.iter().find(|c| c["name"] == "apiserver").unwrap();
+    assert_eq!(
+        apiserver["env"],
+        serde_json::json!([{"name": "KNIT_TUNNEL_PORT", "valueFrom": {"configMapKeyRef": {
+            "name": "knit-agent-config", "key": "tunnelPort", "optional": true}}}]),
+        "one place for the port: the agents' ConfigMap"
+    );
+}
+
+#[test]
+fn a_peer_on_another_tunnel_port_is_not_connected_and_says_which_port() {
+    let config = config_a();
+    let mut b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    b.sync = Some(PeerSyncReport {
+        connected: true,
+        synced: true,
+        agents: Some((0, 2)),
+        tunnel_port_mismatch: Some(8473),
+        ..Default::default()
+    });
+    let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
+    let status = &plan.peer_statuses["b"];
+    let connected = status.conditions.iter().find(|c| c.type_ == "Connected").unwrap();
+    assert_eq!(
+        (connected.status.as_str(), connected.reason.as_str()),
+        ("False", "TunnelPortMismatch")
+    );
+    assert!(
+        connected.message.contains("UDP 8473") && connected.message.contains("tunnelPort"),
+        "{}",
+        connected.message
+    );
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "TunnelPortMismatch");
 }

@@ -254,6 +254,19 @@ impl LocalMesh {
         control.start_apiserver(&bin, &["--poll-interval=1s", &grace, &ttl]);
     }
 
+    /// Restarts cluster `c`'s apiserver (etcd keeps running) with `extra`
+    /// arguments beside the harness's own.
+    pub fn restart_apiserver_with(&mut self, c: ClusterId, extra: &[&str]) {
+        let grace = format!("--grace-period={}", self.options.grace_period);
+        let bin = self.bins.apiserver.to_string_lossy().into_owned();
+        let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
+        let mut args = vec!["--poll-interval=1s", grace.as_str(), ttl.as_str()];
+        args.extend_from_slice(extra);
+        let control = &mut self.clusters[c.0].control;
+        control.stop_apiserver();
+        control.start_apiserver(&bin, &args);
+    }
+
     /// Kills cluster `c`'s apiserver and etcd (by PID).
     pub fn stop_control_plane(&mut self, c: ClusterId) {
         let control = &mut self.clusters[c.0].control;

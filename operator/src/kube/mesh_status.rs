@@ -117,6 +117,9 @@ impl Reports {
         let mut report = PeerSyncReport::from(self.peers.get(peer)?);
         let agents: Vec<AgentStatusRecord> = self.agents.values().cloned().collect();
         let reaching = agents_reaching(&agents, peer);
+        report.tunnel_port_mismatch = agents
+            .iter()
+            .find_map(|a| a.peers.get(peer)?.tunnel_port_mismatch);
         if reaching.total > 0 {
             report.agents = Some((reaching.connected, reaching.total));
             report.nodes_not_connected = reaching
@@ -167,6 +170,7 @@ mod tests {
                 knit_kvstore::records::AgentPeerView {
                     connected,
                     problem: (!connected).then(|| "none of its 1 nodes answers".into()),
+                    tunnel_port_mismatch: None,
                 },
             );
         }
@@ -215,5 +219,11 @@ mod tests {
         assert!(reports.apply("knit/v1/agent-status/n2", None));
         assert_eq!(reports.sync_report("b").unwrap().agents, Some((1, 2)));
         assert_eq!(reports.sync_report("c"), None);
+        assert_eq!(reports.sync_report("b").unwrap().tunnel_port_mismatch, None);
+        // An agent that finds the peer on another tunnel port.
+        let other_port = serde_json::json!({"node": "n5", "peers": {"b": {
+            "connected": false, "problem": "its tunnel is on UDP 8473", "tunnelPortMismatch": 8473}}});
+        assert!(reports.apply("knit/v1/agent-status/n5", Some(other_port.to_string().as_bytes())));
+        assert_eq!(reports.sync_report("b").unwrap().tunnel_port_mismatch, Some(8473));
     }
 }

@@ -80,6 +80,8 @@ pub struct PeerSyncReport {
     pub over_limit: u64,
     /// Nodes whose agent does not reach the peer, each as `node: why`.
     pub nodes_not_connected: Vec<String>,
+    /// The peer's tunnel port, when agents report it differs from theirs.
+    pub tunnel_port_mismatch: Option<u16>,
     /// Last completed sync.
     pub last_sync: Option<Timestamp>,
     /// Last problem, in words.
@@ -94,6 +96,7 @@ impl From<&PeerStatusRecord> for PeerSyncReport {
             synced: r.synced,
             agents: None,
             nodes_not_connected: Vec::new(),
+            tunnel_port_mismatch: None,
             nodes: count(Kind::Nodes),
             endpoints: count(Kind::Endpoints),
             services: count(Kind::Services),
@@ -337,7 +340,16 @@ pub fn peer_status(
         ),
         (None, None) => (waiting("Connected"), waiting("Synced")),
         (Some(s), None) => (
-            if s.connected {
+            if let Some(port) = s.tunnel_port_mismatch {
+                Desired::new(
+                    "Connected",
+                    "False",
+                    "TunnelPortMismatch",
+                    format!(
+                        "the peer's tunnel is on UDP {port} and this cluster's agents use another port; set the same tunnelPort (ConfigMap knit-agent-config) in every cluster of the mesh"
+                    ),
+                )
+            } else if s.connected {
                 Desired::new(
                     "Connected",
                     "True",

@@ -79,6 +79,14 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                             "name": "apiserver",
                             "image": config.images.apiserver,
                             "args": apiserver_args(config),
+                            // The agents' tunnel port, set once in
+                            // knit-agent-config, announced to peers.
+                            "env": [{
+                                "name": "KNIT_TUNNEL_PORT",
+                                "valueFrom": { "configMapKeyRef": {
+                                    "name": names::AGENT_CONFIG, "key": "tunnelPort", "optional": true,
+                                } },
+                            }],
                             "ports": [
                                 { "name": "metrics", "containerPort": names::APISERVER_METRICS_PORT },
                                 { "name": "peers", "containerPort": config.apiserver.peer_port },
