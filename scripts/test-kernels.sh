@@ -119,7 +119,7 @@ build_initramfs() {
   ln -sf dash "$STAGE/bin/sh"
   copy /usr/bin/bash /usr/sbin/ip /usr/sbin/tc /usr/sbin/xtables-nft-multi \
     /usr/bin/nsenter /usr/bin/setpriv /usr/bin/kill /usr/bin/id /usr/bin/env /usr/bin/tar \
-    /usr/bin/etcd /usr/bin/ldd /usr/bin/timeout /sbin/modprobe /usr/bin/python3 \
+    /usr/bin/etcd /usr/bin/ldd /usr/bin/timeout /sbin/modprobe \
     /usr/bin/ps /usr/bin/rm /usr/bin/cat
   for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
     ln -sf xtables-nft-multi "$STAGE/usr/sbin/$t"
