@@ -16,7 +16,7 @@ APT_PACKAGES=(
   containernetworking-plugins     # reference CNI plugins (ptp, bridge, host-local, portmap)
   containerd runc                 # a real container runtime for the CNI lifecycle test
   prometheus                      # promtool: checks and unit-tests config/monitoring alert rules
-  qemu-system-x86 busybox-static cpio kmod  # make test-kernels: Debian's 6.1 kernel under qemu, an initramfs of busybox + the tests
+  qemu-system-x86 busybox-static cpio kmod procps  # make test-kernels: Debian's 6.1 and 5.10 kernels under qemu, an initramfs of busybox + the tests
 )
 
 missing=()
