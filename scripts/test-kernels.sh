@@ -149,8 +149,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
+# /tmp and /run stay directories of the initramfs (already in memory and
+# writable): a tmpfs over them would hide a workspace cloned under /tmp.
 mount -t bpf bpf /sys/fs/bpf
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 for m in veth vxlan cls_bpf sch_ingress nf_tables nft_chain_nat nft_compat xt_MASQUERADE xt_comment xt_addrtype xt_conntrack xt_mark xt_nat bridge; do
