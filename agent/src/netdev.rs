@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -46,78 +46,74 @@ impl NetDevices {
         Ok(Self { handle })
     }
 
-    /// Every interface's index and MAC by name.
-    pub async fn interfaces(&self) -> Result<HashMap<String, Link>> {
+    /// One dump of every interface: `pick` reads what the caller needs
+    /// from each link message; the result is keyed by interface name.
+    async fn links<T>(&self, pick: impl Fn(&LinkMessage) -> Option<T>) -> Result<Vec<(String, T)>> {
         let mut links = self.handle.link().get().execute();
-        let mut out = HashMap::new();
+        let mut out = Vec::new();
         while let Some(msg) = links.try_next().await.map_err(netlink("list interfaces"))? {
-            let mut name = None;
-            let mut link = Link {
-                index: msg.header.index,
-                mac: [0; 6],
-            };
-            for attr in &msg.attributes {
-                match attr {
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(a),
-                    _ => {}
-                }
-            }
-            if let Some(name) = name {
-                out.insert(name, link);
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let (Some(name), Some(value)) = (name, pick(&msg)) {
+                out.push((name, value));
             }
         }
         Ok(out)
+    }
+
+    /// Every interface's index and MAC by name.
+    pub async fn interfaces(&self) -> Result<HashMap<String, Link>> {
+        let links = self
+            .links(|msg| {
+                let mut link = Link {
+                    index: msg.header.index,
+                    mac: [0; 6],
+                };
+                for attr in &msg.attributes {
+                    if let LinkAttribute::Address(a) = attr
+                        && a.len() == 6
+                    {
+                        link.mac.copy_from_slice(a);
+                    }
+                }
+                Some(link)
+            })
+            .await?;
+        Ok(links.into_iter().collect())
     }
 
     /// Every interface's MTU by name.
     pub async fn mtus(&self) -> Result<HashMap<String, u32>> {
-        let mut links = self.handle.link().get().execute();
-        let mut out = HashMap::new();
-        while let Some(msg) = links.try_next().await.map_err(netlink("list interfaces"))? {
-            let (mut name, mut mtu) = (None, None);
-            for attr in &msg.attributes {
-                match attr {
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::Mtu(m) => mtu = Some(*m),
-                    _ => {}
-                }
-            }
-            if let (Some(name), Some(mtu)) = (name, mtu) {
-                out.insert(name, mtu);
-            }
-        }
-        Ok(out)
+        let mtus = self
+            .links(|msg| {
+                msg.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                })
+            })
+            .await?;
+        Ok(mtus.into_iter().collect())
     }
 
     /// Every VXLAN device's UDP port by name.
     pub async fn vxlan_ports(&self) -> Result<BTreeMap<String, u16>> {
-        let mut links = self.handle.link().get().execute();
-        let mut out = BTreeMap::new();
-        while let Some(msg) = links.try_next().await.map_err(netlink("list interfaces"))? {
-            let mut name = None;
-            let mut port = None;
-            for attr in &msg.attributes {
-                match attr {
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::LinkInfo(infos) => {
-                        for info in infos {
-                            if let LinkInfo::Data(InfoData::Vxlan(vx)) = info {
-                                port = vx.iter().find_map(|a| match a {
-                                    InfoVxlan::Port(p) => Some(*p),
-                                    _ => None,
-                                });
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(name), Some(port)) = (name, port) {
-                out.insert(name, port);
-            }
-        }
-        Ok(out)
+        let ports = self
+            .links(|msg| {
+                msg.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+                        LinkInfo::Data(InfoData::Vxlan(vx)) => vx.iter().find_map(|a| match a {
+                            InfoVxlan::Port(p) => Some(*p),
+                            _ => None,
+                        }),
+                        _ => None,
+                    }),
+                    _ => None,
+                })
+            })
+            .await?;
+        Ok(ports.into_iter().collect())
     }
 
     /// Creates (or keeps) the VXLAN device `name` in collect-metadata mode
