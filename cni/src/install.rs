@@ -168,17 +168,11 @@ pub fn install_with_mtu(
     if is_multus(&conf) && !inline_delegates {
         return follow_cluster_network(conf_dir, &active, &bytes, &conf, state_dir);
     }
-    chain_file(conf_dir, &active, &bytes, &conf, state_dir)
+    chain_file(&active, &bytes, &conf, state_dir)
 }
 
 /// Chains Knit into the file `path` (holding `bytes`, parsed as `conf`).
-fn chain_file(
-    conf_dir: &Path,
-    path: &Path,
-    bytes: &[u8],
-    conf: &Value,
-    state_dir: &Path,
-) -> Result<Installed> {
+fn chain_file(path: &Path, bytes: &[u8], conf: &Value, state_dir: &Path) -> Result<Installed> {
     if chains_knit(conf) {
         return Ok(Installed::AlreadyChained(path.to_owned()));
     }
@@ -203,7 +197,6 @@ fn chain_file(
             ),
         ));
     }
-    debug_assert_eq!(list.parent(), Some(conf_dir));
     save_backup(path, bytes)?;
     write(&list, &chained)?;
     std::fs::remove_file(path).map_err(|source| Error::File {
@@ -234,7 +227,7 @@ fn follow_cluster_network(
     let target = cluster_network_file(conf_dir, multus_path, network)?;
     let bytes = read_bytes(&target)?;
     let conf = parse(&target, &bytes)?;
-    let outcome = chain_file(conf_dir, &target, &bytes, &conf, state_dir)?;
+    let outcome = chain_file(&target, &bytes, &conf, state_dir)?;
     let Installed::Chained(now) = &outcome else {
         return Ok(outcome);
     };
