@@ -84,6 +84,18 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _guard = knit_telemetry::init_tracing("knit-agent")?;
+    let stop = knit_telemetry::shutdown_signal()?;
+    tokio::select! {
+        r = serve() => r,
+        signal = stop => {
+            tracing::info!(signal, "shutting down; the datapath stays in place");
+            Ok(())
+        }
+    }
+}
+
+/// The subcommand, or the agent until it fails.
+async fn serve() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("install-cni") => return install_cni(CniArgs::parse_from(std::env::args().skip(1))).await,
         Some("uninstall-cni") => {
@@ -102,19 +114,50 @@ async fn main() -> anyhow::Result<()> {
     // kill an agent that waits for etcd; readiness says what it waits for.
     let (health, server) = knit_telemetry::serve_registry(args.metrics_addr, registry);
     let mut server = tokio::spawn(server);
-    let cluster = match &args.cluster_name {
-        Some(name) => name.clone(),
-        None => {
-            health.set_waiting_for("the local kvstore to name this cluster");
-            tokio::select! {
-                r = discover_cluster(&args.etcd_config) => r?,
-                r = &mut server => return r.context("metrics server")?.context("metrics server"),
+    let direct_node_routes = args.direct_node_routes.enabled(args.cni_conf_dir.as_deref());
+    let agent = async {
+        match &args.source_dir {
+            Some(dir) => {
+                let source = DirectorySource::new(dir, args.poll_interval);
+                agent(&args, direct_node_routes, source, metrics, health).await
+            }
+            None => {
+                let kube = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API")?;
+                // Nodes only where the agent routes to other nodes' pods.
+                let kinds = knit_sources::Kinds {
+                    nodes: direct_node_routes,
+                    ..knit_sources::Kinds::AGENT
+                };
+                agent(
+                    &args,
+                    direct_node_routes,
+                    KubernetesSource::new(kube, kinds),
+                    metrics,
+                    health,
+                )
+                .await
             }
         }
     };
-    health.set_waiting_for("the first complete kvstore list, policy read and CNI attachment read");
+    tokio::select! {
+        r = &mut server => r.context("metrics server")?.context("metrics server")?,
+        r = agent => r?,
+    }
+    Ok(())
+}
+
+/// The agent on `source` (see `knit_agent::run`).
+async fn agent<S: knit_sources::Source>(
+    args: &Args,
+    direct_node_routes: bool,
+    source: S,
+    metrics: Metrics,
+    health: knit_telemetry::Health,
+) -> anyhow::Result<()> {
     let settings = AgentSettings {
-        cluster,
+        cluster: args.cluster_name.clone(),
         node: args.node_name.clone(),
         etcd_config: args.etcd_config.clone(),
         pin_dir: args.bpf_pin_dir.clone(),
@@ -125,43 +168,12 @@ async fn main() -> anyhow::Result<()> {
         refresh: Duration::from_millis(500),
         cni_state_dir: args.cni_state_dir.clone(),
         cni_conf_dir: args.cni_conf_dir.clone(),
-        direct_node_routes: args.direct_node_routes.enabled(args.cni_conf_dir.as_deref()),
+        direct_node_routes,
         health_port: args.health_port,
         health_interval: args.health_interval,
         policy_default_local_cluster: args.policy_default_local_cluster,
     };
-    let agent = async {
-        match &args.source_dir {
-            Some(dir) => {
-                run(
-                    settings,
-                    DirectorySource::new(dir, args.poll_interval),
-                    metrics,
-                    health,
-                )
-                .await
-            }
-            None => {
-                let kube = kube::Client::try_default()
-                    .await
-                    .context("connecting to the Kubernetes API")?;
-                run(
-                    settings,
-                    KubernetesSource::new(kube, knit_sources::Kinds::AGENT),
-                    metrics,
-                    health,
-                )
-                .await
-            }
-        }
-        .context("agent")
-    };
-    tokio::select! {
-        r = &mut server => r.context("metrics server")?.context("metrics server")?,
-        r = agent => r?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down; the datapath stays in place"),
-    }
-    Ok(())
+    run(settings, source, metrics, health).await.context("agent")
 }
 
 /// `knit-agent install-cni` / `uninstall-cni` (the DaemonSet's init
@@ -230,24 +242,4 @@ async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
     )?;
     tracing::info!(?installed, ?pod_mtu, "CNI installed");
     Ok(())
-}
-
-/// Waits until the local kvstore names its cluster.
-async fn discover_cluster(etcd_config: &std::path::Path) -> anyhow::Result<String> {
-    let config = knit_kvstore::etcd::load_client_config(etcd_config)?;
-    loop {
-        let found = async {
-            let mut client = knit_kvstore::etcd::connect(&config).await?;
-            knit_kvstore::etcd::local_cluster_name(&mut client).await
-        }
-        .await;
-        match found {
-            Ok(Some(name)) => return Ok(name),
-            Ok(None) => tracing::info!("the local kvstore has no cluster yet; waiting"),
-            Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot read the cluster name; retrying")
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }

@@ -14,6 +14,13 @@
 //! nodes of a cluster on one L2 segment; a gateway the kernel cannot reach
 //! directly is refused and counted.
 //!
+//! Where from: the kvstore's node records and, in Kubernetes mode, the Node
+//! objects (`spec.podCIDRs` via the first IPv4 InternalIP/ExternalIP), as
+//! kindnet does. The Node objects are what lets a cluster without a CNI
+//! bootstrap: before the agent can reach the mesh apiserver (a pod, maybe
+//! on another node) it needs the routes to that node's pods, and the API
+//! server has them. Where both name a CIDR, the kvstore's record wins.
+//!
 //! [`desired`] and [`plan`] are pure; `run` applies the plan through
 //! [`crate::netdev`], touching only routes marked as the agent's.
 
@@ -22,6 +29,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
+
+use knit_sources::NodeInfo;
 
 use crate::index::MeshIndex;
 
@@ -55,9 +64,27 @@ impl Mode {
 }
 
 /// Every IPv4 pod CIDR of this cluster's other nodes → that node's tunnel
-/// endpoint (its underlay address).
-pub fn desired(index: &MeshIndex, node: &str) -> BTreeMap<Ipv4Net, Ipv4Addr> {
+/// endpoint (its underlay address), from the Node objects `api_nodes` and
+/// the kvstore's records in `index` (which win).
+pub fn desired(
+    index: &MeshIndex,
+    api_nodes: &BTreeMap<String, NodeInfo>,
+    node: &str,
+) -> BTreeMap<Ipv4Net, Ipv4Addr> {
     let mut out = BTreeMap::new();
+    for n in api_nodes.values().filter(|n| n.name != node) {
+        let Some(gateway) = n.underlay_ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        }) else {
+            continue;
+        };
+        for cidr in &n.pod_cidrs {
+            if let IpNet::V4(net) = cidr {
+                out.insert(net.trunc(), gateway);
+            }
+        }
+    }
     for n in index.local.nodes.values().filter(|n| n.name != node) {
         let IpAddr::V4(gateway) = n.tunnel_endpoint else {
             continue;
@@ -128,9 +155,55 @@ mod tests {
             );
         }
         assert_eq!(
-            desired(&index, "n1"),
+            desired(&index, &BTreeMap::new(), "n1"),
             BTreeMap::from([(net("10.1.2.0/24"), "192.168.50.12".parse().unwrap())]),
             "not its own CIDR, no IPv6, no node without an IPv4 underlay address"
+        );
+    }
+
+    #[test]
+    fn node_objects_route_before_the_kvstore_knows_a_node_and_the_kvstore_wins() {
+        let mut index = MeshIndex::new("cluster-a");
+        index.local.nodes.insert(
+            "n2".into(),
+            knit_kvstore::records::NodeRecord {
+                name: "n2".into(),
+                cluster: "cluster-a".into(),
+                underlay_ips: vec!["192.168.50.12".parse().unwrap()],
+                pod_cidrs: vec!["10.1.2.0/24".parse().unwrap()],
+                tunnel_endpoint: "192.168.50.12".parse().unwrap(),
+                boot_id: String::new(),
+            },
+        );
+        let api_node = |name: &str, ips: &[&str], cidr: &str| {
+            (
+                name.to_owned(),
+                NodeInfo {
+                    name: name.into(),
+                    underlay_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+                    pod_cidrs: vec![cidr.parse().unwrap()],
+                    boot_id: String::new(),
+                },
+            )
+        };
+        let api = BTreeMap::from([
+            api_node("n1", &["192.168.50.11"], "10.1.1.0/24"),
+            api_node("n2", &["192.168.50.99"], "10.1.2.0/24"),
+            api_node("n3", &["fd00::13", "192.168.50.13"], "10.1.3.0/24"),
+            api_node("n4", &["fd00::14"], "10.1.4.0/24"),
+        ]);
+        assert_eq!(
+            desired(&index, &api, "n1"),
+            BTreeMap::from([
+                (net("10.1.2.0/24"), "192.168.50.12".parse().unwrap()),
+                (net("10.1.3.0/24"), "192.168.50.13".parse().unwrap()),
+            ]),
+            "n3 by its first IPv4 address, n2 as the kvstore says, n4 has no IPv4 underlay"
+        );
+        assert_eq!(
+            desired(&MeshIndex::new("cluster-a"), &api, "n1").len(),
+            2,
+            "an agent that cannot reach the kvstore yet routes from the Node objects alone"
         );
     }
 

@@ -39,8 +39,8 @@ use crate::{Error, Result};
 /// How the agent is set up.
 #[derive(Clone, Debug)]
 pub struct AgentSettings {
-    /// This cluster's name.
-    pub cluster: String,
+    /// This cluster's name; read from the local kvstore when `None`.
+    pub cluster: Option<String>,
     /// This node's name (as in Pod `spec.nodeName`).
     pub node: String,
     /// etcd client config of the local kvstore (the `local` certificate).
@@ -105,7 +105,25 @@ pub async fn run<S: Source>(
         "datapath loaded"
     );
 
+    crate::bootstrap::until_client_config(
+        &settings.etcd_config,
+        &mut source,
+        settings
+            .direct_node_routes
+            .then_some((&net, settings.node.as_str())),
+        &metrics,
+        &health,
+    )
+    .await;
     let client_config = load_client_config(&settings.etcd_config).map_err(Error::Store)?;
+    let cluster = match settings.cluster.clone() {
+        Some(name) => name,
+        None => {
+            health.set_waiting_for("the local kvstore to name this cluster");
+            crate::bootstrap::discover_cluster(&client_config).await
+        }
+    };
+    health.set_waiting_for("the first complete kvstore list, policy read and CNI attachment read");
     let (report_tx, report_rx) = tokio::sync::watch::channel(AgentStatusRecord {
         node: settings.node.clone(),
         peers: Default::default(),
@@ -135,7 +153,7 @@ pub async fn run<S: Source>(
         failing_tx,
     )));
 
-    let mut index = MeshIndex::new(settings.cluster.clone());
+    let mut index = MeshIndex::new(cluster);
     let mut renderer = IncrementalRender::new();
     let mut node_routes_due = true;
     let mut listed = false;
@@ -338,7 +356,8 @@ pub async fn run<S: Source>(
             }
         }
         if settings.direct_node_routes && node_routes_due {
-            node_routes_due = !sync_node_routes(&net, &index, &settings.node, &metrics).await;
+            node_routes_due =
+                !sync_node_routes(&net, &index, &source.state().nodes, &settings.node, &metrics).await;
             if node_routes_due {
                 dirty_since.get_or_insert(since);
             }
@@ -383,10 +402,16 @@ fn translate_cilium_policies(
     (ok, rejected)
 }
 
-/// Brings the agent's direct node routes to what the index says; `false`
-/// when something failed (retried on the next pass).
-async fn sync_node_routes(net: &NetDevices, index: &MeshIndex, node: &str, metrics: &Metrics) -> bool {
-    let want = crate::node_routes::desired(index, node);
+/// Brings the agent's direct node routes to what the index and the Node
+/// objects say; `false` when something failed (retried on the next pass).
+pub(crate) async fn sync_node_routes(
+    net: &NetDevices,
+    index: &MeshIndex,
+    api_nodes: &std::collections::BTreeMap<String, knit_sources::NodeInfo>,
+    node: &str,
+    metrics: &Metrics,
+) -> bool {
+    let want = crate::node_routes::desired(index, api_nodes, node);
     let have = match net.owned_routes().await {
         Ok(have) => have,
         Err(e) => {

@@ -84,6 +84,18 @@ fn parse_pod_cidr(s: &str) -> Result<ipnet::IpNet, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _tracing = knit_telemetry::init_tracing("knit-apiserver")?;
+    let stop = knit_telemetry::shutdown_signal()?;
+    tokio::select! {
+        r = serve(args) => r,
+        signal = stop => {
+            tracing::info!(signal, "shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// Runs until a component fails.
+async fn serve(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -200,7 +212,6 @@ async fn main() -> anyhow::Result<()> {
         r = exporter => r.context("exporter")?,
         () = mesh => anyhow::bail!("mesh ended"),
         r = front => r.context("peer front")?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
     Ok(())
 }

@@ -5,16 +5,19 @@
 //! exporter when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! [`serve`] exposes a Prometheus registry on `/metrics` and the process's
 //! [`Health`] on `/healthz` (alive) and `/readyz` (ready to serve).
+//! [`shutdown_signal`] is the SIGTERM/SIGINT every binary stops on.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod health;
 mod server;
+mod shutdown;
 mod tracing_setup;
 
 pub use health::Health;
 pub use prometheus_client;
 pub use server::{router, serve, serve_registry};
+pub use shutdown::shutdown_signal;
 pub use tracing_setup::{TracingGuard, init_tracing, trace_id};
 
 /// Errors of this crate.
@@ -38,6 +41,9 @@ pub enum Error {
     /// Serving HTTP failed.
     #[error("serving metrics/health")]
     Serve(#[source] std::io::Error),
+    /// Installing the SIGTERM/SIGINT handler failed.
+    #[error("installing the SIGTERM/SIGINT handler")]
+    InstallSignalHandler(#[source] std::io::Error),
 }
 
 /// Result of this crate.

@@ -75,6 +75,8 @@ pub struct Binaries {
     pub probe: PathBuf,
     /// knit-cni.
     pub cni: PathBuf,
+    /// knit-operator.
+    pub operator: PathBuf,
 }
 
 impl Binaries {
@@ -106,6 +108,7 @@ impl Binaries {
             knitctl: bin("knitctl"),
             probe: bin("knit-probe"),
             cni: bin("knit-cni"),
+            operator: bin("knit-operator"),
         }
     }
 }

@@ -48,6 +48,18 @@ struct CertificateLabel {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _tracing = knit_telemetry::init_tracing("knit-operator")?;
+    let stop = knit_telemetry::shutdown_signal()?;
+    tokio::select! {
+        r = serve(args) => r,
+        signal = stop => {
+            tracing::info!(signal, "shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// Runs until a loop ends.
+async fn serve(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading cluster config {}", args.config.display()))?;
     let mut config = ClusterConfig::from_yaml(&text)?;
@@ -121,7 +133,6 @@ async fn main() -> anyhow::Result<()> {
         () = mesh_loop => anyhow::bail!("mesh loop ended"),
         () = gsp_controller::run(applier) => anyhow::bail!("policy controller ended"),
         () = mcs_loop => anyhow::bail!("multi-cluster services loop ended"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
     }
     Ok(())
 }

@@ -1,0 +1,26 @@
+//! The stop signal of every Knit binary. In a pod the binary is PID 1, for
+//! which the kernel ignores signals without a handler, and the kubelet stops
+//! it with SIGTERM (SIGKILL after the grace period); a terminal sends
+//! SIGINT. Either one starts a clean shutdown.
+
+use std::future::Future;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives
+/// while the binary still starts is not lost) and returns a future that
+/// resolves to the name of the first signal received.
+///
+/// # Errors
+/// [`crate::Error::InstallSignalHandler`] when a handler cannot be
+/// installed (no signal driver in the runtime).
+pub fn shutdown_signal() -> crate::Result<impl Future<Output = &'static str> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate()).map_err(crate::Error::InstallSignalHandler)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(crate::Error::InstallSignalHandler)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
