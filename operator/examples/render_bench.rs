@@ -14,6 +14,7 @@ fn peers(n: u16, now: Timestamp) -> Vec<PeerInput> {
     (2..n + 2)
         .map(|id| PeerInput {
             name: format!("c{id}"),
+            uid: None,
             generation: Some(1),
             created: Some(now),
             spec: ClusterMeshPeerSpec {

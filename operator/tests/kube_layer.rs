@@ -62,6 +62,7 @@ fn cmp_b() -> ClusterMeshPeer {
     let input = peer("b", "b", 2, "2026-01-01T00:00:00Z");
     let mut cmp = ClusterMeshPeer::new("b", input.spec);
     cmp.metadata.generation = Some(1);
+    cmp.metadata.uid = Some("uid-b".into());
     cmp
 }
 
@@ -186,7 +187,10 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     echoed["status"] = body["status"].clone();
     respond(send, with_meta(echoed));
 
-    let mut reasons = Vec::new();
+    // `kubectl describe` selects Events by the object's UID: each Event
+    // names it, a cluster-scoped peer's in namespace default (the only one
+    // the API server accepts for it), the Deployment's in its own.
+    let mut events = BTreeMap::new();
     while !task.is_finished() {
         let Ok(Some((req, send))) =
             tokio::time::timeout(std::time::Duration::from_secs(2), handle.next_request()).await
@@ -194,23 +198,34 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
             break;
         };
         assert_eq!(req.method(), Method::POST);
-        assert!(
-            req.uri().path().starts_with("/apis/events.k8s.io/v1/namespaces/"),
-            "{}",
-            req.uri()
-        );
+        let path = req.uri().path().to_owned();
         let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
-        reasons.push(body["reason"].as_str().unwrap().to_owned());
+        events.insert(body["reason"].as_str().unwrap().to_owned(), (path, body.clone()));
         respond(send, with_meta(body));
     }
     let plan = task.await.unwrap().unwrap();
     assert_eq!(plan.accepted.len(), 1);
+    let (path, body) = &events["ReadyFalse"];
+    assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/default/events");
     assert_eq!(
-        reasons.iter().filter(|r| *r == "CertificateIssued").count(),
-        1,
-        "{reasons:?}"
+        body["regarding"],
+        json!({ "apiVersion": "knit.dev/v1alpha1", "kind": "ClusterMeshPeer", "name": "b", "uid": "uid-b" })
     );
-    assert!(reasons.contains(&"ReadyFalse".to_owned()), "{reasons:?}");
+    assert_eq!(body["type"], "Warning");
+    assert_eq!(body["action"], "Reconcile");
+    assert_eq!(body["reportingController"], "knit-operator");
+    assert_eq!(body["reportingInstance"], "op-0");
+    assert!(body["note"].as_str().unwrap().starts_with("Connected: "), "{body}");
+    let (path, body) = &events["CertificateIssued"];
+    assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/knit-system/events");
+    assert_eq!(
+        body["regarding"],
+        json!({ "apiVersion": "apps/v1", "kind": "Deployment", "name": "knit-apiserver", "namespace": "knit-system", "uid": "uid-1" }),
+        "the UID the Deployment's apply returned"
+    );
+    assert_eq!(body["type"], "Normal");
+    assert!(body["note"].as_str().unwrap().len() <= 1024);
+    assert_eq!(events.len(), 2, "{:?}", events.keys());
 }
 
 #[tokio::test]

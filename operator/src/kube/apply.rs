@@ -81,7 +81,8 @@ impl Applier {
     /// Applies every object of the plan, then deletes managed Secrets and
     /// ConfigMaps the plan no longer contains (`existing_secrets` is the
     /// list read before rendering).
-    pub async fn apply_plan(&self, plan: &MeshPlan, existing_secrets: &[Secret]) -> Result<()> {
+    /// Returns the applied Deployment's UID, which its Events name.
+    pub async fn apply_plan(&self, plan: &MeshPlan, existing_secrets: &[Secret]) -> Result<Option<String>> {
         for secret in &plan.secrets {
             self.apply_namespaced(secret).await?;
         }
@@ -91,8 +92,9 @@ impl Applier {
         self.apply_namespaced(&plan.service).await?;
         self.apply_namespaced(&plan.peer_service).await?;
         self.apply_namespaced(&plan.network_policy).await?;
-        self.apply_namespaced(&plan.deployment).await?;
-        self.prune(plan, existing_secrets).await
+        let deployment = self.apply_namespaced(&plan.deployment).await?;
+        self.prune(plan, existing_secrets).await?;
+        Ok(deployment.metadata.uid)
     }
 
     async fn prune(&self, plan: &MeshPlan, existing_secrets: &[Secret]) -> Result<()> {
@@ -138,7 +140,7 @@ impl Applier {
         Ok(())
     }
 
-    async fn apply_namespaced<K>(&self, object: &K) -> Result<()>
+    async fn apply_namespaced<K>(&self, object: &K) -> Result<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -154,8 +156,7 @@ impl Applier {
             .map_err(kube_err(format!(
                 "applying {} {name}",
                 K::kind(&Default::default())
-            )))?;
-        Ok(())
+            )))
     }
 
     /// Writes a ClusterMeshPeer's status (server-side apply on `/status`).
@@ -189,13 +190,21 @@ impl Applier {
     /// Records plan Events; a failure is logged, never fatal.
     /// `trace_id` (of the reconcile that decided them) is appended to each
     /// note, so an Event leads to its trace.
-    pub async fn publish(&self, events: &[PlanEvent], trace_id: Option<&str>) {
+    ///
+    /// Each Event names its object's UID (`kubectl describe` selects Events
+    /// by UID): a peer's from its metadata, the mesh apiserver
+    /// Deployment's as `apiserver_uid` (from its apply). Events about a
+    /// ClusterMeshPeer, which is cluster-scoped, go to namespace `default`:
+    /// the only one the API server accepts for them, and where
+    /// `kubectl describe` finds them.
+    pub async fn publish(&self, events: &[PlanEvent], apiserver_uid: Option<&str>, trace_id: Option<&str>) {
         for ev in events {
             let reference = match &ev.target {
-                EventTarget::Peer(name) => ObjectReference {
+                EventTarget::Peer { name, uid } => ObjectReference {
                     api_version: Some("knit.dev/v1alpha1".into()),
                     kind: Some("ClusterMeshPeer".into()),
                     name: Some(name.clone()),
+                    uid: uid.clone(),
                     ..ObjectReference::default()
                 },
                 EventTarget::MeshApiserver => ObjectReference {
@@ -203,6 +212,7 @@ impl Applier {
                     kind: Some("Deployment".into()),
                     name: Some(names::APISERVER.into()),
                     namespace: Some(self.namespace.clone()),
+                    uid: apiserver_uid.map(str::to_owned),
                     ..ObjectReference::default()
                 },
             };
@@ -213,10 +223,7 @@ impl Applier {
                     EventType::Normal
                 },
                 reason: ev.reason.clone(),
-                note: Some(match trace_id {
-                    Some(id) => format!("{} (trace {id})", ev.note),
-                    None => ev.note.clone(),
-                }),
+                note: Some(crate::render::event_note(&ev.note, trace_id)),
                 action: "Reconcile".into(),
                 secondary: None,
             };

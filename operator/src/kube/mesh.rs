@@ -80,7 +80,7 @@ pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -
         load_balancer_ingress: &load_balancer_ingress,
         now: jiff::Timestamp::now(),
     })?;
-    ctx.applier.apply_plan(&plan, &existing).await?;
+    let apiserver_uid = ctx.applier.apply_plan(&plan, &existing).await?;
     for peer in &inputs {
         if let Some(desired) = plan.peer_statuses.get(&peer.name)
             && peer.status.as_ref() != Some(desired)
@@ -88,7 +88,9 @@ pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -
             ctx.applier.patch_peer_status(&peer.name, desired).await?;
         }
     }
-    ctx.applier.publish(&plan.events, trace_id.as_deref()).await;
+    ctx.applier
+        .publish(&plan.events, apiserver_uid.as_deref(), trace_id.as_deref())
+        .await;
     Ok(plan)
 }
 

@@ -51,8 +51,13 @@ pub struct MeshInputs<'a> {
 /// Who an Event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventTarget {
-    /// A ClusterMeshPeer, by name.
-    Peer(String),
+    /// A ClusterMeshPeer.
+    Peer {
+        /// `metadata.name`.
+        name: String,
+        /// `metadata.uid`, when known.
+        uid: Option<String>,
+    },
     /// The mesh apiserver Deployment (cluster-wide happenings).
     MeshApiserver,
 }
@@ -203,7 +208,10 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         for flip in conditions::flipped(before, &status.conditions) {
             if flip.type_ == "Ready" || (flip.type_ == "CertificateReady" && flip.status == "False") {
                 events.push(PlanEvent {
-                    target: EventTarget::Peer(peer.name.clone()),
+                    target: EventTarget::Peer {
+                        name: peer.name.clone(),
+                        uid: peer.uid.clone(),
+                    },
                     warning: flip.status == "False",
                     reason: format!("{}{}", flip.type_, flip.status),
                     note: flip.message.clone(),
@@ -308,6 +316,24 @@ fn tls_data(pair: &CertKeyPair, ca: &str, endpoint: Option<String>) -> Result<BT
     Ok(data)
 }
 
+/// The longest Event note the API server accepts, in bytes.
+pub const EVENT_NOTE_MAX: usize = 1024;
+
+/// `note` with ` (trace <id>)` appended, cut (at a character boundary,
+/// ending in `…`) so that the whole fits [`EVENT_NOTE_MAX`]: the API server
+/// rejects a longer note, and with it the Event.
+pub fn event_note(note: &str, trace_id: Option<&str>) -> String {
+    let suffix = trace_id.map(|id| format!(" (trace {id})")).unwrap_or_default();
+    if note.len() + suffix.len() <= EVENT_NOTE_MAX {
+        return format!("{note}{suffix}");
+    }
+    let mut cut = EVENT_NOTE_MAX - suffix.len() - '…'.len_utf8();
+    while !note.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…{suffix}", &note[..cut])
+}
+
 fn normal(target: EventTarget, reason: &str, note: &str) -> PlanEvent {
     PlanEvent {
         target,
@@ -355,4 +381,26 @@ fn config_map(config: &ClusterConfig, name: &str, key: &str, value: String) -> C
 fn short_sha256(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_note_fits_the_api_servers_limit_with_its_trace() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(event_note("short", Some(trace)), format!("short (trace {trace})"));
+        // CertificateIssued at 9 peers: one line per certificate.
+        let issued: Vec<String> = (0..9)
+            .map(|i| format!("knit-peer-configs/c{i}.crt: client certificate CN remote-a for peer c{i}, valid until 2027-12-05T00:00:00Z (ééé)"))
+            .collect();
+        let long = issued.join("; ");
+        assert!(long.len() > EVENT_NOTE_MAX);
+        let note = event_note(&long, Some(trace));
+        assert!(note.len() <= EVENT_NOTE_MAX, "{}", note.len());
+        assert!(note.ends_with(&format!("… (trace {trace})")), "{note}");
+        assert!(long.starts_with(note.split('…').next().unwrap()));
+        assert!(event_note(&long, None).len() <= EVENT_NOTE_MAX);
+    }
 }

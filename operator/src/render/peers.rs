@@ -25,6 +25,9 @@ use crate::{Result, names};
 pub struct PeerInput {
     /// `metadata.name`.
     pub name: String,
+    /// `metadata.uid`: Events about the peer name it, or `kubectl describe`
+    /// does not show them.
+    pub uid: Option<String>,
     /// `metadata.generation`.
     pub generation: Option<i64>,
     /// `metadata.creationTimestamp`; the older of two clashing peers wins.
@@ -48,6 +51,7 @@ impl PeerInput {
                 .name
                 .clone()
                 .unwrap_or_else(|| peer.spec.cluster_name.clone()),
+            uid: peer.metadata.uid.clone(),
             generation: peer.metadata.generation,
             created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
             spec: peer.spec.clone(),

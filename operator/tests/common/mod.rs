@@ -27,6 +27,7 @@ pub fn peer(name: &str, cluster: &str, id: u16, created: &str) -> PeerInput {
     let ca = pki::new_ca(cluster, t0(), 3650).unwrap();
     PeerInput {
         name: name.into(),
+        uid: None,
         generation: Some(1),
         created: Some(created.parse().unwrap()),
         spec: ClusterMeshPeerSpec {
