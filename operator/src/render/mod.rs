@@ -391,8 +391,8 @@ mod tests {
     fn an_event_note_fits_the_api_servers_limit_with_its_trace() {
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
         assert_eq!(event_note("short", Some(trace)), format!("short (trace {trace})"));
-        // CertificateIssued at 9 peers: one line per certificate.
-        let issued: Vec<String> = (0..9)
+        // CertificateIssued at 12 peers: one line per certificate.
+        let issued: Vec<String> = (0..12)
             .map(|i| format!("knit-peer-configs/c{i}.crt: client certificate CN remote-a for peer c{i}, valid until 2027-12-05T00:00:00Z (ééé)"))
             .collect();
         let long = issued.join("; ");
