@@ -11,6 +11,7 @@
 
 pub mod conditions;
 pub mod config;
+pub mod config_files;
 pub mod files;
 pub mod gsp;
 pub mod kube;

@@ -227,3 +227,81 @@ fn each_peer_shows_the_fingerprints_of_the_cas_it_is_trusted_with() {
     assert_eq!(plan.peer_statuses["b"].peer_cas, pki::fingerprints(&bundle));
     assert_eq!(plan.peer_statuses["b"].peer_cas.len(), 2);
 }
+
+/// A roll step committed to git reaches the running operator: the kubelet
+/// rewrites the mounted `config.yaml`, the operator notices and reconciles
+/// with it. An invalid edit meanwhile is not taken (the running config
+/// stays), and an image change in `knit-images` is a change like any other.
+#[tokio::test]
+async fn a_roll_step_written_to_the_mounted_config_takes_effect_without_a_restart() {
+    use knit_operator::config_files::ConfigFiles;
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("knit-config-files-{}", std::process::id()));
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let base = "clusterName: a\nclusterID: 1\npodCIDRs: [10.1.0.0/16]\napiserver:\n  externalAddresses: [mesh.a.example.com]\n";
+    std::fs::write(dir.join("config.yaml"), base).unwrap();
+    std::fs::write(images.join("apiserver"), "ghcr.io/knit-dev/knit-apiserver:v0.1.0").unwrap();
+    let files = ConfigFiles {
+        config: dir.join("config.yaml"),
+        images_dir: Some(images.clone()),
+    };
+    let running = files.load().unwrap();
+    assert_eq!(running.config.certificates.mesh_ca_rotation, None);
+    assert_eq!(
+        running.config.images.apiserver,
+        "ghcr.io/knit-dev/knit-apiserver:v0.1.0"
+    );
+    let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let start = render(&running.config, &[b.clone()], &Default::default(), t0());
+
+    let watcher = {
+        let (files, running) = (files.clone(), running.clone());
+        tokio::spawn(async move { files.next_change(&running, Duration::from_millis(20)).await })
+    };
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!("{base}certificates:\n  meshCARotation: Prepared\n"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!watcher.is_finished(), "an invalid step (Prepared) is not taken");
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!("{base}certificates:\n  meshCARotation: Prepare\n"),
+    )
+    .unwrap();
+    let changed = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the change is noticed")
+        .unwrap();
+    assert_eq!(
+        changed.config.certificates.mesh_ca_rotation,
+        Some(CaRotationStep::Prepare)
+    );
+    let prepared = render(&changed.config, &[b], &stored(&start), t0());
+    assert!(
+        secret_text(&prepared, names::CA_SECRET, "next.crt").is_some(),
+        "the next CA exists once the operator reconciles with the new config"
+    );
+
+    let watcher = {
+        let (files, changed) = (files.clone(), changed.clone());
+        tokio::spawn(async move { files.next_change(&changed, Duration::from_millis(20)).await })
+    };
+    std::fs::write(
+        images.join("apiserver"),
+        "ghcr.io/knit-dev/knit-apiserver:v0.2.0\n",
+    )
+    .unwrap();
+    let changed = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the image change is noticed")
+        .unwrap();
+    assert_eq!(
+        changed.config.images.apiserver,
+        "ghcr.io/knit-dev/knit-apiserver:v0.2.0"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -215,7 +215,10 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     assert_eq!(body["action"], "Reconcile");
     assert_eq!(body["reportingController"], "knit-operator");
     assert_eq!(body["reportingInstance"], "op-0");
-    assert!(body["note"].as_str().unwrap().starts_with("Connected: "), "{body}");
+    assert!(
+        body["note"].as_str().unwrap().starts_with("Connected: "),
+        "{body}"
+    );
     let (path, body) = &events["CertificateIssued"];
     assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/knit-system/events");
     assert_eq!(

@@ -72,3 +72,31 @@ def check_bootstrap(rendered):
         for line in table:
             print(f"config/default bootstrap: {line}")
     return errors
+
+
+def check_config_reload(rendered):
+    """The operator's config reaches it without a restart: its ConfigMaps
+    are mounted as directories (a subPath mount is never updated by the
+    kubelet, and an env var is read once at start)."""
+    errors = []
+    dep = next((d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "knit-operator"), None)
+    if dep is None:
+        return ["config/default: no knit-operator Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    c = next(c for c in pod["containers"] if c["name"] == "operator")
+    volumes = {v["name"]: v.get("configMap", {}).get("name") for v in pod.get("volumes", [])}
+    mounts = {volumes.get(m["name"]): m for m in c.get("volumeMounts", [])}
+    for cm in ("knit-operator-config", "knit-images"):
+        m = mounts.get(cm)
+        if m is None:
+            errors.append(f"knit-operator does not mount ConfigMap {cm}: its changes would need a restart")
+        elif "subPath" in m:
+            errors.append(f"knit-operator mounts ConfigMap {cm} with subPath, which the kubelet never updates")
+    if mounts.get("knit-images") and f"--images-dir={mounts['knit-images']['mountPath']}" not in c.get("args", []):
+        errors.append("knit-operator's --images-dir is not where ConfigMap knit-images is mounted")
+    for e in c.get("env", []):
+        if "configMapKeyRef" in e.get("valueFrom", {}):
+            errors.append(f"knit-operator env {e['name']} comes from a ConfigMap: read once at start, never updated")
+    if not errors:
+        print("config/default: knit-operator reads knit-operator-config and knit-images from updatable mounts")
+    return errors

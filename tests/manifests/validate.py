@@ -27,7 +27,7 @@ import kubernetes_validate
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bootstrap import check_bootstrap  # noqa: E402
+from bootstrap import check_bootstrap, check_config_reload  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 K8S_VERSION = "1.33.0"
@@ -335,6 +335,7 @@ def main():
     print(f"config/default: {len(rendered)} objects rendered, {builtin} built-in objects valid for Kubernetes {K8S_VERSION}")
     failures += check_agent_install(rendered)
     failures += check_bootstrap(rendered)
+    failures += check_config_reload(rendered)
     failures += check_images_in_one_place()
     failures += check_monitoring()
     for doc in kustomize(os.path.join(ROOT, "config", "coredns")):

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use knit_operator::config::ClusterConfig;
+use knit_operator::config_files::ConfigFiles;
 use knit_operator::kube::{Applier, gsp_controller, mcs_controller, mesh, mesh_status};
 use knit_telemetry::prometheus_client::metrics::counter::Counter;
 use knit_telemetry::prometheus_client::metrics::family::Family;
@@ -26,8 +27,16 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "KNIT_METRICS_ADDR", default_value = "0.0.0.0:9963")]
     metrics_addr: SocketAddr,
+    /// Directory of the mesh apiserver's image files `apiserver` and `etcd`
+    /// (mounted from ConfigMap knit-images); they override `images` of the
+    /// config, and a change takes effect like a config change.
+    #[arg(long, env = "KNIT_IMAGES_DIR")]
+    images_dir: Option<PathBuf>,
+    /// How often the config files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = knit_telemetry::parse_duration)]
+    config_check_interval: std::time::Duration,
     /// knit-apiserver image of the mesh apiserver Deployment; overrides
-    /// `images.apiserver` of the config (set from ConfigMap knit-images).
+    /// `images.apiserver` of the config and of --images-dir.
     #[arg(long, env = "KNIT_APISERVER_IMAGE")]
     apiserver_image: Option<String>,
     /// etcd image of the mesh apiserver Deployment; overrides `images.etcd`.
@@ -58,17 +67,38 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs until a loop ends.
+/// Runs the operator with the mounted config and starts it again, in the
+/// same process, whenever the config files change (a ConfigMap edit or a
+/// GitOps commit takes effect without a rollout).
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading cluster config {}", args.config.display()))?;
-    let mut config = ClusterConfig::from_yaml(&text)?;
-    if let Some(image) = args.apiserver_image {
-        config.images.apiserver = image;
+    let files = ConfigFiles {
+        config: args.config.clone(),
+        images_dir: args.images_dir.clone(),
+    };
+    let mut loaded = files.load()?;
+    loop {
+        let mut config = loaded.config.clone();
+        if let Some(image) = &args.apiserver_image {
+            config.images.apiserver = image.clone();
+        }
+        if let Some(image) = &args.etcd_image {
+            config.images.etcd = image.clone();
+        }
+        tokio::select! {
+            r = operate(&args, config) => return r,
+            next = files.next_change(&loaded, args.config_check_interval) => {
+                tracing::info!(
+                    mesh_ca_rotation = ?next.config.certificates.mesh_ca_rotation,
+                    "the operator config changed; reconciling with the new one"
+                );
+                loaded = next;
+            }
+        }
     }
-    if let Some(image) = args.etcd_image {
-        config.images.etcd = image;
-    }
+}
+
+/// Runs until a loop ends.
+async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
     tracing::info!(cluster = %config.cluster_name, id = config.cluster_id, "starting knit-operator");
 
     let mut registry = Registry::with_prefix("knit_operator");
@@ -93,7 +123,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let applier = Applier::new(client, &config.namespace, args.pod_name);
+    let applier = Applier::new(client, &config.namespace, args.pod_name.clone());
     let mcs_loop = {
         let (applier, config) = (applier.clone(), config.clone());
         mcs_controller::run(
