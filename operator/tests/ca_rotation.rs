@@ -254,7 +254,12 @@ async fn a_roll_step_written_to_the_mounted_config_takes_effect_without_a_restar
         "ghcr.io/knit-dev/knit-apiserver:v0.1.0"
     );
     let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
-    let start = render(&running.config, &[b.clone()], &Default::default(), t0());
+    let start = render(
+        &running.config,
+        std::slice::from_ref(&b),
+        &Default::default(),
+        t0(),
+    );
 
     let watcher = {
         let (files, running) = (files.clone(), running.clone());
