@@ -273,20 +273,47 @@ impl ClusterConfig {
     }
 
     /// URLs peers use to reach this cluster (for `knitctl peer export`), one
-    /// per [`exported_addresses`](Self::exported_addresses).
-    pub fn peer_endpoints(&self, load_balancer_ingress: &[String]) -> Vec<String> {
+    /// per [`exported_addresses`](Self::exported_addresses), on the port
+    /// peers reach: for `NodePort` the fixed `apiserver.nodePort`, else the
+    /// one Kubernetes allocated to the peers Service.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a `NodePort` Service without a fixed
+    /// node port whose Service has none allocated (yet).
+    pub fn peer_endpoints(&self, service: &PeersServiceView) -> Result<Vec<String>> {
         let port = match self.apiserver.service_type {
-            ServiceType::NodePort => self.apiserver.node_port.unwrap_or(self.apiserver.peer_port),
+            ServiceType::NodePort => match self.apiserver.node_port.or(service.node_port) {
+                Some(port) => port,
+                None => {
+                    return invalid(
+                        "apiserver.nodePort",
+                        "the peers Service has no node port allocated yet (is knit-operator running?); \
+                         set apiserver.nodePort to a fixed port, or give the endpoints explicitly"
+                            .into(),
+                    );
+                }
+            },
             _ => self.apiserver.peer_port,
         };
-        self.exported_addresses(load_balancer_ingress)
+        Ok(self
+            .exported_addresses(&service.ingress)
             .iter()
             .map(|addr| match addr.parse::<IpAddr>() {
                 Ok(IpAddr::V6(v6)) => format!("https://[{v6}]:{port}"),
                 _ => format!("https://{addr}:{port}"),
             })
-            .collect()
+            .collect())
     }
+}
+
+/// What the exported endpoints need of the peers Service
+/// (`knit-apiserver-peers`) as the API server holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeersServiceView {
+    /// Its LoadBalancer ingress: a host name or IP per entry.
+    pub ingress: Vec<String>,
+    /// The node port Kubernetes allocated to its `peers` port.
+    pub node_port: Option<u16>,
 }
 
 /// Checks a cluster name, reporting `field` when it is not a DNS label.
@@ -373,22 +400,65 @@ mod tests {
     fn peer_endpoints_use_external_addresses_and_node_port() {
         let mut c = ClusterConfig::from_yaml(MINIMAL).unwrap();
         c.apiserver.external_addresses = vec!["mesh.a.example.com".into(), "fd00::1".into()];
+        let lb = PeersServiceView {
+            ingress: vec!["192.0.2.7".into()],
+            node_port: None,
+        };
         assert_eq!(
-            c.peer_endpoints(&["192.0.2.7".into()]),
+            c.peer_endpoints(&lb).unwrap(),
             vec!["https://mesh.a.example.com:2480", "https://[fd00::1]:2480"]
         );
         c.apiserver.service_type = ServiceType::NodePort;
         c.apiserver.node_port = Some(32379);
-        assert_eq!(c.peer_endpoints(&[])[0], "https://mesh.a.example.com:32379");
+        assert_eq!(
+            c.peer_endpoints(&lb).unwrap()[0],
+            "https://mesh.a.example.com:32379"
+        );
+    }
+
+    #[test]
+    fn a_node_port_service_exports_the_port_kubernetes_allocated() {
+        let mut c = ClusterConfig::from_yaml(MINIMAL).unwrap();
+        c.apiserver.external_addresses = vec!["192.0.2.10".into()];
+        c.apiserver.service_type = ServiceType::NodePort;
+        let allocated = PeersServiceView {
+            ingress: Vec::new(),
+            node_port: Some(31234),
+        };
+        assert_eq!(
+            c.peer_endpoints(&allocated).unwrap(),
+            vec!["https://192.0.2.10:31234"]
+        );
+        let err = c
+            .peer_endpoints(&PeersServiceView::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apiserver.nodePort") && err.contains("no node port allocated"),
+            "{err}"
+        );
+        c.apiserver.node_port = Some(32000);
+        assert_eq!(
+            c.peer_endpoints(&allocated).unwrap(),
+            vec!["https://192.0.2.10:32000"],
+            "a fixed node port is what the Service gets"
+        );
     }
 
     #[test]
     fn without_external_addresses_the_load_balancer_ingress_is_exported() {
         let c = ClusterConfig::from_yaml(MINIMAL).unwrap();
         assert!(c.apiserver.external_addresses.is_empty());
-        assert_eq!(c.peer_endpoints(&[]), Vec::<String>::new());
         assert_eq!(
-            c.peer_endpoints(&["192.0.2.7".into(), "mesh.lb.example.com".into()]),
+            c.peer_endpoints(&PeersServiceView::default()).unwrap(),
+            Vec::<String>::new()
+        );
+        let lb = PeersServiceView {
+            ingress: vec!["192.0.2.7".into(), "mesh.lb.example.com".into()],
+            node_port: None,
+        };
+        assert_eq!(
+            c.peer_endpoints(&lb).unwrap(),
             vec!["https://192.0.2.7:2480", "https://mesh.lb.example.com:2480"]
         );
     }

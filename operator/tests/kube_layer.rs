@@ -418,3 +418,19 @@ async fn policy_statuses_are_patched_only_when_they_change() {
     assert_eq!(older["matchedServices"], json!(["web"]));
     drop(handle);
 }
+
+#[test]
+fn the_peers_services_allocated_node_port_is_read_for_the_export() {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": { "name": "knit-apiserver-peers" },
+        "spec": { "type": "NodePort", "ports": [
+            { "name": "metrics", "port": 9962, "nodePort": 30001 },
+            { "name": "peers", "port": 2480, "nodePort": 31234 }
+        ] },
+        "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.7" }] } }
+    }))
+    .unwrap();
+    let view = knit_operator::kube::apply::peers_service_view(&svc);
+    assert_eq!(view.node_port, Some(31234));
+    assert_eq!(view.ingress, vec!["192.0.2.7"]);
+}

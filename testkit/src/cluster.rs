@@ -94,7 +94,14 @@ impl TestCluster {
     pub fn manifest(&self) -> ClusterMeshPeer {
         let ca =
             std::fs::read_to_string(self.pki().join(names::PUBLIC_CA_CONFIGMAP).join("ca.crt")).expect("CA");
-        peer_export::export_peer(&self.config, &ca, self.config.peer_endpoints(&[])).expect("export")
+        peer_export::export_peer(
+            &self.config,
+            &ca,
+            self.config
+                .peer_endpoints(&Default::default())
+                .expect("endpoints"),
+        )
+        .expect("export")
     }
 
     /// Makes `peers` this cluster's peers and renders again. Restart etcd

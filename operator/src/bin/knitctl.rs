@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use knit_crds::ClusterMeshPeer;
 use knit_operator::config::ClusterConfig;
-use knit_operator::kube::apply::ingress_addresses;
+use knit_operator::kube::apply::peers_service_view;
 use knit_operator::{files, names, peer_export};
 use kube::api::Api;
 
@@ -323,7 +323,7 @@ fn export_offline(config: &Path, dir: &Path, endpoints: Vec<String>) -> anyhow::
     let ca = std::fs::read_to_string(&ca_path)
         .with_context(|| format!("reading {} (run `knitctl render` first)", ca_path.display()))?;
     let endpoints = if endpoints.is_empty() {
-        config.peer_endpoints(&[])
+        config.peer_endpoints(&Default::default())?
     } else {
         endpoints
     };
@@ -364,13 +364,13 @@ async fn export_from_cluster(namespace: &str, endpoints: Vec<String>) -> anyhow:
     .await?;
     let endpoints = if endpoints.is_empty() {
         let services: Api<Service> = Api::namespaced(client, namespace);
-        let ingress = services
+        let service = services
             .get_opt(names::PEERS_SERVICE)
             .await
             .context("reading the peers Service")?
-            .map(|svc| ingress_addresses(&svc))
+            .map(|svc| peers_service_view(&svc))
             .unwrap_or_default();
-        config.peer_endpoints(&ingress)
+        config.peer_endpoints(&service)?
     } else {
         endpoints
     };

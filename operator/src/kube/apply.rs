@@ -234,6 +234,22 @@ impl Applier {
     }
 }
 
+/// What the exported endpoints need of the peers Service: its ingress and
+/// the node port allocated to its `peers` port.
+pub fn peers_service_view(service: &Service) -> crate::config::PeersServiceView {
+    let node_port = service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("peers"))
+        .and_then(|p| p.node_port)
+        .and_then(|p| u16::try_from(p).ok());
+    crate::config::PeersServiceView {
+        ingress: ingress_addresses(service),
+        node_port,
+    }
+}
+
 /// Host name (preferred) or IP of each LoadBalancer ingress entry of `service`.
 pub fn ingress_addresses(service: &Service) -> Vec<String> {
     service
