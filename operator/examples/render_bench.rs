@@ -68,6 +68,7 @@ fn main() {
         let inputs = peers(n, now);
         let t = Instant::now();
         let first = render_mesh(&MeshInputs {
+            node_sources: &[],
             config: &config,
             peers: &inputs,
             stored: &Default::default(),
@@ -82,6 +83,7 @@ fn main() {
                 .map(|_| {
                     let t = Instant::now();
                     render_mesh(&MeshInputs {
+                        node_sources: &[],
                         config: &config,
                         peers: &inputs,
                         stored: &stored,

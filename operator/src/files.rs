@@ -28,6 +28,7 @@ pub fn render_to_dir(
     let stored = read_dir_secrets(dir)?;
     let inputs: Vec<PeerInput> = peers.iter().map(offline_peer_input).collect();
     let plan = render::render_mesh(&MeshInputs {
+        node_sources: &[],
         config,
         peers: &inputs,
         stored: &stored,

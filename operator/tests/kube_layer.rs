@@ -73,6 +73,7 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
         config: config_a(),
         applier: Applier::new(client, "knit-system", Some("op-0".into())),
         reports: Default::default(),
+        node_sources: Default::default(),
     };
     let peers = vec![Arc::new(cmp_b())];
     let task = tokio::spawn(async move { reconcile_mesh(&ctx, &peers).await });
@@ -249,6 +250,7 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
         config,
         applier: Applier::new(client, "knit-system", None),
         reports: Default::default(),
+        node_sources: Default::default(),
     };
     let peers = vec![Arc::new(cmp)];
     let task = tokio::spawn(async move { reconcile_mesh(&ctx, &peers).await });
@@ -306,6 +308,7 @@ async fn the_load_balancer_address_gets_into_the_server_certificate() {
         config,
         applier: Applier::new(client, "knit-system", None),
         reports: Default::default(),
+        node_sources: Default::default(),
     };
     let task = tokio::spawn(async move { reconcile_mesh(&ctx, &[]).await });
     let ns = "/api/v1/namespaces/knit-system";

@@ -490,6 +490,62 @@ fn the_apiserver_pod_admits_peers_everywhere_and_etcd_clients_only_from_configur
     let etcd = &closed.spec.as_ref().unwrap().ingress.as_ref().unwrap()[1];
     let from = etcd.from.as_ref().unwrap();
     assert_eq!(from[0].ip_block.as_ref().unwrap().cidr, "192.168.0.0/16");
+    // The operator reaches etcd from its pod: always admitted.
+    assert_eq!(
+        from[1]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app.kubernetes.io/name"],
+        "knit-operator"
+    );
+
+    // Host-network agents come from their Node's addresses or the tunnel
+    // and bridge addresses at the start of its pod CIDR: admitted even when
+    // etcdClientCIDRs leaves them out.
+    let nodes: Vec<k8s_openapi::api::core::v1::Node> = serde_json::from_value(serde_json::json!([
+        { "metadata": { "name": "n1" },
+          "spec": { "podCIDRs": ["10.244.1.0/24", "fd00:1::/64"] },
+          "status": { "addresses": [
+              { "type": "InternalIP", "address": "172.18.0.2" },
+              { "type": "Hostname", "address": "n1" } ] } },
+        { "metadata": { "name": "n2" },
+          "spec": { "podCIDR": "10.244.2.0/24" },
+          "status": { "addresses": [{ "type": "InternalIP", "address": "172.18.0.3" }] } }
+    ]))
+    .unwrap();
+    let sources = knit_operator::render::workloads::node_sources(&nodes);
+    assert_eq!(
+        sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "10.244.1.0",
+            "10.244.1.1",
+            "10.244.2.0",
+            "10.244.2.1",
+            "172.18.0.2",
+            "172.18.0.3"
+        ]
+    );
+    let policy = knit_operator::render::workloads::apiserver_network_policy(&config, &sources).unwrap();
+    let from = policy.spec.unwrap().ingress.unwrap()[1].from.clone().unwrap();
+    let cidrs: Vec<String> = from
+        .iter()
+        .filter_map(|p| p.ip_block.as_ref().map(|b| b.cidr.clone()))
+        .collect();
+    assert_eq!(
+        cidrs,
+        [
+            "192.168.0.0/16",
+            "10.244.1.0/32",
+            "10.244.1.1/32",
+            "10.244.2.0/32",
+            "10.244.2.1/32",
+            "172.18.0.2/32",
+            "172.18.0.3/32"
+        ]
+    );
     assert!(
         knit_operator::config::ClusterConfig::from_yaml(
             "clusterName: a\nclusterID: 1\napiserver: {etcdClientCIDRs: [nodes]}\n"

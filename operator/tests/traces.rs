@@ -31,6 +31,7 @@ async fn a_reconcile_exports_a_span_and_its_events_carry_the_trace_id() {
         config: config_a(),
         applier: Applier::new(client, "knit-system", Some("op-0".into())),
         reports: Default::default(),
+        node_sources: Default::default(),
     };
     let input = peer("b", "b", 2, "2026-01-01T00:00:00Z");
     let mut cmp = knit_crds::ClusterMeshPeer::new("b", input.spec);

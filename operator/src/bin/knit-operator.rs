@@ -143,6 +143,7 @@ async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
         config,
         applier: applier.clone(),
         reports: Default::default(),
+        node_sources: Default::default(),
     };
     let mesh_loop = mesh::run(mesh_ctx, move |outcome| match outcome {
         Ok(plan) => {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use knit_crds::ClusterMeshPeer;
 use kube::api::Api;
 use kube::runtime::reflector;
@@ -30,7 +30,13 @@ pub struct MeshContext {
     pub applier: Applier,
     /// The mesh apiserver's latest report per peer cluster.
     pub reports: MeshReports,
+    /// Where host-network agents reach etcd from, kept from the Nodes
+    /// while `apiserver.etcdClientCIDRs` is set.
+    pub node_sources: NodeSources,
 }
+
+/// Shared, current [`render::workloads::node_sources`].
+pub type NodeSources = Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>;
 
 /// Builds render inputs for the peers in `peers`, resolving `caSecretRef`s.
 pub async fn peer_inputs(applier: &Applier, peers: &[Arc<ClusterMeshPeer>]) -> Vec<PeerInput> {
@@ -78,6 +84,7 @@ pub async fn reconcile_mesh(ctx: &MeshContext, peers: &[Arc<ClusterMeshPeer>]) -
         peers: &inputs,
         stored: &stored,
         load_balancer_ingress: &load_balancer_ingress,
+        node_sources: &ctx.node_sources.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         now: jiff::Timestamp::now(),
     })?;
     let apiserver_uid = ctx.applier.apply_plan(&plan, &existing).await?;
@@ -100,7 +107,7 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
     let client = ctx.applier.client().clone();
     let peers_api: Api<ClusterMeshPeer> = Api::all(client.clone());
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ctx.config.namespace);
-    let services_api: Api<Service> = Api::namespaced(client, &ctx.config.namespace);
+    let services_api: Api<Service> = Api::namespaced(client.clone(), &ctx.config.namespace);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
 
     let (peer_store, peer_writer) = reflector::store();
@@ -132,6 +139,13 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
         ctx.reports.clone(),
         tx.clone(),
     ));
+    if !ctx.config.apiserver.etcd_client_cidrs.is_empty() {
+        tokio::spawn(watch_node_sources(
+            client.clone(),
+            ctx.node_sources.clone(),
+            tx.clone(),
+        ));
+    }
     tokio::spawn(async move {
         while events.next().await.is_some() {
             // A full channel already holds a pending trigger: coalesce.
@@ -165,6 +179,35 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
         // Let a burst of changes settle into one render.
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
+    }
+}
+
+/// Keeps `sources` equal to the Nodes' [`render::workloads::node_sources`],
+/// triggering a reconcile only when they change (not on every Node status
+/// update).
+async fn watch_node_sources(
+    client: kube::Client,
+    sources: NodeSources,
+    trigger: tokio::sync::mpsc::Sender<()>,
+) {
+    let (store, writer) = reflector::store::<Node>();
+    let mut events = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .boxed();
+    while events.next().await.is_some() {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        let nodes: Vec<Node> = store.state().iter().map(|n| (**n).clone()).collect();
+        let now = render::workloads::node_sources(&nodes);
+        let mut held = sources.lock().unwrap_or_else(|p| p.into_inner());
+        if *held != now {
+            *held = now;
+            drop(held);
+            let _ = trigger.try_send(());
+        }
     }
 }
 

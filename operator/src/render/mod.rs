@@ -44,6 +44,10 @@ pub struct MeshInputs<'a> {
     /// Addresses in the mesh apiserver Service's LoadBalancer status (host
     /// name or IP per ingress entry); empty when it has none.
     pub load_balancer_ingress: &'a [String],
+    /// Where host-network agents reach etcd from
+    /// ([`workloads::node_sources`]); admitted when
+    /// `apiserver.etcdClientCIDRs` restricts etcd's port.
+    pub node_sources: &'a [std::net::IpAddr],
     /// Current time.
     pub now: Timestamp,
 }
@@ -227,7 +231,7 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         deployment: workloads::apiserver_deployment(config, &trust_hash)?,
         service: workloads::apiserver_service(config)?,
         peer_service: workloads::peers_service(config)?,
-        network_policy: workloads::apiserver_network_policy(config)?,
+        network_policy: workloads::apiserver_network_policy(config, inputs.node_sources)?,
         peer_statuses,
         accepted,
         events,

@@ -9,6 +9,8 @@
 //! peer added or removed) changes the pod template's trust hash and rolls the
 //! pod with surge, so the new one is ready before the old one goes.
 
+use std::net::IpAddr;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -187,15 +189,28 @@ pub fn peers_service(config: &ClusterConfig) -> Result<Service> {
 
 /// The NetworkPolicy of the mesh apiserver pod: the peer front and the
 /// metrics port are open (peers come from outside the cluster); etcd's port
-/// only from `apiserver.etcdClientCIDRs` when set; nothing else (etcd's
-/// peer port listens on loopback anyway).
-pub fn apiserver_network_policy(config: &ClusterConfig) -> Result<NetworkPolicy> {
-    let etcd_from: Vec<serde_json::Value> = config
+/// only from `apiserver.etcdClientCIDRs` when set, plus what always needs
+/// it: the operator's pods and, for the host-network agents, every address
+/// in `node_sources` (see [`node_sources`]); nothing else (etcd's peer
+/// port listens on loopback anyway).
+pub fn apiserver_network_policy(config: &ClusterConfig, node_sources: &[IpAddr]) -> Result<NetworkPolicy> {
+    let mut etcd_from: Vec<serde_json::Value> = config
         .apiserver
         .etcd_client_cidrs
         .iter()
         .map(|cidr| json!({ "ipBlock": { "cidr": cidr } }))
         .collect();
+    if !etcd_from.is_empty() {
+        etcd_from
+            .push(json!({ "podSelector": { "matchLabels": { "app.kubernetes.io/name": "knit-operator" } } }));
+        etcd_from.extend(node_sources.iter().map(|ip| {
+            let cidr = match ip {
+                IpAddr::V4(_) => format!("{ip}/32"),
+                IpAddr::V6(_) => format!("{ip}/128"),
+            };
+            json!({ "ipBlock": { "cidr": cidr } })
+        }));
+    }
     let mut etcd_rule = json!({ "ports": [{ "protocol": "TCP", "port": config.apiserver.port }] });
     if !etcd_from.is_empty() {
         etcd_rule["from"] = json!(etcd_from);
@@ -258,4 +273,35 @@ fn security_context() -> serde_json::Value {
         "readOnlyRootFilesystem": true,
         "capabilities": { "drop": ["ALL"] },
     })
+}
+
+/// The addresses a host-network agent on `node` may connect to etcd from:
+/// the Node's InternalIP/ExternalIP addresses (a direct route via the
+/// underlay), and the first two addresses of each IPv4 pod CIDR, which
+/// tunnel and bridge CNIs put on the node (flannel's `flannel.1` has the
+/// `.0`, a bridge's `cni0` the `.1`). Sorted, without duplicates.
+pub fn node_sources(nodes: &[k8s_openapi::api::core::v1::Node]) -> Vec<IpAddr> {
+    let mut out = std::collections::BTreeSet::new();
+    for node in nodes {
+        for a in node.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+            if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                && let Ok(ip) = a.address.parse::<IpAddr>()
+            {
+                out.insert(ip);
+            }
+        }
+        let spec = node.spec.as_ref();
+        let cidrs = spec
+            .and_then(|s| s.pod_cidrs.clone())
+            .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+            .unwrap_or_default();
+        for cidr in cidrs {
+            if let Ok(ipnet::IpNet::V4(net)) = cidr.parse::<ipnet::IpNet>() {
+                let first = u32::from(net.network());
+                out.insert(IpAddr::V4(first.into()));
+                out.insert(IpAddr::V4((first + 1).into()));
+            }
+        }
+    }
+    out.into_iter().collect()
 }

@@ -52,6 +52,7 @@ pub fn render(
     now: Timestamp,
 ) -> MeshPlan {
     render_mesh(&MeshInputs {
+        node_sources: &[],
         config,
         peers,
         stored,
