@@ -169,7 +169,7 @@ pass "a cluster without the Service reaches it by the clusterset VIP"
 # DNS: CoreDNS (>= 1.12.2, multicluster plugin) answers api.shop.svc.clusterset.local.
 kubectl --context $B apply -k config/coredns
 kubectl --context $B -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}' \
-  | sed 's/^\(\s*\)kubernetes cluster.local/\1multicluster clusterset.local\n&/' > /tmp/knit-corefile
+  | config/coredns/clusterset-corefile.py > /tmp/knit-corefile
 kubectl --context $B -n kube-system create configmap coredns --from-file=Corefile=/tmp/knit-corefile \
   --dry-run=client -o yaml | kubectl --context $B apply -f -
 kubectl --context $B -n kube-system set image deploy/coredns coredns=registry.k8s.io/coredns/coredns:v1.12.2

@@ -28,6 +28,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bootstrap import check_bootstrap, check_config_reload  # noqa: E402
+from coredns import check_coredns  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 K8S_VERSION = "1.33.0"
@@ -343,9 +344,7 @@ def main():
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             failures.append(f"config/coredns: {doc['kind']}/{doc['metadata']['name']}: {e.message}")
-    corefile = open(os.path.join(ROOT, "config", "coredns", "Corefile.snippet")).read()
-    if "multicluster clusterset.local" not in corefile:
-        failures.append("config/coredns/Corefile.snippet must enable the multicluster plugin for clusterset.local")
+    failures += check_coredns(ROOT)
 
     failures += check_distros()
 
