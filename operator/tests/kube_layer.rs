@@ -143,6 +143,18 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     let (body, send) = expect(
         &mut handle,
         Method::PATCH,
+        "/apis/policy/v1/namespaces/knit-system/poddisruptionbudgets/knit-apiserver",
+    )
+    .await;
+    assert_eq!(body["spec"]["minAvailable"], 1);
+    assert_eq!(
+        body["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "knit-apiserver"
+    );
+    respond(send, with_meta(body));
+    let (body, send) = expect(
+        &mut handle,
+        Method::PATCH,
         "/apis/apps/v1/namespaces/knit-system/deployments/knit-apiserver",
     )
     .await;
@@ -269,8 +281,8 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
     )
     .await;
     respond_not_found(send);
-    // Fifteen idempotent applies, one ConfigMap list; nothing else.
-    for _ in 0..15 {
+    // Sixteen idempotent applies, one ConfigMap list; nothing else.
+    for _ in 0..16 {
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
         assert!(

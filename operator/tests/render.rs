@@ -623,3 +623,47 @@ fn a_peer_on_another_tunnel_port_is_not_connected_and_says_which_port() {
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.reason, "TunnelPortMismatch");
 }
+
+/// The mesh apiserver survives drains and pressure: it has a disruption
+/// budget and a critical priority, and the shipped PodMonitor scrapes it.
+#[test]
+fn the_apiserver_has_a_disruption_budget_a_priority_and_is_scraped() {
+    let plan = render(&config_a(), &[], &Default::default(), t0());
+    let pod = plan.deployment.spec.as_ref().unwrap().template.clone();
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-cluster-critical")
+    );
+    let pdb = plan.disruption_budget.spec.unwrap();
+    assert_eq!(
+        pdb.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let labels = pod.metadata.unwrap().labels.unwrap();
+    assert_eq!(pdb.selector.unwrap().match_labels.unwrap(), labels);
+
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/monitoring/podmonitors.yaml"
+    ))
+    .unwrap();
+    let monitor = text
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).unwrap())
+        .find(|d| d["metadata"]["name"] == "knit-apiserver")
+        .expect("a PodMonitor for the mesh apiserver");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(labels.get(k).map(String::as_str), v.as_str(), "selector {k}");
+    }
+    let port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    assert!(
+        spec.containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .any(|p| p.name.as_deref() == Some(port)),
+        "no container port named {port}"
+    );
+}

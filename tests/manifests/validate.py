@@ -274,6 +274,38 @@ def check_monitoring():
             else:
                 print(f"config/monitoring: promtool {' '.join(args[:2])}: ok")
     print(f"config/monitoring: {len(exprs)} queries use only exported metrics" if not failures else "")
+    failures += check_scraped(docs)
+    return failures
+
+
+def check_scraped(monitoring):
+    """Every Knit pod's metrics port is scraped: a PodMonitor selects the
+    operator's and the agents' pods (config/default) and the mesh
+    apiserver's (rendered by the operator, see operator/tests/render.rs),
+    on a container port named as the PodMonitor says."""
+    failures = []
+    monitors = {d["metadata"]["name"]: d for d in monitoring if d["kind"] == "PodMonitor"}
+    pods = {}
+    for d in kustomize(os.path.join(ROOT, "config", "default")):
+        if d["kind"] in ("Deployment", "DaemonSet"):
+            pods[d["metadata"]["name"]] = d["spec"]["template"]
+    for name in ("knit-operator", "knit-agent", "knit-apiserver"):
+        m = monitors.get(name)
+        if m is None:
+            failures.append(f"config/monitoring: no PodMonitor scrapes {name}")
+            continue
+        if name not in pods:
+            continue
+        labels = pods[name]["metadata"].get("labels", {})
+        want = m["spec"]["selector"]["matchLabels"]
+        if any(labels.get(k) != v for k, v in want.items()):
+            failures.append(f"config/monitoring: PodMonitor {name} selects {want}, the pods have {labels}")
+        ports = {p.get("name") for c in pods[name]["spec"]["containers"] for p in c.get("ports", [])}
+        for ep in m["spec"]["podMetricsEndpoints"]:
+            if ep["port"] not in ports:
+                failures.append(f"config/monitoring: PodMonitor {name} scrapes port {ep['port']}, not one of {ports}")
+    if not failures:
+        print(f"config/monitoring: PodMonitors scrape {sorted(monitors)}")
     return failures
 
 

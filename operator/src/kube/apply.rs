@@ -92,6 +92,7 @@ impl Applier {
         self.apply_namespaced(&plan.service).await?;
         self.apply_namespaced(&plan.peer_service).await?;
         self.apply_namespaced(&plan.network_policy).await?;
+        self.apply_namespaced(&plan.disruption_budget).await?;
         let deployment = self.apply_namespaced(&plan.deployment).await?;
         self.prune(plan, existing_secrets).await?;
         Ok(deployment.metadata.uid)

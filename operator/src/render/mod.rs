@@ -94,6 +94,8 @@ pub struct MeshPlan {
     pub peer_service: Service,
     /// Which ports of the mesh apiserver pod are reachable, from where.
     pub network_policy: NetworkPolicy,
+    /// The mesh apiserver's disruption budget.
+    pub disruption_budget: k8s_openapi::api::policy::v1::PodDisruptionBudget,
     /// Desired status per ClusterMeshPeer name.
     pub peer_statuses: BTreeMap<String, ClusterMeshPeerStatus>,
     /// Peers configured, sorted by cluster name.
@@ -232,6 +234,7 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         service: workloads::apiserver_service(config)?,
         peer_service: workloads::peers_service(config)?,
         network_policy: workloads::apiserver_network_policy(config, inputs.node_sources)?,
+        disruption_budget: workloads::apiserver_disruption_budget(config)?,
         peer_statuses,
         accepted,
         events,

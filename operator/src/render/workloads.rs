@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::json;
 
 use crate::config::{ClusterConfig, ServiceType};
@@ -42,6 +43,10 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                     "annotations": { names::TRUST_HASH_ANNOTATION: trust_hash },
                 },
                 "spec": {
+                    // Preempts ordinary pods when it has to move (a drain,
+                    // a node lost): this cluster is withdrawn from every
+                    // peer once it stays away past their grace period.
+                    "priorityClassName": "system-cluster-critical",
                     "serviceAccountName": names::APISERVER,
                     "automountServiceAccountToken": true,
                     "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532,
@@ -185,6 +190,32 @@ pub fn peers_service(config: &ClusterConfig) -> Result<Service> {
         peers["nodePort"] = json!(node_port);
     }
     service(config, names::PEERS_SERVICE, service_type, peers)
+}
+
+/// The mesh apiserver's PodDisruptionBudget: a voluntary eviction (a
+/// drain) never takes the last ready replica. With one replica a drain of
+/// its node waits until the replica is moved on purpose (`kubectl delete
+/// pod`, which a budget does not block) or more replicas run; a replica
+/// that is not ready may always be evicted.
+pub fn apiserver_disruption_budget(config: &ClusterConfig) -> Result<PodDisruptionBudget> {
+    let value = json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": names::APISERVER,
+            "namespace": config.namespace,
+            "labels": names::managed_labels("mesh-apiserver"),
+        },
+        "spec": {
+            "minAvailable": 1,
+            "selector": { "matchLabels": names::apiserver_selector() },
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    });
+    serde_json::from_value(value).map_err(|source| Error::RenderObject {
+        kind: "PodDisruptionBudget",
+        source,
+    })
 }
 
 /// The NetworkPolicy of the mesh apiserver pod: the peer front and the
