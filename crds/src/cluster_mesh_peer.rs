@@ -59,7 +59,8 @@ pub struct ClusterMeshPeerSpec {
     #[schemars(range(min = 1, max = 511))]
     pub cluster_id: u16,
 
-    /// URLs of the peer's mesh apiserver, e.g. `https://mesh.b.example.com:2379`.
+    /// URLs of the peer's mesh apiserver (its peer front, port 2480 unless
+    /// the peer chose another), e.g. `https://mesh.b.example.com:2480`.
     #[schemars(length(min = 1, max = 16), inner(regex(pattern = "^https://[^/\\s]+(/.*)?$")))]
     pub endpoints: Vec<String>,
 

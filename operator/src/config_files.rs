@@ -25,6 +25,10 @@ pub struct ConfigFiles {
     /// A directory with files `apiserver` and `etcd` naming the mesh
     /// apiserver's images; they override the config's `images`.
     pub images_dir: Option<PathBuf>,
+    /// The operator's own namespace (its pod's, `POD_NAMESPACE`); overrides
+    /// the config's `namespace`, so an overlay that moves Knit elsewhere
+    /// needs no config change.
+    pub namespace: Option<String>,
 }
 
 /// A configuration and the file contents it was read from.
@@ -51,8 +55,14 @@ impl ConfigFiles {
         Ok(out)
     }
 
-    fn parse(contents: Vec<Option<String>>) -> Result<LoadedConfig> {
+    fn parse(&self, contents: Vec<Option<String>>) -> Result<LoadedConfig> {
         let mut config = ClusterConfig::from_yaml(contents[0].as_deref().unwrap_or_default())?;
+        if let Some(ns) = &self.namespace
+            && *ns != config.namespace
+        {
+            tracing::info!(config = %config.namespace, pod = %ns, "using the operator pod's namespace");
+            config.namespace = ns.clone();
+        }
         if let Some(Some(image)) = contents.get(1) {
             config.images.apiserver = image.trim().to_owned();
         }
@@ -68,7 +78,7 @@ impl ConfigFiles {
     /// A file that cannot be read, or a config that does not parse or
     /// names a bad value (the error names the field).
     pub fn load(&self) -> Result<LoadedConfig> {
-        Self::parse(self.read()?)
+        self.parse(self.read()?)
     }
 
     /// Waits, checking every `interval`, until the files differ from what
@@ -87,7 +97,7 @@ impl ConfigFiles {
             if contents == current.contents || rejected.as_ref() == Some(&contents) {
                 continue;
             }
-            match Self::parse(contents.clone()) {
+            match self.parse(contents.clone()) {
                 Ok(loaded) => return loaded,
                 Err(e) => {
                     tracing::warn!(error = %knit_kvstore::error_chain(&e), "the changed operator config is invalid; keeping the running one");
@@ -107,5 +117,30 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
             path: path.to_owned(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pods_namespace_wins_over_the_configs() {
+        let dir = std::env::temp_dir().join(format!("knit-config-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.yaml"),
+            "clusterName: a\nclusterID: 1\nnamespace: knit-system\n",
+        )
+        .unwrap();
+        let mut files = ConfigFiles {
+            config: dir.join("config.yaml"),
+            images_dir: None,
+            namespace: None,
+        };
+        assert_eq!(files.load().unwrap().config.namespace, "knit-system");
+        files.namespace = Some("mesh".into());
+        assert_eq!(files.load().unwrap().config.namespace, "mesh");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -246,6 +246,7 @@ async fn a_roll_step_written_to_the_mounted_config_takes_effect_without_a_restar
     let files = ConfigFiles {
         config: dir.join("config.yaml"),
         images_dir: Some(images.clone()),
+        namespace: None,
     };
     let running = files.load().unwrap();
     assert_eq!(running.config.certificates.mesh_ca_rotation, None);

@@ -42,6 +42,10 @@ struct Args {
     /// etcd image of the mesh apiserver Deployment; overrides `images.etcd`.
     #[arg(long, env = "KNIT_ETCD_IMAGE")]
     etcd_image: Option<String>,
+    /// The namespace to keep Knit's objects in (the pod's own, from the
+    /// downward API); overrides the config's `namespace`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
     /// Name of this pod, shown as the Events' reporting instance.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
@@ -74,6 +78,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let files = ConfigFiles {
         config: args.config.clone(),
         images_dir: args.images_dir.clone(),
+        namespace: args.namespace.clone(),
     };
     let mut loaded = files.load()?;
     loop {

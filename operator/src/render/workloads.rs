@@ -47,6 +47,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                     // a node lost): this cluster is withdrawn from every
                     // peer once it stays away past their grace period.
                     "priorityClassName": "system-cluster-critical",
+                    "nodeSelector": { "kubernetes.io/os": "linux" },
                     "serviceAccountName": names::APISERVER,
                     "automountServiceAccountToken": true,
                     "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532,

@@ -1,0 +1,68 @@
+"""Smaller install checks of `config/` (issue: a real `kubectl apply -k`)."""
+import glob
+import os
+import subprocess
+
+import yaml
+
+
+def kustomize(path):
+    out = subprocess.run(["kubectl", "kustomize", path], check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def check_sample_ports(root):
+    """The samples' peer endpoints name the peer front's port, never etcd's
+    (which peers cannot reach)."""
+    config = yaml.safe_load(open(os.path.join(root, "config", "operator", "config.yaml")))
+    peer_port, etcd_port = config["apiserver"]["peerPort"], config["apiserver"]["port"]
+    errors = []
+    for path in sorted(glob.glob(os.path.join(root, "config", "samples", "*", "clustermeshpeer-*.yaml"))):
+        doc = yaml.safe_load(open(path))
+        for url in doc["spec"]["endpoints"]:
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            if port != peer_port:
+                errors.append(f"{os.path.relpath(path, root)}: endpoint {url} is not on the peer port {peer_port}"
+                              + (" (that is etcd's port, closed to peers)" if port == etcd_port else ""))
+    if not errors:
+        print(f"config/samples: every peer endpoint is on the peer front's port {peer_port}")
+    return errors
+
+
+def check_linux_only(rendered):
+    """Every workload runs on Linux nodes only: a Windows node never gets
+    the agent (eBPF, netlink) or the operator."""
+    errors = []
+    for d in rendered:
+        if d["kind"] in ("Deployment", "DaemonSet"):
+            selector = d["spec"]["template"]["spec"].get("nodeSelector", {})
+            if selector.get("kubernetes.io/os") != "linux":
+                errors.append(f"{d['kind']}/{d['metadata']['name']} lacks nodeSelector kubernetes.io/os: linux")
+    if not errors:
+        print("config/default: every workload selects kubernetes.io/os: linux")
+    return errors
+
+
+def check_other_namespace(root):
+    """config/other-namespace installs Knit in namespace `mesh`: everything
+    moves there, the bindings name that namespace, and the operator learns
+    it from its pod (POD_NAMESPACE) rather than config.yaml."""
+    errors = []
+    docs = kustomize(os.path.join(root, "config", "other-namespace"))
+    for d in docs:
+        ns = d["metadata"].get("namespace")
+        if d["kind"] == "Namespace":
+            if d["metadata"]["name"] != "mesh":
+                errors.append(f"namespace overlay: Namespace {d['metadata']['name']}")
+        elif ns not in (None, "mesh"):
+            errors.append(f"namespace overlay: {d['kind']}/{d['metadata']['name']} stays in {ns}")
+        for s in d.get("subjects", []):
+            if s.get("kind") == "ServiceAccount" and s.get("namespace") != "mesh":
+                errors.append(f"namespace overlay: {d['kind']}/{d['metadata']['name']} binds {s}")
+    op = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "knit-operator")
+    env = {e["name"]: e for e in op["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    if env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.namespace":
+        errors.append("knit-operator does not learn its namespace from its pod (env POD_NAMESPACE from metadata.namespace)")
+    if not errors:
+        print("config/other-namespace: every object and binding moves to namespace mesh")
+    return errors
