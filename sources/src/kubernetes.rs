@@ -125,7 +125,13 @@ impl KubernetesSource {
                 .then(|| stream::<GlobalServicePolicy>(&client, Change::Policy)),
             kinds.service_exports.then(|| optional_service_exports(&client)),
             kinds.cilium_policies.then(|| {
-                optional_cilium_policies(&client, 0, "CiliumNetworkPolicy", "ciliumnetworkpolicies")
+                optional_cilium_policies(
+                    &client,
+                    0,
+                    "CiliumNetworkPolicy",
+                    "ciliumnetworkpolicies",
+                    "ciliumnetworkpolicies.cilium.io",
+                )
             }),
             kinds.cilium_policies.then(|| {
                 optional_cilium_policies(
@@ -133,6 +139,7 @@ impl KubernetesSource {
                     1,
                     "CiliumClusterwideNetworkPolicy",
                     "ciliumclusterwidenetworkpolicies",
+                    "ciliumclusterwidenetworkpolicies.cilium.io",
                 )
             }),
         ];
@@ -232,15 +239,16 @@ fn optional_service_exports(client: &Client) -> BoxStream<'static, Change> {
 }
 
 /// A watch of one of Cilium's policy kinds (`cilium.io/v2`), read as
-/// dynamic objects (the agent reads the subset it supports); a 404 on the
-/// list (Cilium's CRDs not installed) counts as none.
+/// dynamic objects (the agent reads the subset it supports), running only
+/// while its CRD is installed ([`crate::crd_gate`]); without the CRD the
+/// kind counts as listed and empty.
 fn optional_cilium_policies(
     client: &Client,
     index: usize,
     kind: &'static str,
     plural: &'static str,
+    crd: &'static str,
 ) -> BoxStream<'static, Change> {
-    use kube::runtime::watcher::watcher;
     let resource = ApiResource {
         group: "cilium.io".into(),
         version: "v2".into(),
@@ -248,24 +256,30 @@ fn optional_cilium_policies(
         kind: kind.into(),
         plural: plural.into(),
     };
-    watcher(
-        Api::<DynamicObject>::all_with(client.clone(), &resource),
-        watcher::Config::default(),
+    let client_for_watch = client.clone();
+    crate::crd_gate::while_crd_exists(
+        client,
+        crd,
+        move || {
+            use kube::runtime::watcher::watcher;
+            watcher(
+                Api::<DynamicObject>::all_with(client_for_watch.clone(), &resource),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .filter_map(move |r| async move {
+                match r {
+                    Ok(e) => Some(Change::Cilium(index, e)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kubernetes watch error; retrying");
+                        None
+                    }
+                }
+            })
+            .boxed()
+        },
+        move || Change::CiliumAbsent(index),
     )
-    .default_backoff()
-    .filter_map(move |r| async move {
-        match r {
-            Ok(e) => Some(Change::Cilium(index, e)),
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
-                Some(Change::CiliumAbsent(index))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Kubernetes watch error; retrying");
-                None
-            }
-        }
-    })
-    .boxed()
 }
 
 #[derive(PartialEq, Eq)]

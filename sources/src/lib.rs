@@ -10,6 +10,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod crd_gate;
 pub mod directory;
 pub mod kubernetes;
 

@@ -1,6 +1,6 @@
 //! The Kubernetes source asks the API server for exactly the kinds its
-//! reader needs: an agent (one per node) lists and watches NetworkPolicies
-//! and Cilium's policies, and nothing else. Checked against a tower-test mock API server that sees
+//! reader needs: an agent (one per node) lists and watches NetworkPolicies,
+//! and Cilium's policies while their CRDs exist, and nothing else. Checked against a tower-test mock API server that sees
 //! every request.
 
 use std::time::Duration;
@@ -25,8 +25,30 @@ async fn next_path(handle: &mut Handle) -> Option<(String, tower_test::mock::Sen
     ))
 }
 
+fn respond(send: tower_test::mock::SendResponse<Response<Body>>, body: serde_json::Value) {
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+}
+
+const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+
+fn crd_list(names: &[&str]) -> serde_json::Value {
+    let items: Vec<_> = names
+        .iter()
+        .map(|n| {
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": n, "resourceVersion": "3"}})
+        })
+        .collect();
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "3"}, "items": items})
+}
+
 #[tokio::test]
-async fn an_agent_watches_network_policies_only() {
+async fn an_agent_watches_network_policies_only_and_never_polls_for_cilium() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let mut source = KubernetesSource::new(client, Kinds::AGENT);
@@ -38,45 +60,44 @@ async fn an_agent_watches_network_policies_only() {
         }
         source
     });
-    // NetworkPolicies, and Cilium's two policy kinds (not installed here: 404).
+    // NetworkPolicies, and whether Cilium's two CRDs exist (they do not).
     let mut asked = Vec::new();
     for _ in 0..3 {
         let (path, send) = next_path(&mut handle).await.expect("a list per kind");
-        let resource = path.split('?').next().unwrap().to_owned();
+        let (resource, query) = path.split_once('?').unwrap();
         if resource == "/apis/networking.k8s.io/v1/networkpolicies" {
             let policy = json!({
                 "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "5"},
                 "spec": {"podSelector": {}}
             });
-            let list = json!({
-                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList",
-                "metadata": {"resourceVersion": "5"}, "items": [policy]
-            });
-            send.send_response(
-                Response::builder()
-                    .body(Body::from(serde_json::to_vec(&list).unwrap()))
-                    .unwrap(),
+            respond(
+                send,
+                json!({
+                    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList",
+                    "metadata": {"resourceVersion": "5"}, "items": [policy]
+                }),
             );
+            asked.push(resource.to_owned());
         } else {
-            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                "reason": "NotFound", "code": 404, "metadata": {}});
-            send.send_response(
-                Response::builder()
-                    .status(404)
-                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
-                    .unwrap(),
+            assert_eq!(resource, CRDS);
+            respond(send, crd_list(&[]));
+            asked.push(
+                query
+                    .split('&')
+                    .find(|q| q.starts_with("fieldSelector"))
+                    .unwrap()
+                    .to_owned(),
             );
         }
-        asked.push(resource);
     }
     asked.sort();
     assert_eq!(
         asked,
         [
-            "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies",
-            "/apis/cilium.io/v2/ciliumnetworkpolicies",
             "/apis/networking.k8s.io/v1/networkpolicies",
+            "fieldSelector=metadata.name%3Dciliumclusterwidenetworkpolicies.cilium.io",
+            "fieldSelector=metadata.name%3Dciliumnetworkpolicies.cilium.io",
         ]
     );
     let source = tokio::time::timeout(Duration::from_secs(5), driver)
@@ -89,14 +110,82 @@ async fn an_agent_watches_network_policies_only() {
     );
     assert!(source.state().pods.is_empty() && source.state().services.is_empty());
 
-    // Whatever else it asks for is one of those watches; never another kind.
-    while let Some((path, _send)) = next_path(&mut handle).await {
+    // What follows are the three watches, held open: no re-list of a kind
+    // that does not exist (a 404-retrying watcher would ask again within a
+    // second).
+    let mut watches = Vec::new();
+    while let Some((path, send)) = next_path(&mut handle).await {
         assert!(
-            path.starts_with("/apis/networking.k8s.io/v1/networkpolicies?")
-                || path.starts_with("/apis/cilium.io/v2/"),
+            path.starts_with("/apis/networking.k8s.io/v1/networkpolicies?") || path.starts_with(CRDS),
             "an agent asked for another kind: {path}"
         );
+        assert!(path.contains("watch=true"), "a list again: {path}");
+        watches.push(send);
     }
+    assert_eq!(watches.len(), 3);
+}
+
+#[tokio::test]
+async fn cilium_policies_are_watched_once_their_crd_is_installed() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut source = KubernetesSource::new(client, Kinds::AGENT);
+    let driver = tokio::spawn(async move {
+        while !source.is_ready() {
+            source.next_change().await;
+        }
+        source
+    });
+    let mut cilium_listed = Vec::new();
+    let mut held = Vec::new();
+    while let Some((path, send)) = next_path(&mut handle).await {
+        let (resource, _) = path.split_once('?').unwrap();
+        if resource == CRDS && !path.contains("watch=true") {
+            // Installed: the list names it.
+            let name = if path.contains("clusterwide") {
+                "ciliumclusterwidenetworkpolicies.cilium.io"
+            } else {
+                "ciliumnetworkpolicies.cilium.io"
+            };
+            respond(send, crd_list(&[name]));
+        } else if !path.contains("watch=true") {
+            let policy = if resource == "/apis/cilium.io/v2/ciliumnetworkpolicies" {
+                cilium_listed.push(resource.to_owned());
+                vec![
+                    json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                    "metadata": {"name": "l7", "namespace": "shop", "resourceVersion": "9"},
+                    "spec": {"endpointSelector": {}}}),
+                ]
+            } else {
+                if resource.starts_with("/apis/cilium.io/") {
+                    cilium_listed.push(resource.to_owned());
+                }
+                vec![]
+            };
+            respond(
+                send,
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "9"}, "items": policy}),
+            );
+        } else {
+            held.push(send);
+        }
+    }
+    cilium_listed.sort();
+    assert_eq!(
+        cilium_listed,
+        [
+            "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies",
+            "/apis/cilium.io/v2/ciliumnetworkpolicies"
+        ]
+    );
+    let source = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("ready once the Cilium kinds are listed")
+        .unwrap();
+    assert_eq!(
+        source.state().cilium_policies.keys().collect::<Vec<_>>(),
+        ["shop/l7"]
+    );
 }
 
 #[tokio::test]
