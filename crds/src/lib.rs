@@ -24,6 +24,7 @@ pub use global_service_policy::{
     GlobalServicePolicyStatus, SelectorOperator, SelectorRequirement, ServiceConflict, ServiceSelector,
 };
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 /// API group of every Knit resource.
@@ -61,11 +62,95 @@ pub enum Error {
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Directories holding committed copies of the CRD manifests: `crds/` and
-/// the kustomize base `config/crd/`.
-pub fn manifest_dirs() -> [std::path::PathBuf; 2] {
+/// Every committed copy of a CRD manifest, as `(path, YAML)`: each in
+/// `crds/`, and in its kustomize base: `config/crd/` for Knit's own kinds,
+/// `config/mcs/crd/` for the Multi-Cluster Services API's, which
+/// `config/default` does not install (a cluster may have them from another
+/// implementation).
+pub fn manifest_files() -> Result<Vec<(std::path::PathBuf, String)>> {
     let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    [crate_dir.to_path_buf(), crate_dir.join("../config/crd")]
+    let mut out = Vec::new();
+    for (file, yaml) in crd_manifests()? {
+        let base = if file.starts_with("service") {
+            "../config/mcs/crd"
+        } else {
+            "../config/crd"
+        };
+        out.push((crate_dir.join(&file), yaml.clone()));
+        out.push((crate_dir.join(base).join(&file), yaml));
+    }
+    Ok(out)
+}
+
+/// The MCS CRDs as upstream (sigs.k8s.io/mcs-api) defines them beyond what
+/// the types carry: short names, printer columns, and list types, so that
+/// server-side apply merges a ServiceExport's conditions per `type` and a
+/// ServiceImport's clusters per `cluster` (two controllers can own entries
+/// of one list) and replaces `ports` whole.
+fn upstream_mcs_shape(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceColumnDefinition;
+    let column =
+        |name: &str, type_: &str, path: &str, description: Option<&str>| CustomResourceColumnDefinition {
+            name: name.into(),
+            type_: type_.into(),
+            json_path: path.into(),
+            description: description.map(Into::into),
+            ..Default::default()
+        };
+    let age = column("Age", "date", ".metadata.creationTimestamp", None);
+    let import = crd.spec.names.kind == "ServiceImport";
+    crd.spec.names.short_names = Some(vec![if import { "svcim" } else { "svcex" }.into()]);
+    for version in &mut crd.spec.versions {
+        version.additional_printer_columns = Some(if import {
+            vec![
+                column(
+                    "Type",
+                    "string",
+                    ".spec.type",
+                    Some("The type of this ServiceImport"),
+                ),
+                column(
+                    "IP",
+                    "string",
+                    ".spec.ips",
+                    Some("The VIP for this ServiceImport"),
+                ),
+                age.clone(),
+            ]
+        } else {
+            vec![age.clone()]
+        });
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let mut list = |path: &[&str], keys: Option<&str>| {
+            let mut node = &mut *root;
+            for p in path {
+                match node.properties.as_mut().and_then(|props| props.get_mut(*p)) {
+                    Some(next) => node = next,
+                    None => return,
+                }
+            }
+            match keys {
+                Some(key) => {
+                    node.x_kubernetes_list_type = Some("map".into());
+                    node.x_kubernetes_list_map_keys = Some(vec![key.into()]);
+                }
+                None => node.x_kubernetes_list_type = Some("atomic".into()),
+            }
+        };
+        if import {
+            list(&["spec", "ports"], None);
+            list(&["status", "clusters"], Some("cluster"));
+        } else {
+            list(&["status", "conditions"], Some("type"));
+        }
+    }
+    crd
 }
 
 /// A ServiceExport needs no spec (upstream's schema requires none, and most
@@ -97,8 +182,8 @@ pub fn crd_manifests() -> Result<Vec<(String, String)>> {
     [
         ClusterMeshPeer::crd(),
         GlobalServicePolicy::crd(),
-        spec_optional(mcs::ServiceExport::crd()),
-        mcs::ServiceImport::crd(),
+        upstream_mcs_shape(spec_optional(mcs::ServiceExport::crd())),
+        upstream_mcs_shape(mcs::ServiceImport::crd()),
     ]
     .into_iter()
     .map(|crd| {

@@ -29,6 +29,36 @@ def check_sample_ports(root):
     return errors
 
 
+def check_service_writes(root, rendered):
+    """config/default grants the operator no write on Services outside its
+    namespace; config/mcs adds exactly that (derived Services), and renders
+    the MCS CRDs as generated."""
+    errors = []
+    for d in rendered:
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "knit-operator":
+            for rule in d["rules"]:
+                if "services" in rule.get("resources", []) and set(rule["verbs"]) & {"create", "patch", "update", "delete"}:
+                    errors.append(f"config/default: ClusterRole knit-operator may {rule['verbs']} Services in every namespace")
+    mcs = kustomize(os.path.join(root, "config", "mcs"))
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in mcs)
+    want = ["ClusterRole/knit-operator-mcs", "ClusterRoleBinding/knit-operator-mcs",
+            "CustomResourceDefinition/serviceexports.multicluster.x-k8s.io",
+            "CustomResourceDefinition/serviceimports.multicluster.x-k8s.io"]
+    if kinds != want:
+        errors.append(f"config/mcs renders {kinds}, expected {want}")
+    for d in mcs:
+        if d["kind"] == "CustomResourceDefinition":
+            plural = d["metadata"]["name"].split(".")[0]
+            generated = yaml.safe_load(open(os.path.join(root, "crds", f"{plural}.yaml")))
+            if generated != d:
+                errors.append(f"config/mcs: {d['metadata']['name']} differs from crds/ (run `make crds`)")
+    if any(d["kind"] == "CustomResourceDefinition" and "multicluster" in d["metadata"]["name"] for d in rendered):
+        errors.append("config/default installs the MCS CRDs: they belong in config/mcs")
+    if not errors:
+        print("config/mcs: the MCS CRDs and the operator's Service writes come only with config/mcs")
+    return errors
+
+
 def check_linux_only(rendered):
     """Every workload runs on Linux nodes only: a Windows node never gets
     the agent (eBPF, netlink) or the operator."""

@@ -1,8 +1,6 @@
-//! Writes the CRD manifests to `crds/` and `config/crd/` (the kustomize base
-//! needs its own copy), or with `--check` exits non-zero when the committed
-//! files differ from what the Rust types generate.
-
-use std::path::PathBuf;
+//! Writes the CRD manifests to `crds/` and their kustomize bases
+//! (`config/crd/`, `config/mcs/crd/`), or with `--check` exits non-zero
+//! when the committed files differ from what the Rust types generate.
 
 fn main() -> anyhow::Result<()> {
     let check = match std::env::args().nth(1).as_deref() {
@@ -14,17 +12,17 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let mut drifted = Vec::new();
-    for dir in knit_crds::manifest_dirs() {
-        for (file, yaml) in knit_crds::crd_manifests()? {
-            let path: PathBuf = dir.join(&file);
-            if check {
-                if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
-                    drifted.push(path.display().to_string());
-                }
-            } else {
-                std::fs::write(&path, yaml)?;
-                println!("wrote {}", path.display());
+    for (path, yaml) in knit_crds::manifest_files()? {
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                drifted.push(path.display().to_string());
             }
+        } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&path, yaml)?;
+            println!("wrote {}", path.display());
         }
     }
     if !drifted.is_empty() {

@@ -137,10 +137,7 @@ async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
             std::time::Duration::from_secs(5),
             move || {
                 let (applier, config) = (applier.clone(), config.clone());
-                async move {
-                    let mut etcd = mesh_status::connect_local_etcd(&applier, &config).await?;
-                    Ok(knit_kvstore::etcd::exported_services(&mut etcd).await?)
-                }
+                async move { mesh_status::connect_local_etcd(&applier, &config).await }
             },
         )
     };
