@@ -78,6 +78,12 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## make images: container images (needs a Docker engine).
-images:
-	for c in operator apiserver agent probe; do docker build -f images/$$c.Dockerfile -t knit-$$c:dev . || exit 1; done
+## make images: OCI image archives of the operator, apiserver and agent in
+## target/images/ from the release binaries, without a container engine
+## (scripts/build-images.py); `ctr images import`, `docker load` or
+## `skopeo copy oci-archive:...` take them. The Dockerfiles in images/ build
+## the same images with Docker.
+images: setup
+	$(CARGO) build --release -p knit-operator -p knit-apiserver -p knit-agent --bins
+	$(CARGO) rustc --release -p knit-cni --bin knit-cni --target-dir target/static -- -C target-feature=+crt-static
+	scripts/build-images.py --bin-dir target/release --cni-bin target/static/release/knit-cni

@@ -278,6 +278,30 @@ impl Containerd {
         )
     }
 
+    /// `ctr run --rm` of image `reference` as container `id`, without a
+    /// network (loopback only) and with host directories bound at the given
+    /// container paths, the command `args` replacing the entrypoint when
+    /// given; waits for it to exit and returns its output.
+    pub fn run_to_completion(
+        &self,
+        reference: &str,
+        id: &str,
+        binds: &[(&Path, &str)],
+        args: &[&str],
+    ) -> Output {
+        let mut cmd = self.ctr_command();
+        cmd.args(["run", "--rm", "--snapshotter", "native", "--cgroup"])
+            .arg(format!("/{}/{id}", self.cgroup_parent));
+        for (src, dst) in binds {
+            cmd.arg("--mount").arg(format!(
+                "type=bind,src={},dst={dst},options=rbind:rw",
+                src.display()
+            ));
+        }
+        cmd.arg(reference).arg(id).args(args);
+        cmd.output().expect("running ctr run")
+    }
+
     /// Kills container `id`'s task (SIGKILL: the workload is PID 1 there and
     /// ignores SIGTERM without a handler, as a runtime's grace period ends).
     pub fn kill(&self, id: &str) -> Output {

@@ -59,6 +59,28 @@ def check_service_writes(root, rendered):
     return errors
 
 
+def check_release_images(root):
+    """config/default runs the images the release workflow pushes: each
+    Knit image at ghcr.io/knit-dev/<image>:v<workspace version>, and the
+    workflow builds exactly those with scripts/build-images.py."""
+    import tomllib
+    version = "v" + tomllib.load(open(os.path.join(root, "Cargo.toml"), "rb"))["workspace"]["package"]["version"]
+    errors = []
+    kust = yaml.safe_load(open(os.path.join(root, "config", "default", "kustomization.yaml")))
+    for image in kust["images"]:
+        if image["name"].startswith("knit-"):
+            want = (f"ghcr.io/knit-dev/{image['name']}", version)
+            if (image.get("newName"), image.get("newTag")) != want:
+                errors.append(f"config/default: {image['name']} is {image.get('newName')}:{image.get('newTag')}, "
+                              f"the release pushes {want[0]}:{want[1]}")
+    workflow = open(os.path.join(root, ".github", "workflows", "release.yml")).read()
+    if "scripts/build-images.py" not in workflow or "ghcr.io/knit-dev/$c" not in workflow:
+        errors.append(".github/workflows/release.yml does not build and push the images with scripts/build-images.py")
+    if not errors:
+        print(f"config/default: runs the release images ghcr.io/knit-dev/*:{version}")
+    return errors
+
+
 def check_linux_only(rendered):
     """Every workload runs on Linux nodes only: a Windows node never gets
     the agent (eBPF, netlink) or the operator."""

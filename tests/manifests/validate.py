@@ -29,7 +29,8 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bootstrap import check_bootstrap, check_config_reload  # noqa: E402
 from coredns import check_coredns  # noqa: E402
-from install import check_linux_only, check_other_namespace, check_sample_ports, check_service_writes  # noqa: E402
+from install import (  # noqa: E402
+    check_linux_only, check_other_namespace, check_release_images, check_sample_ports, check_service_writes)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 K8S_VERSION = "1.33.0"
@@ -373,6 +374,7 @@ def main():
     failures += check_sample_ports(ROOT)
     failures += check_linux_only(rendered)
     failures += check_service_writes(ROOT, rendered)
+    failures += check_release_images(ROOT)
     failures += check_other_namespace(ROOT)
     failures += check_images_in_one_place()
     failures += check_monitoring()
