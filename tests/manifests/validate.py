@@ -28,6 +28,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bootstrap import check_bootstrap, check_config_reload  # noqa: E402
+from argocd import check_argocd  # noqa: E402
 from coredns import check_coredns  # noqa: E402
 from install import (  # noqa: E402
     check_linux_only, check_other_namespace, check_release_images, check_sample_ports, check_service_writes)
@@ -375,6 +376,7 @@ def main():
     failures += check_linux_only(rendered)
     failures += check_service_writes(ROOT, rendered)
     failures += check_release_images(ROOT)
+    failures += check_argocd(ROOT)
     failures += check_other_namespace(ROOT)
     failures += check_images_in_one_place()
     failures += check_monitoring()
