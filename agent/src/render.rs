@@ -4,7 +4,11 @@
 //! - Routes: every endpoint of this cluster and of every synced peer, `/32`
 //!   to its identity and its node's tunnel endpoint (none on this node),
 //!   plus every node's pod CIDRs (identity 0) so a pod that is not yet
-//!   announced still routes.
+//!   announced still routes. Precedence is by origin, not by render order:
+//!   a route of this cluster is never replaced by a peer's, a peer's route
+//!   inside or around this cluster's pod CIDRs is not installed (it would
+//!   shadow local pods), and between peers the first by name keeps a
+//!   prefix.
 //! - Endpoints: this node's pods as knit-cni recorded them (host-side
 //!   interface, MACs, addresses), with the identity the kvstore gives their
 //!   IP (0 until the apiserver has exported the pod).
@@ -69,8 +73,9 @@ pub fn render(
     let failing = &options.failing;
     let mut out = DatapathState::default();
     let peers = index.peers.values().filter(|p| p.config.is_some());
+    let local_cidrs = local_pod_cidrs(&index.local);
     for (view, local) in std::iter::once((&index.local, true)).chain(peers.map(|p| (p, false))) {
-        add_routes(&mut out, view, local, node);
+        add_routes(&mut out, view, local, node, &local_cidrs);
     }
 
     let mut targets = Vec::new();
@@ -144,12 +149,37 @@ pub fn render(
     out
 }
 
-/// Routes of one cluster. The local cluster is rendered first; a peer's
-/// routes stop at the ipcache's capacity, so a peer that publishes too
-/// much (beyond what its limits let through) can never evict a local
-/// route.
-fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &str) {
+/// This cluster's IPv4 pod CIDRs (its nodes' and its config's), merged.
+pub(crate) fn local_pod_cidrs(local: &ClusterView) -> Vec<Ipv4Net> {
+    let nets: Vec<Ipv4Net> = local
+        .nodes
+        .values()
+        .flat_map(|n| n.pod_cidrs.iter())
+        .chain(local.config.iter().flat_map(|c| c.pod_cidrs.iter()))
+        .filter_map(|c| match c {
+            IpNet::V4(n) => Some(n.trunc()),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    Ipv4Net::aggregate(&nets)
+}
+
+/// Whether a peer's `net` overlaps this cluster's pod CIDRs `local`
+/// (either way round): it would shadow or swallow local pods.
+pub(crate) fn shadows_local(local: &[Ipv4Net], net: Ipv4Net) -> bool {
+    local.iter().any(|l| l.contains(&net) || net.contains(l))
+}
+
+/// Routes of one cluster. The local cluster is rendered first, and a
+/// peer's route is installed only where it takes nothing from this cluster
+/// (`local_cidrs`) or from a peer rendered before it. A peer's routes stop
+/// at the ipcache's capacity, so a peer that publishes too much (beyond
+/// what its limits let through) can never evict a local route.
+fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &str, local_cidrs: &[Ipv4Net]) {
     let full = |out: &DatapathState| !local && out.routes.len() >= knit_datapath_common::IPCACHE_CAPACITY;
+    let refused = |out: &DatapathState, net: Ipv4Net| {
+        !local && (out.routes.contains_key(&net) || shadows_local(local_cidrs, net))
+    };
     let tunnel_of = |node_name: &str| -> Option<Option<Ipv4Addr>> {
         if local && node_name == node {
             return Some(None);
@@ -166,6 +196,7 @@ fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &s
         for cidr in &n.pod_cidrs {
             if let IpNet::V4(net) = cidr
                 && !full(out)
+                && !refused(out, net.trunc())
             {
                 out.routes.insert(net.trunc(), Route { identity: 0, tunnel });
             }
@@ -182,6 +213,9 @@ fn add_routes(out: &mut DatapathState, view: &ClusterView, local: bool, node: &s
             break;
         }
         let net = Ipv4Net::new(ip, 32).expect("/32 is a valid prefix");
+        if refused(out, net) {
+            continue;
+        }
         out.routes.insert(
             net,
             Route {
@@ -244,19 +278,29 @@ pub(crate) fn frontends_of(own: &ServiceRecord) -> Vec<Frontend> {
 }
 
 /// The route a full render gives `ip` as an endpoint's `/32`: that of the
-/// last cluster (this one, then peers by name) whose endpoint record named
-/// by `ip` places it on a known node. Capacity aside (the caller checks),
-/// this is what [`add_routes`] writes for it.
+/// first cluster (this one, then peers by name) whose endpoint record named
+/// by `ip` places it on a known node; a peer's never inside this cluster's
+/// pod CIDRs. Capacity aside (the caller checks), this is what
+/// [`add_routes`] writes for it.
 pub(crate) fn endpoint_route(index: &MeshIndex, node: &str, ip: Ipv4Addr) -> Option<Route> {
     let name = ip.to_string();
     let peers = index
         .peers
         .values()
         .filter(|p| p.config.is_some() && p.is_synced(Kind::Endpoints));
+    let net = Ipv4Net::new(ip, 32).expect("/32 is a valid prefix");
+    let mut local_cidrs = None;
     std::iter::once((&index.local, true))
         .chain(peers.map(|p| (p, false)))
-        .rev()
         .find_map(|(view, local)| {
+            if !local
+                && shadows_local(
+                    local_cidrs.get_or_insert_with(|| local_pod_cidrs(&index.local)),
+                    net,
+                )
+            {
+                return None;
+            }
             let ep = view.endpoints.get(&name)?;
             if v4(ep.ip) != Some(ip) {
                 return None;

@@ -73,11 +73,16 @@ pub struct ClusterMeshPeerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
 
-    /// Pod CIDRs the peer may announce; records with IPs outside them are
-    /// rejected. Empty means "whatever the peer's cluster config declares".
+    /// Pod CIDRs the peer may announce (required: `knitctl peer export` in
+    /// the peer writes them); records with IPs outside them are rejected.
+    /// The operator refuses CIDRs that overlap this cluster's or another
+    /// peer's, or that are shorter than /8 (IPv4) or /32 (IPv6).
+    // Required in the CRD schema (`crate::crd_manifests`); defaulted when
+    // read, so a peer stored before it was required still deserialises and
+    // is reported in status instead of breaking the operator's list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
-        length(max = 64),
+        length(min = 1, max = 64),
         inner(regex(pattern = "^(([0-9]{1,3}\\.){3}[0-9]{1,3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"))
     )]
     #[serde(rename = "podCIDRs")]

@@ -153,6 +153,27 @@ fn upstream_mcs_shape(mut crd: CustomResourceDefinition) -> CustomResourceDefini
     crd
 }
 
+/// Marks `field` of the spec required (a field the Rust type defaults when
+/// reading, so objects stored before it was required stay readable).
+fn spec_requires(mut crd: CustomResourceDefinition, field: &str) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(spec) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|root| root.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+        {
+            let required = spec.required.get_or_insert_with(Vec::new);
+            if !required.iter().any(|r| r == field) {
+                required.push(field.to_owned());
+                required.sort();
+            }
+        }
+    }
+    crd
+}
+
 /// A ServiceExport needs no spec (upstream's schema requires none, and most
 /// are written without one); the derive makes every root `spec` required.
 fn spec_optional(
@@ -180,7 +201,7 @@ fn spec_optional(
 /// Every CRD manifest as `(file name, YAML)`, in a stable order.
 pub fn crd_manifests() -> Result<Vec<(String, String)>> {
     [
-        ClusterMeshPeer::crd(),
+        spec_requires(ClusterMeshPeer::crd(), "podCIDRs"),
         GlobalServicePolicy::crd(),
         upstream_mcs_shape(spec_optional(mcs::ServiceExport::crd())),
         upstream_mcs_shape(mcs::ServiceImport::crd()),

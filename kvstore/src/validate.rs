@@ -63,7 +63,6 @@ pub struct PeerValidator {
     name: String,
     id: u16,
     declared: Vec<IpNet>,
-    announced: Vec<IpNet>,
 }
 
 impl PeerValidator {
@@ -74,7 +73,6 @@ impl PeerValidator {
             name: peer.cluster_name.clone(),
             id: peer.cluster_id,
             declared: peer.pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
-            announced: Vec::new(),
         }
     }
 
@@ -89,15 +87,15 @@ impl PeerValidator {
                 if c.id != self.id {
                     return Err(Rejection::ForeignCluster);
                 }
-                if !self.declared.is_empty()
-                    && !c
-                        .pod_cidrs
-                        .iter()
-                        .all(|n| self.declared.iter().any(|d| d.contains(n)))
+                // Fail closed: a peer without declared CIDRs (the operator
+                // refuses such a ClusterMeshPeer) may announce nothing.
+                if !c
+                    .pod_cidrs
+                    .iter()
+                    .all(|n| self.declared.iter().any(|d| d.contains(n)))
                 {
                     return Err(Rejection::OutsidePodCidrs);
                 }
-                self.announced = c.pod_cidrs;
             }
             RelativeKey::Record(Kind::Nodes, name) => {
                 let n: NodeRecord = parse(value)?;
@@ -139,12 +137,11 @@ impl PeerValidator {
         Ok(key)
     }
 
+    /// Where the peer's IPs may lie: its declared CIDRs, never merely what
+    /// it announces about itself (a peer announcing `0.0.0.0/0` would pull
+    /// every address into its tunnel).
     fn allowed(&self) -> &[IpNet] {
-        if self.declared.is_empty() {
-            &self.announced
-        } else {
-            &self.declared
-        }
+        &self.declared
     }
 
     fn own_cluster(&self, cluster: &str) -> Result<(), Rejection> {
@@ -244,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn without_declared_cidrs_the_peers_own_config_bounds_its_ips() {
+    fn without_declared_cidrs_a_peer_may_announce_nothing() {
         let mut v = PeerValidator::new(&PeerIdentity {
             cluster_name: "b".into(),
             cluster_id: 2,
@@ -256,9 +253,16 @@ mod tests {
             v.check("endpoints/10.2.0.5", &ep),
             Err(Rejection::OutsidePodCidrs)
         );
-        let config = serde_json::to_vec(&json!({"name": "b", "id": 2, "podCIDRs": ["10.2.0.0/16"]})).unwrap();
-        assert!(v.check("config", &config).is_ok());
-        assert!(v.check("endpoints/10.2.0.5", &ep).is_ok());
+        // Before, the peer's own config bounded its IPs: announcing
+        // 0.0.0.0/0 let it claim every address.
+        for cidrs in [json!(["10.2.0.0/16"]), json!(["0.0.0.0/0"])] {
+            let config = serde_json::to_vec(&json!({"name": "b", "id": 2, "podCIDRs": cidrs})).unwrap();
+            assert_eq!(v.check("config", &config), Err(Rejection::OutsidePodCidrs));
+            assert_eq!(
+                v.check("endpoints/10.2.0.5", &ep),
+                Err(Rejection::OutsidePodCidrs)
+            );
+        }
         let wrong_id = serde_json::to_vec(&json!({"name": "b", "id": 3, "podCIDRs": []})).unwrap();
         assert_eq!(v.check("config", &wrong_id), Err(Rejection::ForeignCluster));
     }

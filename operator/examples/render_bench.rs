@@ -23,7 +23,8 @@ fn peers(n: u16, now: Timestamp) -> Vec<PeerInput> {
                 endpoints: vec![format!("https://mesh.c{id}.example.com:2379")],
                 ca_bundle: Some(ca.clone()),
                 ca_secret_ref: None,
-                pod_cidrs: vec![format!("10.{}.0.0/16", id % 250)],
+                // Disjoint from each other and from the local 10.1.0.0/16.
+                pod_cidrs: vec![format!("100.{}.{}.0/24", 64 + id / 256, id % 256)],
                 limits: None,
             },
             ca: Ok(ca.clone()),

@@ -667,3 +667,70 @@ fn the_apiserver_has_a_disruption_budget_a_priority_and_is_scraped() {
         "no container port named {port}"
     );
 }
+
+/// A peer may only announce inside pod CIDRs its ClusterMeshPeer declares,
+/// and the operator refuses declarations that would let it route this
+/// cluster's or another peer's pods (issue: adversarial peers, point 1).
+#[test]
+fn a_peers_pod_cidrs_are_required_bounded_and_disjoint() {
+    let config = config_a(); // pod CIDR 10.1.0.0/16
+    let with = |name: &str, id: u16, created: &str, cidrs: &[&str]| {
+        let mut p = peer(name, name, id, created);
+        p.spec.pod_cidrs = cidrs.iter().map(|c| c.to_string()).collect();
+        p
+    };
+    let b = with("b", 2, "2026-01-01T00:00:00Z", &["10.2.0.0/16"]);
+    let cases = [
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &[]),
+            "spec.podCIDRs is required",
+        ),
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &["0.0.0.0/0"]),
+            "wider than /8",
+        ),
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &["10.0.0.0/7"]),
+            "wider than /8",
+        ),
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &["10.1.5.0/24"]),
+            "overlaps this cluster's pod CIDR 10.1.0.0/16",
+        ),
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &["10.0.0.0/8"]),
+            "overlaps this cluster's pod CIDR",
+        ),
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &["10.3.0.0/16", "10.2.128.0/17"]),
+            "overlaps 10.2.0.0/16 of ClusterMeshPeer \"b\"",
+        ),
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &["fd00::/16"]),
+            "wider than /32",
+        ),
+    ];
+    for (c, why) in cases {
+        let plan = render(&config, &[b.clone(), c], &Default::default(), t0());
+        assert_eq!(
+            plan.accepted.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["b"],
+            "{why}"
+        );
+        let ready = plan.peer_statuses["c"]
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone();
+        assert_eq!(ready.status, "False");
+        assert!(ready.message.contains(why), "{why}: {}", ready.message);
+        assert!(
+            secret_text(&plan, names::PEER_CONFIGS_SECRET, "c.yaml").is_none(),
+            "a refused peer gets no config"
+        );
+    }
+    let ok = with("c", 3, "2026-01-02T00:00:00Z", &["10.3.0.0/16", "fd00:3::/48"]);
+    let plan = render(&config, &[b, ok], &Default::default(), t0());
+    assert_eq!(plan.accepted.len(), 2);
+}

@@ -189,16 +189,7 @@ fn check_peer(
             spec.cluster_id, other.name
         ));
     }
-    if let Some((i, bad)) = spec
-        .pod_cidrs
-        .iter()
-        .enumerate()
-        .find(|(_, c)| parse_cidr(c).is_none())
-    {
-        return Err(format!(
-            "spec.podCIDRs[{i}] {bad:?} is not a CIDR such as 10.2.0.0/16"
-        ));
-    }
+    check_pod_cidrs(config, &spec.pod_cidrs, earlier)?;
     let ca_pem = peer.ca.clone()?;
     let field = if spec.ca_bundle.is_some() {
         "spec.caBundle"
@@ -217,6 +208,73 @@ fn check_peer(
         pod_cidrs: spec.pod_cidrs.clone(),
         limits: spec.limits.unwrap_or_default(),
     })
+}
+
+/// The shortest prefix a peer may declare: anything wider is a claim on
+/// address space no cluster's pods need.
+const MIN_PREFIX_V4: u8 = 8;
+const MIN_PREFIX_V6: u8 = 32;
+
+/// A peer's declared pod CIDRs: present, well-formed, no wider than
+/// [`MIN_PREFIX_V4`] / [`MIN_PREFIX_V6`], and overlapping neither this
+/// cluster's pod CIDRs nor those of a peer accepted before it (the older
+/// peer keeps them). They bound everything the peer may announce, so a peer
+/// can never route this cluster's, or another peer's, pods into its tunnel.
+fn check_pod_cidrs(config: &ClusterConfig, cidrs: &[String], earlier: &[AcceptedPeer]) -> Result<(), String> {
+    if cidrs.is_empty() {
+        return Err(
+            "spec.podCIDRs is required: the pod CIDRs of the peer cluster (its `knitctl peer export` \
+                    writes them); without them it could announce any address"
+                .into(),
+        );
+    }
+    let overlaps = |a: &ipnet::IpNet, b: &ipnet::IpNet| a.contains(b) || b.contains(a);
+    let net_of = |text: &str| {
+        parse_cidr(text).and_then(|(addr, len)| ipnet::IpNet::new(addr, len).ok().map(|n| n.trunc()))
+    };
+    for (i, text) in cidrs.iter().enumerate() {
+        let Some(net) = net_of(text) else {
+            return Err(format!(
+                "spec.podCIDRs[{i}] {text:?} is not a CIDR such as 10.2.0.0/16"
+            ));
+        };
+        let min = if net.addr().is_ipv4() {
+            MIN_PREFIX_V4
+        } else {
+            MIN_PREFIX_V6
+        };
+        if net.prefix_len() < min {
+            return Err(format!(
+                "spec.podCIDRs[{i}] {text} is wider than /{min}: declare the peer's pod CIDRs themselves"
+            ));
+        }
+        if let Some(local) = config
+            .pod_cidrs
+            .iter()
+            .filter_map(|c| net_of(c))
+            .find(|l| overlaps(l, &net))
+        {
+            return Err(format!(
+                "spec.podCIDRs[{i}] {text} overlaps this cluster's pod CIDR {local}: clusters of a mesh need \
+                 disjoint pod CIDRs"
+            ));
+        }
+        for other in earlier {
+            if let Some(theirs) = other
+                .pod_cidrs
+                .iter()
+                .filter_map(|c| net_of(c))
+                .find(|o| overlaps(o, &net))
+            {
+                return Err(format!(
+                    "spec.podCIDRs[{i}] {text} overlaps {theirs} of ClusterMeshPeer {:?}: clusters of a mesh need \
+                     disjoint pod CIDRs",
+                    other.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Data of the peer-config Secret: per peer `<cluster>.yaml` (etcd client
