@@ -131,15 +131,27 @@ fn write_object_dir(dir: &Path, data: &BTreeMap<String, Vec<u8>>, secret: bool) 
         .unwrap_or_default();
     let version_name = format!("..{stamp}_{}", std::process::id());
     let version = dir.join(&version_name);
-    std::fs::create_dir(&version).map_err(|e| file_err("creating directory", &version, e))?;
+    // A Secret's keys are never readable by others, not even for the
+    // moment between writing and restricting: its directory is made 0700
+    // and each key created 0600.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(if secret { 0o700 } else { 0o755 })
+            .create(&version)
+            .map_err(|e| file_err("creating directory", &version, e))?;
+    }
     for (key, value) in data {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = version.join(key);
-        std::fs::write(&path, value).map_err(|e| file_err("writing", &path, e))?;
-        if secret {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| file_err("restricting permissions of", &path, e))?;
-        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if secret { 0o600 } else { 0o644 })
+            .open(&path)
+            .and_then(|mut f| f.write_all(value))
+            .map_err(|e| file_err("writing", &path, e))?;
     }
     swap_symlink(dir, &version_name, "..data")?;
     for key in data.keys() {
@@ -189,5 +201,31 @@ fn file_err(action: &'static str, path: &Path, source: std::io::Error) -> Error 
         action,
         path: PathBuf::from(path),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secret_keys_are_never_readable_by_others() {
+        let dir = std::env::temp_dir().join(format!("knit-files-{}", std::process::id()));
+        let data = BTreeMap::from([("tls.key".to_owned(), b"KEY".to_vec())]);
+        write_object_dir(&dir.join("secret"), &data, true).unwrap();
+        write_object_dir(&dir.join("cm"), &data, false).unwrap();
+        let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let version = |d: &str| std::fs::canonicalize(dir.join(d).join("..data")).unwrap();
+        // The directory a Secret's keys are created in is closed first, so
+        // no key is ever open to others, even before its own mode is set.
+        assert_eq!(mode(version("secret")), 0o700);
+        assert_eq!(mode(version("secret").join("tls.key")), 0o600);
+        assert_eq!(
+            mode(version("cm").join("tls.key")) & 0o044,
+            0o044,
+            "a ConfigMap stays readable"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

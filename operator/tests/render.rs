@@ -734,3 +734,24 @@ fn a_peers_pod_cidrs_are_required_bounded_and_disjoint() {
     let plan = render(&config, &[b, ok], &Default::default(), t0());
     assert_eq!(plan.accepted.len(), 2);
 }
+
+/// Keys in the mesh apiserver's pod are readable by its own user only
+/// (with the pod's fsGroup, the kubelet adds group read for that group).
+#[test]
+fn secret_volumes_are_mounted_owner_read_only() {
+    let plan = render(&config_a(), &[], &Default::default(), t0());
+    let volumes = plan
+        .deployment
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap();
+    let secrets: Vec<_> = volumes.iter().filter_map(|v| v.secret.as_ref()).collect();
+    assert_eq!(secrets.len(), 5);
+    for s in secrets {
+        assert_eq!(s.default_mode, Some(0o400), "{:?}", s.secret_name);
+    }
+}

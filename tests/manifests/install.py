@@ -81,6 +81,20 @@ def check_release_images(root):
     return errors
 
 
+def check_secret_modes(rendered):
+    """Every Secret volume of config/default is mounted 0400: keys are
+    readable by the container's user only."""
+    errors = []
+    for d in rendered:
+        if d["kind"] in ("Deployment", "DaemonSet"):
+            for v in d["spec"]["template"]["spec"].get("volumes", []):
+                if "secret" in v and v["secret"].get("defaultMode") != 0o400:
+                    errors.append(f"{d['kind']}/{d['metadata']['name']}: Secret volume {v['name']} is not defaultMode 0400")
+    if not errors:
+        print("config/default: Secret volumes are mounted 0400")
+    return errors
+
+
 def check_linux_only(rendered):
     """Every workload runs on Linux nodes only: a Windows node never gets
     the agent (eBPF, netlink) or the operator."""

@@ -31,7 +31,8 @@ from bootstrap import check_bootstrap, check_config_reload  # noqa: E402
 from argocd import check_argocd  # noqa: E402
 from coredns import check_coredns  # noqa: E402
 from install import (  # noqa: E402
-    check_linux_only, check_other_namespace, check_release_images, check_sample_ports, check_service_writes)
+    check_linux_only, check_other_namespace, check_release_images, check_sample_ports, check_secret_modes,
+    check_service_writes)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 K8S_VERSION = "1.33.0"
@@ -376,6 +377,7 @@ def main():
     failures += check_linux_only(rendered)
     failures += check_service_writes(ROOT, rendered)
     failures += check_release_images(ROOT)
+    failures += check_secret_modes(rendered)
     failures += check_argocd(ROOT)
     failures += check_other_namespace(ROOT)
     failures += check_images_in_one_place()

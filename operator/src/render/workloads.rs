@@ -116,13 +116,13 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                         // The state is rebuilt by the apiserver on start, so etcd keeps it in
                         // memory: no fsync latency on the path between clusters.
                         { "name": "etcd-data", "emptyDir": { "medium": "Memory", "sizeLimit": "1Gi" } },
-                        { "name": "server-cert", "secret": { "secretName": names::SERVER_CERT_SECRET } },
-                        { "name": "front-cert", "secret": { "secretName": names::FRONT_CERT_SECRET } },
+                        { "name": "server-cert", "secret": { "secretName": names::SERVER_CERT_SECRET, "defaultMode": 0o400 } },
+                        { "name": "front-cert", "secret": { "secretName": names::FRONT_CERT_SECRET, "defaultMode": 0o400 } },
                         { "name": "trusted-cas", "configMap": { "name": names::TRUSTED_CAS_CONFIGMAP } },
-                        { "name": "admin-cert", "secret": { "secretName": names::ADMIN_CERT_SECRET } },
+                        { "name": "admin-cert", "secret": { "secretName": names::ADMIN_CERT_SECRET, "defaultMode": 0o400 } },
                         { "name": "etcd-users", "configMap": { "name": names::ETCD_USERS_CONFIGMAP } },
-                        { "name": "peer-configs", "secret": { "secretName": names::PEER_CONFIGS_SECRET } },
-                        { "name": "peer-access", "secret": { "secretName": names::PEER_ACCESS_SECRET } },
+                        { "name": "peer-configs", "secret": { "secretName": names::PEER_CONFIGS_SECRET, "defaultMode": 0o400 } },
+                        { "name": "peer-access", "secret": { "secretName": names::PEER_ACCESS_SECRET, "defaultMode": 0o400 } },
                     ],
                 },
             },
