@@ -244,6 +244,11 @@ pub(crate) fn service_frontends(
             .filter(|p| p.is_synced(Kind::Services))
             .filter_map(|p| p.services.get(name))
             .filter(|r| r.export)
+            .filter(|r| {
+                own.import_clusters
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(&r.cluster))
+            })
             .collect()
     } else {
         Vec::new()

@@ -290,3 +290,17 @@ fn the_derived_service_gives_local_clients_the_clusterset_vip() {
     let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
     assert!(!out.local.contains_key("knit/v1/local/services/shop/web"));
 }
+
+#[test]
+fn the_policys_cluster_allow_list_reaches_the_local_record() {
+    let yaml = global_service("shop", "web", 80, &["10.1.1.1"], true)
+        .replace("  export: true\n", "  export: true\n  clusters: [b]\n");
+    let (_dir, src) = source(&[
+        ("cluster.yaml", node("n1", "192.168.1.1", "10.1.1.0/24")),
+        ("web.yaml", yaml),
+    ]);
+    let mut ids = IdentityAllocator::new(1);
+    let out = export(&cluster(), src.state(), &mut ids);
+    let local = service(&out.local, "knit/v1/local/services/shop/web");
+    assert_eq!(local.import_clusters, Some(vec!["b".to_owned()]));
+}

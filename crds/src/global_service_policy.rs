@@ -130,7 +130,8 @@ pub struct GlobalServicePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Failover>,
 
-    /// Only these peer clusters' backends are imported; unset means all.
+    /// Only these peer clusters' backends are imported; unset means all,
+    /// an empty list none (this cluster's own backends are always used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(inner(length(min = 1, max = 32), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
     pub clusters: Option<Vec<String>>,

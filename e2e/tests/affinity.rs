@@ -1,8 +1,9 @@
 //! Affinity that degrades gracefully, on a 3-cluster local mesh: a
 //! `failover` threshold (a count, a share of ready local backends) decides
 //! when `local` adds remote backends, and `preferredClusters` orders the
-//! peers traffic moves to. Every rule is observed as which clusters answer
-//! a client in cluster-a.
+//! peers traffic moves to, and `clusters` limits which peers are imported
+//! from at all. Every rule is observed as which clusters answer a client in
+//! cluster-a.
 
 use std::net::Ipv4Addr;
 
@@ -89,6 +90,18 @@ fn failover_thresholds_and_preferred_clusters() {
     // Local backends back: they win again over every preference.
     mesh.deploy_service(A, &web_a(vec![a[2]], vec![], order));
     mesh.wait_for_hits("local back: local only", client, vip, false, |h| only(h, &[A]));
+
+    // The `clusters` allow-list: only the named peers' backends are
+    // imported, whatever else is ready (before, every peer's were used).
+    mesh.deploy_service(C, &GlobalService::web(Ipv4Addr::new(10, 96, 3, 50), vec![web_c]));
+    mesh.deploy_service(A, &web_a(vec![], a.clone(), "clusters: [cluster-b]"));
+    mesh.wait_for_hits("allowed: cluster-b only", client, vip, false, |h| only(h, &[B]));
+    mesh.deploy_service(A, &web_a(vec![], a.clone(), "clusters: [cluster-c]"));
+    mesh.wait_for_hits("allowed: cluster-c only", client, vip, false, |h| only(h, &[C]));
+    mesh.deploy_service(A, &web_a(vec![], a.clone(), ""));
+    mesh.wait_for_hits("no allow-list: every peer", client, vip, false, |h| {
+        only(h, &[B, C])
+    });
 
     // No backend anywhere the service may use: connects fail at once and
     // the socket program counts them (`no_backend`).

@@ -190,6 +190,11 @@ pub struct ServiceRecord {
     /// Clusters in order of preference after the affinity's side.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preferred_clusters: Vec<String>,
+    /// The only peer clusters whose backends this cluster imports (the
+    /// GlobalServicePolicy's `clusters`); unset means every peer. Read by
+    /// this cluster's agents from the local record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_clusters: Option<Vec<String>>,
     /// When traffic moves on from the preferred clusters; unset is the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<knit_crds::Failover>,

@@ -358,6 +358,7 @@ mod tests {
             import: true,
             affinity: Default::default(),
             preferred_clusters: vec![],
+            import_clusters: None,
             failover: None,
             service_export: Some(ServiceExportFacts {
                 created_unix: created,

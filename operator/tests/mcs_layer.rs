@@ -32,6 +32,7 @@ fn export(cluster: &str, namespace: &str, created: i64) -> ServiceRecord {
         import: true,
         affinity: Default::default(),
         preferred_clusters: vec![],
+        import_clusters: None,
         failover: None,
         service_export: Some(ServiceExportFacts {
             created_unix: created,

@@ -103,6 +103,7 @@ impl<'a> ServiceRecords<'a> {
             import: policy.import,
             affinity: policy.affinity,
             preferred_clusters: policy.preferred_clusters.clone(),
+            import_clusters: policy.clusters.clone(),
             failover: (policy.failover != knit_crds::Failover::default()).then_some(policy.failover),
             service_export: service_export.map(|e| ServiceExportFacts {
                 created_unix: e.created_unix,
@@ -159,6 +160,7 @@ impl Iterator for ServiceRecords<'_> {
             import: true,
             affinity: knit_crds::Affinity::None,
             preferred_clusters: Vec::new(),
+            import_clusters: None,
             failover: None,
             service_export: None,
             withdrawn: false,
