@@ -84,14 +84,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _guard = knit_telemetry::init_tracing("knit-agent")?;
-    let stop = knit_telemetry::shutdown_signal()?;
-    tokio::select! {
-        r = serve() => r,
-        signal = stop => {
-            tracing::info!(signal, "shutting down; the datapath stays in place");
-            Ok(())
-        }
-    }
+    knit_telemetry::until_shutdown(serve(), "shutting down; the datapath stays in place").await
 }
 
 /// The subcommand, or the agent until it fails.

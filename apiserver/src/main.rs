@@ -84,14 +84,7 @@ fn parse_pod_cidr(s: &str) -> Result<ipnet::IpNet, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _tracing = knit_telemetry::init_tracing("knit-apiserver")?;
-    let stop = knit_telemetry::shutdown_signal()?;
-    tokio::select! {
-        r = serve(args) => r,
-        signal = stop => {
-            tracing::info!(signal, "shutting down");
-            Ok(())
-        }
-    }
+    knit_telemetry::until_shutdown(serve(args), "shutting down").await
 }
 
 /// Runs until a component fails.

@@ -5,7 +5,7 @@
 //! exporter when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! [`serve`] exposes a Prometheus registry on `/metrics` and the process's
 //! [`Health`] on `/healthz` (alive) and `/readyz` (ready to serve).
-//! [`shutdown_signal`] is the SIGTERM/SIGINT every binary stops on.
+//! [`until_shutdown`] runs a binary until SIGTERM/SIGINT ([`shutdown_signal`]).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -17,7 +17,7 @@ mod tracing_setup;
 pub use health::Health;
 pub use prometheus_client;
 pub use server::{router, serve, serve_registry};
-pub use shutdown::shutdown_signal;
+pub use shutdown::{shutdown_signal, until_shutdown};
 pub use tracing_setup::{TracingGuard, init_tracing, trace_id};
 
 /// Errors of this crate.

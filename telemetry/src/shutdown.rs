@@ -24,3 +24,23 @@ pub fn shutdown_signal() -> crate::Result<impl Future<Output = &'static str> + S
         }
     })
 }
+
+/// Runs `work` until it ends, or until SIGTERM or SIGINT arrives: then
+/// `work` is dropped, `stopping` is logged with the signal, and the result
+/// is `Ok(())`. The handlers are installed before `work` first runs.
+///
+/// # Errors
+/// `work`'s error, or [`crate::Error::InstallSignalHandler`].
+pub async fn until_shutdown<E>(work: impl Future<Output = Result<(), E>>, stopping: &str) -> Result<(), E>
+where
+    E: From<crate::Error>,
+{
+    let stop = shutdown_signal()?;
+    tokio::select! {
+        r = work => r,
+        signal = stop => {
+            tracing::info!(signal, "{stopping}");
+            Ok(())
+        }
+    }
+}

@@ -61,14 +61,7 @@ struct CertificateLabel {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _tracing = knit_telemetry::init_tracing("knit-operator")?;
-    let stop = knit_telemetry::shutdown_signal()?;
-    tokio::select! {
-        r = serve(args) => r,
-        signal = stop => {
-            tracing::info!(signal, "shutting down");
-            Ok(())
-        }
-    }
+    knit_telemetry::until_shutdown(serve(args), "shutting down").await
 }
 
 /// Runs the operator with the mounted config and starts it again, in the
