@@ -13,6 +13,8 @@
  *   Local delivery applies the pod's ingress policy (ipcache identity of
  *   the source, allow entries, replies of flows the pod opened pass) and
  *   hands the packet straight into the pod with bpf_redirect_peer.
+ *   Flow tracking (knit_ct): a TCP SYN starts a new flow on its tuple,
+ *   FIN/RST close it, every entry expires after its state's lifetime.
  *
  * cgroup socket programs (socket-level load balancing, attached to the
  * node's pod cgroup subtree): connect4/sendmsg4 turn a Service VIP into a
@@ -204,17 +206,85 @@ static __always_inline void ct_key_of(struct ct_key *k, const struct flow *f, in
 	k->proto = f->proto;
 }
 
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+static __always_inline __u32 ct_now(void)
+{
+	return (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
+}
+
+/* Whether an entry still counts at `now`. */
+static __always_inline int ct_live(const struct ct_value *v, __u32 now)
+{
+	return !v->expires || now < v->expires;
+}
+
+/* A packet of the entry's own tuple: the closing flags it carries, and the
+ * lifetime its state gives from now. Written only when something changed,
+ * at most once a second for a steady flow. */
+static __always_inline void ct_touch(struct ct_value *v, const struct flow *f, __u32 now)
+{
+	__u32 flags = v->flags;
+	__u32 lifetime = CT_LIFETIME_OTHER;
+
+	if (f->proto == IPPROTO_TCP) {
+		if (f->tcp_flags & TCP_RST)
+			flags |= CT_F_RST;
+		if (f->tcp_flags & TCP_FIN)
+			flags |= CT_F_FIN;
+		if (flags & (CT_F_FIN | CT_F_RST))
+			lifetime = CT_LIFETIME_CLOSING;
+		else if ((f->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+			lifetime = CT_LIFETIME_SYN;
+		else
+			lifetime = CT_LIFETIME_TCP;
+	}
+	if (v->flags != flags)
+		v->flags = flags;
+	if (v->expires != now + lifetime)
+		v->expires = now + lifetime;
+}
+
+/* A TCP SYN starts a flow on its tuple: what an earlier flow of the same
+ * tuple left in either direction (a verdict, who opened it) no longer
+ * counts, so a reused tuple meets today's policy and a translated flow is
+ * not taken for an old direct one. A SYN-ACK ends only entries of a flow
+ * that closed or expired: where the flow began, its SYN ended the rest. */
+static __always_inline void ct_new_flow(const struct flow *f)
+{
+	struct ct_key k;
+	__u32 now;
+
+	if (f->proto != IPPROTO_TCP || !(f->tcp_flags & TCP_SYN))
+		return;
+	now = ct_now();
+#pragma unroll
+	for (int reverse = 0; reverse < 2; reverse++) {
+		ct_key_of(&k, f, reverse);
+		struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
+		if (v && (!(f->tcp_flags & TCP_ACK) || !ct_live(v, now) || (v->flags & (CT_F_FIN | CT_F_RST))))
+			bpf_map_delete_elem(&knit_ct, &k);
+	}
+}
+
 static __always_inline void ct_mark(const struct flow *f, __u32 flag)
 {
 	struct ct_key k;
+	__u32 now = ct_now();
+
 	ct_key_of(&k, f, 0);
 	struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
-	if (v) {
+	if (v && ct_live(v, now)) {
 		if (!(v->flags & flag))
 			v->flags |= flag;
+		ct_touch(v, f, now);
 		return;
 	}
 	struct ct_value nv = {.flags = flag};
+	ct_touch(&nv, f, now);
 	bpf_map_update_elem(&knit_ct, &k, &nv, BPF_ANY);
 }
 
@@ -276,12 +346,21 @@ static __always_inline int policy_allows(__u32 endpoint, __u8 direction, __u32 i
 	return by_identity == POLICY_ALLOW || by_address == POLICY_ALLOW;
 }
 
+/* Whether a live entry of the packet's tuple (or, `reverse`, of the tuple
+ * it answers) carries `flag`. A hit on the packet's own tuple is a packet
+ * of that flow and keeps the entry alive. */
 static __always_inline int ct_has(const struct flow *f, int reverse, __u32 flag)
 {
 	struct ct_key k;
+	__u32 now = ct_now();
+
 	ct_key_of(&k, f, reverse);
 	struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
-	return v && (v->flags & flag);
+	if (!v || !(v->flags & flag) || !ct_live(v, now))
+		return 0;
+	if (!reverse)
+		ct_touch(v, f, now);
+	return 1;
 }
 
 /* Ingress policy of the pod f->daddr, for a peer of `identity`. */
@@ -331,9 +410,6 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 		return drop(DROP_MALFORMED);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
-
-#define TCP_SYN 0x02
-#define TCP_ACK 0x10
 
 /* A packet from a local pod leaves through the host stack: remember the
  * pod's end of the flows it opens (TCP SYN, UDP from a port the stack has
@@ -400,6 +476,7 @@ int from_pod(struct __sk_buff *skb)
 	if (!src)
 		return drop(DROP_UNKNOWN_SOURCE);
 	__u32 identity = src->identity;
+	ct_new_flow(&f);
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	if ((src->flags & ENDPOINT_F_EGRESS) &&
 	    !egress_admitted(&f, dst ? dst->identity : identity_of(f.daddr, 0)))
@@ -453,6 +530,7 @@ int from_tunnel(struct __sk_buff *skb)
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	if (!dst)
 		return drop(DROP_NO_ROUTE);
+	ct_new_flow(&f);
 	if (answers_stack_flow(&f))
 		return TC_ACT_OK;
 	if (bpf_skb_get_tunnel_key(skb, &key, TUNNEL_KEY_SIZE, 0) < 0)
@@ -476,6 +554,7 @@ int to_pod(struct __sk_buff *skb)
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	if (!dst)
 		return TC_ACT_OK;
+	ct_new_flow(&f);
 	served_from_stack(&f);
 	if (!(dst->flags & (ENDPOINT_F_POLICY | ENDPOINT_F_EGRESS)))
 		return TC_ACT_OK;

@@ -116,12 +116,24 @@ struct sock_nat_value {
 	__u16 pad;
 };
 
-/* Connection tracking for policy (LRU): who opened a flow, and whether
- * ingress policy admitted it. */
+/* Connection tracking for policy (LRU): who opened a flow, whether policy
+ * admitted it, how far a TCP flow has got and until when the entry counts.
+ * A TCP SYN starts a new flow: what an earlier flow of the same tuple left
+ * (a verdict, a direction) does not carry over. */
 #define CT_F_EGRESS 1         /* a local pod sent the first packet of this tuple */
 #define CT_F_ALLOWED 2        /* ingress policy admitted this tuple */
 #define CT_F_INGRESS 4        /* delivered into an egress-selected pod: its replies pass */
 #define CT_F_EGRESS_ALLOWED 8 /* egress policy admitted this tuple */
+#define CT_F_FIN 16           /* a TCP FIN was seen in this direction: the flow is closing */
+#define CT_F_RST 32           /* a TCP RST was seen in this direction: the flow is over */
+
+/* How long an entry counts after the last packet of its tuple, in seconds
+ * (Cilium's defaults): a TCP flow once past its SYN, a TCP flow still
+ * opening, a TCP flow closing (FIN or RST seen), anything else. */
+#define CT_LIFETIME_TCP 21600
+#define CT_LIFETIME_SYN 60
+#define CT_LIFETIME_CLOSING 10
+#define CT_LIFETIME_OTHER 60
 
 /* What a pod's end of a flow through the host stack is (knit_stack_flows). */
 #define STACK_FLOW_OPENED 1 /* the pod opened it: replies from the tunnel go to the stack */
@@ -138,7 +150,10 @@ struct ct_key {
 
 struct ct_value {
 	__u32 flags;
-	__u32 pad;
+	/* CLOCK_MONOTONIC second (bpf_ktime_get_ns) from which the entry no
+	 * longer counts; 0 (an entry of an agent before expiry existed) counts
+	 * until the next packet of the tuple sets it. */
+	__u32 expires;
 };
 
 /* Node-wide settings (array, one entry). */

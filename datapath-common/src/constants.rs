@@ -44,6 +44,18 @@ pub const CT_F_ALLOWED: u32 = 2;
 pub const CT_F_INGRESS: u32 = 4;
 /// `CT_F_EGRESS_ALLOWED`: egress policy admitted this tuple.
 pub const CT_F_EGRESS_ALLOWED: u32 = 8;
+/// `CT_F_FIN`: a TCP FIN was seen in this direction (the flow is closing).
+pub const CT_F_FIN: u32 = 16;
+/// `CT_F_RST`: a TCP RST was seen in this direction (the flow is over).
+pub const CT_F_RST: u32 = 32;
+/// Seconds a TCP flow past its SYN stays tracked after its last packet.
+pub const CT_LIFETIME_TCP: u32 = 21600;
+/// Seconds a TCP flow still opening stays tracked after its last packet.
+pub const CT_LIFETIME_SYN: u32 = 60;
+/// Seconds a closing TCP flow (FIN or RST seen) stays tracked.
+pub const CT_LIFETIME_CLOSING: u32 = 10;
+/// Seconds any other flow (UDP, ICMP) stays tracked after its last packet.
+pub const CT_LIFETIME_OTHER: u32 = 60;
 /// `STACK_FLOW_OPENED`: a pod opened this flow into the host stack; its
 /// replies arriving from the tunnel are handed to the stack.
 pub const STACK_FLOW_OPENED: u8 = 1;
@@ -139,6 +151,12 @@ mod tests {
             ("CT_F_ALLOWED", CT_F_ALLOWED),
             ("CT_F_INGRESS", CT_F_INGRESS),
             ("CT_F_EGRESS_ALLOWED", CT_F_EGRESS_ALLOWED),
+            ("CT_F_FIN", CT_F_FIN),
+            ("CT_F_RST", CT_F_RST),
+            ("CT_LIFETIME_TCP", CT_LIFETIME_TCP),
+            ("CT_LIFETIME_SYN", CT_LIFETIME_SYN),
+            ("CT_LIFETIME_CLOSING", CT_LIFETIME_CLOSING),
+            ("CT_LIFETIME_OTHER", CT_LIFETIME_OTHER),
             ("STACK_FLOW_OPENED", u32::from(STACK_FLOW_OPENED)),
             ("STACK_FLOW_SERVED", u32::from(STACK_FLOW_SERVED)),
             ("POLICY_ALLOW", u32::from(POLICY_ALLOW)),

@@ -204,8 +204,9 @@ pub struct CtKey {
 pub struct CtValue {
     /// `CT_F_*`.
     pub flags: u32,
-    /// Zero.
-    pub pad: u32,
+    /// `CLOCK_MONOTONIC` second from which the entry no longer counts (0:
+    /// until the tuple's next packet sets it).
+    pub expires: u32,
 }
 
 /// `struct node_config`.
@@ -292,7 +293,7 @@ mod tests {
         layout!(rust, "sock_nat_key", SockNatKey, ["cookie" => cookie, "addr" => addr, "port" => port]);
         layout!(rust, "sock_nat_value", SockNatValue, ["addr" => addr, "port" => port]);
         layout!(rust, "ct_key", CtKey, ["saddr" => saddr, "daddr" => daddr, "sport" => sport, "dport" => dport, "proto" => proto]);
-        layout!(rust, "ct_value", CtValue, ["flags" => flags]);
+        layout!(rust, "ct_value", CtValue, ["flags" => flags, "expires" => expires]);
         layout!(rust, "node_config", NodeConfig, ["tunnel_ifindex" => tunnel_ifindex]);
         assert_eq!(rust, c);
     }

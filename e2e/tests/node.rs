@@ -211,6 +211,30 @@ fn plain_cluster_ip_through_the_host_dnat() {
     assert_eq!(udp.names.get(&db_name), Some(&40), "ClusterIP over UDP: {udp:?}");
     assert_eq!(udp.peer_mismatch, 0, "UDP replies come from the VIP: {udp:?}");
 
+    // The kernel hands a client port to a direct connection and, once it
+    // closed, to one through the ClusterIP: the same tuple reaches the
+    // backend both ways. The reply of the second goes back through the
+    // stack, whatever the first left in the connection tracking (before
+    // TCP state was tracked, the stale entry of the direct flow sent it
+    // straight to the client, which never connected: 1 request in ~50
+    // runs of this test failed by port chance, every one here).
+    let vip_addr = SocketAddrV4::new(vip, SERVER_PORT);
+    for port in [40123, 40124, 40125] {
+        let direct = mesh.hit_from_port(client, pod_addr(&mesh, db), port);
+        assert_eq!(
+            direct.names.get(&db_name),
+            Some(&1),
+            "direct from port {port}: {direct:?}"
+        );
+        let translated = mesh.hit_from_port(client, vip_addr, port);
+        assert_eq!(
+            translated.names.get(&db_name),
+            Some(&1),
+            "ClusterIP from port {port}, just used for a direct connection: {translated:?}"
+        );
+        assert_eq!(translated.peer_mismatch, 0, "{translated:?}");
+    }
+
     // Policy still applies after the host's DNAT: deny the client, and the
     // ClusterIP path is closed too.
     mesh.write_manifest(

@@ -5,8 +5,10 @@
 //! - `matrix --to A:P[,A2:P2…] [--udp] [--timeout-ms T]`: one request to
 //!   each target at once; prints JSON `{"A:P": true|false}` (answered
 //!   within T ms, default 600).
-//! - `hits --to A:P --count C [--udp]`: C requests, each on a new socket;
-//!   prints JSON `{"names": {server: n}, "errors": {kind: n}, "peer_mismatch": n}`
+//! - `hits --to A:P --count C [--udp] [--source-port S]`: C requests, each
+//!   on a new socket (TCP ones from port S if given, which may still be in
+//!   TIME_WAIT from an earlier connection to another address); prints JSON
+//!   `{"names": {server: n}, "errors": {kind: n}, "peer_mismatch": n}`
 //!   where `peer_mismatch` counts answers whose source (UDP) or peer name
 //!   (TCP) was not `A:P`, i.e. replies not translated back to the VIP.
 //! - `hold --to A:P --seconds S`: one TCP connection, a request every
@@ -61,6 +63,7 @@ fn main() {
             required(&args, "--to").parse().expect("address"),
             required(&args, "--count").parse().expect("count"),
             args.iter().any(|a| a == "--udp"),
+            arg(&args, "--source-port").map(|p| p.parse().expect("source port")),
         ),
         Some("hold") => hold(
             required(&args, "--to").parse().expect("address"),
@@ -161,8 +164,12 @@ fn reachable(to: SocketAddr, udp: bool, timeout: Duration) -> bool {
     }
 }
 
-fn request_tcp(to: SocketAddr) -> Result<(String, bool), String> {
-    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| kind(&e))?;
+fn request_tcp(to: SocketAddr, source_port: Option<u16>) -> Result<(String, bool), String> {
+    let conn = match source_port {
+        None => TcpStream::connect_timeout(&to, Duration::from_secs(2)),
+        Some(port) => connect_from(port, to),
+    }
+    .map_err(|e| kind(&e))?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
     let peer_ok = conn.peer_addr().is_ok_and(|p| p == to);
     (&conn).write_all(b"hi\n").map_err(|e| kind(&e))?;
@@ -172,6 +179,16 @@ fn request_tcp(to: SocketAddr) -> Result<(String, bool), String> {
         return Err("closed".into());
     }
     Ok((line.trim().to_owned(), peer_ok))
+}
+
+/// A TCP connection to `to` from local port `port`.
+fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    Ok(socket.into())
 }
 
 fn request_udp(to: SocketAddr) -> Result<(String, bool), String> {
@@ -187,12 +204,16 @@ fn kind(e: &std::io::Error) -> String {
     format!("{:?}", e.kind())
 }
 
-fn hits(to: SocketAddr, count: usize, udp: bool) {
+fn hits(to: SocketAddr, count: usize, udp: bool, source_port: Option<u16>) {
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut mismatch = 0;
     for _ in 0..count {
-        match if udp { request_udp(to) } else { request_tcp(to) } {
+        match if udp {
+            request_udp(to)
+        } else {
+            request_tcp(to, source_port)
+        } {
             Ok((name, peer_ok)) => {
                 *names.entry(name).or_default() += 1;
                 mismatch += usize::from(!peer_ok);
@@ -246,7 +267,7 @@ fn crr(to: SocketAddr, seconds: f64, pause_ms: u64, stop_file: Option<String>) {
     };
     while Instant::now() < end && !stopped() {
         let at = knit_testkit::unix_seconds();
-        match request_tcp(to) {
+        match request_tcp(to, None) {
             Ok(_) => ok += 1,
             Err(e) => {
                 failed += 1;

@@ -97,6 +97,17 @@ impl LocalMesh {
         parse_hits(self.probe(p, &args).as_bytes())
     }
 
+    /// One TCP request from pod `p` to `to` from local port `source_port`
+    /// (the kernel may hand a port to one connection after another, to
+    /// different addresses): whether it was answered, and by whom.
+    pub fn hit_from_port(&self, p: PodId, to: SocketAddrV4, source_port: u16) -> Hits {
+        let (to, port) = (to.to_string(), source_port.to_string());
+        parse_hits(
+            self.probe(p, &["hits", "--to", &to, "--count", "1", "--source-port", &port])
+                .as_bytes(),
+        )
+    }
+
     /// Polls [`LocalMesh::hits`] (40 requests) until `ok` accepts the result.
     pub fn wait_for_hits(
         &self,

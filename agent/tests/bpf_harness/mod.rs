@@ -1,0 +1,322 @@
+//! The harness of the BPF program tests (`bpf_programs.rs`,
+//! `bpf_conntrack.rs`): the datapath object loaded without attaching
+//! anything, maps pinned in a bpffs of the test's own, helpers that fill
+//! the maps, craft packets and run one through a program with
+//! `BPF_PROG_TEST_RUN`. Each test file uses a part of it.
+#![allow(dead_code)]
+
+pub use std::net::Ipv4Addr;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+use knit_agent::datapath::loader::OBJECT;
+pub use knit_datapath_common::*;
+use knit_testkit::bpffs::BpffsRoot;
+
+pub const IDENTITY_A: u32 = (1 << 16) | 10;
+pub const IDENTITY_B: u32 = (1 << 16) | 11;
+pub const POD_A: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 10);
+pub const POD_B: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 11);
+pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 2, 1, 20);
+pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+pub const NODE_MAC_B: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0b];
+pub const TCP: u8 = 6;
+pub const TCP_PROTO: u8 = TCP;
+pub const UDP: u8 = 17;
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const FIN: u8 = 0x01;
+pub const RST: u8 = 0x04;
+
+/// The datapath loaded without attaching anything; its maps are pinned in
+/// a bpffs of this test's own, unmounted on drop (after the programs and
+/// maps are closed).
+pub struct Programs {
+    ebpf: Ebpf,
+    _pins: BpffsRoot,
+}
+
+impl Programs {
+    pub fn load(tag: &str) -> Self {
+        let pins =
+            BpffsRoot::mount(std::env::temp_dir().join(format!("knit-bpftest-{}-{tag}", std::process::id())));
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.path())
+            .load(OBJECT)
+            .expect("load knit.bpf.o");
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL] {
+            let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
+        }
+        Self { ebpf, _pins: pins }
+    }
+
+    pub fn endpoint(&mut self, ip: Ipv4Addr, identity: u32, policy: bool, mac: [u8; 6], node_mac: [u8; 6]) {
+        let flags = if policy { ENDPOINT_F_POLICY } else { 0 };
+        self.endpoint_flags(ip, identity, flags, mac, node_mac);
+    }
+
+    pub fn endpoint_flags(
+        &mut self,
+        ip: Ipv4Addr,
+        identity: u32,
+        flags: u32,
+        mac: [u8; 6],
+        node_mac: [u8; 6],
+    ) {
+        let mut map: HashMap<&mut MapData, u32, EndpointValue> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
+        let value = EndpointValue {
+            ifindex: 100 + u32::from(ip.octets()[3]),
+            identity,
+            flags,
+            mac,
+            node_mac,
+        };
+        map.insert(addr_be(ip), value, 0).unwrap();
+    }
+
+    pub fn route(&mut self, ip: Ipv4Addr, identity: u32, tunnel: Option<Ipv4Addr>) {
+        let mut map: LpmTrie<&mut MapData, u32, IpcacheValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_IPCACHE).unwrap()).unwrap();
+        let value = IpcacheValue {
+            identity,
+            tunnel_endpoint: tunnel.map(addr_be).unwrap_or(0),
+        };
+        map.insert(&Key::new(32, addr_be(ip)), value, 0).unwrap();
+    }
+
+    pub fn allow(&mut self, endpoint: Ipv4Addr, identity: u32, dport: u16, proto: u8) {
+        self.allow_in(POLICY_INGRESS, endpoint, identity, dport, proto);
+    }
+
+    pub fn allow_in(&mut self, direction: u8, endpoint: Ipv4Addr, identity: u32, dport: u16, proto: u8) {
+        self.entry(POLICY_ALLOW, direction, endpoint, identity, dport, proto);
+    }
+
+    pub fn entry(
+        &mut self,
+        verdict: u8,
+        direction: u8,
+        endpoint: Ipv4Addr,
+        identity: u32,
+        dport: u16,
+        proto: u8,
+    ) {
+        let mut map: HashMap<&mut MapData, PolicyKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_POLICY).unwrap()).unwrap();
+        let key = PolicyKey {
+            endpoint: addr_be(endpoint),
+            identity,
+            dport,
+            proto,
+            direction,
+        };
+        map.insert(key, verdict, 0).unwrap();
+    }
+
+    pub fn allow_cidr(
+        &mut self,
+        direction: u8,
+        endpoint: Ipv4Addr,
+        net: (Ipv4Addr, u32),
+        dport: u16,
+        proto: u8,
+    ) {
+        self.cidr_entry(POLICY_ALLOW, direction, endpoint, net, dport, proto);
+    }
+
+    pub fn cidr_entry(
+        &mut self,
+        verdict: u8,
+        direction: u8,
+        endpoint: Ipv4Addr,
+        net: (Ipv4Addr, u32),
+        dport: u16,
+        proto: u8,
+    ) {
+        let mut map: LpmTrie<&mut MapData, PolicyCidrKey, u8> =
+            LpmTrie::try_from(self.ebpf.map_mut(MAP_POLICY_CIDR).unwrap()).unwrap();
+        let key = PolicyCidrKey {
+            endpoint: addr_be(endpoint),
+            direction,
+            proto,
+            dport,
+            addr: addr_be(net.0),
+        };
+        map.insert(&Key::new(64 + net.1, key), verdict, 0).unwrap();
+    }
+
+    pub fn tunnel_device(&mut self, ifindex: u32) {
+        let mut map: Array<&mut MapData, NodeConfig> =
+            Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
+        map.set(
+            0,
+            NodeConfig {
+                tunnel_ifindex: ifindex,
+                pad: 0,
+            },
+            0,
+        )
+        .unwrap();
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        let map: Array<&MapData, u64> = Array::try_from(self.ebpf.map(MAP_DROPS).unwrap()).unwrap();
+        map.get(&(reason as u32), 0).unwrap()
+    }
+
+    pub fn ct_flags(
+        &self,
+        saddr: Ipv4Addr,
+        daddr: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> Option<u32> {
+        self.ct_entry(saddr, daddr, sport, dport, proto).map(|v| v.flags)
+    }
+
+    fn ct_key(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey {
+        CtKey {
+            saddr: addr_be(saddr),
+            daddr: addr_be(daddr),
+            sport: port_be(sport),
+            dport: port_be(dport),
+            proto,
+            pad: [0; 3],
+        }
+    }
+
+    /// The whole connection tracking entry of a tuple.
+    pub fn ct_entry(
+        &self,
+        saddr: Ipv4Addr,
+        daddr: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> Option<CtValue> {
+        let map: HashMap<&MapData, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map(MAP_CT).unwrap()).unwrap();
+        map.get(&Self::ct_key(saddr, daddr, sport, dport, proto), 0).ok()
+    }
+
+    /// Overwrites the connection tracking entry of a tuple.
+    pub fn set_ct_entry(
+        &mut self,
+        (saddr, daddr, sport, dport, proto): (Ipv4Addr, Ipv4Addr, u16, u16, u8),
+        value: CtValue,
+    ) {
+        let mut map: HashMap<&mut MapData, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_CT).unwrap()).unwrap();
+        map.insert(Self::ct_key(saddr, daddr, sport, dport, proto), value, 0)
+            .unwrap();
+    }
+
+    /// Removes an ingress allow entry (a policy revoked).
+    pub fn revoke(&mut self, endpoint: Ipv4Addr, identity: u32, dport: u16, proto: u8) {
+        let mut map: HashMap<&mut MapData, PolicyKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_POLICY).unwrap()).unwrap();
+        let key = PolicyKey {
+            endpoint: addr_be(endpoint),
+            identity,
+            dport,
+            proto,
+            direction: POLICY_INGRESS,
+        };
+        map.remove(&key).unwrap();
+    }
+
+    pub fn stack_flow(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<u8> {
+        let map: HashMap<&MapData, StackFlowKey, u8> =
+            HashMap::try_from(self.ebpf.map(MAP_STACK_FLOWS).unwrap()).unwrap();
+        let key = StackFlowKey {
+            addr: addr_be(addr),
+            port: port_be(port),
+            proto,
+            pad: 0,
+        };
+        map.get(&key, 0).ok()
+    }
+
+    /// Runs `program` on `packet`; returns the verdict and the packet as
+    /// the program left it. `ingress_ifindex` fills the `__sk_buff` context
+    /// (0: sent by the host itself).
+    pub fn run(&self, program: &str, packet: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; packet.len() + 256];
+        // struct __sk_buff is 192 bytes; ingress_ifindex sits at offset 36.
+        let mut ctx = [0u8; 192];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+}
+
+/// An Ethernet + IPv4 + TCP/UDP packet (checksums are not checked by the
+/// programs and left zero).
+pub fn packet(saddr: Ipv4Addr, daddr: Ipv4Addr, proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xee]); // dst MAC: the gateway
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xaa]); // src MAC: the pod
+    p.extend_from_slice(&0x0800u16.to_be_bytes());
+    let l4_len: u16 = if proto == TCP { 20 } else { 8 };
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&(20 + l4_len).to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    p.extend_from_slice(&saddr.octets());
+    p.extend_from_slice(&daddr.octets());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    if proto == TCP {
+        p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        p.extend_from_slice(&[0, 8, 0, 0]);
+    }
+    p
+}
+
+pub fn tcp(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    packet(saddr, daddr, TCP, sport, dport, flags)
+}
+
+/// Two pods on this node: a (identity A, `a_flags`) and b (identity B,
+/// MACs known, `b_flags`).
+pub fn pods_with_flags(tag: &str, a_flags: u32, b_flags: u32) -> Programs {
+    let mut p = Programs::load(tag);
+    p.endpoint_flags(
+        POD_A,
+        IDENTITY_A,
+        a_flags,
+        [0x02, 0, 0, 0, 0, 0x0a],
+        [0x02, 0, 0, 0, 1, 0x0a],
+    );
+    p.endpoint_flags(POD_B, IDENTITY_B, b_flags, MAC_B, NODE_MAC_B);
+    p
+}
+
+/// Two pods on this node: a (identity A) and b (identity B, MACs known).
+pub fn two_pods(tag: &str, b_policy: bool) -> Programs {
+    let mut p = Programs::load(tag);
+    p.endpoint(
+        POD_A,
+        IDENTITY_A,
+        false,
+        [0x02, 0, 0, 0, 0, 0x0a],
+        [0x02, 0, 0, 0, 1, 0x0a],
+    );
+    p.endpoint(POD_B, IDENTITY_B, b_policy, MAC_B, NODE_MAC_B);
+    p
+}
