@@ -1,7 +1,8 @@
 /* Knit datapath.
  *
  * tc programs (SEC "classifier"):
- *   from_pod    ingress of the host side of every pod veth: source check,
+ *   from_pod    ingress of the host side of every pod veth: source check
+ *               (the address is the pod's behind this veth),
  *               flow tracking, then local delivery or VXLAN encapsulation
  *               towards the tunnel endpoint the ipcache names; anything
  *               else goes to the host stack (outside, kube-proxy Services,
@@ -472,8 +473,11 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (parsed < 0)
 		return drop(DROP_MALFORMED);
+	/* The source must be a pod of this node, and the one behind this
+	 * veth: a pod that borrows another local pod's address would take
+	 * its identity and its policy's allowances. */
 	struct endpoint_value *src = bpf_map_lookup_elem(&knit_endpoints, &f.saddr);
-	if (!src)
+	if (!src || src->ifindex != skb->ifindex)
 		return drop(DROP_UNKNOWN_SOURCE);
 	__u32 identity = src->identity;
 	ct_new_flow(&f);

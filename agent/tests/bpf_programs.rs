@@ -282,7 +282,7 @@ fn deny_entries_win_over_any_allow_entry() {
 
 #[test]
 fn from_pod_drops_unknown_sources_and_malformed_packets() {
-    let p = two_pods("unknown", false);
+    let mut p = two_pods("unknown", false);
     assert_eq!(
         p.run(
             PROG_FROM_POD,
@@ -293,6 +293,19 @@ fn from_pod_drops_unknown_sources_and_malformed_packets() {
         TC_ACT_SHOT
     );
     assert_eq!(p.drops(DropReason::UnknownSource), 1);
+    // A pod that borrows the address of another pod of this node (behind
+    // another veth) to take its identity.
+    p.endpoint_on(POD_B, 42);
+    assert_eq!(
+        p.run(PROG_FROM_POD, &tcp(POD_B, POD_A, 1, 80, SYN), 0).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(p.drops(DropReason::UnknownSource), 2);
+    assert_eq!(
+        p.ct_flags(POD_B, POD_A, 1, 80, TCP),
+        None,
+        "nothing tracked for it"
+    );
     // A TCP packet cut short after its IPv4 header (no ports to read).
     // (The kernel's test runner refuses packets whose IPv4 header itself
     // is incomplete, so that case cannot be fed to the program here.)

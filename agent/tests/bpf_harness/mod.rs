@@ -24,6 +24,10 @@ pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 pub const NODE_MAC_B: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0b];
+/// The interface `BPF_PROG_TEST_RUN` runs every packet on (the test
+/// namespace's `lo`): every pod of these tests sits behind it, unless a
+/// test moves one ([`Programs::endpoint_on`]).
+pub const LOOPBACK: u32 = 1;
 pub const TCP: u8 = 6;
 pub const TCP_PROTO: u8 = TCP;
 pub const UDP: u8 = 17;
@@ -73,12 +77,22 @@ impl Programs {
         let mut map: HashMap<&mut MapData, u32, EndpointValue> =
             HashMap::try_from(self.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
         let value = EndpointValue {
-            ifindex: 100 + u32::from(ip.octets()[3]),
+            ifindex: LOOPBACK,
             identity,
             flags,
             mac,
             node_mac,
         };
+        map.insert(addr_be(ip), value, 0).unwrap();
+    }
+
+    /// Moves the endpoint `ip` behind interface `ifindex` (another veth
+    /// than the one the test's packets arrive on).
+    pub fn endpoint_on(&mut self, ip: Ipv4Addr, ifindex: u32) {
+        let mut map: HashMap<&mut MapData, u32, EndpointValue> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
+        let mut value = map.get(&addr_be(ip), 0).unwrap();
+        value.ifindex = ifindex;
         map.insert(addr_be(ip), value, 0).unwrap();
     }
 
