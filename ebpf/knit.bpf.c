@@ -10,7 +10,8 @@
  *   to_pod      egress of the same interface: ingress policy for what the
  *               host stack forwards into the pod.
  *   from_tunnel ingress of the node's collect-metadata VXLAN device:
- *               delivery to the local pod.
+ *               sender check (the outer source is the node the ipcache
+ *               places the inner source on), delivery to the local pod.
  *   Local delivery applies the pod's ingress policy (ipcache identity of
  *   the source, allow entries, replies of flows the pod opened pass) and
  *   hands the packet straight into the pod with bpf_redirect_peer.
@@ -520,11 +521,34 @@ int from_pod(struct __sk_buff *skb)
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
+/* Set only by the program tests: BPF_PROG_TEST_RUN has no tunnel metadata
+ * to give, so they pass the outer source in cb[0]. The agent never sets
+ * it, and the verifier prunes that path from the loaded program. */
+volatile const __u32 knit_test_outer_source_in_cb = 0;
+
+/* The underlay address that sent a packet from the tunnel (network
+ * order), 0 if unknown. */
+static __always_inline __u32 outer_source(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (knit_test_outer_source_in_cb)
+		return skb->cb[0];
+	if (bpf_skb_get_tunnel_key(skb, &key, TUNNEL_KEY_SIZE, 0) < 0)
+		return 0;
+	return bpf_htonl(key.remote_ipv4);
+}
+
+/* A packet from the tunnel counts only as coming from where the ipcache
+ * places its inner source: a pod (or pod CIDR) of the node that sent it.
+ * Its identity is that entry's; the VNI is not trusted. A packet claiming
+ * a local pod's address, an address the mesh does not know, or a pod of
+ * another node (a pod or host that reaches the tunnel port, a node posing
+ * as another) is dropped. */
 SEC("classifier")
 int from_tunnel(struct __sk_buff *skb)
 {
 	struct flow f;
-	struct bpf_tunnel_key key = {};
 	int parsed = parse(skb, &f);
 
 	if (parsed > 0)
@@ -534,12 +558,15 @@ int from_tunnel(struct __sk_buff *skb)
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	if (!dst)
 		return drop(DROP_NO_ROUTE);
+	struct ipcache_key k = {.prefixlen = 32, .addr = f.saddr};
+	struct ipcache_value *src = bpf_map_lookup_elem(&knit_ipcache, &k);
+	if (!src || !src->tunnel_endpoint || src->tunnel_endpoint != outer_source(skb))
+		return drop(DROP_FORGED_TUNNEL_SOURCE);
+	__u32 identity = src->identity;
 	ct_new_flow(&f);
 	if (answers_stack_flow(&f))
 		return TC_ACT_OK;
-	if (bpf_skb_get_tunnel_key(skb, &key, TUNNEL_KEY_SIZE, 0) < 0)
-		key.tunnel_id = 0;
-	return deliver(skb, &f, dst, identity_of(f.saddr, (__u32)key.tunnel_id));
+	return deliver(skb, &f, dst, identity);
 }
 
 /* Egress of the host side of a pod veth: what the host stack forwards

@@ -9,7 +9,8 @@
 #     CNI plugins, util-linux, bash) and of the workspace's binaries and test
 #     binaries, each with the shared libraries ldd names, at the same paths.
 # Inside the VM it runs, in that kernel:
-#   - agent/tests/bpf_programs.rs (every tc program on crafted packets),
+#   - agent/tests/bpf_programs.rs and bpf_conntrack.rs (every tc program on
+#     crafted packets, connection tracking),
 #   - the agent's kernel-facing unit tests (feature probes, tc attach mode),
 #   - e2e/tests/datapath.rs: two clusters of two nodes in network namespaces,
 #     pod to pod over the tunnel, a global Service VIP, affinity, an agent
@@ -54,7 +55,7 @@ apt_for() {
 
 # --- the binaries under test -------------------------------------------------
 cargo build -q --workspace --bins
-test_exes=$(cargo test -q --no-run --message-format=json -p knit-agent --lib --test bpf_programs -p knit-e2e --test datapath 2>/dev/null |
+test_exes=$(cargo test -q --no-run --message-format=json -p knit-agent --lib --test bpf_programs --test bpf_conntrack -p knit-e2e --test datapath 2>/dev/null |
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -64,9 +65,10 @@ for line in sys.stdin:
 ')
 exe_of() { awk -v n="$1" '$1 == n {print $2}' <<<"$test_exes"; }
 BPF_TESTS=$(exe_of bpf_programs)
+CT_TESTS=$(exe_of bpf_conntrack)
 AGENT_TESTS=$(exe_of knit_agent)
 DATAPATH_TESTS=$(exe_of datapath)
-for t in "$BPF_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"; do
+for t in "$BPF_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"; do
   [ -x "$t" ] || { echo "test-kernels: a test binary was not built ($test_exes)" >&2; exit 1; }
 done
 
@@ -127,7 +129,7 @@ build_initramfs() {
   copy /usr/lib/x86_64-linux-gnu/xtables/*.so
   copy /usr/lib/cni/*
   copy_stripped "$ROOT"/target/debug/knit-{agent,apiserver,probe,cni} "$ROOT/target/debug/knitctl" \
-    "$BPF_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"
+    "$BPF_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"
   mkdir -p "$STAGE/$ROOT/e2e" && cp -r "$ROOT/e2e/cni-standins" "$STAGE/$ROOT/e2e/"
   # The modules the datapath and its tests load, with their dependencies.
   mkdir -p "$STAGE/lib/modules/$version/kernel"
@@ -163,6 +165,7 @@ run() { echo "knit-vm: RUN \$*"; "\$@" || { echo "knit-vm: FAILED \$*"; rc=1; };
 cd /tmp
 $bpf_note
 run $BPF_TESTS --test-threads=1 $bpf_skip
+run $CT_TESTS --test-threads=1
 run $AGENT_TESTS --test-threads=1 datapath::tc:: datapath::features::
 run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc}
 echo "knit-vm: RESULT \$rc"

@@ -336,6 +336,63 @@ fn from_tunnel_delivers_with_the_sources_ipcache_identity() {
 }
 
 #[test]
+fn from_tunnel_admits_only_what_the_node_that_sent_it_hosts() {
+    let mut p = two_pods("forged", false);
+    let other_node = Ipv4Addr::new(192, 168, 50, 3);
+    p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));
+    p.route_prefix((Ipv4Addr::new(10, 2, 2, 0), 24), 2 << 16, Some(other_node));
+    let from_remote = tcp(REMOTE_POD, POD_B, 40040, 80, SYN);
+    assert_eq!(
+        p.run_from(PROG_FROM_TUNNEL, &from_remote, 0, REMOTE_NODE).0,
+        TC_ACT_REDIRECT
+    );
+    // Another node of the mesh, a host on the underlay or a pod that
+    // reaches the tunnel port poses as the remote pod...
+    for outer in [other_node, Ipv4Addr::new(192, 168, 50, 99), POD_A] {
+        assert_eq!(
+            p.run_from(PROG_FROM_TUNNEL, &from_remote, 0, outer).0,
+            TC_ACT_SHOT,
+            "sent by {outer}"
+        );
+    }
+    // ...or as a pod of this node, or as an address the mesh does not know
+    // (whatever identity its VNI claims).
+    assert_eq!(
+        p.run_from(
+            PROG_FROM_TUNNEL,
+            &tcp(POD_A, POD_B, 40041, 80, SYN),
+            0,
+            REMOTE_NODE
+        )
+        .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        p.run_from(
+            PROG_FROM_TUNNEL,
+            &tcp(OUTSIDE, POD_B, 40042, 80, SYN),
+            0,
+            REMOTE_NODE
+        )
+        .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(p.drops(DropReason::ForgedTunnelSource), 5);
+    // A pod of the other node's CIDR, not yet known by itself, counts as
+    // coming from that node.
+    assert_eq!(
+        p.run_from(
+            PROG_FROM_TUNNEL,
+            &tcp(Ipv4Addr::new(10, 2, 2, 7), POD_B, 40043, 80, SYN),
+            0,
+            other_node
+        )
+        .0,
+        TC_ACT_REDIRECT
+    );
+}
+
+#[test]
 fn from_tunnel_drops_what_no_local_pod_owns() {
     let p = two_pods("no-route", false);
     assert_eq!(

@@ -97,6 +97,9 @@ pub enum DropReason {
     RedirectFailed = 5,
     /// Egress policy of the sending pod does not admit the packet.
     EgressPolicy = 6,
+    /// From the tunnel, with an inner source the ipcache does not place on
+    /// the node that sent it (a forged identity).
+    ForgedTunnelSource = 7,
 }
 
 /// `DROP_REASONS`: slots in [`MAP_DROPS`] (room for new reasons).
@@ -104,7 +107,7 @@ pub const DROP_REASON_SLOTS: u32 = 8;
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Policy,
         Self::UnknownSource,
         Self::NoBackend,
@@ -112,6 +115,7 @@ impl DropReason {
         Self::Malformed,
         Self::RedirectFailed,
         Self::EgressPolicy,
+        Self::ForgedTunnelSource,
     ];
 
     /// The metric label (`knit_agent_drops{name=…}`).
@@ -124,6 +128,7 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::RedirectFailed => "redirect_failed",
             Self::EgressPolicy => "egress_policy_denied",
+            Self::ForgedTunnelSource => "forged_tunnel_source",
         }
     }
 }
@@ -173,6 +178,7 @@ mod tests {
             "DROP_MALFORMED",
             "DROP_REDIRECT_FAILED",
             "DROP_EGRESS_POLICY",
+            "DROP_FORGED_TUNNEL_SOURCE",
         ]) {
             rust.insert(c_name, reason as u32);
         }

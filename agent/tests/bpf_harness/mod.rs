@@ -48,8 +48,11 @@ impl Programs {
     pub fn load(tag: &str) -> Self {
         let pins =
             BpffsRoot::mount(std::env::temp_dir().join(format!("knit-bpftest-{}-{tag}", std::process::id())));
+        // The test runner has no tunnel metadata: from_tunnel reads the
+        // outer source from cb[0] instead (`Programs::run_from`).
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.path())
+            .override_global("knit_test_outer_source_in_cb", &1u32, true)
             .load(OBJECT)
             .expect("load knit.bpf.o");
         for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL] {
@@ -97,13 +100,18 @@ impl Programs {
     }
 
     pub fn route(&mut self, ip: Ipv4Addr, identity: u32, tunnel: Option<Ipv4Addr>) {
+        self.route_prefix((ip, 32), identity, tunnel);
+    }
+
+    /// An ipcache entry for a prefix (a node's pod CIDR).
+    pub fn route_prefix(&mut self, (net, len): (Ipv4Addr, u32), identity: u32, tunnel: Option<Ipv4Addr>) {
         let mut map: LpmTrie<&mut MapData, u32, IpcacheValue> =
             LpmTrie::try_from(self.ebpf.map_mut(MAP_IPCACHE).unwrap()).unwrap();
         let value = IpcacheValue {
             identity,
             tunnel_endpoint: tunnel.map(addr_be).unwrap_or(0),
         };
-        map.insert(&Key::new(32, addr_be(ip)), value, 0).unwrap();
+        map.insert(&Key::new(len, addr_be(net)), value, 0).unwrap();
     }
 
     pub fn allow(&mut self, endpoint: Ipv4Addr, identity: u32, dport: u16, proto: u8) {
@@ -262,13 +270,27 @@ impl Programs {
 
     /// Runs `program` on `packet`; returns the verdict and the packet as
     /// the program left it. `ingress_ifindex` fills the `__sk_buff` context
-    /// (0: sent by the host itself).
+    /// (0: sent by the host itself). A packet for `from_tunnel` comes from
+    /// [`REMOTE_NODE`].
     pub fn run(&self, program: &str, packet: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
+        self.run_from(program, packet, ingress_ifindex, REMOTE_NODE)
+    }
+
+    /// [`Programs::run`] with the tunnel's outer source `outer`.
+    pub fn run_from(
+        &self,
+        program: &str,
+        packet: &[u8],
+        ingress_ifindex: u32,
+        outer: Ipv4Addr,
+    ) -> (u32, Vec<u8>) {
         let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; packet.len() + 256];
-        // struct __sk_buff is 192 bytes; ingress_ifindex sits at offset 36.
+        // struct __sk_buff is 192 bytes; ingress_ifindex sits at offset 36,
+        // cb[0] at 48.
         let mut ctx = [0u8; 192];
         ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        ctx[48..52].copy_from_slice(&outer.octets());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);

@@ -11,6 +11,12 @@
 //!   `{"names": {server: n}, "errors": {kind: n}, "peer_mismatch": n}`
 //!   where `peer_mismatch` counts answers whose source (UDP) or peer name
 //!   (TCP) was not `A:P`, i.e. replies not translated back to the VIP.
+//! - `count --port P --seconds S`: counts the UDP datagrams that reach
+//!   port P within S seconds; prints JSON `{"count": n}`.
+//! - `vxlan-send --to A:P --vni V --inner-src IP:PORT --inner-dst IP:PORT
+//!   --count C`: C VXLAN datagrams to A:P, each carrying an Ethernet frame
+//!   with a UDP datagram from inner-src to inner-dst (what anyone who
+//!   reaches a node's tunnel port can send: a forged mesh packet).
 //! - `hold --to A:P --seconds S`: one TCP connection, a request every
 //!   50 ms; exits non-zero on the first failure.
 //! - `crr` / `rr --to A:P --seconds S`: benchmark loops (connect, request,
@@ -23,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -64,6 +70,17 @@ fn main() {
             required(&args, "--count").parse().expect("count"),
             args.iter().any(|a| a == "--udp"),
             arg(&args, "--source-port").map(|p| p.parse().expect("source port")),
+        ),
+        Some("count") => count(
+            required(&args, "--port").parse().expect("port"),
+            required(&args, "--seconds").parse().expect("seconds"),
+        ),
+        Some("vxlan-send") => vxlan_send(
+            required(&args, "--to").parse().expect("address"),
+            required(&args, "--vni").parse().expect("vni"),
+            required(&args, "--inner-src").parse().expect("inner source"),
+            required(&args, "--inner-dst").parse().expect("inner destination"),
+            required(&args, "--count").parse().expect("count"),
         ),
         Some("hold") => hold(
             required(&args, "--to").parse().expect("address"),
@@ -225,6 +242,61 @@ fn hits(to: SocketAddr, count: usize, udp: bool, source_port: Option<u16>) {
         "{}",
         serde_json::json!({"names": names, "errors": errors, "peer_mismatch": mismatch})
     );
+}
+
+fn count(port: u16, seconds: f64) {
+    let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind UDP");
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut buf = [0u8; 1500];
+    let mut n = 0;
+    while let Some(left) = end
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
+        sock.set_read_timeout(Some(left)).ok();
+        if sock.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    println!("{}", serde_json::json!({ "count": n }));
+}
+
+/// The VXLAN datagram (RFC 7348) around an Ethernet + IPv4 + UDP frame.
+fn vxlan_frame(vni: u32, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x08, 0, 0, 0];
+    f.extend_from_slice(&(vni << 8).to_be_bytes());
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.ip().octets());
+    ip.extend_from_slice(&dst.ip().octets());
+    let sum = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !((folded & 0xffff) + (folded >> 16)) as u16;
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn vxlan_send(to: SocketAddr, vni: u32, src: SocketAddrV4, dst: SocketAddrV4, count: usize) {
+    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind UDP");
+    let frame = vxlan_frame(vni, src, dst, b"forged\n");
+    let mut sent = 0;
+    for _ in 0..count {
+        sent += usize::from(sock.send_to(&frame, to).is_ok());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{}", serde_json::json!({ "sent": sent }));
 }
 
 fn hold(to: SocketAddr, seconds: f64) {

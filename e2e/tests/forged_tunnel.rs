@@ -1,0 +1,103 @@
+//! Forged mesh packets on the tunnel port, with real VXLAN and real
+//! sockets: a host on the underlay and a pod of the node itself send VXLAN
+//! datagrams to a node's tunnel port carrying a packet "from" a pod that
+//! the target's NetworkPolicy admits. None reaches the target; each is
+//! counted as `forged_tunnel_source`. The admitted pod's own packets still
+//! pass (the control). Runs as root.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use knit_agent::netdev::VXLAN_PORT;
+use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, PodId};
+
+const A: ClusterId = ClusterId(0);
+/// The port the target counts datagrams on.
+const SINK_PORT: u16 = 7070;
+const FORGED: usize = 20;
+
+fn sink(mesh: &LocalMesh, pod: PodId, seconds: &str) -> knit_testkit::ChildProcess {
+    mesh.probe_background(
+        pod,
+        &["count", "--port", &SINK_PORT.to_string(), "--seconds", seconds],
+        "sink",
+    )
+}
+
+fn counted(mut sink: knit_testkit::ChildProcess) -> u64 {
+    let (ok, out) = sink.wait();
+    assert!(ok, "the sink failed: {out}");
+    let line = out.lines().find(|l| l.starts_with('{')).expect("count line");
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["count"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn forged_tunnel_packets_reach_no_pod() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 1,
+        nodes: 2,
+        ..MeshOptions::default()
+    });
+    let db = mesh.add_pod(A.node(0), "shop", "db", &[("app", "db")]);
+    let local = mesh.add_pod(A.node(0), "shop", "local", &[("app", "local")]);
+    let api = mesh.add_pod(A.node(1), "shop", "api", &[("app", "api")]);
+    let db_name = format!("{}/db", A.name());
+    mesh.write_manifest(
+        A,
+        "policy-db.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: db}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: api}\n",
+    );
+    mesh.wait_for_hits("api -> db", api, mesh.pod(db).ip, false, |h| {
+        h.names.get(&db_name) == Some(&40)
+    });
+    mesh.wait_until("the policy to hold local -> db", Duration::from_secs(30), || {
+        mesh.hits(local, mesh.pod(db).ip, 1, false).total() == 0
+    });
+
+    // The control: api's own datagrams reach the sink.
+    let db_sink = SocketAddrV4::new(mesh.pod(db).ip, SINK_PORT);
+    let control = sink(&mesh, db, "3");
+    std::thread::sleep(Duration::from_millis(500));
+    mesh.hits_to(api, db_sink, 2, true);
+    assert_eq!(counted(control), 2, "api's datagrams reach db");
+
+    // A host on the underlay and a pod of db's node send VXLAN datagrams
+    // to db's node, "from" api (whose identity db admits), with api's
+    // identity as VNI too.
+    let node0_ip: Ipv4Addr = mesh.node(A.node(0)).ip.parse().unwrap();
+    let tunnel = SocketAddrV4::new(node0_ip, VXLAN_PORT).to_string();
+    let inner_src = SocketAddrV4::new(mesh.pod(api).ip, 5555).to_string();
+    let vni = "65537";
+    let args = [
+        "vxlan-send",
+        "--to",
+        &tunnel,
+        "--vni",
+        vni,
+        "--inner-src",
+        &inner_src,
+        "--inner-dst",
+        &db_sink.to_string(),
+        "--count",
+        &FORGED.to_string(),
+    ];
+    let forged = sink(&mesh, db, "4");
+    std::thread::sleep(Duration::from_millis(500));
+    let (attacker, _attacker_server) = mesh.add_outside_host("evil", "192.168.50.251");
+    let sent = attacker.exec(&mesh.bins.probe.to_string_lossy(), &args);
+    assert!(
+        String::from_utf8_lossy(&sent.stdout).contains(&format!("\"sent\":{FORGED}")),
+        "{sent:?}"
+    );
+    let sent = mesh.probe(local, &args);
+    assert!(sent.contains(&format!("\"sent\":{FORGED}")), "{sent}");
+    assert_eq!(counted(forged), 0, "forged packets reached db");
+    let drops = "knit_agent_drops{name=\"forged_tunnel_source\"}";
+    mesh.wait_until(
+        "the node to count every forged packet",
+        Duration::from_secs(10),
+        || mesh.agent_metric(A.node(0), drops) == 2 * FORGED as i64,
+    );
+}
