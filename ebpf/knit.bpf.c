@@ -272,20 +272,40 @@ static __always_inline void ct_new_flow(const struct flow *f)
 	}
 }
 
+#define CT_F_VERDICTS (CT_F_ALLOWED | CT_F_EGRESS_ALLOWED)
+#define CT_FLAGS_MASK ((1U << CT_GENERATION_SHIFT) - 1)
+
+/* The generation of the policy maps the agent last finished writing. */
+static __always_inline __u32 policy_generation(void)
+{
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&knit_config, &zero);
+	return cfg ? cfg->policy_generation & ((1U << CT_GENERATION_BITS) - 1) : 0;
+}
+
+/* Remembers `flag` for the packet's tuple. A verdict flag is stamped with
+ * the policy generation it was given under; a verdict of an older
+ * generation is forgotten then, so a changed policy checks every flow
+ * again on its next packet. */
 static __always_inline void ct_mark(const struct flow *f, __u32 flag)
 {
 	struct ct_key k;
 	__u32 now = ct_now();
+	__u32 gen = (flag & CT_F_VERDICTS) ? policy_generation() : 0;
 
 	ct_key_of(&k, f, 0);
 	struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
 	if (v && ct_live(v, now)) {
-		if (!(v->flags & flag))
-			v->flags |= flag;
+		__u32 flags = v->flags;
+		if ((flag & CT_F_VERDICTS) && (flags >> CT_GENERATION_SHIFT) != gen)
+			flags = (flags & CT_FLAGS_MASK & ~CT_F_VERDICTS) | (gen << CT_GENERATION_SHIFT);
+		flags |= flag;
+		if (v->flags != flags)
+			v->flags = flags;
 		ct_touch(v, f, now);
 		return;
 	}
-	struct ct_value nv = {.flags = flag};
+	struct ct_value nv = {.flags = flag | (gen << CT_GENERATION_SHIFT)};
 	ct_touch(&nv, f, now);
 	bpf_map_update_elem(&knit_ct, &k, &nv, BPF_ANY);
 }
@@ -349,8 +369,9 @@ static __always_inline int policy_allows(__u32 endpoint, __u8 direction, __u32 i
 }
 
 /* Whether a live entry of the packet's tuple (or, `reverse`, of the tuple
- * it answers) carries `flag`. A hit on the packet's own tuple is a packet
- * of that flow and keeps the entry alive. */
+ * it answers) carries `flag`, a verdict only if given under the current
+ * policy generation. A hit on the packet's own tuple is a packet of that
+ * flow and keeps the entry alive. */
 static __always_inline int ct_has(const struct flow *f, int reverse, __u32 flag)
 {
 	struct ct_key k;
@@ -360,12 +381,37 @@ static __always_inline int ct_has(const struct flow *f, int reverse, __u32 flag)
 	struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
 	if (!v || !(v->flags & flag) || !ct_live(v, now))
 		return 0;
+	if ((flag & CT_F_VERDICTS) && (v->flags >> CT_GENERATION_SHIFT) != policy_generation())
+		return 0;
 	if (!reverse)
 		ct_touch(v, f, now);
 	return 1;
 }
 
-/* Ingress policy of the pod f->daddr, for a peer of `identity`. */
+/* Whether a live entry exists for the tuple `f` answers. */
+static __always_inline int ct_answers(const struct flow *f)
+{
+	struct ct_key k;
+
+	ct_key_of(&k, f, 1);
+	struct ct_value *v = bpf_map_lookup_elem(&knit_ct, &k);
+	return v && ct_live(v, ct_now());
+}
+
+/* Whether the packet opens a flow: a TCP SYN, or anything else that
+ * answers nothing this node tracks. Only opening packets mark who opened
+ * a flow (CT_F_EGRESS, CT_F_INGRESS), so a reply never passes for the
+ * opening of the tuple it answers, and the verdicts of established flows
+ * stay subject to the policy generation. */
+static __always_inline int ct_opens(const struct flow *f)
+{
+	if (f->proto == IPPROTO_TCP)
+		return (f->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	return !ct_answers(f);
+}
+
+/* Ingress policy of the pod f->daddr, for a peer of `identity`: replies
+ * of flows the pod opened pass. */
 static __always_inline int admitted(const struct flow *f, __u32 identity)
 {
 	if (ct_has(f, 1, CT_F_EGRESS) || ct_has(f, 0, CT_F_ALLOWED))
@@ -400,10 +446,11 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 {
 	__u8 macs[12];
 
+	int opening = ct_opens(f);
+
 	if ((ep->flags & ENDPOINT_F_POLICY) && !admitted(f, identity))
 		return drop(DROP_POLICY);
-	if (ep->flags & ENDPOINT_F_EGRESS)
-		ct_mark(f, CT_F_INGRESS);
+	ct_mark(f, opening ? CT_F_INGRESS : 0);
 	__builtin_memcpy(&macs[0], ep->mac, 6);
 	__builtin_memcpy(&macs[6], ep->node_mac, 6);
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
@@ -483,10 +530,11 @@ int from_pod(struct __sk_buff *skb)
 	__u32 identity = src->identity;
 	ct_new_flow(&f);
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
+	int opening = ct_opens(&f);
 	if ((src->flags & ENDPOINT_F_EGRESS) &&
 	    !egress_admitted(&f, dst ? dst->identity : identity_of(f.daddr, 0)))
 		return drop(DROP_EGRESS_POLICY);
-	ct_mark(&f, CT_F_EGRESS);
+	ct_mark(&f, opening ? CT_F_EGRESS : 0);
 
 	if (dst) {
 		if (answers_stack_flow(&f))
@@ -587,12 +635,10 @@ int to_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	ct_new_flow(&f);
 	served_from_stack(&f);
-	if (!(dst->flags & (ENDPOINT_F_POLICY | ENDPOINT_F_EGRESS)))
-		return TC_ACT_OK;
+	int opening = ct_opens(&f);
 	if (skb->ingress_ifindex != 0 && (dst->flags & ENDPOINT_F_POLICY) && !admitted(&f, identity_of(f.saddr, 0)))
 		return drop(DROP_POLICY);
-	if (dst->flags & ENDPOINT_F_EGRESS)
-		ct_mark(&f, CT_F_INGRESS);
+	ct_mark(&f, opening ? CT_F_INGRESS : 0);
 	return TC_ACT_OK;
 }
 

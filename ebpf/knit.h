@@ -120,12 +120,16 @@ struct sock_nat_value {
  * admitted it, how far a TCP flow has got and until when the entry counts.
  * A TCP SYN starts a new flow: what an earlier flow of the same tuple left
  * (a verdict, a direction) does not carry over. */
-#define CT_F_EGRESS 1         /* a local pod sent the first packet of this tuple */
+#define CT_F_EGRESS 1         /* a local pod opened this tuple (its first packet, a SYN) */
 #define CT_F_ALLOWED 2        /* ingress policy admitted this tuple */
-#define CT_F_INGRESS 4        /* delivered into an egress-selected pod: its replies pass */
+#define CT_F_INGRESS 4        /* a peer opened this tuple into a local pod: the pod's replies pass */
 #define CT_F_EGRESS_ALLOWED 8 /* egress policy admitted this tuple */
 #define CT_F_FIN 16           /* a TCP FIN was seen in this direction: the flow is closing */
 #define CT_F_RST 32           /* a TCP RST was seen in this direction: the flow is over */
+/* The policy generation (node_config) a verdict flag (CT_F_ALLOWED,
+ * CT_F_EGRESS_ALLOWED) was given under sits in the flags' high bits. */
+#define CT_GENERATION_SHIFT 8
+#define CT_GENERATION_BITS 24
 
 /* How long an entry counts after the last packet of its tuple, in seconds
  * (Cilium's defaults): a TCP flow once past its SYN, a TCP flow still
@@ -159,7 +163,10 @@ struct ct_value {
 /* Node-wide settings (array, one entry). */
 struct node_config {
 	__u32 tunnel_ifindex;
-	__u32 pad;
+	/* Bumped by the agent after every change of the policy maps: a
+	 * verdict remembered in knit_ct under another generation is checked
+	 * again (low CT_GENERATION_BITS bits). */
+	__u32 policy_generation;
 };
 
 /* Drop counters (array indexed by reason). */

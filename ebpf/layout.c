@@ -27,9 +27,9 @@ int main(void)
 	S(sock_nat_value); F(sock_nat_value, addr); F(sock_nat_value, port);
 	S(ct_key); F(ct_key, saddr); F(ct_key, daddr); F(ct_key, sport); F(ct_key, dport); F(ct_key, proto);
 	S(ct_value); F(ct_value, flags); F(ct_value, expires);
-	S(node_config); F(node_config, tunnel_ifindex);
+	S(node_config); F(node_config, tunnel_ifindex); F(node_config, policy_generation);
 	V(ENDPOINT_F_POLICY); V(ENDPOINT_F_EGRESS); V(CT_F_EGRESS); V(CT_F_ALLOWED); V(CT_F_INGRESS); V(CT_F_EGRESS_ALLOWED);
-	V(CT_F_FIN); V(CT_F_RST); V(CT_LIFETIME_TCP); V(CT_LIFETIME_SYN); V(CT_LIFETIME_CLOSING); V(CT_LIFETIME_OTHER);
+	V(CT_F_FIN); V(CT_F_RST); V(CT_GENERATION_SHIFT); V(CT_GENERATION_BITS); V(CT_LIFETIME_TCP); V(CT_LIFETIME_SYN); V(CT_LIFETIME_CLOSING); V(CT_LIFETIME_OTHER);
 	V(STACK_FLOW_OPENED); V(STACK_FLOW_SERVED); V(POLICY_ALLOW); V(POLICY_DENY);
 	V(POLICY_INGRESS); V(POLICY_EGRESS);
 	V(DROP_POLICY); V(DROP_UNKNOWN_SOURCE); V(DROP_NO_BACKEND); V(DROP_NO_ROUTE);

@@ -25,7 +25,11 @@ fn from_pod_delivers_to_a_local_pod_with_its_macs() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(&out[0..6], &MAC_B, "addressed to b's interface");
     assert_eq!(&out[6..12], &NODE_MAC_B, "from the host side of b's veth");
-    assert_eq!(p.ct_flags(POD_A, POD_B, 40000, 80, TCP), Some(CT_F_EGRESS));
+    // a opened the flow, and b received its opening.
+    assert_eq!(
+        p.ct_flags(POD_A, POD_B, 40000, 80, TCP),
+        Some(CT_F_EGRESS | CT_F_INGRESS)
+    );
 }
 
 #[test]
@@ -50,7 +54,7 @@ fn from_pod_enforces_the_destinations_ingress_policy() {
     assert_eq!(p.run(PROG_FROM_POD, &syn, 0).0, TC_ACT_REDIRECT);
     assert_eq!(
         p.ct_flags(POD_A, POD_B, 40001, 80, TCP),
-        Some(CT_F_EGRESS | CT_F_ALLOWED)
+        Some(CT_F_EGRESS | CT_F_ALLOWED | CT_F_INGRESS)
     );
     assert_eq!(
         p.drops(DropReason::Policy),
@@ -473,7 +477,7 @@ fn egress_policy_holds_what_a_selected_pod_sends() {
     );
     assert_eq!(
         p.ct_flags(POD_A, POD_B, 41001, 80, TCP_PROTO),
-        Some(CT_F_EGRESS | CT_F_EGRESS_ALLOWED)
+        Some(CT_F_EGRESS | CT_F_EGRESS_ALLOWED | CT_F_INGRESS)
     );
     // An ingress entry for the same peer does not open egress.
     p.allow(POD_A, IDENTITY_B, 0, 0);

@@ -36,11 +36,11 @@ pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
 pub const ENDPOINT_F_POLICY: u32 = 1;
 /// `ENDPOINT_F_EGRESS`: a NetworkPolicy selects the pod for egress.
 pub const ENDPOINT_F_EGRESS: u32 = 2;
-/// `CT_F_EGRESS`: a local pod sent the first packet of this tuple.
+/// `CT_F_EGRESS`: a local pod opened this tuple (its first packet, a SYN).
 pub const CT_F_EGRESS: u32 = 1;
 /// `CT_F_ALLOWED`: ingress policy admitted this tuple.
 pub const CT_F_ALLOWED: u32 = 2;
-/// `CT_F_INGRESS`: delivered into an egress-selected pod (its replies pass).
+/// `CT_F_INGRESS`: a peer opened this tuple into a local pod (its replies pass).
 pub const CT_F_INGRESS: u32 = 4;
 /// `CT_F_EGRESS_ALLOWED`: egress policy admitted this tuple.
 pub const CT_F_EGRESS_ALLOWED: u32 = 8;
@@ -48,6 +48,10 @@ pub const CT_F_EGRESS_ALLOWED: u32 = 8;
 pub const CT_F_FIN: u32 = 16;
 /// `CT_F_RST`: a TCP RST was seen in this direction (the flow is over).
 pub const CT_F_RST: u32 = 32;
+/// Where the policy generation of a verdict starts in `CtValue::flags`.
+pub const CT_GENERATION_SHIFT: u32 = 8;
+/// How many bits of the policy generation a `CtValue` keeps.
+pub const CT_GENERATION_BITS: u32 = 24;
 /// Seconds a TCP flow past its SYN stays tracked after its last packet.
 pub const CT_LIFETIME_TCP: u32 = 21600;
 /// Seconds a TCP flow still opening stays tracked after its last packet.
@@ -158,6 +162,8 @@ mod tests {
             ("CT_F_EGRESS_ALLOWED", CT_F_EGRESS_ALLOWED),
             ("CT_F_FIN", CT_F_FIN),
             ("CT_F_RST", CT_F_RST),
+            ("CT_GENERATION_SHIFT", CT_GENERATION_SHIFT),
+            ("CT_GENERATION_BITS", CT_GENERATION_BITS),
             ("CT_LIFETIME_TCP", CT_LIFETIME_TCP),
             ("CT_LIFETIME_SYN", CT_LIFETIME_SYN),
             ("CT_LIFETIME_CLOSING", CT_LIFETIME_CLOSING),

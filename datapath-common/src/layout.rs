@@ -215,8 +215,9 @@ pub struct CtValue {
 pub struct NodeConfig {
     /// Index of the node's VXLAN device.
     pub tunnel_ifindex: u32,
-    /// Zero.
-    pub pad: u32,
+    /// Bumped after every change of the policy maps (verdicts remembered
+    /// under another generation are checked again).
+    pub policy_generation: u32,
 }
 
 /// Entries of `knit_ipcache` (`max_entries` in `ebpf/knit.bpf.c`).
@@ -294,7 +295,7 @@ mod tests {
         layout!(rust, "sock_nat_value", SockNatValue, ["addr" => addr, "port" => port]);
         layout!(rust, "ct_key", CtKey, ["saddr" => saddr, "daddr" => daddr, "sport" => sport, "dport" => dport, "proto" => proto]);
         layout!(rust, "ct_value", CtValue, ["flags" => flags, "expires" => expires]);
-        layout!(rust, "node_config", NodeConfig, ["tunnel_ifindex" => tunnel_ifindex]);
+        layout!(rust, "node_config", NodeConfig, ["tunnel_ifindex" => tunnel_ifindex, "policy_generation" => policy_generation]);
         assert_eq!(rust, c);
     }
 

@@ -196,6 +196,7 @@ fn plain_cluster_ip_through_the_host_dnat() {
     mesh.wait_for_hits("client -> db", client, mesh.pod(db).ip, false, |h| {
         h.names.get(&db_name) == Some(&40)
     });
+    mesh.wait_attached(A.node(0), 2);
 
     // kube-proxy's stand-in: DNAT of a ClusterIP Knit does not know, in the
     // node's namespace. Knit's socket LB leaves it alone; the packets go
@@ -226,6 +227,17 @@ fn plain_cluster_ip_through_the_host_dnat() {
             Some(&1),
             "direct from port {port}: {direct:?}"
         );
+        // The server has closed its end too (as a kernel would only reuse
+        // the port later): a SYN must not meet it in CLOSE_WAIT.
+        let peer = format!("dst {}:{port}", mesh.pod(client).ip);
+        mesh.wait_until(
+            "db to close the direct connection",
+            Duration::from_secs(5),
+            || {
+                let ss = mesh.pod(db).netns.exec("ss", &["-Htan", &peer]);
+                ss.status.success() && ss.stdout.is_empty()
+            },
+        );
         let translated = mesh.hit_from_port(client, vip_addr, port);
         assert_eq!(
             translated.names.get(&db_name),
@@ -236,7 +248,24 @@ fn plain_cluster_ip_through_the_host_dnat() {
     }
 
     // Policy still applies after the host's DNAT: deny the client, and the
-    // ClusterIP path is closed too.
+    // ClusterIP path is closed too. A connection the client holds open
+    // meanwhile is checked again at its next packet and ends too (before,
+    // the replies db sent made the client's packets pass as replies of a
+    // flow db had opened, for as long as the connection lived).
+    let mut held = mesh.probe_background(
+        client,
+        &[
+            "hold",
+            "--to",
+            &pod_addr(&mesh, db).to_string(),
+            "--seconds",
+            "40",
+        ],
+        "hold",
+    );
+    mesh.wait_until("the held connection to be up", Duration::from_secs(10), || {
+        std::fs::read_to_string(held.log_path()).is_ok_and(|l| l.contains("connected"))
+    });
     mesh.write_manifest(
         A,
         "policy-db.yaml",
@@ -250,6 +279,11 @@ fn plain_cluster_ip_through_the_host_dnat() {
         denied.total(),
         0,
         "policy applies behind the ClusterIP: {denied:?}"
+    );
+    let (survived, log) = held.wait();
+    assert!(
+        !survived && log.contains("failed after"),
+        "the held connection outlived the policy: {log}"
     );
 }
 

@@ -154,6 +154,11 @@ impl ChildProcess {
         (ok, std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
+    /// The file its standard output and error go to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// Process ID.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use aya::programs::TcAttachType;
-use knit_datapath_common::{NodeConfig, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_POD};
+use knit_datapath_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_POD};
 use loader::Loaded;
 use patch::{ServiceIds, StatePatch, patch_entries};
 use state::{DatapathState, Link, Unplaced, to_map_contents};
@@ -58,10 +58,7 @@ impl Datapath {
     ) -> Result<Self> {
         let mut loaded = loader::load(pin_dir, tc_attach)?;
         let mut writer = MapWriter::new(&mut loaded)?;
-        writer.set_config(NodeConfig {
-            tunnel_ifindex,
-            pad: 0,
-        })?;
+        writer.set_tunnel(tunnel_ifindex)?;
         loaded.attach_tc(PROG_FROM_TUNNEL, tunnel, TcAttachType::Ingress, TUNNEL_LINK)?;
         if let Some(cgroup) = cgroup {
             loaded.attach_cgroup(cgroup)?;

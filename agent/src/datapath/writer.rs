@@ -6,7 +6,9 @@
 //! never exposes a half-made change: allow entries before the endpoint flag
 //! that enforces them, backend slots before the count that makes them
 //! reachable; removals in the reverse order. A failed write is counted and
-//! retried on the next apply; it never clears a map.
+//! retried on the next apply; it never clears a map. After a write that
+//! changed the policy maps it bumps the policy generation in the node
+//! config, so the programs check every remembered verdict again.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -18,9 +20,9 @@ use super::loader::Loaded;
 use super::state::{MapContents, MapDiffs};
 use crate::{Error, Result};
 use knit_datapath_common::{
-    BackendKey, BackendValue, DropReason, EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_CONFIG, MAP_DROPS,
-    MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, NodeConfig, PolicyCidrKey,
-    PolicyKey, ServiceKey, ServiceValue,
+    BackendKey, BackendValue, CT_GENERATION_BITS, DropReason, EndpointValue, IpcacheValue, MAP_BACKENDS,
+    MAP_CONFIG, MAP_DROPS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, NodeConfig,
+    PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue,
 };
 
 /// The agent's handle on the datapath maps.
@@ -32,6 +34,7 @@ pub struct MapWriter {
     services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
     backends: BpfHashMap<MapData, BackendKey, BackendValue>,
     config: Array<MapData, NodeConfig>,
+    node_config: NodeConfig,
     drops: Array<MapData, u64>,
     current: MapContents,
 }
@@ -66,9 +69,13 @@ impl MapWriter {
             services: take(loaded, MAP_SERVICES)?,
             backends: take(loaded, MAP_BACKENDS)?,
             config: take(loaded, MAP_CONFIG)?,
+            node_config: NodeConfig::default(),
             drops: take(loaded, MAP_DROPS)?,
             current: MapContents::default(),
         };
+        // The generation goes on from where the last agent left it: the
+        // verdicts it stamped stay valid across a restart.
+        w.node_config = w.config.get(&0, 0).map_err(|e| Error::map(MAP_CONFIG, e))?;
         for entry in w.ipcache.iter() {
             let (k, v) = entry.map_err(|e| Error::map(MAP_IPCACHE, e))?;
             w.current.ipcache.insert((k.prefix_len(), k.data()), v);
@@ -89,11 +96,17 @@ impl MapWriter {
         &self.current
     }
 
-    /// Sets the node-wide configuration.
-    pub fn set_config(&mut self, config: NodeConfig) -> Result<()> {
+    /// Sets the node's tunnel device.
+    pub fn set_tunnel(&mut self, tunnel_ifindex: u32) -> Result<()> {
+        self.node_config.tunnel_ifindex = tunnel_ifindex;
         self.config
-            .set(0, config, 0)
+            .set(0, self.node_config, 0)
             .map_err(|e| Error::map(MAP_CONFIG, e))
+    }
+
+    /// The generation of the policy maps (bumped after every change).
+    pub fn policy_generation(&self) -> u32 {
+        self.node_config.policy_generation
     }
 
     /// Drop counters by reason.
@@ -114,6 +127,10 @@ impl MapWriter {
     /// order that never exposes a half-made change.
     pub fn write(&mut self, diffs: MapDiffs) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let policy_changed = !(diffs.policy.upserts.is_empty()
+            && diffs.policy.removes.is_empty()
+            && diffs.policy_cidr.upserts.is_empty()
+            && diffs.policy_cidr.removes.is_empty());
         let cur = &mut self.current;
         let MapDiffs {
             ipcache,
@@ -161,6 +178,17 @@ impl MapWriter {
         remove(&mut report, &mut cur.ipcache, ipcache.removes, |k| {
             self.ipcache.remove(&lpm(k))
         });
+        if policy_changed {
+            let mut config = self.node_config;
+            config.policy_generation = (config.policy_generation + 1) & ((1 << CT_GENERATION_BITS) - 1);
+            match self.config.set(0, config, 0) {
+                Ok(()) => self.node_config = config,
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(error = %e, "policy generation write failed; retrying on the next change");
+                }
+            }
+        }
         report
     }
 }

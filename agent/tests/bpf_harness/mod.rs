@@ -176,17 +176,20 @@ impl Programs {
     }
 
     pub fn tunnel_device(&mut self, ifindex: u32) {
+        self.update_config(|c| c.tunnel_ifindex = ifindex);
+    }
+
+    /// What the agent does after it changed the policy maps.
+    pub fn bump_policy_generation(&mut self) {
+        self.update_config(|c| c.policy_generation += 1);
+    }
+
+    fn update_config(&mut self, change: impl FnOnce(&mut NodeConfig)) {
         let mut map: Array<&mut MapData, NodeConfig> =
             Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
-        map.set(
-            0,
-            NodeConfig {
-                tunnel_ifindex: ifindex,
-                pad: 0,
-            },
-            0,
-        )
-        .unwrap();
+        let mut config = map.get(&0, 0).unwrap();
+        change(&mut config);
+        map.set(0, config, 0).unwrap();
     }
 
     pub fn drops(&self, reason: DropReason) -> u64 {

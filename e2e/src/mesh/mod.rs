@@ -365,6 +365,18 @@ impl LocalMesh {
             .unwrap_or(0)
     }
 
+    /// Waits until node `n`'s agent has `endpoints` pods in its datapath,
+    /// programs attached. Pods of one node reach each other through the
+    /// node's plain routes before that, so a probe that passes proves
+    /// nothing about Knit until then.
+    pub fn wait_attached(&self, n: NodeId, endpoints: i64) {
+        self.wait_until(
+            "the agent to attach its pods",
+            std::time::Duration::from_secs(30),
+            || self.agent_metric(n, "knit_agent_map_entries{name=\"endpoints\"}") == endpoints,
+        );
+    }
+
     /// Every log tail, and every agent's non-zero drop counters, for
     /// failure messages.
     pub fn logs(&self) -> String {
