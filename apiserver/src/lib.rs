@@ -14,6 +14,7 @@ pub mod export;
 pub mod exporter;
 pub mod front;
 pub mod front_relay;
+pub mod front_trust;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;

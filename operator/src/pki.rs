@@ -186,6 +186,29 @@ pub fn check_pem_certificate(pem: &str) -> Result<CertInfo> {
     inspect(pem)
 }
 
+/// Every certificate of a PEM bundle (DER), or which block is not one.
+pub fn bundle_certificates(pem: &str) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for (i, block) in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).enumerate() {
+        let n = i + 1;
+        let block =
+            block.map_err(|e| Error::ParseCertificate(format!("PEM block {n} is unreadable: {e}")))?;
+        if block.label != "CERTIFICATE" {
+            return Err(Error::ParseCertificate(format!(
+                "PEM block {n} is {:?}, not CERTIFICATE",
+                block.label
+            )));
+        }
+        x509_parser::parse_x509_certificate(&block.contents)
+            .map_err(|e| Error::ParseCertificate(format!("certificate {n} is not X.509: {e}")))?;
+        out.push(block.contents);
+    }
+    if out.is_empty() {
+        return Err(Error::ParseCertificate("no certificate".into()));
+    }
+    Ok(out)
+}
+
 fn first_der(pem: &str) -> Result<Vec<u8>> {
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.trim_start().as_bytes())
         .map_err(|e| Error::ParseCertificate(format!("not PEM: {e}")))?;

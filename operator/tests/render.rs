@@ -755,3 +755,52 @@ fn secret_volumes_are_mounted_owner_read_only() {
         assert_eq!(s.default_mode, Some(0o400), "{:?}", s.secret_name);
     }
 }
+
+#[test]
+fn a_peers_ca_bundle_holds_only_its_own_readable_certificates() {
+    let config = config_a();
+    let b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    let b_ca = b.ca.clone().unwrap();
+    let with_bundle = |bundle: String| {
+        let mut c = peer("c", "c", 3, "2026-01-02T00:00:00Z");
+        c.spec.ca_bundle = Some(bundle.clone());
+        c.ca = Ok(bundle);
+        c
+    };
+    let c_ca = peer("c", "c", 3, "2026-01-02T00:00:00Z").ca.unwrap();
+    let garbage = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+    let cases = [
+        (
+            with_bundle(format!("{c_ca}{garbage}")),
+            "certificate 2 is not X.509",
+        ),
+        (
+            with_bundle(format!("{c_ca}{b_ca}")),
+            "spec.caBundle holds the CA of ClusterMeshPeer \"b\"",
+        ),
+    ];
+    for (c, why) in cases {
+        let plan = render(&config, &[b.clone(), c], &Default::default(), t0());
+        assert_eq!(
+            plan.accepted.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["b"],
+            "{why}: only c is refused"
+        );
+        let ready = plan.peer_statuses["c"]
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone();
+        assert!(ready.message.contains(why), "{why}: {}", ready.message);
+    }
+    // A rolling peer's two CAs are fine.
+    let c_next = peer("c", "c", 3, "2026-01-02T00:00:00Z").ca.unwrap();
+    let plan = render(
+        &config,
+        &[b, with_bundle(format!("{c_ca}{c_next}"))],
+        &Default::default(),
+        t0(),
+    );
+    assert_eq!(plan.accepted.len(), 2);
+}

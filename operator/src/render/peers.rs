@@ -199,6 +199,7 @@ fn check_peer(
     pki::check_pem_certificate(&ca_pem).map_err(|e| {
         format!("{field} does not hold a PEM certificate ({e}); paste the CA printed by `knitctl peer export` in the peer cluster")
     })?;
+    check_ca_bundle(field, &ca_pem, earlier)?;
     Ok(AcceptedPeer {
         name: peer.name.clone(),
         cluster_name: spec.cluster_name.clone(),
@@ -208,6 +209,26 @@ fn check_peer(
         pod_cidrs: spec.pod_cidrs.clone(),
         limits: spec.limits.unwrap_or_default(),
     })
+}
+
+/// Every certificate of a peer's CA bundle is a readable certificate (one
+/// that is not would be left out by every front, silently), and none is
+/// the CA of a peer accepted before it (the older peer keeps it): a peer's
+/// bundle may vouch only for that peer.
+fn check_ca_bundle(field: &str, ca_pem: &str, earlier: &[AcceptedPeer]) -> Result<(), String> {
+    let certificates = pki::bundle_certificates(ca_pem).map_err(|e| {
+        format!("{field}: {e}; every certificate in the bundle must be one of the peer's CAs, as `knitctl peer export` prints them")
+    })?;
+    for other in earlier {
+        let theirs = pki::bundle_certificates(&other.ca_pem).unwrap_or_default();
+        if certificates.iter().any(|c| theirs.contains(c)) {
+            return Err(format!(
+                "{field} holds the CA of ClusterMeshPeer {:?} (cluster {:?}); a peer's bundle may hold only that peer's own CAs",
+                other.name, other.cluster_name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The shortest prefix a peer may declare: anything wider is a claim on
