@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::Client;
 use knit_kvstore::keys::{HEARTBEAT_KEY, Kind, RelativeKey, cluster_prefix};
 use knit_kvstore::records::IdentityRecord;
 use knit_kvstore::sync_store::SyncStore;
@@ -185,17 +185,11 @@ fn canaries(own: &str, synced_at: i64) -> BTreeMap<String, Vec<u8>> {
 async fn restore_identities(local: &Client, own: &str, ids: &mut IdentityAllocator) -> Result<()> {
     let prefix = RelativeKey::Record(Kind::Identities, String::new()).under(own);
     let mut client = local.clone();
-    let resp = client
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+    let records: Vec<IdentityRecord> = knit_kvstore::etcd::read_all(&mut client, &prefix)
         .await
-        .map_err(|source| Error::Etcd {
-            action: "reading published identities".into(),
-            source,
-        })?;
-    for kv in resp.kvs() {
-        if let Ok(record) = serde_json::from_slice::<IdentityRecord>(kv.value()) {
-            ids.restore(record.id, record.labels);
-        }
+        .map_err(Error::Store)?;
+    for record in records {
+        ids.restore(record.id, record.labels);
     }
     Ok(())
 }

@@ -93,12 +93,25 @@ pub async fn run_mesh(local: Client, dir: PathBuf, settings: MeshSettings) {
     }
 }
 
-/// Deletes a peer's mirror and its report.
+/// Deletes a peer's mirror and its report: the records first, the
+/// canaries in a later revision. Readers take a revision that deletes
+/// canaries for a lost lease and hold its keys until the canaries are
+/// back ([`knit_kvstore::drain`]); a withdrawal must not look like one.
 async fn delete_mirror(local: &Client, peer: &str) -> Result<(), etcd_client::Error> {
+    use etcd_client::{DeleteOptions, Txn, TxnOp};
     let mut c = local.clone();
+    let prefix = cache_prefix(peer);
+    let mut records = vec![TxnOp::delete(format!("{prefix}config"), None)];
+    for kind in Kind::ALL {
+        records.push(TxnOp::delete(
+            format!("{prefix}{}/", kind.as_str()),
+            Some(DeleteOptions::new().with_prefix()),
+        ));
+    }
+    c.txn(Txn::new().and_then(records)).await?;
     c.delete(
-        cache_prefix(peer).as_str(),
-        Some(etcd_client::DeleteOptions::new().with_prefix()),
+        format!("{prefix}synced/"),
+        Some(DeleteOptions::new().with_prefix()),
     )
     .await?;
     c.delete(mesh_status_key(peer), None).await?;

@@ -364,3 +364,104 @@ async fn a_watch_catching_up_on_megabytes_of_history_gets_every_event() {
     }
     assert_eq!(events, txns * per_txn);
 }
+
+/// A writer down longer than its lease, its etcd alive (a mesh apiserver
+/// container crashing beside a running etcd): etcd deletes every key of
+/// the lease in one revision, canaries included. Readers used to take that
+/// for the writer's word and withdraw everything; they hold the keys until
+/// the writer is back, and then forget only what it no longer writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_lease_expires_withdraws_nothing_until_it_is_back() {
+    let mut cluster = TestCluster::new("l", 9);
+    cluster.start_etcd();
+    let client = cluster.admin().await;
+    let prefix = "knit/v1/clusters/l/";
+    let canary = format!("{prefix}synced/nodes");
+    let mut desired = entries(300, "v")
+        .into_iter()
+        .map(|(k, v)| (k.replace("/clusters/t/", "/clusters/l/"), v))
+        .collect::<BTreeMap<_, _>>();
+    desired.insert(canary.clone(), b"1".to_vec());
+    let mut store = SyncStore::new(client.clone(), vec![prefix.into()], 2)
+        .await
+        .unwrap();
+    store.replace_prefix(prefix, desired.clone());
+    store.flush().await.unwrap();
+
+    let (watcher, _allowed, mut rx) = gated_reader(&cluster, prefix, 10_000);
+    events_until(&mut rx, |e| *e == WatchEvent::ListDone).await;
+
+    // The writer stops keeping its lease alive; etcd deletes its keys.
+    drop(store);
+    let mut c = client.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap()
+        .count()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let quiet = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "the reader reported the expired lease's deletions: {quiet:?}"
+    );
+
+    // The writer is back and no longer has node n0299.
+    let gone = format!("{prefix}nodes/n0299");
+    desired.remove(&gone);
+    let mut store = SyncStore::new(client.clone(), vec![prefix.into()], 2)
+        .await
+        .unwrap();
+    store.replace_prefix(prefix, desired.clone());
+    store.flush().await.unwrap();
+    let after = events_until(&mut rx, |e| {
+        matches!(e, WatchEvent::Upsert { key, .. } if *key == canary)
+            || matches!(e, WatchEvent::Delete { key } if *key == gone)
+    })
+    .await;
+    assert_eq!(
+        after,
+        [WatchEvent::Delete { key: gone }],
+        "only what the writer no longer has is forgotten; unchanged values are not reported again"
+    );
+    watcher.abort();
+}
+
+/// A prefix larger than gRPC's 4 MiB message limit (an exporter restoring
+/// 25,000 published identities at start): an unpaged read fails on every
+/// retry, so the restart stalls; `read_all` pages it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_prefix_past_the_grpc_limit_is_paged() {
+    use etcd_client::{Txn, TxnOp};
+    let mut cluster = TestCluster::new("p", 9);
+    cluster.start_etcd();
+    let mut c = cluster.admin().await;
+    let prefix = "knit/v1/clusters/p/identities/";
+    let n = 25_000;
+    let labels = "x".repeat(200);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                TxnOp::put(
+                    format!("{prefix}{i:06}"),
+                    format!(r#"{{"id":{i},"labels":{{"l":"{labels}"}}}}"#),
+                    None,
+                )
+            })
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let unpaged = c.get(prefix, Some(GetOptions::new().with_prefix())).await;
+    assert!(
+        unpaged.is_err(),
+        "the prefix is past the limit, as the test means it to be"
+    );
+    let records: Vec<serde_json::Value> = etcd::read_all(&mut c, prefix).await.unwrap();
+    assert_eq!(records.len(), n);
+}

@@ -17,6 +17,16 @@
 //! with no writer canary (heartbeat, mesh reports) are forgotten when the
 //! list completes. A held key that comes back, or is deleted for real,
 //! stops being held.
+//!
+//! The same holds while connected: a writer never deletes its canaries, so
+//! a revision that deletes a canary is a writer whose lease expired (a
+//! mesh apiserver down longer than its lease, its etcd alive), and etcd
+//! deletes every key of that lease in that one revision. The keys of that
+//! revision below the canary's prefix are held like stale keys until the
+//! canary is written again ([`StaleKeys::on_deleted_together`]); the
+//! canary itself is never reported deleted. A writer that withdraws a
+//! prefix on purpose deletes its records first and its canaries after, in
+//! a later revision.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -94,6 +104,40 @@ impl StaleKeys {
     /// `key` was deleted for real: no longer held.
     pub fn on_delete(&mut self, key: &str) {
         self.held.remove(key);
+    }
+
+    /// `keys` were deleted in one revision. If canaries are among them (a
+    /// writer's lease expired), the keys that wait for those canaries are
+    /// held and the canaries are neither forgotten nor reported; the rest
+    /// are returned, to forget now.
+    pub fn on_deleted_together(&mut self, keys: Vec<String>) -> Vec<String> {
+        let lost: BTreeSet<(Scope, Kind)> = keys
+            .iter()
+            .filter_map(|k| Key::parse(k))
+            .filter_map(|k| k.canary().map(|(s, kind)| (s.clone(), kind)))
+            .collect();
+        if lost.is_empty() {
+            for key in &keys {
+                self.held.remove(key);
+            }
+            return keys;
+        }
+        for canary in &lost {
+            self.synced.remove(canary);
+        }
+        let mut forget = Vec::new();
+        for key in keys {
+            match awaits(&key) {
+                Some(a) if !self.satisfied(&a) => {
+                    self.held.insert(key, a);
+                }
+                _ => {
+                    self.held.remove(&key);
+                    forget.push(key);
+                }
+            }
+        }
+        forget
     }
 
     /// Keys held now.
@@ -188,6 +232,57 @@ mod tests {
             "nodes and identities are not synced"
         );
         assert_eq!(s.held(), 1);
+    }
+
+    #[test]
+    fn a_lost_lease_holds_the_writers_keys_until_its_canary_is_back() {
+        let mut s = StaleKeys::default();
+        s.after_list(
+            Vec::new(),
+            [
+                "knit/v1/cache/b/synced/endpoints",
+                "knit/v1/cache/b/synced/services",
+                "knit/v1/cache/c/synced/endpoints",
+            ],
+        );
+        let other = "knit/v1/cache/c/endpoints/10.3.1.5".to_owned();
+        // An ordinary deletion is forgotten at once.
+        assert_eq!(s.on_deleted_together(vec![other.clone()]), vec![other.clone()]);
+        // b's lease expires: every key of it goes in one revision, its
+        // canaries among them. Nothing of b is forgotten; c is unaffected.
+        let expired = [
+            EP,
+            SVC,
+            "knit/v1/cache/b/synced/endpoints",
+            "knit/v1/cache/b/synced/services",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(s.on_deleted_together(expired), Vec::<String>::new());
+        assert_eq!(s.held(), 4, "the records and the canaries wait");
+        assert_eq!(
+            s.on_deleted_together(vec![other.clone()]),
+            [other],
+            "c's deletions are still real"
+        );
+        // b is back: it writes its service again, then its canaries; the
+        // endpoint it no longer has is forgotten before its canary.
+        assert!(s.on_put(SVC).is_empty());
+        assert!(s.on_put("knit/v1/cache/b/synced/services").is_empty());
+        assert_eq!(s.on_put("knit/v1/cache/b/synced/endpoints"), [EP]);
+        assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn a_withdrawal_deletes_records_before_canaries_and_is_forgotten() {
+        let mut s = StaleKeys::default();
+        s.after_list(Vec::new(), ["knit/v1/cache/b/synced/endpoints"]);
+        assert_eq!(s.on_deleted_together(vec![EP.to_owned()]), [EP]);
+        assert_eq!(
+            s.on_deleted_together(vec!["knit/v1/cache/b/synced/endpoints".to_owned()]),
+            Vec::<String>::new(),
+            "a canary is never reported deleted"
+        );
     }
 
     #[test]

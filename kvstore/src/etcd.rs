@@ -109,19 +109,49 @@ pub async fn exported_services(client: &mut Client) -> Result<Vec<crate::records
     Ok(out)
 }
 
-async fn read_all<T: serde::de::DeserializeOwned>(client: &mut Client, prefix: &str) -> Result<Vec<T>> {
-    let resp = client
-        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .map_err(|source| Error::Etcd {
-            action: format!("read {prefix}"),
-            source,
-        })?;
-    Ok(resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-        .collect())
+/// Records per page when reading a prefix: one response stays far below
+/// gRPC's 4 MiB message limit, which an unpaged read of a large prefix
+/// passes (65,000 identity records are about 13 MB) and then fails on
+/// every retry.
+const READ_PAGE: i64 = 1000;
+
+/// Every record under `prefix` that decodes as `T`, read a page at a time
+/// at one revision; unreadable records are skipped.
+pub async fn read_all<T: serde::de::DeserializeOwned>(client: &mut Client, prefix: &str) -> Result<Vec<T>> {
+    let end = prefix_end(prefix);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut out = Vec::new();
+    loop {
+        let mut options = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(READ_PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = client
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(|source| Error::Etcd {
+                action: format!("read {prefix}"),
+                source,
+            })?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        out.extend(
+            resp.kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(kv.value()).ok()),
+        );
+        match (resp.more(), resp.kvs().last()) {
+            (true, Some(last)) => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix`.

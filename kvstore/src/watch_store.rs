@@ -13,6 +13,10 @@
 //! by fingerprint, not by `mod_revision`: an etcd that restarted empty
 //! counts revisions from 1 again, so a new value can carry an old revision.
 //! Reconnects back off from 100 ms to 5 s.
+//!
+//! While watching, the deletions of one revision are reported together: a
+//! revision that deletes a writer's canaries is its lease expiring, and the
+//! keys it deletes wait for the canaries like stale keys do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -150,13 +154,47 @@ async fn list_and_watch(
         .watch(prefix, Some(watch_options(prefix, revision + 1)))
         .await
         .map_err(etcd("watching"))?;
-    while let Some(resp) = stream.message().await.map_err(etcd("watching"))? {
+    // Deletions are reported a revision at a time (a lost lease deletes all
+    // of a writer's keys in one revision, canaries among them); a revision
+    // may come in several fragments, sent back to back.
+    let mut deleted = Deletions::default();
+    let mut last_size = 0;
+    loop {
+        // Only a response filled up to etcd's limit may be a fragment with
+        // more of its revision to come; after any other the deletions are
+        // reported at once.
+        if last_size < MAY_BE_FRAGMENT {
+            deleted.report(prefix, known, tx).await?;
+        }
+        let next = if deleted.keys.is_empty() {
+            stream.message().await
+        } else {
+            match tokio::time::timeout(FRAGMENT_WAIT, stream.message()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    deleted.report(prefix, known, tx).await?;
+                    continue;
+                }
+            }
+        };
+        let Some(resp) = next.map_err(etcd("watching"))? else {
+            break;
+        };
         if resp.canceled() {
             return Err(Error::WatchCanceled(resp.cancel_reason().to_owned()));
         }
+        last_size = resp
+            .events()
+            .iter()
+            .filter_map(|e| e.kv())
+            .map(|kv| kv.key().len() + kv.value().len() + 32)
+            .sum();
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
+            if deleted.revision != kv.mod_revision() {
+                deleted.report(prefix, known, tx).await?;
+            }
             match event.event_type() {
                 EventType::Put => {
                     for released in known.stale.on_put(key) {
@@ -166,14 +204,54 @@ async fn list_and_watch(
                     upsert(known, tx, key, kv).await?;
                 }
                 EventType::Delete => {
-                    known.stale.on_delete(key);
-                    known.values.remove(key);
-                    send(tx, WatchEvent::Delete { key: key.to_owned() }).await?;
+                    deleted.revision = kv.mod_revision();
+                    deleted.keys.push(key.to_owned());
                 }
             }
         }
     }
-    Ok(())
+    deleted.report(prefix, known, tx).await
+}
+
+/// How long a watch waits for the next fragment of a revision before it
+/// takes the revision as complete (etcd sends fragments back to back).
+const FRAGMENT_WAIT: Duration = Duration::from_millis(100);
+
+/// The size (keys, values and a little per event) from which a watch
+/// response may be a fragment: etcd fills every fragment but the last up
+/// to its request limit (1.5 MiB by default).
+const MAY_BE_FRAGMENT: usize = 512 * 1024;
+
+/// The deletions of one revision, not reported yet.
+#[derive(Default)]
+struct Deletions {
+    revision: i64,
+    keys: Vec<String>,
+}
+
+impl Deletions {
+    /// Reports the deletions gathered, except those held for a writer
+    /// whose canaries went with them ([`StaleKeys::on_deleted_together`]).
+    async fn report(&mut self, prefix: &str, known: &mut Known, tx: &mpsc::Sender<WatchEvent>) -> Result<()> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let keys = std::mem::take(&mut self.keys);
+        let count = keys.len();
+        let forget = known.stale.on_deleted_together(keys);
+        if forget.len() < count {
+            tracing::warn!(
+                %prefix,
+                held = count - forget.len(),
+                "a writer's canaries were deleted with its keys (its lease expired): keeping them until the canaries are back"
+            );
+        }
+        for key in forget {
+            known.values.remove(&key);
+            send(tx, WatchEvent::Delete { key }).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Reports `key` unless its value is the one already reported.
