@@ -8,6 +8,11 @@
 //! listing its peer completely. Traffic: steady TCP clients across clusters
 //! to pod IPs, both ways, and through a global service VIP, while first
 //! cluster-b's and then cluster-a's control plane restart empty.
+//!
+//! And the apiserver alone down for longer than its lease, its etcd alive:
+//! etcd deletes every key the apiserver wrote (its export and its mirror)
+//! in one revision, canaries included, and readers hold them until the
+//! canaries are back.
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -173,6 +178,83 @@ fn empty_etcd_restarts_fail_no_request() {
             failed,
             0,
             "{}: requests failed during empty restarts: {report}\n{}",
+            client.what,
+            mesh.logs()
+        );
+    }
+}
+
+#[test]
+fn an_apiserver_down_longer_than_its_lease_fails_no_request() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 2,
+        nodes: 1,
+        grace_period: "4s".into(),
+        lease_ttl_secs: 3,
+        ..MeshOptions::default()
+    });
+    let client_a = mesh.add_pod(A.node(0), "shop", "client-a", &[("app", "client")]);
+    let client_b = mesh.add_pod(B.node(0), "shop", "client-b", &[("app", "client")]);
+    let web_a = mesh.add_pod(A.node(0), "shop", "web-a", &[("app", "web")]);
+    let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
+    let vip = std::net::Ipv4Addr::new(10, 96, 7, 2);
+    for (c, backend) in [(A, web_a), (B, web_b)] {
+        mesh.deploy_service(c, &GlobalService::web(vip, vec![backend]));
+    }
+    for c in [A, B] {
+        wait_synced(&mesh, c, 2);
+    }
+    mesh.wait_for_hits("b's VIP to reach both clusters", client_b, vip, false, |h| {
+        h.names.len() == 2
+    });
+
+    let stop = knit_e2e::TempDir::new("lease-expiry");
+    let stop = stop.path().join("stop");
+    let addr = |p: PodId| SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT);
+    let mut clients = vec![
+        start_client(&mesh, client_b, addr(web_a), &stop, "b to a pod"),
+        start_client(&mesh, client_a, addr(web_b), &stop, "a to b pod"),
+        start_client(
+            &mesh,
+            client_b,
+            SocketAddrV4::new(vip, SERVER_PORT),
+            &stop,
+            "b to VIP",
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+
+    // cluster-b's apiserver goes; its etcd stays. Its mesh reports, under
+    // a lease of their own with the same TTL, vanish with the rest.
+    mesh.stop_apiserver(B);
+    mesh.wait_until("cluster-b's leases to expire", Duration::from_secs(30), || {
+        mesh.status_report(B).is_some_and(|r| r.peers.is_empty())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    mesh.restart_apiserver_with(B, &[]);
+    for c in [A, B] {
+        wait_synced(&mesh, c, 2);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop, "").unwrap();
+
+    for client in &mut clients {
+        let (_, log) = client.process.wait();
+        let report: serde_json::Value = log
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
+        let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
+        eprintln!(
+            "{}: {ok} ok, {failed} failed across the lease expiry",
+            client.what
+        );
+        assert!(ok > 100, "{}: too few requests to tell: {report}", client.what);
+        assert_eq!(
+            failed,
+            0,
+            "{}: requests failed while the apiserver was down: {report}\n{}",
             client.what,
             mesh.logs()
         );

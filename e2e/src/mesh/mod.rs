@@ -267,6 +267,13 @@ impl LocalMesh {
         control.start_apiserver(&bin, &args);
     }
 
+    /// Kills cluster `c`'s apiserver (by PID); its etcd keeps running, as
+    /// when the apiserver container of the pod crashes. Start it again with
+    /// [`LocalMesh::restart_apiserver_with`].
+    pub fn stop_apiserver(&mut self, c: ClusterId) {
+        self.clusters[c.0].control.stop_apiserver();
+    }
+
     /// Kills cluster `c`'s apiserver and etcd (by PID).
     pub fn stop_control_plane(&mut self, c: ClusterId) {
         let control = &mut self.clusters[c.0].control;
