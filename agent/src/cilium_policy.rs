@@ -13,7 +13,9 @@
 //! of any policy, as in Cilium. Anything else (L7 `rules`, FQDN, other
 //! entities, `specs` lists) rejects the **whole** policy: it is never
 //! partly applied, and the rejection names the field (logged, counted, and
-//! shown by `knitctl status`).
+//! shown by `knitctl status`). A rejected policy fails closed
+//! ([`isolation`]): the pods it selects are isolated in every direction it
+//! has rules for, until it is fixed or removed.
 //!
 //! Default deny as Cilium's: a policy isolates the pods it selects in each
 //! direction it has rules for (allow or deny), unless `enableDefaultDeny`
@@ -274,6 +276,68 @@ pub fn translate(policy: &CiliumPolicy, namespaces: &[&str]) -> Result<Vec<Trans
         }
     }
     Ok(out)
+}
+
+/// What stands for a policy [`translate`] rejected: the pods each of its
+/// specs selects (`spec`, and every item of `specs`) isolated in each
+/// direction the spec has rules for (allow or deny), with no rule that
+/// admits anything. Read leniently, since the policy is outside the
+/// subset; a spec whose `endpointSelector` cannot be read isolates
+/// nothing (there is no telling whom it meant).
+pub fn isolation(policy: &CiliumPolicy, namespaces: &[&str]) -> Vec<Translated> {
+    let object = &policy.object;
+    let specs = object.get("spec").into_iter().chain(
+        object
+            .get("specs")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten(),
+    );
+    let target_namespaces: Vec<String> = match &policy.namespace {
+        Some(ns) => vec![ns.clone()],
+        None => namespaces.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let mut out = Vec::new();
+    for (i, spec) in specs.enumerate() {
+        let Some(selector) = spec
+            .get("endpointSelector")
+            .and_then(|s| serde_json::from_value::<Selector>(s.clone()).ok())
+        else {
+            continue;
+        };
+        let has = |keys: [&str; 2]| keys.iter().any(|k| spec.get(*k).is_some());
+        let types: Vec<String> = [
+            (has(["ingress", "ingressDeny"]), "Ingress"),
+            (has(["egress", "egressDeny"]), "Egress"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, t)| t.to_owned())
+        .collect();
+        if types.is_empty() {
+            continue;
+        }
+        for ns in &target_namespaces {
+            out.push(Translated {
+                policy: NetworkPolicy {
+                    metadata: ObjectMeta {
+                        name: Some(format!("cilium-{}-rejected-{i}", policy.name)),
+                        namespace: Some(ns.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(NetworkPolicySpec {
+                        pod_selector: Some(label_selector(&selector)),
+                        policy_types: Some(types.clone()),
+                        ingress: None,
+                        egress: None,
+                    }),
+                },
+                verdict: Verdict::Allow,
+                default_deny: (true, true),
+            });
+        }
+    }
+    out
 }
 
 /// A rule translated for its direction.
@@ -554,6 +618,44 @@ spec:
             assert_eq!(err.policy, "ns/p");
             assert!(err.reason.contains(field), "{field}: {}", err.reason);
         }
+    }
+
+    #[test]
+    fn a_rejected_policy_isolates_what_it_selects_in_the_directions_it_has_rules_for() {
+        for (yaml, types) in [
+            (
+                "spec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress:\n  - toPorts:\n    - ports: [{port: \"80\", protocol: TCP}]\n      rules: {http: [{method: GET}]}\n",
+                vec!["Ingress"],
+            ),
+            (
+                "spec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toFQDNs: [{matchName: example.com}]\n  ingressDeny:\n  - fromEntities: [host]\n",
+                vec!["Ingress", "Egress"],
+            ),
+            (
+                "specs:\n- endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toEntities: [kube-apiserver]\n",
+                vec!["Egress"],
+            ),
+        ] {
+            let p = cilium(&format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: ns}}\n{yaml}"
+            ));
+            assert!(translate(&p, &[]).is_err());
+            let stand_in = isolation(&p, &[]);
+            assert_eq!(stand_in.len(), 1, "{yaml}");
+            let spec = stand_in[0].policy.spec.as_ref().unwrap();
+            assert_eq!(spec.policy_types.as_deref().unwrap(), &types[..], "{yaml}");
+            assert!(spec.ingress.is_none() && spec.egress.is_none(), "admits nothing");
+            assert_eq!(
+                spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app"],
+                "web"
+            );
+            assert_eq!(stand_in[0].default_deny, (true, true));
+        }
+        // Clusterwide: in every namespace given.
+        let p = cilium(
+            "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEntities: [kube-apiserver]\n",
+        );
+        assert_eq!(isolation(&p, &["a", "b"]).len(), 2);
     }
 
     #[test]

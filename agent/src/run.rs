@@ -382,7 +382,7 @@ pub async fn run<S: Source>(
 }
 
 /// Cilium's policies in the subset Knit supports, as NetworkPolicies, and
-/// the ones rejected as a whole. A clusterwide policy applies in every
+/// the ones rejected as a whole (which isolate the pods they select). A clusterwide policy applies in every
 /// namespace this cluster's endpoints use.
 fn translate_cilium_policies(
     state: &knit_sources::ClusterState,
@@ -396,7 +396,10 @@ fn translate_cilium_policies(
     for policy in state.cilium_policies.values() {
         match crate::cilium_policy::translate(policy, &namespaces) {
             Ok(policies) => ok.extend(policies),
-            Err(r) => rejected.push(r),
+            Err(r) => {
+                ok.extend(crate::cilium_policy::isolation(policy, &namespaces));
+                rejected.push(r);
+            }
         }
     }
     (ok, rejected)

@@ -81,7 +81,9 @@ fn the_users_cilium_policy_works_as_written_and_l7_is_rejected_whole() {
     let allowed = mesh.hits(frontend_a, backend_ip, 40, false);
     assert_eq!(allowed.total(), 40, "cluster-a's frontend admitted: {allowed:?}");
 
-    // An L7 rule: the whole policy is not applied, and says why.
+    // An L7 rule: the whole policy is not applied, says why, and fails
+    // closed: the pods it selects are isolated where it has rules (before,
+    // they stayed open to everyone).
     mesh.write_manifest(A, "cnp-l7.yaml", L7_POLICY);
     mesh.wait_until(
         "knitctl status to name the rejected policy",
@@ -92,8 +94,17 @@ fn the_users_cilium_policy_works_as_written_and_l7_is_rejected_whole() {
         },
     );
     let other_ip = mesh.pod(other_a).ip;
-    let open = mesh.hits(frontend_a, other_ip, 20, false);
-    assert_eq!(open.total(), 20, "a rejected policy isolates nothing: {open:?}");
+    mesh.wait_until(
+        "the rejected policy to isolate app=other",
+        Duration::from_secs(30),
+        || mesh.hits(frontend_a, other_ip, 2, false).total() == 0,
+    );
+    let out = mesh.hits(other_a, mesh.pod(frontend_a).ip, 5, false);
+    assert_eq!(
+        out.total(),
+        5,
+        "it has no egress rules: app=other still reaches out: {out:?}"
+    );
     assert!(mesh.agent_metric(A.node(0), "knit_agent_rejected_cilium_policies") >= 1);
 
     // Deny wins: everyone is allowed into the frontend but `app=other`.
