@@ -182,8 +182,13 @@ struct PortProtocol {
 
 /// The NetworkPolicies `policy` stands for (one per namespace in
 /// `namespaces` for a clusterwide policy, and a deny one besides when it
-/// has deny rules), or why it is rejected.
-pub fn translate(policy: &CiliumPolicy, namespaces: &[&str]) -> Result<Vec<Translated>, Rejected> {
+/// has deny rules), or why it is rejected. `mesh` lists the mesh's pod
+/// CIDRs and node addresses, which the `world` entity leaves out.
+pub fn translate(
+    policy: &CiliumPolicy,
+    namespaces: &[&str],
+    mesh: &[String],
+) -> Result<Vec<Translated>, Rejected> {
     let name = match &policy.namespace {
         Some(ns) => format!("{ns}/{}", policy.name),
         None => policy.name.clone(),
@@ -205,13 +210,16 @@ pub fn translate(policy: &CiliumPolicy, namespaces: &[&str]) -> Result<Vec<Trans
         })
     })?;
     let spec = object.spec;
-    let clusterwide = policy.namespace.is_none();
+    let scope = Scope {
+        clusterwide: policy.namespace.is_none(),
+        mesh,
+    };
     let rules = |list: &Option<Vec<Rule>>, ingress: bool, deny: bool| {
         list.as_ref()
             .map(|rules| {
                 rules
                     .iter()
-                    .map(|r| Directed::of(r, ingress, clusterwide, deny))
+                    .map(|r| Directed::of(r, ingress, &scope, deny))
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()
@@ -340,6 +348,15 @@ pub fn isolation(policy: &CiliumPolicy, namespaces: &[&str]) -> Vec<Translated> 
     out
 }
 
+/// Where a policy's rules apply and what `world` leaves out.
+struct Scope<'a> {
+    /// A clusterwide policy: selectors reach every namespace.
+    clusterwide: bool,
+    /// The mesh's pod CIDRs and node addresses (`world` is everything
+    /// else).
+    mesh: &'a [String],
+}
+
 /// A rule translated for its direction.
 #[derive(Clone)]
 enum Directed {
@@ -348,11 +365,11 @@ enum Directed {
 }
 
 impl Directed {
-    fn of(rule: &Rule, ingress: bool, clusterwide: bool, deny: bool) -> Result<Self, String> {
+    fn of(rule: &Rule, ingress: bool, scope: &Scope<'_>, deny: bool) -> Result<Self, String> {
         if ingress {
-            ingress_rule(rule, clusterwide, deny).map(Self::Ingress)
+            ingress_rule(rule, scope, deny).map(Self::Ingress)
         } else {
-            egress_rule(rule, clusterwide, deny).map(Self::Egress)
+            egress_rule(rule, scope, deny).map(Self::Egress)
         }
     }
 
@@ -371,7 +388,7 @@ impl Directed {
     }
 }
 
-fn ingress_rule(rule: &Rule, clusterwide: bool, deny: bool) -> Result<NetworkPolicyIngressRule, String> {
+fn ingress_rule(rule: &Rule, scope: &Scope<'_>, deny: bool) -> Result<NetworkPolicyIngressRule, String> {
     if rule.to_endpoints.is_some()
         || rule.to_cidr.is_some()
         || rule.to_cidr_set.is_some()
@@ -385,7 +402,7 @@ fn ingress_rule(rule: &Rule, clusterwide: bool, deny: bool) -> Result<NetworkPol
             rule.from_cidr.as_deref(),
             rule.from_cidr_set.as_deref(),
             rule.from_entities.as_deref(),
-            clusterwide,
+            scope,
             true,
             deny,
         )?,
@@ -393,7 +410,7 @@ fn ingress_rule(rule: &Rule, clusterwide: bool, deny: bool) -> Result<NetworkPol
     })
 }
 
-fn egress_rule(rule: &Rule, clusterwide: bool, deny: bool) -> Result<NetworkPolicyEgressRule, String> {
+fn egress_rule(rule: &Rule, scope: &Scope<'_>, deny: bool) -> Result<NetworkPolicyEgressRule, String> {
     if rule.from_endpoints.is_some()
         || rule.from_cidr.is_some()
         || rule.from_cidr_set.is_some()
@@ -407,7 +424,7 @@ fn egress_rule(rule: &Rule, clusterwide: bool, deny: bool) -> Result<NetworkPoli
             rule.to_cidr.as_deref(),
             rule.to_cidr_set.as_deref(),
             rule.to_entities.as_deref(),
-            clusterwide,
+            scope,
             false,
             deny,
         )?,
@@ -421,7 +438,7 @@ fn peers(
     cidrs: Option<&[String]>,
     cidr_sets: Option<&[CidrSet]>,
     entities: Option<&[String]>,
-    clusterwide: bool,
+    scope: &Scope<'_>,
     ingress: bool,
     deny: bool,
 ) -> Result<Option<Vec<NetworkPolicyPeer>>, String> {
@@ -440,7 +457,7 @@ fn peers(
                 .any(|e| e.key == NAMESPACE_LABEL);
         out.push(NetworkPolicyPeer {
             pod_selector: Some(pod_selector),
-            namespace_selector: (names_namespace || clusterwide).then(LabelSelector::default),
+            namespace_selector: (names_namespace || scope.clusterwide).then(LabelSelector::default),
             ip_block: None,
         });
     }
@@ -458,7 +475,12 @@ fn peers(
                 namespace_selector: Some(LabelSelector::default()),
                 ip_block: None,
             }),
-            "world" => out.push(block("0.0.0.0/0", None)),
+            // Outside the mesh, as Cilium's reserved:world: every address
+            // but the mesh's pod CIDRs and node addresses.
+            "world" => out.push(block(
+                "0.0.0.0/0",
+                (!scope.mesh.is_empty()).then(|| scope.mesh.to_vec()),
+            )),
             // The node always reaches its pods in Knit (as reserved:host),
             // so it can be allowed (a no-op) but not denied.
             "host" if ingress && !deny => {}
@@ -574,7 +596,7 @@ spec:
     - matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: cluster-a}
 "#,
         );
-        let out = translate(&p, &[]).unwrap();
+        let out = translate(&p, &[], &[]).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].verdict, out[0].default_deny),
@@ -614,10 +636,28 @@ spec:
             let p = cilium(&format!(
                 "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: ns}}\n{yaml}"
             ));
-            let err = translate(&p, &[]).unwrap_err();
+            let err = translate(&p, &[], &[]).unwrap_err();
             assert_eq!(err.policy, "ns/p");
             assert!(err.reason.contains(field), "{field}: {}", err.reason);
         }
+    }
+
+    #[test]
+    fn world_is_everything_outside_the_mesh() {
+        let p = cilium(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEntities: [world]\n",
+        );
+        let mesh = [
+            "10.1.0.0/16".to_owned(),
+            "10.2.0.0/16".to_owned(),
+            "192.168.50.2/32".to_owned(),
+        ];
+        let out = translate(&p, &[], &mesh).unwrap();
+        let rule = &out[0].policy.spec.as_ref().unwrap().egress.as_ref().unwrap()[0];
+        let block = rule.to.as_ref().unwrap()[0].ip_block.as_ref().unwrap();
+        assert_eq!(block.cidr, "0.0.0.0/0");
+        // Before, `world` was 0.0.0.0/0 whole: every pod of every cluster.
+        assert_eq!(block.except.as_deref(), Some(&mesh[..]));
     }
 
     #[test]
@@ -639,7 +679,7 @@ spec:
             let p = cilium(&format!(
                 "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: ns}}\n{yaml}"
             ));
-            assert!(translate(&p, &[]).is_err());
+            assert!(translate(&p, &[], &[]).is_err());
             let stand_in = isolation(&p, &[]);
             assert_eq!(stand_in.len(), 1, "{yaml}");
             let spec = stand_in[0].policy.spec.as_ref().unwrap();
@@ -675,7 +715,7 @@ spec:
   - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system}}]
 "#,
         );
-        let out: Vec<NetworkPolicy> = translate(&p, &["a", "b"])
+        let out: Vec<NetworkPolicy> = translate(&p, &["a", "b"], &[])
             .unwrap()
             .into_iter()
             .map(|t| t.policy)
@@ -730,7 +770,7 @@ spec:
   enableDefaultDeny: {egress: false}
 "#,
         );
-        let out = translate(&p, &[]).unwrap();
+        let out = translate(&p, &[], &[]).unwrap();
         assert_eq!(out.len(), 2);
         let (allow, deny) = (&out[0], &out[1]);
         assert_eq!(allow.verdict, Verdict::Allow);

@@ -112,6 +112,27 @@ impl MeshIndex {
         self.apply_change(event).is_some()
     }
 
+    /// Every pod CIDR (IPv4) and node address of the mesh, this cluster's
+    /// and every peer's, as CIDR strings: what Cilium's `world` is not.
+    pub fn mesh_prefixes(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for view in std::iter::once(&self.local).chain(self.peers.values()) {
+            for node in view.nodes.values() {
+                for cidr in &node.pod_cidrs {
+                    if let ipnet::IpNet::V4(net) = cidr {
+                        out.insert(net.trunc().to_string());
+                    }
+                }
+                if let std::net::IpAddr::V4(addr) = node.tunnel_endpoint
+                    && !addr.is_unspecified()
+                {
+                    out.insert(format!("{addr}/32"));
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// This cluster's namespaces that have endpoints.
     pub fn local_namespaces(&self) -> impl Iterator<Item = &str> {
         self.local_namespaces.keys().map(String::as_str)

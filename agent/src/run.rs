@@ -392,9 +392,10 @@ fn translate_cilium_policies(
     Vec<crate::cilium_policy::Rejected>,
 ) {
     let namespaces: Vec<&str> = index.local_namespaces().collect();
+    let mesh = index.mesh_prefixes();
     let (mut ok, mut rejected) = (Vec::new(), Vec::new());
     for policy in state.cilium_policies.values() {
-        match crate::cilium_policy::translate(policy, &namespaces) {
+        match crate::cilium_policy::translate(policy, &namespaces, &mesh) {
             Ok(policies) => ok.extend(policies),
             Err(r) => {
                 ok.extend(crate::cilium_policy::isolation(policy, &namespaces));
