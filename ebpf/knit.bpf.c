@@ -64,7 +64,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, POLICY_ENTRIES);
 	__type(key, struct policy_key);
 	__type(value, __u8);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -73,7 +73,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 16);
+	__uint(max_entries, POLICY_CIDR_ENTRIES);
 	__type(key, struct policy_cidr_key);
 	__type(value, __u8);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

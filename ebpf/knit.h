@@ -47,6 +47,11 @@ struct stack_flow_key {
 	__u8 pad;
 };
 
+/* Capacities of the policy maps: the agent never writes a pod's entries
+ * in part (a missing deny entry would admit what it denies). */
+#define POLICY_ENTRIES (1 << 18)
+#define POLICY_CIDR_ENTRIES (1 << 16)
+
 /* Policy entries (hash), per selected pod and direction: the peer's
  * identity (the source for ingress, the destination for egress). Zero in
  * identity, dport or proto is a wildcard: the program tries the exact key

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// NetworkPolicy ports that allow nothing because the datapath cannot
     /// express them (a protocol other than TCP/UDP, a range too long).
     pub unsupported_policy_ports: Gauge,
+    /// Pods isolated because their policy entries did not fit the maps.
+    pub policy_overflow: Gauge,
     /// Cilium policies rejected as a whole (a field outside the subset).
     pub rejected_cilium_policies: Gauge,
     /// CNI attachment files that could not be read.
@@ -99,6 +101,11 @@ impl Metrics {
             "unsupported_policy_ports",
             "NetworkPolicy ports that allow nothing: a protocol other than TCP/UDP, or a range too long",
             self.unsupported_policy_ports.clone(),
+        );
+        r.register(
+            "policy_overflow_pods",
+            "Pods isolated because their policy entries did not fit the policy maps (the agent log names them)",
+            self.policy_overflow.clone(),
         );
         r.register(
             "pending_endpoints",

@@ -140,6 +140,11 @@ pub fn render(
     out.deny = compiled.deny;
     out.cidr_deny = compiled.cidr_deny;
     out.unsupported_policy_ports = compiled.unsupported_ports;
+    out.policy_overflow = crate::datapath::state::fit_policy(
+        &mut out,
+        knit_datapath_common::POLICY_CAPACITY,
+        knit_datapath_common::POLICY_CIDR_CAPACITY,
+    );
 
     let on_failing_nodes = backends_on(index, failing);
     for name in index.local_services.keys() {

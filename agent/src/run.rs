@@ -319,6 +319,17 @@ pub async fn run<S: Source>(
                 for why in &desired.unsupported_policy_ports {
                     tracing::warn!(%why, "a NetworkPolicy port allows nothing");
                 }
+                metrics.policy_overflow.set(desired.policy_overflow.len() as i64);
+                for ip in &desired.policy_overflow {
+                    let pod = index
+                        .local
+                        .endpoints
+                        .values()
+                        .find(|e| e.ip == std::net::IpAddr::V4(*ip))
+                        .map(|e| format!("{}/{}", e.namespace, e.pod))
+                        .unwrap_or_default();
+                    tracing::error!(%ip, %pod, "the policy maps are full: this pod's policy entries are not written and it stays isolated; reduce the policies' peers or ports");
+                }
                 node_routes_due = true;
                 datapath
                     .apply(desired, &interfaces)

@@ -223,6 +223,12 @@ pub struct NodeConfig {
 /// Entries of `knit_ipcache` (`max_entries` in `ebpf/knit.bpf.c`).
 pub const IPCACHE_CAPACITY: usize = 1 << 20;
 
+/// Entries `knit_policy` holds (`POLICY_ENTRIES`).
+pub const POLICY_CAPACITY: usize = 1 << 18;
+
+/// Entries `knit_policy_cidr` holds (`POLICY_CIDR_ENTRIES`).
+pub const POLICY_CIDR_CAPACITY: usize = 1 << 16;
+
 // SAFETY: every type is `#[repr(C)]`, `Copy`, made of integers only, with
 // explicit padding fields, so any bit pattern is valid and no byte is
 // uninitialised.

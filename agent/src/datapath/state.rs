@@ -136,6 +136,46 @@ pub struct DatapathState {
     /// Policy ports that allow nothing, with why (for the log and metric;
     /// not written to any map).
     pub unsupported_policy_ports: Vec<String>,
+    /// Pods whose policy entries did not fit the maps ([`fit_policy`]):
+    /// isolated, with none of their entries written.
+    pub policy_overflow: Vec<Ipv4Addr>,
+}
+
+/// Makes the policy entries fit the maps (`capacity` identity entries,
+/// `cidr_capacity` prefix entries) a whole pod at a time, in address
+/// order: the entries of a pod that does not fit are all left out, so it
+/// stays isolated in the directions its policy enforces, never half
+/// written (a deny entry dropped by a full map would admit what it
+/// denies). Returns those pods.
+pub fn fit_policy(state: &mut DatapathState, capacity: usize, cidr_capacity: usize) -> Vec<Ipv4Addr> {
+    if state.allow.len() + state.deny.len() <= capacity
+        && state.cidr_allow.len() + state.cidr_deny.len() <= cidr_capacity
+    {
+        return Vec::new();
+    }
+    let mut per_pod: BTreeMap<Ipv4Addr, (usize, usize)> = BTreeMap::new();
+    for e in state.allow.iter().chain(&state.deny) {
+        per_pod.entry(e.endpoint).or_default().0 += 1;
+    }
+    for e in state.cidr_allow.iter().chain(&state.cidr_deny) {
+        per_pod.entry(e.endpoint).or_default().1 += 1;
+    }
+    let (mut used, mut used_cidr) = (0, 0);
+    let mut left_out = Vec::new();
+    for (pod, (n, cidr)) in per_pod {
+        if used + n <= capacity && used_cidr + cidr <= cidr_capacity {
+            used += n;
+            used_cidr += cidr;
+        } else {
+            left_out.push(pod);
+        }
+    }
+    let out: BTreeSet<Ipv4Addr> = left_out.iter().copied().collect();
+    state.allow.retain(|e| !out.contains(&e.endpoint));
+    state.deny.retain(|e| !out.contains(&e.endpoint));
+    state.cidr_allow.retain(|e| !out.contains(&e.endpoint));
+    state.cidr_deny.retain(|e| !out.contains(&e.endpoint));
+    left_out
 }
 
 /// Raw entries of every map the agent owns.
@@ -416,6 +456,52 @@ pub fn diff<K: Eq + Hash + Clone, V: PartialEq + Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_entries_that_do_not_fit_leave_out_whole_pods_never_a_deny_entry() {
+        let pod = |i: u8| Ipv4Addr::new(10, 1, 1, i);
+        let entry = |i: u8, port: u16| PolicyEntry {
+            endpoint: pod(i),
+            identity: 7,
+            port,
+            proto: PROTO_TCP,
+            direction: Direction::Ingress,
+        };
+        let mut s = DatapathState::default();
+        s.allow.extend([
+            entry(1, 80),
+            entry(1, 81),
+            entry(2, 80),
+            entry(2, 81),
+            entry(3, 80),
+        ]);
+        s.deny.insert(entry(2, 82));
+        // Four fit: pod 1 (2 entries), not pod 2 (3 more), pod 3 (1).
+        let left_out = fit_policy(&mut s, 4, 10);
+        assert_eq!(left_out, [pod(2)]);
+        assert!(
+            s.allow.iter().chain(&s.deny).all(|e| e.endpoint != pod(2)),
+            "none of pod 2's entries, its deny entry least of all"
+        );
+        assert_eq!(s.allow.len(), 3);
+        // Prefix entries count against their own map.
+        let mut s = DatapathState::default();
+        s.allow.insert(entry(1, 80));
+        s.cidr_allow.insert(CidrEntry {
+            endpoint: pod(1),
+            direction: Direction::Egress,
+            peer: "192.0.2.0/24".parse().unwrap(),
+            port: 0,
+            proto: 0,
+        });
+        assert_eq!(fit_policy(&mut s, 4, 0), [pod(1)]);
+        assert!(s.allow.is_empty() && s.cidr_allow.is_empty());
+        // Everything fits: nothing changes.
+        let mut s = DatapathState::default();
+        s.allow.insert(entry(1, 80));
+        assert!(fit_policy(&mut s, 1, 0).is_empty());
+        assert_eq!(s.allow.len(), 1);
+    }
 
     fn state_with(services: &[(u16, &[&str])]) -> DatapathState {
         let mut s = DatapathState::default();
