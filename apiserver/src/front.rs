@@ -28,6 +28,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::front_limits::{Admission, FrontLimits, HandshakeSlot, RequestRate};
 pub use crate::front_trust::{PeerTrust, Refusal, authorize};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::{Error, Result};
@@ -49,6 +50,8 @@ pub struct FrontSettings {
     pub peer_access: PathBuf,
     /// etcd on loopback, e.g. `127.0.0.1:2379`.
     pub upstream: SocketAddr,
+    /// What one source or one peer may take.
+    pub limits: FrontLimits,
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
@@ -119,14 +122,35 @@ pub async fn run_front(settings: FrontSettings, metrics: Metrics) -> Result<()> 
     trust.warn_unusable(None);
     let mut acceptor = server_config(&settings, &trust).ok().map(TlsAcceptor::from);
     let mut reload = tokio::time::interval(Duration::from_secs(2));
+    let admission = Admission::new(settings.limits);
+    let rate = RequestRate::new(&settings.limits);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((socket, from)) = accepted else { continue };
+                let (socket, from) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, typically: retrying at
+                        // once would spin; the sockets held time out.
+                        refuse(&metrics, "accept_failed");
+                        tracing::warn!(error = %e, "accepting a peer connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let Some(acceptor) = acceptor.clone() else { continue };
+                let slot = match admission.handshake(from.ip()) {
+                    Ok(slot) => slot,
+                    Err(busy) => {
+                        refuse(&metrics, busy.as_str());
+                        continue;
+                    }
+                };
                 let (settings, trust, metrics) = (settings.clone(), trust.clone(), metrics.clone());
+                let (admission, rate) = (admission.clone(), rate.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(socket, acceptor, &settings, &trust, &metrics).await {
+                    let peer = Peer { slot, admission: &admission, rate };
+                    if let Err(e) = serve(socket, acceptor, &settings, &trust, &metrics, peer).await {
                         tracing::info!(%from, error = %e, "peer connection refused or ended");
                     }
                 });
@@ -144,23 +168,35 @@ pub async fn run_front(settings: FrontSettings, metrics: Metrics) -> Result<()> 
     }
 }
 
+fn refuse(metrics: &Metrics, reason: &str) {
+    metrics
+        .front_refused
+        .get_or_create(&ReasonLabel {
+            reason: reason.to_owned(),
+        })
+        .inc();
+}
+
+/// What a connection holds while it is served: its handshake slot (given
+/// back once it is authenticated), the admission it takes a connection
+/// slot from, and its peer's request rate.
+struct Peer<'a> {
+    slot: HandshakeSlot,
+    admission: &'a Admission,
+    rate: RequestRate,
+}
+
 async fn serve(
     socket: TcpStream,
     acceptor: TlsAcceptor,
     settings: &FrontSettings,
     trust: &PeerTrust,
     metrics: &Metrics,
+    admitted: Peer<'_>,
 ) -> Result<()> {
-    let refused = |reason: &str| {
-        metrics
-            .front_refused
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
-    };
+    let refused = |reason: &str| refuse(metrics, reason);
     relay_without_delay(&socket);
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
+    let tls = match tokio::time::timeout(settings.limits.handshake_timeout, acceptor.accept(socket)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             refused("handshake");
@@ -186,6 +222,14 @@ async fn serve(
             return Err(Error::Front(format!("refused: {refusal:?}")));
         }
     };
+    drop(admitted.slot);
+    let _connection = match admitted.admission.connection(&peer) {
+        Ok(slot) => slot,
+        Err(busy) => {
+            refused(busy.as_str());
+            return Err(Error::Front(format!("refused {peer}: {}", busy.as_str())));
+        }
+    };
     let connector = TlsConnector::from(upstream_config(settings, &peer)?);
     let upstream = TcpStream::connect(settings.upstream)
         .await
@@ -196,7 +240,12 @@ async fn serve(
         .connect(name, upstream)
         .await
         .map_err(|e| Error::Front(format!("TLS to etcd: {e}")))?;
-    crate::front_relay::relay(tls, upstream, peer, metrics.front_calls.clone()).await
+    let limits = crate::front_relay::RelayLimits {
+        max_streams: settings.limits.max_streams_per_connection,
+        keepalive: settings.limits.keepalive,
+        rate: admitted.rate,
+    };
+    crate::front_relay::relay(tls, upstream, peer, metrics.front_calls.clone(), limits).await
 }
 
 /// Turns Nagle's algorithm off on a relayed connection. Watch events are

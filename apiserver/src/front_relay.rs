@@ -37,6 +37,8 @@ pub const ALLOWED_METHODS: [&str; 3] = [
 
 /// gRPC status code `PERMISSION_DENIED`.
 const PERMISSION_DENIED: &str = "7";
+/// gRPC status code `RESOURCE_EXHAUSTED`: over the peer's request rate.
+const RESOURCE_EXHAUSTED: &str = "8";
 
 /// Whether a peer may call the gRPC method at `path` (exact match).
 pub fn method_allowed(path: &str) -> bool {
@@ -45,15 +47,26 @@ pub fn method_allowed(path: &str) -> bool {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// How much one relayed connection may take.
+pub struct RelayLimits {
+    /// Concurrent HTTP/2 streams (calls, watches).
+    pub max_streams: u32,
+    /// HTTP/2 ping interval, and how long an answer may take.
+    pub keepalive: std::time::Duration,
+    /// The peer's request rate.
+    pub rate: crate::front_limits::RequestRate,
+}
+
 /// Relays gRPC calls of `peer` from `downstream` (the peer's TLS stream)
 /// to `upstream` (etcd, already authenticated as the peer's user) until
 /// either side closes. `calls` counts calls by peer and outcome
-/// (`relayed`, `denied`).
+/// (`relayed`, `denied`, `rate_limited`).
 pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
     peer: String,
     calls: Family<PeerDetail, Counter>,
+    limits: RelayLimits,
 ) -> Result<()>
 where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -64,15 +77,19 @@ where
         .await
         .map_err(|e| Error::Front(format!("HTTP/2 to etcd: {e}")))?;
     let upstream_task = tokio::spawn(connection);
+    let rate = limits.rate.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let mut sender = sender.clone();
         let (peer, calls) = (peer.clone(), calls.clone());
+        let admitted = rate.admit(&peer, std::time::Instant::now());
         async move {
             let method = request.uri().path().to_owned();
-            let outcome = if method_allowed(&method) {
-                "relayed"
-            } else {
+            let outcome = if !method_allowed(&method) {
                 "denied"
+            } else if !admitted {
+                "rate_limited"
+            } else {
+                "relayed"
             };
             calls
                 .get_or_create(&PeerDetail {
@@ -84,11 +101,21 @@ where
                 tracing::warn!(%peer, %method, "refused a gRPC method at the peer front");
                 return Ok::<_, hyper::Error>(denied(&method));
             }
+            if outcome == "rate_limited" {
+                return Ok(refused(
+                    RESOURCE_EXHAUSTED,
+                    &format!("the peer front limits {peer}'s request rate; retry later"),
+                ));
+            }
             let response = sender.send_request(request).await?;
             Ok(response.map(BodyExt::boxed))
         }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .keep_alive_interval(limits.keepalive)
+        .keep_alive_timeout(limits.keepalive)
         .serve_connection(TokioIo::new(downstream), service)
         .await;
     upstream_task.abort();
@@ -97,12 +124,19 @@ where
 
 /// A trailers-only gRPC answer: `PERMISSION_DENIED`, naming the method.
 fn denied(method: &str) -> Response<Body> {
-    let message = format!("permission denied: the peer front does not relay {method}");
+    refused(
+        PERMISSION_DENIED,
+        &format!("permission denied: the peer front does not relay {method}"),
+    )
+}
+
+/// A trailers-only gRPC answer with `status` and `message`.
+fn refused(status: &'static str, message: &str) -> Response<Body> {
     let mut response = Response::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed());
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from_static(PERMISSION_DENIED));
-    if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
+    headers.insert("grpc-status", HeaderValue::from_static(status));
+    if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
         headers.insert("grpc-message", value);
     }
     response

@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod export;
 pub mod exporter;
 pub mod front;
+pub mod front_limits;
 pub mod front_relay;
 pub mod front_trust;
 pub mod identity;

@@ -73,6 +73,39 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9962")]
     metrics_addr: SocketAddr,
+    /// Peer front: how long a client may take to complete the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = knit_telemetry::parse_duration)]
+    front_handshake_timeout: Duration,
+    /// Peer front: handshakes in progress at once, from all sources.
+    #[arg(long, default_value_t = 256)]
+    front_max_handshakes: usize,
+    /// Peer front: handshakes in progress at once from one source address.
+    #[arg(long, default_value_t = 16)]
+    front_max_handshakes_per_source: usize,
+    /// Peer front: authenticated connections of one peer at once.
+    #[arg(long, default_value_t = 8)]
+    front_max_connections_per_peer: usize,
+    /// Peer front: concurrent calls and watches on one connection.
+    #[arg(long, default_value_t = 64)]
+    front_max_streams: u32,
+    /// Peer front: calls one peer may start per second (bursts of twice as many).
+    #[arg(long, default_value_t = 200.0)]
+    front_requests_per_second: f64,
+}
+
+impl Args {
+    fn front_limits(&self) -> knit_apiserver::front_limits::FrontLimits {
+        knit_apiserver::front_limits::FrontLimits {
+            handshake_timeout: self.front_handshake_timeout,
+            max_handshakes: self.front_max_handshakes,
+            max_handshakes_per_source: self.front_max_handshakes_per_source,
+            max_connections_per_peer: self.front_max_connections_per_peer,
+            max_streams_per_connection: self.front_max_streams,
+            requests_per_second: self.front_requests_per_second,
+            request_burst: 2.0 * self.front_requests_per_second,
+            ..knit_apiserver::front_limits::FrontLimits::default()
+        }
+    }
 }
 
 fn parse_pod_cidr(s: &str) -> Result<ipnet::IpNet, String> {
@@ -118,6 +151,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 peer_configs: peer_configs.clone(),
                 peer_access: peer_access.clone(),
                 upstream,
+                limits: args.front_limits(),
             })
         }
         _ => None,

@@ -291,3 +291,49 @@ async fn malformed_and_foreign_records_from_a_peer_are_rejected_and_counted() {
         "{mirrored:?}"
     );
 }
+
+/// A slowloris at the front's file-descriptor limit: a host opens TCP
+/// connections and never starts TLS. The front used to hold every one for
+/// its handshake timeout, ran out of descriptors (the accept loop then
+/// spun on EMFILE) and served no peer; each source now has a few
+/// handshakes in progress at most, the rest are closed at once and
+/// counted, and a genuine peer reads as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_at_the_descriptor_limit_leaves_other_peers_served() {
+    let mut clusters = vec![TestCluster::new("a", 1), TestCluster::new("b", 2)];
+    full_mesh(&mut clusters);
+    let [a, b] = &mut clusters[..] else { unreachable!() };
+    let _admin = start_exporting(a).await;
+    let pid = a.apiserver_pid().expect("apiserver running");
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=128:128"])
+        .status()
+        .expect("prlimit");
+    assert!(limited.success());
+
+    let front: std::net::SocketAddr = format!("127.0.0.1:{}", a.front_port).parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(stream) = socket.connect(front).await {
+            held.push(stream);
+        }
+    }
+    assert!(held.len() > 200, "the slowloris connected {} times", held.len());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Well within the slowloris' handshake timeout (10 s).
+    let config = b.peer_config("a");
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut peer = connect_retrying(&config).await;
+        peer.get("knit/v1/clusters/a/", Some(GetOptions::new().with_prefix()))
+            .await
+    })
+    .await;
+    assert!(
+        read.is_ok_and(|r| r.is_ok_and(|r| !r.kvs().is_empty())),
+        "the genuine peer is not served during the slowloris"
+    );
+    drop(held);
+}

@@ -1,0 +1,268 @@
+//! What the peer front lets one source or one peer take: a bounded share of
+//! handshakes, connections, streams and requests, so a slow or flooding
+//! client (a slowloris before the handshake, an authenticated peer after
+//! it) is refused and counted without affecting other peers or the local
+//! agents.
+//!
+//! [`Admission`] counts handshakes in progress (in all and per source
+//! address) and authenticated connections per peer; each admitted one
+//! holds a guard that gives its slot back when dropped. [`RequestRate`] is
+//! a token bucket per peer. Both are values with no I/O, driven by the
+//! front ([`crate::front`]), and take the time as an argument where they
+//! need it, so they have plain unit tests.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The front's limits (command-line flags, with these defaults).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrontLimits {
+    /// How long a client may take to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once, from all sources.
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source address.
+    pub max_handshakes_per_source: usize,
+    /// Authenticated connections of one peer at once.
+    pub max_connections_per_peer: usize,
+    /// Concurrent HTTP/2 streams (calls, watches) on one connection.
+    pub max_streams_per_connection: u32,
+    /// Calls a peer may start per second, on average.
+    pub requests_per_second: f64,
+    /// Calls a peer may start in a burst.
+    pub request_burst: f64,
+    /// An HTTP/2 ping every so often; a connection that does not answer
+    /// one within as long is closed (dead or stalled peers).
+    pub keepalive: Duration,
+}
+
+impl Default for FrontLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
+            max_handshakes_per_source: 16,
+            max_connections_per_peer: 8,
+            max_streams_per_connection: 64,
+            requests_per_second: 200.0,
+            request_burst: 400.0,
+            keepalive: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the front turned a connection away before relaying anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// As many handshakes as the front takes are in progress.
+    Handshakes,
+    /// As many handshakes as one source may have are in progress.
+    SourceHandshakes,
+    /// The peer holds as many connections as it may.
+    PeerConnections,
+}
+
+impl Busy {
+    /// The metric label (`knit_apiserver_front_refused{reason}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshakes => "too_many_handshakes",
+            Self::SourceHandshakes => "too_many_handshakes_from_source",
+            Self::PeerConnections => "too_many_connections",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    handshakes: usize,
+    by_source: BTreeMap<IpAddr, usize>,
+    by_peer: BTreeMap<String, usize>,
+}
+
+/// Handshakes and connections in progress, shared by the front's tasks.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    limits: FrontLimits,
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// A handshake slot; given back when dropped.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    counts: Arc<Mutex<Counts>>,
+    source: IpAddr,
+}
+
+/// An authenticated connection's slot; given back when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    counts: Arc<Mutex<Counts>>,
+    peer: String,
+}
+
+impl Admission {
+    /// No handshake or connection in progress yet.
+    pub fn new(limits: FrontLimits) -> Self {
+        Self {
+            limits,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A slot for a handshake from `source`, if one is free.
+    pub fn handshake(&self, source: IpAddr) -> Result<HandshakeSlot, Busy> {
+        let mut c = lock(&self.counts);
+        if c.handshakes >= self.limits.max_handshakes {
+            return Err(Busy::Handshakes);
+        }
+        let from_source = c.by_source.entry(source).or_default();
+        if *from_source >= self.limits.max_handshakes_per_source {
+            return Err(Busy::SourceHandshakes);
+        }
+        *from_source += 1;
+        c.handshakes += 1;
+        Ok(HandshakeSlot {
+            counts: self.counts.clone(),
+            source,
+        })
+    }
+
+    /// A slot for an authenticated connection of `peer`, if it may have
+    /// one more.
+    pub fn connection(&self, peer: &str) -> Result<ConnectionSlot, Busy> {
+        let mut c = lock(&self.counts);
+        let n = c.by_peer.entry(peer.to_owned()).or_default();
+        if *n >= self.limits.max_connections_per_peer {
+            return Err(Busy::PeerConnections);
+        }
+        *n += 1;
+        Ok(ConnectionSlot {
+            counts: self.counts.clone(),
+            peer: peer.to_owned(),
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        c.handshakes = c.handshakes.saturating_sub(1);
+        if let Some(n) = c.by_source.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        if let Some(n) = c.by_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A token bucket per peer: `requests_per_second` on average, up to
+/// `request_burst` at once.
+#[derive(Clone, Debug)]
+pub struct RequestRate {
+    rate: f64,
+    burst: f64,
+    buckets: Arc<Mutex<BTreeMap<String, (f64, Instant)>>>,
+}
+
+impl RequestRate {
+    /// Full buckets for every peer.
+    pub fn new(limits: &FrontLimits) -> Self {
+        Self {
+            rate: limits.requests_per_second,
+            burst: limits.request_burst,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Whether `peer` may start a call at `now` (taking a token if so).
+    pub fn admit(&self, peer: &str, now: Instant) -> bool {
+        let mut buckets = lock(&self.buckets);
+        let (tokens, at) = buckets.entry(peer.to_owned()).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> FrontLimits {
+        FrontLimits {
+            max_handshakes: 3,
+            max_handshakes_per_source: 2,
+            max_connections_per_peer: 2,
+            requests_per_second: 10.0,
+            request_burst: 5.0,
+            ..FrontLimits::default()
+        }
+    }
+
+    #[test]
+    fn one_source_cannot_take_every_handshake_and_slots_come_back() {
+        let a = Admission::new(limits());
+        let (evil, other, third): (IpAddr, IpAddr, IpAddr) = (
+            "192.0.2.66".parse().unwrap(),
+            "192.0.2.7".parse().unwrap(),
+            "192.0.2.8".parse().unwrap(),
+        );
+        let held: Vec<_> = (0..2).map(|_| a.handshake(evil).unwrap()).collect();
+        assert_eq!(a.handshake(evil).unwrap_err(), Busy::SourceHandshakes);
+        let other_slot = a.handshake(other).expect("another source still gets in");
+        assert_eq!(a.handshake(third).unwrap_err(), Busy::Handshakes);
+        drop(held);
+        drop(other_slot);
+        assert!(a.handshake(evil).is_ok(), "slots are given back");
+    }
+
+    #[test]
+    fn a_peer_may_hold_only_so_many_connections() {
+        let a = Admission::new(limits());
+        let held: Vec<_> = (0..2).map(|_| a.connection("b").unwrap()).collect();
+        assert_eq!(a.connection("b").unwrap_err(), Busy::PeerConnections);
+        assert!(a.connection("c").is_ok(), "other peers are unaffected");
+        drop(held);
+        assert!(a.connection("b").is_ok());
+    }
+
+    #[test]
+    fn requests_beyond_the_rate_are_refused_per_peer() {
+        let r = RequestRate::new(&limits());
+        let t0 = Instant::now();
+        let burst = (0..10).filter(|_| r.admit("b", t0)).count();
+        assert_eq!(burst, 5, "the burst, then nothing");
+        assert!(r.admit("c", t0), "another peer has its own bucket");
+        assert!(
+            r.admit("b", t0 + Duration::from_millis(100)),
+            "10/s: one token per 100 ms"
+        );
+        assert!(!r.admit("b", t0 + Duration::from_millis(110)));
+    }
+}
