@@ -1,6 +1,6 @@
 # Entry points a newcomer types. Every target installs what it needs first
 # (scripts/setup.sh is idempotent).
-.PHONY: setup test test-kernels demo bench fuzz conformance crds mcs-types e2e-kind fmt lint images
+.PHONY: setup test test-repeat test-kernels demo bench fuzz conformance crds mcs-types e2e-kind fmt lint images
 
 CARGO ?= cargo
 PYTHON := .venv/bin/python
@@ -16,6 +16,11 @@ test: setup
 	$(CARGO) test --workspace
 	$(PYTHON) tests/manifests/validate.py
 	scripts/test-kernels.sh
+
+## make test-repeat N=5: make test N times in a row (default 5), stopping
+## at the first failure: a test that fails by chance shows up here.
+test-repeat: setup
+	@n=$${N:-5}; for i in $$(seq 1 $$n); do echo "==> make test, run $$i of $$n"; $(MAKE) --no-print-directory test || { echo "==> run $$i of $$n failed"; exit 1; }; done; echo "==> $$n of $$n runs passed"
 
 ## make test-kernels: the BPF program tests and a two-cluster datapath test
 ## inside Debian's own 6.1 kernel under qemu (KVM, else TCG; a few minutes).

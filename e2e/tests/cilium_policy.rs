@@ -86,11 +86,16 @@ fn the_users_cilium_policy_works_as_written_and_l7_is_rejected_whole() {
     // they stayed open to everyone).
     mesh.write_manifest(A, "cnp-l7.yaml", L7_POLICY);
     mesh.wait_until(
-        "knitctl status to name the rejected policy",
+        "the agent's report (knitctl status -o json) to name the rejected policy",
         Duration::from_secs(30),
         || {
-            mesh.knitctl_status(A)
-                .contains("CiliumNetworkPolicy production/l7-only not applied: field rules is not supported")
+            mesh.status_report(A).is_some_and(|r| {
+                r.nodes.iter().any(|n| {
+                    n.rejected_policies.iter().any(|p| {
+                        p.starts_with("CiliumNetworkPolicy production/l7-only not applied: field rules is not supported")
+                    })
+                })
+            })
         },
     );
     let other_ip = mesh.pod(other_a).ip;

@@ -23,6 +23,11 @@ pub struct ClusterConfig {
     /// Pod CIDRs this cluster announces.
     #[serde(default, rename = "podCIDRs")]
     pub pod_cidrs: Vec<String>,
+    /// This cluster's Service CIDRs (kube-apiserver's
+    /// `--service-cluster-ip-range`): no peer may declare pod CIDRs that
+    /// overlap them.
+    #[serde(default, rename = "serviceCIDRs")]
+    pub service_cidrs: Vec<String>,
     /// Namespace of the operator and everything it creates.
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -216,6 +221,12 @@ impl ClusterConfig {
             parse_cidr(cidr).ok_or_else(|| Error::InvalidConfig {
                 field: "podCIDRs",
                 problem: format!("{cidr:?} is not a CIDR such as 10.1.0.0/16"),
+            })?;
+        }
+        for cidr in &self.service_cidrs {
+            parse_cidr(cidr).ok_or_else(|| Error::InvalidConfig {
+                field: "serviceCIDRs",
+                problem: format!("{cidr:?} is not a CIDR such as 10.96.0.0/12"),
             })?;
         }
         for cidr in &self.apiserver.etcd_client_cidrs {

@@ -709,7 +709,13 @@ fn a_peers_pod_cidrs_are_required_bounded_and_disjoint() {
             with("c", 3, "2026-01-02T00:00:00Z", &["fd00::/16"]),
             "wider than /32",
         ),
+        (
+            with("c", 3, "2026-01-02T00:00:00Z", &["10.96.128.0/20"]),
+            "overlaps this cluster's Service CIDR 10.96.0.0/12",
+        ),
     ];
+    let mut config = config;
+    config.service_cidrs = vec!["10.96.0.0/12".into()];
     for (c, why) in cases {
         let plan = render(&config, &[b.clone(), c], &Default::default(), t0());
         assert_eq!(

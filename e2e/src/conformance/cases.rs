@@ -9,14 +9,6 @@ use super::{ANY, Case, Probe, Reachability, Relabel, Step, ns, pod};
 /// Upstream cases not run here, each with why.
 pub const NOT_PORTED: &[(&str, &str)] = &[
     (
-        "should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP",
-        "the kernel here has no SCTP module to serve on",
-    ),
-    (
-        "should properly isolate pods that are selected by a policy allowing SCTP, even if the plugin doesn't support SCTP",
-        "the kernel here has no SCTP module to serve on",
-    ),
-    (
         "using SCTP: should support a 'default-deny-ingress' policy",
         "the kernel here has no SCTP module to serve on",
     ),
@@ -595,8 +587,8 @@ pub fn cases() -> Vec<Case> {
                             .expect_peer(ANY, ns("x"), false),
                     )],
                 ),
-                // The runner deletes a case's policies at its end and checks
-                // that everything is open again before the next case.
+                // The runner deletes a case's policies at its end and fails
+                // the case unless everything is open again.
             ],
         ),
         case(
@@ -676,6 +668,36 @@ pub fn cases() -> Vec<Case> {
                     vec![tcp(80, x_a_denied())],
                 ),
             ],
+        ),
+        // Upstream calls failing these two a security hole: a policy that
+        // names SCTP must not admit TCP. They probe TCP, so they run here.
+        case(
+            "should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP",
+            vec![
+                step(
+                    vec![("x", "deny-ingress", DENY_INGRESS)],
+                    vec![tcp(81, all().expect_peer(ANY, ns("x"), false))],
+                ),
+                step(
+                    vec![(
+                        "x",
+                        "allow-only-sctp-ingress-on-port-81",
+                        "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 81, protocol: SCTP}\n",
+                    )],
+                    vec![tcp(81, all().expect_peer(ANY, ns("x"), false))],
+                ),
+            ],
+        ),
+        case(
+            "should properly isolate pods that are selected by a policy allowing SCTP, even if the plugin doesn't support SCTP",
+            one(
+                vec![(
+                    "x",
+                    "allow-only-sctp-ingress-on-port-80",
+                    "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 80, protocol: SCTP}\n",
+                )],
+                vec![tcp(81, x_a_denied())],
+            ),
         ),
         case(
             "should not allow access by TCP when a policy specifies only UDP",

@@ -430,13 +430,27 @@ impl Model {
         if !namespaces.is_empty() {
             self.write_namespaces(&[]);
         }
-        // Back to open before the next case.
+        // Back to open before the next case: every case also checks that
+        // its policies stop being enforced once deleted (upstream's
+        // "should stop enforcing policies after they are deleted").
         let open = Probe {
             port: 80,
             udp: false,
             expect: Reachability::all(),
         };
-        self.converge(&open, Duration::from_secs(15));
+        let reopened = self.converge(&open, Duration::from_secs(15));
+        let stuck = open.expect.differences(&reopened);
+        if stuck > 0 {
+            passed = false;
+            let _ = writeln!(
+                report,
+                "  after its policies were deleted, TCP 80: {stuck} pair(s) still closed ({}); expected | observed",
+                self.layout.describe()
+            );
+            for (e, o) in open.expect.table().iter().zip(reopened.table()) {
+                let _ = writeln!(report, "    {e}   |   {o}");
+            }
+        }
         Outcome {
             name: case.name,
             passed,

@@ -280,6 +280,17 @@ fn check_pod_cidrs(config: &ClusterConfig, cidrs: &[String], earlier: &[Accepted
                  disjoint pod CIDRs"
             ));
         }
+        if let Some(services) = config
+            .service_cidrs
+            .iter()
+            .filter_map(|c| net_of(c))
+            .find(|s| overlaps(s, &net))
+        {
+            return Err(format!(
+                "spec.podCIDRs[{i}] {text} overlaps this cluster's Service CIDR {services}: a peer's pods \
+                 would shadow this cluster's ClusterIPs"
+            ));
+        }
         for other in earlier {
             if let Some(theirs) = other
                 .pod_cidrs
