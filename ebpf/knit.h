@@ -136,6 +136,10 @@ struct sock_nat_value {
 #define CT_GENERATION_SHIFT 8
 #define CT_GENERATION_BITS 24
 
+/* Tuples knit_ct holds; the least recently used goes when it is full (the
+ * agent reports how many are in use, and an alert fires near the top). */
+#define CT_ENTRIES (1 << 17)
+
 /* How long an entry counts after the last packet of its tuple, in seconds
  * (Cilium's defaults): a TCP flow once past its SYN, a TCP flow still
  * opening, a TCP flow closing (FIN or RST seen), anything else. */

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub unsupported_policy_ports: Gauge,
     /// Pods isolated because their policy entries did not fit the maps.
     pub policy_overflow: Gauge,
+    /// Tuples in the connection tracking map.
+    pub conntrack_entries: Gauge,
+    /// What the connection tracking map holds at most.
+    pub conntrack_capacity: Gauge,
     /// Cilium policies rejected as a whole (a field outside the subset).
     pub rejected_cilium_policies: Gauge,
     /// CNI attachment files that could not be read.
@@ -101,6 +105,16 @@ impl Metrics {
             "unsupported_policy_ports",
             "NetworkPolicy ports that allow nothing: a protocol other than TCP/UDP, or a range too long",
             self.unsupported_policy_ports.clone(),
+        );
+        r.register(
+            "conntrack_entries",
+            "Tuples in the connection tracking map (counted every 10 s); near the capacity, the flows idle longest are evicted",
+            self.conntrack_entries.clone(),
+        );
+        r.register(
+            "conntrack_capacity",
+            "Tuples the connection tracking map holds at most",
+            self.conntrack_capacity.clone(),
         );
         r.register(
             "policy_overflow_pods",

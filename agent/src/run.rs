@@ -169,6 +169,10 @@ pub async fn run<S: Source>(
     let mut attachments_read = false;
     let mut mtu_check_due = true;
     let mut tick = tokio::time::interval(settings.refresh);
+    let mut conntrack_counted: Option<Instant> = None;
+    metrics
+        .conntrack_capacity
+        .set(knit_datapath_common::CT_CAPACITY as i64);
     loop {
         tokio::select! {
             event = rx.recv() => {
@@ -257,6 +261,10 @@ pub async fn run<S: Source>(
                 }
                 for (reason, n) in datapath.drops() {
                     metrics.drops.get_or_create(&Name { name: reason.into() }).set(n as i64);
+                }
+                if conntrack_counted.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    conntrack_counted = Some(Instant::now());
+                    metrics.conntrack_entries.set(datapath.conntrack_entries() as i64);
                 }
             }
         }

@@ -176,6 +176,7 @@ mod tests {
             ("POLICY_EGRESS", u32::from(POLICY_EGRESS)),
             ("POLICY_ENTRIES", crate::POLICY_CAPACITY as u32),
             ("POLICY_CIDR_ENTRIES", crate::POLICY_CIDR_CAPACITY as u32),
+            ("CT_ENTRIES", crate::CT_CAPACITY as u32),
             ("DROP_REASONS", DROP_REASON_SLOTS),
         ]);
         for (reason, c_name) in DropReason::ALL.into_iter().zip([

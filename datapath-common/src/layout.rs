@@ -223,6 +223,9 @@ pub struct NodeConfig {
 /// Entries of `knit_ipcache` (`max_entries` in `ebpf/knit.bpf.c`).
 pub const IPCACHE_CAPACITY: usize = 1 << 20;
 
+/// Tuples `knit_ct` holds (`CT_ENTRIES`).
+pub const CT_CAPACITY: usize = 1 << 17;
+
 /// Entries `knit_policy` holds (`POLICY_ENTRIES`).
 pub const POLICY_CAPACITY: usize = 1 << 18;
 

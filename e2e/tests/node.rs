@@ -285,6 +285,16 @@ fn plain_cluster_ip_through_the_host_dnat() {
         !survived && log.contains("failed after"),
         "the held connection outlived the policy: {log}"
     );
+    // The agent reports how full its connection tracking is.
+    mesh.wait_until(
+        "the agent to count tracked flows",
+        Duration::from_secs(15),
+        || mesh.agent_metric(A.node(0), "knit_agent_conntrack_entries ") > 0,
+    );
+    assert_eq!(
+        mesh.agent_metric(A.node(0), "knit_agent_conntrack_capacity "),
+        131_072
+    );
 }
 
 #[test]

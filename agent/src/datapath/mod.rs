@@ -145,6 +145,11 @@ impl Datapath {
         self.writer.current().sizes()
     }
 
+    /// Tuples the connection tracking holds now ([`MapWriter::conntrack_entries`]).
+    pub fn conntrack_entries(&self) -> usize {
+        self.writer.conntrack_entries()
+    }
+
     /// Drop counters by reason.
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
         self.writer.drops()

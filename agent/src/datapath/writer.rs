@@ -20,9 +20,9 @@ use super::loader::Loaded;
 use super::state::{MapContents, MapDiffs};
 use crate::{Error, Result};
 use knit_datapath_common::{
-    BackendKey, BackendValue, CT_GENERATION_BITS, DropReason, EndpointValue, IpcacheValue, MAP_BACKENDS,
-    MAP_CONFIG, MAP_DROPS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, NodeConfig,
-    PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue,
+    BackendKey, BackendValue, CT_GENERATION_BITS, CtKey, CtValue, DropReason, EndpointValue, IpcacheValue,
+    MAP_BACKENDS, MAP_CONFIG, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR,
+    MAP_SERVICES, NodeConfig, PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue,
 };
 
 /// The agent's handle on the datapath maps.
@@ -36,6 +36,7 @@ pub struct MapWriter {
     config: Array<MapData, NodeConfig>,
     node_config: NodeConfig,
     drops: Array<MapData, u64>,
+    conntrack: BpfHashMap<MapData, CtKey, CtValue>,
     current: MapContents,
 }
 
@@ -71,6 +72,7 @@ impl MapWriter {
             config: take(loaded, MAP_CONFIG)?,
             node_config: NodeConfig::default(),
             drops: take(loaded, MAP_DROPS)?,
+            conntrack: take(loaded, MAP_CT)?,
             current: MapContents::default(),
         };
         // The generation goes on from where the last agent left it: the
@@ -107,6 +109,13 @@ impl MapWriter {
     /// The generation of the policy maps (bumped after every change).
     pub fn policy_generation(&self) -> u32 {
         self.node_config.policy_generation
+    }
+
+    /// Tuples the connection tracking holds now (live or not yet evicted):
+    /// a walk over the map's keys, so called every 10 s, not per
+    /// change.
+    pub fn conntrack_entries(&self) -> usize {
+        self.conntrack.keys().filter(|k| k.is_ok()).count()
     }
 
     /// Drop counters by reason.
