@@ -13,6 +13,8 @@
 //!   (TCP) was not `A:P`, i.e. replies not translated back to the VIP.
 //! - `count --port P --seconds S`: counts the UDP datagrams that reach
 //!   port P within S seconds; prints JSON `{"count": n}`.
+//! - `udp-send --from IP --to A:P --count C`: C datagrams to A:P from a
+//!   socket bound to IP (an address the pod holds, or has taken).
 //! - `vxlan-send --to A:P --vni V --inner-src IP:PORT --inner-dst IP:PORT
 //!   --count C`: C VXLAN datagrams to A:P, each carrying an Ethernet frame
 //!   with a UDP datagram from inner-src to inner-dst (what anyone who
@@ -74,6 +76,11 @@ fn main() {
         Some("count") => count(
             required(&args, "--port").parse().expect("port"),
             required(&args, "--seconds").parse().expect("seconds"),
+        ),
+        Some("udp-send") => udp_send(
+            required(&args, "--from").parse().expect("source address"),
+            required(&args, "--to").parse().expect("address"),
+            required(&args, "--count").parse().expect("count"),
         ),
         Some("vxlan-send") => vxlan_send(
             required(&args, "--to").parse().expect("address"),
@@ -286,6 +293,16 @@ fn vxlan_frame(vni: u32, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(payload);
     f
+}
+
+fn udp_send(from: std::net::IpAddr, to: SocketAddr, count: usize) {
+    let sock = UdpSocket::bind((from, 0)).expect("bind UDP to the source address");
+    let mut sent = 0;
+    for _ in 0..count {
+        sent += usize::from(sock.send_to(b"spoofed\n", to).is_ok());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{}", serde_json::json!({ "sent": sent }));
 }
 
 fn vxlan_send(to: SocketAddr, vni: u32, src: SocketAddrV4, dst: SocketAddrV4, count: usize) {

@@ -1,9 +1,18 @@
-//! Forged mesh packets on the tunnel port, with real VXLAN and real
-//! sockets: a host on the underlay and a pod of the node itself send VXLAN
-//! datagrams to a node's tunnel port carrying a packet "from" a pod that
-//! the target's NetworkPolicy admits. None reaches the target; each is
-//! counted as `forged_tunnel_source`. The admitted pod's own packets still
-//! pass (the control). Runs as root.
+//! Adversaries on the local mesh, with real packets: what a pod, a host on
+//! the underlay or another node may try, and what the datapath makes of
+//! it. (Peers that lie and flood are in `apiserver/tests/security.rs` and
+//! `e2e/tests/kvstore.rs`; crafted packets in `agent/tests/bpf_*.rs`.)
+//!
+//! - Forged mesh packets on the tunnel port: a host on the underlay and a
+//!   pod of the node itself send VXLAN datagrams to a node's tunnel port
+//!   carrying a packet "from" a pod that the target's NetworkPolicy
+//!   admits. None reaches the target; each is counted as
+//!   `forged_tunnel_source`.
+//! - A pod that takes another pod's address on its own interface and sends
+//!   from it, to be admitted as that pod. Nothing reaches the target; each
+//!   is counted as `unknown_source`.
+//!
+//! The admitted pod's own packets still pass (the control). Runs as root.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -99,5 +108,71 @@ fn forged_tunnel_packets_reach_no_pod() {
         "the node to count every forged packet",
         Duration::from_secs(10),
         || mesh.agent_metric(A.node(0), drops) == 2 * FORGED as i64,
+    );
+}
+
+#[test]
+fn a_pod_borrowing_another_pods_address_reaches_nothing() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 1,
+        nodes: 1,
+        ..MeshOptions::default()
+    });
+    let db = mesh.add_pod(A.node(0), "shop", "db", &[("app", "db")]);
+    let api = mesh.add_pod(A.node(0), "shop", "api", &[("app", "api")]);
+    let evil = mesh.add_pod(A.node(0), "shop", "evil", &[("app", "evil")]);
+    mesh.write_manifest(
+        A,
+        "policy-db.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  podSelector:\n    matchLabels: {app: db}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: api}\n",
+    );
+    mesh.wait_attached(A.node(0), 3);
+    mesh.wait_until("the policy to hold evil -> db", Duration::from_secs(30), || {
+        mesh.hits(evil, mesh.pod(db).ip, 1, false).total() == 0
+    });
+    let db_sink = SocketAddrV4::new(mesh.pod(db).ip, SINK_PORT).to_string();
+    let api_ip = mesh.pod(api).ip.to_string();
+    let send = |from: PodId, n: usize| {
+        let out = mesh.probe(
+            from,
+            &[
+                "udp-send",
+                "--from",
+                &api_ip,
+                "--to",
+                &db_sink,
+                "--count",
+                &n.to_string(),
+            ],
+        );
+        assert!(out.contains(&format!("\"sent\":{n}")), "{out}");
+    };
+
+    // The control: api's own datagrams reach the sink.
+    let control = sink(&mesh, db, "3");
+    std::thread::sleep(Duration::from_millis(500));
+    send(api, 2);
+    assert_eq!(counted(control), 2, "api's datagrams reach db");
+
+    // evil takes api's address and sends from it.
+    let unknown = "knit_agent_drops{name=\"unknown_source\"}";
+    let before = mesh.agent_metric(A.node(0), unknown);
+    let taken = mesh
+        .pod(evil)
+        .netns
+        .ip(&["addr", "add", &format!("{api_ip}/32"), "dev", "eth0"]);
+    assert!(taken.status.success(), "{taken:?}");
+    let spoofed = sink(&mesh, db, "3");
+    std::thread::sleep(Duration::from_millis(500));
+    send(evil, FORGED);
+    assert_eq!(
+        counted(spoofed),
+        0,
+        "datagrams from a borrowed address reached db"
+    );
+    mesh.wait_until(
+        "the node to count every borrowed-address datagram",
+        Duration::from_secs(10),
+        || mesh.agent_metric(A.node(0), unknown) - before >= FORGED as i64,
     );
 }
