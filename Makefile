@@ -8,13 +8,15 @@ PYTHON := .venv/bin/python
 setup:
 	@scripts/setup.sh
 
-## make test: formatting, lints, every Rust test, manifest validation.
+## make test: formatting, lints, every Rust test, manifest validation, the
+## size gate (scripts/check-sizes.py), and the datapath on older kernels.
 test: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(PYTHON) tests/manifests/validate.py
+	$(PYTHON) scripts/check-sizes.py
 	scripts/test-kernels.sh
 
 ## make test-repeat N=5: make test N times in a row (default 5), stopping
