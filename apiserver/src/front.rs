@@ -244,6 +244,7 @@ async fn serve(
         max_streams: settings.limits.max_streams_per_connection,
         keepalive: settings.limits.keepalive,
         rate: admitted.rate,
+        admission: admitted.admission.clone(),
     };
     crate::front_relay::relay(tls, upstream, peer, metrics.front_calls.clone(), limits).await
 }

@@ -29,6 +29,9 @@ pub struct FrontLimits {
     pub max_connections_per_peer: usize,
     /// Concurrent HTTP/2 streams (calls, watches) on one connection.
     pub max_streams_per_connection: u32,
+    /// Watch streams of one peer at once, over all its connections (a
+    /// KVStoreMesh needs one; each costs etcd a fan-out of every change).
+    pub max_watches_per_peer: usize,
     /// Calls a peer may start per second, on average.
     pub requests_per_second: f64,
     /// Calls a peer may start in a burst.
@@ -46,6 +49,7 @@ impl Default for FrontLimits {
             max_handshakes_per_source: 16,
             max_connections_per_peer: 8,
             max_streams_per_connection: 64,
+            max_watches_per_peer: 4,
             requests_per_second: 200.0,
             request_burst: 400.0,
             keepalive: Duration::from_secs(30),
@@ -62,6 +66,8 @@ pub enum Busy {
     SourceHandshakes,
     /// The peer holds as many connections as it may.
     PeerConnections,
+    /// The peer holds as many watch streams as it may.
+    PeerWatches,
 }
 
 impl Busy {
@@ -71,6 +77,7 @@ impl Busy {
             Self::Handshakes => "too_many_handshakes",
             Self::SourceHandshakes => "too_many_handshakes_from_source",
             Self::PeerConnections => "too_many_connections",
+            Self::PeerWatches => "too_many_watches",
         }
     }
 }
@@ -80,6 +87,7 @@ struct Counts {
     handshakes: usize,
     by_source: BTreeMap<IpAddr, usize>,
     by_peer: BTreeMap<String, usize>,
+    watches: BTreeMap<String, usize>,
 }
 
 /// Handshakes and connections in progress, shared by the front's tasks.
@@ -99,6 +107,13 @@ pub struct HandshakeSlot {
 /// An authenticated connection's slot; given back when dropped.
 #[derive(Debug)]
 pub struct ConnectionSlot {
+    counts: Arc<Mutex<Counts>>,
+    peer: String,
+}
+
+/// A watch stream's slot; given back when dropped (when the stream ends).
+#[derive(Debug)]
+pub struct WatchSlot {
     counts: Arc<Mutex<Counts>>,
     peer: String,
 }
@@ -143,6 +158,34 @@ impl Admission {
             counts: self.counts.clone(),
             peer: peer.to_owned(),
         })
+    }
+}
+
+impl Admission {
+    /// A slot for a watch stream of `peer`, if it may have one more.
+    pub fn watch(&self, peer: &str) -> Result<WatchSlot, Busy> {
+        let mut c = lock(&self.counts);
+        let n = c.watches.entry(peer.to_owned()).or_default();
+        if *n >= self.limits.max_watches_per_peer {
+            return Err(Busy::PeerWatches);
+        }
+        *n += 1;
+        Ok(WatchSlot {
+            counts: self.counts.clone(),
+            peer: peer.to_owned(),
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        if let Some(n) = c.watches.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.watches.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -250,6 +293,19 @@ mod tests {
         assert!(a.connection("c").is_ok(), "other peers are unaffected");
         drop(held);
         assert!(a.connection("b").is_ok());
+    }
+
+    #[test]
+    fn a_peer_may_hold_only_so_many_watches() {
+        let a = Admission::new(FrontLimits {
+            max_watches_per_peer: 2,
+            ..limits()
+        });
+        let held: Vec<_> = (0..2).map(|_| a.watch("b").unwrap()).collect();
+        assert_eq!(a.watch("b").unwrap_err(), Busy::PeerWatches);
+        assert!(a.watch("c").is_ok(), "other peers are unaffected");
+        drop(held);
+        assert!(a.watch("b").is_ok(), "an ended watch gives its slot back");
     }
 
     #[test]

@@ -55,7 +55,12 @@ pub struct RelayLimits {
     pub keepalive: std::time::Duration,
     /// The peer's request rate.
     pub rate: crate::front_limits::RequestRate,
+    /// Where the peer's watch streams are counted.
+    pub admission: crate::front_limits::Admission,
 }
+
+/// The gRPC method of a watch stream.
+const WATCH: &str = "/etcdserverpb.Watch/Watch";
 
 /// Relays gRPC calls of `peer` from `downstream` (the peer's TLS stream)
 /// to `upstream` (etcd, already authenticated as the peer's user) until
@@ -78,16 +83,20 @@ where
         .map_err(|e| Error::Front(format!("HTTP/2 to etcd: {e}")))?;
     let upstream_task = tokio::spawn(connection);
     let rate = limits.rate.clone();
+    let admission = limits.admission.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let mut sender = sender.clone();
         let (peer, calls) = (peer.clone(), calls.clone());
         let admitted = rate.admit(&peer, std::time::Instant::now());
+        let watch = (request.uri().path() == WATCH).then(|| admission.watch(&peer));
         async move {
             let method = request.uri().path().to_owned();
             let outcome = if !method_allowed(&method) {
                 "denied"
             } else if !admitted {
                 "rate_limited"
+            } else if matches!(watch, Some(Err(_))) {
+                "too_many_watches"
             } else {
                 "relayed"
             };
@@ -107,8 +116,23 @@ where
                     &format!("the peer front limits {peer}'s request rate; retry later"),
                 ));
             }
+            if outcome == "too_many_watches" {
+                return Ok(refused(
+                    RESOURCE_EXHAUSTED,
+                    &format!("the peer front limits {peer}'s concurrent watches; end one first"),
+                ));
+            }
             let response = sender.send_request(request).await?;
-            Ok(response.map(BodyExt::boxed))
+            // A watch's slot goes with its response body: when the stream
+            // ends, it is given back.
+            let slot = watch.and_then(Result::ok);
+            Ok(response.map(move |body| {
+                body.map_frame(move |frame| {
+                    let _held = &slot;
+                    frame
+                })
+                .boxed()
+            }))
         }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

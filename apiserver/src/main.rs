@@ -88,6 +88,9 @@ struct Args {
     /// Peer front: concurrent calls and watches on one connection.
     #[arg(long, default_value_t = 64)]
     front_max_streams: u32,
+    /// Peer front: watch streams of one peer at once (a KVStoreMesh needs one).
+    #[arg(long, default_value_t = 4)]
+    front_max_watches_per_peer: usize,
     /// Peer front: calls one peer may start per second (bursts of twice as many).
     #[arg(long, default_value_t = 200.0)]
     front_requests_per_second: f64,
@@ -101,6 +104,7 @@ impl Args {
             max_handshakes_per_source: self.front_max_handshakes_per_source,
             max_connections_per_peer: self.front_max_connections_per_peer,
             max_streams_per_connection: self.front_max_streams,
+            max_watches_per_peer: self.front_max_watches_per_peer,
             requests_per_second: self.front_requests_per_second,
             request_burst: 2.0 * self.front_requests_per_second,
             ..knit_apiserver::front_limits::FrontLimits::default()
