@@ -16,6 +16,7 @@ APT_PACKAGES=(
   containernetworking-plugins     # reference CNI plugins (ptp, bridge, host-local, portmap)
   containerd runc                 # a real container runtime for the CNI lifecycle test
   prometheus                      # promtool: checks and unit-tests config/monitoring alert rules
+  util-linux                      # prlimit: the peer-front test holds the apiserver to 128 file descriptors
   lua5.1                          # runs config/argocd's health checks (Argo CD embeds Lua 5.1, gopher-lua)
   qemu-system-x86 busybox-static cpio kmod procps  # make test-kernels: Debian's 6.1 and 5.10 kernels under qemu, an initramfs of busybox + the tests
 )
