@@ -87,6 +87,30 @@ fn start_client(
     }
 }
 
+/// Waits for every client and asserts that none of its requests failed
+/// (and that it made at least `min_ok`, enough to tell); `during` says
+/// when, for the messages.
+fn assert_no_failures(mesh: &LocalMesh, clients: &mut [Client], min_ok: u64, during: &str) {
+    for client in clients {
+        let (_, log) = client.process.wait();
+        let report: serde_json::Value = log
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
+        let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
+        eprintln!("{}: {ok} ok, {failed} failed {during}", client.what);
+        assert!(ok > min_ok, "{}: too few requests to tell: {report}", client.what);
+        assert_eq!(
+            failed,
+            0,
+            "{}: requests failed {during}: {report}\n{}",
+            client.what,
+            mesh.logs()
+        );
+    }
+}
+
 /// Waits until `c`'s KVStoreMesh has every peer synced with at least
 /// `endpoints` endpoints mirrored.
 fn wait_synced(mesh: &LocalMesh, c: ClusterId, endpoints: usize) {
@@ -161,27 +185,12 @@ fn empty_etcd_restarts_fail_no_request() {
     }
     std::fs::write(&stop, "").unwrap();
 
-    for client in &mut clients {
-        let (_, log) = client.process.wait();
-        let report: serde_json::Value = log
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
-        let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
-        eprintln!(
-            "{}: {ok} ok, {failed} failed during empty restarts (cluster, started at, took): {took:?}",
-            client.what
-        );
-        assert!(ok > 200, "{}: too few requests to tell: {report}", client.what);
-        assert_eq!(
-            failed,
-            0,
-            "{}: requests failed during empty restarts: {report}\n{}",
-            client.what,
-            mesh.logs()
-        );
-    }
+    assert_no_failures(
+        &mesh,
+        &mut clients,
+        200,
+        &format!("during empty restarts (cluster, started at, took): {took:?}"),
+    );
 }
 
 #[test]
@@ -238,25 +247,10 @@ fn an_apiserver_down_longer_than_its_lease_fails_no_request() {
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, "").unwrap();
 
-    for client in &mut clients {
-        let (_, log) = client.process.wait();
-        let report: serde_json::Value = log
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
-        let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
-        eprintln!(
-            "{}: {ok} ok, {failed} failed across the lease expiry",
-            client.what
-        );
-        assert!(ok > 100, "{}: too few requests to tell: {report}", client.what);
-        assert_eq!(
-            failed,
-            0,
-            "{}: requests failed while the apiserver was down: {report}\n{}",
-            client.what,
-            mesh.logs()
-        );
-    }
+    assert_no_failures(
+        &mesh,
+        &mut clients,
+        100,
+        "while the apiserver was down past its lease",
+    );
 }
