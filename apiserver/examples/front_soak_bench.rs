@@ -14,7 +14,6 @@
 //! KNIT_BENCH_SOAK_RATE sets the churn (updates/s, default 200).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,21 +21,9 @@ use std::time::{Duration, Instant};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use knit_kvstore::keys::{cache_prefix, cluster_prefix};
 use knit_testkit::TestCluster;
-use knit_testkit::bench::percentile;
+use knit_testkit::bench::{apiserver_bin, percentile};
 use knit_testkit::cluster::{connect_retrying, full_mesh};
 use knit_testkit::manifests::{node, pod};
-
-fn apiserver_bin() -> String {
-    std::env::var("KNIT_APISERVER_BIN").unwrap_or_else(|_| {
-        let exe = std::env::current_exe().expect("current exe");
-        let dir: PathBuf = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .expect("target dir")
-            .to_owned();
-        dir.join("knit-apiserver").display().to_string()
-    })
-}
 
 /// Watches `prefix` on `client`; sends each put key and when it was seen.
 async fn watch_puts(

@@ -13,28 +13,15 @@
 //! KNIT_BENCH_SERVICES for a quick run.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use knit_kvstore::keys::{cache_prefix, mesh_status_key};
 use knit_kvstore::records::PeerStatusRecord;
 use knit_testkit::TestCluster;
-use knit_testkit::bench::{churn_rates, env_usize, peak_rss_kib, percentile, rss_kib};
+use knit_testkit::bench::{apiserver_bin, churn_rates, env_usize, peak_rss_kib, percentile, rss_kib};
 use knit_testkit::cluster::full_mesh;
 use knit_testkit::manifests::{node, pod};
-
-fn apiserver_bin() -> String {
-    std::env::var("KNIT_APISERVER_BIN").unwrap_or_else(|_| {
-        let exe = std::env::current_exe().expect("current exe");
-        let dir: PathBuf = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .expect("target dir")
-            .to_owned();
-        dir.join("knit-apiserver").display().to_string()
-    })
-}
 
 async fn wait_synced(
     client: &etcd_client::Client,

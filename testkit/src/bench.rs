@@ -11,6 +11,20 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The knit-apiserver binary a bench runs: `KNIT_APISERVER_BIN`, or the
+/// one beside the bench's own target directory.
+pub fn apiserver_bin() -> String {
+    std::env::var("KNIT_APISERVER_BIN").unwrap_or_else(|_| {
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target dir")
+            .to_owned();
+        dir.join("knit-apiserver").display().to_string()
+    })
+}
+
 /// The churn rates to measure, in updates per second:
 /// `KNIT_BENCH_CHURN_RATES` (comma-separated; empty measures no churn),
 /// default 200 and 1,000.
