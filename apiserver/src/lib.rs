@@ -5,7 +5,8 @@
 //! state → keys) → [`exporter`] (SyncStore writes, canaries) → local etcd;
 //! peers' etcd → [`mesh`] (WatchStore → validation → SyncStore) → local
 //! etcd under `knit/v1/cache/<peer>/`. [`bootstrap`] sets etcd's users and
-//! roles from the operator's `users.yaml` before anything is written.
+//! roles from the operator's `users.yaml` before anything is written;
+//! [`maintenance`] keeps that etcd writable (defragmentation, NOSPACE).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod front_limits;
 pub mod front_relay;
 pub mod front_trust;
 pub mod identity;
+pub mod maintenance;
 pub mod mesh;
 pub mod metrics;
 

@@ -91,6 +91,10 @@ struct Args {
     /// Peer front: watch streams of one peer at once (a KVStoreMesh needs one).
     #[arg(long, default_value_t = 4)]
     front_max_watches_per_peer: usize,
+    /// How often the local etcd's size and alarms are checked (defragmented
+    /// when mostly free, recovered from a NOSPACE alarm).
+    #[arg(long, default_value = "60s", value_parser = knit_telemetry::parse_duration)]
+    etcd_maintenance_interval: Duration,
     /// Peer front: calls one peer may start per second (bursts of twice as many).
     #[arg(long, default_value_t = 200.0)]
     front_requests_per_second: f64,
@@ -238,7 +242,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    let maintenance = knit_apiserver::maintenance::run_maintenance(
+        client.clone(),
+        knit_apiserver::maintenance::MaintenanceSettings {
+            interval: args.etcd_maintenance_interval,
+            ..Default::default()
+        },
+        metrics.clone(),
+    );
     tokio::select! {
+        () = maintenance => anyhow::bail!("etcd maintenance ended"),
         r = &mut server => r.context("metrics server")?.context("metrics server")?,
         r = exporter => r.context("exporter")?,
         () = mesh => anyhow::bail!("mesh ended"),

@@ -11,7 +11,7 @@
 //! deleted meanwhile are drained by the watch store's stale handling.
 //! A report per peer goes to `knit/v1/mesh-status/<peer>` and to metrics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,10 @@ struct Mirror {
     unreachable_since: Option<Instant>,
     logged: BTreeSet<Rejection>,
     limits: knit_crds::PeerLimits,
+    /// Bytes (key and value) of each mirrored record, by local key.
+    sizes: HashMap<String, u64>,
+    /// Their sum per kind, each held under `limits.bytes`.
+    bytes: BTreeMap<Kind, u64>,
 }
 
 /// The cap on `kind` in `limits`.
@@ -283,6 +287,8 @@ impl Mirror {
             unreachable_since: Some(Instant::now()),
             logged: BTreeSet::new(),
             limits: identity.limits,
+            sizes: HashMap::new(),
+            bytes: BTreeMap::new(),
             peer,
         }
     }
@@ -348,7 +354,8 @@ impl Mirror {
     }
 
     /// Stores an accepted record; a new record beyond the peer's limit for
-    /// its kind is refused instead.
+    /// its kind, or one that would take the peer past its byte budget, is
+    /// refused instead.
     fn accept<B: SyncBackend>(
         &mut self,
         key: RelativeKey,
@@ -357,6 +364,12 @@ impl Mirror {
     ) -> Result<(), Rejection> {
         let dst = key.under(&self.dst);
         if let RelativeKey::Record(kind, _) = &key {
+            let size = (dst.len() + value.len()) as u64;
+            let before = self.sizes.get(&dst).copied().unwrap_or_default();
+            let bytes = self.bytes.get(kind).copied().unwrap_or_default() - before;
+            if bytes + size > self.limits.bytes {
+                return Err(Rejection::OverByteBudget);
+            }
             if !store.contains(&dst) {
                 let count = self.counts.entry(*kind).or_default();
                 if *count >= u64::from(limit(&self.limits, *kind)) {
@@ -364,6 +377,8 @@ impl Mirror {
                 }
                 *count += 1;
             }
+            self.bytes.insert(*kind, bytes + size);
+            self.sizes.insert(dst.clone(), size);
             if *kind == Kind::Services {
                 self.services.insert(dst.clone(), value.clone());
                 store.set(dst, service_value(&value, self.status.withdrawn));
@@ -380,6 +395,8 @@ impl Mirror {
             if let Some(RelativeKey::Record(kind, _)) = RelativeKey::parse(rel) {
                 let n = self.counts.entry(kind).or_default();
                 *n = n.saturating_sub(1);
+                let bytes = self.bytes.entry(kind).or_default();
+                *bytes = bytes.saturating_sub(self.sizes.remove(&dst).unwrap_or_default());
             }
             store.remove(&dst);
         }
@@ -619,6 +636,78 @@ mod tests {
             ]
         );
         assert_eq!(m.status.rejected.get("over_limit"), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn records_past_the_peers_byte_budget_for_their_kind_are_refused_and_a_deletion_makes_room() {
+        let memory = MemoryBackend::new();
+        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap()
+            .keep_values();
+        let metrics = Metrics::default();
+        // Few records, each large: the record counts never bind.
+        let endpoint = |i: u8, pad: usize| {
+            upsert(
+                &format!("endpoints/10.2.0.{i}"),
+                json!({"ip": format!("10.2.0.{i}"), "cluster": "b", "identity": identity(2, 7), "node": "n1", "namespace": "shop", "pod": format!("p{i}-{}", "x".repeat(pad))}),
+            )
+        };
+        let size = |event: &WatchEvent| match event {
+            WatchEvent::Upsert { key, value } => {
+                (key.len() - "clusters/b/".len() + "cache/b/".len() + value.len()) as u64
+            }
+            _ => 0,
+        };
+        let mut m = Mirror::new(&PeerIdentity {
+            cluster_name: "b".into(),
+            cluster_id: 2,
+            pod_cidrs: vec!["10.2.0.0/16".into()],
+            limits: knit_crds::PeerLimits {
+                bytes: size(&endpoint(1, 1000)) * 3,
+                ..Default::default()
+            },
+        });
+        for i in 1..=5 {
+            m.handle(endpoint(i, 1000), &mut store, &metrics);
+        }
+        store.flush().await.unwrap();
+        let mirrored = |memory: &MemoryBackend| -> Vec<String> {
+            memory
+                .dump()
+                .into_keys()
+                .filter(|k| k.contains("/cache/b/endpoints/"))
+                .collect()
+        };
+        assert_eq!(mirrored(&memory).len(), 3, "the budget holds");
+        assert_eq!(m.status.rejected.get("over_byte_budget"), Some(&2));
+        assert_eq!(m.bytes[&Kind::Endpoints], size(&endpoint(1, 1000)) * 3);
+        // Another kind has a budget of its own.
+        m.handle(upsert("services/shop/web", service(false)), &mut store, &metrics);
+        store.flush().await.unwrap();
+        assert!(memory.dump().contains_key("knit/v1/cache/b/services/shop/web"));
+
+        // A record that grows past the budget is refused (and, as any
+        // refused update, no longer mirrored); one that shrinks passes.
+        m.handle(endpoint(1, 2000), &mut store, &metrics);
+        m.handle(endpoint(2, 10), &mut store, &metrics);
+        store.flush().await.unwrap();
+        assert_eq!(mirrored(&memory).len(), 2);
+        assert_eq!(m.status.rejected.get("over_byte_budget"), Some(&3));
+        // The room made lets new records in.
+        m.handle(endpoint(4, 1000), &mut store, &metrics);
+        m.handle(endpoint(5, 10), &mut store, &metrics);
+        store.flush().await.unwrap();
+        assert_eq!(
+            mirrored(&memory),
+            [
+                "knit/v1/cache/b/endpoints/10.2.0.2",
+                "knit/v1/cache/b/endpoints/10.2.0.3",
+                "knit/v1/cache/b/endpoints/10.2.0.4",
+                "knit/v1/cache/b/endpoints/10.2.0.5"
+            ]
+        );
+        assert!(m.bytes[&Kind::Endpoints] <= m.limits.bytes);
     }
 
     proptest::proptest! {

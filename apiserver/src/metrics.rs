@@ -50,6 +50,16 @@ pub struct Metrics {
     pub front_calls: Family<PeerDetail, Counter>,
     /// Connections the peer front refused, by reason.
     pub front_refused: Family<ReasonLabel, Counter>,
+    /// Size of the local etcd's database file.
+    pub etcd_db_bytes: Gauge,
+    /// Bytes of that file in use.
+    pub etcd_db_in_use_bytes: Gauge,
+    /// 1 while the local etcd has a NOSPACE alarm raised.
+    pub etcd_nospace: Gauge,
+    /// Defragmentations of the local etcd.
+    pub etcd_defrags: Counter,
+    /// NOSPACE alarms recovered from (compacted, defragmented, disarmed).
+    pub etcd_nospace_recoveries: Counter,
 }
 
 impl Metrics {
@@ -100,6 +110,31 @@ impl Metrics {
             "front_refused",
             "Connections the peer front refused, by reason",
             self.front_refused.clone(),
+        );
+        r.register(
+            "etcd_db_bytes",
+            "Size of the local etcd's database file",
+            self.etcd_db_bytes.clone(),
+        );
+        r.register(
+            "etcd_db_in_use_bytes",
+            "Bytes of the local etcd's database file in use",
+            self.etcd_db_in_use_bytes.clone(),
+        );
+        r.register(
+            "etcd_nospace",
+            "1 while the local etcd has a NOSPACE alarm raised (writes refused)",
+            self.etcd_nospace.clone(),
+        );
+        r.register(
+            "etcd_defrags",
+            "Defragmentations of the local etcd",
+            self.etcd_defrags.clone(),
+        );
+        r.register(
+            "etcd_nospace_recoveries",
+            "NOSPACE alarms of the local etcd recovered from",
+            self.etcd_nospace_recoveries.clone(),
         );
     }
 }

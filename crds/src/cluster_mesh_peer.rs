@@ -87,8 +87,8 @@ pub struct ClusterMeshPeerSpec {
     )]
     #[serde(rename = "podCIDRs")]
     pub pod_cidrs: Vec<String>,
-    /// Caps on what the peer may publish; records beyond a cap are rejected
-    /// and counted (`status.recordsOverLimit`). Defaults fit the datapath's
+    /// Caps on what the peer may publish, per kind and in bytes; records
+    /// beyond a cap are rejected and counted (`status.recordsOverLimit`). Defaults fit the datapath's
     /// maps many times over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PeerLimits>,
@@ -114,6 +114,14 @@ pub struct PeerLimits {
     #[serde(default = "default_nodes_limit")]
     #[schemars(range(min = 1, max = 65536))]
     pub nodes: u32,
+    /// Bytes (keys and values) of the peer's records of each kind
+    /// together, so a peer with few but large records cannot fill the
+    /// local etcd's quota (768 MiB), and a flood of one kind never crowds
+    /// out another: a peer holds at most four times this. A record that
+    /// would go past it is rejected and counted (`over_byte_budget`).
+    #[serde(default = "default_bytes_limit")]
+    #[schemars(range(min = 65536, max = 201326592))]
+    pub bytes: u64,
 }
 
 fn default_endpoints_limit() -> u32 {
@@ -128,6 +136,10 @@ fn default_identities_limit() -> u32 {
 fn default_nodes_limit() -> u32 {
     5_000
 }
+/// 32 MiB: the default endpoint cap at about 200 bytes a record is 26 MiB.
+fn default_bytes_limit() -> u64 {
+    32 << 20
+}
 
 impl Default for PeerLimits {
     /// A peer may fill at most an eighth of the ipcache (2^20 entries) with
@@ -138,6 +150,7 @@ impl Default for PeerLimits {
             services: default_services_limit(),
             identities: default_identities_limit(),
             nodes: default_nodes_limit(),
+            bytes: default_bytes_limit(),
         }
     }
 }

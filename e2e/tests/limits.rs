@@ -92,4 +92,49 @@ fn a_peer_over_its_limit_harms_nobody_else() {
     assert_eq!(own.names.get("cluster-a/web"), Some(&40), "{own:?}");
     let peer = mesh.hits(client, web_b_ip, 20, false);
     assert_eq!(peer.names.get("cluster-b/web-b"), Some(&20), "{peer:?}");
+
+    // Bytes: a allows b 64 KiB per kind (the schema's least) and no
+    // longer caps the count; b's 402 endpoint records take about 80 KiB.
+    mesh.limit_peer(
+        A,
+        B,
+        PeerLimits {
+            bytes: 65_536,
+            ..Default::default()
+        },
+    );
+    mesh.wait_until(
+        "a to refuse b's endpoints past the byte budget",
+        std::time::Duration::from_secs(60),
+        || {
+            mesh.status_report(A).is_some_and(|r| {
+                r.peers.iter().any(|p| {
+                    let endpoints = p
+                        .counts
+                        .get(&knit_kvstore::keys::Kind::Endpoints)
+                        .copied()
+                        .unwrap_or_default();
+                    p.rejected.get("over_byte_budget").is_some_and(|n| *n > 0)
+                        && endpoints > 100
+                        && endpoints < 402
+                })
+            })
+        },
+    );
+    let admin = mesh.cluster(A).control.admin_config();
+    let (ok, out) = mesh.etcdctl(
+        A,
+        &admin,
+        &mesh.etcd_url(A),
+        &["get", "--prefix", "knit/v1/cache/cluster-b/endpoints/"],
+    );
+    assert!(ok, "{out}");
+    // etcdctl prints each key and value on a line of its own.
+    let held = out.len() - out.lines().count();
+    assert!(held <= 65_536, "a holds {held} bytes of b's endpoints");
+    // Nodes have a budget of their own: b's real pod and a's service answer.
+    let peer = mesh.hits(client, web_b_ip, 20, false);
+    assert_eq!(peer.names.get("cluster-b/web-b"), Some(&20), "{peer:?}");
+    let own = mesh.hits(client, vip, 20, false);
+    assert_eq!(own.names.get("cluster-a/web"), Some(&20), "{own:?}");
 }

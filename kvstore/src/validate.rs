@@ -34,6 +34,8 @@ pub enum Rejection {
     OutsidePodCidrs,
     /// A new record beyond the peer's limit for its kind.
     OverLimit,
+    /// A record that would take the peer past its byte budget.
+    OverByteBudget,
 }
 
 impl Rejection {
@@ -47,6 +49,7 @@ impl Rejection {
             Rejection::IdentityOutOfRange => "identity_out_of_range",
             Rejection::OutsidePodCidrs => "outside_pod_cidrs",
             Rejection::OverLimit => "over_limit",
+            Rejection::OverByteBudget => "over_byte_budget",
         }
     }
 }

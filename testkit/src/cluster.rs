@@ -174,6 +174,11 @@ impl TestCluster {
 
     /// Starts etcd with client-certificate auth and waits until it accepts connections.
     pub fn start_etcd(&mut self) {
+        self.start_etcd_with(&[]);
+    }
+
+    /// [`start_etcd`](Self::start_etcd) with `extra` flags (say, a quota).
+    pub fn start_etcd_with(&mut self, extra: &[&str]) {
         let pki = self.pki();
         let data = self.data.path().join("etcd");
         let (port, peer_port) = (self.port, self.peer_port);
@@ -187,7 +192,7 @@ impl TestCluster {
                 format!("https://127.0.0.1:{port}"),
             ),
         };
-        let args: Vec<String> = vec![
+        let args: Vec<String> = [
             format!("--name={}", self.name),
             format!("--data-dir={}", data.display()),
             format!("--listen-client-urls={client_urls}"),
@@ -209,7 +214,10 @@ impl TestCluster {
                 pki.join(names::SERVER_CERT_SECRET).join("tls.key").display()
             ),
             "--log-level=warn".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect();
         let log = self.dir.path().join("etcd.log");
         let mut child = ChildProcess::spawn_in(
             &format!("etcd {}", self.name),

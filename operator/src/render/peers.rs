@@ -105,11 +105,13 @@ impl From<&PeerStatusRecord> for PeerSyncReport {
             endpoints: count(Kind::Endpoints),
             services: count(Kind::Services),
             identities: count(Kind::Identities),
-            over_limit: r
-                .rejected
-                .get(knit_kvstore::validate::Rejection::OverLimit.as_str())
-                .copied()
-                .unwrap_or_default(),
+            over_limit: [
+                knit_kvstore::validate::Rejection::OverLimit,
+                knit_kvstore::validate::Rejection::OverByteBudget,
+            ]
+            .iter()
+            .filter_map(|reason| r.rejected.get(reason.as_str()))
+            .sum(),
             last_sync: r.last_sync_unix.and_then(|t| Timestamp::from_second(t).ok()),
             last_error: match (&r.last_error, r.withdrawn) {
                 (Some(e), true) => Some(format!("{e}; its services are withdrawn (grace period exceeded)")),
