@@ -76,6 +76,11 @@ struct Args {
     /// the older meaning (every cluster).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     policy_default_local_cluster: bool,
+    /// Namespace of Knit's control plane (the mesh apiserver's pods): a
+    /// pod there is not isolated while its identity is unknown, since the
+    /// identities come through it.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "knit-system")]
+    control_plane_namespace: String,
     /// Metrics and health address.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
@@ -165,6 +170,7 @@ async fn agent<S: knit_sources::Source>(
         health_port: args.health_port,
         health_interval: args.health_interval,
         policy_default_local_cluster: args.policy_default_local_cluster,
+        control_plane_namespace: args.control_plane_namespace.clone(),
     };
     run(settings, source, metrics, health).await.context("agent")
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub unsupported_policy_ports: Gauge,
     /// Pods isolated because their policy entries did not fit the maps.
     pub policy_overflow: Gauge,
+    /// Attached pods isolated until their endpoint and identity arrive.
+    pub awaiting_identity: Gauge,
     /// Tuples in the connection tracking map.
     pub conntrack_entries: Gauge,
     /// What the connection tracking map holds at most.
@@ -120,6 +122,11 @@ impl Metrics {
             "policy_overflow_pods",
             "Pods isolated because their policy entries did not fit the policy maps (the agent log names them)",
             self.policy_overflow.clone(),
+        );
+        r.register(
+            "endpoints_awaiting_identity",
+            "Pods attached on this node and isolated both ways until the kvstore brings their endpoint and identity",
+            self.awaiting_identity.clone(),
         );
         r.register(
             "pending_endpoints",

@@ -59,6 +59,12 @@ pub struct RenderOptions {
     /// A policy peer that names no cluster selects only this cluster
     /// (`--policy-default-local-cluster`).
     pub policy_default_local_cluster: bool,
+    /// Knit's control-plane namespace (`--control-plane-namespace`): its
+    /// pods are not isolated while their identity is unknown.
+    pub control_plane_namespace: Option<String>,
+    /// Some CiliumClusterwideNetworkPolicy exists: it may select a pod of
+    /// any namespace.
+    pub clusterwide_policies: bool,
 }
 
 /// Renders the desired datapath of node `node`, whose pods are
@@ -93,15 +99,20 @@ pub fn render(
                     egress_enforced: false,
                 },
             );
-            let Some(ep) = known else { continue };
-            if let Some(id) = index.local.identities.get(&ep.identity.to_string()) {
-                targets.push(PolicyTarget {
-                    ip,
-                    namespace: &ep.namespace,
-                    labels: &id.labels,
-                    named_ports: &ep.named_ports,
-                });
-            }
+            let identity =
+                known.and_then(|ep| Some((ep, index.local.identities.get(&ep.identity.to_string())?)));
+            let Some((ep, id)) = identity else {
+                if may_be_selected(a.pod_namespace.as_deref(), policies, options) {
+                    out.awaiting_identity.push(ip);
+                }
+                continue;
+            };
+            targets.push(PolicyTarget {
+                ip,
+                namespace: &ep.namespace,
+                labels: &id.labels,
+                named_ports: &ep.named_ports,
+            });
         }
     }
     let identities = std::iter::once(&index.local)
@@ -135,6 +146,16 @@ pub fn render(
             ep.egress_enforced = true;
         }
     }
+    // Fail closed: a pod whose labels are not known yet cannot be matched
+    // against the policies that may select it, so it is isolated both ways
+    // (as Cilium's `reserved:init` identity is) until its endpoint and
+    // identity arrive.
+    for ip in &out.awaiting_identity {
+        if let Some(ep) = out.endpoints.get_mut(ip) {
+            ep.policy_enforced = true;
+            ep.egress_enforced = true;
+        }
+    }
     out.allow = compiled.allow;
     out.cidr_allow = compiled.cidr_allow;
     out.deny = compiled.deny;
@@ -152,6 +173,23 @@ pub fn render(
             .extend(service_frontends(index, name, &on_failing_nodes));
     }
     out
+}
+
+/// Whether some policy may select a pod of `namespace` whose labels are not
+/// known yet: one of its namespace, a clusterwide one, or any policy at all
+/// when the namespace is unknown too. Never a pod of Knit's control plane,
+/// through which identities arrive (isolating it would wait forever).
+fn may_be_selected(namespace: Option<&str>, policies: &[PolicyRules<'_>], options: &RenderOptions) -> bool {
+    match namespace {
+        Some(ns) if options.control_plane_namespace.as_deref() == Some(ns) => false,
+        Some(ns) => {
+            options.clusterwide_policies
+                || policies
+                    .iter()
+                    .any(|p| p.policy.metadata.namespace.as_deref() == Some(ns))
+        }
+        None => options.clusterwide_policies || !policies.is_empty(),
+    }
 }
 
 /// This cluster's IPv4 pod CIDRs (its nodes' and its config's), merged.
@@ -706,6 +744,11 @@ mod tests {
             "clusters/a/endpoints/10.1.1.5",
             serde_json::json!({"ip": "10.1.1.5", "cluster": "a", "identity": 70000, "node": "a-node1", "namespace": "shop", "pod": "web"}),
         );
+        put(
+            &mut index,
+            "clusters/a/identities/70000",
+            serde_json::json!({"id": 70000, "cluster": "a", "labels": {"app": "web", "knit.dev/cluster": "a"}}),
+        );
         let attachment = |ip: &str, mac: Option<&str>| Attachment {
             container_id: format!("c-{ip}"),
             ifname: "eth0".into(),
@@ -735,11 +778,71 @@ mod tests {
         let new = &state.endpoints[&Ipv4Addr::new(10, 1, 1, 6)];
         assert_eq!(new.identity, 0, "not exported yet: no identity, still attached");
         assert_eq!(new.mac, None);
+        assert!(
+            !new.policy_enforced && !new.egress_enforced,
+            "no policy of its namespace could select it"
+        );
+        assert!(state.awaiting_identity.is_empty());
         assert_eq!(
             state.endpoints.len(),
             2,
             "kvstore endpoints without an attachment are not local pods"
         );
+    }
+
+    #[test]
+    fn a_pod_whose_labels_are_unknown_is_isolated_while_a_policy_may_select_it() {
+        let index = mesh(&[], "none", false, true);
+        let attachment = |ip: &str, namespace: Option<&str>| Attachment {
+            container_id: format!("c-{ip}"),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            pod_namespace: namespace.map(str::to_owned),
+            pod_name: Some("p".into()),
+            host_interface: format!("veth-{ip}"),
+            host_mac: None,
+            pod_mac: None,
+            ips: vec![ip.parse().unwrap()],
+        };
+        let attachments = [
+            attachment("10.1.1.6", Some("shop")),
+            attachment("10.1.1.7", Some("other")),
+            attachment("10.1.1.8", None),
+            attachment("10.1.1.9", Some("knit-system")),
+        ];
+        let policy: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "only-web", "namespace": "shop"},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}
+            }))
+            .unwrap();
+        let policies = [PolicyRules::network_policy(&policy)];
+        let options = RenderOptions {
+            control_plane_namespace: Some("knit-system".into()),
+            ..RenderOptions::default()
+        };
+        let isolated = |state: &DatapathState| -> Vec<String> {
+            state
+                .endpoints
+                .iter()
+                .filter(|(_, e)| e.policy_enforced && e.egress_enforced)
+                .map(|(ip, _)| ip.to_string())
+                .collect()
+        };
+        let state = render(&index, &policies, "a-node1", &attachments, &options);
+        assert_eq!(
+            isolated(&state),
+            ["10.1.1.6", "10.1.1.8"],
+            "shop has a policy, the unknown namespace may be any; other has none, knit-system brings identities"
+        );
+        assert_eq!(state.awaiting_identity.len(), 2);
+        let clusterwide = RenderOptions {
+            clusterwide_policies: true,
+            ..options.clone()
+        };
+        let state = render(&index, &[], "a-node1", &attachments, &clusterwide);
+        assert_eq!(isolated(&state), ["10.1.1.6", "10.1.1.7", "10.1.1.8"]);
     }
 
     #[test]

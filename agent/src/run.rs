@@ -74,6 +74,9 @@ pub struct AgentSettings {
     pub health_interval: Duration,
     /// A policy peer that names no cluster selects only this cluster.
     pub policy_default_local_cluster: bool,
+    /// Namespace of Knit's own control plane, whose pods are never
+    /// isolated for lack of an identity (they bring the identities).
+    pub control_plane_namespace: String,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -95,6 +98,9 @@ pub async fn run<S: Source>(
         settings.cgroup.as_deref(),
     )?;
     let attachments_store = AttachmentStore::new(&settings.cni_state_dir);
+    attachments_store
+        .set_control_plane_namespace(&settings.control_plane_namespace)
+        .map_err(Error::Cni)?;
     attachments_store.mark_datapath_ready().map_err(Error::Cni)?;
     tracing::info!(
         cni_state_dir = %settings.cni_state_dir.display(),
@@ -169,6 +175,14 @@ pub async fn run<S: Source>(
     let mut attachments_read = false;
     let mut mtu_check_due = true;
     let mut tick = tokio::time::interval(settings.refresh);
+    // knit-cni's ADD waits for this agent: a new attachment is read at once
+    // (inotify), not at the next tick.
+    let (added_tx, mut added_rx) = mpsc::unbounded_channel();
+    let attachments_dir = attachments_store.root().join("attachments");
+    let _ = std::fs::create_dir_all(&attachments_dir);
+    let _added_watch = knit_sources::directory::watch_changes(&attachments_dir, added_tx)
+        .inspect_err(|e| tracing::warn!(error = %e, "no inotify on the CNI state directory; reading it every tick only"))
+        .ok();
     let mut conntrack_counted: Option<Instant> = None;
     metrics
         .conntrack_capacity
@@ -217,6 +231,10 @@ pub async fn run<S: Source>(
                     renderer.invalidate();
                     dirty_since.get_or_insert_with(Instant::now);
                 }
+            }
+            Some(_) = added_rx.recv() => {
+                while added_rx.try_recv().is_ok() {}
+                tick.reset_immediately();
             }
             _ = tick.tick() => {
                 match net.interfaces().await {
@@ -275,6 +293,12 @@ pub async fn run<S: Source>(
         let options = RenderOptions {
             failing: failing_rx.borrow().clone(),
             policy_default_local_cluster: settings.policy_default_local_cluster,
+            control_plane_namespace: Some(settings.control_plane_namespace.clone()),
+            clusterwide_policies: source
+                .state()
+                .cilium_policies
+                .values()
+                .any(|p| p.namespace.is_none()),
         };
         if nodes_changed {
             nodes_changed = false;
@@ -328,6 +352,7 @@ pub async fn run<S: Source>(
                     tracing::warn!(%why, "a NetworkPolicy port allows nothing");
                 }
                 metrics.policy_overflow.set(desired.policy_overflow.len() as i64);
+                metrics.awaiting_identity.set(desired.awaiting_identity.len() as i64);
                 for ip in &desired.policy_overflow {
                     let pod = index
                         .local
@@ -364,6 +389,16 @@ pub async fn run<S: Source>(
                     metrics
                         .pending_endpoints
                         .set(unplaced.missing_interfaces.len() as i64);
+                    // knit-cni's ADD waits for these markers: a pod runs
+                    // only once its programs, endpoint and policy are in.
+                    let placed = attachments
+                        .iter()
+                        .filter(|a| !unplaced.missing_interfaces.contains(&a.host_interface));
+                    if report.failed == 0
+                        && let Err(e) = attachments_store.sync_attached(placed)
+                    {
+                        tracing::warn!(error = %knit_kvstore::error_chain(&e), "marking CNI attachments attached failed");
+                    }
                 }
                 metrics.sync_lag_ms.set(since.elapsed().as_millis() as i64);
                 health.set_ready(true);

@@ -36,6 +36,10 @@ pub struct FrontLimits {
     pub requests_per_second: f64,
     /// Calls a peer may start in a burst.
     pub request_burst: f64,
+    /// A call beyond the rate waits for its turn up to this long (so a
+    /// client that loops on calls is paced, not answered at once and
+    /// free to call again); past that it is refused.
+    pub max_request_delay: Duration,
     /// An HTTP/2 ping every so often; a connection that does not answer
     /// one within as long is closed (dead or stalled peers).
     pub keepalive: Duration,
@@ -52,6 +56,7 @@ impl Default for FrontLimits {
             max_watches_per_peer: 4,
             requests_per_second: 200.0,
             request_burst: 400.0,
+            max_request_delay: Duration::from_secs(1),
             keepalive: Duration::from_secs(30),
         }
     }
@@ -224,6 +229,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct RequestRate {
     rate: f64,
     burst: f64,
+    max_delay: Duration,
     buckets: Arc<Mutex<BTreeMap<String, (f64, Instant)>>>,
 }
 
@@ -233,23 +239,27 @@ impl RequestRate {
         Self {
             rate: limits.requests_per_second,
             burst: limits.request_burst,
+            max_delay: limits.max_request_delay,
             buckets: Arc::default(),
         }
     }
 
-    /// Whether `peer` may start a call at `now` (taking a token if so).
-    pub fn admit(&self, peer: &str, now: Instant) -> bool {
+    /// When `peer` may start a call asked for at `now`: at once, after the
+    /// returned delay (its token is taken now, ahead of time, so waiting
+    /// calls go one every `1/rate` seconds), or `None`, refused, when that
+    /// would be more than the largest delay.
+    pub fn reserve(&self, peer: &str, now: Instant) -> Option<Duration> {
         let mut buckets = lock(&self.buckets);
         let (tokens, at) = buckets.entry(peer.to_owned()).or_insert((self.burst, now));
         let elapsed = now.saturating_duration_since(*at).as_secs_f64();
         *tokens = (*tokens + elapsed * self.rate).min(self.burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        let wait = Duration::from_secs_f64(((1.0 - *tokens) / self.rate).max(0.0));
+        if wait > self.max_delay {
+            return None;
         }
+        *tokens -= 1.0;
+        Some(wait)
     }
 }
 
@@ -309,16 +319,22 @@ mod tests {
     }
 
     #[test]
-    fn requests_beyond_the_rate_are_refused_per_peer() {
+    fn requests_beyond_the_rate_wait_their_turn_and_past_the_delay_are_refused_per_peer() {
         let r = RequestRate::new(&limits());
         let t0 = Instant::now();
-        let burst = (0..10).filter(|_| r.admit("b", t0)).count();
-        assert_eq!(burst, 5, "the burst, then nothing");
-        assert!(r.admit("c", t0), "another peer has its own bucket");
-        assert!(
-            r.admit("b", t0 + Duration::from_millis(100)),
-            "10/s: one token per 100 ms"
-        );
-        assert!(!r.admit("b", t0 + Duration::from_millis(110)));
+        let ms = |n| Some(Duration::from_millis(n));
+        let at_once: Vec<Option<Duration>> = (0..5).map(|_| r.reserve("b", t0)).collect();
+        assert_eq!(at_once, [ms(0); 5], "the burst goes at once");
+        // 10/s: the next ones wait 100 ms more each, up to the 1 s delay.
+        let paced: Vec<Option<Duration>> = (0..10).map(|_| r.reserve("b", t0)).collect();
+        let want: Vec<Option<Duration>> = (1..=10).map(|i| ms(i * 100)).collect();
+        for (got, want) in paced.iter().zip(&want) {
+            let (got, want) = (got.unwrap().as_millis(), want.unwrap().as_millis());
+            assert!(got.abs_diff(want) <= 1, "{paced:?}");
+        }
+        assert_eq!(r.reserve("b", t0), None, "past the largest delay: refused");
+        assert_eq!(r.reserve("c", t0), ms(0), "another peer has its own bucket");
+        let later = r.reserve("b", t0 + Duration::from_millis(1100)).unwrap();
+        assert!(later.as_millis() <= 1, "{later:?}: the queue has drained");
     }
 }

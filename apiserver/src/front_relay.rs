@@ -65,7 +65,8 @@ const WATCH: &str = "/etcdserverpb.Watch/Watch";
 /// Relays gRPC calls of `peer` from `downstream` (the peer's TLS stream)
 /// to `upstream` (etcd, already authenticated as the peer's user) until
 /// either side closes. `calls` counts calls by peer and outcome
-/// (`relayed`, `denied`, `rate_limited`).
+/// (`relayed`, `paced` (relayed after waiting for the rate), `denied`,
+/// `rate_limited`, `too_many_watches`).
 pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
@@ -87,16 +88,18 @@ where
     let service = service_fn(move |request: Request<Incoming>| {
         let mut sender = sender.clone();
         let (peer, calls) = (peer.clone(), calls.clone());
-        let admitted = rate.admit(&peer, std::time::Instant::now());
+        let delay = rate.reserve(&peer, std::time::Instant::now());
         let watch = (request.uri().path() == WATCH).then(|| admission.watch(&peer));
         async move {
             let method = request.uri().path().to_owned();
             let outcome = if !method_allowed(&method) {
                 "denied"
-            } else if !admitted {
+            } else if delay.is_none() {
                 "rate_limited"
             } else if matches!(watch, Some(Err(_))) {
                 "too_many_watches"
+            } else if delay.is_some_and(|d| !d.is_zero()) {
+                "paced"
             } else {
                 "relayed"
             };
@@ -121,6 +124,9 @@ where
                     RESOURCE_EXHAUSTED,
                     &format!("the peer front limits {peer}'s concurrent watches; end one first"),
                 ));
+            }
+            if let Some(wait) = delay.filter(|d| !d.is_zero()) {
+                tokio::time::sleep(wait).await;
             }
             let response = sender.send_request(request).await?;
             // A watch's slot goes with its response body: when the stream

@@ -337,3 +337,64 @@ async fn a_slowloris_at_the_descriptor_limit_leaves_other_peers_served() {
     );
     drop(held);
 }
+
+/// A peer that loops on reads as fast as it can is paced to its request
+/// rate: its calls wait their turn instead of being refused at once (which
+/// let it call again at once, and cost the front more than the reads),
+/// and another peer is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_looping_on_reads_is_paced_to_its_rate_and_others_are_not() {
+    let mut clusters = vec![
+        TestCluster::new("a", 1),
+        TestCluster::new("b", 2),
+        TestCluster::new("c", 3),
+    ];
+    full_mesh(&mut clusters);
+    let [a, b, c] = &mut clusters[..] else {
+        unreachable!()
+    };
+    a.start_etcd();
+    a.start_apiserver(common::APISERVER, &["--front-requests-per-second=20"]);
+    let admin = a.admin().await;
+    common::eventually(30, "the first export", &[&*a], || async {
+        (!common::keys(&admin, "knit/v1/clusters/a/synced/")
+            .await
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+
+    let mut flood = connect_retrying(&c.peer_config("a")).await;
+    let (mut answered, mut refused) = (0u32, 0u32);
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        match flood
+            .get(
+                "knit/v1/clusters/a/",
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+        {
+            Ok(_) => answered += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!("c's loop: {answered} reads answered, {refused} refused in 3 s");
+    // A burst of 40, then 20/s.
+    assert!(answered <= 40 + 3 * 20 + 5, "{answered} reads answered");
+    assert_eq!(
+        refused, 0,
+        "a client that waits for its answers is paced, never refused"
+    );
+
+    // b has a bucket of its own (its pacing is unit-tested in
+    // front_limits; here: it is served while c is in debt).
+    let mut genuine = connect_retrying(&b.peer_config("a")).await;
+    for _ in 0..10 {
+        let read = genuine
+            .get("knit/v1/clusters/a/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("b reads");
+        assert!(!read.kvs().is_empty());
+    }
+}

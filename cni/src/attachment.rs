@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! <state dir>/attachments/<container id>_<ifname>.json   written by ADD, removed by DEL/GC
+//! <state dir>/attached/<container id>_<ifname>            written by the agent once the pod's programs,
+//!                                                         endpoint and policy are in; ADD waits for it
 //! <state dir>/datapath-ready                              written by the agent once its maps are pinned
+//! <state dir>/control-plane-namespace                     the agent's namespace: its pods do not wait
 //! ```
 //!
 //! Files are written to a temporary name and renamed, so a reader never
@@ -22,6 +25,8 @@ use crate::{Error, Result};
 pub const DEFAULT_STATE_DIR: &str = "/run/knit/cni";
 /// The agent's marker: the datapath is loaded and pinned.
 pub const READY_MARKER: &str = "datapath-ready";
+/// The agent's namespace, written at its start.
+pub const CONTROL_PLANE_FILE: &str = "control-plane-namespace";
 
 /// A pod interface attached to Knit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +120,61 @@ impl AttachmentStore {
         self.dir().join(format!("{container_id}_{ifname}.json"))
     }
 
+    fn attached_dir(&self) -> PathBuf {
+        self.root.join("attached")
+    }
+
+    /// Whether the agent has put this attachment's datapath in place.
+    pub fn is_attached(&self, container_id: &str, ifname: &str) -> bool {
+        self.attached_dir()
+            .join(format!("{container_id}_{ifname}"))
+            .exists()
+    }
+
+    /// The agent's side: marks exactly `placed` attached (markers of
+    /// attachments no longer placed go).
+    pub fn sync_attached<'a>(&self, placed: impl IntoIterator<Item = &'a Attachment>) -> Result<()> {
+        let dir = self.attached_dir();
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let want: std::collections::BTreeSet<String> = placed
+            .into_iter()
+            .map(|a| format!("{}_{}", a.container_id, a.ifname))
+            .collect();
+        for entry in std::fs::read_dir(&dir).map_err(io("list", &dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !want.contains(&name) {
+                let path = entry.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("remove", &path)(e)),
+                }
+            }
+        }
+        for name in want {
+            let path = dir.join(name);
+            if !path.exists() {
+                std::fs::write(&path, b"").map_err(io("write", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent's namespace, once it has started here.
+    pub fn control_plane_namespace(&self) -> Option<String> {
+        std::fs::read_to_string(self.root.join(CONTROL_PLANE_FILE))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The agent's side: records its namespace.
+    pub fn set_control_plane_namespace(&self, namespace: &str) -> Result<()> {
+        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        let path = self.root.join(CONTROL_PLANE_FILE);
+        std::fs::write(&path, namespace).map_err(io("write", &path))
+    }
+
     /// Records `a` (replacing an earlier record of the same attachment).
     pub fn put(&self, a: &Attachment) -> Result<()> {
         let dir = self.dir();
@@ -140,6 +200,7 @@ impl AttachmentStore {
 
     /// Forgets one attachment; succeeds when it is already gone.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<bool> {
+        let _ = std::fs::remove_file(self.attached_dir().join(format!("{container_id}_{ifname}")));
         let path = self.file(container_id, ifname);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),

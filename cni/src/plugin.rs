@@ -8,6 +8,11 @@
 //! the pod's veth, its host side and its addresses, asking the kernel
 //! ([`LinkLookup`]) only for what a result leaves out. The result passes
 //! through unchanged, in the config's version.
+//!
+//! ADD fails closed: it returns only once the agent has marked the
+//! attachment attached (its programs, endpoint and policy are in), so no
+//! workload runs before its policy does. Pods of Knit's own control-plane
+//! namespace do not wait: the agent learns identities through them.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -19,6 +24,9 @@ use crate::protocol::{
     CNI_VERSION, CniError, ErrorCode, Invocation, NetConf, ResultView, SUPPORTED_VERSIONS,
     VERSIONS_WITH_CHECK, VERSIONS_WITH_STATUS_AND_GC,
 };
+
+/// How long ADD waits for the agent unless `attachTimeoutSeconds` says.
+pub const DEFAULT_ATTACH_TIMEOUT_SECONDS: u64 = 30;
 
 /// Runs one invocation. `Ok` holds what goes to stdout (possibly empty).
 /// `links` answers what a result leaves out ([`LinkLookup`]).
@@ -286,11 +294,47 @@ fn add(
     store
         .put(&attachment)
         .map_err(|e| io_error("recording the attachment", e))?;
+    if let Err(e) = wait_attached(conf, store, &attachment) {
+        let _ = store.remove(&attachment.container_id, &attachment.ifname);
+        return Err(e);
+    }
     let mut result = prev.clone();
     if let Some(obj) = result.as_object_mut() {
         obj.insert("cniVersion".into(), Value::String(conf.cni_version.clone()));
     }
     Ok(result.to_string())
+}
+
+/// Waits until the agent marks `a` attached, or fails with "try again
+/// later" (the runtime retries the sandbox) naming what to check.
+fn wait_attached(conf: &NetConf, store: &AttachmentStore, a: &Attachment) -> Result<(), CniError> {
+    if a.pod_namespace.is_some() && a.pod_namespace == store.control_plane_namespace() {
+        return Ok(());
+    }
+    let timeout = conf
+        .attach_timeout_seconds
+        .unwrap_or(DEFAULT_ATTACH_TIMEOUT_SECONDS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        if store.is_attached(&a.container_id, &a.ifname) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let agent = if store.datapath_ready() {
+                "knit-agent runs on this node but has not attached it (see its log and /readyz)"
+            } else {
+                "knit-agent has never started on this node"
+            };
+            return Err(CniError::new(
+                ErrorCode::TryAgainLater,
+                format!(
+                    "the pod's interface {} is not attached after {timeout}s, and a pod never runs before its network policy: {agent}",
+                    a.host_interface
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn del(inv: &Invocation, store: &AttachmentStore) -> Result<(), CniError> {
@@ -425,12 +469,64 @@ mod tests {
             "dns": {}})
     }
 
+    /// Plays the agent: marks the tests' attachment (`c1`, `eth0`) attached.
+    fn agent_attached(dir: &std::path::Path) {
+        std::fs::create_dir_all(dir.join("attached")).unwrap();
+        std::fs::write(dir.join("attached").join("c1_eth0"), b"").unwrap();
+    }
+
+    #[test]
+    fn add_returns_only_once_the_agent_has_attached_the_pod() {
+        let dir = std::env::temp_dir().join(format!("knit-cni-wait-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = AttachmentStore::new(&dir);
+        let with_timeout = |secs: u64| {
+            let mut c: Value = serde_json::from_slice(&conf("1.0.0", ptp_031(), &dir)).unwrap();
+            c["attachTimeoutSeconds"] = json!(secs);
+            c.to_string().into_bytes()
+        };
+        let mut shop = inv("ADD");
+        shop.args.insert("K8S_POD_NAMESPACE".into(), "shop".into());
+
+        // No agent: "try again later", naming why, and nothing left behind.
+        let e = run(&shop, &with_timeout(0), &Node).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TryAgainLater as u32);
+        assert!(e.msg.contains("never started"), "{}", e.msg);
+        assert_eq!(store.get("c1", "eth0").unwrap(), None);
+
+        // The agent attaches it a moment later: ADD returns then.
+        let marker = dir.clone();
+        let agent = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            agent_attached(&marker);
+        });
+        let started = std::time::Instant::now();
+        run(&shop, &with_timeout(10), &Node).expect("ADD once attached");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+        agent.join().unwrap();
+        run(&inv("DEL"), &conf("1.0.0", Value::Null, &dir), &Node).unwrap();
+        assert!(!store.is_attached("c1", "eth0"), "DEL removes the marker");
+
+        // Knit's control plane never waits (identities come through it).
+        store.mark_datapath_ready().unwrap();
+        store.set_control_plane_namespace("knit-system").unwrap();
+        let mut control = inv("ADD");
+        control
+            .args
+            .insert("K8S_POD_NAMESPACE".into(), "knit-system".into());
+        run(&control, &with_timeout(0), &Node).expect("a control-plane pod");
+        let e = run(&shop, &with_timeout(0), &Node).unwrap_err();
+        assert!(e.msg.contains("has not attached"), "{}", e.msg);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn every_version_is_accepted_and_answered_in_its_own_version() {
         let dir = std::env::temp_dir().join(format!("knit-cni-versions-{}", std::process::id()));
         for version in SUPPORTED_VERSIONS {
             let mut prev = ptp_031();
             prev["cniVersion"] = json!(version);
+            agent_attached(&dir);
             let out = run(&inv("ADD"), &conf(version, prev.clone(), &dir), &Node).expect(version);
             let out: Value = serde_json::from_str(&out).unwrap();
             assert_eq!(out["cniVersion"], version);

@@ -158,6 +158,10 @@ pub struct NetConf {
     /// [`crate::attachment::DEFAULT_STATE_DIR`]).
     #[serde(rename = "stateDir", default)]
     pub state_dir: Option<std::path::PathBuf>,
+    /// How long ADD waits for the agent to put the pod's datapath in place
+    /// (default [`crate::plugin::DEFAULT_ATTACH_TIMEOUT_SECONDS`]).
+    #[serde(rename = "attachTimeoutSeconds", default)]
+    pub attach_timeout_seconds: Option<u64>,
     /// The previous plugin's result (ADD, CHECK; optional on DEL).
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,

@@ -12,6 +12,10 @@
 //!   from it, to be admitted as that pod. Nothing reaches the target; each
 //!   is counted as `unknown_source`.
 //!
+//! - A pod whose labels the agent does not know yet (its endpoint not yet
+//!   exported) in a namespace with a policy: it gets and sends nothing
+//!   until they arrive, then what its policy allows.
+//!
 //! The admitted pod's own packets still pass (the control). Runs as root.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -174,5 +178,74 @@ fn a_pod_borrowing_another_pods_address_reaches_nothing() {
         "the node to count every borrowed-address datagram",
         Duration::from_secs(10),
         || mesh.agent_metric(A.node(0), unknown) - before >= FORGED as i64,
+    );
+}
+
+#[test]
+fn a_pod_whose_labels_are_not_known_yet_gets_nothing() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 1,
+        nodes: 1,
+        ..MeshOptions::default()
+    });
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let other = mesh.add_pod(A.node(0), "shop", "other", &[("app", "other")]);
+    // A namespace without policies, to see what the new pod sends.
+    let open = mesh.add_pod(A.node(0), "open", "open", &[("app", "open")]);
+    // shop admits only the client into its pods.
+    mesh.write_manifest(
+        A,
+        "policy-shop.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: only-client\n  namespace: shop\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels: {app: client}\n",
+    );
+    mesh.wait_until(
+        "the policy to hold other -> client",
+        Duration::from_secs(30),
+        || mesh.hits(other, mesh.pod(client).ip, 1, false).total() == 0,
+    );
+
+    // A pod the runtime made but kubelet has not reported yet: attached
+    // (ADD returned), its labels unknown.
+    let late = mesh.create_sandbox(A.node(0), "shop", "late").expect("ADD");
+    let late_ip = mesh.pod(late).ip;
+    let _server = mesh.serve_in(
+        mesh.pod(late).netns.name(),
+        "cluster-a/late",
+        knit_e2e::mesh::SERVER_PORT,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = mesh.hits(client, late_ip, 3, false);
+    assert_eq!(
+        before.total(),
+        0,
+        "the admitted client reached a pod whose policy is not in: {before:?}"
+    );
+    let to_open = SocketAddrV4::new(mesh.pod(open).ip, knit_e2e::mesh::SERVER_PORT);
+    let out = mesh.hits_from(mesh.pod(late).netns.name(), to_open, 3);
+    assert_eq!(out.total(), 0, "a pod whose policy is not in sent: {out:?}");
+    assert_eq!(
+        mesh.agent_metric(A.node(0), "knit_agent_endpoints_awaiting_identity "),
+        1
+    );
+
+    // Its labels arrive: the policy applies as written.
+    mesh.register_pod(A.node(0), "shop", "late", late_ip, &[("app", "late")]);
+    mesh.wait_for_hits(
+        "client -> late once its labels are known",
+        client,
+        late_ip,
+        false,
+        |h| h.names.get("cluster-a/late") == Some(&40),
+    );
+    assert_eq!(
+        mesh.hits(other, late_ip, 3, false).total(),
+        0,
+        "other is still held out"
+    );
+    let out = mesh.hits_from(mesh.pod(late).netns.name(), to_open, 20);
+    assert_eq!(out.total(), 20, "no egress policy selects late: {out:?}");
+    assert_eq!(
+        mesh.agent_metric(A.node(0), "knit_agent_endpoints_awaiting_identity "),
+        0
     );
 }

@@ -1,7 +1,11 @@
 //! knit-cni through the real CNI protocol: the binary run by this test
 //! playing the runtime, after Debian's reference `ptp` + `host-local`, in
 //! network namespaces the test made. Every CNI command, and every error a
-//! runtime can provoke, with its code. Runs as root.
+//! runtime can provoke, with its code. A thread plays the agent's side of
+//! the hand-over (marking attachments attached). Runs as root.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use knit_cni::attachment::AttachmentStore;
 use knit_e2e::TempDir;
@@ -66,6 +70,34 @@ impl Node {
     }
 }
 
+/// Marks every recorded attachment attached, as the agent does once the
+/// pod's datapath is in, until dropped.
+struct FakeAgent(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl FakeAgent {
+    fn start(store: &AttachmentStore) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, store) = (stop.clone(), AttachmentStore::new(store.root()));
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let (all, _) = store.list().unwrap();
+                store.sync_attached(&all).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Self(stop, Some(thread))
+    }
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn code(r: Result<String, knit_e2e::cni::CniFailure>) -> u64 {
     let e = r.expect_err("the call must fail");
     assert!(e.output.contains("\"msg\""), "CNI error JSON: {}", e.output);
@@ -87,8 +119,24 @@ fn every_command_through_the_protocol() {
             .contains(&json!("1.0.0"))
     );
 
+    // Without an agent, ADD fails closed: "try again later", and the
+    // chain's DEL (as a runtime runs it after a failed ADD) cleans up.
+    let early = node.sandbox("early");
+    let mut impatient = node.cni.conflist.clone();
+    impatient["plugins"][2]["attachTimeoutSeconds"] = json!(1);
+    let runtime = CniRuntime {
+        conflist: impatient,
+        ..node.cni.clone()
+    };
+    let e = runtime.add(&early).expect_err("ADD without an agent");
+    assert_eq!(e.code, Some(11), "{}", e.output);
+    assert!(e.output.contains("never started"), "{}", e.output);
+    assert!(node.store.get(&early.container_id, "eth0").unwrap().is_none());
+    runtime.del(&early).expect("DEL after the failed ADD");
+
     // ADD through ptp + host-local + portmap + knit: the attachment names
     // the veth ptp made and the MACs the kernel has.
+    let _agent = FakeAgent::start(&node.store);
     let sb = node.sandbox("p1");
     let result = node.cni.add(&sb).expect("ADD");
     let ip = result_ipv4(&result).expect("an address");
@@ -101,7 +149,7 @@ fn every_command_through_the_protocol() {
     assert_eq!(recorded.pod_namespace.as_deref(), Some("shop"));
     assert_eq!(recorded.pod_name.as_deref(), Some("p1"));
     assert_eq!(recorded.netns, sb.netns.to_string_lossy());
-    let pod_ns = node.pods[0].name().to_owned();
+    let pod_ns = node.pods[1].name().to_owned();
     assert_eq!(
         recorded.pod_mac.as_deref(),
         Some(node.link_mac(&pod_ns, "eth0").as_str())

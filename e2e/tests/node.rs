@@ -331,8 +331,21 @@ fn agent_down_while_pods_come_and_go_attached_with(tc_attach: &str) {
 
     mesh.kill_agent(A.node(0));
     mesh.delete_pod(old).expect("CNI DEL while the agent is down");
-    let new = mesh.add_pod(A.node(0), "shop", "new", &[("app", "new")]);
+    // Fail closed: no pod starts before the agent has put its policy in.
+    // ADD says "try again later" (the runtime retries the sandbox) and
+    // leaves no attachment behind.
+    let knit = mesh.node(A.node(0)).cni.conflist.clone();
+    let mut impatient = knit.clone();
+    impatient["plugins"][2]["attachTimeoutSeconds"] = serde_json::json!(1);
+    mesh.set_conflist(A.node(0), impatient);
+    let refused = mesh
+        .create_sandbox(A.node(0), "shop", "new")
+        .expect_err("ADD while the agent is down");
+    assert_eq!(refused.code, Some(11), "{}", refused.output);
+    assert!(refused.output.contains("not attached"), "{}", refused.output);
+    mesh.set_conflist(A.node(0), knit);
     mesh.start_agent(A.node(0));
+    let new = mesh.add_pod(A.node(0), "shop", "new", &[("app", "new")]);
 
     let new_name = format!("{}/new", A.name());
     mesh.wait_for_hits(

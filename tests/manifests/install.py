@@ -129,6 +129,13 @@ def check_other_namespace(root):
     env = {e["name"]: e for e in op["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     if env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.namespace":
         errors.append("knit-operator does not learn its namespace from its pod (env POD_NAMESPACE from metadata.namespace)")
+    # The agent exempts its own namespace's pods (the mesh apiserver) from
+    # the wait for an identity: it must be the namespace Knit runs in.
+    agent = next(d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "knit-agent")
+    container = next(c for c in agent["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    env = {e["name"]: e for e in container.get("env", [])}
+    if env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.namespace":
+        errors.append("knit-agent does not learn its namespace from its pod (env POD_NAMESPACE from metadata.namespace)")
     if not errors:
         print("config/other-namespace: every object and binding moves to namespace mesh")
     return errors

@@ -139,6 +139,9 @@ pub struct DatapathState {
     /// Pods whose policy entries did not fit the maps ([`fit_policy`]):
     /// isolated, with none of their entries written.
     pub policy_overflow: Vec<Ipv4Addr>,
+    /// Pods attached here whose endpoint or identity the kvstore has not
+    /// brought yet: isolated both ways until it does.
+    pub awaiting_identity: Vec<Ipv4Addr>,
 }
 
 /// Makes the policy entries fit the maps (`capacity` identity entries,
