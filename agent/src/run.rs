@@ -35,6 +35,7 @@ use crate::metrics::{Metrics, Name, RenderPath};
 use crate::netdev::NetDevices;
 use crate::render::RenderOptions;
 use crate::{Error, Result};
+use knit_telemetry::AbortOnDrop;
 
 /// How the agent is set up.
 #[derive(Clone, Debug)]
@@ -494,14 +495,6 @@ pub(crate) async fn sync_node_routes(
     }
     metrics.node_routes.set(want.len() as i64);
     ok
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Counts and names the attached pods too large for the tunnel

@@ -11,7 +11,8 @@
 //!
 //! Prints the p99 of both propagations in both runs and their ratio,
 //! against the target: under attack within 2× of the quiet figure.
-//! KNIT_BENCH_SOAK_RATE sets the churn (updates/s, default 200).
+//! KNIT_BENCH_SOAK_RATE sets the churn (updates/s, default 200);
+//! KNIT_BENCH_FRONT_ARGS adds apiserver flags (other front limits).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -178,9 +179,12 @@ async fn main() {
     ];
     full_mesh(&mut clusters);
     clusters[0].write_source("base.yaml", &node("a-n1", "192.168.1.1", "10.1.0.0/24"));
+    // KNIT_BENCH_FRONT_ARGS: extra apiserver flags (say, other front limits).
+    let extra = std::env::var("KNIT_BENCH_FRONT_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
     for c in clusters.iter_mut() {
         c.start_etcd();
-        c.start_apiserver(&bin, &[]);
+        c.start_apiserver(&bin, &extra);
     }
     let b = connect_retrying(&clusters[1].admin_config()).await;
     // Wait for b's mirror of a.

@@ -36,6 +36,12 @@ pub struct FrontLimits {
     pub requests_per_second: f64,
     /// Calls a peer may start in a burst.
     pub request_burst: f64,
+    /// Bytes of read answers (`KV/Range`) a peer may take per second, on
+    /// average.
+    pub read_bytes_per_second: f64,
+    /// Bytes of read answers a peer may take in a burst (a KVStoreMesh's
+    /// first list of a whole cluster).
+    pub read_burst_bytes: f64,
     /// A call beyond the rate waits for its turn up to this long (so a
     /// client that loops on calls is paced, not answered at once and
     /// free to call again); past that it is refused.
@@ -56,6 +62,8 @@ impl Default for FrontLimits {
             max_watches_per_peer: 4,
             requests_per_second: 200.0,
             request_burst: 400.0,
+            read_bytes_per_second: f64::from(1u32 << 20),
+            read_burst_bytes: f64::from(16u32 << 20),
             max_request_delay: Duration::from_secs(1),
             keepalive: Duration::from_secs(30),
         }
@@ -223,14 +231,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A token bucket per peer: `requests_per_second` on average, up to
-/// `request_burst` at once.
+/// Two token buckets per peer: calls (`requests_per_second` on average,
+/// up to `request_burst` at once) and the bytes of the read answers it
+/// took (`read_bytes_per_second`, up to `read_burst_bytes`), since one
+/// list of a whole cluster costs etcd and the front what thousands of
+/// small reads do.
 #[derive(Clone, Debug)]
 pub struct RequestRate {
     rate: f64,
     burst: f64,
+    byte_rate: f64,
+    byte_burst: f64,
     max_delay: Duration,
-    buckets: Arc<Mutex<BTreeMap<String, (f64, Instant)>>>,
+    buckets: Arc<Mutex<BTreeMap<String, Buckets>>>,
+}
+
+/// One peer's tokens: calls, bytes, and when they were last refilled.
+#[derive(Clone, Copy, Debug)]
+struct Buckets {
+    calls: f64,
+    bytes: f64,
+    at: Instant,
 }
 
 impl RequestRate {
@@ -239,27 +260,54 @@ impl RequestRate {
         Self {
             rate: limits.requests_per_second,
             burst: limits.request_burst,
+            byte_rate: limits.read_bytes_per_second,
+            byte_burst: limits.read_burst_bytes,
             max_delay: limits.max_request_delay,
             buckets: Arc::default(),
         }
     }
 
+    fn refill<'a>(
+        &self,
+        buckets: &'a mut BTreeMap<String, Buckets>,
+        peer: &str,
+        now: Instant,
+    ) -> &'a mut Buckets {
+        let b = buckets.entry(peer.to_owned()).or_insert(Buckets {
+            calls: self.burst,
+            bytes: self.byte_burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.calls = (b.calls + elapsed * self.rate).min(self.burst);
+        b.bytes = (b.bytes + elapsed * self.byte_rate).min(self.byte_burst);
+        b.at = now;
+        b
+    }
+
     /// When `peer` may start a call asked for at `now`: at once, after the
     /// returned delay (its token is taken now, ahead of time, so waiting
-    /// calls go one every `1/rate` seconds), or `None`, refused, when that
+    /// calls go one every `1/rate` seconds, and none before the bytes it
+    /// read beyond its budget are paid back), or `None`, refused, when that
     /// would be more than the largest delay.
     pub fn reserve(&self, peer: &str, now: Instant) -> Option<Duration> {
         let mut buckets = lock(&self.buckets);
-        let (tokens, at) = buckets.entry(peer.to_owned()).or_insert((self.burst, now));
-        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
-        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
-        *at = now;
-        let wait = Duration::from_secs_f64(((1.0 - *tokens) / self.rate).max(0.0));
+        let b = self.refill(&mut buckets, peer, now);
+        let calls = ((1.0 - b.calls) / self.rate).max(0.0);
+        let bytes = (-b.bytes / self.byte_rate).max(0.0);
+        let wait = Duration::from_secs_f64(calls.max(bytes));
         if wait > self.max_delay {
             return None;
         }
-        *tokens -= 1.0;
+        b.calls -= 1.0;
         Some(wait)
+    }
+
+    /// Charges `peer` for `bytes` of read answers taken at `now` (it may go
+    /// into debt: the answer is already on its way).
+    pub fn charge(&self, peer: &str, bytes: usize, now: Instant) {
+        let mut buckets = lock(&self.buckets);
+        self.refill(&mut buckets, peer, now).bytes -= bytes as f64;
     }
 }
 
@@ -336,5 +384,33 @@ mod tests {
         assert_eq!(r.reserve("c", t0), ms(0), "another peer has its own bucket");
         let later = r.reserve("b", t0 + Duration::from_millis(1100)).unwrap();
         assert!(later.as_millis() <= 1, "{later:?}: the queue has drained");
+    }
+
+    #[test]
+    fn bytes_read_beyond_the_budget_hold_the_next_call_until_paid_back() {
+        let r = RequestRate::new(&FrontLimits {
+            read_bytes_per_second: 1000.0,
+            read_burst_bytes: 5000.0,
+            ..limits()
+        });
+        let t0 = Instant::now();
+        assert_eq!(r.reserve("b", t0), Some(Duration::ZERO));
+        r.charge("b", 4000, t0);
+        assert_eq!(r.reserve("b", t0), Some(Duration::ZERO), "within the burst");
+        r.charge("b", 1500, t0);
+        let wait = r.reserve("b", t0).unwrap();
+        assert!(
+            wait.as_millis().abs_diff(500) <= 1,
+            "500 bytes of debt at 1000/s: {wait:?}"
+        );
+        r.charge("b", 2000, t0);
+        assert_eq!(r.reserve("b", t0), None, "2.5 s of debt: past the largest delay");
+        assert_eq!(
+            r.reserve("c", t0),
+            Some(Duration::ZERO),
+            "another peer has its own budget"
+        );
+        let paid = r.reserve("b", t0 + Duration::from_millis(2500)).unwrap();
+        assert!(paid.as_millis() <= 1, "{paid:?}");
     }
 }

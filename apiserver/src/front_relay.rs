@@ -61,6 +61,8 @@ pub struct RelayLimits {
 
 /// The gRPC method of a watch stream.
 const WATCH: &str = "/etcdserverpb.Watch/Watch";
+/// The gRPC method of a read (a get or a list).
+const RANGE: &str = "/etcdserverpb.KV/Range";
 
 /// Relays gRPC calls of `peer` from `downstream` (the peer's TLS stream)
 /// to `upstream` (etcd, already authenticated as the peer's user) until
@@ -87,7 +89,7 @@ where
     let admission = limits.admission.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let mut sender = sender.clone();
-        let (peer, calls) = (peer.clone(), calls.clone());
+        let (peer, calls, rate) = (peer.clone(), calls.clone(), rate.clone());
         let delay = rate.reserve(&peer, std::time::Instant::now());
         let watch = (request.uri().path() == WATCH).then(|| admission.watch(&peer));
         async move {
@@ -130,11 +132,16 @@ where
             }
             let response = sender.send_request(request).await?;
             // A watch's slot goes with its response body: when the stream
-            // ends, it is given back.
+            // ends, it is given back. A read's answer is charged to the
+            // peer's byte budget as it goes out.
             let slot = watch.and_then(Result::ok);
+            let charged = (method == RANGE).then_some((rate, peer));
             Ok(response.map(move |body| {
                 body.map_frame(move |frame| {
                     let _held = &slot;
+                    if let (Some((rate, peer)), Some(data)) = (&charged, frame.data_ref()) {
+                        rate.charge(peer, data.len(), std::time::Instant::now());
+                    }
                     frame
                 })
                 .boxed()

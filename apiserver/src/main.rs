@@ -98,6 +98,14 @@ struct Args {
     /// Peer front: calls one peer may start per second (bursts of twice as many).
     #[arg(long, default_value_t = 200.0)]
     front_requests_per_second: f64,
+    /// Peer front: bytes of read answers one peer may take per second, on
+    /// average (a call waits while the peer is over it).
+    #[arg(long, default_value_t = 1 << 20)]
+    front_read_bytes_per_second: u64,
+    /// Peer front: bytes of read answers one peer may take in a burst (its
+    /// KVStoreMesh's first list of this cluster).
+    #[arg(long, default_value_t = 16 << 20)]
+    front_read_burst_bytes: u64,
 }
 
 impl Args {
@@ -111,6 +119,8 @@ impl Args {
             max_watches_per_peer: self.front_max_watches_per_peer,
             requests_per_second: self.front_requests_per_second,
             request_burst: 2.0 * self.front_requests_per_second,
+            read_bytes_per_second: self.front_read_bytes_per_second as f64,
+            read_burst_bytes: self.front_read_burst_bytes as f64,
             ..knit_apiserver::front_limits::FrontLimits::default()
         }
     }

@@ -28,6 +28,7 @@ use tracing::Instrument as _;
 
 use crate::metrics::{Metrics, PeerDetail, PeerLabel};
 use crate::unix_now;
+use knit_telemetry::AbortOnDrop;
 
 /// Settings shared by every peer mirror.
 #[derive(Clone)]
@@ -435,14 +436,6 @@ fn service_value(value: &[u8], withdrawn: bool) -> Vec<u8> {
             serde_json::to_vec(&service).unwrap_or_else(|_| value.to_vec())
         }
         Err(_) => value.to_vec(),
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

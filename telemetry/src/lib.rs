@@ -17,7 +17,7 @@ mod tracing_setup;
 pub use health::Health;
 pub use prometheus_client;
 pub use server::{router, serve, serve_registry};
-pub use shutdown::{shutdown_signal, until_shutdown};
+pub use shutdown::{AbortOnDrop, shutdown_signal, until_shutdown};
 pub use tracing_setup::{TracingGuard, init_tracing, trace_id};
 
 /// Errors of this crate.

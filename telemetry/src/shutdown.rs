@@ -1,9 +1,20 @@
 //! The stop signal of every Knit binary. In a pod the binary is PID 1, for
 //! which the kernel ignores signals without a handler, and the kubelet stops
 //! it with SIGTERM (SIGKILL after the grace period); a terminal sends
-//! SIGINT. Either one starts a clean shutdown.
+//! SIGINT. Either one starts a clean shutdown. [`AbortOnDrop`] ends a
+//! component's helper tasks with it.
 
 use std::future::Future;
+
+/// A spawned task that is aborted when this guard is dropped, so a
+/// component's helper tasks end with it.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 use tokio::signal::unix::{SignalKind, signal};
 
