@@ -151,6 +151,19 @@ struct Node {
 /// A pod namespace attached by the node's CNI; returns its IP.
 fn cni_pod(cni: &CniRuntime, pod: &Netns, name: &str) -> Ipv4Addr {
     let sandbox = Sandbox::in_netns(name, pod, "bench", name);
+    // No agent runs here (the bench loads the datapath itself once the
+    // pods exist): mark the attachment attached, as the agent would, so
+    // knit-cni's ADD returns.
+    let state = cni.conflist["plugins"][2]["stateDir"]
+        .as_str()
+        .expect("knit's stateDir in the bench conflist");
+    let attached = std::path::Path::new(state).join("attached");
+    std::fs::create_dir_all(&attached).expect("attached dir");
+    std::fs::write(
+        attached.join(format!("{}_{}", sandbox.container_id, sandbox.ifname)),
+        b"",
+    )
+    .expect("marker");
     let result = cni.add(&sandbox).unwrap_or_else(|e| panic!("{e}"));
     result_ipv4(&result).expect("an IPv4 address")
 }
