@@ -138,13 +138,15 @@ fn empty_etcd_restarts_fail_no_request() {
         grace_period: "4s".into(),
         ..MeshOptions::default()
     });
-    for c in [A, B] {
-        mesh.write_manifest(c, "bulk.yaml", &bulk(c));
-    }
+    // The pods first: knit-cni's ADD waits for the agent, which in a debug
+    // build takes longer than ADD's 30 s to take in 40,000 endpoints.
     let client_a = mesh.add_pod(A.node(0), "shop", "client-a", &[("app", "client")]);
     let client_b = mesh.add_pod(B.node(0), "shop", "client-b", &[("app", "client")]);
     let web_a = mesh.add_pod(A.node(0), "shop", "web-a", &[("app", "web")]);
     let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
+    for c in [A, B] {
+        mesh.write_manifest(c, "bulk.yaml", &bulk(c));
+    }
     let vip = std::net::Ipv4Addr::new(10, 96, 7, 1);
     for (c, backend) in [(A, web_a), (B, web_b)] {
         mesh.deploy_service(c, &GlobalService::web(vip, vec![backend]));

@@ -65,7 +65,7 @@ impl LocalMesh {
     pub fn add_pod(&mut self, node: NodeId, namespace: &str, name: &str, labels: &[(&str, &str)]) -> PodId {
         let p = self
             .create_sandbox(node, namespace, name)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
         let server_name = format!("{}/{name}", node.cluster.name());
         let args = vec![
             "serve".into(),
