@@ -36,10 +36,7 @@ use knit_kvstore::records::{PortSpec, Protocol};
 
 use crate::datapath::state::{CidrEntry, Direction, PROTO_TCP, PROTO_UDP, PolicyEntry};
 
-/// Label holding a pod's namespace in identity labels.
-pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
-/// Prefix of namespace labels in identity labels.
-pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+pub use knit_crds::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 
 /// Most ports one `endPort` range expands to (one allow entry each).
 pub const MAX_RANGE_PORTS: u32 = 4096;

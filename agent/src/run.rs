@@ -176,14 +176,7 @@ pub async fn run<S: Source>(
     let mut attachments_read = false;
     let mut mtu_check_due = true;
     let mut tick = tokio::time::interval(settings.refresh);
-    // knit-cni's ADD waits for this agent: a new attachment is read at once
-    // (inotify), not at the next tick.
-    let (added_tx, mut added_rx) = mpsc::unbounded_channel();
-    let attachments_dir = attachments_store.root().join("attachments");
-    let _ = std::fs::create_dir_all(&attachments_dir);
-    let _added_watch = knit_sources::directory::watch_changes(&attachments_dir, added_tx)
-        .inspect_err(|e| tracing::warn!(error = %e, "no inotify on the CNI state directory; reading it every tick only"))
-        .ok();
+    let (_added_watch, mut added_rx) = watch_attachments(&attachments_store);
     let mut conntrack_counted: Option<Instant> = None;
     metrics
         .conntrack_capacity
@@ -248,21 +241,14 @@ pub async fn run<S: Source>(
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing interfaces failed"),
                 }
-                match attachments_store.list() {
-                    Ok((now, unreadable)) => {
-                        for e in &unreadable {
-                            tracing::warn!(error = %knit_kvstore::error_chain(e), "skipping an unreadable CNI attachment");
-                        }
-                        metrics.unreadable_attachments.set(unreadable.len() as i64);
-                        attachments_read = true;
-                        if now != attachments {
-                            attachments = now;
-                            mtu_check_due = true;
-                            renderer.invalidate();
-                            dirty_since.get_or_insert_with(Instant::now);
-                        }
+                if let Some(now) = read_attachments(&attachments_store, &metrics) {
+                    attachments_read = true;
+                    if now != attachments {
+                        attachments = now;
+                        mtu_check_due = true;
+                        renderer.invalidate();
+                        dirty_since.get_or_insert_with(Instant::now);
                     }
-                    Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing CNI attachments failed; keeping the last list"),
                 }
                 if let Some(dir) = &settings.cni_conf_dir {
                     match knit_cni::conflist::keep_chained(dir, &settings.cni_state_dir) {
@@ -291,16 +277,7 @@ pub async fn run<S: Source>(
             continue;
         }
         let Some(since) = dirty_since.take() else { continue };
-        let options = RenderOptions {
-            failing: failing_rx.borrow().clone(),
-            policy_default_local_cluster: settings.policy_default_local_cluster,
-            control_plane_namespace: Some(settings.control_plane_namespace.clone()),
-            clusterwide_policies: source
-                .state()
-                .cilium_policies
-                .values()
-                .any(|p| p.namespace.is_none()),
-        };
+        let options = render_options(&settings, failing_rx.borrow().clone(), source.state());
         if nodes_changed {
             nodes_changed = false;
             let targets = crate::health::targets(&index, &settings.node);
@@ -390,15 +367,8 @@ pub async fn run<S: Source>(
                     metrics
                         .pending_endpoints
                         .set(unplaced.missing_interfaces.len() as i64);
-                    // knit-cni's ADD waits for these markers: a pod runs
-                    // only once its programs, endpoint and policy are in.
-                    let placed = attachments
-                        .iter()
-                        .filter(|a| !unplaced.missing_interfaces.contains(&a.host_interface));
-                    if report.failed == 0
-                        && let Err(e) = attachments_store.sync_attached(placed)
-                    {
-                        tracing::warn!(error = %knit_kvstore::error_chain(&e), "marking CNI attachments attached failed");
+                    if report.failed == 0 {
+                        mark_attached(&attachments_store, &attachments, &unplaced);
                     }
                 }
                 metrics.sync_lag_ms.set(since.elapsed().as_millis() as i64);
@@ -417,20 +387,7 @@ pub async fn run<S: Source>(
                 dirty_since.get_or_insert(since);
             }
         }
-        for (map, n) in datapath.map_sizes() {
-            metrics
-                .map_entries
-                .get_or_create(&Name { name: map.into() })
-                .set(n as i64);
-        }
-        for (reason, n) in &index.rejected {
-            metrics
-                .rejected
-                .get_or_create(&Name {
-                    name: (*reason).into(),
-                })
-                .set(*n as i64);
-        }
+        report_sizes(&datapath, &index, &metrics);
     }
     watch.abort();
     Ok(())
@@ -495,6 +452,88 @@ pub(crate) async fn sync_node_routes(
     }
     metrics.node_routes.set(want.len() as i64);
     ok
+}
+
+/// The maps' entries and the kvstore values skipped, per map and reason.
+fn report_sizes(datapath: &Datapath, index: &MeshIndex, metrics: &Metrics) {
+    for (map, n) in datapath.map_sizes() {
+        metrics
+            .map_entries
+            .get_or_create(&Name { name: map.into() })
+            .set(n as i64);
+    }
+    for (reason, n) in &index.rejected {
+        metrics
+            .rejected
+            .get_or_create(&Name {
+                name: (*reason).into(),
+            })
+            .set(*n as i64);
+    }
+}
+
+/// What a full render needs besides the index and the policies.
+fn render_options(
+    settings: &AgentSettings,
+    failing: BTreeSet<std::net::IpAddr>,
+    state: &knit_sources::ClusterState,
+) -> RenderOptions {
+    RenderOptions {
+        failing,
+        policy_default_local_cluster: settings.policy_default_local_cluster,
+        control_plane_namespace: Some(settings.control_plane_namespace.clone()),
+        clusterwide_policies: state.cilium_policies.values().any(|p| p.namespace.is_none()),
+    }
+}
+
+/// knit-cni's ADD waits for this agent, so a new attachment is read at once
+/// (inotify on the attachments directory), not at the next tick. Keep the
+/// watcher for as long as the receiver is read.
+fn watch_attachments(
+    store: &AttachmentStore,
+) -> (Option<impl Sized>, mpsc::UnboundedReceiver<std::path::PathBuf>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let dir = store.root().join("attachments");
+    let _ = std::fs::create_dir_all(&dir);
+    let watcher = knit_sources::directory::watch_changes(&dir, tx)
+        .inspect_err(|e| tracing::warn!(error = %e, "no inotify on the CNI state directory; reading it every tick only"))
+        .ok();
+    (watcher, rx)
+}
+
+/// Every readable attachment knit-cni recorded (unreadable ones are logged
+/// and counted), or `None` when the directory cannot be listed (the caller
+/// keeps its last list).
+fn read_attachments(store: &AttachmentStore, metrics: &Metrics) -> Option<Vec<Attachment>> {
+    match store.list() {
+        Ok((now, unreadable)) => {
+            for e in &unreadable {
+                tracing::warn!(error = %knit_kvstore::error_chain(e), "skipping an unreadable CNI attachment");
+            }
+            metrics.unreadable_attachments.set(unreadable.len() as i64);
+            Some(now)
+        }
+        Err(e) => {
+            tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing CNI attachments failed; keeping the last list");
+            None
+        }
+    }
+}
+
+/// Marks the attachments a full apply placed (their interface exists:
+/// programs, endpoint and policy are in) attached for knit-cni, whose ADD
+/// waits for it: a pod runs only once its policy does.
+fn mark_attached(
+    store: &AttachmentStore,
+    attachments: &[Attachment],
+    unplaced: &crate::datapath::state::Unplaced,
+) {
+    let placed = attachments
+        .iter()
+        .filter(|a| !unplaced.missing_interfaces.contains(&a.host_interface));
+    if let Err(e) = store.sync_attached(placed) {
+        tracing::warn!(error = %knit_kvstore::error_chain(&e), "marking CNI attachments attached failed");
+    }
 }
 
 /// Counts and names the attached pods too large for the tunnel

@@ -264,10 +264,10 @@ impl Iterator for EndpointRecords<'_> {
 fn identity_labels(cluster: &LocalCluster, state: &ClusterState, pod: &PodInfo) -> Labels {
     let mut labels: Labels = (*pod.labels).clone();
     labels.remove("pod-template-hash");
-    labels.insert("io.kubernetes.pod.namespace".into(), pod.namespace.to_string());
+    labels.insert(knit_crds::NAMESPACE_LABEL.into(), pod.namespace.to_string());
     if let Some(namespace) = state.namespaces.get(&*pod.namespace) {
         for (k, v) in namespace.metadata.labels.iter().flatten() {
-            labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v.clone());
+            labels.insert(format!("{}{k}", knit_crds::NAMESPACE_LABELS_PREFIX), v.clone());
         }
     }
     labels.insert(knit_crds::CLUSTER_LABEL.into(), cluster.name.clone());

@@ -109,6 +109,35 @@ struct Args {
 }
 
 impl Args {
+    /// The peer front's settings, when it is asked for.
+    fn front_settings(
+        &self,
+        config: &knit_kvstore::EtcdClientConfig,
+    ) -> anyhow::Result<Option<knit_apiserver::front::FrontSettings>> {
+        let (Some(listen), Some(peer_configs), Some(server_cert_dir), Some(peer_access)) = (
+            &self.peer_listen,
+            &self.peer_configs,
+            &self.server_cert_dir,
+            &self.peer_access_dir,
+        ) else {
+            return Ok(None);
+        };
+        let upstream = config
+            .endpoints
+            .first()
+            .and_then(|e| e.strip_prefix("https://"))
+            .and_then(|hostport| hostport.parse::<SocketAddr>().ok())
+            .context("--etcd-config's first endpoint must be https://IP:PORT (etcd on loopback) for the peer front")?;
+        Ok(Some(knit_apiserver::front::FrontSettings {
+            listen: *listen,
+            server_cert_dir: server_cert_dir.clone(),
+            peer_configs: peer_configs.clone(),
+            peer_access: peer_access.clone(),
+            upstream,
+            limits: self.front_limits(),
+        }))
+    }
+
     fn front_limits(&self) -> knit_apiserver::front_limits::FrontLimits {
         knit_apiserver::front_limits::FrontLimits {
             handshake_timeout: self.front_handshake_timeout,
@@ -150,30 +179,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     health.set_waiting_for("the local etcd");
 
     let config = etcd::load_client_config(&args.etcd_config).context("loading the etcd client config")?;
-    let front = match (
-        &args.peer_listen,
-        &args.peer_configs,
-        &args.server_cert_dir,
-        &args.peer_access_dir,
-    ) {
-        (Some(listen), Some(peer_configs), Some(server_cert_dir), Some(peer_access)) => {
-            let upstream = config
-                .endpoints
-                .first()
-                .and_then(|e| e.strip_prefix("https://"))
-                .and_then(|hostport| hostport.parse::<SocketAddr>().ok())
-                .context("--etcd-config's first endpoint must be https://IP:PORT (etcd on loopback) for the peer front")?;
-            Some(knit_apiserver::front::FrontSettings {
-                listen: *listen,
-                server_cert_dir: server_cert_dir.clone(),
-                peer_configs: peer_configs.clone(),
-                peer_access: peer_access.clone(),
-                upstream,
-                limits: args.front_limits(),
-            })
-        }
-        _ => None,
-    };
+    let front = args.front_settings(&config)?;
     let front_metrics = metrics.clone();
     let front = async {
         match front {

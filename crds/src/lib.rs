@@ -34,6 +34,11 @@ pub const GROUP: &str = "knit.dev";
 pub const CLUSTER_LABEL: &str = "knit.dev/cluster";
 /// Cilium's spelling of [`CLUSTER_LABEL`]; selectors may use either.
 pub const CILIUM_CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
+/// Label holding a pod's namespace in identity labels (written by the
+/// apiserver's export, matched by the agent's policy).
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// Prefix of the pod's namespace's labels in identity labels.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

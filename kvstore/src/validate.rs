@@ -124,7 +124,7 @@ impl PeerValidator {
                 self.own_cluster(&i.cluster)?;
                 same(&i.id.to_string(), name)?;
                 self.identity_allowed(i.id)?;
-                if i.labels.get("knit.dev/cluster") != Some(&self.name) {
+                if i.labels.get(knit_crds::CLUSTER_LABEL) != Some(&self.name) {
                     return Err(Rejection::ForeignCluster);
                 }
             }
