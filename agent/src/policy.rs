@@ -381,10 +381,11 @@ fn ports_of(
     named_ports: &BTreeMap<String, PortSpec>,
     unsupported: &mut Vec<String>,
 ) -> Vec<(u16, u8)> {
-    let (proto, protocol) = match p.protocol.as_deref() {
-        None | Some("TCP") => (PROTO_TCP, Protocol::Tcp),
-        Some("UDP") => (PROTO_UDP, Protocol::Udp),
-        Some(other) => {
+    let (proto, protocol) = match Protocol::from_kubernetes(p.protocol.as_deref()) {
+        Protocol::Tcp => (PROTO_TCP, Protocol::Tcp),
+        Protocol::Udp => (PROTO_UDP, Protocol::Udp),
+        _ => {
+            let other = p.protocol.as_deref().unwrap_or_default();
             unsupported.push(format!("protocol {other} (the datapath handles TCP and UDP)"));
             return Vec::new();
         }

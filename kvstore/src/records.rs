@@ -95,6 +95,29 @@ pub enum Protocol {
     Other,
 }
 
+impl Protocol {
+    /// A Kubernetes `protocol` field: absent means TCP, as the API defaults
+    /// it; a value Kubernetes does not define is [`Protocol::Other`].
+    pub fn from_kubernetes(field: Option<&str>) -> Self {
+        match field {
+            None | Some("TCP") => Self::Tcp,
+            Some("UDP") => Self::Udp,
+            Some("SCTP") => Self::Sctp,
+            Some(_) => Self::Other,
+        }
+    }
+
+    /// The Kubernetes spelling (`unknown` for [`Protocol::Other`]).
+    pub fn as_kubernetes(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+            Self::Other => "unknown",
+        }
+    }
+}
+
 /// `clusters/<c>/endpoints/<ip>`: one pod IP (ipcache entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,7 +17,7 @@ use knit_crds::mcs::{
     SERVICE_NAME_LABEL, ServiceImport, ServiceImportPorts, ServiceImportSpec, ServiceImportStatus,
     ServiceImportStatusClusters, ServiceImportType,
 };
-use knit_kvstore::records::{Protocol, ServicePort, ServiceRecord};
+use knit_kvstore::records::{ServicePort, ServiceRecord};
 use serde_json::json;
 
 use crate::conditions::Desired;
@@ -106,9 +106,9 @@ fn merge(service: &mut ClustersetService, export: &ServiceRecord, oldest: &str) 
                 "port {:?} is {}/{} here but {}/{} in the oldest export (cluster {oldest})",
                 port.name,
                 port.port,
-                protocol(port.protocol),
+                port.protocol.as_kubernetes(),
                 p.port,
-                protocol(p.protocol)
+                p.protocol.as_kubernetes()
             )),
             Some(_) => {}
             None => service.ports.push(port.clone()),
@@ -119,15 +119,6 @@ fn merge(service: &mut ClustersetService, export: &ServiceRecord, oldest: &str) 
 
 fn import_type(headless: bool) -> &'static str {
     if headless { "Headless" } else { "ClusterSetIP" }
-}
-
-fn protocol(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-        Protocol::Sctp => "SCTP",
-        Protocol::Other => "unknown",
-    }
 }
 
 /// Name of the derived Service of `name`: `derived-` and 10 hex digits of
@@ -151,7 +142,7 @@ pub fn derived_service(service: &ClustersetService, cluster_ip: Option<&str>) ->
     let ports: Vec<serde_json::Value> = service
         .ports
         .iter()
-        .map(|p| json!({ "name": p.name, "port": p.port, "protocol": protocol(p.protocol) }))
+        .map(|p| json!({ "name": p.name, "port": p.port, "protocol": p.protocol.as_kubernetes() }))
         .collect();
     let mut spec = json!({
         "type": "ClusterIP",
@@ -195,7 +186,7 @@ pub fn service_import(service: &ClustersetService, ips: Vec<String>) -> ServiceI
                     app_protocol: None,
                     name: (!p.name.is_empty()).then(|| p.name.clone()),
                     port: i32::from(p.port),
-                    protocol: Some(protocol(p.protocol).to_owned()),
+                    protocol: Some(p.protocol.as_kubernetes().to_owned()),
                 })
                 .collect(),
             session_affinity: Some(service.session_affinity.clone()),
@@ -335,7 +326,7 @@ pub fn site_manifests(
 
 #[cfg(test)]
 mod tests {
-    use knit_kvstore::records::ServiceExportFacts;
+    use knit_kvstore::records::{Protocol, ServiceExportFacts};
 
     use super::*;
 

@@ -205,11 +205,7 @@ impl PodInfo {
             .flat_map(|c| c.ports.iter().flatten())
             .filter_map(|p| {
                 let port = u16::try_from(p.container_port).ok()?;
-                let protocol = match p.protocol.as_deref() {
-                    Some("UDP") => Protocol::Udp,
-                    Some("SCTP") => Protocol::Sctp,
-                    _ => Protocol::Tcp,
-                };
+                let protocol = Protocol::from_kubernetes(p.protocol.as_deref());
                 Some((p.name.clone()?, PortSpec { port, protocol }))
             })
             .collect();
@@ -290,11 +286,7 @@ impl From<Service> for ServiceInfo {
             .map(|p| ServicePort {
                 name: p.name.clone().unwrap_or_default(),
                 port: u16::try_from(p.port).unwrap_or_default(),
-                protocol: match p.protocol.as_deref() {
-                    Some("UDP") => Protocol::Udp,
-                    Some("SCTP") => Protocol::Sctp,
-                    _ => Protocol::Tcp,
-                },
+                protocol: Protocol::from_kubernetes(p.protocol.as_deref()),
             })
             .collect();
         let spec = service.spec.as_ref();
