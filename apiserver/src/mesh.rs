@@ -459,12 +459,34 @@ mod tests {
     }
 
     fn mirror() -> Mirror {
+        mirror_with(Default::default())
+    }
+
+    /// The mirror of b (cluster 2, 10.2.0.0/16) under `limits`.
+    fn mirror_with(limits: knit_crds::PeerLimits) -> Mirror {
         Mirror::new(&PeerIdentity {
             cluster_name: "b".into(),
             cluster_id: 2,
             pod_cidrs: vec!["10.2.0.0/16".into()],
-            limits: Default::default(),
+            limits,
         })
+    }
+
+    /// A store over `memory` that keeps values (as the mirror's does).
+    async fn store_on(memory: &MemoryBackend) -> SyncStore<MemoryBackend> {
+        SyncStore::with_backend(memory.clone(), Vec::new(), 10)
+            .await
+            .unwrap()
+            .keep_values()
+    }
+
+    /// The keys of b's endpoints in the cache.
+    fn mirrored_endpoints(memory: &MemoryBackend) -> Vec<String> {
+        memory
+            .dump()
+            .into_keys()
+            .filter(|k| k.contains("/cache/b/endpoints/"))
+            .collect()
     }
 
     fn service(withdrawn: bool) -> serde_json::Value {
@@ -481,10 +503,7 @@ mod tests {
     #[tokio::test]
     async fn mirrors_good_records_rejects_bad_ones_and_withdraws_services() {
         let memory = MemoryBackend::new();
-        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
-            .await
-            .unwrap()
-            .keep_values();
+        let mut store = store_on(&memory).await;
         let metrics = Metrics::default();
         let mut m = mirror();
         let endpoint = |ip: &str| json!({"ip": ip, "cluster": "b", "identity": identity(2, 7), "node": "n1", "namespace": "shop", "pod": "p"});
@@ -536,10 +555,7 @@ mod tests {
             &serde_json::to_vec(&service(false)).unwrap(),
         );
         memory.put_leftover("knit/v1/cache/b/services/shop/gone", b"{}");
-        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
-            .await
-            .unwrap()
-            .keep_values();
+        let mut store = store_on(&memory).await;
         let metrics = Metrics::default();
         let mut m = mirror();
 
@@ -571,19 +587,11 @@ mod tests {
     #[tokio::test]
     async fn records_beyond_the_peers_limit_are_refused_and_counted() {
         let memory = MemoryBackend::new();
-        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
-            .await
-            .unwrap()
-            .keep_values();
+        let mut store = store_on(&memory).await;
         let metrics = Metrics::default();
-        let mut m = Mirror::new(&PeerIdentity {
-            cluster_name: "b".into(),
-            cluster_id: 2,
-            pod_cidrs: vec!["10.2.0.0/16".into()],
-            limits: knit_crds::PeerLimits {
-                endpoints: 3,
-                ..Default::default()
-            },
+        let mut m = mirror_with(knit_crds::PeerLimits {
+            endpoints: 3,
+            ..Default::default()
         });
         let endpoint = |i: u8| {
             upsert(
@@ -596,14 +604,7 @@ mod tests {
         }
         m.handle(upsert("services/shop/web", service(false)), &mut store, &metrics);
         store.flush().await.unwrap();
-        let mirrored = |memory: &MemoryBackend| -> Vec<String> {
-            memory
-                .dump()
-                .into_keys()
-                .filter(|k| k.contains("/cache/b/endpoints/"))
-                .collect()
-        };
-        assert_eq!(mirrored(&memory).len(), 3, "the limit holds");
+        assert_eq!(mirrored_endpoints(&memory).len(), 3, "the limit holds");
         assert_eq!(m.status.rejected.get("over_limit"), Some(&2));
         assert!(
             memory.dump().contains_key("knit/v1/cache/b/services/shop/web"),
@@ -621,7 +622,7 @@ mod tests {
         m.handle(endpoint(4), &mut store, &metrics);
         store.flush().await.unwrap();
         assert_eq!(
-            mirrored(&memory),
+            mirrored_endpoints(&memory),
             [
                 "knit/v1/cache/b/endpoints/10.2.0.1",
                 "knit/v1/cache/b/endpoints/10.2.0.3",
@@ -634,10 +635,7 @@ mod tests {
     #[tokio::test]
     async fn records_past_the_peers_byte_budget_for_their_kind_are_refused_and_a_deletion_makes_room() {
         let memory = MemoryBackend::new();
-        let mut store = SyncStore::with_backend(memory.clone(), Vec::new(), 10)
-            .await
-            .unwrap()
-            .keep_values();
+        let mut store = store_on(&memory).await;
         let metrics = Metrics::default();
         // Few records, each large: the record counts never bind.
         let endpoint = |i: u8, pad: usize| {
@@ -652,27 +650,15 @@ mod tests {
             }
             _ => 0,
         };
-        let mut m = Mirror::new(&PeerIdentity {
-            cluster_name: "b".into(),
-            cluster_id: 2,
-            pod_cidrs: vec!["10.2.0.0/16".into()],
-            limits: knit_crds::PeerLimits {
-                bytes: size(&endpoint(1, 1000)) * 3,
-                ..Default::default()
-            },
+        let mut m = mirror_with(knit_crds::PeerLimits {
+            bytes: size(&endpoint(1, 1000)) * 3,
+            ..Default::default()
         });
         for i in 1..=5 {
             m.handle(endpoint(i, 1000), &mut store, &metrics);
         }
         store.flush().await.unwrap();
-        let mirrored = |memory: &MemoryBackend| -> Vec<String> {
-            memory
-                .dump()
-                .into_keys()
-                .filter(|k| k.contains("/cache/b/endpoints/"))
-                .collect()
-        };
-        assert_eq!(mirrored(&memory).len(), 3, "the budget holds");
+        assert_eq!(mirrored_endpoints(&memory).len(), 3, "the budget holds");
         assert_eq!(m.status.rejected.get("over_byte_budget"), Some(&2));
         assert_eq!(m.bytes[&Kind::Endpoints], size(&endpoint(1, 1000)) * 3);
         // Another kind has a budget of its own.
@@ -685,14 +671,14 @@ mod tests {
         m.handle(endpoint(1, 2000), &mut store, &metrics);
         m.handle(endpoint(2, 10), &mut store, &metrics);
         store.flush().await.unwrap();
-        assert_eq!(mirrored(&memory).len(), 2);
+        assert_eq!(mirrored_endpoints(&memory).len(), 2);
         assert_eq!(m.status.rejected.get("over_byte_budget"), Some(&3));
         // The room made lets new records in.
         m.handle(endpoint(4, 1000), &mut store, &metrics);
         m.handle(endpoint(5, 10), &mut store, &metrics);
         store.flush().await.unwrap();
         assert_eq!(
-            mirrored(&memory),
+            mirrored_endpoints(&memory),
             [
                 "knit/v1/cache/b/endpoints/10.2.0.2",
                 "knit/v1/cache/b/endpoints/10.2.0.3",

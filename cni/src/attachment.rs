@@ -124,11 +124,22 @@ impl AttachmentStore {
         self.root.join("attached")
     }
 
+    fn attached_file(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.attached_dir().join(format!("{container_id}_{ifname}"))
+    }
+
     /// Whether the agent has put this attachment's datapath in place.
     pub fn is_attached(&self, container_id: &str, ifname: &str) -> bool {
-        self.attached_dir()
-            .join(format!("{container_id}_{ifname}"))
-            .exists()
+        self.attached_file(container_id, ifname).exists()
+    }
+
+    /// Marks one attachment attached, as the agent does (for tools and
+    /// tests that load the datapath without an agent).
+    pub fn mark_attached(&self, container_id: &str, ifname: &str) -> Result<()> {
+        let dir = self.attached_dir();
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let path = self.attached_file(container_id, ifname);
+        std::fs::write(&path, b"").map_err(io("write", &path))
     }
 
     /// The agent's side: marks exactly `placed` attached (markers of
@@ -200,7 +211,7 @@ impl AttachmentStore {
 
     /// Forgets one attachment; succeeds when it is already gone.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<bool> {
-        let _ = std::fs::remove_file(self.attached_dir().join(format!("{container_id}_{ifname}")));
+        let _ = std::fs::remove_file(self.attached_file(container_id, ifname));
         let path = self.file(container_id, ifname);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),

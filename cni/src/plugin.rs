@@ -471,8 +471,7 @@ mod tests {
 
     /// Plays the agent: marks the tests' attachment (`c1`, `eth0`) attached.
     fn agent_attached(dir: &std::path::Path) {
-        std::fs::create_dir_all(dir.join("attached")).unwrap();
-        std::fs::write(dir.join("attached").join("c1_eth0"), b"").unwrap();
+        AttachmentStore::new(dir).mark_attached("c1", "eth0").unwrap();
     }
 
     #[test]

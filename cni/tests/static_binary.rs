@@ -142,8 +142,9 @@ fn the_host_binary_is_static_and_attaches_a_calico_shaped_pod() {
         "prevResult": {"cniVersion": "0.3.1", "interfaces": [{"name": "cali0123456789a"}],
             "ips": [{"version": "4", "address": "10.77.9.5/32"}], "dns": {}}});
     // Playing the agent: the attachment is marked attached, so ADD returns.
-    std::fs::create_dir_all(state.join("attached")).unwrap();
-    std::fs::write(state.join("attached/calico1_eth0"), b"").unwrap();
+    knit_cni::attachment::AttachmentStore::new(&state)
+        .mark_attached("calico1", "eth0")
+        .unwrap();
     let netns = format!("/run/netns/{}", pod.0);
     let env = [
         ("CNI_COMMAND", "ADD"),

@@ -157,13 +157,9 @@ fn cni_pod(cni: &CniRuntime, pod: &Netns, name: &str) -> Ipv4Addr {
     let state = cni.conflist["plugins"][2]["stateDir"]
         .as_str()
         .expect("knit's stateDir in the bench conflist");
-    let attached = std::path::Path::new(state).join("attached");
-    std::fs::create_dir_all(&attached).expect("attached dir");
-    std::fs::write(
-        attached.join(format!("{}_{}", sandbox.container_id, sandbox.ifname)),
-        b"",
-    )
-    .expect("marker");
+    AttachmentStore::new(state)
+        .mark_attached(&sandbox.container_id, &sandbox.ifname)
+        .expect("marker");
     let result = cni.add(&sandbox).unwrap_or_else(|e| panic!("{e}"));
     result_ipv4(&result).expect("an IPv4 address")
 }
