@@ -237,8 +237,11 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
             Ok(report) => {
                 span.record("written", report.puts)
                     .record("deleted", report.deletes);
-                dirty = false;
                 resync = false;
+                // The flush may have written the canaries after the status:
+                // report again, and write the status once more if it changed.
+                m.report(&mut store);
+                dirty = !store.is_flushed();
             }
             Err(e) => {
                 m.status.last_error = Some(format!("writing the mirror: {}", knit_kvstore::error_chain(&e)));
@@ -411,12 +414,14 @@ impl Mirror {
         }
     }
 
-    /// Updates the status record in the store.
+    /// Updates the status record in the store. `synced` says the canaries
+    /// are in etcd, not only stated: a flush writes them after every other
+    /// key, the status included, so a reader that sees `synced` finds them.
     fn report<B: SyncBackend>(&mut self, store: &mut SyncStore<B>) {
         self.status.synced = self.status.connected
             && Kind::ALL
                 .iter()
-                .all(|k| store.contains(&RelativeKey::Synced(*k).under(&self.dst)));
+                .all(|k| store.is_written(&RelativeKey::Synced(*k).under(&self.dst)));
         self.status.counts = self.counts.clone();
         store.set(
             mesh_status_key(&self.peer),

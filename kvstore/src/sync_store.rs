@@ -236,6 +236,14 @@ impl<B: SyncBackend> SyncStore<B> {
         self.entries.get(key).is_some_and(|e| e.desired.is_some())
     }
 
+    /// Whether `key` is desired and etcd holds its desired value (a flush
+    /// wrote it).
+    pub fn is_written(&self, key: &str) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.desired.is_some() && e.written == e.desired)
+    }
+
     /// Number of keys desired.
     pub fn len(&self) -> usize {
         self.entries.values().filter(|e| e.desired.is_some()).count()
