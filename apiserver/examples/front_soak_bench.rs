@@ -53,14 +53,17 @@ async fn watch_puts(
 
 /// p99 of two propagations of `updates` new pods written into a's source
 /// at `rate`: into b's mirror, and into a's own etcd (what a's agents
-/// watch). `round` keeps the pod names of each run apart.
+/// watch). `round` keeps the pod names of each run apart; the pods are
+/// removed again before it returns, so every run starts from the same
+/// records (the export's work grows with them: a run on top of the last
+/// one's pods measured that growth, not the attacker).
 async fn propagation(
     a: &TestCluster,
     b: &etcd_client::Client,
     rate: f64,
     round: usize,
 ) -> (Duration, Duration) {
-    let updates = 1000;
+    let updates = 3000;
     let local = a.admin().await;
     let to_b = format!("{}endpoints/", cache_prefix("a"));
     let to_a = format!("{}endpoints/", cluster_prefix("a"));
@@ -71,7 +74,7 @@ async fn propagation(
     for i in 0..updates {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let ip = format!("10.1.{}.{}", 20 + round * 8 + i / 250, 1 + i % 250);
+        let ip = format!("10.1.{}.{}", 20 + round * 16 + i / 250, 1 + i % 250);
         a.write_source(
             &format!("soak-{round}-{i}.yaml"),
             &pod("bench", &format!("soak-{round}-{i}"), "a-n1", &ip, "soak"),
@@ -90,6 +93,27 @@ async fn propagation(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let mut via_front = collect(&mut seen_b, &to_b);
     let mut local_watch = collect(&mut seen_a, &to_a);
+    // Both runs start from the same records: this one's pods go again.
+    for i in 0..updates {
+        a.remove_source(&format!("soak-{round}-{i}.yaml"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (client, prefix) in [(&local, &to_a), (b, &to_b)] {
+        let count_only = || GetOptions::new().with_prefix().with_count_only();
+        while client
+            .clone()
+            .get(prefix.as_str(), Some(count_only()))
+            .await
+            .map(|r| r.count() > 0)
+            .unwrap_or(true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the soak pods were not removed from {prefix}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     via_front.sort();
     local_watch.sort();
     eprintln!(
@@ -102,7 +126,11 @@ async fn propagation(
 
 /// The attack on a's front until `stop`: the slowloris' sockets, and c's
 /// streams and reads. Returns counters of what c got through.
-fn attack(a: &TestCluster, c: &TestCluster, stop: Arc<AtomicBool>) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+fn attack(
+    a: &TestCluster,
+    c: &TestCluster,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>) {
     let front: std::net::SocketAddr = format!("127.0.0.1:{}", a.front_port).parse().unwrap();
     let slowloris_stop = stop.clone();
     tokio::spawn(async move {
@@ -123,10 +151,20 @@ fn attack(a: &TestCluster, c: &TestCluster, stop: Arc<AtomicBool>) -> (Arc<Atomi
         }
         drop(held);
     });
-    let (reads, streams) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (reads, streams, refused) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let config = c.peer_config("a");
     for _ in 0..16 {
-        let (config, stop, reads, streams) = (config.clone(), stop.clone(), reads.clone(), streams.clone());
+        let (config, stop, reads, streams, refused) = (
+            config.clone(),
+            stop.clone(),
+            reads.clone(),
+            streams.clone(),
+            refused.clone(),
+        );
         tokio::spawn(async move {
             let Ok(mut client) = knit_kvstore::etcd::connect(&config).await else {
                 return;
@@ -154,11 +192,13 @@ fn attack(a: &TestCluster, c: &TestCluster, stop: Arc<AtomicBool>) -> (Arc<Atomi
                     .is_ok()
                 {
                     reads.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
     }
-    (reads, streams)
+    (reads, streams, refused)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +245,7 @@ async fn main() {
     let (quiet_front, quiet_local) = propagation(&clusters[0], &b, rate, 0).await;
     eprintln!("front soak bench: {rate} updates/s, c floods a's front and a slowloris holds 1,000 sockets");
     let stop = Arc::new(AtomicBool::new(false));
-    let (reads, streams) = attack(&clusters[0], &clusters[2], stop.clone());
+    let (reads, streams, refused) = attack(&clusters[0], &clusters[2], stop.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (attacked_front, attacked_local) = propagation(&clusters[0], &b, rate, 1).await;
     stop.store(true, Ordering::Relaxed);
@@ -228,8 +268,9 @@ async fn main() {
         ratio(attacked_local, quiet_local)
     );
     println!(
-        "| the attacker's watch streams opened / reads answered | — | {} / {} | — | — |",
+        "| the attacker's watch streams opened / reads answered / calls refused | — | {} / {} / {} | — | — |",
         streams.load(Ordering::Relaxed),
-        reads.load(Ordering::Relaxed)
+        reads.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed)
     );
 }

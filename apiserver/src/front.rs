@@ -178,7 +178,7 @@ fn refuse(metrics: &Metrics, reason: &str) {
 }
 
 /// What a connection holds while it is served: its handshake slot (given
-/// back once it is authenticated), the admission it takes a connection
+/// back once it is admitted, or a while after it is refused), the admission it takes a connection
 /// slot from, and its peer's request rate.
 struct Peer<'a> {
     slot: HandshakeSlot,
@@ -194,16 +194,23 @@ async fn serve(
     metrics: &Metrics,
     admitted: Peer<'_>,
 ) -> Result<()> {
-    let refused = |reason: &str| refuse(metrics, reason);
+    // Every refusal holds the connection's handshake slot a while before it
+    // closes: a client reconnecting in a loop costs the front one handshake
+    // per slot per delay, not thousands a second.
+    let hold = settings.limits.max_request_delay;
+    let refused = |reason: &str, error: Error| {
+        refuse(metrics, reason);
+        async move {
+            tokio::time::sleep(hold).await;
+            Err(error)
+        }
+    };
     relay_without_delay(&socket);
     let tls = match tokio::time::timeout(settings.limits.handshake_timeout, acceptor.accept(socket)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            refused("handshake");
-            return Err(Error::Front(format!("TLS handshake: {e}")));
-        }
+        Ok(Err(e)) => return refused("handshake", Error::Front(format!("TLS handshake: {e}"))).await,
         Err(_) => {
-            refused("handshake");
+            refuse(metrics, "handshake");
             return Err(Error::Front("TLS handshake timed out".into()));
         }
     };
@@ -217,19 +224,18 @@ async fn serve(
     let peer = match authorize(trust, &leaf) {
         Ok(peer) => peer,
         Err(refusal) => {
-            refused(refusal.as_str());
             tracing::warn!(?refusal, "refused a client certificate at the peer front");
-            return Err(Error::Front(format!("refused: {refusal:?}")));
+            return refused(refusal.as_str(), Error::Front(format!("refused: {refusal:?}"))).await;
         }
     };
-    drop(admitted.slot);
     let _connection = match admitted.admission.connection(&peer) {
         Ok(slot) => slot,
         Err(busy) => {
-            refused(busy.as_str());
-            return Err(Error::Front(format!("refused {peer}: {}", busy.as_str())));
+            let error = Error::Front(format!("refused {peer}: {}", busy.as_str()));
+            return refused(busy.as_str(), error).await;
         }
     };
+    drop(admitted.slot);
     let connector = TlsConnector::from(upstream_config(settings, &peer)?);
     let upstream = TcpStream::connect(settings.upstream)
         .await
@@ -245,6 +251,7 @@ async fn serve(
         keepalive: settings.limits.keepalive,
         rate: admitted.rate,
         admission: admitted.admission.clone(),
+        read_page: settings.limits.max_read_keys,
     };
     crate::front_relay::relay(tls, upstream, peer, metrics.front_calls.clone(), limits).await
 }

@@ -42,9 +42,15 @@ pub struct FrontLimits {
     /// Bytes of read answers a peer may take in a burst (a KVStoreMesh's
     /// first list of a whole cluster).
     pub read_burst_bytes: f64,
+    /// Keys one read (`KV/Range` over a range) may ask etcd for; a read
+    /// for more gets this many and pages on ([`crate::front_read`]).
+    pub max_read_keys: i64,
     /// A call beyond the rate waits for its turn up to this long (so a
     /// client that loops on calls is paced, not answered at once and
-    /// free to call again); past that it is refused.
+    /// free to call again); past that it is refused. Every refusal (rate,
+    /// watches, method) is answered only after this long too, so a client
+    /// spinning on refusals gets at most one per stream slot per delay,
+    /// not thousands a second of the front's CPU.
     pub max_request_delay: Duration,
     /// An HTTP/2 ping every so often; a connection that does not answer
     /// one within as long is closed (dead or stalled peers).
@@ -64,6 +70,7 @@ impl Default for FrontLimits {
             request_burst: 400.0,
             read_bytes_per_second: f64::from(1u32 << 20),
             read_burst_bytes: f64::from(16u32 << 20),
+            max_read_keys: 1000,
             max_request_delay: Duration::from_secs(1),
             keepalive: Duration::from_secs(30),
         }
@@ -301,6 +308,11 @@ impl RequestRate {
         }
         b.calls -= 1.0;
         Some(wait)
+    }
+
+    /// How long a refused call is held before its refusal is answered.
+    pub fn refusal_delay(&self) -> Duration {
+        self.max_delay
     }
 
     /// Charges `peer` for `bytes` of read answers taken at `now` (it may go

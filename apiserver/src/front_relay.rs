@@ -3,7 +3,8 @@
 //! After [`crate::front`] has decided which peer a connection is, this
 //! module terminates the peer's HTTP/2 and opens one HTTP/2 connection to
 //! etcd as that peer's read-only user. Each gRPC call is looked at once, by
-//! its method path, before anything of it reaches etcd:
+//! its method path, before anything of it reaches etcd (and a read's
+//! request once more, by [`crate::front_read`], for the page it asks for):
 //! - a method a KVStoreMesh needs ([`ALLOWED_METHODS`]: read a range, watch,
 //!   and the status call clients make when connecting) is relayed, with its
 //!   streamed bodies and trailers, both ways;
@@ -39,6 +40,11 @@ pub const ALLOWED_METHODS: [&str; 3] = [
 const PERMISSION_DENIED: &str = "7";
 /// gRPC status code `RESOURCE_EXHAUSTED`: over the peer's request rate.
 const RESOURCE_EXHAUSTED: &str = "8";
+/// gRPC status code `INVALID_ARGUMENT`: a read the front cannot look into.
+const INVALID_ARGUMENT: &str = "3";
+/// The largest Range request the front reads (keys are at most a few
+/// hundred bytes; etcd's own request limit is far above what a read needs).
+const MAX_RANGE_REQUEST: usize = 64 << 10;
 
 /// Whether a peer may call the gRPC method at `path` (exact match).
 pub fn method_allowed(path: &str) -> bool {
@@ -57,6 +63,8 @@ pub struct RelayLimits {
     pub rate: crate::front_limits::RequestRate,
     /// Where the peer's watch streams are counted.
     pub admission: crate::front_limits::Admission,
+    /// Keys one read may ask for ([`crate::front_read`]).
+    pub read_page: i64,
 }
 
 /// The gRPC method of a watch stream.
@@ -68,7 +76,7 @@ const RANGE: &str = "/etcdserverpb.KV/Range";
 /// to `upstream` (etcd, already authenticated as the peer's user) until
 /// either side closes. `calls` counts calls by peer and outcome
 /// (`relayed`, `paced` (relayed after waiting for the rate), `denied`,
-/// `rate_limited`, `too_many_watches`).
+/// `malformed`, `rate_limited`, `too_many_watches`).
 pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
@@ -81,12 +89,13 @@ where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Incoming>(TokioIo::new(upstream))
+        .handshake::<_, Body>(TokioIo::new(upstream))
         .await
         .map_err(|e| Error::Front(format!("HTTP/2 to etcd: {e}")))?;
     let upstream_task = tokio::spawn(connection);
     let rate = limits.rate.clone();
     let admission = limits.admission.clone();
+    let page = limits.read_page;
     let service = service_fn(move |request: Request<Incoming>| {
         let mut sender = sender.clone();
         let (peer, calls, rate) = (peer.clone(), calls.clone(), rate.clone());
@@ -94,8 +103,11 @@ where
         let watch = (request.uri().path() == WATCH).then(|| admission.watch(&peer));
         async move {
             let method = request.uri().path().to_owned();
+            let request = bounded(request, method == RANGE, page).await;
             let outcome = if !method_allowed(&method) {
                 "denied"
+            } else if request.is_err() {
+                "malformed"
             } else if delay.is_none() {
                 "rate_limited"
             } else if matches!(watch, Some(Err(_))) {
@@ -111,25 +123,40 @@ where
                     detail: outcome.to_owned(),
                 })
                 .inc();
-            if outcome == "denied" {
-                tracing::warn!(%peer, %method, "refused a gRPC method at the peer front");
-                return Ok::<_, hyper::Error>(denied(&method));
-            }
-            if outcome == "rate_limited" {
-                return Ok(refused(
+            let refusal = match outcome {
+                "denied" => {
+                    tracing::warn!(%peer, %method, "refused a gRPC method at the peer front");
+                    Some(denied(&method))
+                }
+                "rate_limited" => Some(refused(
                     RESOURCE_EXHAUSTED,
                     &format!("the peer front limits {peer}'s request rate; retry later"),
-                ));
-            }
-            if outcome == "too_many_watches" {
-                return Ok(refused(
+                )),
+                "too_many_watches" => Some(refused(
                     RESOURCE_EXHAUSTED,
                     &format!("the peer front limits {peer}'s concurrent watches; end one first"),
-                ));
+                )),
+                "malformed" => Some(refused(
+                    INVALID_ARGUMENT,
+                    &format!(
+                        "the peer front relays a Range only as one uncompressed RangeRequest; got {}",
+                        request.as_ref().err().copied().unwrap_or_default()
+                    ),
+                )),
+                _ => None,
+            };
+            if let Some(refusal) = refusal {
+                // Held before it is answered: a peer looping on refusals
+                // gets one per stream slot per delay.
+                tokio::time::sleep(rate.refusal_delay()).await;
+                return Ok::<_, hyper::Error>(refusal);
             }
             if let Some(wait) = delay.filter(|d| !d.is_zero()) {
                 tokio::time::sleep(wait).await;
             }
+            let Ok(request) = request else {
+                unreachable!("a malformed request is refused above")
+            };
             let response = sender.send_request(request).await?;
             // A watch's slot goes with its response body: when the stream
             // ends, it is given back. A read's answer is charged to the
@@ -157,6 +184,35 @@ where
         .await;
     upstream_task.abort();
     served.map_err(|e| Error::Front(format!("HTTP/2 from the peer: {e}")))
+}
+
+/// The request as it goes to etcd: a Range (`range`) collected and held to
+/// `page` keys ([`crate::front_read::clamp_range`]), anything else streamed
+/// as it comes. `Err` says why a Range cannot be relayed.
+async fn bounded(
+    request: Request<Incoming>,
+    range: bool,
+    page: i64,
+) -> std::result::Result<Request<Body>, &'static str> {
+    if !range {
+        return Ok(request.map(BodyExt::boxed));
+    }
+    let (parts, body) = request.into_parts();
+    let body = http_body_util::Limited::new(body, MAX_RANGE_REQUEST)
+        .collect()
+        .await
+        .map_err(|_| "a request over 64 KiB or cut short")?
+        .to_bytes();
+    let crate::front_read::RangeRefusal::Malformed(why) = match crate::front_read::clamp_range(body, page) {
+        Ok(body) => {
+            let body = http_body_util::Full::new(body)
+                .map_err(|never| match never {})
+                .boxed();
+            return Ok(Request::from_parts(parts, body));
+        }
+        Err(refusal) => refusal,
+    };
+    Err(why)
 }
 
 /// A trailers-only gRPC answer: `PERMISSION_DENIED`, naming the method.

@@ -15,6 +15,7 @@ pub mod export;
 pub mod exporter;
 pub mod front;
 pub mod front_limits;
+pub mod front_read;
 pub mod front_relay;
 pub mod front_trust;
 pub mod identity;

@@ -106,6 +106,11 @@ struct Args {
     /// KVStoreMesh's first list of this cluster).
     #[arg(long, default_value_t = 16 << 20)]
     front_read_burst_bytes: u64,
+    /// Peer front: keys one read may ask for; a list for more gets this
+    /// many and pages on (one unlimited list of a big cluster is a spike
+    /// every other reader waits behind).
+    #[arg(long, default_value_t = 1000)]
+    front_max_read_keys: i64,
 }
 
 impl Args {
@@ -150,6 +155,7 @@ impl Args {
             request_burst: 2.0 * self.front_requests_per_second,
             read_bytes_per_second: self.front_read_bytes_per_second as f64,
             read_burst_bytes: self.front_read_burst_bytes as f64,
+            max_read_keys: self.front_max_read_keys.max(1),
             ..knit_apiserver::front_limits::FrontLimits::default()
         }
     }

@@ -82,7 +82,7 @@ async fn the_front_relays_only_the_methods_a_kvstoremesh_needs() {
     let mut clusters = vec![TestCluster::new("a", 1), TestCluster::new("b", 2)];
     full_mesh(&mut clusters);
     let [a, b] = &mut clusters[..] else { unreachable!() };
-    let admin = start_exporting(a).await;
+    let admin = start_exporting_with(a, &["--front-max-connections-per-peer=1"]).await;
 
     // Through the front: range and watch work (a watch sees a change).
     let mut front = connect_retrying(&b.peer_config("a")).await;
@@ -127,6 +127,30 @@ async fn the_front_relays_only_the_methods_a_kvstoremesh_needs() {
             .put("knit/v1/clusters/a/nodes/x", "{}", None)
             .await
             .is_err_and(denied)
+    );
+    // A refusal is answered only after the front's longest wait (1 s), so
+    // a peer looping on refused calls gets one a second per stream; the
+    // soak bench's attacker was answered 2,450 refusals a second before.
+    let asked = std::time::Instant::now();
+    assert!(front.lease_grant(60, None).await.is_err_and(denied));
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // A connection over the peer's limit is refused as late: b's second
+    // connection (the limit is 1) is closed a second after its handshake.
+    let asked = std::time::Instant::now();
+    let mut second = etcd::connect(&b.peer_config("a"))
+        .await
+        .expect("a lazy connection");
+    let read = second.get("knit/v1/clusters/a/nodes/late", None).await;
+    assert!(read.is_err(), "a second connection is over the limit of 1");
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        asked.elapsed()
     );
 
     // The same user straight at etcd may grant a lease and list members:
@@ -397,4 +421,69 @@ async fn a_peer_looping_on_reads_is_paced_to_its_rate_and_others_are_not() {
             .expect("b reads");
         assert!(!read.kvs().is_empty());
     }
+}
+
+/// One read is at most a page: a list without a limit (or above the
+/// front's `--front-max-read-keys`) is answered with a page and `more`,
+/// so no peer can make etcd walk a whole big cluster in one call; a
+/// KVStoreMesh pages and still mirrors every record, and single-key gets
+/// are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_at_most_a_page_and_the_mirror_pages_through_everything() {
+    let mut clusters = vec![
+        TestCluster::new("a", 1),
+        TestCluster::new("b", 2),
+        TestCluster::new("c", 3),
+    ];
+    full_mesh(&mut clusters);
+    let [a, b, c] = &mut clusters[..] else {
+        unreachable!()
+    };
+    let mut source = node("a-n1", "192.168.1.1", "10.1.1.0/24");
+    for i in 1..=7 {
+        source += &pod("x", &format!("p{i}"), "a-n1", &format!("10.1.1.{i}"), "web");
+    }
+    a.write_source("cluster.yaml", &source);
+    for cluster in [&mut *a, &mut *b] {
+        cluster.start_etcd();
+    }
+    a.start_apiserver(APISERVER, &["--front-max-read-keys=3"]);
+    b.start_apiserver(APISERVER, &[]);
+    let b_admin = b.admin().await;
+    let endpoints = format!("{}endpoints/", cache_prefix("a"));
+    eventually(
+        30,
+        "b to mirror all 7 of a's endpoints through pages of 3",
+        &[&*a, &*b],
+        || async { (keys(&b_admin, &endpoints).await.len() == 7).then_some(()) },
+    )
+    .await;
+
+    let mut reader = connect_retrying(&c.peer_config("a")).await;
+    for asked in [None, Some(5000)] {
+        let mut options = GetOptions::new().with_prefix();
+        if let Some(limit) = asked {
+            options = options.with_limit(limit);
+        }
+        let page = reader
+            .get("knit/v1/clusters/a/endpoints/", Some(options))
+            .await
+            .expect("c reads");
+        assert_eq!(page.kvs().len(), 3, "asked for {asked:?}");
+        assert!(page.more(), "the page says there is more");
+        assert_eq!(page.count(), 7, "the count is of the whole range");
+    }
+    let small = reader
+        .get(
+            "knit/v1/clusters/a/endpoints/",
+            Some(GetOptions::new().with_prefix().with_limit(2)),
+        )
+        .await
+        .expect("c reads two");
+    assert_eq!(small.kvs().len(), 2, "a smaller limit is kept");
+    let single = reader
+        .get("knit/v1/clusters/a/endpoints/10.1.1.4", None)
+        .await
+        .expect("c reads one key");
+    assert_eq!(single.kvs().len(), 1);
 }

@@ -59,8 +59,14 @@ where
 /// Starts `cluster`'s etcd and apiserver and waits for its first complete
 /// export (its canaries); returns an admin client.
 pub async fn start_exporting(cluster: &mut TestCluster) -> Client {
+    start_exporting_with(cluster, &[]).await
+}
+
+/// [`start_exporting`], with `args` added to the apiserver's.
+#[allow(dead_code)]
+pub async fn start_exporting_with(cluster: &mut TestCluster, args: &[&str]) -> Client {
     cluster.start_etcd();
-    cluster.start_apiserver(APISERVER, &[]);
+    cluster.start_apiserver(APISERVER, args);
     let admin = cluster.admin().await;
     let canaries = format!("knit/v1/clusters/{}/synced/", cluster.name);
     eventually(30, "the first export", &[&*cluster], || async {
