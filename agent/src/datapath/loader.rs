@@ -67,17 +67,72 @@ pub fn load(pin_dir: &Path, tc_attach: TcAttach) -> Result<Loaded> {
         .map_err(|e| Error::Load(Box::new(e)))?;
     for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| Error::program(name, e))?;
+        verify(|| prog.load()).map_err(|e| Error::program(name, e))?;
     }
     for name in SOCKET_PROGRAMS {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| Error::program(name, e))?;
+        verify(|| prog.load()).map_err(|e| Error::program(name, e))?;
     }
     Ok(Loaded {
         ebpf,
         pin_dir: pin_dir.to_owned(),
         tc_mode,
     })
+}
+
+/// Times `BPF_PROG_LOAD` is tried while the kernel answers `EAGAIN`
+/// (libbpf's `PROG_LOAD_ATTEMPTS`).
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Runs `load` (a program's `load`) with every signal blocked on this
+/// thread, and again while the verifier answers `EAGAIN`, up to
+/// [`LOAD_ATTEMPTS`] times. The verifier gives up with `EAGAIN` whenever a
+/// signal is pending for the loading thread (the `SIGCHLD` of an exiting
+/// child, which tokio catches, say). With 4 threads signalling the
+/// process, 2 to 4 of 20 loads failed so, and 1 of 20 still did with
+/// libbpf's 5 retries alone (aya retries only once, to fetch the log).
+/// Blocked, a signal goes to another thread or waits for the load.
+pub fn verify(
+    mut load: impl FnMut() -> std::result::Result<(), aya::programs::ProgramError>,
+) -> std::result::Result<(), aya::programs::ProgramError> {
+    let _blocked = SignalsBlocked::new();
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32)
+                    && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Every signal blocked on this thread until dropped, when the thread's
+/// mask before is put back.
+struct SignalsBlocked(Option<nix::sys::signal::SigSet>);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+        let mut before = SigSet::empty();
+        let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut before));
+        if let Err(e) = blocked {
+            tracing::debug!(error = %e, "cannot block signals while the verifier runs");
+        }
+        Self(blocked.ok().map(|()| before))
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+        if let Some(before) = &self.0 {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(before), None);
+        }
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

@@ -57,8 +57,7 @@ impl Programs {
             .expect("load knit.bpf.o");
         for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL] {
             let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            program
-                .load()
+            knit_agent::datapath::loader::verify(|| program.load())
                 .unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
         }
         Self { ebpf, _pins: pins }
