@@ -80,7 +80,7 @@ pub async fn discover_cluster(config: &EtcdClientConfig) -> String {
             Ok(Some(name)) => return name,
             Ok(None) => tracing::info!("the local kvstore has no cluster yet; waiting"),
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot read the cluster name; retrying")
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "cannot read the cluster name; retrying")
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -88,7 +88,7 @@ pub async fn publish(config: EtcdClientConfig, node: String, mut rx: watch::Rece
         let mut store = match store {
             Ok(store) => store,
             Err(e) => {
-                tracing::debug!(error = %knit_kvstore::error_chain(&e), "peer report not written yet");
+                tracing::debug!(error = %knit_telemetry::error_chain(&e), "peer report not written yet");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
@@ -100,7 +100,7 @@ pub async fn publish(config: EtcdClientConfig, node: String, mut rx: watch::Rece
                 Err(e) => tracing::warn!(error = %e, "encoding the peer report"),
             }
             if let Err(e) = store.flush().await {
-                tracing::debug!(error = %knit_kvstore::error_chain(&e), "writing the peer report failed; reconnecting");
+                tracing::debug!(error = %knit_telemetry::error_chain(&e), "writing the peer report failed; reconnecting");
                 break;
             }
             // A lost lease (etcd restarted empty) is noticed by the store and

@@ -21,7 +21,7 @@ use knit_crds::{Affinity, Failover};
 
 /// One cluster's backends for one service port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClusterBackends {
+pub struct ClusterPortBackends {
     /// Cluster name.
     pub cluster: String,
     /// Backends that may take new connections.
@@ -44,7 +44,7 @@ pub struct Preference<'a> {
 }
 
 /// The backends `preference` chooses from `clusters` (sorted, unique).
-pub fn choose(preference: &Preference<'_>, clusters: &[ClusterBackends]) -> Vec<SocketAddrV4> {
+pub fn choose(preference: &Preference<'_>, clusters: &[ClusterPortBackends]) -> Vec<SocketAddrV4> {
     let (mut chosen, mut total) = (Vec::new(), 0usize);
     for tier in tiers(preference, clusters) {
         for c in tier {
@@ -66,17 +66,20 @@ fn enough(failover: &Failover, ready: usize, total: usize) -> bool {
 }
 
 /// The clusters grouped in tiers, most preferred first.
-fn tiers<'c>(preference: &Preference<'_>, clusters: &'c [ClusterBackends]) -> Vec<Vec<&'c ClusterBackends>> {
+fn tiers<'c>(
+    preference: &Preference<'_>,
+    clusters: &'c [ClusterPortBackends],
+) -> Vec<Vec<&'c ClusterPortBackends>> {
     let named = |name: &str| {
         clusters
             .iter()
             .filter(move |c| c.cluster == name)
             .collect::<Vec<_>>()
     };
-    let is_local = |c: &&ClusterBackends| c.cluster == preference.local;
-    let mut out: Vec<Vec<&ClusterBackends>> = Vec::new();
+    let is_local = |c: &&ClusterPortBackends| c.cluster == preference.local;
+    let mut out: Vec<Vec<&ClusterPortBackends>> = Vec::new();
     let mut placed: Vec<&str> = Vec::new();
-    let mut take = |out: &mut Vec<Vec<&'c ClusterBackends>>, tier: Vec<&'c ClusterBackends>| {
+    let mut take = |out: &mut Vec<Vec<&'c ClusterPortBackends>>, tier: Vec<&'c ClusterPortBackends>| {
         let tier: Vec<_> = tier
             .into_iter()
             .filter(|c| !placed.contains(&c.cluster.as_str()))
@@ -95,7 +98,7 @@ fn tiers<'c>(preference: &Preference<'_>, clusters: &'c [ClusterBackends]) -> Ve
         }
         take(&mut out, named(name));
     }
-    let rest: Vec<&ClusterBackends> = clusters.iter().collect();
+    let rest: Vec<&ClusterPortBackends> = clusters.iter().collect();
     if preference.affinity == Affinity::Remote {
         take(&mut out, rest.iter().copied().filter(|c| !is_local(c)).collect());
     }
@@ -110,8 +113,8 @@ mod tests {
     use super::*;
 
     /// `ready` of `total` backends in `cluster`, addresses 10.<id>.0.<n>.
-    fn cluster(name: &str, id: u8, ready: u8, total: usize) -> ClusterBackends {
-        ClusterBackends {
+    fn cluster(name: &str, id: u8, ready: u8, total: usize) -> ClusterPortBackends {
+        ClusterPortBackends {
             cluster: name.into(),
             ready: (1..=ready)
                 .map(|n| SocketAddrV4::new(Ipv4Addr::new(10, id, 0, n), 8080))
@@ -130,7 +133,7 @@ mod tests {
         affinity: Affinity,
         preferred: &[&str],
         failover: Failover,
-        clusters: &[ClusterBackends],
+        clusters: &[ClusterPortBackends],
     ) -> Vec<u8> {
         let preferred: Vec<String> = preferred.iter().map(|s| s.to_string()).collect();
         let preference = Preference {

@@ -31,7 +31,7 @@ use knit_kvstore::records::{Backend, PortSpec, Protocol, ServicePort, ServiceRec
 use crate::datapath::state::{DatapathState, Frontend, LocalEndpoint, PROTO_TCP, PROTO_UDP, Route};
 use crate::index::{ClusterView, MeshIndex};
 use crate::policy::{PolicyRules, PolicyTarget, compile};
-use crate::preference::{ClusterBackends, Preference, choose};
+use crate::preference::{ClusterPortBackends, Preference, choose};
 
 /// A MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -428,9 +428,9 @@ fn add_service(
                     .filter(|a| !skip_failing || !on_failing_nodes.contains(a.ip()))
                     .collect()
             };
-            let clusters: Vec<ClusterBackends> = std::iter::once(own)
+            let clusters: Vec<ClusterPortBackends> = std::iter::once(own)
                 .chain(remote.iter().copied())
-                .map(|r| ClusterBackends {
+                .map(|r| ClusterPortBackends {
                     cluster: r.cluster.clone(),
                     ready: keep(ready(&[r], port)),
                     total: r

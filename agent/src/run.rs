@@ -239,7 +239,7 @@ pub async fn run<S: Source>(
                         dirty_since.get_or_insert_with(Instant::now);
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing interfaces failed"),
+                    Err(e) => tracing::warn!(error = %knit_telemetry::error_chain(&e), "listing interfaces failed"),
                 }
                 if let Some(now) = read_attachments(&attachments_store, &metrics) {
                     attachments_read = true;
@@ -257,7 +257,7 @@ pub async fn run<S: Source>(
                             tracing::warn!(file = %file.display(), "the node's CNI config lost Knit (rewritten by its CNI); chained Knit again");
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %knit_kvstore::error_chain(&e), "checking the node's CNI config failed"),
+                        Err(e) => tracing::warn!(error = %knit_telemetry::error_chain(&e), "checking the node's CNI config failed"),
                     }
                 }
                 if mtu_check_due {
@@ -375,7 +375,7 @@ pub async fn run<S: Source>(
                 health.set_ready(true);
             }
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "datapath update failed; retrying");
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "datapath update failed; retrying");
                 renderer.invalidate();
                 dirty_since = Some(since);
             }
@@ -431,7 +431,7 @@ pub(crate) async fn sync_node_routes(
     let have = match net.owned_routes().await {
         Ok(have) => have,
         Err(e) => {
-            tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing routes failed");
+            tracing::warn!(error = %knit_telemetry::error_chain(&e), "listing routes failed");
             return false;
         }
     };
@@ -439,14 +439,14 @@ pub(crate) async fn sync_node_routes(
     let mut ok = true;
     for (dst, gw) in plan.replace {
         if let Err(e) = net.replace_route(dst, gw).await {
-            tracing::warn!(%dst, %gw, error = %knit_kvstore::error_chain(&e), "route to a node's pod CIDR refused");
+            tracing::warn!(%dst, %gw, error = %knit_telemetry::error_chain(&e), "route to a node's pod CIDR refused");
             metrics.node_route_failures.inc();
             ok = false;
         }
     }
     for (dst, gw) in plan.delete {
         if let Err(e) = net.delete_route(dst, gw).await {
-            tracing::warn!(%dst, error = %knit_kvstore::error_chain(&e), "removing a stale node route failed");
+            tracing::warn!(%dst, error = %knit_telemetry::error_chain(&e), "removing a stale node route failed");
             ok = false;
         }
     }
@@ -508,13 +508,13 @@ fn read_attachments(store: &AttachmentStore, metrics: &Metrics) -> Option<Vec<At
     match store.list() {
         Ok((now, unreadable)) => {
             for e in &unreadable {
-                tracing::warn!(error = %knit_kvstore::error_chain(e), "skipping an unreadable CNI attachment");
+                tracing::warn!(error = %knit_telemetry::error_chain(e), "skipping an unreadable CNI attachment");
             }
             metrics.unreadable_attachments.set(unreadable.len() as i64);
             Some(now)
         }
         Err(e) => {
-            tracing::warn!(error = %knit_kvstore::error_chain(&e), "listing CNI attachments failed; keeping the last list");
+            tracing::warn!(error = %knit_telemetry::error_chain(&e), "listing CNI attachments failed; keeping the last list");
             None
         }
     }
@@ -532,7 +532,7 @@ fn mark_attached(
         .iter()
         .filter(|a| !unplaced.missing_interfaces.contains(&a.host_interface));
     if let Err(e) = store.sync_attached(placed) {
-        tracing::warn!(error = %knit_kvstore::error_chain(&e), "marking CNI attachments attached failed");
+        tracing::warn!(error = %knit_telemetry::error_chain(&e), "marking CNI attachments attached failed");
     }
 }
 
@@ -546,7 +546,7 @@ async fn check_pod_mtus(net: &NetDevices, attachments: &[Attachment], metrics: &
     let mtus = match net.mtus().await {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(error = %knit_kvstore::error_chain(&e), "reading interface MTUs failed");
+            tracing::warn!(error = %knit_telemetry::error_chain(&e), "reading interface MTUs failed");
             return;
         }
     };

@@ -59,7 +59,7 @@ pub async fn run_exporter<S: Source>(
         match started.await {
             Ok(store) => break store,
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot start exporting yet; retrying");
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "cannot start exporting yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -77,7 +77,7 @@ pub async fn run_exporter<S: Source>(
             store.set(HEARTBEAT_KEY.to_owned(), unix_now().to_string().into_bytes());
             last_heartbeat = Instant::now();
             if !pending && let Err(e) = store.flush().await {
-                tracing::debug!(error = %knit_kvstore::error_chain(&e), "heartbeat write failed");
+                tracing::debug!(error = %knit_telemetry::error_chain(&e), "heartbeat write failed");
             }
         }
         if pending {
@@ -153,7 +153,7 @@ pub async fn run_exporter<S: Source>(
                     Ok(_) => pending = store.needs_values(),
                     Err(e) => {
                         metrics.export_failures.inc();
-                        tracing::warn!(error = %knit_kvstore::error_chain(&e), "export write failed; retrying");
+                        tracing::warn!(error = %knit_telemetry::error_chain(&e), "export write failed; retrying");
                         pending = true;
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }

@@ -197,7 +197,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         match etcd::connect(&config).await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "waiting for the local etcd");
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "waiting for the local etcd");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -209,7 +209,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             match knit_apiserver::bootstrap::bootstrap(&mut client, &access).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %knit_kvstore::error_chain(&e), "etcd bootstrap failed; retrying");
+                    tracing::warn!(error = %knit_telemetry::error_chain(&e), "etcd bootstrap failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

@@ -147,7 +147,7 @@ pub async fn run_maintenance(mut client: Client, settings: MaintenanceSettings, 
         let state = match observe(&mut client).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "reading etcd's status failed");
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "reading etcd's status failed");
                 continue;
             }
         };
@@ -180,7 +180,7 @@ pub async fn run_maintenance(mut client: Client, settings: MaintenanceSettings, 
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "etcd maintenance failed; trying again next round")
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "etcd maintenance failed; trying again next round")
             }
         }
     }

@@ -131,7 +131,7 @@ fn peer_configs(dir: &Path) -> BTreeMap<PathBuf, EtcdClientConfig> {
             Ok(c) if c.peer.is_some() => Some((p, c)),
             Ok(_) => None,
             Err(e) => {
-                tracing::warn!(file = %p.display(), error = %knit_kvstore::error_chain(&e), "skipping peer config");
+                tracing::warn!(file = %p.display(), error = %knit_telemetry::error_chain(&e), "skipping peer config");
                 None
             }
         })
@@ -181,7 +181,7 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
         match SyncStore::new(local.clone(), Vec::new(), settings.lease_ttl_secs).await {
             Ok(s) => break s.keep_values(),
             Err(e) => {
-                tracing::warn!(%peer, error = %knit_kvstore::error_chain(&e), "local etcd not ready for the mirror");
+                tracing::warn!(%peer, error = %knit_telemetry::error_chain(&e), "local etcd not ready for the mirror");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -244,8 +244,9 @@ pub async fn mirror_peer(local: Client, config: EtcdClientConfig, settings: Mesh
                 dirty = !store.is_flushed();
             }
             Err(e) => {
-                m.status.last_error = Some(format!("writing the mirror: {}", knit_kvstore::error_chain(&e)));
-                tracing::warn!(%peer, error = %knit_kvstore::error_chain(&e), "mirror write failed; retrying");
+                m.status.last_error =
+                    Some(format!("writing the mirror: {}", knit_telemetry::error_chain(&e)));
+                tracing::warn!(%peer, error = %knit_telemetry::error_chain(&e), "mirror write failed; retrying");
             }
         }
         let metrics = &settings.metrics;

@@ -17,7 +17,11 @@
 #![forbid(unsafe_code)]
 
 pub mod attachment;
+// The static binary takes no workspace crate that brings tokio: it
+// compiles knit-telemetry's std-only file.
 pub mod conflist;
+#[path = "../../telemetry/src/error_chain.rs"]
+mod error_chain;
 pub mod install;
 pub mod links;
 pub mod plugin;

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::attachment::{Attachment, AttachmentStore, DEFAULT_STATE_DIR, check_names};
+use crate::error_chain::error_chain;
 use crate::protocol::{
     CNI_VERSION, CniError, ErrorCode, Invocation, NetConf, ResultView, SUPPORTED_VERSIONS,
     VERSIONS_WITH_CHECK, VERSIONS_WITH_STATUS_AND_GC,
@@ -117,17 +118,6 @@ fn io_error(action: &str, e: crate::Error) -> CniError {
         format!("{action} failed; check that the state directory is writable by the runtime"),
     )
     .with_details(error_chain(&e))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// What the previous result does not say and the node must: the pod's

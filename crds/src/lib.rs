@@ -10,6 +10,7 @@ mod annotations;
 mod cluster_mesh_peer;
 mod global_service_policy;
 pub mod mcs;
+mod seniority;
 
 pub use annotations::{
     AFFINITY, AFFINITY_LEGACY, GLOBAL, GLOBAL_LEGACY, POLICY_ANNOTATIONS, SHARED, ServicePolicy,
@@ -23,6 +24,7 @@ pub use global_service_policy::{
     Affinity, ClusterBackends, Failover, GlobalServicePolicy, GlobalServicePolicySpec,
     GlobalServicePolicyStatus, SelectorOperator, SelectorRequirement, ServiceConflict, ServiceSelector,
 };
+pub use seniority::Seniority;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -76,18 +76,6 @@ pub enum Error {
     },
 }
 
-/// An error and its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 /// A 64-bit fingerprint of a value (FNV-1a): what writers and readers keep
 /// instead of the value to tell whether it changed.
 pub fn fingerprint(value: &[u8]) -> u64 {

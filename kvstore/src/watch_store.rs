@@ -75,7 +75,7 @@ where
         }
         let error = match outcome {
             Ok(()) => "watch ended".to_owned(),
-            Err(e) => crate::error_chain(&e),
+            Err(e) => knit_telemetry::error_chain(&e),
         };
         if tx.send(WatchEvent::Disconnected { error }).await.is_err() {
             return;

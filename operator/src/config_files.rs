@@ -90,7 +90,7 @@ impl ConfigFiles {
             let contents = match self.read() {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %knit_kvstore::error_chain(&e), "cannot read the operator config; keeping the running one");
+                    tracing::warn!(error = %knit_telemetry::error_chain(&e), "cannot read the operator config; keeping the running one");
                     continue;
                 }
             };
@@ -100,7 +100,7 @@ impl ConfigFiles {
             match self.parse(contents.clone()) {
                 Ok(loaded) => return loaded,
                 Err(e) => {
-                    tracing::warn!(error = %knit_kvstore::error_chain(&e), "the changed operator config is invalid; keeping the running one");
+                    tracing::warn!(error = %knit_telemetry::error_chain(&e), "the changed operator config is invalid; keeping the running one");
                     rejected = Some(contents);
                 }
             }

@@ -15,7 +15,7 @@ use crate::conditions::{self, Desired};
 
 /// A Service as the resolution needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceInfo {
+pub struct ServiceLabels {
     /// Service name.
     pub name: String,
     /// Service labels.
@@ -39,12 +39,12 @@ pub struct PolicyInput {
 
 /// Desired status of every policy in the namespace, by policy name.
 pub fn resolve_policies(
-    services: &[ServiceInfo],
+    services: &[ServiceLabels],
     policies: &[PolicyInput],
     now: Timestamp,
 ) -> BTreeMap<String, GlobalServicePolicyStatus> {
     let mut ordered: Vec<&PolicyInput> = policies.iter().collect();
-    ordered.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    ordered.sort_by_key(|p| knit_crds::Seniority::new(p.created, &p.name));
 
     let mut governed_by: BTreeMap<&str, &str> = BTreeMap::new();
     let mut matched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -131,7 +131,7 @@ pub fn resolve_policies(
 
 fn selected_services<'s>(
     spec: &GlobalServicePolicySpec,
-    services: &'s [ServiceInfo],
+    services: &'s [ServiceLabels],
     missing: &mut Vec<String>,
 ) -> Vec<&'s str> {
     for name in spec.services.iter().flatten() {
@@ -154,8 +154,8 @@ mod tests {
     use super::*;
     use knit_crds::{Affinity, ServiceSelector};
 
-    fn svc(name: &str, app: &str) -> ServiceInfo {
-        ServiceInfo {
+    fn svc(name: &str, app: &str) -> ServiceLabels {
+        ServiceLabels {
             name: name.into(),
             labels: BTreeMap::from([("app".into(), app.into())]),
         }

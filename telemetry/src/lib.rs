@@ -9,11 +9,13 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod error_chain;
 mod health;
 mod server;
 mod shutdown;
 mod tracing_setup;
 
+pub use error_chain::error_chain;
 pub use health::Health;
 pub use prometheus_client;
 pub use server::{router, serve, serve_registry};

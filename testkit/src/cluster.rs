@@ -368,7 +368,7 @@ pub async fn connect_retrying(config: &EtcdClientConfig) -> Client {
                 Ok(_) => return c,
                 Err(e) => e.to_string(),
             },
-            Err(e) => knit_kvstore::error_chain(&e),
+            Err(e) => knit_telemetry::error_chain(&e),
         };
         assert!(
             Instant::now() < deadline,

@@ -219,12 +219,7 @@ pub fn service_policy(state: &ClusterState, service: &ServiceInfo) -> Option<Ser
             p.metadata.namespace.as_deref().unwrap_or("default") == ns
                 && p.spec.selects(name, &service.labels)
         })
-        .min_by_key(|p| {
-            (
-                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                p.metadata.name.clone(),
-            )
-        });
+        .min_by_key(|p| knit_crds::Seniority::of(&p.metadata));
     if let Some(p) = governing {
         return Some(ServicePolicy::from(&p.spec));
     }

@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
-use crate::gsp::{PolicyInput, ServiceInfo, resolve_policies};
+use crate::gsp::{PolicyInput, ServiceLabels, resolve_policies};
 use crate::kube::Applier;
 use crate::{Error, Result};
 
@@ -33,10 +33,10 @@ pub async fn reconcile_namespace(
             action: format!("listing Services in {ns}"),
             source,
         })?;
-    let services: Vec<ServiceInfo> = list
+    let services: Vec<ServiceLabels> = list
         .items
         .iter()
-        .map(|s| ServiceInfo {
+        .map(|s| ServiceLabels {
             name: s.name_any(),
             labels: s.labels().clone(),
         })
@@ -111,6 +111,6 @@ async fn reconcile(policy: Arc<GlobalServicePolicy>, ctx: Arc<Ctx>) -> Result<Ac
 }
 
 fn error_policy(_policy: Arc<GlobalServicePolicy>, error: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(error = %knit_kvstore::error_chain(error), "policy reconcile failed; retrying in 15s");
+    tracing::warn!(error = %knit_telemetry::error_chain(error), "policy reconcile failed; retrying in 15s");
     Action::requeue(Duration::from_secs(15))
 }

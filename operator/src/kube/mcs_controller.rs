@@ -410,7 +410,7 @@ where
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(&e), "multi-cluster services pass failed; retrying")
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "multi-cluster services pass failed; retrying")
             }
         }
         tokio::time::sleep(every).await;

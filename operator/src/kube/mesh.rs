@@ -167,7 +167,7 @@ pub async fn run(ctx: MeshContext, on_reconciled: impl Fn(&Result<MeshPlan>)) {
                 "mesh reconciled"
             ),
             Err(e) => {
-                tracing::warn!(error = %knit_kvstore::error_chain(e), "mesh reconcile failed; retrying in 10s")
+                tracing::warn!(error = %knit_telemetry::error_chain(e), "mesh reconcile failed; retrying in 10s")
             }
         }
         on_reconciled(&outcome);

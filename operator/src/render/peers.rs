@@ -146,7 +146,7 @@ pub fn check_peers(
     peers: &[PeerInput],
 ) -> (Vec<AcceptedPeer>, BTreeMap<String, String>) {
     let mut ordered: Vec<&PeerInput> = peers.iter().collect();
-    ordered.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    ordered.sort_by_key(|p| knit_crds::Seniority::new(p.created, &p.name));
     let mut accepted: Vec<AcceptedPeer> = Vec::new();
     let mut problems = BTreeMap::new();
     for peer in ordered {
