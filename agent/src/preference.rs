@@ -17,7 +17,7 @@
 
 use std::net::SocketAddrV4;
 
-use knit_crds::{Affinity, Failover};
+use knit_kvstore::records::{Affinity, Failover};
 
 /// One cluster's backends for one service port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -150,7 +150,7 @@ struct Mirror {
     status: PeerStatusRecord,
     unreachable_since: Option<Instant>,
     logged: BTreeSet<Rejection>,
-    limits: knit_crds::PeerLimits,
+    limits: knit_kvstore::PeerLimits,
     /// Bytes (key and value) of each mirrored record, by local key.
     sizes: HashMap<String, u64>,
     /// Their sum per kind, each held under `limits.bytes`.
@@ -158,7 +158,7 @@ struct Mirror {
 }
 
 /// The cap on `kind` in `limits`.
-fn limit(limits: &knit_crds::PeerLimits, kind: Kind) -> u32 {
+fn limit(limits: &knit_kvstore::PeerLimits, kind: Kind) -> u32 {
     match kind {
         Kind::Nodes => limits.nodes,
         Kind::Endpoints => limits.endpoints,
@@ -469,7 +469,7 @@ mod tests {
     }
 
     /// The mirror of b (cluster 2, 10.2.0.0/16) under `limits`.
-    fn mirror_with(limits: knit_crds::PeerLimits) -> Mirror {
+    fn mirror_with(limits: knit_kvstore::PeerLimits) -> Mirror {
         Mirror::new(&PeerIdentity {
             cluster_name: "b".into(),
             cluster_id: 2,
@@ -595,7 +595,7 @@ mod tests {
         let memory = MemoryBackend::new();
         let mut store = store_on(&memory).await;
         let metrics = Metrics::default();
-        let mut m = mirror_with(knit_crds::PeerLimits {
+        let mut m = mirror_with(knit_kvstore::PeerLimits {
             endpoints: 3,
             ..Default::default()
         });
@@ -656,7 +656,7 @@ mod tests {
             }
             _ => 0,
         };
-        let mut m = mirror_with(knit_crds::PeerLimits {
+        let mut m = mirror_with(knit_kvstore::PeerLimits {
             bytes: size(&endpoint(1, 1000)) * 3,
             ..Default::default()
         });

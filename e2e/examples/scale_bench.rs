@@ -234,7 +234,7 @@ fn write_peer_configs(dir: &Path, b_local: &Path, sims: u16) {
                 cluster_name: sim_name(id),
                 cluster_id: id,
                 pod_cidrs: vec![sim_cidr(id)],
-                limits: knit_crds::PeerLimits::default(),
+                limits: knit_kvstore::PeerLimits::default(),
             }),
         };
         let yaml = config.to_yaml().expect("peer config");

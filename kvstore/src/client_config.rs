@@ -42,7 +42,7 @@ pub struct PeerIdentity {
     pub pod_cidrs: Vec<String>,
     /// Caps on the records it may publish, per kind.
     #[serde(default)]
-    pub limits: knit_crds::PeerLimits,
+    pub limits: crate::PeerLimits,
 }
 
 impl EtcdClientConfig {

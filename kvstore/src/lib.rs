@@ -21,9 +21,11 @@ pub mod records;
 pub mod sync_store;
 pub mod validate;
 pub mod watch_store;
+mod wire_policy;
 
 pub use access::{Access, EtcdAccess, EtcdUser};
 pub use client_config::{EtcdClientConfig, PeerIdentity};
+pub use wire_policy::PeerLimits;
 
 pub use keys::{KEY_PREFIX, Kind, RelativeKey, cache_prefix, cluster_prefix};
 

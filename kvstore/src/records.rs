@@ -151,8 +151,7 @@ pub struct IdentityRecord {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Which backends clients prefer: the GlobalServicePolicy's own type.
-pub use knit_crds::Affinity;
+pub use crate::wire_policy::{Affinity, Failover};
 
 /// An affinity, `none` when a newer writer sent one this version lacks.
 fn affinity_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Affinity, D::Error> {
@@ -220,7 +219,7 @@ pub struct ServiceRecord {
     pub import_clusters: Option<Vec<String>>,
     /// When traffic moves on from the preferred clusters; unset is the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failover: Option<knit_crds::Failover>,
+    pub failover: Option<Failover>,
     /// Set when a `ServiceExport` (Multi-Cluster Services API) exports the
     /// Service: what KEP-1645's conflict resolution compares.
     #[serde(default, skip_serializing_if = "Option::is_none")]

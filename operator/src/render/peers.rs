@@ -137,7 +137,7 @@ pub struct AcceptedPeer {
     /// CIDRs it may announce.
     pub pod_cidrs: Vec<String>,
     /// Caps on what it may publish.
-    pub limits: knit_crds::PeerLimits,
+    pub limits: knit_kvstore::PeerLimits,
 }
 
 /// Splits peers into usable ones and problems (by `metadata.name`).
@@ -209,7 +209,7 @@ fn check_peer(
         endpoints: spec.endpoints.clone(),
         ca_pem,
         pod_cidrs: spec.pod_cidrs.clone(),
-        limits: spec.limits.unwrap_or_default(),
+        limits: spec.limits.unwrap_or_default().into(),
     })
 }
 
