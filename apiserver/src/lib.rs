@@ -2,8 +2,8 @@
 //! every peer's state into it (KVStoreMesh).
 //!
 //! Data flow: `knit_sources` (Kubernetes watches or a directory of YAML) → [`export`] (pure:
-//! state → keys) → [`exporter`] (SyncStore writes, canaries) → local etcd;
-//! peers' etcd → [`mesh`] (WatchStore → validation → SyncStore) → local
+//! state → keys) → [`export::exporter`] (SyncStore writes, canaries) → local etcd;
+//! peers' etcd → [`mirror`] (WatchStore → validation → SyncStore) → local
 //! etcd under `knit/v1/cache/<peer>/`. [`bootstrap`] sets etcd's users and
 //! roles from the operator's `users.yaml` before anything is written;
 //! [`maintenance`] keeps that etcd writable (defragmentation, NOSPACE).
@@ -12,16 +12,10 @@
 
 pub mod bootstrap;
 pub mod export;
-pub mod exporter;
 pub mod front;
-pub mod front_limits;
-pub mod front_read;
-pub mod front_relay;
-pub mod front_trust;
-pub mod identity;
 pub mod maintenance;
-pub mod mesh;
 pub mod metrics;
+pub mod mirror;
 
 /// Errors of the apiserver.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use knit_apiserver::export::LocalCluster;
-use knit_apiserver::exporter::{ExporterSettings, run_exporter};
-use knit_apiserver::mesh::{MeshSettings, run_mesh};
+use knit_apiserver::export::exporter::{ExporterSettings, run_exporter};
 use knit_apiserver::metrics::Metrics;
+use knit_apiserver::mirror::{MeshSettings, run_mesh};
 use knit_kvstore::{EtcdAccess, etcd};
 use knit_sources::directory::DirectorySource;
 use knit_sources::kubernetes::KubernetesSource;
@@ -143,8 +143,8 @@ impl Args {
         }))
     }
 
-    fn front_limits(&self) -> knit_apiserver::front_limits::FrontLimits {
-        knit_apiserver::front_limits::FrontLimits {
+    fn front_limits(&self) -> knit_apiserver::front::limits::FrontLimits {
+        knit_apiserver::front::limits::FrontLimits {
             handshake_timeout: self.front_handshake_timeout,
             max_handshakes: self.front_max_handshakes,
             max_handshakes_per_source: self.front_max_handshakes_per_source,
@@ -156,7 +156,7 @@ impl Args {
             read_bytes_per_second: self.front_read_bytes_per_second as f64,
             read_burst_bytes: self.front_read_burst_bytes as f64,
             max_read_keys: self.front_max_read_keys.max(1),
-            ..knit_apiserver::front_limits::FrontLimits::default()
+            ..knit_apiserver::front::limits::FrontLimits::default()
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use knit_apiserver::export::identity::IdentityAllocator;
 use knit_apiserver::export::{LocalCluster, export};
-use knit_apiserver::identity::IdentityAllocator;
 use knit_kvstore::keys::Kind;
 use knit_kvstore::records::{Affinity, EndpointRecord, ServiceRecord};
 use knit_sources::Source;

@@ -412,7 +412,7 @@ async fn a_peer_looping_on_reads_is_paced_to_its_rate_and_others_are_not() {
     );
 
     // b has a bucket of its own (its pacing is unit-tested in
-    // front_limits; here: it is served while c is in debt).
+    // front::limits; here: it is served while c is in debt).
     let mut genuine = connect_retrying(&b.peer_config("a")).await;
     for _ in 0..10 {
         let read = genuine

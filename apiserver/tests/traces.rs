@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use knit_apiserver::export::LocalCluster;
-use knit_apiserver::exporter::{ExporterSettings, run_exporter};
-use knit_apiserver::mesh::{MeshSettings, mirror_peer};
+use knit_apiserver::export::exporter::{ExporterSettings, run_exporter};
 use knit_apiserver::metrics::Metrics;
+use knit_apiserver::mirror::{MeshSettings, mirror_peer};
 use knit_kvstore::PeerIdentity;
 use knit_sources::directory::DirectorySource;
 use knit_testkit::TestCluster;

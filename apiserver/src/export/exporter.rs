@@ -14,8 +14,8 @@ use knit_kvstore::sync_store::SyncStore;
 use knit_telemetry::Health;
 use tracing::Instrument as _;
 
+use crate::export::identity::IdentityAllocator;
 use crate::export::{LocalCluster, local_prefix, plan};
-use crate::identity::IdentityAllocator;
 use crate::metrics::{Metrics, PeerDetail};
 use crate::{Error, Result, unix_now};
 use knit_sources::Source;

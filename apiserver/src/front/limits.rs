@@ -43,7 +43,7 @@ pub struct FrontLimits {
     /// first list of a whole cluster).
     pub read_burst_bytes: f64,
     /// Keys one read (`KV/Range` over a range) may ask etcd for; a read
-    /// for more gets this many and pages on ([`crate::front_read`]).
+    /// for more gets this many and pages on ([`crate::front::read`]).
     pub max_read_keys: i64,
     /// A call beyond the rate waits for its turn up to this long (so a
     /// client that loops on calls is paced, not answered at once and

@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use knit_kvstore::keys::{Kind, RelativeKey, cluster_prefix};
 use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord};
 
-use crate::identity::{IdentityAllocator, Labels};
+use crate::export::identity::{IdentityAllocator, Labels};
 use knit_sources::{ClusterState, PodInfo};
 
 /// This cluster's identity.
@@ -44,6 +44,8 @@ pub struct LocalCluster {
 pub use knit_kvstore::keys::local_prefix;
 pub use services::{ServiceRecords, service_policy};
 
+pub mod exporter;
+pub mod identity;
 mod services;
 
 /// One key and its value.

@@ -4,7 +4,7 @@
 //! module terminates the peer's HTTP/2 and opens one HTTP/2 connection to
 //! etcd as that peer's read-only user. Each gRPC call is looked at once, by
 //! its method path, before anything of it reaches etcd (and a read's
-//! request once more, by [`crate::front_read`], for the page it asks for):
+//! request once more, by [`crate::front::read`], for the page it asks for):
 //! - a method a KVStoreMesh needs ([`ALLOWED_METHODS`]: read a range, watch,
 //!   and the status call clients make when connecting) is relayed, with its
 //!   streamed bodies and trailers, both ways;
@@ -60,10 +60,10 @@ pub struct RelayLimits {
     /// HTTP/2 ping interval, and how long an answer may take.
     pub keepalive: std::time::Duration,
     /// The peer's request rate.
-    pub rate: crate::front_limits::RequestRate,
+    pub rate: crate::front::limits::RequestRate,
     /// Where the peer's watch streams are counted.
-    pub admission: crate::front_limits::Admission,
-    /// Keys one read may ask for ([`crate::front_read`]).
+    pub admission: crate::front::limits::Admission,
+    /// Keys one read may ask for ([`crate::front::read`]).
     pub read_page: i64,
 }
 
@@ -187,7 +187,7 @@ where
 }
 
 /// The request as it goes to etcd: a Range (`range`) collected and held to
-/// `page` keys ([`crate::front_read::clamp_range`]), anything else streamed
+/// `page` keys ([`crate::front::read::clamp_range`]), anything else streamed
 /// as it comes. `Err` says why a Range cannot be relayed.
 async fn bounded(
     request: Request<Incoming>,
@@ -203,7 +203,7 @@ async fn bounded(
         .await
         .map_err(|_| "a request over 64 KiB or cut short")?
         .to_bytes();
-    let crate::front_read::RangeRefusal::Malformed(why) = match crate::front_read::clamp_range(body, page) {
+    let crate::front::read::RangeRefusal::Malformed(why) = match crate::front::read::clamp_range(body, page) {
         Ok(body) => {
             let body = http_body_util::Full::new(body)
                 .map_err(|never| match never {})

@@ -12,7 +12,7 @@
 //!
 //! The limit is set by appending field 3 to the message: in protobuf the
 //! last value of a scalar field wins, so every other field the peer sent
-//! reaches etcd byte for byte. Pure; the relay in [`crate::front_relay`]
+//! reaches etcd byte for byte. Pure; the relay in [`crate::front::relay`]
 //! collects the request and calls [`clamp_range`].
 
 use hyper::body::Bytes;

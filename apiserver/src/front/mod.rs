@@ -12,10 +12,15 @@
 //! 3. then opens a connection to etcd on loopback as that peer's read-only
 //!    user, with a certificate the local CA issued for it
 //!    (`<peer-access>/<peer>.crt`), and relays the peer's gRPC calls there,
-//!    only the read methods ([`crate::front_relay`]).
+//!    only the read methods ([`crate::front::relay`]).
 //!
 //! Authorization is decided from values ([`authorize`], in
-//! [`crate::front_trust`]), so it has unit tests; the socket work is thin.
+//! [`crate::front::trust`]), so it has unit tests; the socket work is thin.
+
+pub mod limits;
+pub mod read;
+pub mod relay;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,8 +33,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::front_limits::{Admission, FrontLimits, HandshakeSlot, RequestRate};
-pub use crate::front_trust::{PeerTrust, Refusal, authorize};
+use crate::front::limits::{Admission, FrontLimits, HandshakeSlot, RequestRate};
+pub use crate::front::trust::{PeerTrust, Refusal, authorize};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::{Error, Result};
 
@@ -246,14 +251,14 @@ async fn serve(
         .connect(name, upstream)
         .await
         .map_err(|e| Error::Front(format!("TLS to etcd: {e}")))?;
-    let limits = crate::front_relay::RelayLimits {
+    let limits = crate::front::relay::RelayLimits {
         max_streams: settings.limits.max_streams_per_connection,
         keepalive: settings.limits.keepalive,
         rate: admitted.rate,
         admission: admitted.admission.clone(),
         read_page: settings.limits.max_read_keys,
     };
-    crate::front_relay::relay(tls, upstream, peer, metrics.front_calls.clone(), limits).await
+    crate::front::relay::relay(tls, upstream, peer, metrics.front_calls.clone(), limits).await
 }
 
 /// Turns Nagle's algorithm off on a relayed connection. Watch events are
