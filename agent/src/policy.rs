@@ -134,20 +134,53 @@ pub fn compile(
     peer_ports: &BTreeMap<u32, BTreeMap<String, PortSpec>>,
     local_cluster: Option<&str>,
 ) -> CompiledPolicy {
-    let mut out = CompiledPolicy::default();
-    let mut deny_selected: BTreeSet<(Ipv4Addr, Direction)> = BTreeSet::new();
-    for rules_of in policies {
+    let mut compiler = Compiler {
+        identities,
+        peer_ports,
+        local_cluster,
+        out: CompiledPolicy::default(),
+        deny_selected: BTreeSet::new(),
+    };
+    for rules in policies {
+        compiler.policy(rules, targets);
+    }
+    compiler.finish()
+}
+
+/// A compilation in progress: the universe of peers, and what the
+/// policies compiled so far produced.
+struct Compiler<'c> {
+    identities: &'c BTreeMap<u32, &'c BTreeMap<String, String>>,
+    peer_ports: &'c BTreeMap<u32, BTreeMap<String, PortSpec>>,
+    local_cluster: Option<&'c str>,
+    out: CompiledPolicy,
+    /// Pods, and directions, that some deny policy selects.
+    deny_selected: BTreeSet<(Ipv4Addr, Direction)>,
+}
+
+/// The peers one rule matches: identities (0 for any peer) and ipBlocks.
+struct RulePeers {
+    identities: Vec<u32>,
+    blocks: Vec<Ipv4Net>,
+}
+
+/// What one rule's entries are for: its verdict and direction, and the
+/// pod it was compiled for.
+#[derive(Clone, Copy)]
+struct EntryScope {
+    verdict: Verdict,
+    direction: Direction,
+    endpoint: Ipv4Addr,
+}
+
+impl Compiler<'_> {
+    /// One policy: isolates the pods it selects in its directions (unless
+    /// it does not default-deny) and adds its rules' entries for each.
+    fn policy(&mut self, rules_of: &PolicyRules<'_>, targets: &[PolicyTarget<'_>]) {
         let policy = rules_of.policy;
-        let verdict = rules_of.verdict;
-        let Some(spec) = &policy.spec else { continue };
+        let Some(spec) = &policy.spec else { return };
         let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
-        let (ingress, egress) = match &spec.policy_types {
-            Some(types) => (
-                types.iter().any(|t| t == "Ingress"),
-                types.iter().any(|t| t == "Egress"),
-            ),
-            None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
-        };
+        let (ingress, egress) = directions(spec);
         let selected: Vec<&PolicyTarget<'_>> = targets
             .iter()
             .filter(|t| {
@@ -159,151 +192,205 @@ pub fn compile(
             })
             .collect();
         if selected.is_empty() {
-            continue;
+            return;
         }
-        let rules: Vec<Rule<'_>> = ingress
-            .then(|| {
-                spec.ingress
-                    .iter()
-                    .flatten()
-                    .map(|r| (Direction::Ingress, r.from.as_deref(), r.ports.as_deref()))
-                    .collect::<Vec<_>>()
-            })
-            .into_iter()
-            .flatten()
-            .chain(
-                egress
-                    .then(|| {
-                        spec.egress
-                            .iter()
-                            .flatten()
-                            .map(|r| (Direction::Egress, r.to.as_deref(), r.ports.as_deref()))
-                            .collect::<Vec<_>>()
-                    })
-                    .into_iter()
-                    .flatten(),
-            )
-            .collect();
         if ingress && rules_of.default_deny.0 {
-            out.enforced.extend(selected.iter().map(|t| t.ip));
+            self.out.enforced.extend(selected.iter().map(|t| t.ip));
         }
         if egress && rules_of.default_deny.1 {
-            out.egress_enforced.extend(selected.iter().map(|t| t.ip));
+            self.out.egress_enforced.extend(selected.iter().map(|t| t.ip));
         }
-        if verdict == Verdict::Deny {
+        if rules_of.verdict == Verdict::Deny {
             for (on, direction) in [(ingress, Direction::Ingress), (egress, Direction::Egress)] {
                 if on {
-                    deny_selected.extend(selected.iter().map(|t| (t.ip, direction)));
+                    self.deny_selected
+                        .extend(selected.iter().map(|t| (t.ip, direction)));
                 }
             }
         }
-        for (direction, peers, rule_ports) in rules {
-            let identities_of_peers: Vec<u32> = match peers {
-                None | Some([]) => vec![0],
-                Some(peers) => identities
-                    .iter()
-                    .filter(|(_, labels)| {
-                        peers.iter().any(|p| {
-                            peer_matches(p, ns, labels) && in_default_cluster(p, local_cluster, labels)
-                        })
-                    })
-                    .map(|(id, _)| *id)
-                    .collect(),
-            };
-            let blocks: Vec<Ipv4Net> = peers
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p.ip_block.as_ref())
-                .flat_map(|b| ip_block_prefixes(b, &mut out.unsupported_ports))
-                .collect();
+        for (direction, peers, ports) in rules(spec, ingress, egress) {
+            let matched = self.rule_peers(peers, ns);
             for target in &selected {
-                // A named port names a container port of the pod that
-                // receives: the selected pod for ingress, each destination
-                // for egress (resolved per destination identity below).
-                let (named, numbered): (Vec<&NetworkPolicyPort>, Vec<&NetworkPolicyPort>) = match rule_ports {
-                    Some(ports) if direction == Direction::Egress => ports
-                        .iter()
-                        .partition(|p| matches!(p.port, Some(IntOrString::String(_)))),
-                    Some(ports) => (Vec::new(), ports.iter().collect()),
-                    None => (Vec::new(), Vec::new()),
+                let scope = EntryScope {
+                    verdict: rules_of.verdict,
+                    direction,
+                    endpoint: target.ip,
                 };
-                let ports: Vec<(u16, u8)> = if rule_ports.is_none_or(|p| p.is_empty()) {
-                    vec![(0, 0)]
-                } else {
-                    numbered
-                        .iter()
-                        .flat_map(|p| ports_of(p, target.named_ports, &mut out.unsupported_ports))
-                        .collect()
-                };
-                for (port, proto) in &ports {
-                    for id in &identities_of_peers {
-                        out.entries(verdict).insert(PolicyEntry {
-                            endpoint: target.ip,
-                            identity: *id,
-                            port: *port,
-                            proto: *proto,
-                            direction,
-                        });
-                    }
-                    for peer in &blocks {
-                        out.cidr_entries(verdict).insert(CidrEntry {
-                            endpoint: target.ip,
-                            direction,
-                            peer: *peer,
-                            port: *port,
-                            proto: *proto,
-                        });
-                    }
-                }
-                for port in named {
-                    // Any destination (identity 0): every identity that
-                    // declares the name.
-                    let destinations: Vec<u32> = if identities_of_peers.contains(&0) {
-                        peer_ports.keys().copied().collect()
-                    } else {
-                        identities_of_peers.clone()
-                    };
-                    for id in destinations {
-                        let empty = BTreeMap::new();
-                        for (port, proto) in ports_of(
-                            port,
-                            peer_ports.get(&id).unwrap_or(&empty),
-                            &mut out.unsupported_ports,
-                        ) {
-                            out.entries(verdict).insert(PolicyEntry {
-                                endpoint: target.ip,
-                                identity: id,
-                                port,
-                                proto,
-                                direction,
-                            });
-                        }
-                    }
-                    if !blocks.is_empty() {
-                        out.unsupported_ports
-                            .push("a named port with an ipBlock peer (an address has no port names)".into());
-                    }
-                }
+                self.rule_for(scope, &matched, target, ports);
             }
         }
     }
-    for (ip, direction) in deny_selected {
-        let isolated = match direction {
-            Direction::Ingress => &mut out.enforced,
-            Direction::Egress => &mut out.egress_enforced,
+
+    /// The identities and ipBlocks a rule's `peers` match; no peers means
+    /// any (identity 0).
+    fn rule_peers(&mut self, peers: Option<&[NetworkPolicyPeer]>, ns: &str) -> RulePeers {
+        let identities = match peers {
+            None | Some([]) => vec![0],
+            Some(peers) => self
+                .identities
+                .iter()
+                .filter(|(_, labels)| {
+                    peers.iter().any(|p| {
+                        peer_matches(p, ns, labels) && in_default_cluster(p, self.local_cluster, labels)
+                    })
+                })
+                .map(|(id, _)| *id)
+                .collect(),
         };
-        if isolated.insert(ip) {
-            out.allow.insert(PolicyEntry {
-                endpoint: ip,
-                identity: 0,
-                port: 0,
-                proto: 0,
+        let blocks = peers
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.ip_block.as_ref())
+            .flat_map(|b| ip_block_prefixes(b, &mut self.out.unsupported_ports))
+            .collect();
+        RulePeers { identities, blocks }
+    }
+
+    /// One rule's entries for one selected pod. A named port names a
+    /// container port of the pod that receives: the selected pod for
+    /// ingress, each destination for egress ([`Self::named_egress_port`]).
+    fn rule_for(
+        &mut self,
+        scope: EntryScope,
+        peers: &RulePeers,
+        target: &PolicyTarget<'_>,
+        rule_ports: Option<&[NetworkPolicyPort]>,
+    ) {
+        let (named, numbered): (Vec<&NetworkPolicyPort>, Vec<&NetworkPolicyPort>) = match rule_ports {
+            Some(ports) if scope.direction == Direction::Egress => ports
+                .iter()
+                .partition(|p| matches!(p.port, Some(IntOrString::String(_)))),
+            Some(ports) => (Vec::new(), ports.iter().collect()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let ports: Vec<(u16, u8)> = if rule_ports.is_none_or(|p| p.is_empty()) {
+            vec![(0, 0)]
+        } else {
+            numbered
+                .iter()
+                .flat_map(|p| ports_of(p, target.named_ports, &mut self.out.unsupported_ports))
+                .collect()
+        };
+        for (port, proto) in ports {
+            self.port_entries(scope, peers, port, proto);
+        }
+        for port in named {
+            self.named_egress_port(scope, peers, port);
+        }
+    }
+
+    /// Entries for one port: one per peer identity and one per ipBlock.
+    fn port_entries(&mut self, scope: EntryScope, peers: &RulePeers, port: u16, proto: u8) {
+        let EntryScope {
+            verdict,
+            direction,
+            endpoint,
+        } = scope;
+        for id in &peers.identities {
+            self.out.entries(verdict).insert(PolicyEntry {
+                endpoint,
+                identity: *id,
+                port,
+                proto,
                 direction,
             });
         }
+        for peer in &peers.blocks {
+            self.out.cidr_entries(verdict).insert(CidrEntry {
+                endpoint,
+                direction,
+                peer: *peer,
+                port,
+                proto,
+            });
+        }
     }
-    out.cidr_allow = cut_denied(&out.cidr_allow, &out.cidr_deny);
-    out
+
+    /// An egress rule's named port, resolved per destination identity: any
+    /// destination (identity 0) means every identity that declares the name.
+    /// An address has no port names, so the rule's ipBlocks get nothing.
+    fn named_egress_port(&mut self, scope: EntryScope, peers: &RulePeers, port: &NetworkPolicyPort) {
+        let destinations: Vec<u32> = if peers.identities.contains(&0) {
+            self.peer_ports.keys().copied().collect()
+        } else {
+            peers.identities.clone()
+        };
+        let empty = BTreeMap::new();
+        for id in destinations {
+            let declared = self.peer_ports.get(&id).unwrap_or(&empty);
+            for (port, proto) in ports_of(port, declared, &mut self.out.unsupported_ports) {
+                self.out.entries(scope.verdict).insert(PolicyEntry {
+                    endpoint: scope.endpoint,
+                    identity: id,
+                    port,
+                    proto,
+                    direction: scope.direction,
+                });
+            }
+        }
+        if !peers.blocks.is_empty() {
+            self.out
+                .unsupported_ports
+                .push("a named port with an ipBlock peer (an address has no port names)".into());
+        }
+    }
+
+    /// The result: a pod that only deny policies select in a direction no
+    /// policy isolates gets an allow-all entry there, and allow prefixes
+    /// have the deny prefixes cut out.
+    fn finish(mut self) -> CompiledPolicy {
+        let mut out = std::mem::take(&mut self.out);
+        for (ip, direction) in self.deny_selected {
+            let isolated = match direction {
+                Direction::Ingress => &mut out.enforced,
+                Direction::Egress => &mut out.egress_enforced,
+            };
+            if isolated.insert(ip) {
+                out.allow.insert(PolicyEntry {
+                    endpoint: ip,
+                    identity: 0,
+                    port: 0,
+                    proto: 0,
+                    direction,
+                });
+            }
+        }
+        out.cidr_allow = cut_denied(&out.cidr_allow, &out.cidr_deny);
+        out
+    }
+}
+
+/// The directions a policy isolates (`policyTypes`, or Kubernetes' default
+/// when unset: Ingress, and Egress if it has egress rules).
+fn directions(spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec) -> (bool, bool) {
+    match &spec.policy_types {
+        Some(types) => (
+            types.iter().any(|t| t == "Ingress"),
+            types.iter().any(|t| t == "Egress"),
+        ),
+        None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+    }
+}
+
+/// A policy's rules in the directions it isolates.
+fn rules(
+    spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec,
+    ingress: bool,
+    egress: bool,
+) -> Vec<Rule<'_>> {
+    let from = spec
+        .ingress
+        .iter()
+        .flatten()
+        .filter(|_| ingress)
+        .map(|r| (Direction::Ingress, r.from.as_deref(), r.ports.as_deref()));
+    let to = spec
+        .egress
+        .iter()
+        .flatten()
+        .filter(|_| egress)
+        .map(|r| (Direction::Egress, r.to.as_deref(), r.ports.as_deref()));
+    from.chain(to).collect()
 }
 
 impl CompiledPolicy {
