@@ -10,6 +10,7 @@
 #![deny(rust_2018_idioms)]
 #![deny(unsafe_code)]
 
+pub mod agent_loop;
 pub mod bootstrap;
 pub mod cilium_policy;
 pub mod cni_install;

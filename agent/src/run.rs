@@ -1,37 +1,38 @@
-//! The agent loop: kvstore events, policy changes, interface changes and
-//! knit-cni's attachments (re-read every refresh) mark the datapath dirty;
-//! a dirty datapath is rendered and applied by difference. Endpoint and
-//! service records are patched alone ([`crate::incremental`]): one such
-//! change costs map writes and render time independent of the mesh's size;
-//! anything else renders the whole node again (and re-checks the node's
-//! direct routes).
+//! The agent's setup and event sources: [`run`] loads the datapath,
+//! waits for the kvstore's client config, starts the kvstore watch, the
+//! health prober and the peer report, and then hands every event to the
+//! loop ([`crate::agent_loop::AgentLoop`]): kvstore events, failing
+//! nodes, policy-source changes, new knit-cni attachments (inotify) and
+//! the refresh tick. After each, the loop writes the datapath if a change
+//! is due: endpoint and service records are patched alone
+//! ([`crate::incremental`]), anything else renders the whole node again.
 //!
 //! Fail static: nothing is written before the first complete kvstore list
 //! (and the first complete read of the policy source and of the CNI
 //! attachments), so a restarted agent
 //! never replaces good pinned maps with an empty view; a lost kvstore
 //! connection leaves the maps as they are until the watch reconnects and
-//! its re-list has drained whatever was deleted meanwhile.
+//! its re-list has drained whatever was deleted meanwhile. The helpers
+//! below are the loop's I/O steps.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use knit_kvstore::KEY_PREFIX;
 use knit_kvstore::etcd::{connect, load_client_config};
 use knit_kvstore::records::AgentStatusRecord;
-use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
+use knit_kvstore::watch_store::watch_prefix;
 use knit_sources::Source;
 use knit_telemetry::Health;
 use tokio::sync::mpsc;
 
 use knit_cni::attachment::{Attachment, AttachmentStore};
 
+use crate::agent_loop::{AgentLoop, AgentParts, Outputs};
 use crate::datapath::Datapath;
-use crate::datapath::state::Link;
-use crate::incremental::IncrementalRender;
-use crate::index::{IndexChange, MeshIndex};
-use crate::metrics::{Metrics, Name, RenderPath};
+use crate::index::MeshIndex;
+use crate::metrics::{Metrics, Name};
 use crate::netdev::NetDevices;
 use crate::render::RenderOptions;
 use crate::{Error, Result};
@@ -87,30 +88,7 @@ pub async fn run<S: Source>(
     metrics: Metrics,
     health: Health,
 ) -> Result<()> {
-    let net = NetDevices::connect()?;
-    let tunnel_ifindex = net
-        .ensure_vxlan(&settings.tunnel_interface, settings.tunnel_port)
-        .await?;
-    let mut datapath = Datapath::start(
-        &settings.pin_dir,
-        settings.tc_attach,
-        &settings.tunnel_interface,
-        tunnel_ifindex,
-        settings.cgroup.as_deref(),
-    )?;
-    let attachments_store = AttachmentStore::new(&settings.cni_state_dir);
-    attachments_store
-        .set_control_plane_namespace(&settings.control_plane_namespace)
-        .map_err(Error::Cni)?;
-    attachments_store.mark_datapath_ready().map_err(Error::Cni)?;
-    tracing::info!(
-        cni_state_dir = %settings.cni_state_dir.display(),
-        pin_dir = %settings.pin_dir.display(),
-        tunnel = %settings.tunnel_interface,
-        tc_attach = %datapath.tc_mode(),
-        socket_lb = settings.cgroup.is_some(),
-        "datapath loaded"
-    );
+    let (net, datapath, attachments_store) = start_node(&settings).await?;
 
     crate::bootstrap::until_client_config(
         &settings.etcd_config,
@@ -160,27 +138,25 @@ pub async fn run<S: Source>(
         failing_tx,
     )));
 
-    let mut index = MeshIndex::new(cluster);
-    let mut renderer = IncrementalRender::new();
-    let mut node_routes_due = true;
-    let mut listed = false;
-    let mut dirty_since: Option<Instant> = None;
-    // Whether what the health targets and the peer report derive from
-    // (nodes, canaries, peer configs, the set of peers, failing nodes) may
-    // have changed: endpoint and service changes leave it as it is, and
-    // recomputing it walks every node of every peer (50,900 at 511
-    // clusters: three quarters of the agent's CPU under endpoint churn).
-    let mut nodes_changed = true;
-    let mut interfaces: HashMap<String, Link> = HashMap::new();
-    let mut attachments: Vec<Attachment> = Vec::new();
-    let mut attachments_read = false;
-    let mut mtu_check_due = true;
     let mut tick = tokio::time::interval(settings.refresh);
     let (_added_watch, mut added_rx) = watch_attachments(&attachments_store);
-    let mut conntrack_counted: Option<Instant> = None;
     metrics
         .conntrack_capacity
         .set(knit_datapath_common::CT_CAPACITY as i64);
+    let parts = AgentParts {
+        settings,
+        source,
+        metrics,
+        health,
+        net,
+        datapath,
+        attachments_store,
+    };
+    let outputs = Outputs {
+        health_targets: targets_tx,
+        report: report_tx,
+    };
+    let mut agent = AgentLoop::new(parts, cluster, outputs);
     loop {
         tokio::select! {
             event = rx.recv() => {
@@ -189,214 +165,62 @@ pub async fn run<S: Source>(
                 while batch.len() < 10_000 && let Ok(e) = rx.try_recv() {
                     batch.push(e);
                 }
-                let peers_before = index.peers.len();
-                for event in &batch {
-                    match event {
-                        WatchEvent::ListDone => {
-                            listed = true;
-                            metrics.kvstore_connected.set(1);
-                        }
-                        WatchEvent::Disconnected { error } => {
-                            metrics.kvstore_connected.set(0);
-                            tracing::warn!(%error, "kvstore connection lost; datapath kept as is");
-                        }
-                        _ => {}
-                    }
-                    if let Some(change) = index.apply_change(event) {
-                        nodes_changed |= change == IndexChange::Other;
-                        renderer.note(&change);
-                        dirty_since.get_or_insert_with(Instant::now);
-                    }
-                }
-                // A peer's first or last record may be a service or an
-                // endpoint: the report lists peers.
-                nodes_changed |= index.peers.len() != peers_before;
+                agent.on_kvstore(&batch);
             }
             Ok(()) = failing_rx.changed() => {
                 let failing = failing_rx.borrow().clone();
-                metrics.failing_nodes.set(failing.len() as i64);
-                tracing::info!(?failing, "remote nodes failing their health probes changed");
-                nodes_changed = true;
-                renderer.invalidate();
-                dirty_since.get_or_insert_with(Instant::now);
+                agent.on_failing(&failing);
             }
-            changed = source.next_change() => {
-                if changed {
-                    renderer.invalidate();
-                    dirty_since.get_or_insert_with(Instant::now);
-                }
-            }
+            changed = agent.source.next_change() => agent.on_source(changed),
             Some(_) = added_rx.recv() => {
                 while added_rx.try_recv().is_ok() {}
                 tick.reset_immediately();
             }
-            _ = tick.tick() => {
-                match net.interfaces().await {
-                    Ok(now) if now != interfaces => {
-                        interfaces = now;
-                        mtu_check_due = true;
-                        renderer.invalidate();
-                        dirty_since.get_or_insert_with(Instant::now);
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %knit_telemetry::error_chain(&e), "listing interfaces failed"),
-                }
-                if let Some(now) = read_attachments(&attachments_store, &metrics) {
-                    attachments_read = true;
-                    if now != attachments {
-                        attachments = now;
-                        mtu_check_due = true;
-                        renderer.invalidate();
-                        dirty_since.get_or_insert_with(Instant::now);
-                    }
-                }
-                if let Some(dir) = &settings.cni_conf_dir {
-                    match knit_cni::conflist::keep_chained(dir, &settings.cni_state_dir) {
-                        Ok(Some(file)) => {
-                            metrics.cni_config_rechained.inc();
-                            tracing::warn!(file = %file.display(), "the node's CNI config lost Knit (rewritten by its CNI); chained Knit again");
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %knit_telemetry::error_chain(&e), "checking the node's CNI config failed"),
-                    }
-                }
-                if mtu_check_due {
-                    mtu_check_due = false;
-                    check_pod_mtus(&net, &attachments, &metrics).await;
-                }
-                for (reason, n) in datapath.drops() {
-                    metrics.drops.get_or_create(&Name { name: reason.into() }).set(n as i64);
-                }
-                if conntrack_counted.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                    conntrack_counted = Some(Instant::now());
-                    metrics.conntrack_entries.set(datapath.conntrack_entries() as i64);
-                }
-            }
+            _ = tick.tick() => agent.on_tick().await,
         }
-        if !(listed && attachments_read && source.is_ready()) {
-            continue;
-        }
-        let Some(since) = dirty_since.take() else { continue };
-        let options = render_options(&settings, failing_rx.borrow().clone(), source.state());
-        if nodes_changed {
-            nodes_changed = false;
-            let targets = crate::health::targets(&index, &settings.node);
-            targets_tx.send_if_modified(|t| {
-                let changed = *t != targets;
-                *t = targets;
-                changed
-            });
-            let peers = crate::peer_report::views(&index, &options.failing, settings.tunnel_port);
-            report_tx.send_if_modified(|r| {
-                let changed = r.peers != peers;
-                r.peers = peers;
-                changed
-            });
-        }
-        let span = tracing::info_span!(
-            "agent_apply",
-            node = %settings.node,
-            full = tracing::field::Empty,
-            written = tracing::field::Empty,
-            deleted = tracing::field::Empty,
-            failed = tracing::field::Empty
-        );
-        let applied = span.in_scope(|| match renderer.try_patch(&index, &settings.node, &options) {
-            Some(patch) => Ok((datapath.apply_patch(&patch), None)),
-            None => {
-                let (cilium, rejected) = translate_cilium_policies(source.state(), &index);
-                metrics.rejected_cilium_policies.set(rejected.len() as i64);
-                for r in &rejected {
-                    tracing::warn!(policy = %r.policy, reason = %r.reason, "a CiliumNetworkPolicy is not applied");
-                }
-                let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
-                report_tx.send_if_modified(|r| {
-                    let changed = r.rejected_policies != rejected;
-                    r.rejected_policies = rejected;
-                    changed
-                });
-                let policies: Vec<crate::policy::PolicyRules<'_>> = source
-                    .state()
-                    .network_policies
-                    .values()
-                    .map(crate::policy::PolicyRules::network_policy)
-                    .chain(cilium.iter().map(crate::cilium_policy::Translated::rules))
-                    .collect();
-                let desired = renderer.render_full(&index, &policies, &settings.node, &attachments, &options);
-                metrics
-                    .unsupported_policy_ports
-                    .set(desired.unsupported_policy_ports.len() as i64);
-                for why in &desired.unsupported_policy_ports {
-                    tracing::warn!(%why, "a NetworkPolicy port allows nothing");
-                }
-                metrics.policy_overflow.set(desired.policy_overflow.len() as i64);
-                metrics.awaiting_identity.set(desired.awaiting_identity.len() as i64);
-                for ip in &desired.policy_overflow {
-                    let pod = index
-                        .local
-                        .endpoints
-                        .values()
-                        .find(|e| e.ip == std::net::IpAddr::V4(*ip))
-                        .map(|e| format!("{}/{}", e.namespace, e.pod))
-                        .unwrap_or_default();
-                    tracing::error!(%ip, %pod, "the policy maps are full: this pod's policy entries are not written and it stays isolated; reduce the policies' peers or ports");
-                }
-                node_routes_due = true;
-                datapath
-                    .apply(desired, &interfaces)
-                    .map(|(report, unplaced)| (report, Some(unplaced)))
-            }
-        });
-        match applied {
-            Ok((report, unplaced)) => {
-                let path = if unplaced.is_some() { "full" } else { "patch" };
-                metrics.applies.get_or_create(&RenderPath { path }).inc();
-                span.record("full", unplaced.is_some())
-                    .record("written", report.written)
-                    .record("deleted", report.deleted)
-                    .record("failed", report.failed);
-                if report.written + report.deleted > 0 {
-                    tracing::debug!(?report, "datapath updated");
-                }
-                if report.failed > 0 {
-                    metrics.write_failures.inc_by(report.failed as u64);
-                    renderer.invalidate();
-                    dirty_since = Some(since);
-                }
-                if let Some(unplaced) = unplaced {
-                    metrics
-                        .pending_endpoints
-                        .set(unplaced.missing_interfaces.len() as i64);
-                    if report.failed == 0 {
-                        mark_attached(&attachments_store, &attachments, &unplaced);
-                    }
-                }
-                metrics.sync_lag_ms.set(since.elapsed().as_millis() as i64);
-                health.set_ready(true);
-            }
-            Err(e) => {
-                tracing::warn!(error = %knit_telemetry::error_chain(&e), "datapath update failed; retrying");
-                renderer.invalidate();
-                dirty_since = Some(since);
-            }
-        }
-        if settings.direct_node_routes && node_routes_due {
-            node_routes_due =
-                !sync_node_routes(&net, &index, &source.state().nodes, &settings.node, &metrics).await;
-            if node_routes_due {
-                dirty_since.get_or_insert(since);
-            }
-        }
-        report_sizes(&datapath, &index, &metrics);
+        let failing = failing_rx.borrow().clone();
+        agent.apply_if_due(failing).await;
     }
     watch.abort();
     Ok(())
 }
 
+/// The node's datapath loaded and attached to its tunnel device, and
+/// knit-cni told the datapath is ready (and which namespace's pods never
+/// wait for an identity).
+async fn start_node(settings: &AgentSettings) -> Result<(NetDevices, Datapath, AttachmentStore)> {
+    let net = NetDevices::connect()?;
+    let tunnel_ifindex = net
+        .ensure_vxlan(&settings.tunnel_interface, settings.tunnel_port)
+        .await?;
+    let datapath = Datapath::start(
+        &settings.pin_dir,
+        settings.tc_attach,
+        &settings.tunnel_interface,
+        tunnel_ifindex,
+        settings.cgroup.as_deref(),
+    )?;
+    let attachments_store = AttachmentStore::new(&settings.cni_state_dir);
+    attachments_store
+        .set_control_plane_namespace(&settings.control_plane_namespace)
+        .map_err(Error::Cni)?;
+    attachments_store.mark_datapath_ready().map_err(Error::Cni)?;
+    tracing::info!(
+        cni_state_dir = %settings.cni_state_dir.display(),
+        pin_dir = %settings.pin_dir.display(),
+        tunnel = %settings.tunnel_interface,
+        tc_attach = %datapath.tc_mode(),
+        socket_lb = settings.cgroup.is_some(),
+        "datapath loaded"
+    );
+
+    Ok((net, datapath, attachments_store))
+}
+
 /// Cilium's policies in the subset Knit supports, as NetworkPolicies, and
 /// the ones rejected as a whole (which isolate the pods they select). A clusterwide policy applies in every
 /// namespace this cluster's endpoints use.
-fn translate_cilium_policies(
+pub(crate) fn translate_cilium_policies(
     state: &knit_sources::ClusterState,
     index: &MeshIndex,
 ) -> (
@@ -455,7 +279,7 @@ pub(crate) async fn sync_node_routes(
 }
 
 /// The maps' entries and the kvstore values skipped, per map and reason.
-fn report_sizes(datapath: &Datapath, index: &MeshIndex, metrics: &Metrics) {
+pub(crate) fn report_sizes(datapath: &Datapath, index: &MeshIndex, metrics: &Metrics) {
     for (map, n) in datapath.map_sizes() {
         metrics
             .map_entries
@@ -473,7 +297,7 @@ fn report_sizes(datapath: &Datapath, index: &MeshIndex, metrics: &Metrics) {
 }
 
 /// What a full render needs besides the index and the policies.
-fn render_options(
+pub(crate) fn render_options(
     settings: &AgentSettings,
     failing: BTreeSet<std::net::IpAddr>,
     state: &knit_sources::ClusterState,
@@ -491,7 +315,10 @@ fn render_options(
 /// watcher for as long as the receiver is read.
 fn watch_attachments(
     store: &AttachmentStore,
-) -> (Option<impl Sized>, mpsc::UnboundedReceiver<std::path::PathBuf>) {
+) -> (
+    Option<impl Sized + use<>>,
+    mpsc::UnboundedReceiver<std::path::PathBuf>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let dir = store.root().join("attachments");
     let _ = std::fs::create_dir_all(&dir);
@@ -504,7 +331,7 @@ fn watch_attachments(
 /// Every readable attachment knit-cni recorded (unreadable ones are logged
 /// and counted), or `None` when the directory cannot be listed (the caller
 /// keeps its last list).
-fn read_attachments(store: &AttachmentStore, metrics: &Metrics) -> Option<Vec<Attachment>> {
+pub(crate) fn read_attachments(store: &AttachmentStore, metrics: &Metrics) -> Option<Vec<Attachment>> {
     match store.list() {
         Ok((now, unreadable)) => {
             for e in &unreadable {
@@ -523,7 +350,7 @@ fn read_attachments(store: &AttachmentStore, metrics: &Metrics) -> Option<Vec<At
 /// Marks the attachments a full apply placed (their interface exists:
 /// programs, endpoint and policy are in) attached for knit-cni, whose ADD
 /// waits for it: a pod runs only once its policy does.
-fn mark_attached(
+pub(crate) fn mark_attached(
     store: &AttachmentStore,
     attachments: &[Attachment],
     unplaced: &crate::datapath::state::Unplaced,
@@ -539,7 +366,7 @@ fn mark_attached(
 /// Counts and names the attached pods too large for the tunnel
 /// ([`crate::pod_mtu`]); nothing when the node has no default route to
 /// take the underlay's MTU from.
-async fn check_pod_mtus(net: &NetDevices, attachments: &[Attachment], metrics: &Metrics) {
+pub(crate) async fn check_pod_mtus(net: &NetDevices, attachments: &[Attachment], metrics: &Metrics) {
     let Some(limit) = crate::cni_install::node_pod_mtu() else {
         return;
     };
