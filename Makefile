@@ -56,8 +56,9 @@ bench: setup
 	@echo "==> [9/9] the peer front under attack: a flooding peer and a slowloris, propagation p99 with and without (about a minute)"
 	./target/release/examples/front_soak_bench
 
-## make conformance: the upstream Kubernetes NetworkPolicy cases, in one
-## cluster and across two, with a summary (make test runs them too).
+## make conformance: the upstream Kubernetes NetworkPolicy cases in three
+## layouts (one cluster, spread over two, every namespace split), to pod IPs
+## and through Services, with a summary (make test runs them too).
 conformance: setup
 	$(CARGO) build -q --workspace --bins
 	$(CARGO) test -q -p knit-e2e --test conformance -- --nocapture

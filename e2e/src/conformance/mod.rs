@@ -11,8 +11,14 @@
 //! `AddPodLabels` and `AddNamespaceLabel`); the labels are reset when the
 //! case ends. Loopback (a pod to itself) is ignored, as upstream does.
 //!
-//! [`Layout`] says where the pods live: all in cluster-a, or spread over
-//! cluster-a and cluster-b. Across clusters the agents run with
+//! Each pod also has a global Service of its own (`s-<pod>`), and every
+//! probe runs twice ([`Target`]): to the pods' IPs, and through the
+//! Services' ClusterIPs (the socket-level load balancer picks the pod),
+//! as upstream's model reaches pods both ways.
+//!
+//! [`Layout`] says where the pods live: all in cluster-a, spread over
+//! cluster-a and cluster-b by namespace, or with every namespace split
+//! across the two. Across clusters the agents run with
 //! `--policy-default-local-cluster=false`, so a selector that names no
 //! cluster means what it means in one cluster.
 
@@ -203,6 +209,10 @@ pub enum Layout {
     OneCluster,
     /// x in cluster-a, y in cluster-b, z split (a and c in cluster-a, b in cluster-b).
     TwoClusters,
+    /// Every namespace split: x/a, x/c, y/b, z/a, z/c in cluster-a, the
+    /// rest in cluster-b. Each policy's targets then have pods in both
+    /// clusters, and each remote pod is a target as well as a peer.
+    SplitNamespaces,
 }
 
 impl Layout {
@@ -211,14 +221,39 @@ impl Layout {
             (Self::OneCluster, _, _) => ClusterId(0),
             (Self::TwoClusters, "y", _) | (Self::TwoClusters, "z", "b") => ClusterId(1),
             (Self::TwoClusters, _, _) => ClusterId(0),
+            (Self::SplitNamespaces, "y", "b") | (Self::SplitNamespaces, "x" | "z", "a" | "c") => ClusterId(0),
+            (Self::SplitNamespaces, _, _) => ClusterId(1),
         }
     }
+
+    /// Every layout, in the order the conformance run reports them.
+    pub const ALL: [Self; 3] = [Self::OneCluster, Self::TwoClusters, Self::SplitNamespaces];
 
     /// Words for reports.
     pub fn describe(self) -> &'static str {
         match self {
             Self::OneCluster => "single cluster",
             Self::TwoClusters => "across clusters",
+            Self::SplitNamespaces => "every namespace split across clusters",
+        }
+    }
+}
+
+/// Where a probe connects: each pod's own IP, or its Service's ClusterIP
+/// (upstream's model probes both ways).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The pods' IPs.
+    Pods,
+    /// The ClusterIPs of the pods' Services (`s-<pod>`).
+    Services,
+}
+
+impl Target {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Pods => "to pod IPs",
+            Self::Services => "through Services",
         }
     }
 }
@@ -249,7 +284,9 @@ impl Model {
     pub fn start(layout: Layout) -> Self {
         let agent_args = match layout {
             Layout::OneCluster => Vec::new(),
-            Layout::TwoClusters => vec!["--policy-default-local-cluster=false".to_owned()],
+            Layout::TwoClusters | Layout::SplitNamespaces => {
+                vec!["--policy-default-local-cluster=false".to_owned()]
+            }
         };
         let mut mesh = LocalMesh::start(MeshOptions {
             nodes: 2,
@@ -264,7 +301,55 @@ impl Model {
         }
         let model = Self { mesh, layout, pods };
         model.write_namespaces(&[]);
+        model.write_services();
+        let open = Probe {
+            port: 80,
+            udp: false,
+            expect: Reachability::all(),
+        };
+        let through = model.converge(&open, Target::Services, Duration::from_secs(60));
+        assert_eq!(
+            open.expect.differences(&through),
+            0,
+            "the model's Services never all answered ({}):\n{}",
+            layout.describe(),
+            through.table().join("\n")
+        );
         model
+    }
+
+    /// The ClusterIP of pod `p`'s own Service.
+    fn service_ip(p: ModelPod) -> Ipv4Addr {
+        let index = model_pods().iter().position(|m| *m == p).expect("a model pod");
+        Ipv4Addr::new(10, 96, 77, 10 + index as u8)
+    }
+
+    /// A global Service per pod, as upstream's model has (`s-<pod>` in the
+    /// pod's namespace, TCP and UDP 80 and 81), in every cluster: its
+    /// EndpointSlice lists the pod where it runs, and the other cluster
+    /// imports it through the mesh.
+    fn write_services(&self) {
+        let ports = "  - {name: tcp-80, port: 80, protocol: TCP}\n  - {name: tcp-81, port: 81, protocol: TCP}\n  - {name: udp-80, port: 80, protocol: UDP}\n  - {name: udp-81, port: 81, protocol: UDP}\n";
+        let slice_ports = ports.replace("  - ", "- ");
+        for c in self.mesh.cluster_ids() {
+            let yaml: String = model_pods()
+                .into_iter()
+                .map(|p @ (ns, name)| {
+                    let vip = Self::service_ip(p);
+                    let endpoints = if self.layout.cluster_of(p) == c {
+                        format!("\n- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n", self.ip(p))
+                    } else {
+                        " []\n".to_owned()
+                    };
+                    format!(
+                        "apiVersion: v1\nkind: Service\nmetadata:\n  name: s-{name}\n  namespace: \"{ns}\"\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  ports:\n{ports}---\n\
+                         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s-{name}-1\n  namespace: \"{ns}\"\n  labels: {{kubernetes.io/service-name: s-{name}}}\naddressType: IPv4\nports:\n{slice_ports}endpoints:{endpoints}---\n\
+                         apiVersion: knit.dev/v1alpha1\nkind: GlobalServicePolicy\nmetadata:\n  name: s-{name}\n  namespace: \"{ns}\"\nspec:\n  services: [s-{name}]\n---\n"
+                    )
+                })
+                .collect();
+            self.mesh.write_manifest(c, "services.yaml", &yaml);
+        }
     }
 
     /// Writes the model's namespaces into every cluster, each labelled
@@ -316,10 +401,15 @@ impl Model {
         self.mesh.pod(self.pods[&p]).ip
     }
 
-    /// Who reaches whom on `port` right now (one request per pair).
-    pub fn observe(&self, port: u16, udp: bool) -> Reachability {
+    /// Who reaches whom on `port` right now, at the pods' IPs or through
+    /// their Services (one request per pair).
+    pub fn observe(&self, port: u16, udp: bool, via: Target) -> Reachability {
         let pods = model_pods();
-        let targets: Vec<String> = pods.iter().map(|p| format!("{}:{port}", self.ip(*p))).collect();
+        let address = |p: ModelPod| match via {
+            Target::Pods => self.ip(p),
+            Target::Services => Self::service_ip(p),
+        };
+        let targets: Vec<String> = pods.iter().map(|p| format!("{}:{port}", address(*p))).collect();
         let joined = targets.join(",");
         let mut observed = Reachability::all();
         std::thread::scope(|s| {
@@ -383,10 +473,10 @@ impl Model {
 
     /// Waits until `expect` holds on `probe` (policies reach every agent
     /// within a few seconds); the last observation either way.
-    fn converge(&self, probe: &Probe, timeout: Duration) -> Reachability {
+    fn converge(&self, probe: &Probe, via: Target, timeout: Duration) -> Reachability {
         let deadline = Instant::now() + timeout;
         loop {
-            let observed = self.observe(probe.port, probe.udp);
+            let observed = self.observe(probe.port, probe.udp, via);
             if probe.expect.differences(&observed) == 0 || Instant::now() > deadline {
                 return observed;
             }
@@ -402,17 +492,22 @@ impl Model {
         for (s, step) in case.steps.iter().enumerate() {
             self.relabel(&step.relabels, &mut namespaces);
             self.write_policies(index, &step.policies);
-            for probe in &step.probes {
-                let observed = self.converge(probe, Duration::from_secs(15));
+            for (probe, via) in step
+                .probes
+                .iter()
+                .flat_map(|p| [(p, Target::Pods), (p, Target::Services)])
+            {
+                let observed = self.converge(probe, via, Duration::from_secs(15));
                 let wrong = probe.expect.differences(&observed);
                 if wrong > 0 {
                     passed = false;
                     let _ = writeln!(
                         report,
-                        "  step {}, {} {}: {wrong} pair(s) differ ({}); expected | observed",
+                        "  step {}, {} {} {}: {wrong} pair(s) differ ({}); expected | observed",
                         s + 1,
                         if probe.udp { "UDP" } else { "TCP" },
                         probe.port,
+                        via.describe(),
                         self.layout.describe()
                     );
                     for (e, o) in probe.expect.table().iter().zip(observed.table()) {
@@ -438,7 +533,7 @@ impl Model {
             udp: false,
             expect: Reachability::all(),
         };
-        let reopened = self.converge(&open, Duration::from_secs(15));
+        let reopened = self.converge(&open, Target::Pods, Duration::from_secs(15));
         let stuck = open.expect.differences(&reopened);
         if stuck > 0 {
             passed = false;
