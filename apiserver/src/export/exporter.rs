@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
+use knit_kvstore::backend::SyncBackend;
 use knit_kvstore::keys::{HEARTBEAT_KEY, Kind, RelativeKey, cluster_prefix};
 use knit_kvstore::records::IdentityRecord;
 use knit_kvstore::sync_store::SyncStore;
@@ -36,7 +37,7 @@ pub struct ExporterSettings {
 /// Runs until the process stops; etcd errors are retried.
 pub async fn run_exporter<S: Source>(
     local: Client,
-    mut source: S,
+    source: S,
     settings: ExporterSettings,
     metrics: Metrics,
     health: Health,
@@ -45,7 +46,7 @@ pub async fn run_exporter<S: Source>(
     let mut ids = IdentityAllocator::new(settings.cluster.id);
     // etcd may refuse requests for a moment (e.g. right after auth is
     // enabled): retry instead of giving up.
-    let mut store = loop {
+    let store = loop {
         let started = async {
             restore_identities(&local, &own, &mut ids).await?;
             SyncStore::new(
@@ -64,8 +65,29 @@ pub async fn run_exporter<S: Source>(
             }
         }
     };
-    let mut synced = false;
-    let synced_at = unix_now();
+    export_loop(store, ids, source, settings, metrics, health).await
+}
+
+/// The export loop over a store on any backend (etcd in production,
+/// memory in the tests below): waits for the source's first complete read,
+/// then exports on every change and at least every 5 s, with the heartbeat.
+pub async fn export_loop<B: SyncBackend, S: Source>(
+    mut store: SyncStore<B>,
+    ids: IdentityAllocator,
+    mut source: S,
+    settings: ExporterSettings,
+    metrics: Metrics,
+    health: Health,
+) -> Result<()> {
+    let mut exporter = Exporter {
+        own: cluster_prefix(&settings.cluster.name),
+        settings,
+        ids,
+        metrics,
+        health,
+        synced: false,
+        synced_at: unix_now(),
+    };
     let mut pending = true;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
     while !source.is_ready() {
@@ -83,88 +105,111 @@ pub async fn run_exporter<S: Source>(
         if pending {
             let span = tracing::info_span!(
                 "export_pass",
-                cluster = %settings.cluster.name,
+                cluster = %exporter.settings.cluster.name,
                 records = tracing::field::Empty
             );
-            async {
-                let plan = plan(&settings.cluster, source.state(), &mut ids);
-                let exported = plan.exported;
-                for kind in Kind::ALL {
-                    let n = exported.counts.get(&kind).copied().unwrap_or_default();
-                    metrics
-                        .exported
-                        .get_or_create(&PeerDetail {
-                            peer: settings.cluster.name.clone(),
-                            detail: kind.to_string(),
-                        })
-                        .set(n as i64);
-                }
-                let records = exported.published.len()
-                    + [Kind::Endpoints, Kind::Services]
-                        .iter()
-                        .map(|k| exported.counts.get(k).copied().unwrap_or_default())
-                        .sum::<usize>();
-                tracing::Span::current().record("records", records);
-                let local = local_prefix();
-                store.begin_restate(&local);
-                store.begin_restate(&own);
-                for (key, value) in exported.published {
-                    store.set(key, value);
-                }
-                if synced {
-                    for (key, value) in canaries(&own, synced_at) {
-                        store.set(key, value);
-                    }
-                }
-                let mut written = Ok(());
-                for (key, value) in plan.services.chain(plan.endpoints) {
-                    store.set(key, value);
-                    if store.pending_values() >= VALUES_PER_WRITE {
-                        written = store.flush_puts().await.map(drop);
-                        if written.is_err() {
-                            break;
-                        }
-                    }
-                }
-                // A pass cut short by a failed write gives up nothing: the
-                // retry states everything again.
-                let flushed = match written {
-                    Ok(()) => {
-                        store.end_restate(&own);
-                        store.end_restate(&local);
-                        store.flush().await
-                    }
-                    Err(e) => Err(e),
-                };
-                match flushed {
-                    Ok(_) if !synced => {
-                        for (k, v) in canaries(&own, synced_at) {
-                            store.set(k, v);
-                        }
-                        if store.flush().await.is_ok() {
-                            synced = true;
-                            health.set_ready(true);
-                            tracing::info!(cluster = %settings.cluster.name, "initial export complete; canaries written");
-                        }
-                        pending = !synced;
-                    }
-                    // A lost lease (or a failed write) dropped values the
-                    // store does not keep: state everything again.
-                    Ok(_) => pending = store.needs_values(),
-                    Err(e) => {
-                        metrics.export_failures.inc();
-                        tracing::warn!(error = %knit_telemetry::error_chain(&e), "export write failed; retrying");
-                        pending = true;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            }
-            .instrument(span)
-            .await;
+            pending = exporter.pass(&mut store, source.state()).instrument(span).await;
         }
         tokio::select! {
             changed = source.next_change() => pending |= changed,
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// The exporter between passes.
+struct Exporter {
+    settings: ExporterSettings,
+    /// `clusters/<this cluster>/`.
+    own: String,
+    ids: IdentityAllocator,
+    metrics: Metrics,
+    health: Health,
+    /// The canaries are written (the first complete export is in).
+    synced: bool,
+    /// When this run first completed an export: the canaries' value.
+    synced_at: i64,
+}
+
+impl Exporter {
+    /// One export of `state` into `store`: records first, in parts of
+    /// [`VALUES_PER_WRITE`], then (once) the canaries. Returns whether
+    /// another pass is needed (a failed write, a lost lease).
+    async fn pass<B: SyncBackend>(
+        &mut self,
+        store: &mut SyncStore<B>,
+        state: &knit_sources::ClusterState,
+    ) -> bool {
+        let plan = plan(&self.settings.cluster, state, &mut self.ids);
+        let exported = plan.exported;
+        for kind in Kind::ALL {
+            let n = exported.counts.get(&kind).copied().unwrap_or_default();
+            self.metrics
+                .exported
+                .get_or_create(&PeerDetail {
+                    peer: self.settings.cluster.name.clone(),
+                    detail: kind.to_string(),
+                })
+                .set(n as i64);
+        }
+        let records = exported.published.len()
+            + [Kind::Endpoints, Kind::Services]
+                .iter()
+                .map(|k| exported.counts.get(k).copied().unwrap_or_default())
+                .sum::<usize>();
+        tracing::Span::current().record("records", records);
+        let (local, own) = (local_prefix(), self.own.clone());
+        store.begin_restate(&local);
+        store.begin_restate(&own);
+        for (key, value) in exported.published {
+            store.set(key, value);
+        }
+        if self.synced {
+            for (key, value) in canaries(&own, self.synced_at) {
+                store.set(key, value);
+            }
+        }
+        let mut written = Ok(());
+        for (key, value) in plan.services.chain(plan.endpoints) {
+            store.set(key, value);
+            if store.pending_values() >= VALUES_PER_WRITE {
+                written = store.flush_puts().await.map(drop);
+                if written.is_err() {
+                    break;
+                }
+            }
+        }
+        // A pass cut short by a failed write gives up nothing: the retry
+        // states everything again.
+        let flushed = match written {
+            Ok(()) => {
+                store.end_restate(&own);
+                store.end_restate(&local);
+                store.flush().await
+            }
+            Err(e) => Err(e),
+        };
+        match flushed {
+            Ok(_) if !self.synced => {
+                for (k, v) in canaries(&own, self.synced_at) {
+                    store.set(k, v);
+                }
+                if store.flush().await.is_ok() {
+                    self.synced = true;
+                    self.health.set_ready(true);
+                    tracing::info!(cluster = %self.settings.cluster.name, "initial export complete; canaries written");
+                }
+                !self.synced
+            }
+            // A lost lease (or a failed write) dropped values the store
+            // does not keep: state everything again.
+            Ok(_) => store.needs_values(),
+            Err(e) => {
+                self.metrics.export_failures.inc();
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "export write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                true
+            }
         }
     }
 }
@@ -192,4 +237,115 @@ async fn restore_identities(local: &Client, own: &str, ids: &mut IdentityAllocat
         ids.restore(record.id, record.labels);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knit_kvstore::backend::MemoryBackend;
+    use knit_sources::directory::DirectorySource;
+    use knit_telemetry::AbortOnDrop;
+    use knit_testkit::manifests::{node, pod};
+
+    /// A directory of manifests for the source, removed on drop.
+    struct Manifests(std::path::PathBuf);
+
+    impl Manifests {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("knit-exporter-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn write(&self, file: &str, yaml: &str) {
+            std::fs::write(self.0.join(file), yaml).unwrap();
+        }
+    }
+
+    impl Drop for Manifests {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn settings() -> ExporterSettings {
+        ExporterSettings {
+            cluster: LocalCluster {
+                name: "a".into(),
+                id: 1,
+                pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+                tunnel_port: None,
+            },
+            lease_ttl_secs: 30,
+        }
+    }
+
+    fn endpoint_key(ip: &str) -> String {
+        RelativeKey::Record(Kind::Endpoints, ip.into()).under(&cluster_prefix("a"))
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} did not happen within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn records_go_in_before_the_canaries_and_a_failed_write_loses_nothing() {
+        let manifests = Manifests::new("order");
+        manifests.write(
+            "cluster.yaml",
+            &(node("a-n1", "192.168.1.1", "10.1.1.0/24") + &pod("x", "web", "a-n1", "10.1.1.5", "web")),
+        );
+        let backend = MemoryBackend::new();
+        let owned = vec![cluster_prefix("a"), local_prefix()];
+        let store = SyncStore::with_backend(backend.clone(), owned, 30).await.unwrap();
+        let source = DirectorySource::new(&manifests.0, Duration::from_millis(20));
+        let metrics = Metrics::default();
+        let exporting = export_loop(
+            store,
+            IdentityAllocator::new(1),
+            source,
+            settings(),
+            metrics.clone(),
+            Health::default(),
+        );
+        let _exporter = AbortOnDrop(tokio::spawn(async move {
+            let _ = exporting.await;
+        }));
+
+        let canary = RelativeKey::Synced(Kind::Endpoints).under(&cluster_prefix("a"));
+        until("the canaries", || backend.dump().contains_key(&canary)).await;
+        let endpoint = endpoint_key("10.1.1.5");
+        let written = backend.transactions();
+        let first_with = |key: &str| {
+            written
+                .iter()
+                .position(|ops| ops.iter().any(|(k, v)| k == key && v.is_some()))
+        };
+        assert!(first_with(&endpoint).is_some(), "the pod is exported");
+        assert!(
+            first_with(&endpoint) < first_with(&canary),
+            "a peer that sees the canaries has every record"
+        );
+
+        // Writes fail while a pod is added: nothing is written, and the
+        // pod is exported once writes work again.
+        backend.set_failing(true);
+        manifests.write("late.yaml", &pod("x", "late", "a-n1", "10.1.1.6", "web"));
+        until("a failed export pass", || metrics.export_failures.get() > 0).await;
+        assert!(!backend.dump().contains_key(&endpoint_key("10.1.1.6")));
+        backend.set_failing(false);
+        until("the late pod's export after the failure", || {
+            backend.dump().contains_key(&endpoint_key("10.1.1.6"))
+        })
+        .await;
+        assert!(
+            backend.dump().contains_key(&endpoint),
+            "the earlier pod is still there"
+        );
+    }
 }
