@@ -246,28 +246,7 @@ mod tests {
     use knit_sources::directory::DirectorySource;
     use knit_telemetry::AbortOnDrop;
     use knit_testkit::manifests::{node, pod};
-
-    /// A directory of manifests for the source, removed on drop.
-    struct Manifests(std::path::PathBuf);
-
-    impl Manifests {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("knit-exporter-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-
-        fn write(&self, file: &str, yaml: &str) {
-            std::fs::write(self.0.join(file), yaml).unwrap();
-        }
-    }
-
-    impl Drop for Manifests {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use knit_testkit::process::TempDir;
 
     fn settings() -> ExporterSettings {
         ExporterSettings {
@@ -295,15 +274,16 @@ mod tests {
 
     #[tokio::test]
     async fn records_go_in_before_the_canaries_and_a_failed_write_loses_nothing() {
-        let manifests = Manifests::new("order");
-        manifests.write(
+        let manifests = TempDir::new("exporter-order");
+        let write = |file: &str, yaml: &str| std::fs::write(manifests.path().join(file), yaml).unwrap();
+        write(
             "cluster.yaml",
             &(node("a-n1", "192.168.1.1", "10.1.1.0/24") + &pod("x", "web", "a-n1", "10.1.1.5", "web")),
         );
         let backend = MemoryBackend::new();
         let owned = vec![cluster_prefix("a"), local_prefix()];
         let store = SyncStore::with_backend(backend.clone(), owned, 30).await.unwrap();
-        let source = DirectorySource::new(&manifests.0, Duration::from_millis(20));
+        let source = DirectorySource::new(manifests.path(), Duration::from_millis(20));
         let metrics = Metrics::default();
         let exporting = export_loop(
             store,
@@ -335,7 +315,7 @@ mod tests {
         // Writes fail while a pod is added: nothing is written, and the
         // pod is exported once writes work again.
         backend.set_failing(true);
-        manifests.write("late.yaml", &pod("x", "late", "a-n1", "10.1.1.6", "web"));
+        write("late.yaml", &pod("x", "late", "a-n1", "10.1.1.6", "web"));
         until("a failed export pass", || metrics.export_failures.get() > 0).await;
         assert!(!backend.dump().contains_key(&endpoint_key("10.1.1.6")));
         backend.set_failing(false);
