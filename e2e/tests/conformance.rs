@@ -5,16 +5,17 @@
 //! and observed truth tables side by side for every failure; fails when a
 //! case not listed as a known failure fails.
 
-use knit_e2e::conformance::{Layout, Model, NOT_PORTED, Outcome, cases};
+use knit_e2e::conformance::{Catalog, Layout, Model, Outcome, catalog};
 
 /// Only the cases whose name contains this, when set (for debugging one
 /// case; the summary then says so).
 const FILTER: &str = "KNIT_CONFORMANCE_CASE";
 
-fn run(layout: Layout) -> Vec<Outcome> {
+fn run(catalog: &Catalog, layout: Layout) -> Vec<Outcome> {
     let filter = std::env::var(FILTER).unwrap_or_default();
     let model = Model::start(layout);
-    cases()
+    catalog
+        .cases
         .iter()
         .enumerate()
         .filter(|(_, case)| case.name.contains(filter.as_str()))
@@ -22,23 +23,23 @@ fn run(layout: Layout) -> Vec<Outcome> {
         .collect()
 }
 
-fn summary(layout: Layout, outcomes: &[Outcome]) -> (usize, Vec<String>) {
+fn summary(catalog: &Catalog, layout: Layout, outcomes: &[Outcome]) -> (usize, Vec<String>) {
     if let Ok(filter) = std::env::var(FILTER) {
         println!("only the cases whose name contains {filter:?} ({FILTER})");
     }
-    let upstream = cases().len() + NOT_PORTED.len();
+    let upstream = catalog.upstream_total();
     let passed = outcomes.iter().filter(|o| o.passed).count();
     println!(
         "{passed} of {upstream} upstream cases pass ({}); {} not run here:",
         layout.describe(),
-        NOT_PORTED.len()
+        catalog.not_ported.len()
     );
-    for (name, why) in NOT_PORTED {
-        println!("  not run: {name}: {why}");
+    for n in &catalog.not_ported {
+        println!("  not run: {}: {}", n.name, n.reason);
     }
     let mut unexpected = Vec::new();
     for o in outcomes {
-        match (o.passed, o.known_failure) {
+        match (o.passed, &o.known_failure) {
             (true, None) => println!("  pass: {}", o.name),
             (true, Some(_)) => println!(
                 "  pass (listed as a known failure; remove it from the list): {}",
@@ -56,10 +57,11 @@ fn summary(layout: Layout, outcomes: &[Outcome]) -> (usize, Vec<String>) {
 
 #[test]
 fn upstream_network_policy_cases_in_three_layouts() {
+    let catalog = catalog();
     let mut unexpected = Vec::new();
     for layout in Layout::ALL {
-        let outcomes = run(layout);
-        unexpected.extend(summary(layout, &outcomes).1);
+        let outcomes = run(&catalog, layout);
+        unexpected.extend(summary(&catalog, layout, &outcomes).1);
     }
     assert!(unexpected.is_empty(), "cases failed: {unexpected:?}");
 }

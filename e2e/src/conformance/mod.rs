@@ -1,5 +1,6 @@
 //! The Kubernetes NetworkPolicy conformance cases (`test/e2e/network/netpol`
-//! upstream) as data, run on the local mesh.
+//! upstream) as data (`cases.yaml`, read by [`catalog`]), run on the local
+//! mesh.
 //!
 //! The model is upstream's: namespaces `x`, `y`, `z` (labelled with their
 //! names), pods `a`, `b`, `c` in each (labelled `pod: <name>`), every pod
@@ -29,7 +30,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-pub use cases::{NOT_PORTED, cases};
+pub use cases::{Catalog, NotPorted, catalog, read};
 
 use crate::mesh::{ClusterId, LocalMesh, MeshOptions, PodId};
 
@@ -174,9 +175,23 @@ pub struct Probe {
 #[derive(Clone, Debug)]
 pub enum Relabel {
     /// Adds labels to the pod `namespace/pod`.
-    Pod(ModelPod, Vec<(&'static str, &'static str)>),
+    Pod(ModelPod, Labels),
     /// Adds labels to a namespace (in every cluster).
-    Namespace(&'static str, Vec<(&'static str, &'static str)>),
+    Namespace(&'static str, Labels),
+}
+
+/// Labels, as `(key, value)` pairs.
+pub type Labels = Vec<(String, String)>;
+
+/// A NetworkPolicy a step writes (into every cluster).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Its namespace.
+    pub namespace: &'static str,
+    /// Its name; a later step's policy of the same name replaces it.
+    pub name: String,
+    /// The spec, as YAML (JSON); `{ip:<ns>/<pod>}` becomes that pod's IP.
+    pub spec: String,
 }
 
 /// Labels changed, policies written (into namespace, YAML of the spec) and
@@ -185,8 +200,8 @@ pub enum Relabel {
 pub struct Step {
     /// Labels added first.
     pub relabels: Vec<Relabel>,
-    /// `(namespace, name, spec YAML)`; `{ip:<ns>/<pod>}` becomes that pod's IP.
-    pub policies: Vec<(&'static str, &'static str, String)>,
+    /// Policies written next.
+    pub policies: Vec<Policy>,
     /// What to check afterwards.
     pub probes: Vec<Probe>,
 }
@@ -195,11 +210,11 @@ pub struct Step {
 #[derive(Clone, Debug)]
 pub struct Case {
     /// Upstream's name for it.
-    pub name: &'static str,
+    pub name: String,
     /// Steps, run in order; policies stay until the case ends.
     pub steps: Vec<Step>,
     /// Why Knit is known not to pass it, if it is.
-    pub known_failure: Option<&'static str>,
+    pub known_failure: Option<String>,
 }
 
 /// Where the model's pods run.
@@ -270,11 +285,11 @@ pub struct Model {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     /// The case's name.
-    pub name: &'static str,
+    pub name: String,
     /// Passed.
     pub passed: bool,
     /// Known not to pass, and why.
-    pub known_failure: Option<&'static str>,
+    pub known_failure: Option<String>,
     /// For a failure: the step, port and both tables side by side.
     pub report: String,
 }
@@ -354,7 +369,7 @@ impl Model {
 
     /// Writes the model's namespaces into every cluster, each labelled
     /// `ns: <name>` plus what `extra` adds to it.
-    fn write_namespaces(&self, extra: &[(&'static str, Vec<(&'static str, &'static str)>)]) {
+    fn write_namespaces(&self, extra: &[(&'static str, Labels)]) {
         let namespaces: String = NAMESPACES
             .iter()
             .map(|n| {
@@ -372,20 +387,16 @@ impl Model {
     }
 
     /// Writes pod `p`'s manifest with `pod: <name>` plus `extra`.
-    fn label_pod(&self, p: ModelPod, extra: &[(&'static str, &'static str)]) {
+    fn label_pod(&self, p: ModelPod, extra: &[(String, String)]) {
         let pod = self.mesh.pod(self.pods[&p]);
         let mut labels = vec![("pod", p.1)];
-        labels.extend_from_slice(extra);
+        labels.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.mesh
             .register_pod(pod.node, &pod.namespace, &pod.name, pod.ip, &labels);
     }
 
     /// Applies `relabels`, keeping what namespaces already gained in `namespaces`.
-    fn relabel(
-        &self,
-        relabels: &[Relabel],
-        namespaces: &mut Vec<(&'static str, Vec<(&'static str, &'static str)>)>,
-    ) {
+    fn relabel(&self, relabels: &[Relabel], namespaces: &mut Vec<(&'static str, Labels)>) {
         for r in relabels {
             match r {
                 Relabel::Pod(p, labels) => self.label_pod(*p, labels),
@@ -440,8 +451,13 @@ impl Model {
         observed
     }
 
-    fn write_policies(&self, case: usize, policies: &[(&'static str, &'static str, String)]) {
-        for (namespace, name, spec) in policies {
+    fn write_policies(&self, case: usize, policies: &[Policy]) {
+        for Policy {
+            namespace,
+            name,
+            spec,
+        } in policies
+        {
             let mut spec = spec.clone();
             for p in model_pods() {
                 spec = spec.replace(&format!("{{ip:{}/{}}}", p.0, p.1), &self.ip(p).to_string());
@@ -547,9 +563,9 @@ impl Model {
             }
         }
         Outcome {
-            name: case.name,
+            name: case.name.clone(),
             passed,
-            known_failure: case.known_failure,
+            known_failure: case.known_failure.clone(),
             report,
         }
     }
