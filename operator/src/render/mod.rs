@@ -30,7 +30,7 @@ use crate::config::ClusterConfig;
 use crate::pki::CertKeyPair;
 use crate::{Result, names};
 pub use peers::{AcceptedPeer, PeerInput, PeerSyncReport};
-pub use pki_plan::StoredSecrets;
+pub use pki_plan::{PkiPlan, StoredSecrets};
 
 /// Everything the render reads.
 #[derive(Clone, Debug)]
@@ -116,7 +116,35 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         inputs.load_balancer_ingress,
         inputs.now,
     )?;
+    let mut events = pki_events(&pki);
+    let secrets = mesh_secrets(config, &pki, &accepted)?;
 
+    let trusted = peers::trusted_client_cas(config, &pki.local_ca.cert_pem);
+    let users = peers::etcd_access(config, &accepted).to_yaml()?;
+    let trust_hash = short_sha256(&format!("{trusted}\n{users}"));
+    let config_maps = vec![
+        config_map(config, names::PUBLIC_CA_CONFIGMAP, "ca.crt", pki.published_cas()),
+        config_map(config, names::TRUSTED_CAS_CONFIGMAP, "ca.crt", trusted),
+        config_map(config, names::ETCD_USERS_CONFIGMAP, "users.yaml", users),
+    ];
+    let peer_statuses = peer_statuses(inputs, &problems, &accepted, &pki, &mut events);
+
+    Ok(MeshPlan {
+        secrets,
+        config_maps,
+        deployment: workloads::apiserver_deployment(config, &trust_hash)?,
+        service: workloads::apiserver_service(config)?,
+        peer_service: workloads::peers_service(config)?,
+        network_policy: workloads::apiserver_network_policy(config, inputs.node_sources)?,
+        disruption_budget: workloads::apiserver_disruption_budget(config)?,
+        peer_statuses,
+        accepted,
+        events,
+    })
+}
+
+/// The apiserver's Events of a PKI plan: what was issued, and each warning.
+fn pki_events(pki: &PkiPlan) -> Vec<PlanEvent> {
     let mut events = Vec::new();
     if !pki.issued.is_empty() {
         events.push(normal(
@@ -131,73 +159,65 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         reason: "CertificateExpiring".into(),
         note: note.clone(),
     }));
+    events
+}
 
+/// Every Secret of the mesh: the CAs, the leaves with the CA that checks
+/// them (and, for etcd's clients, the endpoint), and the peer configs.
+fn mesh_secrets(config: &ClusterConfig, pki: &PkiPlan, accepted: &[AcceptedPeer]) -> Result<Vec<Secret>> {
     let port = config.apiserver.port;
     let local_endpoint = format!("https://{}.{}.svc:{port}", names::APISERVER, config.namespace);
-    let secrets = vec![
-        secret(config, names::CA_SECRET, "Opaque", mesh_ca_data(&pki)),
-        secret(
-            config,
-            names::LOCAL_CA_SECRET,
-            "Opaque",
-            [
-                ("ca.crt", &pki.local_ca.cert_pem),
-                ("ca.key", &pki.local_ca.key_pem),
-            ]
-            .into(),
-        ),
+    let local_ca = &pki.local_ca.cert_pem;
+    let local_ca_data = [("ca.crt", local_ca), ("ca.key", &pki.local_ca.key_pem)];
+    let admin_endpoint = Some(format!("https://127.0.0.1:{port}"));
+    let tls = "kubernetes.io/tls";
+    Ok(vec![
+        secret(config, names::CA_SECRET, "Opaque", mesh_ca_data(pki)),
+        secret(config, names::LOCAL_CA_SECRET, "Opaque", local_ca_data.into()),
         secret(
             config,
             names::SERVER_CERT_SECRET,
-            "kubernetes.io/tls",
-            tls_data(&pki.server, &pki.local_ca.cert_pem, None)?,
+            tls,
+            tls_data(&pki.server, local_ca, None)?,
         ),
         secret(
             config,
             names::FRONT_CERT_SECRET,
-            "kubernetes.io/tls",
+            tls,
             tls_data(&pki.front, &pki.published_cas(), None)?,
         ),
         secret(
             config,
             names::ADMIN_CERT_SECRET,
             "Opaque",
-            tls_data(
-                &pki.admin,
-                &pki.local_ca.cert_pem,
-                Some(format!("https://127.0.0.1:{port}")),
-            )?,
+            tls_data(&pki.admin, local_ca, admin_endpoint)?,
         ),
         secret(
             config,
             names::LOCAL_CERT_SECRET,
             "Opaque",
-            tls_data(&pki.local, &pki.local_ca.cert_pem, Some(local_endpoint))?,
+            tls_data(&pki.local, local_ca, Some(local_endpoint))?,
         ),
-        secret(
-            config,
-            names::PEER_ACCESS_SECRET,
-            "Opaque",
-            peer_access_data(&pki),
-        ),
+        secret(config, names::PEER_ACCESS_SECRET, "Opaque", peer_access_data(pki)),
         secret(
             config,
             names::PEER_CONFIGS_SECRET,
             "Opaque",
-            peers::peer_config_data(&accepted, &pki.peer_clients)?,
+            peers::peer_config_data(accepted, &pki.peer_clients)?,
         ),
-    ];
+    ])
+}
 
-    let trusted = peers::trusted_client_cas(config, &pki.local_ca.cert_pem);
-    let users = peers::etcd_access(config, &accepted).to_yaml()?;
-    let trust_hash = short_sha256(&format!("{trusted}\n{users}"));
-    let config_maps = vec![
-        config_map(config, names::PUBLIC_CA_CONFIGMAP, "ca.crt", pki.published_cas()),
-        config_map(config, names::TRUSTED_CAS_CONFIGMAP, "ca.crt", trusted),
-        config_map(config, names::ETCD_USERS_CONFIGMAP, "users.yaml", users),
-    ];
-
-    let mut peer_statuses = BTreeMap::new();
+/// Each ClusterMeshPeer's status, and an Event for each Ready flip and each
+/// certificate turning not ready.
+fn peer_statuses(
+    inputs: &MeshInputs<'_>,
+    problems: &BTreeMap<String, String>,
+    accepted: &[AcceptedPeer],
+    pki: &PkiPlan,
+    events: &mut Vec<PlanEvent>,
+) -> BTreeMap<String, ClusterMeshPeerStatus> {
+    let mut statuses = BTreeMap::new();
     for peer in inputs.peers {
         let problem = problems.get(&peer.name).map(String::as_str);
         let client = accepted
@@ -224,21 +244,9 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
                 });
             }
         }
-        peer_statuses.insert(peer.name.clone(), status);
+        statuses.insert(peer.name.clone(), status);
     }
-
-    Ok(MeshPlan {
-        secrets,
-        config_maps,
-        deployment: workloads::apiserver_deployment(config, &trust_hash)?,
-        service: workloads::apiserver_service(config)?,
-        peer_service: workloads::peers_service(config)?,
-        network_policy: workloads::apiserver_network_policy(config, inputs.node_sources)?,
-        disruption_budget: workloads::apiserver_disruption_budget(config)?,
-        peer_statuses,
-        accepted,
-        events,
-    })
+    statuses
 }
 
 /// When each certificate of the plan expires (Unix seconds), keyed
@@ -282,7 +290,7 @@ pub fn stored_from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>) ->
         .collect()
 }
 
-fn mesh_ca_data(pki: &pki_plan::PkiPlan) -> BTreeMap<String, String> {
+fn mesh_ca_data(pki: &PkiPlan) -> BTreeMap<String, String> {
     let mut data = BTreeMap::from([
         ("ca.crt".to_owned(), pki.ca.cert_pem.clone()),
         ("ca.key".to_owned(), pki.ca.key_pem.clone()),
@@ -294,7 +302,7 @@ fn mesh_ca_data(pki: &pki_plan::PkiPlan) -> BTreeMap<String, String> {
     data
 }
 
-fn peer_access_data(pki: &pki_plan::PkiPlan) -> BTreeMap<String, String> {
+fn peer_access_data(pki: &PkiPlan) -> BTreeMap<String, String> {
     let mut data = BTreeMap::from([("ca.crt".to_owned(), pki.local_ca.cert_pem.clone())]);
     for (peer, pair) in &pki.peer_access {
         data.insert(format!("{peer}.crt"), pair.cert_pem.clone());

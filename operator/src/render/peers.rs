@@ -396,82 +396,13 @@ pub fn peer_status(
     let expiry = client_cert
         .and_then(|c| pki::inspect(&c.cert_pem).ok())
         .map(|i| i.not_after);
-    let certificate = match (problem, expiry) {
-        (Some(p), _) => Desired::new("CertificateReady", "False", "InvalidPeer", p),
-        (None, Some(until)) => Desired::new(
-            "CertificateReady",
-            "True",
-            "Issued",
-            format!("client certificate for this peer is valid until {until}"),
-        ),
-        (None, None) => Desired::new(
-            "CertificateReady",
-            "False",
-            "Pending",
-            "client certificate not issued yet",
-        ),
-    };
-    let waiting = |t: &'static str| {
-        Desired::new(
-            t,
-            "Unknown",
-            "AwaitingMeshApiserver",
-            "the mesh apiserver has not reported on this peer yet",
-        )
-    };
-    let (connected, synced) = match (&peer.sync, problem) {
-        (_, Some(_)) => (
-            Desired::new(
-                "Connected",
-                "False",
-                "InvalidPeer",
-                "not configured; see CertificateReady",
-            ),
-            Desired::new(
-                "Synced",
-                "False",
-                "InvalidPeer",
-                "not configured; see CertificateReady",
-            ),
-        ),
-        (None, None) => (waiting("Connected"), waiting("Synced")),
-        (Some(s), None) => (
-            if let Some(port) = s.tunnel_port_mismatch {
-                Desired::new(
-                    "Connected",
-                    "False",
-                    "TunnelPortMismatch",
-                    format!(
-                        "the peer's tunnel is on UDP {port} and this cluster's agents use another port; set the same tunnelPort (ConfigMap knit-agent-config) in every cluster of the mesh"
-                    ),
-                )
-            } else if s.connected {
-                Desired::new(
-                    "Connected",
-                    "True",
-                    "Connected",
-                    "connected to the peer's mesh apiserver",
-                )
-            } else {
-                let why = s.last_error.clone().unwrap_or_else(|| "no connection yet".into());
-                Desired::new("Connected", "False", "Unreachable", why)
-            },
-            if s.synced {
-                Desired::new(
-                    "Synced",
-                    "True",
-                    "Synced",
-                    "every kind of record has completed its initial sync",
-                )
-            } else {
-                Desired::new(
-                    "Synced",
-                    "False",
-                    "Syncing",
-                    "waiting for the peer's sync canaries",
-                )
-            },
-        ),
+    let certificate = certificate_condition(problem, expiry);
+    let (connected, synced) = match problem {
+        Some(_) => {
+            let invalid = |t| Desired::new(t, "False", "InvalidPeer", "not configured; see CertificateReady");
+            (invalid("Connected"), invalid("Synced"))
+        }
+        None => sync_conditions(peer.sync.as_ref()),
     };
     let parts = [&certificate, &connected, &synced];
     let ready = match parts.iter().find(|d| !d.is_true()) {
@@ -508,6 +439,78 @@ pub fn peer_status(
             .map(str::to_owned)
             .or_else(|| sync.and_then(|s| s.last_error.clone())),
     }
+}
+
+/// `CertificateReady`: the peer's problem, else whether the client
+/// certificate for it is issued and until when.
+fn certificate_condition(problem: Option<&str>, expiry: Option<Timestamp>) -> Desired {
+    match (problem, expiry) {
+        (Some(p), _) => Desired::new("CertificateReady", "False", "InvalidPeer", p),
+        (None, Some(until)) => Desired::new(
+            "CertificateReady",
+            "True",
+            "Issued",
+            format!("client certificate for this peer is valid until {until}"),
+        ),
+        (None, None) => Desired::new(
+            "CertificateReady",
+            "False",
+            "Pending",
+            "client certificate not issued yet",
+        ),
+    }
+}
+
+/// `Connected` and `Synced` of a valid peer, from the mesh apiserver's
+/// report on it (none yet: both unknown).
+fn sync_conditions(sync: Option<&PeerSyncReport>) -> (Desired, Desired) {
+    let Some(s) = sync else {
+        let waiting = |t| {
+            Desired::new(
+                t,
+                "Unknown",
+                "AwaitingMeshApiserver",
+                "the mesh apiserver has not reported on this peer yet",
+            )
+        };
+        return (waiting("Connected"), waiting("Synced"));
+    };
+    let connected = if let Some(port) = s.tunnel_port_mismatch {
+        Desired::new(
+            "Connected",
+            "False",
+            "TunnelPortMismatch",
+            format!(
+                "the peer's tunnel is on UDP {port} and this cluster's agents use another port; set the same tunnelPort (ConfigMap knit-agent-config) in every cluster of the mesh"
+            ),
+        )
+    } else if s.connected {
+        Desired::new(
+            "Connected",
+            "True",
+            "Connected",
+            "connected to the peer's mesh apiserver",
+        )
+    } else {
+        let why = s.last_error.clone().unwrap_or_else(|| "no connection yet".into());
+        Desired::new("Connected", "False", "Unreachable", why)
+    };
+    let synced = if s.synced {
+        Desired::new(
+            "Synced",
+            "True",
+            "Synced",
+            "every kind of record has completed its initial sync",
+        )
+    } else {
+        Desired::new(
+            "Synced",
+            "False",
+            "Syncing",
+            "waiting for the peer's sync canaries",
+        )
+    };
+    (connected, synced)
 }
 
 /// Most nodes a ClusterMeshPeer's status names individually.

@@ -114,10 +114,48 @@ pub fn plan_pki(
     load_balancer_ingress: &[String],
     now: Timestamp,
 ) -> Result<PkiPlan> {
-    let policy = &config.certificates;
-    let mut issued = Vec::new();
-    let mut warnings = Vec::new();
+    let mut notes = Notes::default();
+    let (local_ca, ca) = stored_or_new_cas(config, stored, now, &mut notes)?;
+    let step = config.certificates.mesh_ca_rotation;
+    let roll = roll_mesh_ca(config, stored, ca, now, &mut notes)?;
+    let mut plan = PkiPlan {
+        issuing_from_next: step == Some(CaRotationStep::Switch) && roll.next_ca.is_some(),
+        ca: roll.ca,
+        next_ca: roll.next_ca,
+        local_ca: local_ca.clone(),
+        server: local_ca.clone(),
+        front: local_ca.clone(),
+        admin: local_ca.clone(),
+        local: local_ca,
+        peer_clients: BTreeMap::new(),
+        peer_access: BTreeMap::new(),
+        rotation: knit_crds::MeshCaStatus::default(),
+        issued: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let leaves = Leaves { config, stored, now };
+    leaves.issue_all(&mut plan, peers, load_balancer_ingress, &mut notes)?;
+    plan.rotation = rotation_status(&plan, step, roll.problem);
+    plan.issued = notes.issued;
+    plan.warnings = notes.warnings;
+    Ok(plan)
+}
 
+/// What a plan says to people: what it issued, and what they must act on.
+#[derive(Default)]
+struct Notes {
+    issued: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// The local CA and the mesh CA as stored, or new ones where none is.
+fn stored_or_new_cas(
+    config: &ClusterConfig,
+    stored: &StoredSecrets,
+    now: Timestamp,
+    notes: &mut Notes,
+) -> Result<(CertKeyPair, CertKeyPair)> {
+    let validity = config.certificates.ca_validity_days;
     let stored_ca = usable_ca(stored, names::CA_SECRET, "ca.crt", "ca.key");
     let local_ca = match usable_ca(stored, names::LOCAL_CA_SECRET, "ca.crt", "ca.key") {
         Some(ca) => ca,
@@ -125,34 +163,56 @@ pub fn plan_pki(
             // An installation from before the split: keep every local certificate.
             Some(mesh) => mesh.clone(),
             None => {
-                issued.push(format!("created local CA for cluster {}", config.cluster_name));
-                pki::new_named_ca(
-                    &format!("knit local CA {}", config.cluster_name),
-                    now,
-                    policy.ca_validity_days,
-                )?
+                notes
+                    .issued
+                    .push(format!("created local CA for cluster {}", config.cluster_name));
+                pki::new_named_ca(&format!("knit local CA {}", config.cluster_name), now, validity)?
             }
         },
     };
-    let mut ca = match stored_ca {
+    let ca = match stored_ca {
         Some(ca) => ca,
         None => {
-            issued.push(format!("created mesh CA for cluster {}", config.cluster_name));
-            pki::new_ca(&config.cluster_name, now, policy.ca_validity_days)?
+            notes
+                .issued
+                .push(format!("created mesh CA for cluster {}", config.cluster_name));
+            pki::new_ca(&config.cluster_name, now, validity)?
         }
     };
+    Ok((local_ca, ca))
+}
+
+/// The mesh CAs after this step of the roll.
+struct MeshCaRoll {
+    ca: CertKeyPair,
+    next_ca: Option<CertKeyPair>,
+    /// Why the step cannot be taken, if it cannot.
+    problem: Option<String>,
+}
+
+/// Takes `certificates.meshCARotation`'s step from the stored CAs, and
+/// warns when the mesh CA nears expiry.
+fn roll_mesh_ca(
+    config: &ClusterConfig,
+    stored: &StoredSecrets,
+    mut ca: CertKeyPair,
+    now: Timestamp,
+    notes: &mut Notes,
+) -> Result<MeshCaRoll> {
+    let policy = &config.certificates;
     let mut next_ca = usable_ca(stored, names::CA_SECRET, "next.crt", "next.key");
-    let step = policy.mesh_ca_rotation;
-    let mut rotation_problem = None;
-    match step {
+    let mut problem = None;
+    match policy.mesh_ca_rotation {
         None => {
             if next_ca.take().is_some() {
-                issued.push("dropped the next mesh CA: certificates.meshCARotation is unset".into());
+                notes
+                    .issued
+                    .push("dropped the next mesh CA: certificates.meshCARotation is unset".into());
             }
         }
         Some(CaRotationStep::Prepare) => {
             if next_ca.is_none() {
-                issued.push(format!(
+                notes.issued.push(format!(
                     "issued the next mesh CA for cluster {}; publish it with `knitctl peer export`",
                     config.cluster_name
                 ));
@@ -161,15 +221,17 @@ pub fn plan_pki(
         }
         Some(CaRotationStep::Switch) => {
             if next_ca.is_none() {
-                let problem = "certificates.meshCARotation is Switch but there is no next mesh CA: set it to Prepare \
-                               first and apply the export in every peer";
-                warnings.push(problem.to_owned());
-                rotation_problem = Some(problem.to_owned());
+                let text = "certificates.meshCARotation is Switch but there is no next mesh CA: set it to Prepare \
+                            first and apply the export in every peer";
+                notes.warnings.push(text.to_owned());
+                problem = Some(text.to_owned());
             }
         }
         Some(CaRotationStep::Complete) => {
             if let Some(next) = next_ca.take() {
-                issued.push("the next mesh CA is now the mesh CA; the old one is no longer published".into());
+                notes
+                    .issued
+                    .push("the next mesh CA is now the mesh CA; the old one is no longer published".into());
                 ca = next;
             }
         }
@@ -177,95 +239,102 @@ pub fn plan_pki(
     if let Ok(info) = pki::inspect(&ca.cert_pem)
         && info.due_for_renewal(now, policy.renew_when_remaining_percent)
     {
-        warnings.push(format!(
+        notes.warnings.push(format!(
             "the mesh CA expires at {}; roll it with certificates.meshCARotation (Prepare, Switch, Complete)",
             info.not_after
         ));
     }
-    let issuing_from_next = step == Some(CaRotationStep::Switch) && next_ca.is_some();
+    Ok(MeshCaRoll { ca, next_ca, problem })
+}
 
-    let mut plan = PkiPlan {
-        ca,
-        next_ca,
-        issuing_from_next,
-        local_ca: local_ca.clone(),
-        server: local_ca.clone(),
-        front: local_ca.clone(),
-        admin: local_ca.clone(),
-        local: local_ca.clone(),
-        peer_clients: BTreeMap::new(),
-        peer_access: BTreeMap::new(),
-        rotation: knit_crds::MeshCaStatus::default(),
-        issued: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let issuing = plan.issuing().clone();
-    let mut leaf = |signer: &CertKeyPair, secret: &str, cert_key: &str, key_key: &str, spec: LeafSpec| {
-        if let Some(existing) = stored_pair(stored, secret, cert_key, key_key)
-            && still_good(&existing, &spec, signer, now, policy.renew_when_remaining_percent)
+/// Keeps or issues leaf certificates against what is stored.
+struct Leaves<'a> {
+    config: &'a ClusterConfig,
+    stored: &'a StoredSecrets,
+    now: Timestamp,
+}
+
+impl Leaves<'_> {
+    /// The stored certificate at `secret`/`cert_key` if it is still good
+    /// for `spec` under `signer`, else a new one.
+    fn leaf(
+        &self,
+        signer: &CertKeyPair,
+        (secret, cert_key, key_key): (&str, &str, &str),
+        spec: LeafSpec,
+        notes: &mut Notes,
+    ) -> Result<CertKeyPair> {
+        let policy = &self.config.certificates;
+        if let Some(existing) = stored_pair(self.stored, secret, cert_key, key_key)
+            && still_good(
+                &existing,
+                &spec,
+                signer,
+                self.now,
+                policy.renew_when_remaining_percent,
+            )
         {
             return Ok(existing);
         }
-        issued.push(format!("issued certificate {} ({secret})", spec.common_name));
-        pki::issue(signer, &spec, now, policy.leaf_validity_days)
-    };
-
-    let sans = server_sans(config, load_balancer_ingress);
-    let server_spec = |usage| LeafSpec {
-        common_name: names::APISERVER.to_owned(),
-        sans: sans.clone(),
-        usage,
-    };
-    plan.server = leaf(
-        &local_ca,
-        names::SERVER_CERT_SECRET,
-        "tls.crt",
-        "tls.key",
-        server_spec(Usage::Server),
-    )?;
-    plan.front = leaf(
-        &issuing,
-        names::FRONT_CERT_SECRET,
-        "tls.crt",
-        "tls.key",
-        server_spec(Usage::Server),
-    )?;
-    plan.admin = leaf(
-        &local_ca,
-        names::ADMIN_CERT_SECRET,
-        "tls.crt",
-        "tls.key",
-        client(names::ADMIN_USER),
-    )?;
-    plan.local = leaf(
-        &local_ca,
-        names::LOCAL_CERT_SECRET,
-        "tls.crt",
-        "tls.key",
-        client(names::LOCAL_USER),
-    )?;
-    for peer in peers {
-        let pair = leaf(
-            &issuing,
-            names::PEER_CONFIGS_SECRET,
-            &format!("{peer}.crt"),
-            &format!("{peer}.key"),
-            client(&names::remote_user(&config.cluster_name)),
-        )?;
-        plan.peer_clients.insert(peer.clone(), pair);
-        let access = leaf(
-            &local_ca,
-            names::PEER_ACCESS_SECRET,
-            &format!("{peer}.crt"),
-            &format!("{peer}.key"),
-            client(&names::remote_user(peer)),
-        )?;
-        plan.peer_access.insert(peer.clone(), access);
+        notes
+            .issued
+            .push(format!("issued certificate {} ({secret})", spec.common_name));
+        pki::issue(signer, &spec, self.now, policy.leaf_validity_days)
     }
-    plan.rotation = rotation_status(&plan, step, rotation_problem);
-    plan.issued = issued;
-    plan.warnings = warnings;
-    Ok(plan)
+
+    /// Every leaf of `plan`: etcd's server and clients from the local CA,
+    /// the front's server and the peer clients from the issuing mesh CA.
+    fn issue_all(
+        &self,
+        plan: &mut PkiPlan,
+        peers: &[String],
+        load_balancer_ingress: &[String],
+        notes: &mut Notes,
+    ) -> Result<()> {
+        let local_ca = plan.local_ca.clone();
+        let issuing = plan.issuing().clone();
+        let sans = server_sans(self.config, load_balancer_ingress);
+        let server_spec = || LeafSpec {
+            common_name: names::APISERVER.to_owned(),
+            sans: sans.clone(),
+            usage: Usage::Server,
+        };
+        let tls = |secret| (secret, "tls.crt", "tls.key");
+        plan.server = self.leaf(&local_ca, tls(names::SERVER_CERT_SECRET), server_spec(), notes)?;
+        plan.front = self.leaf(&issuing, tls(names::FRONT_CERT_SECRET), server_spec(), notes)?;
+        plan.admin = self.leaf(
+            &local_ca,
+            tls(names::ADMIN_CERT_SECRET),
+            client(names::ADMIN_USER),
+            notes,
+        )?;
+        plan.local = self.leaf(
+            &local_ca,
+            tls(names::LOCAL_CERT_SECRET),
+            client(names::LOCAL_USER),
+            notes,
+        )?;
+        for peer in peers {
+            let (cert, key) = (format!("{peer}.crt"), format!("{peer}.key"));
+            let own_user = client(&names::remote_user(&self.config.cluster_name));
+            let pair = self.leaf(
+                &issuing,
+                (names::PEER_CONFIGS_SECRET, &cert, &key),
+                own_user,
+                notes,
+            )?;
+            plan.peer_clients.insert(peer.clone(), pair);
+            let peer_user = client(&names::remote_user(peer));
+            let access = self.leaf(
+                &local_ca,
+                (names::PEER_ACCESS_SECRET, &cert, &key),
+                peer_user,
+                notes,
+            )?;
+            plan.peer_access.insert(peer.clone(), access);
+        }
+        Ok(())
+    }
 }
 
 /// What every ClusterMeshPeer shows of this cluster's mesh CA roll.
