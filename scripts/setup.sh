@@ -13,6 +13,7 @@ APT_PACKAGES=(
   iperf3 wrk                      # datapath benchmarks
   iptables                        # kube-proxy-style DNAT baseline (make bench), masquerade
   nftables                        # kube-proxy nftables-mode baseline (make bench): nft
+  tcpdump                         # captures on the underlay: encryption leaves no plaintext (e2e/tests/wireguard.rs)
   containernetworking-plugins     # reference CNI plugins (ptp, bridge, host-local, portmap)
   containerd runc                 # a real container runtime for the CNI lifecycle test
   prometheus                      # promtool: checks and unit-tests config/monitoring alert rules

@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod cilium_policy;
 pub mod cni_install;
 pub mod datapath;
+pub mod encryption;
 pub mod health;
 pub mod incremental;
 pub mod index;
@@ -105,6 +106,24 @@ pub enum Error {
         minimum: &'static str,
         /// What to do.
         fix: &'static str,
+    },
+    /// The node's WireGuard key could not be read or made.
+    #[error("{action}")]
+    WireguardKey {
+        /// What was being done.
+        action: String,
+        /// Cause, where there is one below the message.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// Starting or configuring a WireGuard interface failed.
+    #[error("{action}")]
+    Wireguard {
+        /// What was being done.
+        action: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The kvstore layer failed.
     #[error("kvstore")]

@@ -1,0 +1,16 @@
+//! Transparent encryption between nodes with WireGuard.
+//!
+//! - [`keys`]: the node's key pair; the private key stays on the node.
+//! - [`uapi`]: WireGuard's configuration protocol, rendered and parsed
+//!   without I/O (peers in, `set=1` transactions out; `get=1` answers in,
+//!   handshakes and byte counts out).
+//! - [`device`]: a userspace interface (boringtun on TUN) that speaks it.
+//!
+//! The tunnel stays the identity carrier: VXLAN packets to another node are
+//! routed into the WireGuard interface by a rule on the tunnel's UDP port,
+//! so VXLAN travels inside WireGuard and WireGuard's own UDP on the
+//! underlay (docs/encryption.md).
+
+pub mod device;
+pub mod keys;
+pub mod uapi;
