@@ -151,6 +151,7 @@ mod tests {
                     pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
                     tunnel_endpoint: ip.parse().unwrap(),
                     boot_id: String::new(),
+                    wireguard: None,
                 },
             );
         }
@@ -173,6 +174,7 @@ mod tests {
                 pod_cidrs: vec!["10.1.2.0/24".parse().unwrap()],
                 tunnel_endpoint: "192.168.50.12".parse().unwrap(),
                 boot_id: String::new(),
+                wireguard: None,
             },
         );
         let api_node = |name: &str, ips: &[&str], cidr: &str| {

@@ -113,6 +113,7 @@ pub async fn run<S: Source>(
         node: settings.node.clone(),
         peers: Default::default(),
         rejected_policies: Vec::new(),
+        wireguard: None,
     });
     let _report = AbortOnDrop(tokio::spawn(crate::peer_report::publish(
         client_config.clone(),

@@ -58,7 +58,7 @@ fn exports_nodes_endpoints_identities_and_only_exported_services() {
     ]);
     assert_eq!(src.skipped, 1);
     let mut ids = IdentityAllocator::new(1);
-    let out = export(&cluster(), src.state(), &mut ids);
+    let out = export(&cluster(), src.state(), &Default::default(), &mut ids);
 
     assert_eq!(out.counts[&Kind::Nodes], 1);
     assert_eq!(
@@ -124,7 +124,7 @@ fn without_configured_pod_cidrs_the_nodes_podcidrs_bound_the_export() {
         pod_cidrs: Vec::new(),
         ..cluster()
     };
-    let out = export(&unconfigured, src.state(), &mut ids);
+    let out = export(&unconfigured, src.state(), &Default::default(), &mut ids);
     assert_eq!(out.counts[&Kind::Endpoints], 2, "{:?}", out.skipped_pods);
     let config: serde_json::Value =
         serde_json::from_slice(&out.published["knit/v1/clusters/a/config"]).unwrap();
@@ -149,7 +149,12 @@ fn cilium_annotations_make_a_service_global_and_the_oldest_policy_wins() {
         ("p1.yaml", policy("newer", "2026-02-01T00:00:00Z", "local")),
         ("p2.yaml", policy("older", "2026-01-01T00:00:00Z", "remote")),
     ]);
-    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let out = export(
+        &cluster(),
+        src.state(),
+        &Default::default(),
+        &mut IdentityAllocator::new(1),
+    );
     assert_eq!(
         service(&out.published, "knit/v1/clusters/a/services/shop/api").affinity,
         Affinity::Remote
@@ -206,7 +211,12 @@ fn a_service_export_exports_its_service_and_keeps_its_cluster_ip_local() {
         ("web.yaml", plain_service("web", Some("10.96.0.10"), "")),
         ("export.yaml", SERVICE_EXPORT.to_owned()),
     ]);
-    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let out = export(
+        &cluster(),
+        src.state(),
+        &Default::default(),
+        &mut IdentityAllocator::new(1),
+    );
     eprintln!(
         "DBG errors {:?} keys {:?} exports {:?}",
         src.errors,
@@ -227,7 +237,12 @@ fn a_service_export_exports_its_service_and_keeps_its_cluster_ip_local() {
 
     // Without the ServiceExport the Service is not exported at all.
     let (_dir, src) = source(&[("web.yaml", plain_service("web", Some("10.96.0.10"), ""))]);
-    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let out = export(
+        &cluster(),
+        src.state(),
+        &Default::default(),
+        &mut IdentityAllocator::new(1),
+    );
     assert!(!out.published.contains_key("knit/v1/clusters/a/services/shop/web"));
 }
 
@@ -242,7 +257,12 @@ fn the_derived_service_gives_local_clients_the_clusterset_vip() {
             plain_service("derived-1a2b3c4d", Some("10.96.240.7"), DERIVED_LABELS),
         ),
     ]);
-    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let out = export(
+        &cluster(),
+        src.state(),
+        &Default::default(),
+        &mut IdentityAllocator::new(1),
+    );
     let local = service(&out.local, "knit/v1/local/services/shop/web");
     assert_eq!(
         local.cluster_ips,
@@ -264,7 +284,12 @@ fn the_derived_service_gives_local_clients_the_clusterset_vip() {
         "derived.yaml",
         plain_service("derived-1a2b3c4d", Some("10.96.240.7"), DERIVED_LABELS),
     )]);
-    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let out = export(
+        &cluster(),
+        src.state(),
+        &Default::default(),
+        &mut IdentityAllocator::new(1),
+    );
     let local = service(&out.local, "knit/v1/local/services/shop/web");
     assert_eq!(
         local.cluster_ips,
@@ -287,7 +312,12 @@ fn the_derived_service_gives_local_clients_the_clusterset_vip() {
             "multicluster.kubernetes.io/service-name: web",
         ),
     )]);
-    let out = export(&cluster(), src.state(), &mut IdentityAllocator::new(1));
+    let out = export(
+        &cluster(),
+        src.state(),
+        &Default::default(),
+        &mut IdentityAllocator::new(1),
+    );
     assert!(!out.local.contains_key("knit/v1/local/services/shop/web"));
 }
 
@@ -300,7 +330,32 @@ fn the_policys_cluster_allow_list_reaches_the_local_record() {
         ("web.yaml", yaml),
     ]);
     let mut ids = IdentityAllocator::new(1);
-    let out = export(&cluster(), src.state(), &mut ids);
+    let out = export(&cluster(), src.state(), &Default::default(), &mut ids);
     let local = service(&out.local, "knit/v1/local/services/shop/web");
     assert_eq!(local.import_clusters, Some(vec!["b".to_owned()]));
+}
+
+#[test]
+fn a_node_record_carries_the_wireguard_key_its_agent_reports() {
+    use knit_kvstore::records::{NodeRecord, NodeWireguard, WireguardKey};
+    let mut yaml = node("n1", "192.168.1.1", "10.1.1.0/24");
+    yaml += &node("n2", "192.168.1.2", "10.1.2.0/24");
+    let (_dir, src) = source(&[("cluster.yaml", yaml)]);
+    let reported = NodeWireguard {
+        public_key: WireguardKey::try_from("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".to_owned())
+            .unwrap(),
+        port: 51871,
+    };
+    let keys = BTreeMap::from([("n1".to_owned(), reported.clone())]);
+    let out = export(&cluster(), src.state(), &keys, &mut IdentityAllocator::new(1));
+    let record = |n: &str| -> NodeRecord {
+        serde_json::from_slice(&out.published[&format!("knit/v1/clusters/a/nodes/{n}")]).unwrap()
+    };
+    assert_eq!(record("n1").wireguard, Some(reported));
+    assert_eq!(record("n2").wireguard, None);
+    let raw = String::from_utf8(out.published["knit/v1/clusters/a/nodes/n2"].clone()).unwrap();
+    assert!(
+        !raw.contains("wireguard"),
+        "a node without a key writes the record as before: {raw}"
+    );
 }

@@ -21,6 +21,7 @@ pub mod records;
 pub mod sync_store;
 pub mod validate;
 pub mod watch_store;
+mod wire_encryption;
 mod wire_policy;
 
 pub use access::{Access, EtcdAccess, EtcdUser};

@@ -68,6 +68,10 @@ pub struct NodeRecord {
     /// Changes when the node reboots.
     #[serde(default)]
     pub boot_id: String,
+    /// The node's WireGuard key and port, when it encrypts (absent from
+    /// writers before it was added, and from nodes without encryption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<NodeWireguard>,
 }
 
 /// A named container port.
@@ -151,6 +155,7 @@ pub struct IdentityRecord {
     pub labels: BTreeMap<String, String>,
 }
 
+pub use crate::wire_encryption::{NodeWireguard, WireguardKey};
 pub use crate::wire_policy::{Affinity, Failover};
 
 /// An affinity, `none` when a newer writer sent one this version lacks.
@@ -244,6 +249,10 @@ pub struct AgentStatusRecord {
     /// field outside what Knit supports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected_policies: Vec<String>,
+    /// The node's WireGuard key and port, when it encrypts; the exporter
+    /// copies them into the node's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<NodeWireguard>,
 }
 
 /// Whether one node reaches one peer: its data is synced in the local

@@ -213,6 +213,7 @@ mod tests {
                 rejected_policies: vec![
                     "CiliumNetworkPolicy shop/l7 not applied: field rules is not supported".into(),
                 ],
+                wireguard: None,
             },
             AgentStatusRecord {
                 node: "a-n2".into(),
@@ -228,6 +229,7 @@ mod tests {
                 rejected_policies: vec![
                     "CiliumNetworkPolicy shop/l7 not applied: field rules is not supported".into(),
                 ],
+                wireguard: None,
             },
         ];
         let t = render_status("cluster-a", &[b, c], &nodes, 100);
@@ -291,6 +293,7 @@ mod tests {
                 node: "a-n1".into(),
                 peers: Default::default(),
                 rejected_policies: Vec::new(),
+                wireguard: None,
             }],
         };
         let json: StatusReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();

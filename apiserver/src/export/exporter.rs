@@ -16,6 +16,7 @@ use knit_telemetry::Health;
 use tracing::Instrument as _;
 
 use crate::export::identity::IdentityAllocator;
+use crate::export::node_keys::{NodeWireguards, watch_node_keys};
 use crate::export::{LocalCluster, local_prefix, plan};
 use crate::metrics::{Metrics, PeerDetail};
 use crate::{Error, Result, unix_now};
@@ -65,16 +66,20 @@ pub async fn run_exporter<S: Source>(
             }
         }
     };
-    export_loop(store, ids, source, settings, metrics, health).await
+    let (keys_tx, node_keys) = tokio::sync::watch::channel(NodeWireguards::new());
+    let _keys = knit_telemetry::AbortOnDrop(tokio::spawn(watch_node_keys(local, keys_tx)));
+    export_loop(store, ids, source, node_keys, settings, metrics, health).await
 }
 
 /// The export loop over a store on any backend (etcd in production,
 /// memory in the tests below): waits for the source's first complete read,
-/// then exports on every change and at least every 5 s, with the heartbeat.
+/// then exports on every change of the source or of the nodes' keys and at
+/// least every 5 s, with the heartbeat.
 pub async fn export_loop<B: SyncBackend, S: Source>(
     mut store: SyncStore<B>,
     ids: IdentityAllocator,
     mut source: S,
+    mut node_keys: tokio::sync::watch::Receiver<NodeWireguards>,
     settings: ExporterSettings,
     metrics: Metrics,
     health: Health,
@@ -108,10 +113,15 @@ pub async fn export_loop<B: SyncBackend, S: Source>(
                 cluster = %exporter.settings.cluster.name,
                 records = tracing::field::Empty
             );
-            pending = exporter.pass(&mut store, source.state()).instrument(span).await;
+            let keys = node_keys.borrow_and_update().clone();
+            pending = exporter
+                .pass(&mut store, source.state(), &keys)
+                .instrument(span)
+                .await;
         }
         tokio::select! {
             changed = source.next_change() => pending |= changed,
+            Ok(()) = node_keys.changed() => pending = true,
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
@@ -139,8 +149,9 @@ impl Exporter {
         &mut self,
         store: &mut SyncStore<B>,
         state: &knit_sources::ClusterState,
+        node_keys: &NodeWireguards,
     ) -> bool {
-        let plan = plan(&self.settings.cluster, state, &mut self.ids);
+        let plan = plan(&self.settings.cluster, state, node_keys, &mut self.ids);
         let exported = plan.exported;
         for kind in Kind::ALL {
             let n = exported.counts.get(&kind).copied().unwrap_or_default();
@@ -284,11 +295,13 @@ mod tests {
         let owned = vec![cluster_prefix("a"), local_prefix()];
         let store = SyncStore::with_backend(backend.clone(), owned, 30).await.unwrap();
         let source = DirectorySource::new(manifests.path(), Duration::from_millis(20));
+        let (keys_tx, keys_rx) = tokio::sync::watch::channel(NodeWireguards::new());
         let metrics = Metrics::default();
         let exporting = export_loop(
             store,
             IdentityAllocator::new(1),
             source,
+            keys_rx,
             settings(),
             metrics.clone(),
             Health::default(),
@@ -327,5 +340,26 @@ mod tests {
             backend.dump().contains_key(&endpoint),
             "the earlier pod is still there"
         );
+
+        // A key the node's agent reports goes into the node's record
+        // without any change in the source.
+        let node = RelativeKey::Record(Kind::Nodes, "a-n1".into()).under(&cluster_prefix("a"));
+        let reported = knit_kvstore::records::NodeWireguard {
+            public_key: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+                .to_owned()
+                .try_into()
+                .unwrap(),
+            port: 51871,
+        };
+        keys_tx
+            .send(NodeWireguards::from([("a-n1".to_owned(), reported.clone())]))
+            .unwrap();
+        until("the key in the node's record", || {
+            backend.dump().get(&node).is_some_and(|v| {
+                serde_json::from_slice::<knit_kvstore::records::NodeRecord>(v)
+                    .is_ok_and(|r| r.wireguard.as_ref() == Some(&reported))
+            })
+        })
+        .await;
     }
 }

@@ -25,6 +25,7 @@ use knit_kvstore::keys::{Kind, RelativeKey, cluster_prefix};
 use knit_kvstore::records::{ClusterConfigRecord, EndpointRecord, IdentityRecord, NodeRecord};
 
 use crate::export::identity::{IdentityAllocator, Labels};
+use crate::export::node_keys::NodeWireguards;
 use knit_sources::{ClusterState, PodInfo};
 
 /// This cluster's identity.
@@ -46,6 +47,7 @@ pub use services::{ServiceRecords, service_policy};
 
 pub mod exporter;
 pub mod identity;
+pub mod node_keys;
 mod services;
 
 /// One key and its value.
@@ -78,8 +80,13 @@ pub struct ExportPlan<'a> {
 }
 
 /// Computes everything this cluster publishes.
-pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAllocator) -> Exported {
-    let plan = plan(cluster, state, ids);
+pub fn export(
+    cluster: &LocalCluster,
+    state: &ClusterState,
+    node_keys: &NodeWireguards,
+    ids: &mut IdentityAllocator,
+) -> Exported {
+    let plan = plan(cluster, state, node_keys, ids);
     let mut out = plan.exported;
     let local = local_prefix();
     for (key, value) in plan.services {
@@ -93,10 +100,12 @@ pub fn export(cluster: &LocalCluster, state: &ClusterState, ids: &mut IdentityAl
     out
 }
 
-/// Computes everything this cluster publishes, the endpoint records lazily.
+/// Computes everything this cluster publishes, the endpoint records lazily;
+/// each node's record carries the WireGuard key its agent reports.
 pub fn plan<'a>(
     cluster: &LocalCluster,
     state: &'a ClusterState,
+    node_keys: &NodeWireguards,
     ids: &mut IdentityAllocator,
 ) -> ExportPlan<'a> {
     let prefix = cluster_prefix(&cluster.name);
@@ -139,6 +148,7 @@ pub fn plan<'a>(
             pod_cidrs: node.pod_cidrs.clone(),
             tunnel_endpoint: tunnel,
             boot_id: node.boot_id.clone(),
+            wireguard: node_keys.get(&node.name).cloned(),
         };
         put(
             &mut out,

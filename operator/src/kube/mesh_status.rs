@@ -178,6 +178,7 @@ mod tests {
             node: node.into(),
             peers,
             rejected_policies: Vec::new(),
+            wireguard: None,
         })
         .unwrap()
     }
