@@ -23,6 +23,7 @@ use knit_telemetry::Health;
 
 use crate::datapath::Datapath;
 use crate::datapath::state::{Link, Unplaced};
+use crate::encryption::node::NodeEncryption;
 use crate::incremental::IncrementalRender;
 use crate::index::{IndexChange, MeshIndex};
 use crate::metrics::{Metrics, Name, RenderPath};
@@ -104,6 +105,9 @@ pub struct AgentLoop<S> {
     /// clusters: three quarters of the agent's CPU under endpoint churn).
     nodes_changed: bool,
     node_routes_due: bool,
+    encryption: Option<NodeEncryption>,
+    /// WireGuard's peers and routes may lag the node records.
+    wireguard_due: bool,
     mtu_check_due: bool,
     interfaces: HashMap<String, Link>,
     attachments: Vec<Attachment>,
@@ -127,6 +131,8 @@ impl<S: Source> AgentLoop<S> {
             gate: Gate::default(),
             nodes_changed: true,
             node_routes_due: true,
+            encryption: parts.encryption,
+            wireguard_due: true,
             mtu_check_due: true,
             interfaces: HashMap::new(),
             attachments: Vec::new(),
@@ -244,6 +250,7 @@ impl<S: Source> AgentLoop<S> {
         let options = render_options(&self.settings, failing, self.source.state());
         if self.nodes_changed {
             self.nodes_changed = false;
+            self.wireguard_due = true;
             self.publish_node_views(&options);
         }
         let span = tracing::info_span!(
@@ -302,6 +309,23 @@ impl<S: Source> AgentLoop<S> {
                 !sync_node_routes(&self.net, &self.index, nodes, &self.settings.node, &self.metrics).await;
             if self.node_routes_due {
                 self.gate.still_due(since);
+            }
+        }
+        if self.wireguard_due
+            && let Some(encryption) = &mut self.encryption
+        {
+            match encryption.sync(&self.index, &self.settings.node, &self.net).await {
+                Ok(plan) => {
+                    self.wireguard_due = false;
+                    self.metrics.wireguard_peers.set(plan.peers.len() as i64);
+                    for node in &plan.conflicts {
+                        tracing::warn!(%node, "a node's WireGuard key or address is another node's: not a peer");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %knit_telemetry::error_chain(&e), "WireGuard peers not in step; retrying");
+                    self.gate.still_due(since);
+                }
             }
         }
         report_sizes(&self.datapath, &self.index, &self.metrics);
@@ -401,6 +425,8 @@ pub struct AgentParts<S> {
     pub datapath: Datapath,
     /// knit-cni's state directory.
     pub attachments_store: AttachmentStore,
+    /// WireGuard, when the node encrypts.
+    pub encryption: Option<NodeEncryption>,
 }
 
 #[cfg(test)]

@@ -87,14 +87,18 @@ pub fn default_route_interface(table: &str) -> Option<String> {
 /// [`conflist::TUNNEL_OVERHEAD`]; `None` when the node has no default
 /// route (then `ptp` keeps its own default).
 pub fn node_pod_mtu() -> Option<u32> {
+    underlay_mtu().map(conflist::pod_mtu)
+}
+
+/// The MTU of the node's underlay: its default route interface's.
+pub fn underlay_mtu() -> Option<u32> {
     let table = std::fs::read_to_string("/proc/net/route").ok()?;
     let dev = default_route_interface(&table)?;
-    let mtu: u32 = std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
         .ok()?
         .trim()
         .parse()
-        .ok()?;
-    Some(conflist::pod_mtu(mtu))
+        .ok()
 }
 
 /// Whether the node's config directory still needs the pod CIDRs (it has

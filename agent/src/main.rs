@@ -84,6 +84,26 @@ struct Args {
     /// Metrics and health address.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_addr: SocketAddr,
+    /// Encryption between nodes: `none`, or `wireguard` (VXLAN inside
+    /// WireGuard; userspace where the kernel has no WireGuard).
+    #[arg(long, value_enum, env = "KNIT_ENCRYPTION", default_value_t = Encryption::None)]
+    encryption: Encryption,
+    /// UDP port of WireGuard (Cilium's).
+    #[arg(long, default_value_t = 51871)]
+    wireguard_port: u16,
+    /// The node's WireGuard private key, made at first start (keep it on
+    /// the node: a hostPath).
+    #[arg(long, default_value = "/var/lib/knit/wireguard.key")]
+    wireguard_key: PathBuf,
+}
+
+/// `--encryption`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Encryption {
+    /// Plaintext VXLAN.
+    None,
+    /// WireGuard between nodes.
+    Wireguard,
 }
 
 #[tokio::main]
@@ -171,6 +191,13 @@ async fn agent<S: knit_sources::Source>(
         health_interval: args.health_interval,
         policy_default_local_cluster: args.policy_default_local_cluster,
         control_plane_namespace: args.control_plane_namespace.clone(),
+        encryption: (args.encryption == Encryption::Wireguard).then(|| {
+            knit_agent::encryption::node::EncryptionSettings {
+                key_path: args.wireguard_key.clone(),
+                port: args.wireguard_port,
+                interface: "knit_wg".to_owned(),
+            }
+        }),
     };
     run(settings, source, metrics, health).await.context("agent")
 }

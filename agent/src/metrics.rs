@@ -60,6 +60,8 @@ pub struct Metrics {
     pub pods_over_tunnel_mtu: Gauge,
     /// Direct routes to other nodes' pod CIDRs the agent keeps.
     pub node_routes: Gauge,
+    /// WireGuard peers (other nodes with a key) the node has.
+    pub wireguard_peers: Gauge,
     /// Direct routes the kernel refused (e.g. a gateway not on-link).
     pub node_route_failures: Counter,
     /// Remote nodes whose data path does not answer probes.
@@ -152,6 +154,11 @@ impl Metrics {
             "node_routes",
             "Direct routes to other nodes' pod CIDRs kept by the agent",
             self.node_routes.clone(),
+        );
+        r.register(
+            "wireguard_peers",
+            "Other nodes of the mesh this node encrypts to (their records carry a WireGuard key)",
+            self.wireguard_peers.clone(),
         );
         r.register(
             "node_route_failures",

@@ -25,10 +25,10 @@ pub const VXLAN_PORT: u16 = 8472;
 
 /// A netlink connection in the current network namespace.
 pub struct NetDevices {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
-fn netlink(action: &str) -> impl FnOnce(rtnetlink::Error) -> Error + '_ {
+pub(crate) fn netlink(action: &str) -> impl FnOnce(rtnetlink::Error) -> Error + '_ {
     move |source| Error::Netlink {
         action: action.to_owned(),
         source: Box::new(source),

@@ -31,6 +31,7 @@ use knit_cni::attachment::{Attachment, AttachmentStore};
 
 use crate::agent_loop::{AgentLoop, AgentParts, Outputs};
 use crate::datapath::Datapath;
+use crate::encryption::node::NodeEncryption;
 use crate::index::MeshIndex;
 use crate::metrics::{Metrics, Name};
 use crate::netdev::NetDevices;
@@ -79,6 +80,8 @@ pub struct AgentSettings {
     /// Namespace of Knit's own control plane, whose pods are never
     /// isolated for lack of an identity (they bring the identities).
     pub control_plane_namespace: String,
+    /// WireGuard between nodes ([`crate::encryption`]); none: plaintext.
+    pub encryption: Option<crate::encryption::node::EncryptionSettings>,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -109,11 +112,18 @@ pub async fn run<S: Source>(
         }
     };
     health.set_waiting_for("the first complete kvstore list, policy read and CNI attachment read");
+    let encryption = match &settings.encryption {
+        Some(e) => {
+            let mtu = crate::cni_install::underlay_mtu().unwrap_or(1500);
+            Some(NodeEncryption::start(e, &net, settings.tunnel_port, mtu).await?)
+        }
+        None => None,
+    };
     let (report_tx, report_rx) = tokio::sync::watch::channel(AgentStatusRecord {
         node: settings.node.clone(),
         peers: Default::default(),
         rejected_policies: Vec::new(),
-        wireguard: None,
+        wireguard: encryption.as_ref().map(NodeEncryption::report),
     });
     let _report = AbortOnDrop(tokio::spawn(crate::peer_report::publish(
         client_config.clone(),
@@ -152,6 +162,7 @@ pub async fn run<S: Source>(
         net,
         datapath,
         attachments_store,
+        encryption,
     };
     let outputs = Outputs {
         health_targets: targets_tx,

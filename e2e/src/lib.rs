@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod chart;
 pub mod cni;
 pub mod conformance;

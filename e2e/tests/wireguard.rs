@@ -10,31 +10,17 @@
 //! rule removed (plaintext VXLAN) must contain it, so the check can fail.
 
 use std::net::UdpSocket;
-use std::os::fd::AsFd as _;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use knit_agent::encryption::device::UserspaceDevice;
 use knit_agent::encryption::keys::NodeKey;
 use knit_agent::encryption::uapi::{self, WireguardPeer};
+use knit_e2e::capture::{Capture, in_netns};
 use knit_e2e::netns::Netns;
 use knit_testkit::process::TempDir;
 
 const WG_PORT: u16 = 51871;
 const TABLE: &str = "201";
-
-/// Runs `f` on a thread inside `ns`; what it makes there (sockets, the TUN
-/// device and its worker threads) stays in `ns`.
-fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
 
 struct Node {
     ns: Netns,
@@ -82,7 +68,9 @@ impl Node {
     /// A userspace WireGuard interface with `peer` as its one peer, and the
     /// tunnel port's traffic to `peer` routed into it.
     fn encrypt_to(&mut self, peer: &Node) {
-        let device = in_netns(&self.ns, || UserspaceDevice::start("knit_wg", 1).expect("start"));
+        let device = in_netns(self.ns.name(), || {
+            UserspaceDevice::start("knit_wg", 1).expect("start")
+        });
         device
             .set(&uapi::set_interface(&self.key, WG_PORT))
             .expect("interface");
@@ -119,64 +107,17 @@ impl Node {
     }
 }
 
-/// tcpdump on `dev` of `ns` into `file`, until stopped.
-fn capture(ns: &Netns, dev: &str, file: &std::path::Path) -> Child {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "tcpdump",
-            "-i",
-            dev,
-            "-U",
-            "--immediate-mode",
-            "-s",
-            "0",
-            "-w",
-        ])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump (scripts/setup.sh installs it)");
-    // tcpdump says "listening on" once it captures.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("tcpdump's stderr");
-        assert!(n > 0, "tcpdump stopped before capturing");
-    }
-    child
-}
-
-/// Stops the capture once everything sent before is in `file`: a sentinel
-/// datagram from `ns` to `to` on the underlay is captured after it.
-fn stop(mut child: Child, ns: &Netns, to: &'static str, file: &std::path::Path) {
-    let sentinel = "KNIT-CAPTURE-SENTINEL";
-    let socket = in_netns(ns, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !contains(file, sentinel) {
-        assert!(Instant::now() < deadline, "the capture never saw its sentinel");
-        socket.send_to(sentinel.as_bytes(), (to, 9)).expect("send");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}
-
 /// Sends `marker` from `from` to `to`'s inner address until it arrives
 /// (the first packets wait for WireGuard's handshake); the sender seen.
 fn deliver(from: &Node, to: &Node, marker: &'static str) -> std::net::SocketAddr {
     let inner = to.inner;
-    let receiver = in_netns(&to.ns, move || UdpSocket::bind((inner, 9000)).expect("bind"));
+    let receiver = in_netns(to.ns.name(), move || {
+        UdpSocket::bind((inner, 9000)).expect("bind")
+    });
     receiver
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
-    let sender = in_netns(&from.ns, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    let sender = in_netns(from.ns.name(), || UdpSocket::bind("0.0.0.0:0").expect("bind"));
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut buf = [0u8; 256];
     loop {
@@ -192,22 +133,6 @@ fn deliver(from: &Node, to: &Node, marker: &'static str) -> std::net::SocketAddr
     }
 }
 
-/// Packets of the capture `file` that match the pcap `filter`.
-fn packets(file: &std::path::Path, filter: &str) -> usize {
-    let out = Command::new("tcpdump")
-        .args(["-nr"])
-        .arg(file)
-        .args(filter.split(' '))
-        .output()
-        .expect("tcpdump -r");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
-fn contains(file: &std::path::Path, marker: &str) -> bool {
-    let bytes = std::fs::read(file).expect("capture");
-    bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
-}
-
 #[test]
 fn the_tunnel_travels_inside_wireguard_and_the_underlay_sees_no_plaintext() {
     let dir = TempDir::new("wg");
@@ -221,20 +146,19 @@ fn the_tunnel_travels_inside_wireguard_and_the_underlay_sees_no_plaintext() {
     a.encrypt_to(&b);
     b.encrypt_to(&a);
 
-    let encrypted = dir.path().join("encrypted.pcap");
-    let tcpdump = capture(&a.ns, "ul", &encrypted);
+    let capture = Capture::start(&a.ns, "ul", &dir.path().join("encrypted.pcap"));
     let source = deliver(&a, &b, "KNIT-MARKER-ENCRYPTED");
     assert_eq!(source.ip().to_string(), a.inner);
     deliver(&b, &a, "KNIT-MARKER-ENCRYPTED-BACK");
-    stop(tcpdump, &a.ns, b.underlay, &encrypted);
+    let encrypted = capture.stop(a.ns.name(), b.underlay);
     assert!(
-        !contains(&encrypted, "KNIT-MARKER-ENCRYPTED"),
+        !encrypted.contains("KNIT-MARKER-ENCRYPTED"),
         "plaintext on the underlay"
     );
     // Both transfers crossed the underlay as WireGuard (handshake and
     // data), and no VXLAN did.
-    assert!(packets(&encrypted, &format!("udp port {WG_PORT}")) >= 4);
-    assert_eq!(packets(&encrypted, "udp port 8472"), 0);
+    assert!(encrypted.packets(&format!("udp port {WG_PORT}")) >= 4);
+    assert_eq!(encrypted.packets("udp port 8472"), 0);
 
     let state = a.wg.as_ref().expect("wg").state().expect("state");
     assert_eq!(state.public_key.as_deref(), Some(a.key.public_key().as_str()));
@@ -247,13 +171,12 @@ fn the_tunnel_travels_inside_wireguard_and_the_underlay_sees_no_plaintext() {
     // The control: the same transfer with the rule gone is plaintext VXLAN.
     a.route_tunnel_port(false);
     b.route_tunnel_port(false);
-    let plain = dir.path().join("plain.pcap");
-    let tcpdump = capture(&a.ns, "ul", &plain);
+    let capture = Capture::start(&a.ns, "ul", &dir.path().join("plain.pcap"));
     deliver(&a, &b, "KNIT-MARKER-PLAIN");
-    stop(tcpdump, &a.ns, b.underlay, &plain);
+    let plain = capture.stop(a.ns.name(), b.underlay);
     assert!(
-        contains(&plain, "KNIT-MARKER-PLAIN"),
+        plain.contains("KNIT-MARKER-PLAIN"),
         "the capture check cannot see plaintext"
     );
-    assert!(packets(&plain, "udp port 8472") >= 1);
+    assert!(plain.packets("udp port 8472") >= 1);
 }

@@ -13,4 +13,7 @@
 
 pub mod device;
 pub mod keys;
+pub mod netlink;
+pub mod node;
+pub mod peers;
 pub mod uapi;

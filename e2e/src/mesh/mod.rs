@@ -322,6 +322,11 @@ impl LocalMesh {
             format!("--bpf-pin-dir={}", node.pin_dir.display()),
             format!("--cgroup-path={}", node.cgroup.display()),
             format!("--cni-state-dir={}", node.cni_state_dir.display()),
+            // Read only with --encryption=wireguard: each node its own key.
+            format!(
+                "--wireguard-key={}",
+                node.cni_state_dir.with_file_name("wireguard.key").display()
+            ),
             // The harness's nodes run Knit's default conflist.
             "--direct-node-routes=always".into(),
             "--metrics-addr=127.0.0.1:9964".into(),

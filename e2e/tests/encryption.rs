@@ -1,0 +1,85 @@
+//! Transparent encryption on the local mesh (`--encryption=wireguard`):
+//! pod traffic between nodes of one cluster and between clusters crosses
+//! the underlay bridge only inside WireGuard.
+//!
+//! Each server pod answers with its name, which carries a marker. A
+//! capture on the underlay bridge during requests across nodes and across
+//! clusters must not contain the marker, and no VXLAN may cross the bridge.
+//! The same requests on a mesh without encryption put the marker in the
+//! capture, so the check can fail.
+
+use std::time::Duration;
+
+use knit_e2e::capture::Capture;
+use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions};
+use knit_testkit::process::TempDir;
+
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
+const MARKER: &str = "wgmarker";
+
+/// Requests from a pod of a's first node to a pod on a's second node and
+/// to a pod of b, TCP and UDP, under a capture of the underlay bridge.
+fn requests_under_capture(encrypted: bool, dir: &TempDir) -> Capture {
+    let agent_args = if encrypted {
+        vec!["--encryption=wireguard".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let mut mesh = LocalMesh::start(MeshOptions {
+        agent_args,
+        ..MeshOptions::default()
+    });
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let near = mesh.add_pod(A.node(1), "shop", &format!("{MARKER}-near"), &[("app", "web")]);
+    let far = mesh.add_pod(B.node(0), "shop", &format!("{MARKER}-far"), &[("app", "web")]);
+    for (what, to, name) in [
+        ("across nodes", near, format!("{}/{MARKER}-near", A.name())),
+        ("across clusters", far, format!("{}/{MARKER}-far", B.name())),
+    ] {
+        mesh.wait_for_hits(what, client, mesh.pod(to).ip, false, |h| {
+            h.names.get(&name) == Some(&40)
+        });
+    }
+    if encrypted {
+        // Every node has the other three as WireGuard routes.
+        mesh.wait_until("every node's WireGuard peers", Duration::from_secs(30), || {
+            mesh.node_ids().iter().all(|n| {
+                let out = mesh.node(*n).netns.ip(&["route", "show", "table", "75"]);
+                String::from_utf8_lossy(&out.stdout).lines().count() == 3
+            })
+        });
+    }
+    let file = dir
+        .path()
+        .join(if encrypted { "encrypted.pcap" } else { "plain.pcap" });
+    let capture = Capture::start(mesh.underlay(), "br0", &file);
+    for to in [near, far] {
+        for udp in [false, true] {
+            let hits = mesh.hits(client, mesh.pod(to).ip, 20, udp);
+            assert_eq!(hits.total(), 20, "udp={udp}: {hits:?}");
+        }
+    }
+    let from = mesh.node(A.node(0)).netns.name().to_owned();
+    let to = mesh.node(A.node(1)).ip.clone();
+    capture.stop(&from, &to)
+}
+
+#[test]
+fn pod_traffic_between_nodes_and_clusters_crosses_the_underlay_only_encrypted() {
+    let dir = TempDir::new("encryption");
+    let encrypted = requests_under_capture(true, &dir);
+    assert!(
+        !encrypted.contains(MARKER),
+        "a server's answer crossed the underlay in plaintext"
+    );
+    assert_eq!(encrypted.packets("udp port 8472"), 0, "VXLAN outside WireGuard");
+    assert!(
+        encrypted.packets("udp port 51871") >= 80,
+        "the requests went through WireGuard"
+    );
+
+    let plain = requests_under_capture(false, &dir);
+    assert!(plain.contains(MARKER), "the capture check cannot see plaintext");
+    assert!(plain.packets("udp port 8472") >= 80);
+}
