@@ -108,6 +108,8 @@ pub struct AgentLoop<S> {
     encryption: Option<NodeEncryption>,
     /// WireGuard's peers and routes may lag the node records.
     wireguard_due: bool,
+    /// The tunnel device's carrier errors last read.
+    tunnel_carrier_errors: u64,
     mtu_check_due: bool,
     interfaces: HashMap<String, Link>,
     attachments: Vec<Attachment>,
@@ -133,6 +135,7 @@ impl<S: Source> AgentLoop<S> {
             node_routes_due: true,
             encryption: parts.encryption,
             wireguard_due: true,
+            tunnel_carrier_errors: 0,
             mtu_check_due: true,
             interfaces: HashMap::new(),
             attachments: Vec::new(),
@@ -184,6 +187,9 @@ impl<S: Source> AgentLoop<S> {
     /// The refresh tick: interfaces, attachments, the node's CNI config,
     /// pod MTUs, drop and conntrack counters.
     pub async fn on_tick(&mut self) {
+        if self.encryption.is_some() {
+            self.count_unencryptable();
+        }
         match self.net.interfaces().await {
             Ok(now) if now != self.interfaces => {
                 self.interfaces = now;
@@ -329,6 +335,26 @@ impl<S: Source> AgentLoop<S> {
             }
         }
         report_sizes(&self.datapath, &self.index, &self.metrics);
+    }
+
+    /// Tunnelled packets the kernel could not route: with WireGuard, the
+    /// strict mode's drops (a node without a key). The tunnel device counts
+    /// them as carrier errors; the metric follows its counter.
+    fn count_unencryptable(&mut self) {
+        let path = format!(
+            "/sys/class/net/{}/statistics/tx_carrier_errors",
+            self.settings.tunnel_interface
+        );
+        let Some(now) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        else {
+            return;
+        };
+        self.metrics
+            .unencrypted_drops
+            .inc_by(now.saturating_sub(self.tunnel_carrier_errors));
+        self.tunnel_carrier_errors = now;
     }
 
     /// The health targets and the peer report, sent where they changed.

@@ -88,6 +88,10 @@ struct Args {
     /// WireGuard; userspace where the kernel has no WireGuard).
     #[arg(long, value_enum, env = "KNIT_ENCRYPTION", default_value_t = Encryption::None)]
     encryption: Encryption,
+    /// With WireGuard: pod traffic to a node without a key is dropped (and
+    /// counted), never sent in plaintext, also while the agent restarts.
+    #[arg(long, env = "KNIT_ENCRYPTION_STRICT", default_value_t = false, action = clap::ArgAction::Set)]
+    encryption_strict: bool,
     /// UDP port of WireGuard (Cilium's).
     #[arg(long, default_value_t = 51871)]
     wireguard_port: u16,
@@ -196,6 +200,7 @@ async fn agent<S: knit_sources::Source>(
                 key_path: args.wireguard_key.clone(),
                 port: args.wireguard_port,
                 interface: "knit_wg".to_owned(),
+                strict: args.encryption_strict,
             }
         }),
     };

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub node_routes: Gauge,
     /// WireGuard peers (other nodes with a key) the node has.
     pub wireguard_peers: Gauge,
+    /// Tunnelled packets dropped because no WireGuard route took them
+    /// (strict mode: the destination node has no key).
+    pub unencrypted_drops: Counter,
     /// Direct routes the kernel refused (e.g. a gateway not on-link).
     pub node_route_failures: Counter,
     /// Remote nodes whose data path does not answer probes.
@@ -159,6 +162,11 @@ impl Metrics {
             "wireguard_peers",
             "Other nodes of the mesh this node encrypts to (their records carry a WireGuard key)",
             self.wireguard_peers.clone(),
+        );
+        r.register(
+            "encryption_strict_drops",
+            "Tunnelled packets dropped by strict encryption: the destination node has no WireGuard key (the tunnel device's carrier errors)",
+            self.unencrypted_drops.clone(),
         );
         r.register(
             "node_route_failures",

@@ -83,3 +83,68 @@ fn pod_traffic_between_nodes_and_clusters_crosses_the_underlay_only_encrypted() 
     assert!(plain.contains(MARKER), "the capture check cannot see plaintext");
     assert!(plain.packets("udp port 8472") >= 80);
 }
+
+/// Requests from a pod on a's second node, whose agent is then stopped,
+/// to a pod on a's first node, under a capture of the underlay bridge; and
+/// the tunnel device's carrier errors on the stopped node.
+fn requests_from_a_node_without_its_agent(strict: bool, dir: &TempDir) -> (Capture, u64) {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        agent_args: vec![
+            "--encryption=wireguard".to_owned(),
+            format!("--encryption-strict={strict}"),
+        ],
+        ..MeshOptions::default()
+    });
+    let server = mesh.add_pod(A.node(0), "shop", "server", &[("app", "web")]);
+    let client = mesh.add_pod(A.node(1), "shop", "client", &[("app", "client")]);
+    let name = format!("{}/server", A.name());
+    mesh.wait_for_hits("across nodes", client, mesh.pod(server).ip, false, |h| {
+        h.names.get(&name) == Some(&40)
+    });
+    let node = mesh.node(A.node(1)).netns.name().to_owned();
+    mesh.kill_agent(A.node(1));
+    mesh.wait_until(
+        "the stopped agent's WireGuard interface to go",
+        Duration::from_secs(10),
+        || {
+            !std::process::Command::new("ip")
+                .args(["-n", &node, "link", "show", "knit_wg"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    );
+    let file = dir.path().join(format!("agent-down-strict-{strict}.pcap"));
+    let capture = Capture::start(mesh.underlay(), "br0", &file);
+    // The pod's datapath stays (fail-static); only WireGuard went with the agent.
+    mesh.hits(client, mesh.pod(server).ip, 10, true);
+    let to = mesh.node(A.node(0)).ip.clone();
+    let capture = capture.stop(&node, &to);
+    let errors = mesh
+        .node(A.node(1))
+        .netns
+        .exec("cat", &["/sys/class/net/knit_vxlan/statistics/tx_carrier_errors"]);
+    let errors = String::from_utf8_lossy(&errors.stdout)
+        .trim()
+        .parse()
+        .expect("a count");
+    (capture, errors)
+}
+
+#[test]
+fn strict_mode_sends_nothing_in_plaintext_while_a_nodes_agent_is_down() {
+    let dir = TempDir::new("encryption-strict");
+    let (strict, dropped) = requests_from_a_node_without_its_agent(true, &dir);
+    assert_eq!(
+        strict.packets("udp port 8472"),
+        0,
+        "plaintext VXLAN in strict mode"
+    );
+    assert!(dropped >= 10, "the tunnel device counts the drops: {dropped}");
+
+    // Without strict mode the same node falls back to the main table.
+    let (loose, _) = requests_from_a_node_without_its_agent(false, &dir);
+    assert!(
+        loose.packets("udp port 8472") >= 10,
+        "the check cannot see plaintext VXLAN"
+    );
+}

@@ -10,7 +10,9 @@ use std::net::Ipv4Addr;
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::IpProtocol;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RulePortRange};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
@@ -75,7 +77,29 @@ impl NetDevices {
         }
     }
 
-    /// The agent's routes of [`WIREGUARD_TABLE`].
+    /// Adds (or keeps) `unreachable default` in [`WIREGUARD_TABLE`]: in
+    /// strict mode, VXLAN to a node without a WireGuard route fails its
+    /// route lookup (counted as `knit_vxlan`'s carrier errors) instead of
+    /// falling through to the main table in plaintext. Not tied to the
+    /// WireGuard interface, it outlives the agent.
+    pub async fn ensure_strict_default(&self) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .kind(RouteType::Unreachable)
+            .table_id(WIREGUARD_TABLE)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the strict-mode default route"))
+    }
+
+    /// The agent's routes of [`WIREGUARD_TABLE`] into the interface (the
+    /// strict-mode default is not one of them).
     pub async fn wireguard_routes(&self) -> Result<BTreeSet<Ipv4Net>> {
         let mut routes = self
             .handle
@@ -136,7 +160,7 @@ fn table_route(dst: Ipv4Net, ifindex: u32) -> RouteMessage {
 
 /// The destination of a route of [`WIREGUARD_TABLE`] marked as ours.
 fn wireguard_route(msg: &RouteMessage) -> Option<Ipv4Net> {
-    if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+    if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) || msg.header.kind != RouteType::Unicast {
         return None;
     }
     let table = msg

@@ -3,7 +3,8 @@
 //!
 //! [`NodeEncryption::start`] loads (or makes) the key, starts the userspace
 //! interface at the underlay MTU less WireGuard's 60 bytes, sets it up and
-//! adds the rule. [`NodeEncryption::sync`] takes the index's plan
+//! adds the rule (in strict mode, after an `unreachable default` in the
+//! rule's table, so nothing unkeyed leaves in plaintext). [`NodeEncryption::sync`] takes the index's plan
 //! ([`super::peers::plan`]), sends WireGuard each peer that changed and
 //! puts the routes in step: a route only to a peer WireGuard has taken.
 
@@ -33,6 +34,9 @@ pub struct EncryptionSettings {
     pub port: u16,
     /// The WireGuard interface's name.
     pub interface: String,
+    /// Pod traffic to a node without a key is dropped, never sent in
+    /// plaintext (also while the agent is down).
+    pub strict: bool,
 }
 
 /// The node's running encryption.
@@ -68,10 +72,14 @@ impl NodeEncryption {
             action: format!("turn off the reverse-path filter of {}", settings.interface),
             source: Box::new(e),
         })?;
+        if settings.strict {
+            net.ensure_strict_default().await?;
+        }
         net.ensure_tunnel_rule(tunnel_port).await?;
         tracing::info!(
             interface = %settings.interface,
             port = settings.port,
+            strict = settings.strict,
             public_key = %key.public_key(),
             "WireGuard up (userspace)"
         );
