@@ -221,7 +221,13 @@ impl<S: Source> AgentLoop<S> {
         }
         if self.mtu_check_due {
             self.mtu_check_due = false;
-            check_pod_mtus(&self.net, &self.attachments, &self.metrics).await;
+            check_pod_mtus(
+                &self.net,
+                &self.attachments,
+                &self.metrics,
+                self.encryption.is_some(),
+            )
+            .await;
         }
         for (reason, n) in self.datapath.drops() {
             self.metrics

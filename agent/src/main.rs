@@ -235,9 +235,13 @@ struct CniArgs {
     #[arg(long, env = "KNIT_NODE_NAME")]
     node_name: Option<String>,
     /// MTU of the default conflist's pods; by default the MTU of the
-    /// interface of the node's default route less the tunnel's 50 bytes.
+    /// interface of the node's default route less the tunnel's 50 bytes
+    /// (and WireGuard's 60 with `--encryption=wireguard`).
     #[arg(long, env = "KNIT_POD_MTU")]
     pod_mtu: Option<u32>,
+    /// The agent's encryption, whose overhead the pods' MTU leaves room for.
+    #[arg(long, value_enum, env = "KNIT_ENCRYPTION", default_value_t = Encryption::None)]
+    encryption: Encryption,
 }
 
 async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
@@ -261,7 +265,13 @@ async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
             pod_cidrs.extend(spec.pod_cidr);
         }
     }
-    let pod_mtu = args.pod_mtu.or_else(knit_agent::cni_install::node_pod_mtu);
+    let overhead = match args.encryption {
+        Encryption::None => 0,
+        Encryption::Wireguard => knit_agent::encryption::node::WIREGUARD_OVERHEAD,
+    };
+    let pod_mtu = args
+        .pod_mtu
+        .or_else(|| knit_agent::cni_install::node_pod_mtu().map(|m| m.saturating_sub(overhead)));
     let installed = knit_agent::cni_install::install(
         &args.knit_cni,
         &args.image_plugins,

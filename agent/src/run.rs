@@ -378,8 +378,18 @@ pub(crate) fn mark_attached(
 /// Counts and names the attached pods too large for the tunnel
 /// ([`crate::pod_mtu`]); nothing when the node has no default route to
 /// take the underlay's MTU from.
-pub(crate) async fn check_pod_mtus(net: &NetDevices, attachments: &[Attachment], metrics: &Metrics) {
-    let Some(limit) = crate::cni_install::node_pod_mtu() else {
+pub(crate) async fn check_pod_mtus(
+    net: &NetDevices,
+    attachments: &[Attachment],
+    metrics: &Metrics,
+    encrypted: bool,
+) {
+    let overhead = if encrypted {
+        crate::encryption::node::WIREGUARD_OVERHEAD
+    } else {
+        0
+    };
+    let Some(limit) = crate::cni_install::node_pod_mtu().map(|m| m.saturating_sub(overhead)) else {
         return;
     };
     let mtus = match net.mtus().await {
@@ -395,7 +405,7 @@ pub(crate) async fn check_pod_mtus(net: &NetDevices, attachments: &[Attachment],
         tracing::warn!(
             pods = ?over,
             limit,
-            "pods have an MTU above the underlay's less the tunnel's 50 bytes: their full-size packets will fragment across nodes; set the cluster CNI's MTU to {limit} or less"
+            "pods have an MTU above the underlay's less the tunnel's 50 bytes (and WireGuard's 60 when encrypting): their full-size packets will fragment across nodes; set the cluster CNI's MTU to {limit} or less"
         );
     }
 }

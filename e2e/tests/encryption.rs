@@ -8,26 +8,23 @@
 //! The same requests on a mesh without encryption put the marker in the
 //! capture, so the check can fail.
 
+use std::process::Command;
 use std::time::Duration;
 
 use knit_e2e::capture::Capture;
-use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions};
+use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, PodId};
 use knit_testkit::process::TempDir;
 
 const A: ClusterId = ClusterId(0);
 const B: ClusterId = ClusterId(1);
 const MARKER: &str = "wgmarker";
+const PINGS: usize = 20;
 
 /// Requests from a pod of a's first node to a pod on a's second node and
 /// to a pod of b, TCP and UDP, under a capture of the underlay bridge.
 fn requests_under_capture(encrypted: bool, dir: &TempDir) -> Capture {
-    let agent_args = if encrypted {
-        vec!["--encryption=wireguard".to_owned()]
-    } else {
-        Vec::new()
-    };
     let mut mesh = LocalMesh::start(MeshOptions {
-        agent_args,
+        encrypted,
         ..MeshOptions::default()
     });
     let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
@@ -42,6 +39,7 @@ fn requests_under_capture(encrypted: bool, dir: &TempDir) -> Capture {
         });
     }
     if encrypted {
+        full_size_packets_cross_whole(&mesh, client, near);
         // Every node has the other three as WireGuard routes.
         mesh.wait_until("every node's WireGuard peers", Duration::from_secs(30), || {
             mesh.node_ids().iter().all(|n| {
@@ -63,6 +61,54 @@ fn requests_under_capture(encrypted: bool, dir: &TempDir) -> Capture {
     let from = mesh.node(A.node(0)).netns.name().to_owned();
     let to = mesh.node(A.node(1)).ip.clone();
     capture.stop(&from, &to)
+}
+
+/// Full-size pings with DF from `client` to `server` on another node: the
+/// pods' MTU leaves room for VXLAN and WireGuard, so each request enters
+/// the WireGuard interface as one packet (with only VXLAN's 50 bytes left
+/// for, the kernel would split each in two there).
+fn full_size_packets_cross_whole(mesh: &LocalMesh, client: PodId, server: PodId) {
+    let node = &mesh.node(A.node(0)).netns;
+    let sent = || -> u64 {
+        let out = node.exec("cat", &["/sys/class/net/knit_wg/statistics/tx_packets"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a count")
+    };
+    let size = (mesh.options().pod_mtu() - 28).to_string();
+    let before = sent();
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            mesh.pod(client).netns.name(),
+            "ping",
+            "-q",
+            "-c",
+            &PINGS.to_string(),
+        ])
+        .args([
+            "-i",
+            "0.05",
+            "-M",
+            "do",
+            "-s",
+            &size,
+            &mesh.pod(server).ip.to_string(),
+        ])
+        .output()
+        .expect("ping");
+    assert!(
+        ping.status.success(),
+        "full-size pings: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let packets = sent() - before;
+    assert!(
+        (PINGS as u64..=PINGS as u64 + 3).contains(&packets),
+        "{PINGS} full-size pings entered WireGuard as {packets} packets"
+    );
 }
 
 #[test]
@@ -89,10 +135,8 @@ fn pod_traffic_between_nodes_and_clusters_crosses_the_underlay_only_encrypted() 
 /// the tunnel device's carrier errors on the stopped node.
 fn requests_from_a_node_without_its_agent(strict: bool, dir: &TempDir) -> (Capture, u64) {
     let mut mesh = LocalMesh::start(MeshOptions {
-        agent_args: vec![
-            "--encryption=wireguard".to_owned(),
-            format!("--encryption-strict={strict}"),
-        ],
+        encrypted: true,
+        agent_args: vec![format!("--encryption-strict={strict}")],
         ..MeshOptions::default()
     });
     let server = mesh.add_pod(A.node(0), "shop", "server", &[("app", "web")]);

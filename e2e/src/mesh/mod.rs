@@ -124,7 +124,7 @@ impl LocalMesh {
                         std::slice::from_ref(&pod_cidr),
                         &cni_state_dir,
                         Some(&node_dir.join("ipam")),
-                        Some(knit_cni::conflist::pod_mtu(options.underlay_mtu)),
+                        Some(options.pod_mtu()),
                     ),
                     bin_dir: plugin_dir.clone(),
                     cache_dir: node_dir.join("cache"),
@@ -309,6 +309,11 @@ impl LocalMesh {
         self.clusters[n.cluster.0].nodes[n.index].cni.conflist = conflist;
     }
 
+    /// The options the mesh was started with.
+    pub fn options(&self) -> &MeshOptions {
+        &self.options
+    }
+
     /// Starts (or restarts) the agent of node `n`.
     pub fn start_agent(&mut self, n: NodeId) {
         let cluster = self.cluster(n.cluster);
@@ -331,6 +336,9 @@ impl LocalMesh {
             "--direct-node-routes=always".into(),
             "--metrics-addr=127.0.0.1:9964".into(),
         ];
+        if self.options.encrypted {
+            args.push("--encryption=wireguard".into());
+        }
         args.extend(self.options.agent_args.iter().cloned());
         let log = self.logs.path().join(format!("agent-{}.log", node.name));
         let agent = crate::process::ChildProcess::spawn_in(

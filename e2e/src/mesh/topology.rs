@@ -134,6 +134,21 @@ pub struct MeshOptions {
     /// MTU of the underlay (every node's `eth0` and the bridge's ports);
     /// pods get this less the tunnel's overhead, as install-cni gives them.
     pub underlay_mtu: u32,
+    /// Agents encrypt with WireGuard (`--encryption=wireguard`), and pods
+    /// get 60 bytes less MTU for it, as install-cni gives them.
+    pub encrypted: bool,
+}
+
+impl MeshOptions {
+    /// The MTU the nodes' conflists give pods.
+    pub fn pod_mtu(&self) -> u32 {
+        let overhead = if self.encrypted {
+            knit_agent::encryption::node::WIREGUARD_OVERHEAD
+        } else {
+            0
+        };
+        knit_cni::conflist::pod_mtu(self.underlay_mtu) - overhead
+    }
 }
 
 impl Default for MeshOptions {
@@ -146,6 +161,7 @@ impl Default for MeshOptions {
             extra_pod_cidr: None,
             lease_ttl_secs: 10,
             underlay_mtu: 1500,
+            encrypted: false,
         }
     }
 }
