@@ -5,6 +5,12 @@
 //!   without I/O (peers in, `set=1` transactions out; `get=1` answers in,
 //!   handshakes and byte counts out).
 //! - [`device`]: a userspace interface (boringtun on TUN) that speaks it.
+//! - [`peers`]: the peers and routes a node wants, from the mesh index
+//!   (pure).
+//! - [`netlink`]: the interface up, the tunnel-port rule, the routes of
+//!   Knit's table, the strict-mode default.
+//! - [`node`]: the running encryption of this node: started once, then
+//!   kept in step with the index by the agent loop.
 //!
 //! The tunnel stays the identity carrier: VXLAN packets to another node are
 //! routed into the WireGuard interface by a rule on the tunnel's UDP port,
