@@ -2,7 +2,7 @@
 //! every other node of every cluster whose record carries a key. The peer's
 //! endpoint is its tunnel endpoint at its WireGuard port, and its one
 //! allowed IP is its tunnel endpoint, the outer address of the VXLAN
-//! packets it sends and is sent. Pure: [`super::NodeEncryption`] applies it.
+//! packets it sends and is sent. Pure: [`super::node::NodeEncryption`] applies it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
