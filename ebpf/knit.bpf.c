@@ -10,8 +10,11 @@
  *   to_pod      egress of the same interface: ingress policy for what the
  *               host stack forwards into the pod.
  *   from_tunnel ingress of the node's collect-metadata VXLAN device:
- *               sender check (the outer source is the node the ipcache
- *               places the inner source on), delivery to the local pod.
+ *               with encryption, only what WireGuard decrypted; sender
+ *               check (the outer source is the node the ipcache places the
+ *               inner source on), delivery to the local pod.
+ *   from_wireguard ingress of the WireGuard interface: marks what it
+ *               decrypted (MARK_DECRYPTED).
  *   Local delivery applies the pod's ingress policy (ipcache identity of
  *   the source, allow entries, replies of flows the pod opened pass) and
  *   hands the packet straight into the pod with bpf_redirect_peer.
@@ -137,6 +140,14 @@ struct {
 	__type(value, struct node_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } knit_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct encryption_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_encryption SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -587,16 +598,34 @@ static __always_inline __u32 outer_source(struct __sk_buff *skb)
 	return bpf_htonl(key.remote_ipv4);
 }
 
+/* With encryption on, whether the packet came through WireGuard: only
+ * then is its outer source authenticated (WireGuard admits from a peer
+ * only its allowed IP, the peer node's tunnel endpoint). */
+static __always_inline int decrypted_or_not_required(const struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct encryption_config *cfg = bpf_map_lookup_elem(&knit_encryption, &zero);
+
+	if (!cfg || !cfg->require_decrypted)
+		return 1;
+	return (skb->mark & MARK_DECRYPTED_MASK) == MARK_DECRYPTED;
+}
+
 /* A packet from the tunnel counts only as coming from where the ipcache
  * places its inner source: a pod (or pod CIDR) of the node that sent it.
  * Its identity is that entry's; the VNI is not trusted. A packet claiming
  * a local pod's address, an address the mesh does not know, or a pod of
  * another node (a pod or host that reaches the tunnel port, a node posing
- * as another) is dropped. */
+ * as another) is dropped. With encryption on, so is every packet that did
+ * not come through WireGuard (a host on the underlay forging a node's
+ * address), whatever it carries. */
 SEC("classifier")
 int from_tunnel(struct __sk_buff *skb)
 {
 	struct flow f;
+
+	if (!decrypted_or_not_required(skb))
+		return drop(DROP_FORGED_TUNNEL_SOURCE);
 	int parsed = parse(skb, &f);
 
 	if (parsed > 0)
@@ -615,6 +644,15 @@ int from_tunnel(struct __sk_buff *skb)
 	if (answers_stack_flow(&f))
 		return TC_ACT_OK;
 	return deliver(skb, &f, dst, identity);
+}
+
+/* Ingress of the WireGuard interface: every packet here was decrypted
+ * and came from the peer whose allowed IP is its source. */
+SEC("classifier")
+int from_wireguard(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~MARK_DECRYPTED_MASK) | MARK_DECRYPTED;
+	return TC_ACT_OK;
 }
 
 /* Egress of the host side of a pod veth: what the host stack forwards

@@ -178,6 +178,20 @@ struct node_config {
 	__u32 policy_generation;
 };
 
+/* Encryption between nodes (knit_encryption, one entry). With
+ * require_decrypted set, from_tunnel takes only packets that came through
+ * the WireGuard interface, where from_wireguard marked them. */
+struct encryption_config {
+	__u32 require_decrypted;
+};
+
+/* The skb mark from_wireguard sets on what WireGuard decrypted (in the
+ * MARK_DECRYPTED_MASK bits, left alone by kube-proxy's 0x4000/0x8000 and
+ * Calico's upper 16). The mark survives VXLAN decapsulation within the
+ * node's namespace. */
+#define MARK_DECRYPTED_MASK 0x0f00
+#define MARK_DECRYPTED 0x0b00
+
 /* Drop counters (array indexed by reason). */
 enum drop_reason {
 	DROP_POLICY = 0,

@@ -28,6 +28,8 @@ int main(void)
 	S(ct_key); F(ct_key, saddr); F(ct_key, daddr); F(ct_key, sport); F(ct_key, dport); F(ct_key, proto);
 	S(ct_value); F(ct_value, flags); F(ct_value, expires);
 	S(node_config); F(node_config, tunnel_ifindex); F(node_config, policy_generation);
+	S(encryption_config); F(encryption_config, require_decrypted);
+	V(MARK_DECRYPTED_MASK); V(MARK_DECRYPTED);
 	V(ENDPOINT_F_POLICY); V(ENDPOINT_F_EGRESS); V(CT_F_EGRESS); V(CT_F_ALLOWED); V(CT_F_INGRESS); V(CT_F_EGRESS_ALLOWED);
 	V(CT_F_FIN); V(CT_F_RST); V(CT_GENERATION_SHIFT); V(CT_GENERATION_BITS); V(CT_LIFETIME_TCP); V(CT_LIFETIME_SYN); V(CT_LIFETIME_CLOSING); V(CT_LIFETIME_OTHER);
 	V(STACK_FLOW_OPENED); V(STACK_FLOW_SERVED); V(POLICY_ALLOW); V(POLICY_DENY);

@@ -24,6 +24,7 @@ use knit_telemetry::Health;
 use crate::datapath::Datapath;
 use crate::datapath::state::{Link, Unplaced};
 use crate::encryption::node::NodeEncryption;
+use crate::encryption::status::PlaintextCount;
 use crate::incremental::IncrementalRender;
 use crate::index::{IndexChange, MeshIndex};
 use crate::metrics::{Metrics, Name, RenderPath};
@@ -110,6 +111,8 @@ pub struct AgentLoop<S> {
     wireguard_due: bool,
     /// The tunnel device's carrier errors last read.
     tunnel_carrier_errors: u64,
+    /// Tunnelled packets sent outside WireGuard.
+    plaintext: PlaintextCount,
     mtu_check_due: bool,
     interfaces: HashMap<String, Link>,
     attachments: Vec<Attachment>,
@@ -136,6 +139,7 @@ impl<S: Source> AgentLoop<S> {
             encryption: parts.encryption,
             wireguard_due: true,
             tunnel_carrier_errors: 0,
+            plaintext: PlaintextCount::default(),
             mtu_check_due: true,
             interfaces: HashMap::new(),
             attachments: Vec::new(),
@@ -189,6 +193,7 @@ impl<S: Source> AgentLoop<S> {
     pub async fn on_tick(&mut self) {
         if self.encryption.is_some() {
             self.count_unencryptable();
+            self.report_tunnels();
         }
         match self.net.interfaces().await {
             Ok(now) if now != self.interfaces => {
@@ -361,6 +366,49 @@ impl<S: Source> AgentLoop<S> {
             .unencrypted_drops
             .inc_by(now.saturating_sub(self.tunnel_carrier_errors));
         self.tunnel_carrier_errors = now;
+    }
+
+    /// Per peer node, the WireGuard tunnel up or down and its last
+    /// handshake, into the report and the metrics; and the tunnelled packets
+    /// that left outside WireGuard.
+    fn report_tunnels(&mut self) {
+        let Some(encryption) = &self.encryption else {
+            return;
+        };
+        let statistic = |device: &str, name: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/sys/class/net/{device}/statistics/{name}"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+        };
+        let wireguard = encryption.interface();
+        if let (Some(sent), Some(took), Some(dropped)) = (
+            statistic(&self.settings.tunnel_interface, "tx_packets"),
+            statistic(wireguard, "tx_packets"),
+            statistic(wireguard, "tx_dropped"),
+        ) {
+            self.metrics
+                .plaintext_packets
+                .inc_by(self.plaintext.observe(sent, took + dropped));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let previous = self.outputs.report.borrow().wireguard_tunnels.clone();
+        match encryption.tunnels(now, &previous) {
+            Ok(tunnels) => {
+                self.metrics
+                    .wireguard_peers_without_handshake
+                    .set(tunnels.values().filter(|t| !t.up).count() as i64);
+                self.outputs.report.send_if_modified(|r| {
+                    let changed = r.wireguard_tunnels != tunnels;
+                    r.wireguard_tunnels = tunnels;
+                    changed
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "reading WireGuard's state failed")
+            }
+        }
     }
 
     /// The health targets and the peer report, sent where they changed.

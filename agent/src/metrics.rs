@@ -62,6 +62,12 @@ pub struct Metrics {
     pub node_routes: Gauge,
     /// WireGuard peers (other nodes with a key) the node has.
     pub wireguard_peers: Gauge,
+    /// WireGuard peers whose tunnel has had no handshake within the
+    /// session lifetime (180 s).
+    pub wireguard_peers_without_handshake: Gauge,
+    /// Tunnelled packets that left the node outside WireGuard (to a node
+    /// without a key, encryption not strict).
+    pub plaintext_packets: Counter,
     /// Tunnelled packets dropped because no WireGuard route took them
     /// (strict mode: the destination node has no key).
     pub unencrypted_drops: Counter,
@@ -162,6 +168,16 @@ impl Metrics {
             "wireguard_peers",
             "Other nodes of the mesh this node encrypts to (their records carry a WireGuard key)",
             self.wireguard_peers.clone(),
+        );
+        r.register(
+            "wireguard_peers_without_handshake",
+            "WireGuard peers (other nodes) without a handshake in the last 180 s: their tunnel carries nothing",
+            self.wireguard_peers_without_handshake.clone(),
+        );
+        r.register(
+            "encryption_plaintext_packets",
+            "Tunnelled packets sent outside WireGuard with encryption on (a node without a key, strict mode off)",
+            self.plaintext_packets.clone(),
         );
         r.register(
             "encryption_strict_drops",

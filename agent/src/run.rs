@@ -91,7 +91,7 @@ pub async fn run<S: Source>(
     metrics: Metrics,
     health: Health,
 ) -> Result<()> {
-    let (net, datapath, attachments_store) = start_node(&settings).await?;
+    let (net, mut datapath, attachments_store) = start_node(&settings).await?;
 
     crate::bootstrap::until_client_config(
         &settings.etcd_config,
@@ -119,11 +119,13 @@ pub async fn run<S: Source>(
         }
         None => None,
     };
+    datapath.require_decrypted_tunnel(settings.encryption.as_ref().map(|e| e.interface.as_str()))?;
     let (report_tx, report_rx) = tokio::sync::watch::channel(AgentStatusRecord {
         node: settings.node.clone(),
         peers: Default::default(),
         rejected_policies: Vec::new(),
         wireguard: encryption.as_ref().map(NodeEncryption::report),
+        wireguard_tunnels: Default::default(),
     });
     let _report = AbortOnDrop(tokio::spawn(crate::peer_report::publish(
         client_config.clone(),

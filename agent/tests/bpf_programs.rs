@@ -397,6 +397,50 @@ fn from_tunnel_admits_only_what_the_node_that_sent_it_hosts() {
 }
 
 #[test]
+fn with_encryption_from_tunnel_takes_only_what_wireguard_decrypted() {
+    let mut p = two_pods("decrypted", false);
+    p.route(REMOTE_POD, (2 << 16) | 5, Some(REMOTE_NODE));
+    let syn = tcp(REMOTE_POD, POD_B, 40050, 80, SYN);
+    // from_wireguard marks what it sees, keeping the other bits of the mark.
+    let (verdict, _, marked) = p.run_marked(PROG_FROM_WIREGUARD, &syn, 0, REMOTE_NODE, 0x4000 | 0x0300);
+    assert_eq!((verdict, marked), (TC_ACT_OK, 0x4000 | MARK_DECRYPTED));
+    // Without encryption, an unmarked packet from the right node passes.
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, 0).0,
+        TC_ACT_REDIRECT
+    );
+    p.require_decrypted(true);
+    // With it, the same packet, as a host on the underlay forging the
+    // node's address sends it, is dropped; marked by WireGuard, it passes.
+    for mark in [0, 0x0100, MARK_DECRYPTED_MASK] {
+        assert_eq!(
+            p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, mark).0,
+            TC_ACT_SHOT,
+            "mark {mark:#x}"
+        );
+    }
+    assert_eq!(p.drops(DropReason::ForgedTunnelSource), 3);
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, marked).0,
+        TC_ACT_REDIRECT
+    );
+    // Decrypted is not enough: the sender check still holds.
+    let other_node = Ipv4Addr::new(192, 168, 50, 3);
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, other_node, MARK_DECRYPTED)
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(p.drops(DropReason::ForgedTunnelSource), 4);
+    // Encryption turned off again takes unmarked packets.
+    p.require_decrypted(false);
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, 0).0,
+        TC_ACT_REDIRECT
+    );
+}
+
+#[test]
 fn from_tunnel_drops_what_no_local_pod_owns() {
     let p = two_pods("no-route", false);
     assert_eq!(

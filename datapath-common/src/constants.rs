@@ -22,6 +22,8 @@ pub const MAP_CT: &str = "knit_ct";
 pub const MAP_STACK_FLOWS: &str = "knit_stack_flows";
 /// Array of one [`crate::NodeConfig`].
 pub const MAP_CONFIG: &str = "knit_config";
+/// Array of one [`crate::EncryptionConfig`].
+pub const MAP_ENCRYPTION: &str = "knit_encryption";
 /// Array of `u64` drop counters indexed by [`DropReason`].
 pub const MAP_DROPS: &str = "knit_drops";
 
@@ -31,6 +33,14 @@ pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_TO_POD: &str = "to_pod";
 /// tc program on the VXLAN device (ingress: what other nodes send).
 pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
+/// tc program on the WireGuard interface (ingress: what WireGuard
+/// decrypted), which marks it [`MARK_DECRYPTED`].
+pub const PROG_FROM_WIREGUARD: &str = "from_wireguard";
+
+/// `MARK_DECRYPTED_MASK`: the skb mark bits Knit uses.
+pub const MARK_DECRYPTED_MASK: u32 = 0x0f00;
+/// `MARK_DECRYPTED`: the mark of a packet WireGuard decrypted.
+pub const MARK_DECRYPTED: u32 = 0x0b00;
 
 /// `ENDPOINT_F_POLICY`: a NetworkPolicy selects the pod for ingress.
 pub const ENDPOINT_F_POLICY: u32 = 1;
@@ -102,7 +112,8 @@ pub enum DropReason {
     /// Egress policy of the sending pod does not admit the packet.
     EgressPolicy = 6,
     /// From the tunnel, with an inner source the ipcache does not place on
-    /// the node that sent it (a forged identity).
+    /// the node that sent it (a forged identity), or, with encryption on,
+    /// not through WireGuard (an unauthenticated sender).
     ForgedTunnelSource = 7,
 }
 
@@ -178,6 +189,8 @@ mod tests {
             ("POLICY_CIDR_ENTRIES", crate::POLICY_CIDR_CAPACITY as u32),
             ("CT_ENTRIES", crate::CT_CAPACITY as u32),
             ("DROP_REASONS", DROP_REASON_SLOTS),
+            ("MARK_DECRYPTED_MASK", MARK_DECRYPTED_MASK),
+            ("MARK_DECRYPTED", MARK_DECRYPTED),
         ]);
         for (reason, c_name) in DropReason::ALL.into_iter().zip([
             "DROP_POLICY",

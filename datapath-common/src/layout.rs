@@ -220,6 +220,14 @@ pub struct NodeConfig {
     pub policy_generation: u32,
 }
 
+/// `struct encryption_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EncryptionConfig {
+    /// 1: `from_tunnel` takes only what WireGuard decrypted.
+    pub require_decrypted: u32,
+}
+
 /// Entries of `knit_ipcache` (`max_entries` in `ebpf/knit.bpf.c`).
 pub const IPCACHE_CAPACITY: usize = 1 << 20;
 
@@ -249,6 +257,7 @@ unsafe impl aya::Pod for SockNatValue {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for NodeConfig {}
+unsafe impl aya::Pod for EncryptionConfig {}
 
 #[cfg(test)]
 mod tests {
@@ -305,6 +314,7 @@ mod tests {
         layout!(rust, "ct_key", CtKey, ["saddr" => saddr, "daddr" => daddr, "sport" => sport, "dport" => dport, "proto" => proto]);
         layout!(rust, "ct_value", CtValue, ["flags" => flags, "expires" => expires]);
         layout!(rust, "node_config", NodeConfig, ["tunnel_ifindex" => tunnel_ifindex, "policy_generation" => policy_generation]);
+        layout!(rust, "encryption_config", EncryptionConfig, ["require_decrypted" => require_decrypted]);
         assert_eq!(rust, c);
     }
 

@@ -6,7 +6,13 @@
 //! capture on the underlay bridge during requests across nodes and across
 //! clusters must not contain the marker, and no VXLAN may cross the bridge.
 //! The same requests on a mesh without encryption put the marker in the
-//! capture, so the check can fail.
+//! capture, so the check can fail. Every agent reports its tunnels up and
+//! counts no plaintext packet.
+//!
+//! Strict mode drops, never leaks, while a node's agent is down; and a
+//! VXLAN packet forged on the underlay with a node's address is dropped
+//! (only what WireGuard decrypted carries identity), while the same packet
+//! reaches its pod on a mesh without encryption.
 
 use std::process::Command;
 use std::time::Duration;
@@ -47,6 +53,23 @@ fn requests_under_capture(encrypted: bool, dir: &TempDir) -> Capture {
                 String::from_utf8_lossy(&out.stdout).lines().count() == 3
             })
         });
+        // Every agent of a reports its three tunnels up (the keepalive
+        // handshakes even the one no request used).
+        mesh.wait_until(
+            "a's agents to report 3 tunnels up",
+            Duration::from_secs(60),
+            || {
+                mesh.status_report(A).is_some_and(|r| {
+                    r.nodes.len() == 2
+                        && r.nodes.iter().all(|n| {
+                            n.wireguard_tunnels.len() == 3
+                                && n.wireguard_tunnels
+                                    .values()
+                                    .all(|t| t.up && t.last_handshake.is_some())
+                        })
+                })
+            },
+        );
     }
     let file = dir
         .path()
@@ -60,7 +83,16 @@ fn requests_under_capture(encrypted: bool, dir: &TempDir) -> Capture {
     }
     let from = mesh.node(A.node(0)).netns.name().to_owned();
     let to = mesh.node(A.node(1)).ip.clone();
-    capture.stop(&from, &to)
+    let capture = capture.stop(&from, &to);
+    if encrypted {
+        let plaintext = "knit_agent_encryption_plaintext_packets_total";
+        let metrics = mesh.agent_metrics(A.node(0));
+        assert!(metrics.contains(&format!("\n{plaintext} ")), "{metrics}");
+        assert_eq!(mesh.agent_metric(A.node(0), plaintext), 0, "{plaintext}");
+        let down = "knit_agent_wireguard_peers_without_handshake";
+        assert_eq!(mesh.agent_metric(A.node(0), down), 0, "{down}");
+    }
+    capture
 }
 
 /// Full-size pings with DF from `client` to `server` on another node: the
@@ -191,4 +223,81 @@ fn strict_mode_sends_nothing_in_plaintext_while_a_nodes_agent_is_down() {
         loose.packets("udp port 8472") >= 10,
         "the check cannot see plaintext VXLAN"
     );
+}
+
+const FORGED: usize = 20;
+/// The port db counts datagrams on.
+const SINK_PORT: u16 = 7070;
+
+/// A host on the underlay sends VXLAN datagrams to a's first node from
+/// the address of a's second node (a raw socket), each carrying a UDP
+/// datagram "from" that node's pod to db's sink. Returns how many reached
+/// db, and how many the target node counted as `forged_tunnel_source`.
+fn forged_node_packets(encrypted: bool) -> (u64, i64) {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 1,
+        encrypted,
+        ..MeshOptions::default()
+    });
+    let db = mesh.add_pod(A.node(0), "shop", "db", &[("app", "db")]);
+    let api = mesh.add_pod(A.node(1), "shop", "api", &[("app", "api")]);
+    let name = format!("{}/db", A.name());
+    mesh.wait_for_hits("api -> db", api, mesh.pod(db).ip, false, |h| {
+        h.names.get(&name) == Some(&40)
+    });
+    let drops = "knit_agent_drops{name=\"forged_tunnel_source\"}";
+    let dropped_before = mesh.agent_metric(A.node(0), drops);
+    let sink = mesh.probe_background(
+        db,
+        &["count", "--port", &SINK_PORT.to_string(), "--seconds", "4"],
+        "sink",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let tunnel = format!("{}:{}", mesh.node(A.node(0)).ip, knit_agent::netdev::VXLAN_PORT);
+    let inner_src = format!("{}:5555", mesh.pod(api).ip);
+    let inner_dst = format!("{}:{SINK_PORT}", mesh.pod(db).ip);
+    let posing_as = mesh.node(A.node(1)).ip.clone();
+    let (attacker, _attacker_server) = mesh.add_outside_host("evil", "192.168.50.251");
+    let sent = attacker.exec(
+        &mesh.bins.probe.to_string_lossy(),
+        &[
+            "vxlan-send",
+            "--to",
+            &tunnel,
+            "--vni",
+            "65537",
+            "--inner-src",
+            &inner_src,
+            "--inner-dst",
+            &inner_dst,
+            "--count",
+            &FORGED.to_string(),
+            "--outer-src",
+            &posing_as,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&sent.stdout).contains(&format!("\"sent\":{FORGED}")),
+        "{sent:?}"
+    );
+    let (ok, out) = { sink }.wait();
+    assert!(ok, "the sink failed: {out}");
+    let line = out.lines().find(|l| l.starts_with('{')).expect("count line");
+    let reached = serde_json::from_str::<serde_json::Value>(line).unwrap()["count"]
+        .as_u64()
+        .unwrap();
+    let dropped = mesh.agent_metric(A.node(0), drops) - dropped_before;
+    (reached, dropped)
+}
+
+#[test]
+fn a_vxlan_packet_forged_on_the_underlay_is_dropped_with_encryption_on() {
+    let (reached, dropped) = forged_node_packets(true);
+    assert_eq!(reached, 0, "forged packets reached db");
+    assert_eq!(dropped, FORGED as i64, "the node counts every forged packet");
+
+    // Without encryption nothing tells the forged packets from the node's
+    // own: they reach db, so the check can fail.
+    let (reached, _) = forged_node_packets(false);
+    assert_eq!(reached, FORGED as u64, "the control's forged packets reach db");
 }

@@ -155,7 +155,7 @@ pub struct IdentityRecord {
     pub labels: BTreeMap<String, String>,
 }
 
-pub use crate::wire_encryption::{NodeWireguard, WireguardKey};
+pub use crate::wire_encryption::{NodeWireguard, WireguardKey, WireguardTunnel};
 pub use crate::wire_policy::{Affinity, Failover};
 
 /// An affinity, `none` when a newer writer sent one this version lacks.
@@ -253,6 +253,10 @@ pub struct AgentStatusRecord {
     /// copies them into the node's record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<NodeWireguard>,
+    /// Per remote node (`cluster/node`) this node has a WireGuard peer for:
+    /// whether the tunnel is up and its last handshake.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wireguard_tunnels: BTreeMap<String, WireguardTunnel>,
 }
 
 /// Whether one node reaches one peer: its data is synced in the local

@@ -60,6 +60,19 @@ pub struct NodeWireguard {
     pub port: u16,
 }
 
+/// One WireGuard tunnel as the node at one end sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireguardTunnel {
+    /// A handshake within WireGuard's session lifetime (180 s): traffic
+    /// flows both ways.
+    pub up: bool,
+    /// When the last handshake completed (Unix seconds); none yet when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,8 +75,10 @@ fn ago(now: i64, then: Option<i64>) -> String {
     }
 }
 
-/// The per-node view: for every agent, whether it reaches each peer.
-pub fn render_nodes(report: &StatusReport) -> String {
+/// The per-node view: for every agent, whether it reaches each peer; then,
+/// for agents that encrypt, each WireGuard tunnel and its last handshake
+/// (`now` in Unix seconds).
+pub fn render_nodes(report: &StatusReport, now: i64) -> String {
     let mut out = String::new();
     let peers: Vec<&str> = report.peers.iter().map(|p| p.peer.as_str()).collect();
     let _ = write!(out, "{:<24}", "NODE");
@@ -98,6 +100,28 @@ pub fn render_nodes(report: &StatusReport) -> String {
         for (p, view) in &node.peers {
             if let Some(problem) = &view.problem {
                 let _ = writeln!(out, "  {p}: {problem}");
+            }
+        }
+    }
+    let encrypting: Vec<&AgentStatusRecord> = report.nodes.iter().filter(|n| n.wireguard.is_some()).collect();
+    if !encrypting.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<24} {:<32} {:<6} LAST HANDSHAKE",
+            "WIREGUARD NODE", "REMOTE NODE", "UP"
+        );
+        for node in encrypting {
+            if node.wireguard_tunnels.is_empty() {
+                let _ = writeln!(out, "{:<24} (no peers yet)", node.node);
+            }
+            for (remote, tunnel) in &node.wireguard_tunnels {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {remote:<32} {:<6} {}",
+                    node.node,
+                    yes_no(tunnel.up),
+                    ago(now, tunnel.last_handshake)
+                );
             }
         }
     }
@@ -181,6 +205,7 @@ pub fn render_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use knit_kvstore::records::{NodeWireguard, WireguardKey, WireguardTunnel};
 
     #[test]
     fn table_shows_counts_and_problems_per_peer() {
@@ -214,6 +239,7 @@ mod tests {
                     "CiliumNetworkPolicy shop/l7 not applied: field rules is not supported".into(),
                 ],
                 wireguard: None,
+                wireguard_tunnels: Default::default(),
             },
             AgentStatusRecord {
                 node: "a-n2".into(),
@@ -230,6 +256,7 @@ mod tests {
                     "CiliumNetworkPolicy shop/l7 not applied: field rules is not supported".into(),
                 ],
                 wireguard: None,
+                wireguard_tunnels: Default::default(),
             },
         ];
         let t = render_status("cluster-a", &[b, c], &nodes, 100);
@@ -259,9 +286,10 @@ mod tests {
             }],
             nodes: nodes.to_vec(),
         };
-        let per_node = render_nodes(&report);
+        let per_node = render_nodes(&report, 100);
         assert!(per_node.contains("a-n1                     yes"), "{per_node}");
         assert!(per_node.contains("a-n2                     no"), "{per_node}");
+        assert!(!per_node.contains("WIREGUARD"), "no node encrypts: {per_node}");
         assert!(t.contains("       12 "), "{t}");
         assert!(t.contains("10s ago"), "{t}");
         assert!(
@@ -269,6 +297,70 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("cluster-c: connection refused"), "{t}");
+    }
+
+    #[test]
+    fn per_node_view_shows_each_wireguard_tunnel_and_its_last_handshake() {
+        let key = WireguardKey::try_from("A".repeat(43) + "=").expect("key");
+        let wireguard = Some(NodeWireguard {
+            public_key: key,
+            port: 51871,
+        });
+        let tunnels = [
+            (
+                "cluster-a/a-n2",
+                WireguardTunnel {
+                    up: true,
+                    last_handshake: Some(70),
+                },
+            ),
+            (
+                "cluster-b/b-n1",
+                WireguardTunnel {
+                    up: false,
+                    last_handshake: None,
+                },
+            ),
+        ];
+        let report = StatusReport {
+            cluster: "cluster-a".into(),
+            peers: Vec::new(),
+            nodes: vec![
+                AgentStatusRecord {
+                    node: "a-n1".into(),
+                    wireguard: wireguard.clone(),
+                    wireguard_tunnels: tunnels
+                        .iter()
+                        .map(|(n, t)| ((*n).to_owned(), t.clone()))
+                        .collect(),
+                    ..Default::default()
+                },
+                AgentStatusRecord {
+                    node: "a-n2".into(),
+                    wireguard,
+                    ..Default::default()
+                },
+                AgentStatusRecord {
+                    node: "a-n3".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let t = render_nodes(&report, 100);
+        let lines: Vec<&str> = t
+            .lines()
+            .skip_while(|l| !l.starts_with("WIREGUARD NODE"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "WIREGUARD NODE           REMOTE NODE                      UP     LAST HANDSHAKE",
+                "a-n1                     cluster-a/a-n2                   yes    30s ago",
+                "a-n1                     cluster-b/b-n1                   no     never",
+                "a-n2                     (no peers yet)",
+            ],
+            "{t}"
+        );
     }
 
     #[test]
@@ -294,6 +386,7 @@ mod tests {
                 peers: Default::default(),
                 rejected_policies: Vec::new(),
                 wireguard: None,
+                wireguard_tunnels: Default::default(),
             }],
         };
         let json: StatusReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use aya::programs::TcAttachType;
-use knit_datapath_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_TO_POD};
+use knit_datapath_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD};
 use loader::Loaded;
 use patch::{ServiceIds, StatePatch, patch_entries};
 use state::{DatapathState, Link, Unplaced, to_map_contents};
@@ -31,6 +31,8 @@ const POD_LINK_PREFIX: &str = "pod-";
 const POD_EGRESS_LINK_PREFIX: &str = "podout-";
 /// Name of the pinned tc link on the tunnel device.
 const TUNNEL_LINK: &str = "tunnel";
+/// Name of the pinned tc link on the WireGuard interface.
+const WIREGUARD_LINK: &str = "wireguard";
 
 /// The loaded, attached datapath of one node.
 pub struct Datapath {
@@ -126,6 +128,29 @@ impl Datapath {
             self.attached_pods.remove(&iface);
         }
         Ok((report, unplaced))
+    }
+
+    /// With `Some(interface)` (encryption on), marks what the WireGuard
+    /// `interface` decrypted and has the tunnel program take nothing else;
+    /// with `None`, takes every sender the ipcache places again. The
+    /// program goes on before the requirement, so no decrypted packet is
+    /// dropped in between.
+    pub fn require_decrypted_tunnel(&mut self, wireguard: Option<&str>) -> Result<()> {
+        match wireguard {
+            Some(interface) => {
+                self.loaded.attach_tc(
+                    PROG_FROM_WIREGUARD,
+                    interface,
+                    TcAttachType::Ingress,
+                    WIREGUARD_LINK,
+                )?;
+                self.writer.set_require_decrypted(true)
+            }
+            None => {
+                self.writer.set_require_decrypted(false)?;
+                self.loaded.detach(WIREGUARD_LINK)
+            }
+        }
     }
 
     /// Writes what a partial render changed (routes and frontends only;

@@ -20,9 +20,10 @@ use super::loader::Loaded;
 use super::state::{MapContents, MapDiffs};
 use crate::{Error, Result};
 use knit_datapath_common::{
-    BackendKey, BackendValue, CT_GENERATION_BITS, CtKey, CtValue, DropReason, EndpointValue, IpcacheValue,
-    MAP_BACKENDS, MAP_CONFIG, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR,
-    MAP_SERVICES, NodeConfig, PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue,
+    BackendKey, BackendValue, CT_GENERATION_BITS, CtKey, CtValue, DropReason, EncryptionConfig,
+    EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_CONFIG, MAP_CT, MAP_DROPS, MAP_ENCRYPTION, MAP_ENDPOINTS,
+    MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, NodeConfig, PolicyCidrKey, PolicyKey, ServiceKey,
+    ServiceValue,
 };
 
 /// The agent's handle on the datapath maps.
@@ -35,6 +36,7 @@ pub struct MapWriter {
     backends: BpfHashMap<MapData, BackendKey, BackendValue>,
     config: Array<MapData, NodeConfig>,
     node_config: NodeConfig,
+    encryption: Array<MapData, EncryptionConfig>,
     drops: Array<MapData, u64>,
     conntrack: BpfHashMap<MapData, CtKey, CtValue>,
     current: MapContents,
@@ -71,6 +73,7 @@ impl MapWriter {
             backends: take(loaded, MAP_BACKENDS)?,
             config: take(loaded, MAP_CONFIG)?,
             node_config: NodeConfig::default(),
+            encryption: take(loaded, MAP_ENCRYPTION)?,
             drops: take(loaded, MAP_DROPS)?,
             conntrack: take(loaded, MAP_CT)?,
             current: MapContents::default(),
@@ -104,6 +107,16 @@ impl MapWriter {
         self.config
             .set(0, self.node_config, 0)
             .map_err(|e| Error::map(MAP_CONFIG, e))
+    }
+
+    /// Whether `from_tunnel` takes only what WireGuard decrypted.
+    pub fn set_require_decrypted(&mut self, required: bool) -> Result<()> {
+        let config = EncryptionConfig {
+            require_decrypted: u32::from(required),
+        };
+        self.encryption
+            .set(0, config, 0)
+            .map_err(|e| Error::map(MAP_ENCRYPTION, e))
     }
 
     /// The generation of the policy maps (bumped after every change).

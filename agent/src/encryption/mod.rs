@@ -9,6 +9,8 @@
 //!   (pure).
 //! - [`netlink`]: the interface up, the tunnel-port rule, the routes of
 //!   Knit's table, the strict-mode default.
+//! - [`status`]: per remote node, the tunnel up or down and its last
+//!   handshake, from the device's state (pure).
 //! - [`node`]: the running encryption of this node: started once, then
 //!   kept in step with the index by the agent loop.
 //!
@@ -22,4 +24,5 @@ pub mod keys;
 pub mod netlink;
 pub mod node;
 pub mod peers;
+pub mod status;
 pub mod uapi;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use knit_kvstore::records::{NodeWireguard, WireguardKey};
+use knit_kvstore::records::{NodeWireguard, WireguardKey, WireguardTunnel};
 
 use super::device::UserspaceDevice;
 use super::keys::{NodeKey, PublicKeyText};
@@ -44,9 +44,11 @@ pub struct EncryptionSettings {
 pub struct NodeEncryption {
     key: NodeKey,
     port: u16,
+    interface: String,
     device: UserspaceDevice,
     ifindex: u32,
     peers: BTreeMap<PublicKeyText, WireguardPeer>,
+    nodes: BTreeMap<PublicKeyText, String>,
 }
 
 impl NodeEncryption {
@@ -86,9 +88,11 @@ impl NodeEncryption {
         Ok(Self {
             key,
             port: settings.port,
+            interface: settings.interface.clone(),
             device,
             ifindex,
             peers: BTreeMap::new(),
+            nodes: BTreeMap::new(),
         })
     }
 
@@ -108,6 +112,7 @@ impl NodeEncryption {
             self.device.set(&transaction)?;
         }
         self.peers = wanted.peers.clone();
+        self.nodes = wanted.nodes.clone();
         let routed = net.wireguard_routes().await?;
         for dst in wanted.routes.difference(&routed) {
             net.replace_wireguard_route(*dst, self.ifindex).await?;
@@ -118,8 +123,23 @@ impl NodeEncryption {
         Ok(wanted)
     }
 
+    /// The WireGuard interface's name.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
     /// The interface's state (handshakes, bytes per peer).
     pub fn state(&self) -> Result<uapi::DeviceState> {
         self.device.state()
+    }
+
+    /// Per peer node, the tunnel up or down and its last handshake, at
+    /// `now` (Unix seconds); `previous` is the last report.
+    pub fn tunnels(
+        &self,
+        now: i64,
+        previous: &BTreeMap<String, WireguardTunnel>,
+    ) -> Result<BTreeMap<String, WireguardTunnel>> {
+        Ok(super::status::tunnels(&self.nodes, &self.state()?, now, previous))
     }
 }

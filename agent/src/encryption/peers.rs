@@ -20,6 +20,8 @@ pub struct WireguardPlan {
     pub peers: BTreeMap<PublicKeyText, WireguardPeer>,
     /// Tunnel endpoints routed into the WireGuard interface (/32 each).
     pub routes: BTreeSet<Ipv4Net>,
+    /// The node (`cluster/node`) each peer's key belongs to.
+    pub nodes: BTreeMap<PublicKeyText, String>,
     /// Nodes left out because their key is this node's own or another
     /// node's, or their tunnel endpoint is another node's (each key and
     /// address belongs to one peer).
@@ -44,6 +46,8 @@ pub fn plan(index: &MeshIndex, own: &str, own_key: &str) -> WireguardPlan {
             continue;
         }
         out.routes.insert(route);
+        out.nodes
+            .insert(key.clone(), format!("{}/{}", node.cluster, node.name));
         out.peers.insert(
             key.clone(),
             WireguardPeer {

@@ -36,13 +36,18 @@ pub fn set_interface(key: &NodeKey, listen_port: u16) -> String {
     )
 }
 
+/// Seconds between keepalives to a peer with no traffic: every tunnel
+/// keeps a fresh handshake, so its status says whether it works, not
+/// whether it was used.
+pub const PERSISTENT_KEEPALIVE_SECONDS: u16 = 25;
+
 /// Adds `peer`, or updates it in place (its session survives): the
-/// endpoint, and the allowed IPs replaced by `peer`'s. `None` when the
-/// public key is not a key.
+/// endpoint, the keepalive, and the allowed IPs replaced by `peer`'s.
+/// `None` when the public key is not a key.
 pub fn set_peer(peer: &WireguardPeer) -> Option<String> {
     let key = public_key_hex(&peer.public_key)?;
     let mut text = format!(
-        "set=1\npublic_key={key}\nendpoint={}\nreplace_allowed_ips=true\n",
+        "set=1\npublic_key={key}\nendpoint={}\npersistent_keepalive_interval={PERSISTENT_KEEPALIVE_SECONDS}\nreplace_allowed_ips=true\n",
         peer.endpoint
     );
     for net in &peer.allowed_ips {
@@ -197,7 +202,7 @@ mod tests {
         assert_eq!(
             set_peer(&peer(KEY_A, "10.1.0.2:51871", &["10.1.0.2/32", "fd00::2/128"])).expect("key"),
             format!(
-                "set=1\npublic_key={HEX_A}\nendpoint=10.1.0.2:51871\nreplace_allowed_ips=true\nallowed_ip=10.1.0.2/32\nallowed_ip=fd00::2/128\n\n"
+                "set=1\npublic_key={HEX_A}\nendpoint=10.1.0.2:51871\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.1.0.2/32\nallowed_ip=fd00::2/128\n\n"
             )
         );
         assert_eq!(

@@ -55,7 +55,7 @@ impl Programs {
             .override_global("knit_test_outer_source_in_cb", &1u32, true)
             .load(OBJECT)
             .expect("load knit.bpf.o");
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD] {
             let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             knit_agent::datapath::loader::verify(|| program.load())
                 .unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
@@ -183,6 +183,16 @@ impl Programs {
         self.update_config(|c| c.policy_generation += 1);
     }
 
+    /// What the agent does with encryption on (or off).
+    pub fn require_decrypted(&mut self, required: bool) {
+        let mut map: Array<&mut MapData, EncryptionConfig> =
+            Array::try_from(self.ebpf.map_mut(MAP_ENCRYPTION).unwrap()).unwrap();
+        let config = EncryptionConfig {
+            require_decrypted: u32::from(required),
+        };
+        map.set(0, config, 0).unwrap();
+    }
+
     fn update_config(&mut self, change: impl FnOnce(&mut NodeConfig)) {
         let mut map: Array<&mut MapData, NodeConfig> =
             Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
@@ -286,20 +296,38 @@ impl Programs {
         ingress_ifindex: u32,
         outer: Ipv4Addr,
     ) -> (u32, Vec<u8>) {
+        let (verdict, out, _) = self.run_marked(program, packet, ingress_ifindex, outer, 0);
+        (verdict, out)
+    }
+
+    /// [`Programs::run_from`] on a packet that carries the skb mark
+    /// `mark`; also returns the mark the program left.
+    pub fn run_marked(
+        &self,
+        program: &str,
+        packet: &[u8],
+        ingress_ifindex: u32,
+        outer: Ipv4Addr,
+        mark: u32,
+    ) -> (u32, Vec<u8>, u32) {
         let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; packet.len() + 256];
-        // struct __sk_buff is 192 bytes; ingress_ifindex sits at offset 36,
-        // cb[0] at 48.
+        // struct __sk_buff is 192 bytes; mark sits at offset 8,
+        // ingress_ifindex at 36, cb[0] at 48.
         let mut ctx = [0u8; 192];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
         ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         ctx[48..52].copy_from_slice(&outer.octets());
+        let mut ctx_out = [0u8; 192];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
+        opts.ctx_out = Some(&mut ctx_out);
         let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let mark_out = u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap());
+        (result.return_value, out, mark_out)
     }
 }
 

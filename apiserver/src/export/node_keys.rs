@@ -91,6 +91,7 @@ mod tests {
                 public_key: WireguardKey::try_from(k.to_owned()).expect("key"),
                 port: 51871,
             }),
+            wireguard_tunnels: BTreeMap::new(),
         };
         WatchEvent::Upsert {
             key: agent_status_key("n1"),

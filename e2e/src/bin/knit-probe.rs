@@ -19,6 +19,8 @@
 //!   --count C`: C VXLAN datagrams to A:P, each carrying an Ethernet frame
 //!   with a UDP datagram from inner-src to inner-dst (what anyone who
 //!   reaches a node's tunnel port can send: a forged mesh packet).
+//!   `--outer-src IP` sends them from IP, whoever holds it (a raw socket:
+//!   a host on the underlay posing as a node).
 //! - `hold --to A:P --seconds S`: one TCP connection, a request every
 //!   50 ms; exits non-zero on the first failure.
 //! - `crr` / `rr --to A:P --seconds S`: benchmark loops (connect, request,
@@ -88,6 +90,7 @@ fn main() {
             required(&args, "--inner-src").parse().expect("inner source"),
             required(&args, "--inner-dst").parse().expect("inner destination"),
             required(&args, "--count").parse().expect("count"),
+            arg(&args, "--outer-src").map(|a| a.parse().expect("outer source")),
         ),
         Some("hold") => hold(
             required(&args, "--to").parse().expect("address"),
@@ -273,6 +276,12 @@ fn vxlan_frame(vni: u32, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -
     let mut f = vec![0x08, 0, 0, 0];
     f.extend_from_slice(&(vni << 8).to_be_bytes());
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]);
+    f.extend_from_slice(&ipv4_udp(src, dst, payload));
+    f
+}
+
+/// An IPv4 + UDP datagram (header checksum set, UDP checksum 0).
+fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     let total = (20 + 8 + payload.len()) as u16;
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&total.to_be_bytes());
@@ -286,13 +295,12 @@ fn vxlan_frame(vni: u32, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -
     let folded = (sum & 0xffff) + (sum >> 16);
     let checksum = !((folded & 0xffff) + (folded >> 16)) as u16;
     ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&src.port().to_be_bytes());
-    f.extend_from_slice(&dst.port().to_be_bytes());
-    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    f
+    ip.extend_from_slice(&src.port().to_be_bytes());
+    ip.extend_from_slice(&dst.port().to_be_bytes());
+    ip.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0]);
+    ip.extend_from_slice(payload);
+    ip
 }
 
 fn udp_send(from: std::net::IpAddr, to: SocketAddr, count: usize) {
@@ -305,12 +313,36 @@ fn udp_send(from: std::net::IpAddr, to: SocketAddr, count: usize) {
     println!("{}", serde_json::json!({ "sent": sent }));
 }
 
-fn vxlan_send(to: SocketAddr, vni: u32, src: SocketAddrV4, dst: SocketAddrV4, count: usize) {
-    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind UDP");
+fn vxlan_send(
+    to: SocketAddrV4,
+    vni: u32,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    count: usize,
+    outer_src: Option<std::net::Ipv4Addr>,
+) {
     let frame = vxlan_frame(vni, src, dst, b"forged\n");
+    let send: Box<dyn Fn() -> bool> = match outer_src {
+        None => {
+            let sock = UdpSocket::bind("0.0.0.0:0").expect("bind UDP");
+            Box::new(move || sock.send_to(&frame, to).is_ok())
+        }
+        Some(outer) => {
+            // IPPROTO_RAW: the datagram goes out with the IP header written
+            // here, source included (the kernel fills in the checksum).
+            let sock = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(255)),
+            )
+            .expect("a raw socket");
+            let datagram = ipv4_udp(SocketAddrV4::new(outer, 40999), to, &frame);
+            Box::new(move || sock.send_to(&datagram, &SocketAddr::V4(to).into()).is_ok())
+        }
+    };
     let mut sent = 0;
     for _ in 0..count {
-        sent += usize::from(sock.send_to(&frame, to).is_ok());
+        sent += usize::from(send());
         std::thread::sleep(Duration::from_millis(10));
     }
     println!("{}", serde_json::json!({ "sent": sent }));

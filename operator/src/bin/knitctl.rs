@@ -188,7 +188,7 @@ async fn status(
         nodes,
     };
     match output {
-        Output::Table if per_node => print!("{}", knit_operator::status_table::render_nodes(&report)),
+        Output::Table if per_node => print!("{}", knit_operator::status_table::render_nodes(&report, now)),
         Output::Table => print!(
             "{}",
             knit_operator::status_table::render_status(&report.cluster, &report.peers, &report.nodes, now)

@@ -179,6 +179,7 @@ mod tests {
             peers,
             rejected_policies: Vec::new(),
             wireguard: None,
+            wireguard_tunnels: Default::default(),
         })
         .unwrap()
     }
