@@ -192,6 +192,7 @@ impl<S: Source> AgentLoop<S> {
     /// pod MTUs, drop and conntrack counters.
     pub async fn on_tick(&mut self) {
         if self.encryption.is_some() {
+            self.rotate_wireguard_keys().await;
             self.count_unencryptable();
             self.report_tunnels();
         }
@@ -328,24 +329,75 @@ impl<S: Source> AgentLoop<S> {
                 self.gate.still_due(since);
             }
         }
-        if self.wireguard_due
-            && let Some(encryption) = &mut self.encryption
-        {
-            match encryption.sync(&self.index, &self.settings.node, &self.net).await {
-                Ok(plan) => {
-                    self.wireguard_due = false;
-                    self.metrics.wireguard_peers.set(plan.peers.len() as i64);
-                    for node in &plan.conflicts {
-                        tracing::warn!(%node, "a node's WireGuard key or address is another node's: not a peer");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %knit_telemetry::error_chain(&e), "WireGuard peers not in step; retrying");
-                    self.gate.still_due(since);
-                }
-            }
+        if self.wireguard_due && !self.sync_wireguard().await {
+            self.gate.still_due(since);
         }
         report_sizes(&self.datapath, &self.index, &self.metrics);
+    }
+
+    /// The next moment (Unix ms) a key rotation needs the loop, if any.
+    pub fn wireguard_deadline(&self) -> Option<i64> {
+        self.encryption.as_ref().and_then(NodeEncryption::deadline)
+    }
+
+    /// A rotation's moment: keys switched where due, and peers without a
+    /// handshake since their switch set again.
+    pub async fn on_wireguard_deadline(&mut self) {
+        self.rotate_wireguard_keys().await;
+        if let Some(encryption) = &mut self.encryption
+            && let Err(e) = encryption.recheck_switched(unix_ms())
+        {
+            tracing::warn!(error = %knit_telemetry::error_chain(&e), "rechecking WireGuard peers after a key switch failed");
+        }
+    }
+
+    /// Puts WireGuard's peers and routes in step with the index; false when
+    /// that failed (retried).
+    async fn sync_wireguard(&mut self) -> bool {
+        let Some(encryption) = &mut self.encryption else {
+            return true;
+        };
+        match encryption
+            .sync(&self.index, &self.settings.node, &self.net, unix_ms())
+            .await
+        {
+            Ok(plan) => {
+                self.wireguard_due = false;
+                self.metrics.wireguard_peers.set(plan.peers.len() as i64);
+                for node in &plan.conflicts {
+                    tracing::warn!(%node, "a node's WireGuard key or address is another node's: not a peer");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "WireGuard peers not in step; retrying");
+                false
+            }
+        }
+    }
+
+    /// Key rotation at the tick: this node's own (announce, then take the
+    /// next key at its moment) and the peers' (a peer's announced switch
+    /// has come: its key in WireGuard is replaced now).
+    async fn rotate_wireguard_keys(&mut self) {
+        let now = unix_ms();
+        let Some(encryption) = &mut self.encryption else {
+            return;
+        };
+        match encryption.rotate_if_due(now) {
+            Ok(true) => {
+                let report = encryption.report();
+                self.outputs.report.send_modify(|r| r.wireguard = Some(report));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "WireGuard key rotation failed; retrying")
+            }
+        }
+        if encryption.peer_switch_due(now) || self.wireguard_due {
+            self.wireguard_due = true;
+            self.sync_wireguard().await;
+        }
     }
 
     /// Tunnelled packets the kernel could not route: with WireGuard, the
@@ -390,9 +442,7 @@ impl<S: Source> AgentLoop<S> {
                 .plaintext_packets
                 .inc_by(self.plaintext.observe(sent, took + dropped));
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = unix_ms() / 1000;
         let previous = self.outputs.report.borrow().wireguard_tunnels.clone();
         match encryption.tunnels(now, &previous) {
             Ok(tunnels) => {
@@ -507,6 +557,13 @@ pub struct AgentParts<S> {
     pub attachments_store: AttachmentStore,
     /// WireGuard, when the node encrypts.
     pub encryption: Option<NodeEncryption>,
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

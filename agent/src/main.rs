@@ -99,6 +99,10 @@ struct Args {
     /// the node: a hostPath).
     #[arg(long, default_value = "/var/lib/knit/wireguard.key")]
     wireguard_key: PathBuf,
+    /// Rotate the WireGuard key when it is this old (`0`: only on demand,
+    /// by creating `<wireguard-key>.rotate`, e.g. with `kubectl exec`).
+    #[arg(long, env = "KNIT_WIREGUARD_KEY_LIFETIME", default_value = "0s", value_parser = knit_telemetry::parse_duration)]
+    wireguard_key_lifetime: Duration,
 }
 
 /// `--encryption`.
@@ -201,6 +205,7 @@ async fn agent<S: knit_sources::Source>(
                 port: args.wireguard_port,
                 interface: "knit_wg".to_owned(),
                 strict: args.encryption_strict,
+                key_lifetime: (!args.wireguard_key_lifetime.is_zero()).then_some(args.wireguard_key_lifetime),
             }
         }),
     };

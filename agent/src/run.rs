@@ -172,6 +172,7 @@ pub async fn run<S: Source>(
     };
     let mut agent = AgentLoop::new(parts, cluster, outputs);
     loop {
+        let wireguard_deadline = agent.wireguard_deadline();
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
@@ -191,6 +192,7 @@ pub async fn run<S: Source>(
                 tick.reset_immediately();
             }
             _ = tick.tick() => agent.on_tick().await,
+            _ = sleep_until_unix_ms(wireguard_deadline) => agent.on_wireguard_deadline().await,
         }
         let failing = failing_rx.borrow().clone();
         agent.apply_if_due(failing).await;
@@ -409,5 +411,17 @@ pub(crate) async fn check_pod_mtus(
             limit,
             "pods have an MTU above the underlay's less the tunnel's 50 bytes (and WireGuard's 60 when encrypting): their full-size packets will fragment across nodes; set the cluster CNI's MTU to {limit} or less"
         );
+    }
+}
+
+/// Sleeps until `at` (Unix ms; at least 10 ms, so a moment that stays due
+/// cannot spin the loop), or forever without one.
+async fn sleep_until_unix_ms(at: Option<i64>) {
+    match at {
+        Some(at) => {
+            let wait = (at - crate::agent_loop::unix_ms()).max(10) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -345,6 +345,7 @@ fn a_node_record_carries_the_wireguard_key_its_agent_reports() {
         public_key: WireguardKey::try_from("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".to_owned())
             .unwrap(),
         port: 51871,
+        next: None,
     };
     let keys = BTreeMap::from([("n1".to_owned(), reported.clone())]);
     let out = export(&cluster(), src.state(), &keys, &mut IdentityAllocator::new(1));

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use knit_e2e::capture::Capture;
-use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, PodId};
+use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, PodId, SERVER_PORT, assert_no_failures};
 use knit_testkit::process::TempDir;
 
 const A: ClusterId = ClusterId(0);
@@ -300,4 +300,75 @@ fn a_vxlan_packet_forged_on_the_underlay_is_dropped_with_encryption_on() {
     // own: they reach db, so the check can fail.
     let (reached, _) = forged_node_packets(false);
     assert_eq!(reached, FORGED as u64, "the control's forged packets reach db");
+}
+
+/// The key node `n` of cluster `c` reports, and whether it announced a
+/// next one.
+fn reported_key(mesh: &LocalMesh, c: ClusterId, node: &str) -> Option<(String, bool)> {
+    let report = mesh.status_report(c)?;
+    let wg = report.nodes.iter().find(|n| n.node == node)?.wireguard.clone()?;
+    Some((wg.public_key.to_string(), wg.next.is_some()))
+}
+
+#[test]
+fn rotating_node_keys_under_steady_traffic_fails_no_request() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        encrypted: true,
+        ..MeshOptions::default()
+    });
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let near = mesh.add_pod(A.node(1), "shop", "near", &[("app", "web")]);
+    let far = mesh.add_pod(B.node(0), "shop", "far", &[("app", "web")]);
+    for (what, to, cluster) in [("across nodes", near, A), ("across clusters", far, B)] {
+        let name = format!("{}/{}", cluster.name(), mesh.pod(to).name);
+        mesh.wait_for_hits(what, client, mesh.pod(to).ip, false, |h| {
+            h.names.get(&name) == Some(&40)
+        });
+    }
+    let rotating = [(A, A.node(1)), (B, B.node(0))];
+    let before: Vec<String> = rotating
+        .iter()
+        .map(|(c, n)| reported_key(&mesh, *c, &mesh.node(*n).name).expect("a key").0)
+        .collect();
+
+    let stop = TempDir::new("rotation");
+    let stop = stop.path().join("stop");
+    let addr = |p: PodId| std::net::SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT);
+    let mut clients = vec![
+        mesh.start_steady_client(client, addr(near), &stop, "a to a-n1"),
+        mesh.start_steady_client(client, addr(far), &stop, "a to b-n0"),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+    // On demand: the file next to the key.
+    for (_, n) in rotating {
+        let key = mesh.node(n).cni_state_dir.with_file_name("wireguard.key.rotate");
+        std::fs::write(key, "").expect("ask for a rotation");
+    }
+    mesh.wait_until(
+        "both nodes to announce a next key",
+        Duration::from_secs(10),
+        || {
+            rotating
+                .iter()
+                .all(|(c, n)| reported_key(&mesh, *c, &mesh.node(*n).name).is_some_and(|(_, next)| next))
+        },
+    );
+    mesh.wait_until(
+        "both nodes to take their new key",
+        Duration::from_secs(30),
+        || {
+            rotating.iter().zip(&before).all(|((c, n), old)| {
+                reported_key(&mesh, *c, &mesh.node(*n).name).is_some_and(|(key, next)| key != *old && !next)
+            })
+        },
+    );
+    // New handshakes under the new keys, while the clients go on.
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&stop, "").unwrap();
+    assert_no_failures(&mesh, &mut clients, 100, "while two nodes rotated their keys");
+
+    for to in [near, far] {
+        let hits = mesh.hits(client, mesh.pod(to).ip, 20, true);
+        assert_eq!(hits.total(), 20, "after the rotation: {hits:?}");
+    }
 }

@@ -53,64 +53,6 @@ fn bulk(c: ClusterId) -> String {
     out
 }
 
-struct Client {
-    process: knit_e2e::ChildProcess,
-    what: String,
-}
-
-fn start_client(
-    mesh: &LocalMesh,
-    from: PodId,
-    to: SocketAddrV4,
-    stop: &std::path::Path,
-    what: &str,
-) -> Client {
-    let (to, stop) = (to.to_string(), stop.to_string_lossy().into_owned());
-    let process = mesh.probe_background(
-        from,
-        &[
-            "crr",
-            "--to",
-            &to,
-            "--seconds",
-            "600",
-            "--pause-ms",
-            "20",
-            "--stop-file",
-            &stop,
-        ],
-        &format!("client-{}", what.replace(' ', "-")),
-    );
-    Client {
-        process,
-        what: what.to_owned(),
-    }
-}
-
-/// Waits for every client and asserts that none of its requests failed
-/// (and that it made at least `min_ok`, enough to tell); `during` says
-/// when, for the messages.
-fn assert_no_failures(mesh: &LocalMesh, clients: &mut [Client], min_ok: u64, during: &str) {
-    for client in clients {
-        let (_, log) = client.process.wait();
-        let report: serde_json::Value = log
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
-        let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
-        eprintln!("{}: {ok} ok, {failed} failed {during}", client.what);
-        assert!(ok > min_ok, "{}: too few requests to tell: {report}", client.what);
-        assert_eq!(
-            failed,
-            0,
-            "{}: requests failed {during}: {report}\n{}",
-            client.what,
-            mesh.logs()
-        );
-    }
-}
-
 /// Waits until `c`'s KVStoreMesh has every peer synced with at least
 /// `endpoints` endpoints mirrored.
 fn wait_synced(mesh: &LocalMesh, c: ClusterId, endpoints: usize) {
@@ -163,15 +105,9 @@ fn empty_etcd_restarts_fail_no_request() {
     let stop = stop.path().join("stop");
     let addr = |p: PodId| SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT);
     let mut clients = vec![
-        start_client(&mesh, client_a, addr(web_b), &stop, "a to b pod"),
-        start_client(&mesh, client_b, addr(web_a), &stop, "b to a pod"),
-        start_client(
-            &mesh,
-            client_a,
-            SocketAddrV4::new(vip, SERVER_PORT),
-            &stop,
-            "a to VIP",
-        ),
+        mesh.start_steady_client(client_a, addr(web_b), &stop, "a to b pod"),
+        mesh.start_steady_client(client_b, addr(web_a), &stop, "b to a pod"),
+        mesh.start_steady_client(client_a, SocketAddrV4::new(vip, SERVER_PORT), &stop, "a to VIP"),
     ];
     std::thread::sleep(Duration::from_secs(2));
 
@@ -187,7 +123,7 @@ fn empty_etcd_restarts_fail_no_request() {
     }
     std::fs::write(&stop, "").unwrap();
 
-    assert_no_failures(
+    knit_e2e::mesh::assert_no_failures(
         &mesh,
         &mut clients,
         200,
@@ -223,15 +159,9 @@ fn an_apiserver_down_longer_than_its_lease_fails_no_request() {
     let stop = stop.path().join("stop");
     let addr = |p: PodId| SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT);
     let mut clients = vec![
-        start_client(&mesh, client_b, addr(web_a), &stop, "b to a pod"),
-        start_client(&mesh, client_a, addr(web_b), &stop, "a to b pod"),
-        start_client(
-            &mesh,
-            client_b,
-            SocketAddrV4::new(vip, SERVER_PORT),
-            &stop,
-            "b to VIP",
-        ),
+        mesh.start_steady_client(client_b, addr(web_a), &stop, "b to a pod"),
+        mesh.start_steady_client(client_a, addr(web_b), &stop, "a to b pod"),
+        mesh.start_steady_client(client_b, SocketAddrV4::new(vip, SERVER_PORT), &stop, "b to VIP"),
     ];
     std::thread::sleep(Duration::from_secs(2));
 
@@ -249,7 +179,7 @@ fn an_apiserver_down_longer_than_its_lease_fails_no_request() {
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, "").unwrap();
 
-    assert_no_failures(
+    knit_e2e::mesh::assert_no_failures(
         &mesh,
         &mut clients,
         100,

@@ -155,7 +155,7 @@ pub struct IdentityRecord {
     pub labels: BTreeMap<String, String>,
 }
 
-pub use crate::wire_encryption::{NodeWireguard, WireguardKey, WireguardTunnel};
+pub use crate::wire_encryption::{NextWireguardKey, NodeWireguard, WireguardKey, WireguardTunnel};
 pub use crate::wire_policy::{Affinity, Failover};
 
 /// An affinity, `none` when a newer writer sent one this version lacks.

@@ -1,4 +1,5 @@
-//! A node's WireGuard facts on the wire: its public key and port.
+//! A node's WireGuard facts on the wire: its public key and port, the next
+//! key during a rotation, and the tunnels it reports.
 //!
 //! An agent with encryption on publishes them in its status record; the
 //! exporter copies them into the node's record, which peers mirror. A key
@@ -58,6 +59,21 @@ pub struct NodeWireguard {
     pub public_key: WireguardKey,
     /// The UDP port its WireGuard listens on (at its tunnel endpoint).
     pub port: u16,
+    /// The key the node switches to, and when: every peer switches at the
+    /// same moment, so a rotation costs no request (absent from writers
+    /// before rotation, and outside a rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextWireguardKey>,
+}
+
+/// A node's next WireGuard key, announced before the node uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextWireguardKey {
+    /// The next public key.
+    pub public_key: WireguardKey,
+    /// When the node and its peers switch to it (Unix milliseconds).
+    pub from_unix_ms: i64,
 }
 
 /// One WireGuard tunnel as the node at one end sees it.

@@ -305,6 +305,7 @@ mod tests {
         let wireguard = Some(NodeWireguard {
             public_key: key,
             port: 51871,
+            next: None,
         });
         let tunnels = [
             (

@@ -51,18 +51,39 @@ pub enum Error {
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Parses a command-line duration: `100ms`, `30s` (or `30`), `2m`.
+/// Parses a command-line duration: `100ms`, `30s` (or `30`), `2m`, `12h`,
+/// `7d`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s
         .trim()
         .split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 100ms, 30s or 2m"))?;
+        .map_err(|_| format!("{s:?} is not a duration like 100ms, 30s, 2m or 7d"))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" | "" => Ok(std::time::Duration::from_secs(n)),
         "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has an unknown unit; use ms, s or m")),
+        "h" => Ok(std::time::Duration::from_secs(n * 3600)),
+        "d" => Ok(std::time::Duration::from_secs(n * 86_400)),
+        _ => Err(format!("{s:?} has an unknown unit; use ms, s, m, h or d")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn durations_read_in_every_unit_and_a_bad_one_names_the_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("3w").unwrap_err().contains("use ms, s, m, h or d"));
     }
 }

@@ -94,7 +94,8 @@ impl NodeKey {
         hex(self.secret.as_bytes())
     }
 
-    fn write(&self, path: &Path) -> Result<()> {
+    /// Writes the key to `path` (0600), whole or not at all.
+    pub fn write(&self, path: &Path) -> Result<()> {
         let failed = |e| Error::WireguardKey {
             action: format!("write the WireGuard private key {}", path.display()),
             source: Some(e),

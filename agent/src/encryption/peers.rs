@@ -2,7 +2,10 @@
 //! every other node of every cluster whose record carries a key. The peer's
 //! endpoint is its tunnel endpoint at its WireGuard port, and its one
 //! allowed IP is its tunnel endpoint, the outer address of the VXLAN
-//! packets it sends and is sent. Pure: [`super::node::NodeEncryption`] applies it.
+//! packets it sends and is sent. A node that announced its next key is
+//! planned with that key from the moment it named on: it switches then too,
+//! so neither end waits for the other. Pure: [`super::node::NodeEncryption`]
+//! applies it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -26,11 +29,14 @@ pub struct WireguardPlan {
     /// node's, or their tunnel endpoint is another node's (each key and
     /// address belongs to one peer).
     pub conflicts: Vec<String>,
+    /// The earliest announced key switch still to come (Unix ms): the plan
+    /// changes then.
+    pub next_switch: Option<i64>,
 }
 
 /// The plan for node `own` (of the local cluster), whose public key is
-/// `own_key`, from `index`.
-pub fn plan(index: &MeshIndex, own: &str, own_key: &str) -> WireguardPlan {
+/// `own_key`, from `index`, at `now_ms` (Unix milliseconds).
+pub fn plan(index: &MeshIndex, own: &str, own_key: &str, now_ms: i64) -> WireguardPlan {
     let mut out = WireguardPlan::default();
     let local = index.local.nodes.values().filter(|n| n.name != own);
     let remote = index.peers.values().flat_map(|v| v.nodes.values());
@@ -40,7 +46,17 @@ pub fn plan(index: &MeshIndex, own: &str, own_key: &str) -> WireguardPlan {
             continue;
         };
         let route = Ipv4Net::from(endpoint);
-        let key = wg.public_key.as_str().to_owned();
+        let key = match &wg.next {
+            Some(next) if next.from_unix_ms <= now_ms => next.public_key.as_str().to_owned(),
+            Some(next) => {
+                out.next_switch = Some(
+                    out.next_switch
+                        .map_or(next.from_unix_ms, |t| t.min(next.from_unix_ms)),
+                );
+                wg.public_key.as_str().to_owned()
+            }
+            None => wg.public_key.as_str().to_owned(),
+        };
         if key == own_key || out.peers.contains_key(&key) || out.routes.contains(&route) {
             out.conflicts.push(format!("{}/{}", node.cluster, node.name));
             continue;
@@ -62,7 +78,7 @@ pub fn plan(index: &MeshIndex, own: &str, own_key: &str) -> WireguardPlan {
 
 #[cfg(test)]
 mod tests {
-    use knit_kvstore::records::{NodeRecord, NodeWireguard, WireguardKey};
+    use knit_kvstore::records::{NextWireguardKey, NodeRecord, NodeWireguard, WireguardKey};
 
     use super::*;
 
@@ -81,6 +97,7 @@ mod tests {
             wireguard: key.map(|k| NodeWireguard {
                 public_key: WireguardKey::try_from(k.to_owned()).unwrap(),
                 port: 51871,
+                next: None,
             }),
         }
     }
@@ -110,7 +127,7 @@ mod tests {
             b.insert(n.name.clone(), n);
         }
 
-        let plan = plan(&index, "a1", KEY_1);
+        let plan = plan(&index, "a1", KEY_1, 0);
         assert_eq!(
             plan.peers.keys().collect::<Vec<_>>(),
             vec![KEY_2, KEY_3],
@@ -129,5 +146,38 @@ mod tests {
         );
         // b2 claims a2's key, b3 this node's own, b4 a2's address.
         assert_eq!(plan.conflicts, vec!["b/b2", "b/b3", "b/b4"]);
+    }
+
+    #[test]
+    fn a_nodes_next_key_is_its_key_from_the_moment_it_named() {
+        let mut index = MeshIndex::new("a");
+        let mut a2 = node("a", "a2", "192.168.1.2", Some(KEY_2));
+        a2.wireguard.as_mut().unwrap().next = Some(NextWireguardKey {
+            public_key: WireguardKey::try_from(KEY_3.to_owned()).unwrap(),
+            from_unix_ms: 5_000,
+        });
+        index.local.nodes.insert("a2".into(), a2);
+        let mut b = node("b", "b1", "192.168.2.1", Some(KEY_1));
+        b.wireguard.as_mut().unwrap().next = Some(NextWireguardKey {
+            public_key: WireguardKey::try_from("BAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiM=".to_owned())
+                .unwrap(),
+            from_unix_ms: 9_000,
+        });
+        index
+            .peers
+            .entry("b".into())
+            .or_default()
+            .nodes
+            .insert("b1".into(), b);
+
+        let before = plan(&index, "a1", "own", 4_999);
+        assert_eq!(before.nodes.get(KEY_2).map(String::as_str), Some("a/a2"));
+        assert_eq!(before.next_switch, Some(5_000));
+        let at = plan(&index, "a1", "own", 5_000);
+        assert_eq!(at.nodes.get(KEY_3).map(String::as_str), Some("a/a2"));
+        assert!(!at.peers.contains_key(KEY_2));
+        assert_eq!(at.peers[KEY_3].endpoint, "192.168.1.2:51871".parse().unwrap());
+        assert_eq!(at.next_switch, Some(9_000), "b1's switch is still to come");
+        assert_eq!(plan(&index, "a1", "own", 9_000).next_switch, None);
     }
 }

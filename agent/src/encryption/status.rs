@@ -103,6 +103,15 @@ impl PlaintextCount {
     }
 }
 
+/// When a handshake was (Unix ms), from the device's value at `now_ms`.
+pub fn handshake_unix_ms(value: Duration, now_ms: i64) -> i64 {
+    if value.as_secs() >= UNIX_TIME_FLOOR {
+        value.as_millis() as i64
+    } else {
+        now_ms - value.as_millis() as i64
+    }
+}
+
 fn handshake_time(value: Duration, now: i64) -> i64 {
     let secs = value.as_secs();
     if secs >= UNIX_TIME_FLOOR {
@@ -173,6 +182,19 @@ mod tests {
             t["b/n0"],
             tunnel(false, None),
             "planned but not on the device yet"
+        );
+    }
+
+    #[test]
+    fn a_handshakes_moment_in_milliseconds_from_an_age_or_a_unix_time() {
+        let now_ms = NOW * 1000 + 500;
+        assert_eq!(
+            handshake_unix_ms(Duration::from_millis(1_250), now_ms),
+            now_ms - 1_250
+        );
+        assert_eq!(
+            handshake_unix_ms(Duration::from_millis(NOW as u64 * 1000 - 40), now_ms),
+            NOW * 1000 - 40
         );
     }
 

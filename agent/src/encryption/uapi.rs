@@ -36,6 +36,12 @@ pub fn set_interface(key: &NodeKey, listen_port: u16) -> String {
     )
 }
 
+/// Replaces the interface's private key; its sessions end and every peer
+/// makes a new handshake.
+pub fn set_private_key(key: &NodeKey) -> String {
+    format!("set=1\nprivate_key={}\n\n", key.private_hex())
+}
+
 /// Seconds between keepalives to a peer with no traffic: every tunnel
 /// keeps a fresh handshake, so its status says whether it works, not
 /// whether it was used.
@@ -198,6 +204,10 @@ mod tests {
         assert_eq!(
             set_interface(&key, 51871),
             "set=1\nprivate_key=77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a\nlisten_port=51871\n\n"
+        );
+        assert_eq!(
+            set_private_key(&key),
+            "set=1\nprivate_key=77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a\n\n"
         );
         assert_eq!(
             set_peer(&peer(KEY_A, "10.1.0.2:51871", &["10.1.0.2/32", "fd00::2/128"])).expect("key"),

@@ -350,6 +350,7 @@ mod tests {
                 .try_into()
                 .unwrap(),
             port: 51871,
+            next: None,
         };
         keys_tx
             .send(NodeWireguards::from([("a-n1".to_owned(), reported.clone())]))

@@ -90,6 +90,7 @@ mod tests {
             wireguard: key.map(|k| NodeWireguard {
                 public_key: WireguardKey::try_from(k.to_owned()).expect("key"),
                 port: 51871,
+                next: None,
             }),
             wireguard_tunnels: BTreeMap::new(),
         };

@@ -37,7 +37,7 @@ use crate::cluster::{NETNS_ETCD_PORT, TestCluster, full_mesh};
 use crate::cni::CniRuntime;
 use crate::netns::{self, BpffsRoot, CgroupRoot, Netns, sh};
 use crate::process::{Placement, TempDir};
-pub use probes::Hits;
+pub use probes::{Hits, SteadyClient, assert_no_failures};
 pub use topology::{Binaries, ClusterId, MeshCluster, MeshNode, MeshOptions, NodeId, Pod, PodId};
 use topology::{attach_underlay, underlay_ip};
 pub use workloads::GlobalService;

@@ -81,6 +81,38 @@ impl LocalMesh {
         )
     }
 
+    /// Starts a steady TCP client in pod `from`: connect, request, answer,
+    /// close, every 20 ms, until the file `stop` appears. Read its count
+    /// with [`assert_no_failures`].
+    pub fn start_steady_client(
+        &self,
+        from: PodId,
+        to: SocketAddrV4,
+        stop: &std::path::Path,
+        what: &str,
+    ) -> SteadyClient {
+        let (to, stop) = (to.to_string(), stop.to_string_lossy().into_owned());
+        let process = self.probe_background(
+            from,
+            &[
+                "crr",
+                "--to",
+                &to,
+                "--seconds",
+                "600",
+                "--pause-ms",
+                "20",
+                "--stop-file",
+                &stop,
+            ],
+            &format!("client-{}", what.replace(' ', "-")),
+        );
+        SteadyClient {
+            process,
+            what: what.to_owned(),
+        }
+    }
+
     /// `count` requests from pod `p` to `to:8080`, each on a new socket.
     pub fn hits(&self, p: PodId, to: Ipv4Addr, count: usize, udp: bool) -> Hits {
         self.hits_to(p, SocketAddrV4::new(to, SERVER_PORT), count, udp)
@@ -220,4 +252,43 @@ impl LocalMesh {
             },
         )
     }
+}
+
+/// A steady client started by [`LocalMesh::start_steady_client`].
+pub struct SteadyClient {
+    process: ChildProcess,
+    what: String,
+}
+
+/// Waits for every client (after their stop file was written) and asserts
+/// that none of their requests failed, and that each made more than
+/// `min_ok`, enough to tell; `during` says when, for the messages. Returns
+/// the requests that succeeded, per client.
+pub fn assert_no_failures(
+    mesh: &LocalMesh,
+    clients: &mut [SteadyClient],
+    min_ok: u64,
+    during: &str,
+) -> Vec<u64> {
+    let mut oks = Vec::new();
+    for client in clients {
+        let (_, log) = client.process.wait();
+        let report: serde_json::Value = log
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{}: no report in {log:?}", client.what));
+        let (ok, failed) = (report["ok"].as_u64().unwrap(), report["failed"].as_u64().unwrap());
+        eprintln!("{}: {ok} ok, {failed} failed {during}", client.what);
+        assert!(ok > min_ok, "{}: too few requests to tell: {report}", client.what);
+        assert_eq!(
+            failed,
+            0,
+            "{}: requests failed {during}: {report}\n{}",
+            client.what,
+            mesh.logs()
+        );
+        oks.push(ok);
+    }
+    oks
 }
