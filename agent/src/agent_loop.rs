@@ -469,7 +469,12 @@ impl<S: Source> AgentLoop<S> {
             *t = targets;
             changed
         });
-        let peers = crate::peer_report::views(&self.index, &options.failing, self.settings.tunnel_port);
+        let peers = crate::peer_report::views(
+            &self.index,
+            &options.failing,
+            self.settings.tunnel_port,
+            self.encryption.is_some(),
+        );
         self.outputs.report.send_if_modified(|r| {
             let changed = r.peers != peers;
             r.peers = peers;

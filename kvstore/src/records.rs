@@ -273,6 +273,10 @@ pub struct AgentPeerView {
     /// peer is then unreachable; its ClusterMeshPeer says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_port_mismatch: Option<u16>,
+    /// The peer's encryption (`wireguard` or `none`, from its nodes' keys),
+    /// when it differs from this node's (its ClusterMeshPeer says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_mismatch: Option<String>,
 }
 
 /// What a cluster's `ServiceExport` says of its Service, for KEP-1645:

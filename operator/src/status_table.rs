@@ -232,6 +232,7 @@ mod tests {
                         connected: true,
                         problem: None,
                         tunnel_port_mismatch: None,
+                        encryption_mismatch: None,
                     },
                 )]
                 .into(),
@@ -249,6 +250,7 @@ mod tests {
                         connected: false,
                         problem: Some("none of its 2 nodes answers".into()),
                         tunnel_port_mismatch: None,
+                        encryption_mismatch: None,
                     },
                 )]
                 .into(),

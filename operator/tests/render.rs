@@ -356,6 +356,7 @@ fn the_apiservers_report_fills_counts_and_readiness() {
         last_sync: Some(t0()),
         last_error: None,
         tunnel_port_mismatch: None,
+        encryption_mismatch: None,
     });
     let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
     let status = &plan.peer_statuses["b"];
@@ -622,6 +623,35 @@ fn a_peer_on_another_tunnel_port_is_not_connected_and_says_which_port() {
     );
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.reason, "TunnelPortMismatch");
+}
+
+#[test]
+fn a_peer_whose_nodes_encrypt_otherwise_is_not_connected_and_says_so() {
+    let config = config_a();
+    let mut b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
+    b.sync = Some(PeerSyncReport {
+        connected: true,
+        synced: true,
+        agents: Some((0, 2)),
+        encryption_mismatch: Some("none".into()),
+        ..Default::default()
+    });
+    let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
+    let status = &plan.peer_statuses["b"];
+    let connected = status.conditions.iter().find(|c| c.type_ == "Connected").unwrap();
+    assert_eq!(
+        (connected.status.as_str(), connected.reason.as_str()),
+        ("False", "EncryptionMismatch")
+    );
+    assert!(
+        connected
+            .message
+            .contains("encryption is none and this cluster's agents' is wireguard"),
+        "{}",
+        connected.message
+    );
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "EncryptionMismatch");
 }
 
 /// The mesh apiserver survives drains and pressure: it has a disruption

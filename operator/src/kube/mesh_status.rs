@@ -120,6 +120,9 @@ impl Reports {
         report.tunnel_port_mismatch = agents
             .iter()
             .find_map(|a| a.peers.get(peer)?.tunnel_port_mismatch);
+        report.encryption_mismatch = agents
+            .iter()
+            .find_map(|a| a.peers.get(peer)?.encryption_mismatch.clone());
         if reaching.total > 0 {
             report.agents = Some((reaching.connected, reaching.total));
             report.nodes_not_connected = reaching
@@ -171,6 +174,7 @@ mod tests {
                     connected,
                     problem: (!connected).then(|| "none of its 1 nodes answers".into()),
                     tunnel_port_mismatch: None,
+                    encryption_mismatch: None,
                 },
             );
         }
@@ -227,5 +231,17 @@ mod tests {
             "connected": false, "problem": "its tunnel is on UDP 8473", "tunnelPortMismatch": 8473}}});
         assert!(reports.apply("knit/v1/agent-status/n5", Some(other_port.to_string().as_bytes())));
         assert_eq!(reports.sync_report("b").unwrap().tunnel_port_mismatch, Some(8473));
+        // An agent that finds the peer's nodes unencrypted while it encrypts.
+        assert_eq!(reports.sync_report("b").unwrap().encryption_mismatch, None);
+        let plaintext_peer = serde_json::json!({"node": "n6", "peers": {"b": {
+            "connected": false, "problem": "its nodes' encryption is none", "encryptionMismatch": "none"}}});
+        assert!(reports.apply(
+            "knit/v1/agent-status/n6",
+            Some(plaintext_peer.to_string().as_bytes())
+        ));
+        assert_eq!(
+            reports.sync_report("b").unwrap().encryption_mismatch.as_deref(),
+            Some("none")
+        );
     }
 }

@@ -86,6 +86,9 @@ pub struct PeerSyncReport {
     pub nodes_not_connected: Vec<String>,
     /// The peer's tunnel port, when agents report it differs from theirs.
     pub tunnel_port_mismatch: Option<u16>,
+    /// The peer's encryption (`wireguard` or `none`), when agents report
+    /// it differs from theirs.
+    pub encryption_mismatch: Option<String>,
     /// Last completed sync.
     pub last_sync: Option<Timestamp>,
     /// Last problem, in words.
@@ -101,6 +104,7 @@ impl From<&PeerStatusRecord> for PeerSyncReport {
             agents: None,
             nodes_not_connected: Vec::new(),
             tunnel_port_mismatch: None,
+            encryption_mismatch: None,
             nodes: count(Kind::Nodes),
             endpoints: count(Kind::Endpoints),
             services: count(Kind::Services),
@@ -482,6 +486,16 @@ fn sync_conditions(sync: Option<&PeerSyncReport>) -> (Desired, Desired) {
             "TunnelPortMismatch",
             format!(
                 "the peer's tunnel is on UDP {port} and this cluster's agents use another port; set the same tunnelPort (ConfigMap knit-agent-config) in every cluster of the mesh"
+            ),
+        )
+    } else if let Some(theirs) = &s.encryption_mismatch {
+        let ours = if theirs == "none" { "wireguard" } else { "none" };
+        Desired::new(
+            "Connected",
+            "False",
+            "EncryptionMismatch",
+            format!(
+                "the peer's nodes' encryption is {theirs} and this cluster's agents' is {ours}: its pod traffic is dropped (encryptionStrict) or crosses in plaintext; set the same encryption (ConfigMap knit-agent-config) in every cluster of the mesh"
             ),
         )
     } else if s.connected {
