@@ -149,6 +149,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } knit_encryption SEC(".maps");
 
+/* Tunnel endpoints (network order) of the nodes with a WireGuard key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WIREGUARD_NODES_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_wireguard_nodes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DROP_REASONS);
@@ -600,15 +609,19 @@ static __always_inline __u32 outer_source(struct __sk_buff *skb)
 
 /* With encryption on, whether the packet came through WireGuard: only
  * then is its outer source authenticated (WireGuard admits from a peer
- * only its allowed IP, the peer node's tunnel endpoint). */
-static __always_inline int decrypted_or_not_required(const struct __sk_buff *skb)
+ * only its allowed IP, the peer node's tunnel endpoint). Outside strict
+ * mode a sender without a key may send plaintext; one with a key may not. */
+static __always_inline int decrypted_or_not_required(const struct __sk_buff *skb, __u32 sender)
 {
 	__u32 zero = 0;
 	struct encryption_config *cfg = bpf_map_lookup_elem(&knit_encryption, &zero);
 
-	if (!cfg || !cfg->require_decrypted)
+	if (!cfg || cfg->require_decrypted == REQUIRE_DECRYPTED_NEVER)
 		return 1;
-	return (skb->mark & MARK_DECRYPTED_MASK) == MARK_DECRYPTED;
+	if ((skb->mark & MARK_DECRYPTED_MASK) == MARK_DECRYPTED)
+		return 1;
+	return cfg->require_decrypted == REQUIRE_DECRYPTED_FROM_KEYED &&
+	       !bpf_map_lookup_elem(&knit_wireguard_nodes, &sender);
 }
 
 /* A packet from the tunnel counts only as coming from where the ipcache
@@ -623,8 +636,9 @@ SEC("classifier")
 int from_tunnel(struct __sk_buff *skb)
 {
 	struct flow f;
+	__u32 sender = outer_source(skb);
 
-	if (!decrypted_or_not_required(skb))
+	if (!decrypted_or_not_required(skb, sender))
 		return drop(DROP_FORGED_TUNNEL_SOURCE);
 	int parsed = parse(skb, &f);
 
@@ -637,7 +651,7 @@ int from_tunnel(struct __sk_buff *skb)
 		return drop(DROP_NO_ROUTE);
 	struct ipcache_key k = {.prefixlen = 32, .addr = f.saddr};
 	struct ipcache_value *src = bpf_map_lookup_elem(&knit_ipcache, &k);
-	if (!src || !src->tunnel_endpoint || src->tunnel_endpoint != outer_source(skb))
+	if (!src || !src->tunnel_endpoint || src->tunnel_endpoint != sender)
 		return drop(DROP_FORGED_TUNNEL_SOURCE);
 	__u32 identity = src->identity;
 	ct_new_flow(&f);

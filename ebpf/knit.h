@@ -178,9 +178,16 @@ struct node_config {
 	__u32 policy_generation;
 };
 
-/* Encryption between nodes (knit_encryption, one entry). With
- * require_decrypted set, from_tunnel takes only packets that came through
- * the WireGuard interface, where from_wireguard marked them. */
+/* Encryption between nodes (knit_encryption, one entry). from_tunnel takes
+ * only packets that came through the WireGuard interface, where
+ * from_wireguard marked them: from every sender (strict), or from the
+ * senders in knit_wireguard_nodes (nodes with a key: a node without one,
+ * mid-rollout, still sends plaintext). */
+#define REQUIRE_DECRYPTED_NEVER 0
+#define REQUIRE_DECRYPTED_ALWAYS 1
+#define REQUIRE_DECRYPTED_FROM_KEYED 2
+#define WIREGUARD_NODES_ENTRIES 65536
+
 struct encryption_config {
 	__u32 require_decrypted;
 };

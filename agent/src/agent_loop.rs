@@ -362,6 +362,11 @@ impl<S: Source> AgentLoop<S> {
             .await
         {
             Ok(plan) => {
+                let keyed = plan.routes.iter().map(|r| r.addr()).collect();
+                if let Err(e) = self.datapath.set_wireguard_nodes(&keyed) {
+                    tracing::warn!(error = %knit_telemetry::error_chain(&e), "the nodes with a WireGuard key are not in the datapath; retrying");
+                    return false;
+                }
                 self.wireguard_due = false;
                 self.metrics.wireguard_peers.set(plan.peers.len() as i64);
                 for node in &plan.conflicts {

@@ -119,7 +119,10 @@ pub async fn run<S: Source>(
         }
         None => None,
     };
-    datapath.require_decrypted_tunnel(settings.encryption.as_ref().map(|e| e.interface.as_str()))?;
+    datapath.require_decrypted_tunnel(
+        settings.encryption.as_ref().map(|e| e.interface.as_str()),
+        settings.encryption.as_ref().is_some_and(|e| e.strict),
+    )?;
     let (report_tx, report_rx) = tokio::sync::watch::channel(AgentStatusRecord {
         node: settings.node.clone(),
         peers: Default::default(),

@@ -409,7 +409,7 @@ fn with_encryption_from_tunnel_takes_only_what_wireguard_decrypted() {
         p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, 0).0,
         TC_ACT_REDIRECT
     );
-    p.require_decrypted(true);
+    p.require_decrypted(REQUIRE_DECRYPTED_ALWAYS);
     // With it, the same packet, as a host on the underlay forging the
     // node's address sends it, is dropped; marked by WireGuard, it passes.
     for mark in [0, 0x0100, MARK_DECRYPTED_MASK] {
@@ -432,8 +432,36 @@ fn with_encryption_from_tunnel_takes_only_what_wireguard_decrypted() {
         TC_ACT_SHOT
     );
     assert_eq!(p.drops(DropReason::ForgedTunnelSource), 4);
+    // Outside strict mode only a node with a key must send decrypted: one
+    // without (mid-rollout) still sends plaintext.
+    p.require_decrypted(REQUIRE_DECRYPTED_FROM_KEYED);
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, 0).0,
+        TC_ACT_REDIRECT,
+        "a node without a key"
+    );
+    p.wireguard_node(REMOTE_NODE, true);
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, 0).0,
+        TC_ACT_SHOT,
+        "a node with a key, forged"
+    );
+    assert_eq!(p.drops(DropReason::ForgedTunnelSource), 5);
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, MARK_DECRYPTED)
+            .0,
+        TC_ACT_REDIRECT,
+        "a node with a key, decrypted"
+    );
+    p.wireguard_node(REMOTE_NODE, false);
+    assert_eq!(
+        p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, 0).0,
+        TC_ACT_REDIRECT,
+        "its key withdrawn"
+    );
     // Encryption turned off again takes unmarked packets.
-    p.require_decrypted(false);
+    p.require_decrypted(REQUIRE_DECRYPTED_NEVER);
+    p.wireguard_node(REMOTE_NODE, true);
     assert_eq!(
         p.run_marked(PROG_FROM_TUNNEL, &syn, 0, REMOTE_NODE, 0).0,
         TC_ACT_REDIRECT

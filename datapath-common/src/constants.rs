@@ -24,6 +24,18 @@ pub const MAP_STACK_FLOWS: &str = "knit_stack_flows";
 pub const MAP_CONFIG: &str = "knit_config";
 /// Array of one [`crate::EncryptionConfig`].
 pub const MAP_ENCRYPTION: &str = "knit_encryption";
+/// Hash of the tunnel endpoints (wire order) of the nodes with a WireGuard
+/// key: outside strict mode, only their packets must come decrypted.
+pub const MAP_WIREGUARD_NODES: &str = "knit_wireguard_nodes";
+/// `WIREGUARD_NODES_ENTRIES`: what [`MAP_WIREGUARD_NODES`] holds at most.
+pub const WIREGUARD_NODES_ENTRIES: u32 = 65536;
+/// `REQUIRE_DECRYPTED_NEVER`: `from_tunnel` takes plaintext (no encryption).
+pub const REQUIRE_DECRYPTED_NEVER: u32 = 0;
+/// `REQUIRE_DECRYPTED_ALWAYS`: only what WireGuard decrypted (strict).
+pub const REQUIRE_DECRYPTED_ALWAYS: u32 = 1;
+/// `REQUIRE_DECRYPTED_FROM_KEYED`: decrypted from every node in
+/// [`MAP_WIREGUARD_NODES`], plaintext from the others.
+pub const REQUIRE_DECRYPTED_FROM_KEYED: u32 = 2;
 /// Array of `u64` drop counters indexed by [`DropReason`].
 pub const MAP_DROPS: &str = "knit_drops";
 
@@ -191,6 +203,10 @@ mod tests {
             ("DROP_REASONS", DROP_REASON_SLOTS),
             ("MARK_DECRYPTED_MASK", MARK_DECRYPTED_MASK),
             ("MARK_DECRYPTED", MARK_DECRYPTED),
+            ("REQUIRE_DECRYPTED_NEVER", REQUIRE_DECRYPTED_NEVER),
+            ("REQUIRE_DECRYPTED_ALWAYS", REQUIRE_DECRYPTED_ALWAYS),
+            ("REQUIRE_DECRYPTED_FROM_KEYED", REQUIRE_DECRYPTED_FROM_KEYED),
+            ("WIREGUARD_NODES_ENTRIES", WIREGUARD_NODES_ENTRIES),
         ]);
         for (reason, c_name) in DropReason::ALL.into_iter().zip([
             "DROP_POLICY",

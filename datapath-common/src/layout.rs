@@ -224,7 +224,9 @@ pub struct NodeConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EncryptionConfig {
-    /// 1: `from_tunnel` takes only what WireGuard decrypted.
+    /// What `from_tunnel` takes only decrypted: nothing
+    /// ([`crate::REQUIRE_DECRYPTED_NEVER`]), everything (`_ALWAYS`), or the
+    /// packets of nodes with a key (`_FROM_KEYED`).
     pub require_decrypted: u32,
 }
 

@@ -372,3 +372,47 @@ fn rotating_node_keys_under_steady_traffic_fails_no_request() {
         assert_eq!(hits.total(), 20, "after the rotation: {hits:?}");
     }
 }
+
+/// Cluster b runs without encryption while a encrypts (not strict): pods
+/// still reach each other both ways, in plaintext; every agent on each
+/// side reports the other's encryption as a mismatch (the ClusterMeshPeer
+/// condition's source), and a's nodes count the plaintext they send.
+#[test]
+fn a_peer_cluster_without_encryption_is_reported_and_its_plaintext_counted() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        encrypted: true,
+        plaintext_clusters: vec![B],
+        ..MeshOptions::default()
+    });
+    let a_pod = mesh.add_pod(A.node(0), "shop", "a-pod", &[("app", "web")]);
+    let b_pod = mesh.add_pod(B.node(0), "shop", "b-pod", &[("app", "web")]);
+    for (from, to, name) in [
+        (a_pod, b_pod, format!("{}/b-pod", B.name())),
+        (b_pod, a_pod, format!("{}/a-pod", A.name())),
+    ] {
+        mesh.wait_for_hits("across the mixed mesh", from, mesh.pod(to).ip, false, |h| {
+            h.names.get(&name) == Some(&40)
+        });
+    }
+    mesh.wait_until(
+        "every agent to report the mismatch",
+        Duration::from_secs(30),
+        || {
+            let side = |c: ClusterId, peer: ClusterId, theirs: &str| {
+                mesh.status_report(c).is_some_and(|r| {
+                    r.nodes.len() == 2
+                        && r.nodes.iter().all(|n| {
+                            n.peers.get(&peer.name()).is_some_and(|v| {
+                                v.encryption_mismatch.as_deref() == Some(theirs) && !v.connected
+                            })
+                        })
+                })
+            };
+            side(A, B, "none") && side(B, A, "wireguard")
+        },
+    );
+    let plaintext = "knit_agent_encryption_plaintext_packets_total";
+    mesh.wait_until("a-n0 to count its plaintext", Duration::from_secs(10), || {
+        mesh.agent_metric(A.node(0), plaintext) >= 40
+    });
+}

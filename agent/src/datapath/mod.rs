@@ -16,7 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use aya::programs::TcAttachType;
-use knit_datapath_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD};
+use knit_datapath_common::{
+    PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD, REQUIRE_DECRYPTED_ALWAYS,
+    REQUIRE_DECRYPTED_FROM_KEYED, REQUIRE_DECRYPTED_NEVER,
+};
 use loader::Loaded;
 use patch::{ServiceIds, StatePatch, patch_entries};
 use state::{DatapathState, Link, Unplaced, to_map_contents};
@@ -131,11 +134,12 @@ impl Datapath {
     }
 
     /// With `Some(interface)` (encryption on), marks what the WireGuard
-    /// `interface` decrypted and has the tunnel program take nothing else;
-    /// with `None`, takes every sender the ipcache places again. The
-    /// program goes on before the requirement, so no decrypted packet is
-    /// dropped in between.
-    pub fn require_decrypted_tunnel(&mut self, wireguard: Option<&str>) -> Result<()> {
+    /// `interface` decrypted and has the tunnel program take nothing else:
+    /// from any sender when `strict`, else from the nodes with a key
+    /// ([`Self::set_wireguard_nodes`]). With `None`, takes every sender the
+    /// ipcache places again. The program goes on before the requirement,
+    /// so no decrypted packet is dropped in between.
+    pub fn require_decrypted_tunnel(&mut self, wireguard: Option<&str>, strict: bool) -> Result<()> {
         match wireguard {
             Some(interface) => {
                 self.loaded.attach_tc(
@@ -144,13 +148,27 @@ impl Datapath {
                     TcAttachType::Ingress,
                     WIREGUARD_LINK,
                 )?;
-                self.writer.set_require_decrypted(true)
+                self.writer.set_require_decrypted(if strict {
+                    REQUIRE_DECRYPTED_ALWAYS
+                } else {
+                    REQUIRE_DECRYPTED_FROM_KEYED
+                })
             }
             None => {
-                self.writer.set_require_decrypted(false)?;
+                self.writer.set_require_decrypted(REQUIRE_DECRYPTED_NEVER)?;
+                self.writer.set_wireguard_nodes(&Default::default())?;
                 self.loaded.detach(WIREGUARD_LINK)
             }
         }
+    }
+
+    /// The nodes (tunnel endpoints) with a WireGuard key: outside strict
+    /// mode, the tunnel program takes their packets only decrypted.
+    pub fn set_wireguard_nodes(
+        &mut self,
+        nodes: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+    ) -> Result<()> {
+        self.writer.set_wireguard_nodes(nodes)
     }
 
     /// Writes what a partial render changed (routes and frontends only;

@@ -10,8 +10,9 @@
 //! changed the policy maps it bumps the policy generation in the node
 //! config, so the programs check every remembered verdict again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
+use std::net::Ipv4Addr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
@@ -22,8 +23,8 @@ use crate::{Error, Result};
 use knit_datapath_common::{
     BackendKey, BackendValue, CT_GENERATION_BITS, CtKey, CtValue, DropReason, EncryptionConfig,
     EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_CONFIG, MAP_CT, MAP_DROPS, MAP_ENCRYPTION, MAP_ENDPOINTS,
-    MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, NodeConfig, PolicyCidrKey, PolicyKey, ServiceKey,
-    ServiceValue,
+    MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, MAP_WIREGUARD_NODES, NodeConfig, PolicyCidrKey,
+    PolicyKey, ServiceKey, ServiceValue, addr_be,
 };
 
 /// The agent's handle on the datapath maps.
@@ -37,6 +38,9 @@ pub struct MapWriter {
     config: Array<MapData, NodeConfig>,
     node_config: NodeConfig,
     encryption: Array<MapData, EncryptionConfig>,
+    wireguard_nodes: BpfHashMap<MapData, u32, u32>,
+    /// What `wireguard_nodes` holds (wire-order addresses).
+    keyed_nodes: BTreeSet<u32>,
     drops: Array<MapData, u64>,
     conntrack: BpfHashMap<MapData, CtKey, CtValue>,
     current: MapContents,
@@ -74,6 +78,8 @@ impl MapWriter {
             config: take(loaded, MAP_CONFIG)?,
             node_config: NodeConfig::default(),
             encryption: take(loaded, MAP_ENCRYPTION)?,
+            wireguard_nodes: take(loaded, MAP_WIREGUARD_NODES)?,
+            keyed_nodes: BTreeSet::new(),
             drops: take(loaded, MAP_DROPS)?,
             conntrack: take(loaded, MAP_CT)?,
             current: MapContents::default(),
@@ -88,6 +94,10 @@ impl MapWriter {
         for entry in w.policy_cidr.iter() {
             let (k, v) = entry.map_err(|e| Error::map(MAP_POLICY_CIDR, e))?;
             w.current.policy_cidr.insert((k.prefix_len(), k.data()), v);
+        }
+        for key in w.wireguard_nodes.keys() {
+            w.keyed_nodes
+                .insert(key.map_err(|e| Error::map(MAP_WIREGUARD_NODES, e))?);
         }
         w.current.endpoints = read(&w.endpoints, MAP_ENDPOINTS)?;
         w.current.policy = read(&w.policy, MAP_POLICY)?;
@@ -109,14 +119,30 @@ impl MapWriter {
             .map_err(|e| Error::map(MAP_CONFIG, e))
     }
 
-    /// Whether `from_tunnel` takes only what WireGuard decrypted.
-    pub fn set_require_decrypted(&mut self, required: bool) -> Result<()> {
-        let config = EncryptionConfig {
-            require_decrypted: u32::from(required),
-        };
+    /// What `from_tunnel` takes only decrypted (`REQUIRE_DECRYPTED_*`).
+    pub fn set_require_decrypted(&mut self, require_decrypted: u32) -> Result<()> {
+        let config = EncryptionConfig { require_decrypted };
         self.encryption
             .set(0, config, 0)
             .map_err(|e| Error::map(MAP_ENCRYPTION, e))
+    }
+
+    /// Puts the nodes with a WireGuard key (their tunnel endpoints) in
+    /// the map, adding before removing.
+    pub fn set_wireguard_nodes(&mut self, nodes: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        let wanted: BTreeSet<u32> = nodes.iter().map(|ip| addr_be(*ip)).collect();
+        for addr in wanted.difference(&self.keyed_nodes) {
+            self.wireguard_nodes
+                .insert(addr, 1, 0)
+                .map_err(|e| Error::map(MAP_WIREGUARD_NODES, e))?;
+        }
+        for addr in self.keyed_nodes.difference(&wanted) {
+            self.wireguard_nodes
+                .remove(addr)
+                .map_err(|e| Error::map(MAP_WIREGUARD_NODES, e))?;
+        }
+        self.keyed_nodes = wanted;
+        Ok(())
     }
 
     /// The generation of the policy maps (bumped after every change).

@@ -183,14 +183,24 @@ impl Programs {
         self.update_config(|c| c.policy_generation += 1);
     }
 
-    /// What the agent does with encryption on (or off).
-    pub fn require_decrypted(&mut self, required: bool) {
+    /// What the agent does with encryption on (or off): what `from_tunnel`
+    /// takes only decrypted (`REQUIRE_DECRYPTED_*`).
+    pub fn require_decrypted(&mut self, require_decrypted: u32) {
         let mut map: Array<&mut MapData, EncryptionConfig> =
             Array::try_from(self.ebpf.map_mut(MAP_ENCRYPTION).unwrap()).unwrap();
-        let config = EncryptionConfig {
-            require_decrypted: u32::from(required),
-        };
-        map.set(0, config, 0).unwrap();
+        map.set(0, EncryptionConfig { require_decrypted }, 0).unwrap();
+    }
+
+    /// Node `tunnel_endpoint` has a WireGuard key (or not).
+    pub fn wireguard_node(&mut self, tunnel_endpoint: Ipv4Addr, keyed: bool) {
+        let mut map: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_WIREGUARD_NODES).unwrap()).unwrap();
+        let key = addr_be(tunnel_endpoint);
+        if keyed {
+            map.insert(key, 1, 0).unwrap();
+        } else {
+            map.remove(&key).unwrap();
+        }
     }
 
     fn update_config(&mut self, change: impl FnOnce(&mut NodeConfig)) {

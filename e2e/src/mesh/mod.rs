@@ -336,7 +336,7 @@ impl LocalMesh {
             "--direct-node-routes=always".into(),
             "--metrics-addr=127.0.0.1:9964".into(),
         ];
-        if self.options.encrypted {
+        if self.options.encrypted && !self.options.plaintext_clusters.contains(&n.cluster) {
             args.push("--encryption=wireguard".into());
         }
         args.extend(self.options.agent_args.iter().cloned());

@@ -137,6 +137,9 @@ pub struct MeshOptions {
     /// Agents encrypt with WireGuard (`--encryption=wireguard`), and pods
     /// get 60 bytes less MTU for it, as install-cni gives them.
     pub encrypted: bool,
+    /// Clusters whose agents run without encryption even when `encrypted`
+    /// (a mixed mesh).
+    pub plaintext_clusters: Vec<ClusterId>,
 }
 
 impl MeshOptions {
@@ -162,6 +165,7 @@ impl Default for MeshOptions {
             lease_ttl_secs: 10,
             underlay_mtu: 1500,
             encrypted: false,
+            plaintext_clusters: Vec::new(),
         }
     }
 }
