@@ -14,7 +14,9 @@
 #   - the agent's kernel-facing unit tests (feature probes, tc attach mode),
 #   - e2e/tests/datapath.rs: two clusters of two nodes in network namespaces,
 #     pod to pod over the tunnel, a global Service VIP, affinity, an agent
-#     restart, and NetworkPolicy by cluster, with tc attached as `auto` picks.
+#     restart, and NetworkPolicy by cluster, with tc attached as `auto` picks;
+#     and an encrypted mesh on the kernel's own WireGuard (this machine's
+#     kernel has none, so only here does the kernel path run).
 # The VM has no network card (-nic none): every packet stays inside the
 # namespaces its tests make inside the VM. Nothing is downloaded but Debian
 # packages (the kernel, with apt-get download, cached in target/kernels).
@@ -155,11 +157,16 @@ mount -t devtmpfs dev /dev
 # writable): a tmpfs over them would hide a workspace cloned under /tmp.
 mount -t bpf bpf /sys/fs/bpf
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
-for m in veth vxlan cls_bpf sch_ingress nf_tables nft_chain_nat nft_compat xt_MASQUERADE xt_comment xt_addrtype xt_conntrack xt_mark xt_nat bridge; do
+for m in veth vxlan cls_bpf sch_ingress nf_tables nft_chain_nat nft_compat xt_MASQUERADE xt_comment xt_addrtype xt_conntrack xt_mark xt_nat bridge wireguard; do
   /sbin/modprobe \$m || echo "knit-vm: modprobe \$m failed"
 done
 /usr/sbin/ip link set lo up
 echo "knit-vm: kernel \$(cat /proc/sys/kernel/osrelease), $accel"
+# Debian's kernels have WireGuard: the encryption test must take that path.
+if [ -d /sys/module/wireguard ]; then
+  echo "knit-vm: WireGuard in the kernel"
+  export KNIT_EXPECT_KERNEL_WIREGUARD=1
+fi
 rc=0
 run() { echo "knit-vm: RUN \$*"; "\$@" || { echo "knit-vm: FAILED \$*"; rc=1; }; }
 cd /tmp
@@ -167,7 +174,7 @@ $bpf_note
 run $BPF_TESTS --test-threads=1 $bpf_skip
 run $CT_TESTS --test-threads=1
 run $AGENT_TESTS --test-threads=1 datapath::tc:: datapath::features::
-run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc}
+run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc encryption_takes_the_kernels_wireguard_where_there_is_one}
 echo "knit-vm: RESULT \$rc"
 poweroff -f
 EOF
@@ -233,7 +240,9 @@ for entry in $kernels; do
     </dev/null >"$log" 2>&1 || true
   grep -E '^knit-vm: |^test result:|^test .* FAILED|panicked' "$log" | sed "s/^/[$version] /" || true
   if grep -q '^knit-vm: RESULT 0' "$log"; then
-    summary+=("$version (Debian $suite, $accel, tc attach: netlink): bpf program tests, kernel probes, two-cluster datapath: passed")
+    wg=""
+    grep -q '^knit-vm: WireGuard in the kernel' "$log" && wg=", encryption on the kernel's WireGuard"
+    summary+=("$version (Debian $suite, $accel, tc attach: netlink): bpf program tests, kernel probes, two-cluster datapath$wg: passed")
   else
     failed+=("$version")
     summary+=("$version ($accel): FAILED, see $log")

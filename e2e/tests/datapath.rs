@@ -245,3 +245,66 @@ fn network_policy_selects_peers_by_cluster() {
         h.total() == 40
     });
 }
+
+/// Whether this kernel makes WireGuard interfaces (tried in a namespace of
+/// the test's own).
+fn kernel_has_wireguard() -> bool {
+    let scratch = knit_e2e::netns::Netns::new("wgprobe");
+    std::process::Command::new("ip")
+        .args([
+            "-n",
+            scratch.name(),
+            "link",
+            "add",
+            "wgprobe",
+            "type",
+            "wireguard",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// With encryption on, the agent takes the kernel's WireGuard where the
+/// kernel has one (Debian's 6.1 and 5.10 under `make test-kernels`) and
+/// boringtun on TUN where it has none (this machine's): pods reach each
+/// other across nodes and clusters, and every tunnel of a node handshakes,
+/// on either path.
+#[test]
+fn encryption_takes_the_kernels_wireguard_where_there_is_one() {
+    let kernel = kernel_has_wireguard();
+    // Set by `make test-kernels` in VMs whose kernel has WireGuard.
+    if std::env::var_os("KNIT_EXPECT_KERNEL_WIREGUARD").is_some() {
+        assert!(kernel, "this kernel was to have WireGuard");
+    }
+    let mut mesh = LocalMesh::start(MeshOptions {
+        encrypted: true,
+        ..MeshOptions::default()
+    });
+    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
+    let near = mesh.add_pod(A.node(1), "shop", "near", &[("app", "web")]);
+    let far = mesh.add_pod(B.node(0), "shop", "far", &[("app", "web")]);
+    for (to, cluster) in [(near, A), (far, B)] {
+        let name = format!("{}/{}", cluster.name(), mesh.pod(to).name);
+        mesh.wait_for_hits("encrypted", client, mesh.pod(to).ip, false, |h| {
+            h.names.get(&name) == Some(&40)
+        });
+    }
+    let link = mesh.node(A.node(0)).netns.ip(&["-d", "link", "show", "knit_wg"]);
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    assert_eq!(
+        link.contains("wireguard"),
+        kernel,
+        "kernel WireGuard {}: {link}",
+        if kernel { "present" } else { "absent" }
+    );
+    assert_eq!(link.contains("tun"), !kernel, "{link}");
+    mesh.wait_until("a-n0's 3 tunnels to handshake", Duration::from_secs(60), || {
+        mesh.status_report(A).is_some_and(|r| {
+            r.nodes.iter().any(|n| {
+                n.node == mesh.node(A.node(0)).name
+                    && n.wireguard_tunnels.len() == 3
+                    && n.wireguard_tunnels.values().all(|t| t.up)
+            })
+        })
+    });
+}

@@ -1,5 +1,7 @@
-//! A userspace WireGuard interface: boringtun on a TUN device, for nodes
-//! whose kernel has no WireGuard (Cilium falls back the same way).
+//! The node's WireGuard interface ([`WireguardDevice`]): the kernel's where
+//! it has WireGuard ([`super::kernel`]), else a userspace one, boringtun on
+//! a TUN device (Cilium falls back the same way, to wireguard-go). Both
+//! take the same transactions ([`super::uapi`]).
 //!
 //! The device is made in the calling thread's network namespace, and its
 //! worker threads stay there. It is configured over a socket pair, one end
@@ -119,4 +121,39 @@ fn redact(transaction: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The node's WireGuard interface, kernel or userspace.
+#[derive(Debug)]
+pub enum WireguardDevice {
+    /// The kernel's WireGuard, over generic netlink.
+    Kernel(super::kernel::KernelDevice),
+    /// boringtun on TUN.
+    Userspace(UserspaceDevice),
+}
+
+impl WireguardDevice {
+    /// Runs one `set=1` transaction.
+    pub fn set(&self, transaction: &str) -> Result<()> {
+        match self {
+            Self::Kernel(d) => d.set(transaction),
+            Self::Userspace(d) => d.set(transaction),
+        }
+    }
+
+    /// The interface's state.
+    pub fn state(&self) -> Result<DeviceState> {
+        match self {
+            Self::Kernel(d) => d.state(),
+            Self::Userspace(d) => d.state(),
+        }
+    }
+
+    /// `kernel` or `userspace`.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Self::Kernel(_) => "kernel",
+            Self::Userspace(_) => "userspace",
+        }
+    }
 }

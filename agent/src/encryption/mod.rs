@@ -5,6 +5,8 @@
 //!   without I/O (peers in, `set=1` transactions out; `get=1` answers in,
 //!   handshakes and byte counts out).
 //! - [`device`]: a userspace interface (boringtun on TUN) that speaks it.
+//! - [`kernel`]: the kernel's WireGuard, the same transactions carried as
+//!   generic netlink messages.
 //! - [`peers`]: the peers and routes a node wants, from the mesh index
 //!   (pure).
 //! - [`netlink`]: the interface up, the tunnel-port rule, the routes of
@@ -20,6 +22,7 @@
 //! underlay (docs/encryption.md).
 
 pub mod device;
+pub mod kernel;
 pub mod keys;
 pub mod netlink;
 pub mod node;

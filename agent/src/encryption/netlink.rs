@@ -30,6 +30,20 @@ pub const TUNNEL_RULE_PRIORITY: u32 = 75;
 const EEXIST: i32 = 17;
 
 impl NetDevices {
+    /// Makes the kernel WireGuard interface `name`, or keeps the one a
+    /// previous agent left; an error where the kernel has no WireGuard.
+    pub async fn ensure_kernel_wireguard(&self, name: &str) -> Result<()> {
+        if self.interfaces().await?.contains_key(name) {
+            return Ok(());
+        }
+        self.handle
+            .link()
+            .add(rtnetlink::LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(netlink("make a kernel WireGuard interface"))
+    }
+
     /// Sets interface `name` up at `mtu`; its index.
     pub async fn set_up(&self, name: &str, mtu: u32) -> Result<u32> {
         let index = self

@@ -18,12 +18,14 @@
 //! A node restarted during the notice takes its next key at once.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use knit_kvstore::records::{NextWireguardKey, NodeWireguard, WireguardKey, WireguardTunnel};
 
-use super::device::UserspaceDevice;
+use super::device::{UserspaceDevice, WireguardDevice};
+use super::kernel::KernelDevice;
 use super::keys::{NodeKey, PublicKeyText};
 use super::peers::{WireguardPlan, plan};
 use super::uapi::{self, WireguardPeer};
@@ -87,7 +89,7 @@ pub struct NodeEncryption {
     switched: BTreeMap<PublicKeyText, i64>,
     port: u16,
     interface: String,
-    device: UserspaceDevice,
+    device: WireguardDevice,
     ifindex: u32,
     peers: BTreeMap<PublicKeyText, WireguardPeer>,
     nodes: BTreeMap<PublicKeyText, String>,
@@ -111,8 +113,30 @@ impl NodeEncryption {
             tracing::info!("a rotation was under way: the announced next WireGuard key is the key now");
         }
         let key = NodeKey::load_or_create(&settings.key_path)?;
-        let device = UserspaceDevice::start(&settings.interface, 1)?;
+        let device = match kernel_device(net, &settings.interface).await {
+            Ok(device) => WireguardDevice::Kernel(device),
+            Err(e) => {
+                tracing::info!(error = %knit_telemetry::error_chain(&e), "no WireGuard in the kernel: userspace WireGuard");
+                WireguardDevice::Userspace(UserspaceDevice::start(&settings.interface, 1)?)
+            }
+        };
         device.set(&uapi::set_interface(&key, settings.port))?;
+        // A kernel interface outlives its agent, peers included: what the
+        // last agent left is compared with the plan like any other change
+        // (a peer still wanted is updated in place, its session kept).
+        let left: BTreeMap<PublicKeyText, WireguardPeer> = device
+            .state()?
+            .peers
+            .into_iter()
+            .map(|p| {
+                let stale = WireguardPeer {
+                    public_key: p.public_key.clone(),
+                    endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    allowed_ips: Vec::new(),
+                };
+                (p.public_key, stale)
+            })
+            .collect();
         let ifindex = net
             .set_up(&settings.interface, underlay_mtu - WIREGUARD_OVERHEAD)
             .await?;
@@ -133,7 +157,8 @@ impl NodeEncryption {
             port = settings.port,
             strict = settings.strict,
             public_key = %key.public_key(),
-            "WireGuard up (userspace)"
+            path = device.path(),
+            "WireGuard up"
         );
         Ok(Self {
             key,
@@ -146,7 +171,7 @@ impl NodeEncryption {
             interface: settings.interface.clone(),
             device,
             ifindex,
-            peers: BTreeMap::new(),
+            peers: left,
             nodes: BTreeMap::new(),
         })
     }
@@ -326,4 +351,12 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     name.push(".");
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// The kernel's WireGuard interface `name`, made or kept, and answering.
+async fn kernel_device(net: &NetDevices, name: &str) -> Result<KernelDevice> {
+    net.ensure_kernel_wireguard(name).await?;
+    let device = KernelDevice::open(name)?;
+    device.state()?;
+    Ok(device)
 }
