@@ -399,7 +399,9 @@ impl<S: Source> AgentLoop<S> {
                 tracing::warn!(error = %knit_telemetry::error_chain(&e), "WireGuard key rotation failed; retrying")
             }
         }
-        if encryption.peer_switch_due(now) || self.wireguard_due {
+        // Only a switch a past sync planned: the first sync waits for the
+        // gate (every input read once), as every datapath write does.
+        if encryption.peer_switch_due(now) {
             self.wireguard_due = true;
             self.sync_wireguard().await;
         }
