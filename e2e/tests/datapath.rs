@@ -280,15 +280,7 @@ fn encryption_takes_the_kernels_wireguard_where_there_is_one() {
         encrypted: true,
         ..MeshOptions::default()
     });
-    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
-    let near = mesh.add_pod(A.node(1), "shop", "near", &[("app", "web")]);
-    let far = mesh.add_pod(B.node(0), "shop", "far", &[("app", "web")]);
-    for (to, cluster) in [(near, A), (far, B)] {
-        let name = format!("{}/{}", cluster.name(), mesh.pod(to).name);
-        mesh.wait_for_hits("encrypted", client, mesh.pod(to).ip, false, |h| {
-            h.names.get(&name) == Some(&40)
-        });
-    }
+    mesh.client_near_far();
     let link = mesh.node(A.node(0)).netns.ip(&["-d", "link", "show", "knit_wg"]);
     let link = String::from_utf8_lossy(&link.stdout).into_owned();
     assert_eq!(

@@ -316,15 +316,7 @@ fn rotating_node_keys_under_steady_traffic_fails_no_request() {
         encrypted: true,
         ..MeshOptions::default()
     });
-    let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);
-    let near = mesh.add_pod(A.node(1), "shop", "near", &[("app", "web")]);
-    let far = mesh.add_pod(B.node(0), "shop", "far", &[("app", "web")]);
-    for (what, to, cluster) in [("across nodes", near, A), ("across clusters", far, B)] {
-        let name = format!("{}/{}", cluster.name(), mesh.pod(to).name);
-        mesh.wait_for_hits(what, client, mesh.pod(to).ip, false, |h| {
-            h.names.get(&name) == Some(&40)
-        });
-    }
+    let (client, near, far) = mesh.client_near_far();
     let rotating = [(A, A.node(1)), (B, B.node(0))];
     let before: Vec<String> = rotating
         .iter()

@@ -598,60 +598,62 @@ fn the_apiserver_announces_the_agents_tunnel_port_from_their_configmap() {
     );
 }
 
-#[test]
-fn a_peer_on_another_tunnel_port_is_not_connected_and_says_which_port() {
+/// The Connected condition of peer `b` given its sync report, and the
+/// Ready condition's reason.
+fn connected_given(sync: PeerSyncReport) -> (String, String, String, String) {
     let config = config_a();
     let mut b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
-    b.sync = Some(PeerSyncReport {
+    b.sync = Some(sync);
+    let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
+    let status = &plan.peer_statuses["b"];
+    let connected = status.conditions.iter().find(|c| c.type_ == "Connected").unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    (
+        connected.status.clone(),
+        connected.reason.clone(),
+        connected.message.clone(),
+        ready.reason.clone(),
+    )
+}
+
+#[test]
+fn a_peer_on_another_tunnel_port_is_not_connected_and_says_which_port() {
+    let (status, reason, message, ready) = connected_given(PeerSyncReport {
         connected: true,
         synced: true,
         agents: Some((0, 2)),
         tunnel_port_mismatch: Some(8473),
         ..Default::default()
     });
-    let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
-    let status = &plan.peer_statuses["b"];
-    let connected = status.conditions.iter().find(|c| c.type_ == "Connected").unwrap();
     assert_eq!(
-        (connected.status.as_str(), connected.reason.as_str()),
+        (status.as_str(), reason.as_str()),
         ("False", "TunnelPortMismatch")
     );
     assert!(
-        connected.message.contains("UDP 8473") && connected.message.contains("tunnelPort"),
-        "{}",
-        connected.message
+        message.contains("UDP 8473") && message.contains("tunnelPort"),
+        "{message}"
     );
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!(ready.reason, "TunnelPortMismatch");
+    assert_eq!(ready, "TunnelPortMismatch");
 }
 
 #[test]
 fn a_peer_whose_nodes_encrypt_otherwise_is_not_connected_and_says_so() {
-    let config = config_a();
-    let mut b = peer("b", "b", 2, "2026-01-01T00:00:00Z");
-    b.sync = Some(PeerSyncReport {
+    let (status, reason, message, ready) = connected_given(PeerSyncReport {
         connected: true,
         synced: true,
         agents: Some((0, 2)),
         encryption_mismatch: Some("none".into()),
         ..Default::default()
     });
-    let plan = render(&config, std::slice::from_ref(&b), &Default::default(), t0());
-    let status = &plan.peer_statuses["b"];
-    let connected = status.conditions.iter().find(|c| c.type_ == "Connected").unwrap();
     assert_eq!(
-        (connected.status.as_str(), connected.reason.as_str()),
+        (status.as_str(), reason.as_str()),
         ("False", "EncryptionMismatch")
     );
     assert!(
-        connected
-            .message
-            .contains("encryption is none and this cluster's agents' is wireguard"),
-        "{}",
-        connected.message
+        message.contains("encryption is none and this cluster's agents' is wireguard"),
+        "{message}"
     );
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!(ready.reason, "EncryptionMismatch");
+    assert_eq!(ready, "EncryptionMismatch");
 }
 
 /// The mesh apiserver survives drains and pressure: it has a disruption

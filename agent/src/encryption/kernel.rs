@@ -370,6 +370,18 @@ mod tests {
         out
     }
 
+    /// `WG_CMD_SET_DEVICE` for `knit_wg` (family 0x1d, request with ack)
+    /// carrying one peer of attributes `peer`.
+    fn one_peer_message(seq: u32, peer: &[Vec<u8>]) -> Vec<u8> {
+        message(
+            1,
+            0x1d,
+            seq,
+            NLM_F_REQUEST | NLM_F_ACK,
+            &[attr(2, b"knit_wg\0"), nested(8, &[nested(0, peer)])],
+        )
+    }
+
     #[test]
     fn the_interfaces_key_and_port_are_the_exact_netlink_message() {
         let key = NodeKey::from_base64(ALICE).unwrap();
@@ -412,47 +424,20 @@ mod tests {
                 attr(3, &[32]),
             ],
         );
-        let expected = message(
-            1,
-            0x1d,
+        let expected = one_peer_message(
             3,
-            NLM_F_REQUEST | NLM_F_ACK,
             &[
-                attr(2, b"knit_wg\0"),
-                nested(
-                    8,
-                    &[nested(
-                        0,
-                        &[
-                            attr(1, &bob),
-                            attr(4, &endpoint),
-                            attr(5, &25u16.to_ne_bytes()),
-                            attr(3, &WGPEER_F_REPLACE_ALLOWEDIPS.to_ne_bytes()),
-                            nested(9, &[allowed]),
-                        ],
-                    )],
-                ),
+                attr(1, &bob),
+                attr(4, &endpoint),
+                attr(5, &25u16.to_ne_bytes()),
+                attr(3, &WGPEER_F_REPLACE_ALLOWEDIPS.to_ne_bytes()),
+                nested(9, &[allowed]),
             ],
         );
         assert_eq!(frame(m, 0x1d, 3, NLM_F_REQUEST | NLM_F_ACK), expected);
 
         let removal = set_message("knit_wg", &uapi::remove_peer(BOB_PUBLIC).unwrap()).unwrap();
-        let expected = message(
-            1,
-            0x1d,
-            4,
-            NLM_F_REQUEST | NLM_F_ACK,
-            &[
-                attr(2, b"knit_wg\0"),
-                nested(
-                    8,
-                    &[nested(
-                        0,
-                        &[attr(1, &bob), attr(3, &WGPEER_F_REMOVE_ME.to_ne_bytes())],
-                    )],
-                ),
-            ],
-        );
+        let expected = one_peer_message(4, &[attr(1, &bob), attr(3, &WGPEER_F_REMOVE_ME.to_ne_bytes())]);
         assert_eq!(frame(removal, 0x1d, 4, NLM_F_REQUEST | NLM_F_ACK), expected);
     }
 

@@ -58,6 +58,23 @@ impl GlobalService<'static> {
 const SERVED_PORTS: &str = "    - {name: http, containerPort: 8080, protocol: TCP}\n    - {name: dns, containerPort: 8080, protocol: UDP}\n    - {name: serve-80-tcp, containerPort: 80, protocol: TCP}\n    - {name: serve-80-udp, containerPort: 80, protocol: UDP}\n    - {name: serve-81-tcp, containerPort: 81, protocol: TCP}\n    - {name: serve-81-udp, containerPort: 81, protocol: UDP}\n";
 
 impl LocalMesh {
+    /// A client pod on cluster a's first node and web pods `near` (a's
+    /// second node) and `far` (b's first node), returned once the client
+    /// has answers from both: `(client, near, far)`.
+    pub fn client_near_far(&mut self) -> (PodId, PodId, PodId) {
+        let (a, b) = (ClusterId(0), ClusterId(1));
+        let client = self.add_pod(a.node(0), "shop", "client", &[("app", "client")]);
+        let near = self.add_pod(a.node(1), "shop", "near", &[("app", "web")]);
+        let far = self.add_pod(b.node(0), "shop", "far", &[("app", "web")]);
+        for (what, to, cluster) in [("across nodes", near, a), ("across clusters", far, b)] {
+            let name = format!("{}/{}", cluster.name(), self.pod(to).name);
+            self.wait_for_hits(what, client, self.pod(to).ip, false, |h| {
+                h.names.get(&name) == Some(&40)
+            });
+        }
+        (client, near, far)
+    }
+
     /// Adds a pod on `node` with `labels` the way a container runtime does
     /// (namespace, cgroup, CNI ADD of the node's conflist), starts a probe
     /// server named `<cluster>/<name>` in it, and writes its Pod manifest
