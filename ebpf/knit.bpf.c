@@ -15,6 +15,14 @@
  *               inner source on), delivery to the local pod.
  *   from_wireguard ingress of the WireGuard interface: marks what it
  *               decrypted (MARK_DECRYPTED).
+ *   from_netdev ingress of the node's underlay interface, in native and
+ *               hybrid routing: a packet from a pod of another node to a
+ *               local pod is delivered like one from the tunnel, its
+ *               identity the ipcache's for its source address.
+ *   Pods of nodes in knit_native_nodes are reached without the tunnel:
+ *   from_pod forwards to them through the kernel's FIB (bpf_fib_lookup,
+ *   then bpf_redirect, or bpf_redirect_neigh while the next hop's MAC is
+ *   unknown), past the host's netfilter, so nothing masquerades them.
  *   Local delivery applies the pod's ingress policy (ipcache identity of
  *   the source, allow entries, replies of flows the pod opened pass) and
  *   hands the packet straight into the pod with bpf_redirect_peer.
@@ -157,6 +165,15 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } knit_wireguard_nodes SEC(".maps");
+
+/* Tunnel endpoints (network order) of the nodes reached natively. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NATIVE_NODES_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_native_nodes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -531,6 +548,49 @@ static __always_inline __u32 identity_of(__u32 addr, __u32 fallback)
 	return v ? v->identity : fallback;
 }
 
+#define AF_INET 2
+#define IP_TTL_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, ttl))
+#define IP_CSUM_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
+
+/* Forwards a packet to a pod of a node reached natively, as the host's
+ * router would (TTL less one) but past its netfilter: the FIB picks the
+ * underlay interface and next hop; a next hop whose MAC the node does not
+ * know yet is resolved by bpf_redirect_neigh. What the FIB cannot route
+ * is dropped as no_route. A packet at its last hop goes to the stack,
+ * which answers with ICMP time exceeded. */
+static __always_inline int forward_natively(struct __sk_buff *skb, const struct flow *f)
+{
+	struct bpf_fib_lookup fib = {};
+	__u8 ttl;
+
+	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, 1) < 0)
+		return drop(DROP_MALFORMED);
+	if (ttl <= 1)
+		return TC_ACT_OK;
+	fib.family = AF_INET;
+	fib.l4_protocol = f->proto;
+	fib.ipv4_src = f->saddr;
+	fib.ipv4_dst = f->daddr;
+	fib.ifindex = skb->ifindex;
+	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return drop(DROP_NO_ROUTE);
+	__u8 next = ttl - 1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, bpf_htons((__u16)ttl << 8), bpf_htons((__u16)next << 8), 2) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_TTL_OFF, &next, 1, 0) < 0)
+		return drop(DROP_MALFORMED);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst};
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	__u8 macs[12];
+	__builtin_memcpy(&macs[0], fib.dmac, 6);
+	__builtin_memcpy(&macs[6], fib.smac, 6);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+		return drop(DROP_MALFORMED);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -575,6 +635,9 @@ int from_pod(struct __sk_buff *skb)
 	 * flows from that port through the host's conntrack, half seen. */
 	if (!route->tunnel_endpoint)
 		return TC_ACT_OK;
+	__u32 *native = bpf_map_lookup_elem(&knit_native_nodes, &route->tunnel_endpoint);
+	if (native)
+		return *native == NATIVE_PATH_ROUTED ? forward_natively(skb, &f) : drop(DROP_NO_ROUTE);
 
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&knit_config, &zero);
@@ -667,6 +730,32 @@ int from_wireguard(struct __sk_buff *skb)
 {
 	skb->mark = (skb->mark & ~MARK_DECRYPTED_MASK) | MARK_DECRYPTED;
 	return TC_ACT_OK;
+}
+
+/* Ingress of the node's underlay interface (native and hybrid routing):
+ * a packet from a pod of another node (the ipcache places its source on a
+ * tunnel endpoint) to a local pod is delivered as from the tunnel, its
+ * identity the ipcache's, past the host's netfilter, which saw neither
+ * direction of the flow. Everything else is the host's. */
+SEC("classifier")
+int from_netdev(struct __sk_buff *skb)
+{
+	struct flow f;
+
+	if (parse(skb, &f) != 0)
+		return TC_ACT_OK;
+	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	struct ipcache_key k = {.prefixlen = 32, .addr = f.saddr};
+	struct ipcache_value *src = bpf_map_lookup_elem(&knit_ipcache, &k);
+	if (!src || !src->tunnel_endpoint)
+		return TC_ACT_OK;
+	__u32 identity = src->identity;
+	ct_new_flow(&f);
+	if (answers_stack_flow(&f))
+		return TC_ACT_OK;
+	return deliver(skb, &f, dst, identity);
 }
 
 /* Egress of the host side of a pod veth: what the host stack forwards

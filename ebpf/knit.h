@@ -199,6 +199,16 @@ struct encryption_config {
 #define MARK_DECRYPTED_MASK 0x0f00
 #define MARK_DECRYPTED 0x0b00
 
+/* Routing modes (knit_native_nodes: tunnel endpoint, network order ->
+ * NATIVE_PATH_*). A node in the map is reached without encapsulation
+ * (ROUTED: the kernel's FIB routes its pod CIDRs) or not at all
+ * (UNROUTABLE: native mode, and nothing routes them: dropped as no_route,
+ * never into a default route's black hole). Every other node is reached
+ * through the tunnel. */
+#define NATIVE_PATH_ROUTED 1
+#define NATIVE_PATH_UNROUTABLE 2
+#define NATIVE_NODES_ENTRIES 65536
+
 /* Drop counters (array indexed by reason). */
 enum drop_reason {
 	DROP_POLICY = 0,

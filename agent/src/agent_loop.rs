@@ -11,6 +11,8 @@
 //! ([`crate::incremental`]). The gate is pure and unit-tested; the rest
 //! talks to the kernel through [`Datapath`] and [`NetDevices`].
 
+mod routes;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -32,7 +34,7 @@ use crate::netdev::NetDevices;
 use crate::render::RenderOptions;
 use crate::run::{
     AgentSettings, check_pod_mtus, mark_attached, read_attachments, render_options, report_sizes,
-    sync_node_routes, translate_cilium_policies,
+    translate_cilium_policies,
 };
 
 /// When the datapath may be written: fail static until every input has
@@ -78,6 +80,11 @@ impl Gate {
     }
 }
 
+/// How often the kernel's routes are read again outside tunnel mode: a
+/// route the underlay adds (BGP, an operator) makes a node reachable
+/// natively within this.
+const ROUTES_RECHECK: Duration = Duration::from_secs(5);
+
 /// Where the loop sends what other tasks derive from its view.
 pub struct Outputs {
     /// Remote nodes the health prober probes.
@@ -106,6 +113,15 @@ pub struct AgentLoop<S> {
     /// clusters: three quarters of the agent's CPU under endpoint churn).
     nodes_changed: bool,
     node_routes_due: bool,
+    /// When the routes were last checked (outside tunnel mode the kernel's
+    /// routes decide the native paths, and they change on their own).
+    routes_checked: Option<Instant>,
+    /// Nodes last reported unroutable (`cluster/node`).
+    unroutable_nodes: Vec<String>,
+    /// The interface `from_netdev` sits on.
+    underlay_program: Option<String>,
+    /// Whether a leftover `from_netdev` was removed (tunnel mode).
+    underlay_program_checked: bool,
     encryption: Option<NodeEncryption>,
     /// WireGuard's peers and routes may lag the node records.
     wireguard_due: bool,
@@ -136,6 +152,10 @@ impl<S: Source> AgentLoop<S> {
             gate: Gate::default(),
             nodes_changed: true,
             node_routes_due: true,
+            routes_checked: None,
+            unroutable_nodes: Vec::new(),
+            underlay_program: None,
+            underlay_program_checked: false,
             encryption: parts.encryption,
             wireguard_due: true,
             tunnel_carrier_errors: 0,
@@ -241,6 +261,14 @@ impl<S: Source> AgentLoop<S> {
                 .get_or_create(&Name { name: reason.into() })
                 .set(n as i64);
         }
+        if self.settings.routing_mode != crate::routing::RoutingMode::Tunnel
+            && self
+                .routes_checked
+                .is_some_and(|at| at.elapsed() >= ROUTES_RECHECK)
+        {
+            self.node_routes_due = true;
+            self.gate.dirty(Instant::now());
+        }
         if self
             .conntrack_counted
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
@@ -321,10 +349,9 @@ impl<S: Source> AgentLoop<S> {
                 self.gate.retry(since);
             }
         }
-        if self.settings.direct_node_routes && self.node_routes_due {
-            let nodes = &self.source.state().nodes;
-            self.node_routes_due =
-                !sync_node_routes(&self.net, &self.index, nodes, &self.settings.node, &self.metrics).await;
+        if self.node_routes_due {
+            self.routes_checked = Some(Instant::now());
+            self.node_routes_due = !self.sync_routing().await;
             if self.node_routes_due {
                 self.gate.still_due(since);
             }

@@ -51,8 +51,12 @@ pub async fn until_client_config<S: Source>(
             && routes_due
             && source.is_ready()
         {
-            routes_due =
-                !crate::run::sync_node_routes(net, &empty, &source.state().nodes, node, metrics).await;
+            routes_due = !crate::run::sync_node_routes(
+                net,
+                crate::node_routes::desired(&empty, &source.state().nodes, node),
+                metrics,
+            )
+            .await;
             if !routes_due {
                 tracing::info!(
                     routes = metrics.node_routes.get(),

@@ -27,6 +27,7 @@ pub mod pod_mtu;
 pub mod policy;
 pub mod preference;
 pub mod render;
+pub mod routing;
 pub mod run;
 pub mod tunnel_port;
 

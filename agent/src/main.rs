@@ -103,6 +103,13 @@ struct Args {
     /// by creating `<wireguard-key>.rotate`, e.g. with `kubectl exec`).
     #[arg(long, env = "KNIT_WIREGUARD_KEY_LIFETIME", default_value = "0s", value_parser = knit_telemetry::parse_duration)]
     wireguard_key_lifetime: Duration,
+    /// How pods of other nodes are reached: `tunnel` (VXLAN to every
+    /// node), `native` (unencapsulated to this cluster's nodes and those of
+    /// other native clusters, through the node's routes), `hybrid` (native
+    /// within this cluster, the tunnel to other clusters). The same for
+    /// every node of a cluster, and the mesh apiserver's.
+    #[arg(long, env = "KNIT_ROUTING_MODE", default_value = "tunnel")]
+    routing_mode: knit_agent::routing::RoutingMode,
 }
 
 /// `--encryption`.
@@ -208,6 +215,7 @@ async fn agent<S: knit_sources::Source>(
                 key_lifetime: (!args.wireguard_key_lifetime.is_zero()).then_some(args.wireguard_key_lifetime),
             }
         }),
+        routing_mode: args.routing_mode,
     };
     run(settings, source, metrics, health).await.context("agent")
 }

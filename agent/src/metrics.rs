@@ -71,6 +71,11 @@ pub struct Metrics {
     /// Tunnelled packets dropped because no WireGuard route took them
     /// (strict mode: the destination node has no key).
     pub unencrypted_drops: Counter,
+    /// Nodes the routing mode would reach natively whose pod CIDRs no
+    /// route covers (native: dropped; hybrid: tunnelled).
+    pub native_unroutable_nodes: Gauge,
+    /// Nodes reached without the tunnel.
+    pub native_nodes: Gauge,
     /// Direct routes the kernel refused (e.g. a gateway not on-link).
     pub node_route_failures: Counter,
     /// Remote nodes whose data path does not answer probes.
@@ -183,6 +188,16 @@ impl Metrics {
             "encryption_strict_drops",
             "Tunnelled packets dropped by strict encryption: the destination node has no WireGuard key (the tunnel device's carrier errors)",
             self.unencrypted_drops.clone(),
+        );
+        r.register(
+            "native_unroutable_nodes",
+            "Nodes the routing mode reaches natively whose pod CIDRs no route but the default covers: dropped as no_route in native mode, tunnelled in hybrid; route them (one L2 segment, BGP, cloud routes) or use hybrid",
+            self.native_unroutable_nodes.clone(),
+        );
+        r.register(
+            "native_nodes",
+            "Nodes whose pods this node reaches without the tunnel (routing mode native or hybrid)",
+            self.native_nodes.clone(),
         );
         r.register(
             "node_route_failures",

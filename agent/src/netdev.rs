@@ -199,6 +199,65 @@ impl NetDevices {
         Ok(out)
     }
 
+    /// Every unicast IPv4 route of the main table (anyone's): destination
+    /// and gateway (`None`: on-link).
+    pub async fn main_routes(&self) -> Result<Vec<crate::routing::KernelRoute>> {
+        use rtnetlink::packet_route::route::{RouteHeader, RouteType};
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = routes.try_next().await.map_err(netlink("list routes"))? {
+            let table = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            });
+            let table = table.unwrap_or(u32::from(msg.header.table));
+            if table != u32::from(RouteHeader::RT_TABLE_MAIN) || msg.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let (mut dst, mut gateway) = (Ipv4Addr::UNSPECIFIED, None);
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                    _ => {}
+                }
+            }
+            if let Ok(dst) = Ipv4Net::new(dst, msg.header.destination_prefix_length) {
+                out.push(crate::routing::KernelRoute { dst, gateway });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The interface holding the IPv4 address `ip`, if any.
+    pub async fn interface_with_address(&self, ip: Ipv4Addr) -> Result<Option<String>> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Some(msg) = addrs.try_next().await.map_err(netlink("list addresses"))? {
+            let holds = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(std::net::IpAddr::V4(v4)) if *v4 == ip));
+            if holds {
+                index = Some(msg.header.index);
+            }
+        }
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        Ok(self
+            .interfaces()
+            .await?
+            .into_iter()
+            .find(|(_, link)| link.index == index)
+            .map(|(name, _)| name))
+    }
+
     /// Adds or replaces the route to `dst` via `gateway`, marked as ours.
     pub async fn replace_route(&self, dst: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
         self.handle

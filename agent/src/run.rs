@@ -82,6 +82,8 @@ pub struct AgentSettings {
     pub control_plane_namespace: String,
     /// WireGuard between nodes ([`crate::encryption`]); none: plaintext.
     pub encryption: Option<crate::encryption::node::EncryptionSettings>,
+    /// How pods of other nodes are reached ([`crate::routing`]).
+    pub routing_mode: crate::routing::RoutingMode,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -265,12 +267,9 @@ pub(crate) fn translate_cilium_policies(
 /// objects say; `false` when something failed (retried on the next pass).
 pub(crate) async fn sync_node_routes(
     net: &NetDevices,
-    index: &MeshIndex,
-    api_nodes: &std::collections::BTreeMap<String, knit_sources::NodeInfo>,
-    node: &str,
+    want: std::collections::BTreeMap<ipnet::Ipv4Net, std::net::Ipv4Addr>,
     metrics: &Metrics,
 ) -> bool {
-    let want = crate::node_routes::desired(index, api_nodes, node);
     let have = match net.owned_routes().await {
         Ok(have) => have,
         Err(e) => {

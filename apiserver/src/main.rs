@@ -35,6 +35,11 @@ struct Args {
     /// `tunnelPort`), announced in the cluster's config record.
     #[arg(long, env = "KNIT_TUNNEL_PORT", default_value_t = 8472)]
     tunnel_port: u16,
+    /// How this cluster's nodes reach other nodes' pods (the agents'
+    /// `routingMode`: tunnel, native or hybrid), announced in the cluster's
+    /// config record.
+    #[arg(long, env = "KNIT_ROUTING_MODE", default_value = "tunnel")]
+    routing_mode: knit_kvstore::records::RoutingMode,
     /// etcd client config of the local writer (the `admin` certificate).
     #[arg(long)]
     etcd_config: PathBuf,
@@ -226,6 +231,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         id: args.cluster_id,
         pod_cidrs: args.pod_cidrs.clone(),
         tunnel_port: Some(args.tunnel_port),
+        routing_mode: args.routing_mode,
     };
     let settings = ExporterSettings {
         cluster,

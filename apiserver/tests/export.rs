@@ -18,6 +18,7 @@ fn cluster() -> LocalCluster {
         id: 1,
         pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
         tunnel_port: Some(8472),
+        routing_mode: Default::default(),
     }
 }
 

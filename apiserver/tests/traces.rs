@@ -44,6 +44,7 @@ async fn exporting(name: &str, id: u16) -> TestCluster {
             id,
             pod_cidrs: vec![cluster.pod_cidr().parse().unwrap()],
             tunnel_port: Some(8472),
+            routing_mode: Default::default(),
         },
         lease_ttl_secs: 10,
     };

@@ -36,6 +36,16 @@ pub const REQUIRE_DECRYPTED_ALWAYS: u32 = 1;
 /// `REQUIRE_DECRYPTED_FROM_KEYED`: decrypted from every node in
 /// [`MAP_WIREGUARD_NODES`], plaintext from the others.
 pub const REQUIRE_DECRYPTED_FROM_KEYED: u32 = 2;
+/// Hash of the tunnel endpoints (wire order) of the nodes reached without
+/// the tunnel → `NATIVE_PATH_*`.
+pub const MAP_NATIVE_NODES: &str = "knit_native_nodes";
+/// `NATIVE_NODES_ENTRIES`: what [`MAP_NATIVE_NODES`] holds at most.
+pub const NATIVE_NODES_ENTRIES: u32 = 65536;
+/// `NATIVE_PATH_ROUTED`: the node's pods are reached through the FIB.
+pub const NATIVE_PATH_ROUTED: u32 = 1;
+/// `NATIVE_PATH_UNROUTABLE`: native routing, and nothing routes the node's
+/// pod CIDRs: packets to them are dropped as `no_route`.
+pub const NATIVE_PATH_UNROUTABLE: u32 = 2;
 /// Array of `u64` drop counters indexed by [`DropReason`].
 pub const MAP_DROPS: &str = "knit_drops";
 
@@ -48,6 +58,10 @@ pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
 /// tc program on the WireGuard interface (ingress: what WireGuard
 /// decrypted), which marks it [`MARK_DECRYPTED`].
 pub const PROG_FROM_WIREGUARD: &str = "from_wireguard";
+
+/// tc program on the node's underlay interface (ingress: pods of other
+/// nodes, routed natively).
+pub const PROG_FROM_NETDEV: &str = "from_netdev";
 
 /// `MARK_DECRYPTED_MASK`: the skb mark bits Knit uses.
 pub const MARK_DECRYPTED_MASK: u32 = 0x0f00;
@@ -207,6 +221,9 @@ mod tests {
             ("REQUIRE_DECRYPTED_ALWAYS", REQUIRE_DECRYPTED_ALWAYS),
             ("REQUIRE_DECRYPTED_FROM_KEYED", REQUIRE_DECRYPTED_FROM_KEYED),
             ("WIREGUARD_NODES_ENTRIES", WIREGUARD_NODES_ENTRIES),
+            ("NATIVE_PATH_ROUTED", NATIVE_PATH_ROUTED),
+            ("NATIVE_PATH_UNROUTABLE", NATIVE_PATH_UNROUTABLE),
+            ("NATIVE_NODES_ENTRIES", NATIVE_NODES_ENTRIES),
         ]);
         for (reason, c_name) in DropReason::ALL.into_iter().zip([
             "DROP_POLICY",

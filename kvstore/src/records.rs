@@ -48,6 +48,69 @@ pub struct ClusterConfigRecord {
     /// must use the same (absent from writers before it was added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_port: Option<u16>,
+    /// How the cluster's nodes reach pods of other nodes (`tunnel`,
+    /// `native`, `hybrid`; [`RoutingMode`]); absent from writers before it
+    /// was added, which tunnel. Kept as text so a mode a newer peer names
+    /// does not make the whole record unreadable: [`Self::routing_mode`]
+    /// reads anything unknown as `tunnel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_mode: Option<String>,
+}
+
+impl ClusterConfigRecord {
+    /// The cluster's routing mode; `tunnel` when absent or unknown.
+    pub fn routing_mode(&self) -> RoutingMode {
+        self.routing_mode
+            .as_deref()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// How a cluster's nodes reach the pods of other nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RoutingMode {
+    /// Through the VXLAN tunnel, to every node.
+    #[default]
+    Tunnel,
+    /// Unencapsulated to every node of this cluster and of other `native`
+    /// clusters; the tunnel to the nodes of other clusters.
+    Native,
+    /// Unencapsulated to the nodes of this cluster the underlay routes; the
+    /// tunnel to every other node.
+    Hybrid,
+}
+
+impl RoutingMode {
+    /// `tunnel`, `native` or `hybrid`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tunnel => "tunnel",
+            Self::Native => "native",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::fmt::Display for RoutingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RoutingMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "tunnel" => Ok(Self::Tunnel),
+            "native" => Ok(Self::Native),
+            "hybrid" => Ok(Self::Hybrid),
+            other => Err(format!(
+                "unknown routing mode {other:?}: routingMode is one of tunnel, native, hybrid"
+            )),
+        }
+    }
 }
 
 /// `clusters/<c>/nodes/<node>`.

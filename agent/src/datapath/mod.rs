@@ -17,8 +17,8 @@ use std::path::Path;
 
 use aya::programs::TcAttachType;
 use knit_datapath_common::{
-    PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD, REQUIRE_DECRYPTED_ALWAYS,
-    REQUIRE_DECRYPTED_FROM_KEYED, REQUIRE_DECRYPTED_NEVER,
+    PROG_FROM_NETDEV, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD,
+    REQUIRE_DECRYPTED_ALWAYS, REQUIRE_DECRYPTED_FROM_KEYED, REQUIRE_DECRYPTED_NEVER,
 };
 use loader::Loaded;
 use patch::{ServiceIds, StatePatch, patch_entries};
@@ -36,6 +36,8 @@ const POD_EGRESS_LINK_PREFIX: &str = "podout-";
 const TUNNEL_LINK: &str = "tunnel";
 /// Name of the pinned tc link on the WireGuard interface.
 const WIREGUARD_LINK: &str = "wireguard";
+/// Name of the pinned tc link on the underlay interface (native routing).
+const NETDEV_LINK: &str = "netdev";
 
 /// The loaded, attached datapath of one node.
 pub struct Datapath {
@@ -169,6 +171,25 @@ impl Datapath {
         nodes: &std::collections::BTreeSet<std::net::Ipv4Addr>,
     ) -> Result<()> {
         self.writer.set_wireguard_nodes(nodes)
+    }
+
+    /// With `Some(interface)` (native or hybrid routing), delivers what
+    /// pods of other nodes send natively to the underlay `interface`
+    /// straight to the local pod; with `None`, takes the program off.
+    pub fn receive_natively(&mut self, interface: Option<&str>) -> Result<()> {
+        match interface {
+            Some(interface) => {
+                self.loaded
+                    .attach_tc(PROG_FROM_NETDEV, interface, TcAttachType::Ingress, NETDEV_LINK)
+            }
+            None => self.loaded.detach(NETDEV_LINK),
+        }
+    }
+
+    /// The nodes reached without the tunnel (tunnel endpoint →
+    /// `NATIVE_PATH_*`), [`crate::routing::native_paths`].
+    pub fn set_native_paths(&mut self, paths: &BTreeMap<std::net::Ipv4Addr, u32>) -> Result<()> {
+        self.writer.set_native_paths(paths)
     }
 
     /// Writes what a partial render changed (routes and frontends only;

@@ -10,7 +10,7 @@
 //! changed the policy maps it bumps the policy generation in the node
 //! config, so the programs check every remembered verdict again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 use std::net::Ipv4Addr;
 
@@ -23,8 +23,8 @@ use crate::{Error, Result};
 use knit_datapath_common::{
     BackendKey, BackendValue, CT_GENERATION_BITS, CtKey, CtValue, DropReason, EncryptionConfig,
     EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_CONFIG, MAP_CT, MAP_DROPS, MAP_ENCRYPTION, MAP_ENDPOINTS,
-    MAP_IPCACHE, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, MAP_WIREGUARD_NODES, NodeConfig, PolicyCidrKey,
-    PolicyKey, ServiceKey, ServiceValue, addr_be,
+    MAP_IPCACHE, MAP_NATIVE_NODES, MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, MAP_WIREGUARD_NODES,
+    NodeConfig, PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue, addr_be,
 };
 
 /// The agent's handle on the datapath maps.
@@ -39,6 +39,9 @@ pub struct MapWriter {
     node_config: NodeConfig,
     encryption: Array<MapData, EncryptionConfig>,
     wireguard_nodes: BpfHashMap<MapData, u32, u32>,
+    native_nodes: BpfHashMap<MapData, u32, u32>,
+    /// What `native_nodes` holds (wire-order address → `NATIVE_PATH_*`).
+    native_paths: BTreeMap<u32, u32>,
     /// What `wireguard_nodes` holds (wire-order addresses).
     keyed_nodes: BTreeSet<u32>,
     drops: Array<MapData, u64>,
@@ -80,6 +83,8 @@ impl MapWriter {
             encryption: take(loaded, MAP_ENCRYPTION)?,
             wireguard_nodes: take(loaded, MAP_WIREGUARD_NODES)?,
             keyed_nodes: BTreeSet::new(),
+            native_nodes: take(loaded, MAP_NATIVE_NODES)?,
+            native_paths: BTreeMap::new(),
             drops: take(loaded, MAP_DROPS)?,
             conntrack: take(loaded, MAP_CT)?,
             current: MapContents::default(),
@@ -98,6 +103,10 @@ impl MapWriter {
         for key in w.wireguard_nodes.keys() {
             w.keyed_nodes
                 .insert(key.map_err(|e| Error::map(MAP_WIREGUARD_NODES, e))?);
+        }
+        for entry in w.native_nodes.iter() {
+            let (k, v) = entry.map_err(|e| Error::map(MAP_NATIVE_NODES, e))?;
+            w.native_paths.insert(k, v);
         }
         w.current.endpoints = read(&w.endpoints, MAP_ENDPOINTS)?;
         w.current.policy = read(&w.policy, MAP_POLICY)?;
@@ -142,6 +151,26 @@ impl MapWriter {
                 .map_err(|e| Error::map(MAP_WIREGUARD_NODES, e))?;
         }
         self.keyed_nodes = wanted;
+        Ok(())
+    }
+
+    /// Makes `knit_native_nodes` hold `paths` (tunnel endpoint →
+    /// `NATIVE_PATH_*`), writing before removing.
+    pub fn set_native_paths(&mut self, paths: &BTreeMap<Ipv4Addr, u32>) -> Result<()> {
+        let wanted: BTreeMap<u32, u32> = paths.iter().map(|(ip, p)| (addr_be(*ip), *p)).collect();
+        for (addr, path) in &wanted {
+            if self.native_paths.get(addr) != Some(path) {
+                self.native_nodes
+                    .insert(addr, path, 0)
+                    .map_err(|e| Error::map(MAP_NATIVE_NODES, e))?;
+            }
+        }
+        for addr in self.native_paths.keys().filter(|a| !wanted.contains_key(a)) {
+            self.native_nodes
+                .remove(addr)
+                .map_err(|e| Error::map(MAP_NATIVE_NODES, e))?;
+        }
+        self.native_paths = wanted;
         Ok(())
     }
 

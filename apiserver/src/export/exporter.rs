@@ -266,6 +266,7 @@ mod tests {
                 id: 1,
                 pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
                 tunnel_port: None,
+                routing_mode: Default::default(),
             },
             lease_ttl_secs: 30,
         }

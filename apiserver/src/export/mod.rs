@@ -40,6 +40,9 @@ pub struct LocalCluster {
     /// UDP port of the cluster's tunnel, announced so peers can tell a
     /// mismatch.
     pub tunnel_port: Option<u16>,
+    /// How the cluster's nodes reach other nodes' pods, announced so peers
+    /// know which of its nodes they may reach without the tunnel.
+    pub routing_mode: knit_kvstore::records::RoutingMode,
 }
 
 pub use knit_kvstore::keys::local_prefix;
@@ -134,6 +137,7 @@ pub fn plan<'a>(
         pod_cidrs: pod_cidrs.clone(),
         capabilities: vec!["services-local-prefix".into()],
         tunnel_port: cluster.tunnel_port,
+        routing_mode: Some(cluster.routing_mode.to_string()),
     };
     put(&mut out, RelativeKey::Config, json(&config));
 

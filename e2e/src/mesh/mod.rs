@@ -249,9 +249,10 @@ impl LocalMesh {
         let grace = format!("--grace-period={}", self.options.grace_period);
         let bin = self.bins.apiserver.to_string_lossy().into_owned();
         let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
+        let mode = format!("--routing-mode={}", self.options.routing_mode(c));
         let control = &mut self.clusters[c.0].control;
         control.start_etcd();
-        control.start_apiserver(&bin, &["--poll-interval=1s", &grace, &ttl]);
+        control.start_apiserver(&bin, &["--poll-interval=1s", &grace, &ttl, &mode]);
     }
 
     /// Restarts cluster `c`'s apiserver (etcd keeps running) with `extra`
@@ -260,7 +261,8 @@ impl LocalMesh {
         let grace = format!("--grace-period={}", self.options.grace_period);
         let bin = self.bins.apiserver.to_string_lossy().into_owned();
         let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
-        let mut args = vec!["--poll-interval=1s", grace.as_str(), ttl.as_str()];
+        let mode = format!("--routing-mode={}", self.options.routing_mode(c));
+        let mut args = vec!["--poll-interval=1s", grace.as_str(), ttl.as_str(), mode.as_str()];
         args.extend_from_slice(extra);
         let control = &mut self.clusters[c.0].control;
         control.stop_apiserver();
@@ -335,6 +337,7 @@ impl LocalMesh {
             // The harness's nodes run Knit's default conflist.
             "--direct-node-routes=always".into(),
             "--metrics-addr=127.0.0.1:9964".into(),
+            format!("--routing-mode={}", self.options.routing_mode(n.cluster)),
         ];
         if self.options.encrypted && !self.options.plaintext_clusters.contains(&n.cluster) {
             args.push("--encryption=wireguard".into());

@@ -140,9 +140,17 @@ pub struct MeshOptions {
     /// Clusters whose agents run without encryption even when `encrypted`
     /// (a mixed mesh).
     pub plaintext_clusters: Vec<ClusterId>,
+    /// Routing mode of each cluster by position (agents' and apiserver's
+    /// `--routing-mode`); clusters past the end tunnel.
+    pub routing_modes: Vec<knit_kvstore::records::RoutingMode>,
 }
 
 impl MeshOptions {
+    /// Cluster `c`'s routing mode.
+    pub fn routing_mode(&self, c: ClusterId) -> knit_kvstore::records::RoutingMode {
+        self.routing_modes.get(c.0).copied().unwrap_or_default()
+    }
+
     /// The MTU the nodes' conflists give pods.
     pub fn pod_mtu(&self) -> u32 {
         let overhead = if self.encrypted {
@@ -166,6 +174,7 @@ impl Default for MeshOptions {
             underlay_mtu: 1500,
             encrypted: false,
             plaintext_clusters: Vec::new(),
+            routing_modes: Vec::new(),
         }
     }
 }
