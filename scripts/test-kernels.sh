@@ -174,7 +174,7 @@ $bpf_note
 run $BPF_TESTS --test-threads=1 $bpf_skip
 run $CT_TESTS --test-threads=1
 run $AGENT_TESTS --test-threads=1 datapath::tc:: datapath::features::
-run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc encryption_takes_the_kernels_wireguard_where_there_is_one}
+run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc encryption_takes_the_kernels_wireguard_where_there_is_one native_and_hybrid_routing_bypass_the_tunnel_inside_a_cluster}
 echo "knit-vm: RESULT \$rc"
 poweroff -f
 EOF

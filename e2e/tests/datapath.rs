@@ -300,3 +300,57 @@ fn encryption_takes_the_kernels_wireguard_where_there_is_one() {
         })
     });
 }
+
+/// Packets node `n` sent into its VXLAN device.
+fn tunnel_tx_packets(mesh: &LocalMesh, n: NodeId) -> u64 {
+    let out = mesh
+        .node(n)
+        .netns
+        .exec("cat", &["/sys/class/net/knit_vxlan/statistics/tx_packets"]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+/// Cluster a routes natively, cluster b in hybrid mode: pods of a node's
+/// own cluster are reached through the FIB (`bpf_fib_lookup`,
+/// `bpf_redirect_neigh`) and taken in by `from_netdev`, with no packet
+/// into the tunnel device; the clusters reach each other through the
+/// tunnel (b is not native). The capture-based proof is
+/// `e2e/tests/routing.rs`; this one needs no tcpdump, so it also runs on
+/// the kernels of `make test-kernels`.
+#[test]
+fn native_and_hybrid_routing_bypass_the_tunnel_inside_a_cluster() {
+    use knit_kvstore::records::RoutingMode::{Hybrid, Native};
+    let mut mesh = LocalMesh::start(MeshOptions {
+        routing_modes: vec![Native, Hybrid],
+        ..MeshOptions::default()
+    });
+    let (client, near, far) = mesh.client_near_far();
+    let client_b = mesh.add_pod(B.node(1), "shop", "client-b", &[("app", "client")]);
+    for n in [A.node(0), B.node(1)] {
+        assert_eq!(mesh.agent_metric(n, "knit_agent_native_nodes "), 1, "{n:?}");
+    }
+    let before = tunnel_tx_packets(&mesh, A.node(0));
+    for udp in [false, true] {
+        let h = mesh.hits(client, mesh.pod(near).ip, 20, udp);
+        assert_eq!(h.total(), 20, "a-n0 -> a-n1 natively, udp={udp}: {h:?}");
+    }
+    assert_eq!(
+        tunnel_tx_packets(&mesh, A.node(0)),
+        before,
+        "no packet to a pod of the same cluster went into the tunnel"
+    );
+    let h = mesh.hits(client, mesh.pod(far).ip, 20, false);
+    assert_eq!(h.total(), 20, "a -> b through the tunnel: {h:?}");
+    assert!(tunnel_tx_packets(&mesh, A.node(0)) >= before + 20);
+    let near_b = mesh.add_pod(B.node(0), "shop", "near-b", &[("app", "web")]);
+    let before = tunnel_tx_packets(&mesh, B.node(1));
+    let h = mesh.hits(client_b, mesh.pod(near_b).ip, 20, false);
+    assert_eq!(h.total(), 20, "hybrid b-n1 -> b-n0: {h:?}");
+    assert_eq!(
+        tunnel_tx_packets(&mesh, B.node(1)),
+        before,
+        "hybrid inside b: no tunnel"
+    );
+    let h = mesh.hits(client_b, mesh.pod(near).ip, 20, false);
+    assert_eq!(h.total(), 20, "b -> a through the tunnel: {h:?}");
+}

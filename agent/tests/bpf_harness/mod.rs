@@ -55,7 +55,13 @@ impl Programs {
             .override_global("knit_test_outer_source_in_cb", &1u32, true)
             .load(OBJECT)
             .expect("load knit.bpf.o");
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD] {
+        for name in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            PROG_FROM_TUNNEL,
+            PROG_FROM_WIREGUARD,
+            PROG_FROM_NETDEV,
+        ] {
             let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             knit_agent::datapath::loader::verify(|| program.load())
                 .unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
@@ -176,6 +182,14 @@ impl Programs {
 
     pub fn tunnel_device(&mut self, ifindex: u32) {
         self.update_config(|c| c.tunnel_ifindex = ifindex);
+    }
+
+    /// Marks the node at `tunnel_endpoint` as reached natively with
+    /// `path` (`NATIVE_PATH_*`).
+    pub fn native_node(&mut self, tunnel_endpoint: Ipv4Addr, path: u32) {
+        let mut map: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_NATIVE_NODES).unwrap()).unwrap();
+        map.insert(addr_be(tunnel_endpoint), path, 0).unwrap();
     }
 
     /// What the agent does after it changed the policy maps.

@@ -297,6 +297,11 @@ pub struct Outcome {
 impl Model {
     /// Starts a 2-cluster mesh and creates the model's pods per `layout`.
     pub fn start(layout: Layout) -> Self {
+        Self::start_routed(layout, knit_kvstore::records::RoutingMode::Tunnel)
+    }
+
+    /// [`Model::start`] on a mesh whose clusters both route as `routing`.
+    pub fn start_routed(layout: Layout, routing: knit_kvstore::records::RoutingMode) -> Self {
         let agent_args = match layout {
             Layout::OneCluster => Vec::new(),
             Layout::TwoClusters | Layout::SplitNamespaces => {
@@ -306,6 +311,7 @@ impl Model {
         let mut mesh = LocalMesh::start(MeshOptions {
             nodes: 2,
             agent_args,
+            routing_modes: vec![routing; 2],
             ..MeshOptions::default()
         });
         let mut pods = BTreeMap::new();
