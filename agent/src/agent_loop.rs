@@ -122,6 +122,9 @@ pub struct AgentLoop<S> {
     underlay_program: Option<String>,
     /// Whether a leftover `from_netdev` was removed (tunnel mode).
     underlay_program_checked: bool,
+    /// Each pod's routes with the tunnel's MTU, by network namespace: the
+    /// pod CIDRs and the MTU.
+    pod_routes: std::collections::BTreeMap<String, (BTreeSet<ipnet::Ipv4Net>, u32)>,
     encryption: Option<NodeEncryption>,
     /// WireGuard's peers and routes may lag the node records.
     wireguard_due: bool,
@@ -156,6 +159,7 @@ impl<S: Source> AgentLoop<S> {
             unroutable_nodes: Vec::new(),
             underlay_program: None,
             underlay_program_checked: false,
+            pod_routes: Default::default(),
             encryption: parts.encryption,
             wireguard_due: true,
             tunnel_carrier_errors: 0,
@@ -252,6 +256,7 @@ impl<S: Source> AgentLoop<S> {
                 &self.attachments,
                 &self.metrics,
                 self.encryption.is_some(),
+                self.settings.routing_mode != crate::routing::RoutingMode::Tunnel,
             )
             .await;
         }

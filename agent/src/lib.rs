@@ -24,6 +24,7 @@ pub mod netdev;
 pub mod node_routes;
 pub mod peer_report;
 pub mod pod_mtu;
+pub mod pod_routes;
 pub mod policy;
 pub mod preference;
 pub mod render;

@@ -189,6 +189,14 @@ async fn agent<S: knit_sources::Source>(
     metrics: Metrics,
     health: knit_telemetry::Health,
 ) -> anyhow::Result<()> {
+    if args.encryption == Encryption::Wireguard
+        && args.routing_mode != knit_agent::routing::RoutingMode::Tunnel
+    {
+        anyhow::bail!(
+            "routingMode {} with encryption wireguard: WireGuard carries the tunnel, so encryption needs routingMode tunnel; set routingMode tunnel or encryption none",
+            args.routing_mode
+        );
+    }
     let settings = AgentSettings {
         cluster: args.cluster_name.clone(),
         node: args.node_name.clone(),
@@ -255,6 +263,10 @@ struct CniArgs {
     /// The agent's encryption, whose overhead the pods' MTU leaves room for.
     #[arg(long, value_enum, env = "KNIT_ENCRYPTION", default_value_t = Encryption::None)]
     encryption: Encryption,
+    /// The agent's routing mode: outside `tunnel`, pods get the underlay's
+    /// full MTU (routes into the tunnel carry the smaller one).
+    #[arg(long, env = "KNIT_ROUTING_MODE", default_value = "tunnel")]
+    routing_mode: knit_agent::routing::RoutingMode,
 }
 
 async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
@@ -282,9 +294,14 @@ async fn install_cni(args: CniArgs) -> anyhow::Result<()> {
         Encryption::None => 0,
         Encryption::Wireguard => knit_agent::encryption::node::WIREGUARD_OVERHEAD,
     };
-    let pod_mtu = args
-        .pod_mtu
-        .or_else(|| knit_agent::cni_install::node_pod_mtu().map(|m| m.saturating_sub(overhead)));
+    let pod_mtu = args.pod_mtu.or_else(|| {
+        let mtu = if args.routing_mode == knit_agent::routing::RoutingMode::Tunnel {
+            knit_agent::cni_install::node_pod_mtu()
+        } else {
+            knit_agent::cni_install::underlay_mtu()
+        };
+        mtu.map(|m| m.saturating_sub(overhead))
+    });
     let installed = knit_agent::cni_install::install(
         &args.knit_cni,
         &args.image_plugins,

@@ -46,6 +46,31 @@ impl NetDevices {
         Ok(Self { handle })
     }
 
+    /// A connection in the network namespace at `netns` (a pod's): the
+    /// socket is opened on a thread that entered the namespace, and stays
+    /// there when the thread ends.
+    pub fn connect_in(netns: &str) -> Result<Self> {
+        use std::os::fd::AsFd as _;
+        let runtime = tokio::runtime::Handle::current();
+        let path = netns.to_owned();
+        let opened = std::thread::spawn(move || {
+            let _runtime = runtime.enter();
+            let file = std::fs::File::open(&path)?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            rtnetlink::new_connection()
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the thread opening the socket panicked"))
+        .and_then(|r| r);
+        let (conn, handle, _) = opened.map_err(|source| Error::Netlink {
+            action: format!("open a netlink socket in {netns}"),
+            source: Box::new(source),
+        })?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
     /// One dump of every interface: `pick` reads what the caller needs
     /// from each link message; the result is keyed by interface name.
     async fn links<T>(&self, pick: impl Fn(&LinkMessage) -> Option<T>) -> Result<Vec<(String, T)>> {

@@ -383,19 +383,27 @@ pub(crate) fn mark_attached(
 
 /// Counts and names the attached pods too large for the tunnel
 /// ([`crate::pod_mtu`]); nothing when the node has no default route to
-/// take the underlay's MTU from.
+/// take the underlay's MTU from. Outside tunnel mode (`routed`) pods may
+/// have the underlay's full MTU: their routes into the tunnel carry the
+/// smaller one ([`crate::pod_routes`]).
 pub(crate) async fn check_pod_mtus(
     net: &NetDevices,
     attachments: &[Attachment],
     metrics: &Metrics,
     encrypted: bool,
+    routed: bool,
 ) {
     let overhead = if encrypted {
         crate::encryption::node::WIREGUARD_OVERHEAD
     } else {
         0
     };
-    let Some(limit) = crate::cni_install::node_pod_mtu().map(|m| m.saturating_sub(overhead)) else {
+    let limit = if routed {
+        crate::cni_install::underlay_mtu()
+    } else {
+        crate::cni_install::node_pod_mtu()
+    };
+    let Some(limit) = limit.map(|m| m.saturating_sub(overhead)) else {
         return;
     };
     let mtus = match net.mtus().await {

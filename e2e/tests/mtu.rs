@@ -173,3 +173,60 @@ fn a_chained_cni_with_full_size_pods_is_reported() {
         || mesh.agent_metric(node, metric) == 1,
     );
 }
+
+/// What `ip route get <to>` says in pod `p`'s namespace.
+fn route_to(mesh: &LocalMesh, p: PodId, to: PodId) -> String {
+    let out = mesh
+        .pod(p)
+        .netns
+        .ip(&["route", "get", &mesh.pod(to).ip.to_string()]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// In hybrid routing the MTU is per path: pods keep the underlay's full
+/// 1400 (native hops within a cluster carry it whole), and the agent gives
+/// each pod a route with 1400 − 50 to the other cluster's pod CIDRs, which
+/// the tunnel carries. Full-size transfers both ways, natively and through
+/// the tunnel, fragment nothing on any node.
+#[test]
+fn hybrid_routing_gives_native_paths_the_full_mtu_and_tunnel_paths_less() {
+    use knit_kvstore::records::RoutingMode::Hybrid;
+    let mut mesh = LocalMesh::start(MeshOptions {
+        underlay_mtu: 1400,
+        routing_modes: vec![Hybrid, Hybrid],
+        ..MeshOptions::default()
+    });
+    let (client, near, far) = mesh.client_near_far();
+    for p in [client, near, far] {
+        assert_eq!(
+            eth0_mtu(&mesh, p),
+            1400,
+            "{}: the underlay's full MTU",
+            mesh.pod(p).name
+        );
+    }
+    mesh.wait_until(
+        "the routes into the tunnel",
+        std::time::Duration::from_secs(30),
+        || {
+            route_to(&mesh, client, far).contains("mtu 1350")
+                && route_to(&mesh, far, client).contains("mtu 1350")
+        },
+    );
+    let native = route_to(&mesh, client, near);
+    assert!(
+        !native.contains("mtu"),
+        "to a pod of the same cluster: the device's 1400: {native}"
+    );
+    let nodes = [A.node(0), A.node(1), B.node(0)];
+    let before: Vec<_> = nodes.iter().map(|n| fragments(&mesh, *n)).collect();
+    transfer(&mesh, client, near);
+    transfer(&mesh, near, client);
+    transfer(&mesh, client, far);
+    transfer(&mesh, far, client);
+    let after: Vec<_> = nodes.iter().map(|n| fragments(&mesh, *n)).collect();
+    assert_eq!(
+        before, after,
+        "no node fragmented or reassembled a packet (FragCreates, ReasmReqds per node)"
+    );
+}

@@ -3,9 +3,10 @@
 //! in native mode), then which nodes the datapath reaches without the
 //! tunnel ([`crate::routing::plan`] on the kernel's routes once they are
 //! in), and, outside tunnel mode, the program on the underlay interface
-//! that takes what other nodes send natively.
+//! that takes what other nodes send natively, and each pod's routes with
+//! the tunnel's MTU ([`crate::pod_routes`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use knit_sources::Source;
@@ -79,7 +80,46 @@ impl<S: Source> AgentLoop<S> {
             .filter(|p| **p == knit_datapath_common::NATIVE_PATH_ROUTED)
             .count();
         self.metrics.native_nodes.set(routed as i64);
-        self.write_native_paths(plan.paths) && ok
+        let tunnel = crate::pod_routes::tunnel_cidrs(&self.index, mode, &plan.unroutable);
+        ok &= self.write_native_paths(plan.paths);
+        self.sync_pod_routes(tunnel).await && ok
+    }
+
+    /// Gives every attached pod a route with the tunnel's MTU to each of
+    /// `tunnel` (once per pod and change).
+    async fn sync_pod_routes(&mut self, tunnel: BTreeSet<ipnet::Ipv4Net>) -> bool {
+        let Some(iface) = self.underlay_program.clone() else {
+            return true;
+        };
+        let mtu = match self.net.mtus().await {
+            Ok(mtus) => mtus.get(&iface).copied(),
+            Err(e) => {
+                tracing::warn!(error = %knit_telemetry::error_chain(&e), "reading MTUs failed");
+                None
+            }
+        };
+        let Some(mtu) = mtu else {
+            return false;
+        };
+        let want = (tunnel, mtu.saturating_sub(crate::pod_routes::TUNNEL_OVERHEAD));
+        let live: BTreeSet<&str> = self.attachments.iter().map(|a| a.netns.as_str()).collect();
+        self.pod_routes.retain(|netns, _| live.contains(netns.as_str()));
+        let mut ok = true;
+        for netns in live {
+            if self.pod_routes.get(netns) == Some(&want) {
+                continue;
+            }
+            match crate::pod_routes::sync(netns, &want.0, want.1).await {
+                Ok(()) => {
+                    self.pod_routes.insert(netns.to_owned(), want.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(%netns, error = %knit_telemetry::error_chain(&e), "setting a pod's tunnel routes failed");
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 
     async fn kernel_routes(&self) -> Option<Vec<routing::KernelRoute>> {

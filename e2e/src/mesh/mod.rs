@@ -124,7 +124,7 @@ impl LocalMesh {
                         std::slice::from_ref(&pod_cidr),
                         &cni_state_dir,
                         Some(&node_dir.join("ipam")),
-                        Some(options.pod_mtu()),
+                        Some(options.pod_mtu_in(c)),
                     ),
                     bin_dir: plugin_dir.clone(),
                     cache_dir: node_dir.join("cache"),

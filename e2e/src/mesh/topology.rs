@@ -151,7 +151,16 @@ impl MeshOptions {
         self.routing_modes.get(c.0).copied().unwrap_or_default()
     }
 
-    /// The MTU the nodes' conflists give pods.
+    /// The MTU cluster `c`'s conflists give pods: the underlay's outside
+    /// tunnel mode (routes into the tunnel carry the smaller one).
+    pub fn pod_mtu_in(&self, c: ClusterId) -> u32 {
+        if self.routing_mode(c) != knit_kvstore::records::RoutingMode::Tunnel {
+            return self.underlay_mtu;
+        }
+        self.pod_mtu()
+    }
+
+    /// The MTU tunnel-mode conflists give pods.
     pub fn pod_mtu(&self) -> u32 {
         let overhead = if self.encrypted {
             knit_agent::encryption::node::WIREGUARD_OVERHEAD
