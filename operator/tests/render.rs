@@ -583,7 +583,7 @@ fn every_certificate_has_one_expiry_for_the_alert() {
 }
 
 #[test]
-fn the_apiserver_announces_the_agents_tunnel_port_from_their_configmap() {
+fn the_apiserver_announces_the_agents_tunnel_port_and_routing_mode_from_their_configmap() {
     let deployment = knit_operator::render::workloads::apiserver_deployment(&config_a(), "h").unwrap();
     let value = serde_json::to_value(&deployment).unwrap();
     let containers = value["spec"]["template"]["spec"]["containers"]
@@ -593,8 +593,10 @@ fn the_apiserver_announces_the_agents_tunnel_port_from_their_configmap() {
     assert_eq!(
         apiserver["env"],
         serde_json::json!([{"name": "KNIT_TUNNEL_PORT", "valueFrom": {"configMapKeyRef": {
-            "name": "knit-agent-config", "key": "tunnelPort", "optional": true}}}]),
-        "one place for the port: the agents' ConfigMap"
+            "name": "knit-agent-config", "key": "tunnelPort", "optional": true}}},
+            {"name": "KNIT_ROUTING_MODE", "valueFrom": {"configMapKeyRef": {
+            "name": "knit-agent-config", "key": "routingMode", "optional": true}}}]),
+        "one place for the port and the mode: the agents' ConfigMap"
     );
 }
 

@@ -87,12 +87,18 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                             "name": "apiserver",
                             "image": config.images.apiserver,
                             "args": apiserver_args(config),
-                            // The agents' tunnel port, set once in
-                            // knit-agent-config, announced to peers.
+                            // The agents' tunnel port and routing mode,
+                            // set once in knit-agent-config, announced to
+                            // peers.
                             "env": [{
                                 "name": "KNIT_TUNNEL_PORT",
                                 "valueFrom": { "configMapKeyRef": {
                                     "name": names::AGENT_CONFIG, "key": "tunnelPort", "optional": true,
+                                } },
+                            }, {
+                                "name": "KNIT_ROUTING_MODE",
+                                "valueFrom": { "configMapKeyRef": {
+                                    "name": names::AGENT_CONFIG, "key": "routingMode", "optional": true,
                                 } },
                             }],
                             "ports": [
