@@ -9,14 +9,16 @@
 #     CNI plugins, util-linux, bash) and of the workspace's binaries and test
 #     binaries, each with the shared libraries ldd names, at the same paths.
 # Inside the VM it runs, in that kernel:
-#   - agent/tests/bpf_programs.rs and bpf_conntrack.rs (every tc program on
-#     crafted packets, connection tracking),
+#   - agent/tests/bpf_programs.rs, bpf_routing.rs and bpf_conntrack.rs
+#     (every tc program on crafted packets, the FIB path of native routing,
+#     connection tracking),
 #   - the agent's kernel-facing unit tests (feature probes, tc attach mode),
 #   - e2e/tests/datapath.rs: two clusters of two nodes in network namespaces,
 #     pod to pod over the tunnel, a global Service VIP, affinity, an agent
 #     restart, and NetworkPolicy by cluster, with tc attached as `auto` picks;
-#     and an encrypted mesh on the kernel's own WireGuard (this machine's
-#     kernel has none, so only here does the kernel path run).
+#     an encrypted mesh on the kernel's own WireGuard (this machine's
+#     kernel has none, so only here does the kernel path run); and a mesh
+#     in native and hybrid routing (bpf_fib_lookup, bpf_redirect_neigh).
 # The VM has no network card (-nic none): every packet stays inside the
 # namespaces its tests make inside the VM. Nothing is downloaded but Debian
 # packages (the kernel, with apt-get download, cached in target/kernels).
@@ -57,7 +59,7 @@ apt_for() {
 
 # --- the binaries under test -------------------------------------------------
 cargo build -q --workspace --bins
-test_exes=$(cargo test -q --no-run --message-format=json -p knit-agent --lib --test bpf_programs --test bpf_conntrack -p knit-e2e --test datapath 2>/dev/null |
+test_exes=$(cargo test -q --no-run --message-format=json -p knit-agent --lib --test bpf_programs --test bpf_conntrack --test bpf_routing -p knit-e2e --test datapath 2>/dev/null |
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -67,10 +69,11 @@ for line in sys.stdin:
 ')
 exe_of() { awk -v n="$1" '$1 == n {print $2}' <<<"$test_exes"; }
 BPF_TESTS=$(exe_of bpf_programs)
+ROUTING_TESTS=$(exe_of bpf_routing)
 CT_TESTS=$(exe_of bpf_conntrack)
 AGENT_TESTS=$(exe_of knit_agent)
 DATAPATH_TESTS=$(exe_of datapath)
-for t in "$BPF_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"; do
+for t in "$BPF_TESTS" "$ROUTING_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"; do
   [ -x "$t" ] || { echo "test-kernels: a test binary was not built ($test_exes)" >&2; exit 1; }
 done
 
@@ -131,7 +134,7 @@ build_initramfs() {
   copy /usr/lib/x86_64-linux-gnu/xtables/*.so
   copy /usr/lib/cni/*
   copy_stripped "$ROOT"/target/debug/knit-{agent,apiserver,probe,cni} "$ROOT/target/debug/knitctl" \
-    "$BPF_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"
+    "$BPF_TESTS" "$ROUTING_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"
   mkdir -p "$STAGE/$ROOT/e2e" && cp -r "$ROOT/e2e/cni-standins" "$STAGE/$ROOT/e2e/"
   # The modules the datapath and its tests load, with their dependencies.
   mkdir -p "$STAGE/lib/modules/$version/kernel"
@@ -172,6 +175,7 @@ run() { echo "knit-vm: RUN \$*"; "\$@" || { echo "knit-vm: FAILED \$*"; rc=1; };
 cd /tmp
 $bpf_note
 run $BPF_TESTS --test-threads=1 $bpf_skip
+run $ROUTING_TESTS --test-threads=1
 run $CT_TESTS --test-threads=1
 run $AGENT_TESTS --test-threads=1 datapath::tc:: datapath::features::
 run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc encryption_takes_the_kernels_wireguard_where_there_is_one native_and_hybrid_routing_bypass_the_tunnel_inside_a_cluster}
@@ -242,7 +246,7 @@ for entry in $kernels; do
   if grep -q '^knit-vm: RESULT 0' "$log"; then
     wg=""
     grep -q '^knit-vm: WireGuard in the kernel' "$log" && wg=", encryption on the kernel's WireGuard"
-    summary+=("$version (Debian $suite, $accel, tc attach: netlink): bpf program tests, kernel probes, two-cluster datapath$wg: passed")
+    summary+=("$version (Debian $suite, $accel, tc attach: netlink): bpf program tests, kernel probes, two-cluster datapath, native and hybrid routing$wg: passed")
   else
     failed+=("$version")
     summary+=("$version ($accel): FAILED, see $log")

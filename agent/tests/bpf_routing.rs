@@ -169,13 +169,13 @@ fn from_netdev_delivers_a_remote_pods_packet_with_its_ipcache_identity() {
     p.route(REMOTE_POD, remote_identity, Some(REMOTE_NODE));
     let syn = tcp(REMOTE_POD, POD_B, 40106, 80, SYN);
     assert_eq!(
-        p.run(PROG_FROM_NETDEV, &syn, 2).0,
+        p.run(PROG_FROM_NETDEV, &syn, 0).0,
         TC_ACT_SHOT,
         "b's policy admits nobody yet"
     );
     assert_eq!(p.drops(DropReason::Policy), 1);
     p.allow(POD_B, remote_identity, 80, TCP);
-    let (verdict, out) = p.run(PROG_FROM_NETDEV, &syn, 2);
+    let (verdict, out) = p.run(PROG_FROM_NETDEV, &syn, 0);
     assert_eq!(verdict, TC_ACT_REDIRECT, "into b's namespace");
     assert_eq!((&out[0..6], &out[6..12]), (&MAC_B[..], &NODE_MAC_B[..]));
     // b's reply flow is known: its answer from b's node would pass.
@@ -195,14 +195,14 @@ fn from_netdev_leaves_everything_else_to_the_host() {
         (REMOTE_POD, OUTSIDE),
     ] {
         assert_eq!(
-            p.run(PROG_FROM_NETDEV, &tcp(src, dst, 40107, 80, SYN), 2).0,
+            p.run(PROG_FROM_NETDEV, &tcp(src, dst, 40107, 80, SYN), 0).0,
             TC_ACT_OK,
             "{src} -> {dst}"
         );
     }
     let mut arp = tcp(REMOTE_POD, POD_B, 1, 2, SYN);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(p.run(PROG_FROM_NETDEV, &arp, 2).0, TC_ACT_OK);
+    assert_eq!(p.run(PROG_FROM_NETDEV, &arp, 0).0, TC_ACT_OK);
     assert_eq!(
         p.drops(DropReason::Policy),
         0,

@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod container;
 pub mod mesh;
 pub mod netns;
+pub mod path_bench;
 pub mod progress;
 
 pub use knit_testkit::{
