@@ -88,6 +88,7 @@ impl Metrics {
     /// Registers every metric under `knit_agent_`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("knit_agent");
+        self.register_node_network(r);
         r.register(
             "map_entries",
             "Entries per datapath map",
@@ -165,6 +166,19 @@ impl Metrics {
             self.pods_over_tunnel_mtu.clone(),
         );
         r.register(
+            "failing_nodes",
+            "Remote nodes whose data path does not answer health probes (their backends are avoided)",
+            self.failing_nodes.clone(),
+        );
+        r.register(
+            "applies",
+            "Datapath passes by render path (patch: endpoint and service records alone; full: the whole node)",
+            self.applies.clone(),
+        );
+    }
+    /// The node's routes, routing mode and encryption.
+    fn register_node_network(&self, r: &mut Registry) {
+        r.register(
             "node_routes",
             "Direct routes to other nodes' pod CIDRs kept by the agent",
             self.node_routes.clone(),
@@ -203,16 +217,6 @@ impl Metrics {
             "node_route_failures",
             "Direct routes to other nodes' pod CIDRs the kernel refused (gateway not on-link?)",
             self.node_route_failures.clone(),
-        );
-        r.register(
-            "failing_nodes",
-            "Remote nodes whose data path does not answer health probes (their backends are avoided)",
-            self.failing_nodes.clone(),
-        );
-        r.register(
-            "applies",
-            "Datapath passes by render path (patch: endpoint and service records alone; full: the whole node)",
-            self.applies.clone(),
         );
     }
 }
