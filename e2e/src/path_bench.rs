@@ -43,9 +43,11 @@ fn throughput(from: &str, to: &str, to_ip: &str) -> f64 {
             .arg(IPERF_PORT.to_string())
             .output()
             .expect("iperf3");
-        if out.status.success() {
+        // iperf3 3.12 exits 0 with -J even when it could not connect (the
+        // server not listening yet): only a JSON without "error" counts.
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() && v.get("end").is_some() && v.get("error").is_none() {
             let _ = server.wait();
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
             return v["end"]["sum_received"]["bits_per_second"]
                 .as_f64()
                 .unwrap_or(0.0)
