@@ -1,13 +1,16 @@
 //! The ClusterMesh scenarios end to end on the local mesh (every component
 //! for real: etcd with mTLS/RBAC, knit-apiserver with its KVStoreMesh,
 //! knit-agent with the eBPF datapath, pods in network namespaces).
-//! e2e/kind/scenarios.sh runs the same list on kind clusters.
+//! e2e/kind/scenarios.sh runs the same list on kind clusters. The export,
+//! import and peer-failure scenario runs in every routing mode, and the
+//! three-cluster mesh mixes them (native, tunnel, hybrid).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use knit_e2e::TestCluster;
 use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions, PodId};
+use knit_kvstore::records::RoutingMode::{self, Hybrid, Native, Tunnel};
 
 const A: ClusterId = ClusterId(0);
 const B: ClusterId = ClusterId(1);
@@ -28,7 +31,24 @@ fn service(vip: Ipv4Addr, backends: Vec<PodId>, export: bool, import: bool) -> G
 
 #[test]
 fn export_import_and_peer_failure() {
-    let mut mesh = LocalMesh::start(MeshOptions::default());
+    export_import_and_peer_failure_in(Tunnel);
+}
+
+#[test]
+fn export_import_and_peer_failure_in_native_routing() {
+    export_import_and_peer_failure_in(Native);
+}
+
+#[test]
+fn export_import_and_peer_failure_in_hybrid_routing() {
+    export_import_and_peer_failure_in(Hybrid);
+}
+
+fn export_import_and_peer_failure_in(routing: RoutingMode) {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        routing_modes: vec![routing; 2],
+        ..MeshOptions::default()
+    });
     let (a, b) = (A.name(), B.name());
     let client_a = mesh.add_pod(A.node(0), "shop", "client-a", &[("app", "client")]);
     let client_b = mesh.add_pod(B.node(0), "shop", "client-b", &[("app", "client")]);
@@ -210,6 +230,7 @@ fn security_of_the_mesh() {
 fn three_clusters_fully_meshed() {
     let mut mesh = LocalMesh::start(MeshOptions {
         clusters: 3,
+        routing_modes: vec![Native, Tunnel, Hybrid],
         ..MeshOptions::default()
     });
     let client = mesh.add_pod(A.node(0), "shop", "client", &[("app", "client")]);

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 /// ClusterIP Service for local agents (port `etcd`).
 pub const APISERVER: &str = "knit-apiserver";
 /// The agents' ConfigMap (`config/agent/agent-config.yaml`): `tunnelPort`,
-/// `tcAttach`. The apiserver reads `tunnelPort` from it to announce it.
+/// `tcAttach`, `routingMode`, … The apiserver reads `tunnelPort` and
+/// `routingMode` from it to announce them.
 pub const AGENT_CONFIG: &str = "knit-agent-config";
 /// Service peers reach (port `peers`, the peer front): the one exposed as
 /// NodePort or LoadBalancer. etcd itself is never exposed outside.
