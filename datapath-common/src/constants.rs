@@ -63,6 +63,15 @@ pub const PROG_FROM_WIREGUARD: &str = "from_wireguard";
 /// nodes, routed natively).
 pub const PROG_FROM_NETDEV: &str = "from_netdev";
 
+/// Every tc program, in the order they are loaded.
+pub const TC_PROGRAMS: [&str; 5] = [
+    PROG_FROM_POD,
+    PROG_TO_POD,
+    PROG_FROM_TUNNEL,
+    PROG_FROM_WIREGUARD,
+    PROG_FROM_NETDEV,
+];
+
 /// `MARK_DECRYPTED_MASK`: the skb mark bits Knit uses.
 pub const MARK_DECRYPTED_MASK: u32 = 0x0f00;
 /// `MARK_DECRYPTED`: the mark of a packet WireGuard decrypted.

@@ -12,11 +12,8 @@
 //! plaintext throughput and under 100 µs added to the p99. Both are
 //! printed either way.
 
-use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, SERVER_PORT};
-use knit_e2e::path_bench::{Figures, header, measure, row};
-
-const A: ClusterId = ClusterId(0);
-const B: ClusterId = ClusterId(1);
+use knit_e2e::mesh::{LocalMesh, MeshOptions};
+use knit_e2e::path_bench::{Figures, across_nodes_and_clusters, header, row};
 
 /// Across nodes and across clusters on one mesh; with `underlay`, also
 /// host to host on the underlay.
@@ -25,30 +22,7 @@ fn run(encrypted: bool, underlay: bool) -> (Figures, Figures, Option<Figures>) {
         encrypted,
         ..MeshOptions::default()
     });
-    let client = mesh.add_pod(A.node(0), "bench", "client", &[("app", "client")]);
-    let near = mesh.add_pod(A.node(1), "bench", "near", &[("app", "web")]);
-    let far = mesh.add_pod(B.node(0), "bench", "far", &[("app", "web")]);
-    for (what, to, name) in [
-        ("across nodes", near, format!("{}/near", A.name())),
-        ("across clusters", far, format!("{}/far", B.name())),
-    ] {
-        mesh.wait_for_hits(what, client, mesh.pod(to).ip, false, |h| {
-            h.names.get(&name) == Some(&40)
-        });
-    }
-    let from = mesh.pod(client).netns.name().to_owned();
-    let path = |to: knit_e2e::mesh::PodId| {
-        let pod = mesh.pod(to);
-        measure(&mesh, &from, pod.netns.name(), &pod.ip.to_string())
-    };
-    let (across_nodes, across_clusters) = (path(near), path(far));
-    let host = underlay.then(|| {
-        let (n0, n1) = (mesh.node(A.node(0)), mesh.node(A.node(1)));
-        let _server = mesh.serve_in(n1.netns.name(), "host", SERVER_PORT);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        measure(&mesh, n0.netns.name(), n1.netns.name(), &n1.ip)
-    });
-    (across_nodes, across_clusters, host)
+    across_nodes_and_clusters(&mut mesh, underlay)
 }
 
 fn main() {

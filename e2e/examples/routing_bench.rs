@@ -9,11 +9,9 @@
 //! within 10 % of the underlay's throughput (≥ 0.90×) and ahead of the
 //! tunnel. Printed either way.
 
-use knit_e2e::mesh::{ClusterId, LocalMesh, MeshOptions, SERVER_PORT};
-use knit_e2e::path_bench::{Figures, header, measure, row};
+use knit_e2e::mesh::{LocalMesh, MeshOptions};
+use knit_e2e::path_bench::{Figures, across_nodes_and_clusters, header, row};
 use knit_kvstore::records::RoutingMode;
-
-const A: ClusterId = ClusterId(0);
 
 /// Across nodes and across clusters with both clusters in `mode`; with
 /// `underlay`, also host to host on the underlay.
@@ -22,20 +20,7 @@ fn run(mode: RoutingMode, underlay: bool) -> (Figures, Figures, Option<Figures>)
         routing_modes: vec![mode; 2],
         ..MeshOptions::default()
     });
-    let (client, near, far) = mesh.client_near_far();
-    let from = mesh.pod(client).netns.name().to_owned();
-    let path = |to: knit_e2e::mesh::PodId| {
-        let pod = mesh.pod(to);
-        measure(&mesh, &from, pod.netns.name(), &pod.ip.to_string())
-    };
-    let (across_nodes, across_clusters) = (path(near), path(far));
-    let host = underlay.then(|| {
-        let (n0, n1) = (mesh.node(A.node(0)), mesh.node(A.node(1)));
-        let _server = mesh.serve_in(n1.netns.name(), "host", SERVER_PORT);
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        measure(&mesh, n0.netns.name(), n1.netns.name(), &n1.ip)
-    });
-    (across_nodes, across_clusters, host)
+    across_nodes_and_clusters(&mut mesh, underlay)
 }
 
 fn main() {

@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::mesh::{LocalMesh, SERVER_PORT};
+use crate::mesh::{ClusterId, LocalMesh, SERVER_PORT};
 
 const IPERF_PORT: u16 = 5201;
 const SECONDS: &str = "3";
@@ -96,6 +96,30 @@ pub fn measure(mesh: &LocalMesh, from: &str, to: &str, to_ip: &str) -> Figures {
         p50_us: rr["p50_us"].as_f64().unwrap_or(0.0),
         p99_us: rr["p99_us"].as_f64().unwrap_or(0.0),
     }
+}
+
+/// On `mesh`: a client on cluster-a's first node to a pod on its second
+/// node and to a pod of cluster-b ([`LocalMesh::client_near_far`]); with
+/// `underlay`, also host to host between cluster-a's two nodes.
+pub fn across_nodes_and_clusters(
+    mesh: &mut LocalMesh,
+    underlay: bool,
+) -> (Figures, Figures, Option<Figures>) {
+    let (client, near, far) = mesh.client_near_far();
+    let from = mesh.pod(client).netns.name().to_owned();
+    let path = |to| {
+        let pod = mesh.pod(to);
+        measure(mesh, &from, pod.netns.name(), &pod.ip.to_string())
+    };
+    let (across_nodes, across_clusters) = (path(near), path(far));
+    let host = underlay.then(|| {
+        let a = ClusterId(0);
+        let (n0, n1) = (mesh.node(a.node(0)), mesh.node(a.node(1)));
+        let _server = mesh.serve_in(n1.netns.name(), "host", SERVER_PORT);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        measure(mesh, n0.netns.name(), n1.netns.name(), &n1.ip)
+    });
+    (across_nodes, across_clusters, host)
 }
 
 /// A table row: `f` and, against `base`, the throughput and connection

@@ -18,9 +18,7 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
-use knit_datapath_common::{
-    PROG_FROM_NETDEV, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD,
-};
+use knit_datapath_common::TC_PROGRAMS;
 
 use super::tc::{self, TcAttach, TcMode};
 use crate::{Error, Result};
@@ -67,13 +65,7 @@ pub fn load(pin_dir: &Path, tc_attach: TcAttach) -> Result<Loaded> {
         .default_map_pin_directory(&maps)
         .load(OBJECT)
         .map_err(|e| Error::Load(Box::new(e)))?;
-    for name in [
-        PROG_FROM_POD,
-        PROG_TO_POD,
-        PROG_FROM_TUNNEL,
-        PROG_FROM_WIREGUARD,
-        PROG_FROM_NETDEV,
-    ] {
+    for name in TC_PROGRAMS {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         verify(|| prog.load()).map_err(|e| Error::program(name, e))?;
     }

@@ -55,13 +55,7 @@ impl Programs {
             .override_global("knit_test_outer_source_in_cb", &1u32, true)
             .load(OBJECT)
             .expect("load knit.bpf.o");
-        for name in [
-            PROG_FROM_POD,
-            PROG_TO_POD,
-            PROG_FROM_TUNNEL,
-            PROG_FROM_WIREGUARD,
-            PROG_FROM_NETDEV,
-        ] {
+        for name in TC_PROGRAMS {
             let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             knit_agent::datapath::loader::verify(|| program.load())
                 .unwrap_or_else(|e| panic!("verifier refused {name}: {e}"));
