@@ -183,6 +183,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } knit_drops SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct observe_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_observe SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} knit_events_lost SEC(".maps");
+
 struct flow {
 	__u32 saddr;
 	__u32 daddr;
@@ -192,6 +214,44 @@ struct flow {
 	__u8 tcp_flags;
 };
 
+/* Who a flow event is about: the identities of its two ends (0 unknown)
+ * and the direction of a policy verdict. */
+struct parties {
+	__u32 src;
+	__u32 dst;
+	__u8 direction;
+};
+
+#define NO_PARTIES ((struct parties){.direction = EVENT_DIRECTION_NONE})
+
+/* Emits an event of `kind` about `f` if the agent asked for that kind. */
+static __always_inline void emit(__u8 kind, __u8 reason, const struct flow *f, struct parties who)
+{
+	__u32 zero = 0;
+	struct observe_config *cfg = bpf_map_lookup_elem(&knit_observe, &zero);
+
+	if (!cfg || !(cfg->events & (1U << kind)))
+		return;
+	struct flow_event e = {
+		.timestamp = bpf_ktime_get_ns(),
+		.saddr = f->saddr,
+		.daddr = f->daddr,
+		.src_identity = who.src,
+		.dst_identity = who.dst,
+		.sport = f->sport,
+		.dport = f->dport,
+		.kind = kind,
+		.reason = reason,
+		.direction = who.direction,
+		.proto = f->proto,
+	};
+	if (bpf_ringbuf_output(&knit_events, &e, sizeof(e), 0) < 0) {
+		__u64 *lost = bpf_map_lookup_elem(&knit_events_lost, &zero);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
+	}
+}
+
 static __always_inline void count_drop(__u32 reason)
 {
 	__u64 *n = bpf_map_lookup_elem(&knit_drops, &reason);
@@ -199,9 +259,11 @@ static __always_inline void count_drop(__u32 reason)
 		__sync_fetch_and_add(n, 1);
 }
 
-static __always_inline int drop(__u32 reason)
+/* Drops the packet of `f`: counted, and emitted as an EVENT_DROP. */
+static __always_inline int drop(__u32 reason, const struct flow *f, struct parties who)
 {
 	count_drop(reason);
+	emit(EVENT_DROP, reason, f, who);
 	return TC_ACT_SHOT;
 }
 
@@ -449,25 +511,29 @@ static __always_inline int ct_opens(const struct flow *f)
 
 /* Ingress policy of the pod f->daddr, for a peer of `identity`: replies
  * of flows the pod opened pass. */
-static __always_inline int admitted(const struct flow *f, __u32 identity)
+static __always_inline int admitted(const struct flow *f, __u32 identity, __u32 dst_identity)
 {
 	if (ct_has(f, 1, CT_F_EGRESS) || ct_has(f, 0, CT_F_ALLOWED))
 		return 1;
 	if (!policy_allows(f->daddr, POLICY_INGRESS, identity, f->saddr, bpf_ntohs(f->dport), f->proto))
 		return 0;
 	ct_mark(f, CT_F_ALLOWED);
+	emit(EVENT_POLICY, VERDICT_ALLOWED, f,
+	     (struct parties){.src = identity, .dst = dst_identity, .direction = POLICY_INGRESS});
 	return 1;
 }
 
 /* Egress policy of the pod f->saddr, towards a peer of `identity`:
  * replies of flows the peer opened pass. */
-static __always_inline int egress_admitted(const struct flow *f, __u32 identity)
+static __always_inline int egress_admitted(const struct flow *f, __u32 identity, __u32 src_identity)
 {
 	if (ct_has(f, 1, CT_F_INGRESS) || ct_has(f, 0, CT_F_EGRESS_ALLOWED))
 		return 1;
 	if (!policy_allows(f->saddr, POLICY_EGRESS, identity, f->daddr, bpf_ntohs(f->dport), f->proto))
 		return 0;
 	ct_mark(f, CT_F_EGRESS_ALLOWED);
+	emit(EVENT_POLICY, VERDICT_ALLOWED, f,
+	     (struct parties){.src = src_identity, .dst = identity, .direction = POLICY_EGRESS});
 	return 1;
 }
 
@@ -484,16 +550,18 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f,
 	__u8 macs[12];
 
 	int opening = ct_opens(f);
+	struct parties who = {.src = identity, .dst = ep->identity, .direction = POLICY_INGRESS};
 
-	if ((ep->flags & ENDPOINT_F_POLICY) && !admitted(f, identity))
-		return drop(DROP_POLICY);
+	if ((ep->flags & ENDPOINT_F_POLICY) && !admitted(f, identity, ep->identity))
+		return drop(DROP_POLICY, f, who);
 	ct_mark(f, opening ? CT_F_INGRESS : 0);
+	who.direction = EVENT_DIRECTION_NONE;
 	__builtin_memcpy(&macs[0], ep->mac, 6);
 	__builtin_memcpy(&macs[6], ep->node_mac, 6);
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
-		return drop(DROP_MALFORMED);
+		return drop(DROP_MALFORMED, f, who);
 	if (skb->pkt_type != PACKET_HOST && bpf_skb_change_type(skb, PACKET_HOST) < 0)
-		return drop(DROP_MALFORMED);
+		return drop(DROP_MALFORMED, f, who);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
@@ -558,13 +626,13 @@ static __always_inline __u32 identity_of(__u32 addr, __u32 fallback)
  * know yet is resolved by bpf_redirect_neigh. What the FIB cannot route
  * is dropped as no_route. A packet at its last hop goes to the stack,
  * which answers with ICMP time exceeded. */
-static __always_inline int forward_natively(struct __sk_buff *skb, const struct flow *f)
+static __always_inline int forward_natively(struct __sk_buff *skb, const struct flow *f, struct parties who)
 {
 	struct bpf_fib_lookup fib = {};
 	__u8 ttl;
 
 	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &ttl, 1) < 0)
-		return drop(DROP_MALFORMED);
+		return drop(DROP_MALFORMED, f, who);
 	if (ttl <= 1)
 		return TC_ACT_OK;
 	fib.family = AF_INET;
@@ -574,11 +642,11 @@ static __always_inline int forward_natively(struct __sk_buff *skb, const struct 
 	fib.ifindex = skb->ifindex;
 	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return drop(DROP_NO_ROUTE);
+		return drop(DROP_NO_ROUTE, f, who);
 	__u8 next = ttl - 1;
 	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, bpf_htons((__u16)ttl << 8), bpf_htons((__u16)next << 8), 2) < 0 ||
 	    bpf_skb_store_bytes(skb, IP_TTL_OFF, &next, 1, 0) < 0)
-		return drop(DROP_MALFORMED);
+		return drop(DROP_MALFORMED, f, who);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst};
 		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
@@ -587,33 +655,36 @@ static __always_inline int forward_natively(struct __sk_buff *skb, const struct 
 	__builtin_memcpy(&macs[0], fib.dmac, 6);
 	__builtin_memcpy(&macs[6], fib.smac, 6);
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
-		return drop(DROP_MALFORMED);
+		return drop(DROP_MALFORMED, f, who);
 	return bpf_redirect(fib.ifindex, 0);
 }
 
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
-	struct flow f;
+	struct flow f = {};
 	int parsed = parse(skb, &f);
 
 	if (parsed > 0)
 		return TC_ACT_OK;
 	if (parsed < 0)
-		return drop(DROP_MALFORMED);
+		return drop(DROP_MALFORMED, &f, NO_PARTIES);
 	/* The source must be a pod of this node, and the one behind this
 	 * veth: a pod that borrows another local pod's address would take
 	 * its identity and its policy's allowances. */
 	struct endpoint_value *src = bpf_map_lookup_elem(&knit_endpoints, &f.saddr);
 	if (!src || src->ifindex != skb->ifindex)
-		return drop(DROP_UNKNOWN_SOURCE);
+		return drop(DROP_UNKNOWN_SOURCE, &f, NO_PARTIES);
 	__u32 identity = src->identity;
 	ct_new_flow(&f);
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	int opening = ct_opens(&f);
-	if ((src->flags & ENDPOINT_F_EGRESS) &&
-	    !egress_admitted(&f, dst ? dst->identity : identity_of(f.daddr, 0)))
-		return drop(DROP_EGRESS_POLICY);
+	if (src->flags & ENDPOINT_F_EGRESS) {
+		__u32 peer = dst ? dst->identity : identity_of(f.daddr, 0);
+		if (!egress_admitted(&f, peer, identity))
+			return drop(DROP_EGRESS_POLICY, &f,
+				    (struct parties){.src = identity, .dst = peer, .direction = POLICY_EGRESS});
+	}
 	ct_mark(&f, opening ? CT_F_EGRESS : 0);
 
 	if (dst) {
@@ -635,20 +706,21 @@ int from_pod(struct __sk_buff *skb)
 	 * flows from that port through the host's conntrack, half seen. */
 	if (!route->tunnel_endpoint)
 		return TC_ACT_OK;
+	struct parties who = {.src = identity, .dst = route->identity, .direction = EVENT_DIRECTION_NONE};
 	__u32 *native = bpf_map_lookup_elem(&knit_native_nodes, &route->tunnel_endpoint);
 	if (native)
-		return *native == NATIVE_PATH_ROUTED ? forward_natively(skb, &f) : drop(DROP_NO_ROUTE);
+		return *native == NATIVE_PATH_ROUTED ? forward_natively(skb, &f, who) : drop(DROP_NO_ROUTE, &f, who);
 
 	__u32 zero = 0;
 	struct node_config *cfg = bpf_map_lookup_elem(&knit_config, &zero);
 	if (!cfg || !cfg->tunnel_ifindex)
-		return drop(DROP_NO_ROUTE);
+		return drop(DROP_NO_ROUTE, &f, who);
 	struct bpf_tunnel_key key = {};
 	key.remote_ipv4 = bpf_ntohl(route->tunnel_endpoint);
 	key.tunnel_id = identity;
 	key.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &key, TUNNEL_KEY_SIZE, BPF_F_ZERO_CSUM_TX) < 0)
-		return drop(DROP_REDIRECT_FAILED);
+		return drop(DROP_REDIRECT_FAILED, &f, who);
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
@@ -698,24 +770,25 @@ static __always_inline int decrypted_or_not_required(const struct __sk_buff *skb
 SEC("classifier")
 int from_tunnel(struct __sk_buff *skb)
 {
-	struct flow f;
+	struct flow f = {};
 	__u32 sender = outer_source(skb);
-
-	if (!decrypted_or_not_required(skb, sender))
-		return drop(DROP_FORGED_TUNNEL_SOURCE);
 	int parsed = parse(skb, &f);
 
+	if (!decrypted_or_not_required(skb, sender))
+		return drop(DROP_FORGED_TUNNEL_SOURCE, &f, NO_PARTIES);
 	if (parsed > 0)
 		return TC_ACT_OK;
 	if (parsed < 0)
-		return drop(DROP_MALFORMED);
+		return drop(DROP_MALFORMED, &f, NO_PARTIES);
 	struct endpoint_value *dst = bpf_map_lookup_elem(&knit_endpoints, &f.daddr);
 	if (!dst)
-		return drop(DROP_NO_ROUTE);
+		return drop(DROP_NO_ROUTE, &f, NO_PARTIES);
 	struct ipcache_key k = {.prefixlen = 32, .addr = f.saddr};
 	struct ipcache_value *src = bpf_map_lookup_elem(&knit_ipcache, &k);
 	if (!src || !src->tunnel_endpoint || src->tunnel_endpoint != sender)
-		return drop(DROP_FORGED_TUNNEL_SOURCE);
+		return drop(DROP_FORGED_TUNNEL_SOURCE, &f,
+			    (struct parties){.src = src ? src->identity : 0, .dst = dst->identity,
+					     .direction = EVENT_DIRECTION_NONE});
 	__u32 identity = src->identity;
 	ct_new_flow(&f);
 	if (answers_stack_flow(&f))
@@ -777,10 +850,39 @@ int to_pod(struct __sk_buff *skb)
 	ct_new_flow(&f);
 	served_from_stack(&f);
 	int opening = ct_opens(&f);
-	if (skb->ingress_ifindex != 0 && (dst->flags & ENDPOINT_F_POLICY) && !admitted(&f, identity_of(f.saddr, 0)))
-		return drop(DROP_POLICY);
+	if (skb->ingress_ifindex != 0 && (dst->flags & ENDPOINT_F_POLICY)) {
+		__u32 peer = identity_of(f.saddr, 0);
+		if (!admitted(&f, peer, dst->identity))
+			return drop(DROP_POLICY, &f,
+				    (struct parties){.src = peer, .dst = dst->identity, .direction = POLICY_INGRESS});
+	}
 	ct_mark(&f, opening ? CT_F_INGRESS : 0);
 	return TC_ACT_OK;
+}
+
+/* A socket's first connection to a service frontend got backend `be`. */
+static __always_inline void emit_translation(const struct service_key *sk, const struct backend_value *be)
+{
+	__u32 zero = 0;
+	struct observe_config *cfg = bpf_map_lookup_elem(&knit_observe, &zero);
+
+	if (!cfg || !(cfg->events & (1U << EVENT_TRANSLATION)))
+		return;
+	struct flow_event e = {
+		.timestamp = bpf_ktime_get_ns(),
+		.daddr = be->addr,
+		.dport = be->port,
+		.orig_daddr = sk->vip,
+		.orig_dport = sk->port,
+		.kind = EVENT_TRANSLATION,
+		.direction = EVENT_DIRECTION_NONE,
+		.proto = sk->proto,
+	};
+	if (bpf_ringbuf_output(&knit_events, &e, sizeof(e), 0) < 0) {
+		__u64 *lost = bpf_map_lookup_elem(&knit_events_lost, &zero);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
+	}
 }
 
 static __always_inline int translate(struct bpf_sock_addr *ctx, int sticky)
@@ -808,19 +910,17 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, int sticky)
 	if (sticky)
 		be = bpf_map_lookup_elem(&knit_sock_aff, &ak);
 	if (!be) {
+		struct flow f = {.daddr = sk.vip, .dport = sk.port, .proto = sk.proto};
 		__u32 count = svc->count;
-		if (!count) {
-			count_drop(DROP_NO_BACKEND);
-			return 0;
-		}
-		struct backend_key bk = {.service_id = svc->service_id, .slot = bpf_get_prandom_u32() % count};
-		be = bpf_map_lookup_elem(&knit_backends, &bk);
+		struct backend_key bk = {.service_id = svc->service_id, .slot = count ? bpf_get_prandom_u32() % count : 0};
+		be = count ? bpf_map_lookup_elem(&knit_backends, &bk) : 0;
 		if (!be) {
-			count_drop(DROP_NO_BACKEND);
+			drop(DROP_NO_BACKEND, &f, NO_PARTIES);
 			return 0;
 		}
 		if (sticky)
 			bpf_map_update_elem(&knit_sock_aff, &ak, be, BPF_ANY);
+		emit_translation(&sk, be);
 	}
 
 	struct sock_nat_key rk = {.cookie = cookie, .addr = be->addr, .port = be->port};

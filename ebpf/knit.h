@@ -209,6 +209,48 @@ struct encryption_config {
 #define NATIVE_PATH_UNROUTABLE 2
 #define NATIVE_NODES_ENTRIES 65536
 
+/* Flow events (ring buffer knit_events, EVENTS_BYTES): what the programs
+ * did with a flow, for `knitctl observe`. knit_observe (array, one
+ * observe_config) holds the kinds the agent wants, as bits
+ * (1 << EVENT_*); with 0 nothing is emitted. An event the ring has no room
+ * for is counted in knit_events_lost.
+ * - EVENT_DROP: a packet dropped, reason = enum drop_reason. A policy drop
+ *   (DROP_POLICY, DROP_EGRESS_POLICY) is the verdict "denied" and carries
+ *   its direction.
+ * - EVENT_POLICY: policy admitted a flow (reason = VERDICT_ALLOWED), once
+ *   per flow and policy generation: later packets pass on the remembered
+ *   verdict without an event.
+ * - EVENT_TRANSLATION: a socket's connect (or first datagram) to a
+ *   service VIP got a backend: daddr/dport the backend, orig_* the VIP.
+ *   The socket has no source address yet: saddr, sport are 0. */
+#define EVENT_DROP 1
+#define EVENT_POLICY 2
+#define EVENT_TRANSLATION 3
+#define VERDICT_ALLOWED 1
+#define EVENT_DIRECTION_NONE 2 /* direction of events other than policy */
+#define EVENTS_BYTES (1 << 20)
+
+struct flow_event {
+	__u64 timestamp; /* CLOCK_MONOTONIC nanoseconds */
+	__u32 saddr;
+	__u32 daddr;
+	__u32 src_identity; /* 0: unknown */
+	__u32 dst_identity;
+	__u32 orig_daddr; /* EVENT_TRANSLATION: the VIP (DROP_NO_BACKEND has it in daddr) */
+	__u16 sport;
+	__u16 dport;
+	__u16 orig_dport;
+	__u8 kind;      /* EVENT_* */
+	__u8 reason;    /* enum drop_reason, or VERDICT_ALLOWED */
+	__u8 direction; /* POLICY_INGRESS, POLICY_EGRESS or EVENT_DIRECTION_NONE */
+	__u8 proto;
+	__u16 pad;
+};
+
+struct observe_config {
+	__u32 events; /* 1 << EVENT_* of each kind to emit */
+};
+
 /* Drop counters (array indexed by reason). */
 enum drop_reason {
 	DROP_POLICY = 0,

@@ -29,6 +29,9 @@ int main(void)
 	S(ct_value); F(ct_value, flags); F(ct_value, expires);
 	S(node_config); F(node_config, tunnel_ifindex); F(node_config, policy_generation);
 	S(encryption_config); F(encryption_config, require_decrypted);
+	S(flow_event); F(flow_event, timestamp); F(flow_event, saddr); F(flow_event, daddr); F(flow_event, src_identity); F(flow_event, dst_identity); F(flow_event, orig_daddr); F(flow_event, sport); F(flow_event, dport); F(flow_event, orig_dport); F(flow_event, kind); F(flow_event, reason); F(flow_event, direction); F(flow_event, proto);
+	S(observe_config); F(observe_config, events);
+	V(EVENT_DROP); V(EVENT_POLICY); V(EVENT_TRANSLATION); V(VERDICT_ALLOWED); V(EVENT_DIRECTION_NONE); V(EVENTS_BYTES);
 	V(MARK_DECRYPTED_MASK); V(MARK_DECRYPTED);
 	V(REQUIRE_DECRYPTED_NEVER); V(REQUIRE_DECRYPTED_ALWAYS); V(REQUIRE_DECRYPTED_FROM_KEYED);
 	V(WIREGUARD_NODES_ENTRIES);

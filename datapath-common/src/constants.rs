@@ -48,6 +48,24 @@ pub const NATIVE_PATH_ROUTED: u32 = 1;
 pub const NATIVE_PATH_UNROUTABLE: u32 = 2;
 /// Array of `u64` drop counters indexed by [`DropReason`].
 pub const MAP_DROPS: &str = "knit_drops";
+/// Ring buffer of [`crate::FlowEvent`]s.
+pub const MAP_EVENTS: &str = "knit_events";
+/// Array of one [`crate::ObserveConfig`]: the event kinds to emit.
+pub const MAP_OBSERVE: &str = "knit_observe";
+/// Array of one `u64`: events the ring buffer had no room for.
+pub const MAP_EVENTS_LOST: &str = "knit_events_lost";
+/// `EVENTS_BYTES`: the size of [`MAP_EVENTS`].
+pub const EVENTS_BYTES: u32 = 1 << 20;
+/// `EVENT_DROP`: a packet was dropped (`reason` a [`DropReason`]).
+pub const EVENT_DROP: u8 = 1;
+/// `EVENT_POLICY`: policy admitted a flow (`reason` [`VERDICT_ALLOWED`]).
+pub const EVENT_POLICY: u8 = 2;
+/// `EVENT_TRANSLATION`: a socket's connection to a service VIP got a backend.
+pub const EVENT_TRANSLATION: u8 = 3;
+/// `VERDICT_ALLOWED`: the reason of an [`EVENT_POLICY`].
+pub const VERDICT_ALLOWED: u8 = 1;
+/// `EVENT_DIRECTION_NONE`: the direction of an event that is no policy verdict.
+pub const EVENT_DIRECTION_NONE: u8 = 2;
 
 /// tc program on the host side of each pod veth (ingress: what pods send).
 pub const PROG_FROM_POD: &str = "from_pod";
@@ -233,6 +251,12 @@ mod tests {
             ("NATIVE_PATH_ROUTED", NATIVE_PATH_ROUTED),
             ("NATIVE_PATH_UNROUTABLE", NATIVE_PATH_UNROUTABLE),
             ("NATIVE_NODES_ENTRIES", NATIVE_NODES_ENTRIES),
+            ("EVENT_DROP", u32::from(EVENT_DROP)),
+            ("EVENT_POLICY", u32::from(EVENT_POLICY)),
+            ("EVENT_TRANSLATION", u32::from(EVENT_TRANSLATION)),
+            ("VERDICT_ALLOWED", u32::from(VERDICT_ALLOWED)),
+            ("EVENT_DIRECTION_NONE", u32::from(EVENT_DIRECTION_NONE)),
+            ("EVENTS_BYTES", EVENTS_BYTES),
         ]);
         for (reason, c_name) in DropReason::ALL.into_iter().zip([
             "DROP_POLICY",

@@ -230,6 +230,77 @@ pub struct EncryptionConfig {
     pub require_decrypted: u32,
 }
 
+/// `struct flow_event`: one record of the `knit_events` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowEvent {
+    /// `CLOCK_MONOTONIC` nanoseconds when the program emitted it.
+    pub timestamp: u64,
+    /// Wire-order source address (0 for a socket's translation).
+    pub saddr: u32,
+    /// Wire-order destination (the backend of a translation, the VIP of a
+    /// `no_backend` drop).
+    pub daddr: u32,
+    /// Identity of the source, 0 if unknown.
+    pub src_identity: u32,
+    /// Identity of the destination, 0 if unknown.
+    pub dst_identity: u32,
+    /// Wire-order service VIP of a translation.
+    pub orig_daddr: u32,
+    /// Wire-order source port.
+    pub sport: u16,
+    /// Wire-order destination port.
+    pub dport: u16,
+    /// Wire-order service port of a translation.
+    pub orig_dport: u16,
+    /// `EVENT_*`.
+    pub kind: u8,
+    /// A [`crate::DropReason`] of a drop, `VERDICT_ALLOWED` of a policy event.
+    pub reason: u8,
+    /// `POLICY_INGRESS`, `POLICY_EGRESS` or `EVENT_DIRECTION_NONE`.
+    pub direction: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u16,
+}
+
+impl FlowEvent {
+    /// Reads a record as the ring buffer hands it over; `None` if it is
+    /// shorter than a `FlowEvent`.
+    pub fn from_bytes(raw: &[u8]) -> Option<Self> {
+        let u16_at = |o: usize| u16::from_ne_bytes([raw[o], raw[o + 1]]);
+        let u32_at = |o: usize| u32::from_ne_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
+        if raw.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        Some(Self {
+            timestamp: u64::from_ne_bytes(raw[..8].try_into().ok()?),
+            saddr: u32_at(8),
+            daddr: u32_at(12),
+            src_identity: u32_at(16),
+            dst_identity: u32_at(20),
+            orig_daddr: u32_at(24),
+            sport: u16_at(28),
+            dport: u16_at(30),
+            orig_dport: u16_at(32),
+            kind: raw[34],
+            reason: raw[35],
+            direction: raw[36],
+            proto: raw[37],
+            pad: u16_at(38),
+        })
+    }
+}
+
+/// `struct observe_config`: which event kinds the programs emit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ObserveConfig {
+    /// `1 << EVENT_*` of every kind to emit.
+    pub events: u32,
+}
+
 /// Entries of `knit_ipcache` (`max_entries` in `ebpf/knit.bpf.c`).
 pub const IPCACHE_CAPACITY: usize = 1 << 20;
 
@@ -260,6 +331,7 @@ unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for NodeConfig {}
 unsafe impl aya::Pod for EncryptionConfig {}
+unsafe impl aya::Pod for ObserveConfig {}
 
 #[cfg(test)]
 mod tests {
@@ -317,7 +389,41 @@ mod tests {
         layout!(rust, "ct_value", CtValue, ["flags" => flags, "expires" => expires]);
         layout!(rust, "node_config", NodeConfig, ["tunnel_ifindex" => tunnel_ifindex, "policy_generation" => policy_generation]);
         layout!(rust, "encryption_config", EncryptionConfig, ["require_decrypted" => require_decrypted]);
+        layout!(rust, "flow_event", FlowEvent, ["timestamp" => timestamp, "saddr" => saddr, "daddr" => daddr, "src_identity" => src_identity, "dst_identity" => dst_identity, "orig_daddr" => orig_daddr, "sport" => sport, "dport" => dport, "orig_dport" => orig_dport, "kind" => kind, "reason" => reason, "direction" => direction, "proto" => proto]);
+        layout!(rust, "observe_config", ObserveConfig, ["events" => events]);
         assert_eq!(rust, c);
+    }
+
+    #[test]
+    fn a_flow_event_reads_back_from_its_bytes() {
+        let e = FlowEvent {
+            timestamp: 0x0102_0304_0506_0708,
+            saddr: 1,
+            daddr: 2,
+            src_identity: 3,
+            dst_identity: 4,
+            orig_daddr: 5,
+            sport: 6,
+            dport: 7,
+            orig_dport: 8,
+            kind: 9,
+            reason: 10,
+            direction: 11,
+            proto: 12,
+            pad: 0,
+        };
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&e.timestamp.to_ne_bytes());
+        for v in [e.saddr, e.daddr, e.src_identity, e.dst_identity, e.orig_daddr] {
+            raw.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [e.sport, e.dport, e.orig_dport] {
+            raw.extend_from_slice(&v.to_ne_bytes());
+        }
+        raw.extend_from_slice(&[9, 10, 11, 12, 0, 0]);
+        assert_eq!(raw.len(), size_of::<FlowEvent>());
+        assert_eq!(FlowEvent::from_bytes(&raw), Some(e));
+        assert_eq!(FlowEvent::from_bytes(&raw[..39]), None);
     }
 
     #[test]

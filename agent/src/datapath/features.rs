@@ -44,7 +44,7 @@ pub struct Requirement {
 }
 
 /// Everything `ebpf/knit.bpf.c` and the loader use, oldest first.
-pub const REQUIRED: [Requirement; 10] = [
+pub const REQUIRED: [Requirement; 11] = [
     Requirement {
         feature: "tc BPF programs (sched_cls)",
         minimum: "4.1",
@@ -92,6 +92,11 @@ pub const REQUIRED: [Requirement; 10] = [
         feature: "the cgroup/getpeername4 hook",
         minimum: "5.8",
         probe: Probe::Kernel(5, 8),
+    },
+    Requirement {
+        feature: "BPF ring buffers (flow events)",
+        minimum: "5.8",
+        probe: Probe::Map(MapType::RingBuf),
     },
     Requirement {
         feature: "bpf_redirect_peer in tc programs",
@@ -153,7 +158,7 @@ mod tests {
 
     #[test]
     fn the_message_says_what_and_since_when() {
-        let r = REQUIRED[9];
+        let r = REQUIRED[10];
         let e = Error::KernelFeature {
             feature: r.feature,
             minimum: r.minimum,

@@ -219,6 +219,31 @@ impl Programs {
         map.set(0, config, 0).unwrap();
     }
 
+    /// What the agent does with observation on: the event kinds
+    /// (`EVENT_*`) the programs emit.
+    pub fn observe(&mut self, kinds: &[u8]) {
+        let mut map: Array<&mut MapData, ObserveConfig> =
+            Array::try_from(self.ebpf.map_mut(MAP_OBSERVE).unwrap()).unwrap();
+        let events = kinds.iter().fold(0, |m, k| m | (1u32 << k));
+        map.set(0, ObserveConfig { events }, 0).unwrap();
+    }
+
+    /// The flow events emitted since the last call, oldest first.
+    pub fn events(&mut self) -> Vec<FlowEvent> {
+        let mut ring = aya::maps::RingBuf::try_from(self.ebpf.map_mut(MAP_EVENTS).unwrap()).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            out.push(FlowEvent::from_bytes(&item).expect("a whole flow_event"));
+        }
+        out
+    }
+
+    /// Events the ring buffer had no room for.
+    pub fn events_lost(&self) -> u64 {
+        let map: Array<&MapData, u64> = Array::try_from(self.ebpf.map(MAP_EVENTS_LOST).unwrap()).unwrap();
+        map.get(&0, 0).unwrap()
+    }
+
     pub fn drops(&self, reason: DropReason) -> u64 {
         let map: Array<&MapData, u64> = Array::try_from(self.ebpf.map(MAP_DROPS).unwrap()).unwrap();
         map.get(&(reason as u32), 0).unwrap()
