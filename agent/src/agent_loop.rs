@@ -139,6 +139,16 @@ pub struct AgentLoop<S> {
 }
 
 impl<S: Source> AgentLoop<S> {
+    /// Answers a question of the local API with the loop's view.
+    pub fn on_query(&self, query: crate::observe::Query) {
+        query(&crate::observe::LoopView {
+            node: &self.settings.node,
+            index: &self.index,
+            state: self.source.state(),
+            rendered: self.datapath.rendered(),
+        });
+    }
+
     /// A loop that has read nothing yet, over a loaded datapath.
     pub fn new(parts: AgentParts<S>, cluster: String, outputs: Outputs) -> Self {
         Self {

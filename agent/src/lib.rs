@@ -22,6 +22,7 @@ pub mod index;
 pub mod metrics;
 pub mod netdev;
 pub mod node_routes;
+pub mod observe;
 pub mod peer_report;
 pub mod pod_mtu;
 pub mod pod_routes;

@@ -110,6 +110,18 @@ struct Args {
     /// every node of a cluster, and the mesh apiserver's.
     #[arg(long, env = "KNIT_ROUTING_MODE", default_value = "tunnel")]
     routing_mode: knit_agent::routing::RoutingMode,
+    /// Flow events the datapath emits for `knitctl observe`: `all`,
+    /// `none`, or a comma-separated list of `drops`, `policy` (verdicts
+    /// that admit a flow), `translations` (service connects).
+    #[arg(long, env = "KNIT_OBSERVE", default_value = "all", value_parser = knit_agent::observe::parse_kinds)]
+    observe: std::vec::Vec<u8>,
+    /// Flow events the agent keeps for `knitctl observe`.
+    #[arg(long, default_value_t = knit_agent::observe::log::DEFAULT_CAPACITY)]
+    observe_history: usize,
+    /// Unix socket of the agent's local API (knitctl observe, services,
+    /// identities, ipcache, endpoints).
+    #[arg(long, env = "KNIT_API_SOCKET", default_value = knit_agent_api::DEFAULT_SOCKET)]
+    api_socket: PathBuf,
 }
 
 /// `--encryption`.
@@ -224,6 +236,11 @@ async fn agent<S: knit_sources::Source>(
             }
         }),
         routing_mode: args.routing_mode,
+        observe: knit_agent::observe::ObserveSettings {
+            kinds: args.observe.clone(),
+            history: args.observe_history,
+            socket: Some(args.api_socket.clone()),
+        },
     };
     run(settings, source, metrics, health).await.context("agent")
 }

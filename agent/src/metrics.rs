@@ -21,6 +21,19 @@ pub struct RenderPath {
     pub path: &'static str,
 }
 
+/// A flow event's labels: its verdict, its reason (a drop reason,
+/// `allowed`, `translated`) and the cluster of its remote end (the source,
+/// else the destination; empty if unknown).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// `allowed`, `denied`, `dropped` or `translated`.
+    pub verdict: &'static str,
+    /// The drop reason, or the verdict again.
+    pub reason: String,
+    /// The peer cluster.
+    pub cluster: String,
+}
+
 /// Every metric of the agent.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -82,6 +95,10 @@ pub struct Metrics {
     pub failing_nodes: Gauge,
     /// Passes that changed the datapath, by render path.
     pub applies: Family<RenderPath, Counter>,
+    /// Flow events read from the datapath.
+    pub flow_events: Family<FlowLabels, Counter>,
+    /// Flow events the datapath's ring buffer had no room for.
+    pub flow_events_lost: Gauge,
 }
 
 impl Metrics {
@@ -89,6 +106,16 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("knit_agent");
         self.register_node_network(r);
+        r.register(
+            "flow_events",
+            "Flow events from the datapath (knitctl observe), by verdict, reason and peer cluster",
+            self.flow_events.clone(),
+        );
+        r.register(
+            "flow_events_lost",
+            "Flow events the datapath's ring buffer had no room for (the agent read too slowly)",
+            self.flow_events_lost.clone(),
+        );
         r.register(
             "map_entries",
             "Entries per datapath map",

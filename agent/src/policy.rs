@@ -362,7 +362,7 @@ impl Compiler<'_> {
 
 /// The directions a policy isolates (`policyTypes`, or Kubernetes' default
 /// when unset: Ingress, and Egress if it has egress rules).
-fn directions(spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec) -> (bool, bool) {
+pub(crate) fn directions(spec: &k8s_openapi::api::networking::v1::NetworkPolicySpec) -> (bool, bool) {
     match &spec.policy_types {
         Some(types) => (
             types.iter().any(|t| t == "Ingress"),

@@ -84,6 +84,8 @@ pub struct AgentSettings {
     pub encryption: Option<crate::encryption::node::EncryptionSettings>,
     /// How pods of other nodes are reached ([`crate::routing`]).
     pub routing_mode: crate::routing::RoutingMode,
+    /// Flow events and the local API ([`crate::observe`]).
+    pub observe: crate::observe::ObserveSettings,
 }
 
 /// Runs the agent until the kvstore watch ends.
@@ -94,6 +96,7 @@ pub async fn run<S: Source>(
     health: Health,
 ) -> Result<()> {
     let (net, mut datapath, attachments_store) = start_node(&settings).await?;
+    let mut observation = crate::observe::start(&settings, &mut datapath, &metrics)?;
 
     crate::bootstrap::until_client_config(
         &settings.etcd_config,
@@ -186,7 +189,9 @@ pub async fn run<S: Source>(
                     batch.push(e);
                 }
                 agent.on_kvstore(&batch);
+                observation.publish_clusters(&agent.index);
             }
+            Some(query) = observation.next_query() => agent.on_query(query),
             Ok(()) = failing_rx.changed() => {
                 let failing = failing_rx.borrow().clone();
                 agent.on_failing(&failing);

@@ -119,6 +119,7 @@ fn an_agent_without_its_client_secret_routes_from_the_node_objects_then_goes_on(
         "--poll-interval=1s".into(),
         "--direct-node-routes=always".into(),
         "--metrics-addr=127.0.0.1:9964".into(),
+        format!("--api-socket={}", dir.path().join("agent.sock").display()),
     ];
     let agent = spawn_in(&ns, &bins.agent, &args, &log);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -221,6 +222,7 @@ fn every_binary_stops_cleanly_on_sigterm() {
                 "--etcd-config=/nonexistent/knit-test/config.yaml".into(),
                 format!("--bpf-pin-dir={}", pins.path().join("term-pins").display()),
                 format!("--source-dir={}", dir.path().display()),
+                format!("--api-socket={}", dir.path().join("agent.sock").display()),
             ],
             "waiting for the kvstore client config",
         ),

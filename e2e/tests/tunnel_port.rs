@@ -30,6 +30,7 @@ fn agent(ns: &Netns, pins: &std::path::Path, extra: &[&str], deadline: Duration)
         format!("--bpf-pin-dir={}", pin_dir.display()),
         format!("--source-dir={}", pins.display()),
         "--metrics-addr=127.0.0.1:9964".into(),
+        format!("--api-socket={}", pin_dir.with_extension("sock").display()),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let mut child = Command::new("ip")

@@ -14,6 +14,7 @@ pub mod config;
 pub mod config_files;
 pub mod files;
 pub mod gsp;
+pub mod inspect;
 pub mod kube;
 pub mod mcs;
 pub mod names;

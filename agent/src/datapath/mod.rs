@@ -15,10 +15,12 @@ pub mod writer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::TcAttachType;
 use knit_datapath_common::{
-    PROG_FROM_NETDEV, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD,
-    REQUIRE_DECRYPTED_ALWAYS, REQUIRE_DECRYPTED_FROM_KEYED, REQUIRE_DECRYPTED_NEVER,
+    MAP_EVENTS, MAP_EVENTS_LOST, MAP_OBSERVE, ObserveConfig, PROG_FROM_NETDEV, PROG_FROM_POD,
+    PROG_FROM_TUNNEL, PROG_FROM_WIREGUARD, PROG_TO_POD, REQUIRE_DECRYPTED_ALWAYS,
+    REQUIRE_DECRYPTED_FROM_KEYED, REQUIRE_DECRYPTED_NEVER,
 };
 use loader::Loaded;
 use patch::{ServiceIds, StatePatch, patch_entries};
@@ -26,7 +28,7 @@ use state::{DatapathState, Link, Unplaced, to_map_contents};
 use tc::{TcAttach, TcMode};
 use writer::{ApplyReport, MapWriter};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Prefix of the pinned tc ingress links on pod interfaces (`from_pod`).
 const POD_LINK_PREFIX: &str = "pod-";
@@ -217,5 +219,40 @@ impl Datapath {
     /// Drop counters by reason.
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
         self.writer.drops()
+    }
+
+    /// Makes the programs emit flow events of `kinds` (`EVENT_*`; none
+    /// for an empty list).
+    pub fn observe(&mut self, kinds: &[u8]) -> Result<()> {
+        let map = self
+            .loaded
+            .ebpf
+            .map_mut(MAP_OBSERVE)
+            .ok_or_else(|| Error::MissingMap(MAP_OBSERVE.to_owned()))?;
+        let mut config: Array<&mut MapData, ObserveConfig> =
+            Array::try_from(map).map_err(|e| Error::map(MAP_OBSERVE, e))?;
+        let events = kinds.iter().fold(0u32, |m, k| m | (1 << k));
+        config
+            .set(0, ObserveConfig { events }, 0)
+            .map_err(|e| Error::map(MAP_OBSERVE, e))
+    }
+
+    /// The ring buffer of flow events and the count of those it lost,
+    /// taken out for the reader (once).
+    pub fn take_events(&mut self) -> Result<(RingBuf<MapData>, Array<MapData, u64>)> {
+        let mut take = |name: &str| {
+            self.loaded
+                .ebpf
+                .take_map(name)
+                .ok_or_else(|| Error::MissingMap(name.to_owned()))
+        };
+        let ring = RingBuf::try_from(take(MAP_EVENTS)?).map_err(|e| Error::map(MAP_EVENTS, e))?;
+        let lost = Array::try_from(take(MAP_EVENTS_LOST)?).map_err(|e| Error::map(MAP_EVENTS_LOST, e))?;
+        Ok((ring, lost))
+    }
+
+    /// What the agent last wrote to the maps.
+    pub fn rendered(&self) -> &state::MapContents {
+        self.writer.current()
     }
 }

@@ -338,6 +338,7 @@ impl LocalMesh {
             "--direct-node-routes=always".into(),
             "--metrics-addr=127.0.0.1:9964".into(),
             format!("--routing-mode={}", self.options.routing_mode(n.cluster)),
+            format!("--api-socket={}", self.agent_socket(n).display()),
         ];
         if self.options.encrypted && !self.options.plaintext_clusters.contains(&n.cluster) {
             args.push("--encryption=wireguard".into());
@@ -355,6 +356,11 @@ impl LocalMesh {
             },
         );
         self.clusters[n.cluster.0].nodes[n.index].agent = Some(agent);
+    }
+
+    /// The unix socket of node `n`'s agent API (`knitctl --agent-socket`).
+    pub fn agent_socket(&self, n: NodeId) -> std::path::PathBuf {
+        self.node(n).cni_state_dir.with_file_name("agent.sock")
     }
 
     /// The PID of node `n`'s agent, while it runs.

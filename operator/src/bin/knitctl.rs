@@ -4,6 +4,10 @@
 //!   cluster, for the other clusters' git repositories.
 //! - `knitctl status` shows, per peer, whether the mesh apiserver is
 //!   connected and synced and what it mirrors (from the local etcd).
+//! - `knitctl observe` prints the datapath's flow events (drops, policy
+//!   verdicts, translations); `services`, `identities`, `ipcache` and
+//!   `endpoints` print what a node's datapath holds: all ask the agents'
+//!   local API (`--agent-socket`).
 //! - `knitctl render` writes the certificates and peer configs of a site
 //!   without Kubernetes to a directory, through the operator's render code.
 
@@ -49,6 +53,41 @@ enum Command {
         #[command(subcommand)]
         command: McsCommand,
     },
+    /// Flow events of the datapath: drops and their reasons, policy
+    /// verdicts, service translations (like `hubble observe`).
+    Observe {
+        #[command(flatten)]
+        agents: Agents,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Keep printing new flows.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the latest flows to print first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+    /// Service frontends in the datapath, their backends per cluster, and
+    /// where they differ from the kvstore.
+    Services {
+        #[command(flatten)]
+        agents: Agents,
+    },
+    /// Identities the datapath maps addresses to, with labels and cluster.
+    Identities {
+        #[command(flatten)]
+        agents: Agents,
+    },
+    /// The datapath's ipcache: prefix, identity, tunnel endpoint, origin.
+    Ipcache {
+        #[command(flatten)]
+        agents: Agents,
+    },
+    /// The node's attached pods: identity and policy enforcement.
+    Endpoints {
+        #[command(flatten)]
+        agents: Agents,
+    },
     /// Per peer: connected, synced, mirrored counts, rejections.
     Status {
         /// etcd client config (the `local` or admin certificate's config.yaml).
@@ -64,6 +103,61 @@ enum Command {
         #[arg(long)]
         nodes: bool,
     },
+}
+
+/// Where the agents' local APIs are (`--agent-socket`, repeatable: one per
+/// node to ask).
+#[derive(clap::Args)]
+struct Agents {
+    /// Unix socket of a node's agent (repeat for several nodes).
+    #[arg(long = "agent-socket", default_value = knit_agent_api::DEFAULT_SOCKET)]
+    sockets: Vec<PathBuf>,
+    /// Output format: a table for people, JSON for programs.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+/// `-o` of the inspection commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// For people.
+    Table,
+    /// For programs: one JSON object per flow (observe), a JSON array of
+    /// the nodes' tables (the others).
+    Json,
+}
+
+/// `knitctl observe`'s filter (every one given must hold).
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// A pod at either end: `namespace/name` or `name`.
+    #[arg(long)]
+    pod: Option<String>,
+    /// A namespace at either end.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// An identity at either end.
+    #[arg(long)]
+    identity: Option<u32>,
+    /// A cluster at either end.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// allowed, denied, dropped or translated.
+    #[arg(long, value_parser = parse_verdict)]
+    verdict: Option<knit_agent_api::Verdict>,
+    /// A drop reason (policy_denied, no_route, no_backend, ...).
+    #[arg(long)]
+    drop_reason: Option<String>,
+    /// A port at either end.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+fn parse_verdict(text: &str) -> Result<knit_agent_api::Verdict, String> {
+    knit_agent_api::Verdict::ALL
+        .into_iter()
+        .find(|v| v.name().eq_ignore_ascii_case(text))
+        .ok_or_else(|| format!("unknown verdict {text:?}: use allowed, denied, dropped or translated"))
 }
 
 /// `knitctl status -o`.
@@ -135,6 +229,20 @@ async fn main() -> anyhow::Result<()> {
                     out,
                 },
         } => mcs_render(&etcd_config, endpoint, &namespaces, clusterset_cidr, &out).await,
+        Command::Observe {
+            agents,
+            filter,
+            follow,
+            last,
+        } => observe(&agents, &filter.into(), follow, last).await,
+        Command::Services { agents } => show(&agents, "/v1/services", knit_operator::inspect::services).await,
+        Command::Identities { agents } => {
+            show(&agents, "/v1/identities", knit_operator::inspect::identities).await
+        }
+        Command::Ipcache { agents } => show(&agents, "/v1/ipcache", knit_operator::inspect::ipcache).await,
+        Command::Endpoints { agents } => {
+            show(&agents, "/v1/endpoints", knit_operator::inspect::endpoints).await
+        }
         Command::Status {
             etcd_config,
             endpoint,
@@ -157,6 +265,92 @@ async fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
+    }
+}
+
+impl From<FilterArgs> for knit_agent_api::FlowFilter {
+    fn from(a: FilterArgs) -> Self {
+        Self {
+            pod: a.pod,
+            namespace: a.namespace,
+            identity: a.identity,
+            cluster: a.cluster,
+            verdict: a.verdict,
+            drop_reason: a.drop_reason,
+            port: a.port,
+        }
+    }
+}
+
+/// Asks every agent for `path` and prints the tables.
+async fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
+    agents: &Agents,
+    path: &str,
+    table: fn(&[T]) -> String,
+) -> anyhow::Result<()> {
+    let mut tables = Vec::new();
+    for socket in &agents.sockets {
+        tables.push(knit_agent_api::client::get::<T>(socket, path).await?);
+    }
+    match agents.output {
+        Format::Table => print!("{}", table(&tables)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&tables)?),
+    }
+    Ok(())
+}
+
+fn print_flow(flow: &knit_agent_api::Flow, output: Format) -> anyhow::Result<()> {
+    match output {
+        Format::Table => println!("{}", knit_operator::inspect::flow_line(flow)),
+        Format::Json => println!("{}", serde_json::to_string(flow)?),
+    }
+    Ok(())
+}
+
+/// `knitctl observe`: the last `last` matching flows of every agent, in
+/// time order, then (`follow`) new ones as they come.
+async fn observe(
+    agents: &Agents,
+    filter: &knit_agent_api::FlowFilter,
+    follow: bool,
+    last: usize,
+) -> anyhow::Result<()> {
+    let mut next = vec![0u64; agents.sockets.len()];
+    let mut first = true;
+    loop {
+        let mut flows = Vec::new();
+        for (socket, since) in agents.sockets.iter().zip(next.iter_mut()) {
+            loop {
+                let path = format!("/v1/flows?since={since}");
+                let page: knit_agent_api::FlowPage = knit_agent_api::client::get(socket, &path).await?;
+                if page.missed > 0 && !first {
+                    eprintln!(
+                        "{}: {} flows were overwritten before they were read",
+                        page.node, page.missed
+                    );
+                }
+                let done = page.flows.is_empty() || page.next == *since;
+                *since = page.next;
+                flows.extend(page.flows.into_iter().filter(|f| filter.matches(f)));
+                if done {
+                    break;
+                }
+            }
+        }
+        flows.sort_by_key(|f| f.time_unix_nanos);
+        let skip = if first {
+            flows.len().saturating_sub(last)
+        } else {
+            0
+        };
+        for flow in &flows[skip..] {
+            print_flow(flow, agents.output)?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        first = false;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
