@@ -85,26 +85,6 @@ pub struct LoopView<'a> {
 /// A question the API asks the agent's loop.
 pub type Query = Box<dyn FnOnce(&LoopView<'_>) + Send>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn observe_flags_name_the_kinds() {
-        assert_eq!(
-            parse_kinds("all").unwrap(),
-            vec![EVENT_DROP, EVENT_POLICY, EVENT_TRANSLATION]
-        );
-        assert_eq!(parse_kinds("none").unwrap(), Vec::<u8>::new());
-        assert_eq!(
-            parse_kinds("policy, drops").unwrap(),
-            vec![EVENT_DROP, EVENT_POLICY]
-        );
-        let e = parse_kinds("drops,flows").unwrap_err();
-        assert!(e.contains("\"flows\"") && e.contains("--observe"), "{e}");
-    }
-}
-
 /// Observation running beside the agent's loop: the reader and the API
 /// (stopped when dropped), the API's questions, the cluster names the
 /// reader labels metrics with.
@@ -180,4 +160,24 @@ pub fn start(
         clusters,
         _tasks: tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observe_flags_name_the_kinds() {
+        assert_eq!(
+            parse_kinds("all").unwrap(),
+            vec![EVENT_DROP, EVENT_POLICY, EVENT_TRANSLATION]
+        );
+        assert_eq!(parse_kinds("none").unwrap(), Vec::<u8>::new());
+        assert_eq!(
+            parse_kinds("policy, drops").unwrap(),
+            vec![EVENT_DROP, EVENT_POLICY]
+        );
+        let e = parse_kinds("drops,flows").unwrap_err();
+        assert!(e.contains("\"flows\"") && e.contains("--observe"), "{e}");
+    }
 }

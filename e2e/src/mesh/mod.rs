@@ -363,6 +363,11 @@ impl LocalMesh {
         self.node(n).cni_state_dir.with_file_name("agent.sock")
     }
 
+    /// Node `n`'s bpffs pin directory (`<dir>/maps/<map>`).
+    pub fn agent_pin_dir(&self, n: NodeId) -> std::path::PathBuf {
+        self.node(n).pin_dir.clone()
+    }
+
     /// The PID of node `n`'s agent, while it runs.
     pub fn agent_pid(&self, n: NodeId) -> Option<u32> {
         self.clusters[n.cluster.0].nodes[n.index].agent.as_ref()?.pid()
@@ -452,6 +457,25 @@ impl LocalMesh {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+    }
+
+    /// Runs `knitctl <args>` against node `n`'s agent (its local API
+    /// socket) and returns what it printed; panics with its stderr if it
+    /// fails.
+    pub fn knitctl_agent(&self, n: NodeId, args: &[&str]) -> String {
+        let out = Command::new(&self.bins.knitctl)
+            .args(args)
+            .arg("--agent-socket")
+            .arg(self.agent_socket(n))
+            .output()
+            .expect("run knitctl");
+        assert!(
+            out.status.success(),
+            "knitctl {args:?} on {}: {}",
+            self.node(n).name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `knitctl status -o json` of cluster `c`: what tests read (the human
