@@ -19,10 +19,11 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use knit_kvstore::EtcdClientConfig;
 use knit_kvstore::KEY_PREFIX;
 use knit_kvstore::etcd::{connect, load_client_config};
 use knit_kvstore::records::AgentStatusRecord;
-use knit_kvstore::watch_store::watch_prefix;
+use knit_kvstore::watch_store::{WatchEvent, watch_prefix};
 use knit_sources::Source;
 use knit_telemetry::Health;
 use tokio::sync::mpsc;
@@ -140,15 +141,7 @@ pub async fn run<S: Source>(
         settings.node.clone(),
         report_rx,
     )));
-    let (tx, mut rx) = mpsc::channel(4096);
-    let watch = tokio::spawn(watch_prefix(
-        move || {
-            let c = client_config.clone();
-            async move { connect(&c).await }
-        },
-        format!("{KEY_PREFIX}/"),
-        tx,
-    ));
+    let (watch, mut rx) = watch_kvstore(client_config);
 
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(BTreeSet::new());
     let (failing_tx, mut failing_rx) = tokio::sync::watch::channel(BTreeSet::new());
@@ -209,6 +202,22 @@ pub async fn run<S: Source>(
     }
     watch.abort();
     Ok(())
+}
+
+/// Watches the whole mesh prefix of the local kvstore, reconnecting.
+fn watch_kvstore(
+    client_config: EtcdClientConfig,
+) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<WatchEvent>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let watch = tokio::spawn(watch_prefix(
+        move || {
+            let c = client_config.clone();
+            async move { connect(&c).await }
+        },
+        format!("{KEY_PREFIX}/"),
+        tx,
+    ));
+    (watch, rx)
 }
 
 /// The node's datapath loaded and attached to its tunnel device, and
