@@ -37,28 +37,30 @@ demo: setup
 ## Release builds show cargo's progress; each phase is announced, and the
 ## long ones print a line per step with a countdown.
 bench: setup
-	@echo "==> [1/11] release build (the first one takes several minutes on 2 cores)"
+	@echo "==> [1/12] release build (the first one takes several minutes on 2 cores)"
 	$(CARGO) build --release --workspace --bins --examples
-	@echo "==> [2/11] operator render figures (seconds)"
+	@echo "==> [2/12] operator render figures (seconds)"
 	./target/release/examples/render_bench
-	@echo "==> [3/11] mesh figures: churn at 200 and 1,000 updates/s, initial sync of 100,000 endpoints, memory (a few minutes)"
+	@echo "==> [3/12] mesh figures: churn at 200 and 1,000 updates/s, initial sync of 100,000 endpoints, memory (a few minutes)"
 	./target/release/examples/mesh_bench
-	@echo "==> [4/11] datapath figures: 1 to 100,000 services, knit vs direct vs iptables vs nftables, and a chart (about 5 minutes)"
+	@echo "==> [4/12] datapath figures: 1 to 100,000 services, knit vs direct vs iptables vs nftables, and a chart (about 5 minutes)"
 	./target/release/examples/datapath_bench
-	@echo "==> [5/11] failover figures (about a minute)"
+	@echo "==> [5/12] failover figures (about a minute)"
 	./target/release/examples/failover_bench
-	@echo "==> [6/11] agent: what one change costs, at 1,000 and 100,000 services (seconds)"
+	@echo "==> [6/12] agent: what one change costs, at 1,000 and 100,000 services (seconds)"
 	./target/release/examples/change_bench
-	@echo "==> [7/11] end to end: 100,000 endpoints + 10,000 services from cluster-a's source into cluster-b's agent maps, and the agent's memory (under a minute)"
+	@echo "==> [7/12] end to end: 100,000 endpoints + 10,000 services from cluster-a's source into cluster-b's agent maps, and the agent's memory (under a minute)"
 	./target/release/examples/end_to_end_bench
-	@echo "==> [8/11] 511 clusters: 509 simulated peers of 1,000 endpoints each into one KVStoreMesh and one agent (a few minutes)"
+	@echo "==> [8/12] 511 clusters: 509 simulated peers of 1,000 endpoints each into one KVStoreMesh and one agent (a few minutes)"
 	./target/release/examples/scale_bench
-	@echo "==> [9/11] the peer front under attack: a flooding peer and a slowloris, propagation p99 with and without (about a minute)"
+	@echo "==> [9/12] the peer front under attack: a flooding peer and a slowloris, propagation p99 with and without (about a minute)"
 	./target/release/examples/front_soak_bench
-	@echo "==> [10/11] encryption: pod to pod across nodes and clusters, plaintext vs WireGuard (userspace), and the underlay host to host (about 2 minutes)"
+	@echo "==> [10/12] encryption: pod to pod across nodes and clusters, plaintext vs WireGuard (userspace), and the underlay host to host (about 2 minutes)"
 	./target/release/examples/encryption_bench
-	@echo "==> [11/11] routing modes: pod to pod across nodes and clusters in tunnel, native and hybrid routing, and the underlay host to host (about 2 minutes)"
+	@echo "==> [11/12] routing modes: pod to pod across nodes and clusters in tunnel, native and hybrid routing, and the underlay host to host (about 2 minutes)"
 	./target/release/examples/routing_bench
+	@echo "==> [12/12] observation: connections per second to a policed service with flow events off and on (about a minute)"
+	./target/release/examples/observe_bench
 
 ## make conformance: the upstream Kubernetes NetworkPolicy cases in three
 ## layouts (one cluster, spread over two, every namespace split), to pod IPs

@@ -245,7 +245,7 @@ static __always_inline void emit(__u8 kind, __u8 reason, const struct flow *f, s
 		.direction = who.direction,
 		.proto = f->proto,
 	};
-	if (bpf_ringbuf_output(&knit_events, &e, sizeof(e), 0) < 0) {
+	if (bpf_ringbuf_output(&knit_events, &e, sizeof(e), BPF_RB_NO_WAKEUP) < 0) {
 		__u64 *lost = bpf_map_lookup_elem(&knit_events_lost, &zero);
 		if (lost)
 			__sync_fetch_and_add(lost, 1);
@@ -878,7 +878,7 @@ static __always_inline void emit_translation(const struct service_key *sk, const
 		.direction = EVENT_DIRECTION_NONE,
 		.proto = sk->proto,
 	};
-	if (bpf_ringbuf_output(&knit_events, &e, sizeof(e), 0) < 0) {
+	if (bpf_ringbuf_output(&knit_events, &e, sizeof(e), BPF_RB_NO_WAKEUP) < 0) {
 		__u64 *lost = bpf_map_lookup_elem(&knit_events_lost, &zero);
 		if (lost)
 			__sync_fetch_and_add(lost, 1);

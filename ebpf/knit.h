@@ -213,7 +213,9 @@ struct encryption_config {
  * did with a flow, for `knitctl observe`. knit_observe (array, one
  * observe_config) holds the kinds the agent wants, as bits
  * (1 << EVENT_*); with 0 nothing is emitted. An event the ring has no room
- * for is counted in knit_events_lost.
+ * for is counted in knit_events_lost. Nothing wakes the reader: the agent
+ * drains the ring on a timer (100 ms), so a busy datapath costs
+ * one wakeup per period, not one per event.
  * - EVENT_DROP: a packet dropped, reason = enum drop_reason. A policy drop
  *   (DROP_POLICY, DROP_EGRESS_POLICY) is the verdict "denied" and carries
  *   its direction.

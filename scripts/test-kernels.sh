@@ -9,7 +9,8 @@
 #     CNI plugins, util-linux, bash) and of the workspace's binaries and test
 #     binaries, each with the shared libraries ldd names, at the same paths.
 # Inside the VM it runs, in that kernel:
-#   - agent/tests/bpf_programs.rs, bpf_routing.rs and bpf_conntrack.rs
+#   - agent/tests/bpf_programs.rs, bpf_routing.rs, bpf_conntrack.rs and
+#     bpf_events.rs (the flow events through the ring buffer)
 #     (every tc program on crafted packets, the FIB path of native routing,
 #     connection tracking),
 #   - the agent's kernel-facing unit tests (feature probes, tc attach mode),
@@ -59,7 +60,7 @@ apt_for() {
 
 # --- the binaries under test -------------------------------------------------
 cargo build -q --workspace --bins
-test_exes=$(cargo test -q --no-run --message-format=json -p knit-agent --lib --test bpf_programs --test bpf_conntrack --test bpf_routing -p knit-e2e --test datapath 2>/dev/null |
+test_exes=$(cargo test -q --no-run --message-format=json -p knit-agent --lib --test bpf_programs --test bpf_conntrack --test bpf_routing --test bpf_events -p knit-e2e --test datapath 2>/dev/null |
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -71,9 +72,10 @@ exe_of() { awk -v n="$1" '$1 == n {print $2}' <<<"$test_exes"; }
 BPF_TESTS=$(exe_of bpf_programs)
 ROUTING_TESTS=$(exe_of bpf_routing)
 CT_TESTS=$(exe_of bpf_conntrack)
+EVENT_TESTS=$(exe_of bpf_events)
 AGENT_TESTS=$(exe_of knit_agent)
 DATAPATH_TESTS=$(exe_of datapath)
-for t in "$BPF_TESTS" "$ROUTING_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"; do
+for t in "$BPF_TESTS" "$ROUTING_TESTS" "$CT_TESTS" "$EVENT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"; do
   [ -x "$t" ] || { echo "test-kernels: a test binary was not built ($test_exes)" >&2; exit 1; }
 done
 
@@ -134,7 +136,7 @@ build_initramfs() {
   copy /usr/lib/x86_64-linux-gnu/xtables/*.so
   copy /usr/lib/cni/*
   copy_stripped "$ROOT"/target/debug/knit-{agent,apiserver,probe,cni} "$ROOT/target/debug/knitctl" \
-    "$BPF_TESTS" "$ROUTING_TESTS" "$CT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"
+    "$BPF_TESTS" "$ROUTING_TESTS" "$CT_TESTS" "$EVENT_TESTS" "$AGENT_TESTS" "$DATAPATH_TESTS"
   mkdir -p "$STAGE/$ROOT/e2e" && cp -r "$ROOT/e2e/cni-standins" "$STAGE/$ROOT/e2e/"
   # The modules the datapath and its tests load, with their dependencies.
   mkdir -p "$STAGE/lib/modules/$version/kernel"
@@ -177,6 +179,7 @@ $bpf_note
 run $BPF_TESTS --test-threads=1 $bpf_skip
 run $ROUTING_TESTS --test-threads=1
 run $CT_TESTS --test-threads=1
+run $EVENT_TESTS --test-threads=1
 run $AGENT_TESTS --test-threads=1 datapath::tc:: datapath::features::
 run $DATAPATH_TESTS --test-threads=1 ${KNIT_VM_DATAPATH_TESTS:-network_policy_selects_peers_by_cluster routing_load_balancing_affinity_and_agent_restart_with_netlink_tc encryption_takes_the_kernels_wireguard_where_there_is_one native_and_hybrid_routing_bypass_the_tunnel_inside_a_cluster}
 echo "knit-vm: RESULT \$rc"
@@ -246,7 +249,7 @@ for entry in $kernels; do
   if grep -q '^knit-vm: RESULT 0' "$log"; then
     wg=""
     grep -q '^knit-vm: WireGuard in the kernel' "$log" && wg=", encryption on the kernel's WireGuard"
-    summary+=("$version (Debian $suite, $accel, tc attach: netlink): bpf program tests, kernel probes, two-cluster datapath, native and hybrid routing$wg: passed")
+    summary+=("$version (Debian $suite, $accel, tc attach: netlink): bpf program tests, flow events, kernel probes, two-cluster datapath, native and hybrid routing$wg: passed")
   else
     failed+=("$version")
     summary+=("$version ($accel): FAILED, see $log")

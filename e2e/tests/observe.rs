@@ -42,6 +42,21 @@ fn observe(mesh: &LocalMesh, n: NodeId, args: &[&str]) -> Vec<Flow> {
         .collect()
 }
 
+/// The first flow `knitctl observe <args>` on node `n` prints that
+/// `wanted` accepts, waiting for it: the agent drains the datapath's ring
+/// every 100 ms, so an event is served a moment after the packet.
+fn observed(mesh: &LocalMesh, n: NodeId, args: &[&str], what: &str, wanted: impl Fn(&Flow) -> bool) -> Flow {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let flows = observe(mesh, n, args);
+        if let Some(f) = flows.iter().find(|f| wanted(f)) {
+            return f.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no {what} among {flows:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn table<T: serde::de::DeserializeOwned>(mesh: &LocalMesh, n: NodeId, command: &str) -> T {
     let text = mesh.knitctl_agent(n, &[command, "-o", "json"]);
     let mut tables: Vec<T> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -63,15 +78,10 @@ fn observe_names_denied_allowed_and_translated_flows_across_clusters() {
         Duration::from_secs(30),
         || mesh.hits(client, far_ip, 1, false).total() == 0,
     );
-    let denied = observe(
-        &mesh,
-        server_node,
-        &["--verdict", "denied", "--pod", "shop/client"],
-    );
-    let f = denied
-        .iter()
-        .find(|f| f.source.ip == client_ip && f.destination.ip == far_ip)
-        .unwrap_or_else(|| panic!("no denied flow client -> far among {denied:#?}"));
+    let args = ["--verdict", "denied", "--pod", "shop/client"];
+    let f = observed(&mesh, server_node, &args, "denied flow client -> far", |f| {
+        f.source.ip == client_ip && f.destination.ip == far_ip
+    });
     assert_eq!(f.node, mesh.node(server_node).name);
     assert_eq!(
         (f.verdict, f.drop_reason.as_deref()),
@@ -97,7 +107,9 @@ fn observe_names_denied_allowed_and_translated_flows_across_clusters() {
     assert_eq!(f.destination.port, 8080);
     assert_eq!(f.policies, vec!["shop/web-from-other"]);
     assert!(
-        denied.iter().all(|f| f.verdict == Verdict::Denied),
+        observe(&mesh, server_node, &args)
+            .iter()
+            .all(|f| f.verdict == Verdict::Denied),
         "the filter holds"
     );
     let counted = mesh.agent_metric(
@@ -120,15 +132,10 @@ fn observe_names_denied_allowed_and_translated_flows_across_clusters() {
         Duration::from_secs(30),
         || mesh.hits(client, far_ip, 1, false).total() == 1,
     );
-    let allowed = observe(
-        &mesh,
-        server_node,
-        &["--verdict", "allowed", "--cluster", "cluster-a"],
-    );
-    let f = allowed
-        .iter()
-        .find(|f| f.source.ip == client_ip && f.destination.ip == far_ip)
-        .unwrap_or_else(|| panic!("no allowed flow client -> far among {allowed:#?}"));
+    let args = ["--verdict", "allowed", "--cluster", "cluster-a"];
+    let f = observed(&mesh, server_node, &args, "allowed flow client -> far", |f| {
+        f.source.ip == client_ip && f.destination.ip == far_ip
+    });
     assert_eq!(
         (f.drop_reason.as_deref(), f.direction.as_deref()),
         (None, Some("ingress"))
@@ -142,11 +149,10 @@ fn observe_names_denied_allowed_and_translated_flows_across_clusters() {
     mesh.wait_for_hits("the far backend through the VIP", client, vip, false, |h| {
         h.total() > 0
     });
-    let translated = observe(&mesh, A.node(0), &["--verdict", "translated", "--port", "8080"]);
-    let f = translated
-        .iter()
-        .find(|f| f.destination.ip == far_ip)
-        .unwrap_or_else(|| panic!("no translation to far among {translated:#?}"));
+    let args = ["--verdict", "translated", "--port", "8080"];
+    let f = observed(&mesh, A.node(0), &args, "translation to far", |f| {
+        f.destination.ip == far_ip
+    });
     assert_eq!(f.service.as_deref(), Some("10.96.1.10:8080"));
     assert_eq!(f.service_name.as_deref(), Some("shop/web"));
     assert_eq!(

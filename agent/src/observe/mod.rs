@@ -136,11 +136,13 @@ pub fn start(
     let (queries_tx, queries) = tokio::sync::mpsc::channel(16);
     let reader_log = log.clone();
     let reader_metrics = metrics.clone();
-    let mut tasks = vec![AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = reader::run(ring, lost, reader_log, clusters_rx, reader_metrics).await {
-            tracing::error!(error = %e, "reading the datapath's flow events failed: knitctl observe shows nothing new");
-        }
-    }))];
+    let mut tasks = vec![AbortOnDrop(tokio::spawn(reader::run(
+        ring,
+        lost,
+        reader_log,
+        clusters_rx,
+        reader_metrics,
+    )))];
     if let Some(socket) = observe.socket.clone() {
         let api = api::Api {
             node: settings.node.clone(),
