@@ -1,5 +1,5 @@
 //! The node agent's local API, served on a unix socket in the agent's state
-//! directory (`/var/run/knit/agent.sock`), as Cilium's agent serves
+//! directory (`/run/knit/agent.sock`), as Cilium's agent serves
 //! `cilium.sock`: `knitctl observe`, `services`, `identities`, `ipcache`
 //! and `endpoints` ask it what this node's datapath really holds.
 //!
@@ -10,7 +10,8 @@
 //! - [`client`]: one GET over the socket, JSON in return.
 //!
 //! Paths: `GET /v1/flows?since=<seq>` ([`FlowPage`]), `GET /v1/services`
-//! ([`ServiceTable`]), `/v1/identities`, `/v1/ipcache`, `/v1/endpoints`.
+//! ([`ServiceTable`]), `/v1/identities`, `/v1/ipcache`, `/v1/endpoints`,
+//! `GET /v1/policy?pod=<namespace>/<name>` ([`PolicyTable`]).
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -21,11 +22,11 @@ pub mod tables;
 pub use flows::{Flow, FlowFilter, FlowPage, Peer, Verdict};
 pub use tables::{
     Backend, EndpointEntry, EndpointTable, IdentityEntry, IdentityTable, IpcacheEntry, IpcacheTable,
-    ServiceEntry, ServiceTable,
+    PolicyLine, PolicyTable, ServiceEntry, ServiceTable,
 };
 
 /// Where the agent listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/var/run/knit/agent.sock";
+pub const DEFAULT_SOCKET: &str = "/run/knit/agent.sock";
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

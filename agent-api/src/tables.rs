@@ -158,3 +158,51 @@ pub struct EndpointTable {
     /// Where the datapath and the kvstore disagree.
     pub differences: Vec<String>,
 }
+
+/// One allow or deny entry of a pod's policy, as the datapath holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyLine {
+    /// `ingress` (the peer is the source) or `egress` (the destination).
+    pub direction: String,
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// The peer: `identity <n>`, `any`, or a prefix.
+    pub peer: String,
+    /// The peer identity's cluster and labels, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_cluster: Option<String>,
+    /// The peer identity's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peer_labels: BTreeMap<String, String>,
+    /// Destination port (0: any).
+    pub port: u16,
+    /// `TCP`, `UDP`, or `any`.
+    pub protocol: String,
+    /// The policies that produce it (`namespace/name`; Cilium's marked so).
+    pub policies: Vec<String>,
+    /// Whether the datapath holds it (an entry the policies produce but
+    /// the map lacks is shown with `false`).
+    pub in_datapath: bool,
+}
+
+/// `GET /v1/policy?pod=<namespace>/<name>`: what applies to one pod of
+/// this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTable {
+    /// Node that answered.
+    pub node: String,
+    /// `namespace/name`.
+    pub pod: String,
+    /// Its address.
+    pub ip: Option<Ipv4Addr>,
+    /// The datapath holds only what an entry allows, into the pod.
+    pub ingress_enforced: bool,
+    /// ...and out of it.
+    pub egress_enforced: bool,
+    /// The entries, ingress first.
+    pub entries: Vec<PolicyLine>,
+    /// Where the datapath and the policies disagree.
+    pub differences: Vec<String>,
+}

@@ -146,6 +146,7 @@ impl<S: Source> AgentLoop<S> {
             index: &self.index,
             state: self.source.state(),
             rendered: self.datapath.rendered(),
+            policy_default_local_cluster: self.settings.policy_default_local_cluster,
         });
     }
 

@@ -67,6 +67,33 @@ pub struct RenderOptions {
     pub clusterwide_policies: bool,
 }
 
+/// Every identity of the mesh with its labels.
+pub type IdentityLabels<'a> = BTreeMap<u32, &'a BTreeMap<String, String>>;
+/// The named container ports of each identity's pods.
+pub type PeerPorts = BTreeMap<u32, BTreeMap<String, PortSpec>>;
+
+/// What policies select peers among: every identity of the mesh with its
+/// labels, and the named container ports of each identity's pods.
+pub fn policy_universe(index: &MeshIndex) -> (IdentityLabels<'_>, PeerPorts) {
+    let identities = std::iter::once(&index.local)
+        .chain(index.peers.values())
+        .flat_map(|v| v.identities.values())
+        .map(|r| (r.id, &r.labels))
+        .collect();
+    let mut peer_ports: BTreeMap<u32, BTreeMap<String, PortSpec>> = BTreeMap::new();
+    for ep in std::iter::once(&index.local)
+        .chain(index.peers.values())
+        .flat_map(|v| v.endpoints.values())
+        .filter(|ep| !ep.named_ports.is_empty())
+    {
+        peer_ports
+            .entry(ep.identity)
+            .or_default()
+            .extend(ep.named_ports.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    (identities, peer_ports)
+}
+
 /// Renders the desired datapath of node `node`, whose pods are
 /// `attachments` (what knit-cni recorded).
 pub fn render(
@@ -115,26 +142,10 @@ pub fn render(
             });
         }
     }
-    let identities = std::iter::once(&index.local)
-        .chain(index.peers.values())
-        .flat_map(|v| v.identities.values())
-        .map(|r| (r.id, &r.labels))
-        .collect();
+    let (identities, peer_ports) = policy_universe(index);
     let local_only = options
         .policy_default_local_cluster
         .then_some(index.local_cluster());
-    // Named container ports of each identity's pods, across the mesh.
-    let mut peer_ports: BTreeMap<u32, BTreeMap<String, PortSpec>> = BTreeMap::new();
-    for ep in std::iter::once(&index.local)
-        .chain(index.peers.values())
-        .flat_map(|v| v.endpoints.values())
-        .filter(|ep| !ep.named_ports.is_empty())
-    {
-        peer_ports
-            .entry(ep.identity)
-            .or_default()
-            .extend(ep.named_ports.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
     let compiled = compile(policies, &targets, &identities, &peer_ports, local_only);
     for ip in &compiled.enforced {
         if let Some(ep) = out.endpoints.get_mut(ip) {

@@ -9,7 +9,9 @@
 //!   server; once a policy admits the client, `--verdict allowed` shows the
 //!   admission. A connect to a global service's VIP shows as a
 //!   translation to a backend, a connect to a service without backends as
-//!   a `no_backend` drop; the metric counts denials per peer cluster.
+//!   a `no_backend` drop; the metric counts denials per peer cluster;
+//!   `knitctl policy` shows the server's allow entry for the client's
+//!   identity and the policy that produced it.
 //! - `services` lists a global service's backends per cluster; after
 //!   cluster-b withdraws its backend, it shows cluster-a's alone, the
 //!   datapath agrees (every request answered by cluster-a), and a backend
@@ -20,7 +22,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-use knit_agent_api::{EndpointTable, Flow, IdentityTable, IpcacheTable, ServiceTable, Verdict};
+use knit_agent_api::{EndpointTable, Flow, IdentityTable, IpcacheTable, PolicyTable, ServiceTable, Verdict};
 use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions, NodeId};
 
 const A: ClusterId = ClusterId(0);
@@ -57,8 +59,10 @@ fn observed(mesh: &LocalMesh, n: NodeId, args: &[&str], what: &str, wanted: impl
     }
 }
 
-fn table<T: serde::de::DeserializeOwned>(mesh: &LocalMesh, n: NodeId, command: &str) -> T {
-    let text = mesh.knitctl_agent(n, &[command, "-o", "json"]);
+fn table<T: serde::de::DeserializeOwned>(mesh: &LocalMesh, n: NodeId, command: &[&str]) -> T {
+    let mut args = command.to_vec();
+    args.extend(["-o", "json"]);
+    let text = mesh.knitctl_agent(n, &args);
     let mut tables: Vec<T> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(tables.len(), 1, "one node asked");
     tables.remove(0)
@@ -141,6 +145,29 @@ fn observe_names_denied_allowed_and_translated_flows_across_clusters() {
         (None, Some("ingress"))
     );
     assert_eq!(f.policies, vec!["shop/web-from-a-clients", "shop/web-from-other"]);
+
+    // What applies to the server, and which policy produced it.
+    let t: PolicyTable = table(&mesh, server_node, &["policy", "shop/far"]);
+    assert_eq!(
+        (t.ip, t.ingress_enforced, t.egress_enforced),
+        (Some(far_ip), true, false)
+    );
+    let from_client = t
+        .entries
+        .iter()
+        .find(|e| e.peer == format!("identity {}", f.source.identity))
+        .unwrap_or_else(|| panic!("no entry for the client's identity in {t:#?}"));
+    assert_eq!(
+        (
+            from_client.direction.as_str(),
+            from_client.verdict.as_str(),
+            from_client.in_datapath
+        ),
+        ("ingress", "allow", true)
+    );
+    assert_eq!(from_client.policies, vec!["shop/web-from-a-clients"]);
+    assert_eq!(from_client.peer_cluster.as_deref(), Some("cluster-a"));
+    assert_eq!(t.differences, Vec::<String>::new());
 
     // A global service: the client's connect is translated on its node.
     let vip = Ipv4Addr::new(10, 96, 1, 10);
@@ -239,7 +266,7 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
         h.names.len() == 2
     });
 
-    let t: ServiceTable = table(&mesh, node, "services");
+    let t: ServiceTable = table(&mesh, node, &["services"]);
     let s = frontend(&t, vip).unwrap_or_else(|| panic!("no frontend {vip} in {t:#?}"));
     assert_eq!(
         (s.name.as_deref(), s.affinity.as_deref()),
@@ -253,7 +280,7 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
     assert_eq!(t.differences, Vec::<String>::new());
 
     // The other tables name the same pods.
-    let endpoints: EndpointTable = table(&mesh, node, "endpoints");
+    let endpoints: EndpointTable = table(&mesh, node, &["endpoints"]);
     let own = endpoints
         .endpoints
         .iter()
@@ -261,7 +288,7 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
         .unwrap_or_else(|| panic!("the client is not among {endpoints:#?}"));
     assert_eq!(own.pod.as_deref(), Some("shop/client"));
     assert!(!own.ingress_enforced && !own.egress_enforced);
-    let ipcache: IpcacheTable = table(&mesh, node, "ipcache");
+    let ipcache: IpcacheTable = table(&mesh, node, &["ipcache"]);
     let far_entry = ipcache
         .entries
         .iter()
@@ -273,7 +300,7 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
         Some(mesh.node(B.node(0)).ip.clone())
     );
     assert_eq!(ipcache.differences, Vec::<String>::new());
-    let identities: IdentityTable = table(&mesh, node, "identities");
+    let identities: IdentityTable = table(&mesh, node, &["identities"]);
     let far_identity = identities
         .identities
         .iter()
@@ -290,7 +317,7 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
         "the far backend to leave the table",
         Duration::from_secs(30),
         || {
-            let t: ServiceTable = table(&mesh, node, "services");
+            let t: ServiceTable = table(&mesh, node, &["services"]);
             frontend(&t, vip).is_some_and(|s| {
                 s.backends
                     .iter()
@@ -298,7 +325,7 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
             })
         },
     );
-    let t: ServiceTable = table(&mesh, node, "services");
+    let t: ServiceTable = table(&mesh, node, &["services"]);
     assert_eq!(t.differences, Vec::<String>::new());
     let hits = mesh.hits(client, vip, 20, false);
     assert_eq!(
@@ -309,7 +336,7 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
 
     // Behind the agent's back, the near backend leaves the pinned map.
     assert!(remove_backend_behind_the_agent(&mesh, node, mesh.pod(near).ip) >= 1);
-    let t: ServiceTable = table(&mesh, node, "services");
+    let t: ServiceTable = table(&mesh, node, &["services"]);
     let expected = format!(
         "frontend {vip}:8080/TCP: backend {}:8080 is in the kvstore's endpoints but not in the datapath",
         mesh.pod(near).ip

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use knit_agent_api::{EndpointTable, Flow, IdentityTable, IpcacheTable, ServiceTable};
+use knit_agent_api::{EndpointTable, Flow, IdentityTable, IpcacheTable, PolicyTable, ServiceTable};
 
 /// RFC 3339 time of a flow (UTC, microseconds).
 fn time(flow: &Flow) -> String {
@@ -180,6 +180,63 @@ pub fn endpoints(tables: &[EndpointTable]) -> String {
                 state(e.egress_enforced),
                 e.ifindex,
                 e.pod.as_deref().unwrap_or("-")
+            );
+        }
+        differences(&mut out, &t.node, &t.differences);
+    }
+    out
+}
+
+/// `knitctl policy <pod>`.
+pub fn policy(tables: &[PolicyTable]) -> String {
+    let mut out = String::new();
+    let state = |on: bool| {
+        if on {
+            "enforced"
+        } else {
+            "open (no policy selects it)"
+        }
+    };
+    for t in tables {
+        let ip = t.ip.map_or("-".to_owned(), |ip| ip.to_string());
+        let _ = writeln!(out, "NODE {} POD {} ({ip})", t.node, t.pod);
+        let _ = writeln!(out, "  ingress: {}", state(t.ingress_enforced));
+        let _ = writeln!(out, "  egress:  {}", state(t.egress_enforced));
+        let _ = writeln!(
+            out,
+            "  DIRECTION VERDICT PEER                         PORT   POLICIES"
+        );
+        for e in &t.entries {
+            let mut peer = e.peer.clone();
+            if let Some(c) = &e.peer_cluster {
+                let labels: Vec<String> = e
+                    .peer_labels
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("io.") && k.as_str() != "knit.dev/cluster")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                peer = format!("{peer} ({c} {})", labels.join(","));
+            }
+            let port = if e.port == 0 {
+                e.protocol.clone()
+            } else {
+                format!("{}/{}", e.port, e.protocol)
+            };
+            let _ = writeln!(
+                out,
+                "  {:<9} {:<7} {peer:<28} {port:<6} {}{}",
+                e.direction,
+                e.verdict,
+                if e.policies.is_empty() {
+                    "-".to_owned()
+                } else {
+                    e.policies.join(", ")
+                },
+                if e.in_datapath {
+                    ""
+                } else {
+                    "  (NOT in the datapath)"
+                }
             );
         }
         differences(&mut out, &t.node, &t.differences);

@@ -144,6 +144,36 @@ pub struct DatapathState {
     pub awaiting_identity: Vec<Ipv4Addr>,
 }
 
+/// The `knit_policy` and `knit_policy_cidr` entries of `state`'s allow and
+/// deny entries (deny after allow: for the same key, deny wins).
+pub fn policy_map_entries(state: &DatapathState, out: &mut MapContents) {
+    for (entries, verdict) in [(&state.allow, POLICY_ALLOW), (&state.deny, POLICY_DENY)] {
+        for a in entries {
+            let key = PolicyKey {
+                endpoint: addr_be(a.endpoint),
+                identity: a.identity,
+                dport: a.port,
+                proto: a.proto,
+                direction: a.direction.raw(),
+            };
+            out.policy.insert(key, verdict);
+        }
+    }
+    for (entries, verdict) in [(&state.cidr_allow, POLICY_ALLOW), (&state.cidr_deny, POLICY_DENY)] {
+        for c in entries {
+            let key = PolicyCidrKey {
+                endpoint: addr_be(c.endpoint),
+                direction: c.direction.raw(),
+                proto: c.proto,
+                dport: c.port,
+                addr: addr_be(c.peer.network()),
+            };
+            out.policy_cidr
+                .insert((64 + u32::from(c.peer.prefix_len()), key), verdict);
+        }
+    }
+}
+
 /// Makes the policy entries fit the maps (`capacity` identity entries,
 /// `cidr_capacity` prefix entries) a whole pod at a time, in address
 /// order: the entries of a pod that does not fit are all left out, so it
@@ -333,32 +363,7 @@ pub fn to_map_contents(
             },
         );
     }
-    // Deny after allow: for the same key, deny wins.
-    for (entries, verdict) in [(&state.allow, POLICY_ALLOW), (&state.deny, POLICY_DENY)] {
-        for a in entries {
-            let key = PolicyKey {
-                endpoint: addr_be(a.endpoint),
-                identity: a.identity,
-                dport: a.port,
-                proto: a.proto,
-                direction: a.direction.raw(),
-            };
-            out.policy.insert(key, verdict);
-        }
-    }
-    for (entries, verdict) in [(&state.cidr_allow, POLICY_ALLOW), (&state.cidr_deny, POLICY_DENY)] {
-        for c in entries {
-            let key = PolicyCidrKey {
-                endpoint: addr_be(c.endpoint),
-                direction: c.direction.raw(),
-                proto: c.proto,
-                dport: c.port,
-                addr: addr_be(c.peer.network()),
-            };
-            out.policy_cidr
-                .insert((64 + u32::from(c.peer.prefix_len()), key), verdict);
-        }
-    }
+    policy_map_entries(state, &mut out);
     let mut used: BTreeSet<u32> = BTreeSet::new();
     let keys: Vec<(ServiceKey, &Vec<SocketAddrV4>)> =
         state.services.iter().map(|(f, b)| (service_key(f), b)).collect();

@@ -61,12 +61,16 @@ fn json(value: &impl Serialize) -> Response {
     }
 }
 
-fn query_param(uri: &Uri, name: &str) -> Option<u64> {
+fn query_text(uri: &Uri, name: &str) -> Option<String> {
     uri.query()?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
-        .and_then(|(_, v)| v.parse().ok())
+        .map(|(_, v)| v.replace("%2F", "/").replace("%2f", "/"))
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<u64> {
+    query_text(uri, name)?.parse().ok()
 }
 
 async fn flows(State(api): State<Api>, uri: Uri) -> Response {
@@ -174,6 +178,74 @@ async fn endpoints(State(api): State<Api>) -> Response {
     .await
 }
 
+async fn policy(State(api): State<Api>, uri: Uri) -> Response {
+    let Some(pod) = query_text(&uri, "pod") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "name the pod: /v1/policy?pod=<namespace>/<name>",
+        )
+            .into_response();
+    };
+    let which = Tables {
+        policy: true,
+        endpoints: true,
+        ..Default::default()
+    };
+    table(&api, which, move |view, kernel| {
+        provenance_table(view, kernel, &pod)
+    })
+    .await
+}
+
+/// The policy table of `pod` with the loop's view: the policies as the
+/// agent compiles them (NetworkPolicies, Cilium's as translated).
+fn provenance_table(
+    view: &LoopView<'_>,
+    kernel: &crate::datapath::state::MapContents,
+    pod: &str,
+) -> knit_agent_api::PolicyTable {
+    use super::provenance::{NamedPolicy, Universe, pod_policy, target_of};
+    let (cilium, _) = crate::run::translate_cilium_policies(view.state, view.index);
+    let name = |p: &k8s_openapi::api::networking::v1::NetworkPolicy| {
+        let m = &p.metadata;
+        format!(
+            "{}/{}",
+            m.namespace.as_deref().unwrap_or("default"),
+            m.name.as_deref().unwrap_or("")
+        )
+    };
+    let policies: Vec<NamedPolicy<'_>> = view
+        .state
+        .network_policies
+        .values()
+        .map(|p| NamedPolicy {
+            name: name(p),
+            rules: crate::policy::PolicyRules::network_policy(p),
+        })
+        .chain(cilium.iter().map(|t| NamedPolicy {
+            name: format!("{} (Cilium)", name(&t.policy)),
+            rules: t.rules(),
+        }))
+        .collect();
+    let (identities, peer_ports) = crate::render::policy_universe(view.index);
+    let universe = Universe {
+        identities: &identities,
+        peer_ports: &peer_ports,
+        local_only: view
+            .policy_default_local_cluster
+            .then_some(view.index.local_cluster()),
+    };
+    pod_policy(
+        view.node,
+        pod,
+        target_of(view.index, view.node, pod),
+        &policies,
+        &universe,
+        kernel,
+        &directory(view),
+    )
+}
+
 /// The routes.
 pub fn router(api: Api) -> Router {
     Router::new()
@@ -182,6 +254,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/ipcache", get(ipcache))
         .route("/v1/identities", get(identities))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/policy", get(policy))
         .with_state(api)
 }
 

@@ -15,6 +15,7 @@ pub mod describe;
 pub mod directory;
 pub mod log;
 pub mod pinned;
+pub mod provenance;
 pub mod reader;
 pub mod tables;
 
@@ -80,6 +81,8 @@ pub struct LoopView<'a> {
     pub state: &'a ClusterState,
     /// What the agent last wrote to the maps.
     pub rendered: &'a MapContents,
+    /// `--policy-default-local-cluster`.
+    pub policy_default_local_cluster: bool,
 }
 
 /// A question the API asks the agent's loop.

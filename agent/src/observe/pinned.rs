@@ -9,7 +9,7 @@ use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map, MapData};
 use knit_datapath_common::{
     BackendKey, BackendValue, EndpointValue, IpcacheValue, MAP_BACKENDS, MAP_ENDPOINTS, MAP_IPCACHE,
-    MAP_SERVICES, ServiceKey, ServiceValue,
+    MAP_POLICY, MAP_POLICY_CIDR, MAP_SERVICES, PolicyCidrKey, PolicyKey, ServiceKey, ServiceValue,
 };
 
 use crate::datapath::state::MapContents;
@@ -24,6 +24,8 @@ pub struct Tables {
     pub ipcache: bool,
     /// `knit_endpoints`.
     pub endpoints: bool,
+    /// `knit_policy` and `knit_policy_cidr`.
+    pub policy: bool,
 }
 
 fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -50,6 +52,16 @@ pub fn read(pin_dir: &Path, tables: Tables) -> Result<MapContents> {
     }
     if tables.endpoints {
         out.endpoints = hash::<u32, EndpointValue>(pin_dir, MAP_ENDPOINTS)?;
+    }
+    if tables.policy {
+        out.policy = hash::<PolicyKey, u8>(pin_dir, MAP_POLICY)?;
+        let trie: LpmTrie<MapData, PolicyCidrKey, u8> = open(pin_dir, MAP_POLICY_CIDR)?
+            .try_into()
+            .map_err(|e| Error::map(MAP_POLICY_CIDR, e))?;
+        for entry in trie.iter() {
+            let (key, value) = entry.map_err(|e| Error::map(MAP_POLICY_CIDR, e))?;
+            out.policy_cidr.insert((key.prefix_len(), key.data()), value);
+        }
     }
     if tables.ipcache {
         let trie: LpmTrie<MapData, u32, IpcacheValue> = open(pin_dir, MAP_IPCACHE)?

@@ -88,6 +88,14 @@ enum Command {
         #[command(flatten)]
         agents: Agents,
     },
+    /// The allow and deny entries that apply to a pod of the node, and
+    /// the policies that produce each.
+    Policy {
+        /// The pod: `namespace/name`.
+        pod: String,
+        #[command(flatten)]
+        agents: Agents,
+    },
     /// Per peer: connected, synced, mirrored counts, rejections.
     Status {
         /// etcd client config (the `local` or admin certificate's config.yaml).
@@ -242,6 +250,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Ipcache { agents } => show(&agents, "/v1/ipcache", knit_operator::inspect::ipcache).await,
         Command::Endpoints { agents } => {
             show(&agents, "/v1/endpoints", knit_operator::inspect::endpoints).await
+        }
+        Command::Policy { pod, agents } => {
+            if !pod.contains('/') {
+                bail!("name the pod as <namespace>/<name>, e.g. shop/web");
+            }
+            let path = format!("/v1/policy?pod={pod}");
+            show(&agents, &path, knit_operator::inspect::policy).await
         }
         Command::Status {
             etcd_config,
