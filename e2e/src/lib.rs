@@ -13,6 +13,7 @@ pub mod capture;
 pub mod chart;
 pub mod cni;
 pub mod conformance;
+pub mod connectivity;
 pub mod container;
 pub mod mesh;
 pub mod netns;

@@ -12,6 +12,7 @@
 pub mod conditions;
 pub mod config;
 pub mod config_files;
+pub mod connectivity;
 pub mod files;
 pub mod gsp;
 pub mod inspect;
@@ -90,6 +91,15 @@ pub enum Error {
     /// The ClusterMeshPeer to export could not be built.
     #[error("exporting this cluster as a peer: {0}")]
     Export(String),
+    /// A step of `knitctl connectivity test` failed at a site.
+    #[error("connectivity test: {step}")]
+    Connectivity {
+        /// What was being done, e.g. "deploying the test pods".
+        step: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Result of this crate.

@@ -80,9 +80,20 @@ impl LocalMesh {
     /// server named `<cluster>/<name>` in it, and writes its Pod manifest
     /// with the IP the CNI gave.
     pub fn add_pod(&mut self, node: NodeId, namespace: &str, name: &str, labels: &[(&str, &str)]) -> PodId {
-        let p = self
-            .create_sandbox(node, namespace, name)
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        self.try_add_pod(node, namespace, name, labels)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    /// [`LocalMesh::add_pod`], or the CNI's failure (e.g. the node's agent
+    /// is down: knit-cni gives up after its wait).
+    pub fn try_add_pod(
+        &mut self,
+        node: NodeId,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<PodId, CniFailure> {
+        let p = self.create_sandbox(node, namespace, name)?;
         let server_name = format!("{}/{name}", node.cluster.name());
         let args = vec![
             "serve".into(),
@@ -105,7 +116,7 @@ impl LocalMesh {
         self.pods[p.0].server = Some(server);
         let pod = &self.pods[p.0];
         self.register_pod(node, &pod.namespace, &pod.name, pod.ip, labels);
-        p
+        Ok(p)
     }
 
     /// Creates a pod's namespace and cgroup on `node` and runs CNI ADD for
