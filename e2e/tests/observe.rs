@@ -266,6 +266,12 @@ fn inspection_commands_show_what_the_datapath_holds_and_where_it_differs() {
         h.names.len() == 2
     });
 
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(mesh.agent_socket(node))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "the agent's socket is not for everyone");
     let t: ServiceTable = table(&mesh, node, &["services"]);
     let s = frontend(&t, vip).unwrap_or_else(|| panic!("no frontend {vip} in {t:#?}"));
     assert_eq!(

@@ -259,7 +259,8 @@ pub fn router(api: Api) -> Router {
 }
 
 /// Serves the API on the unix socket `socket` (a stale socket file from a
-/// previous agent is replaced; a missing directory is made, mode 0700).
+/// previous agent is replaced; a missing directory is made, mode 0700;
+/// the socket is mode 0660).
 pub async fn serve(socket: &Path, api: Api) -> std::io::Result<()> {
     if let Some(dir) = socket.parent().filter(|d| !d.exists()) {
         use std::os::unix::fs::DirBuilderExt as _;
@@ -273,5 +274,8 @@ pub async fn serve(socket: &Path, api: Api) -> std::io::Result<()> {
         _ => {}
     }
     let listener = tokio::net::UnixListener::bind(socket)?;
+    // Flows name pods and labels: for root (and the agent's group) only.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
     axum::serve(listener, router(api)).await
 }
