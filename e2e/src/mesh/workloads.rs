@@ -114,6 +114,7 @@ impl LocalMesh {
             &self.placement(p, None),
         );
         self.pods[p.0].server = Some(server);
+        wait_until_serving(&log);
         let pod = &self.pods[p.0];
         self.register_pod(node, &pod.namespace, &pod.name, pod.ip, labels);
         Ok(p)
@@ -349,5 +350,24 @@ impl LocalMesh {
     /// Removes a manifest from cluster `c`'s source.
     pub fn remove_manifest(&self, c: ClusterId, file: &str) {
         self.cluster(c).control.remove_source(file);
+    }
+}
+
+/// Waits until the probe server logging to `log` says it serves (it binds
+/// its sockets first): a request sent right after a pod is added must not
+/// meet a closed port. Under qemu's TCG one did (20 of 20 refused).
+fn wait_until_serving(log: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("serving ") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe server logging to {} did not start within 30 s: {text}",
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
