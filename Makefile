@@ -101,5 +101,6 @@ lint:
 ## the same images with Docker.
 images: setup
 	$(CARGO) build --release -p knit-operator -p knit-apiserver -p knit-agent --bins
+	$(CARGO) build --release -p knit-e2e --bin knit-probe
 	$(CARGO) rustc --release -p knit-cni --bin knit-cni --target-dir target/static -- -C target-feature=+crt-static
 	scripts/build-images.py --bin-dir target/release --cni-bin target/static/release/knit-cni

@@ -66,6 +66,12 @@ def components(bin_dir, cni_bin, plugin_dir):
             "user": "0:0",
             "description": "Knit node agent: programs the eBPF datapath; install-cni chains Knit into the node's CNI",
         },
+        "knit-probe": {
+            "files": {"/usr/local/bin/knit-probe": b("knit-probe")},
+            "entrypoint": ["/usr/local/bin/knit-probe"],
+            "user": "65532:65532",
+            "description": "Knit test workload: echo server and prober of knitctl connectivity test",
+        },
     }
 
 

@@ -23,6 +23,6 @@ scripts/build-images.py --bin-dir target/release --cni-bin target/static/release
 for i in 0 1; do
   c=${clusters[$i]}
   kind create cluster --name "$c" --config "e2e/kind/$c.yaml"
-  for img in operator apiserver agent; do kind load image-archive "target/images-kind/knit-$img.tar" --name "$c"; done
+  for img in operator apiserver agent probe; do kind load image-archive "target/images-kind/knit-$img.tar" --name "$c"; done
 done
 exec e2e/kind/scenarios.sh "${clusters[@]}"

@@ -178,3 +178,20 @@ resolved=$(kubectl --context $B -n shop run dns-check --rm -i --restart=Never --
   nslookup api.shop.svc.clusterset.local | awk '/^Address: / {print $2}' | tail -1)
 [[ "$resolved" == "$clusterset_ip" ]] || { echo "FAIL: resolved $resolved, want $clusterset_ip"; exit 1; }
 pass "api.shop.svc.clusterset.local resolves to the clusterset VIP"
+
+# The operator's toolbox against real API servers.
+# knitctl connectivity test: test pods in both clusters (knit-probe:dev),
+# probes through the pod proxy, a pass/fail table, the namespace removed.
+target/release/knitctl connectivity test --context $A --context $B --image knit-probe:dev
+for ctx in $A $B; do
+  if kubectl --context "$ctx" get namespace knit-connectivity >/dev/null 2>&1; then
+    echo "FAIL: knit-connectivity left in $ctx"; exit 1
+  fi
+done
+pass "knitctl connectivity test: every check passes, nothing left behind"
+# knitctl observe --all-nodes: the flows of every agent of cluster-a (via
+# pods/exec); a request to a VIP shows as a translation.
+hits $A "$(vip $A)" 5 >/dev/null
+target/release/knitctl observe --all-nodes --context $A --verdict translated --last 50 -o json \
+  | grep -q '"verdict":"translated"' || { echo "FAIL: no translation in observe --all-nodes"; exit 1; }
+pass "knitctl observe --all-nodes merges every agent's flows"

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use knit_operator::connectivity::{Answers, Deployed, Deployment, NAMESPACE, Sites, Source};
 
@@ -51,37 +51,6 @@ impl<'a> MeshSites<'a> {
             .get(&(cluster.to_owned(), name.to_owned()))
             .copied()
             .ok_or_else(|| step_error(&format!("finding pod {cluster}/{name}"), "not deployed"))
-    }
-
-    /// Waits (up to `limit`) until every client reaches each service from
-    /// every cluster and no client reaches an isolated pod: the kvstore
-    /// and the datapaths have caught up. Never fails: what is still
-    /// missing shows in the checks.
-    fn settle(&self, deployed: &Deployed, limit: Duration) {
-        let clusters = self.clusters();
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            let mut ready = true;
-            for c in &clusters {
-                let Ok(client) = self.pod(c, "client") else {
-                    continue;
-                };
-                if let Some(vip) = deployed.services.get(&(c.clone(), "echo".to_owned())) {
-                    let to = SocketAddrV4::new(*vip, knit_operator::connectivity::PORT);
-                    let hits = self.mesh.hits_to(client, to, 10, false);
-                    ready &= clusters.iter().all(|d| hits.from_cluster(d) > 0);
-                }
-                for d in &clusters {
-                    if let Some(ip) = deployed.pods.get(&(d.clone(), "echo-denied".to_owned())) {
-                        ready &= self.mesh.hits(client, *ip, 1, false).total() == 0;
-                    }
-                }
-            }
-            if ready {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
     }
 }
 
@@ -139,7 +108,8 @@ impl Sites for MeshSites<'_> {
             self.mesh.write_manifest(c, POLICY_FILE, &docs);
             self.policies.push(c);
         }
-        self.settle(&deployed, Duration::from_secs(30));
+        let clusters = self.clusters();
+        knit_operator::connectivity::settle(self, &clusters, &deployed, Duration::from_secs(30)).await;
         Ok(deployed)
     }
 

@@ -140,3 +140,68 @@ fn a_stopped_agent_fails_the_checks_of_the_pods_it_cannot_attach() {
         report.table()
     );
 }
+
+/// The control server the Kubernetes sites probe through the API server's
+/// pod proxy (`knit-probe control`), really run in a namespace of the
+/// test's own: `GET /hits` sends the requests and answers with their JSON;
+/// a bad parameter is a 400 naming it.
+#[test]
+fn the_probes_control_server_answers_hits_over_http() {
+    use knit_e2e::netns::Netns;
+    use knit_testkit::process::{ChildProcess, Placement};
+    let ns = Netns::new("control");
+    let dir = knit_e2e::TempDir::new("control");
+    let probe = knit_e2e::mesh::Binaries::locate().probe;
+    let place = Placement {
+        netns: Some(ns.name()),
+        ..Placement::default()
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let probe = probe.to_str().unwrap();
+    let _echo = ChildProcess::spawn_in(
+        "echo",
+        probe,
+        &args(&["serve", "--name", "cluster-a/echo", "--port", "8080"]),
+        &dir.path().join("echo.log"),
+        &place,
+    );
+    let _control = ChildProcess::spawn_in(
+        "control",
+        probe,
+        &args(&["control", "--port", "4250"]),
+        &dir.path().join("control.log"),
+        &place,
+    );
+    let get = |path: &str| {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/4250 && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        String::from_utf8_lossy(&ns.exec_status("bash", &["-c", &script]).stdout).into_owned()
+    };
+    let serving = |port: u16| ns.tcp_open("127.0.0.1", port);
+    let start = std::time::Instant::now();
+    while !(serving(8080) && serving(4250)) {
+        assert!(start.elapsed().as_secs() < 10, "the probe servers did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let answer = get("/hits?to=127.0.0.1:8080&count=3");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body["names"],
+        serde_json::json!({ "cluster-a/echo": 3 }),
+        "{answer}"
+    );
+    let refused = get("/hits?to=127.0.0.1:9&count=2");
+    let body: serde_json::Value = serde_json::from_str(refused.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["names"], serde_json::json!({}), "{refused}");
+    assert_eq!(body["errors"]["ConnectionRefused"], 2, "{refused}");
+    let bad = get("/hits?to=127.0.0.1:8080&count=0");
+    assert!(
+        bad.contains(" 400 ") && bad.ends_with("count=0: a number from 1 to 1000"),
+        "{bad}"
+    );
+}

@@ -64,6 +64,7 @@ fn the_release_images_run_in_containerd() {
         ("knit-operator", "65532:65532"),
         ("knit-apiserver", "65532:65532"),
         ("knit-agent", "0:0"),
+        ("knit-probe", "65532:65532"),
     ] {
         let layout = out.join(image);
         let (entry, config) = image_config(&layout);

@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -445,6 +446,48 @@ async fn run_checks<S: Sites>(
     }
     Ok(report)
 }
+
+/// Waits (up to `limit`) until every client reaches the global service
+/// `echo` from every cluster and no client reaches an isolated pod: the
+/// kvstores and the datapaths have caught up with the deployment. Never
+/// fails: what is still missing shows in the checks.
+pub async fn settle<S: Sites>(sites: &mut S, clusters: &[String], deployed: &Deployed, limit: Duration) {
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        let mut ready = true;
+        for c in clusters {
+            let client = Source::Pod(c.clone(), "client".to_owned());
+            if deployed.missing.contains_key(&(c.clone(), "client".to_owned())) {
+                continue;
+            }
+            if let Some(vip) = deployed.services.get(&(c.clone(), "echo".to_owned())) {
+                let answers = sites
+                    .probe(&client, SocketAddrV4::new(*vip, PORT), 10)
+                    .await
+                    .unwrap_or_default();
+                ready &= clusters
+                    .iter()
+                    .all(|d| answers.by_server.keys().any(|s| s.starts_with(&format!("{d}/"))));
+            }
+            for d in clusters {
+                if let Some(ip) = deployed.pods.get(&(d.clone(), "echo-denied".to_owned())) {
+                    let answers = sites
+                        .probe(&client, SocketAddrV4::new(*ip, PORT), 1)
+                        .await
+                        .unwrap_or_default();
+                    ready &= answers.total() == 0;
+                }
+            }
+        }
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub mod kubernetes;
+pub mod manifests;
 
 #[cfg(test)]
 mod tests;

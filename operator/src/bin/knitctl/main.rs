@@ -8,8 +8,13 @@
 //!   verdicts, translations); `services`, `identities`, `ipcache` and
 //!   `endpoints` print what a node's datapath holds: all ask the agents'
 //!   local API (`--agent-socket`).
+//! - `knitctl connectivity test` checks an install end to end across the
+//!   clusters of kubeconfig contexts (`connectivity.rs`).
 //! - `knitctl render` writes the certificates and peer configs of a site
 //!   without Kubernetes to a directory, through the operator's render code.
+
+mod cluster_observe;
+mod connectivity;
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +64,8 @@ enum Command {
         #[command(flatten)]
         agents: Agents,
         #[command(flatten)]
+        cluster: cluster_observe::ClusterArgs,
+        #[command(flatten)]
         filter: FilterArgs,
         /// Keep printing new flows.
         #[arg(long, short = 'f')]
@@ -95,6 +102,14 @@ enum Command {
         pod: String,
         #[command(flatten)]
         agents: Agents,
+    },
+    /// Checks an install end to end: deploys test workloads into every
+    /// cluster, probes pod to pod, global services, affinity, a denying
+    /// NetworkPolicy and node to pod, prints a pass/fail table, and removes
+    /// what it deployed.
+    Connectivity {
+        #[command(subcommand)]
+        command: ConnectivityCommand,
     },
     /// Per peer: connected, synced, mirrored counts, rejections.
     Status {
@@ -205,6 +220,12 @@ enum McsCommand {
 }
 
 #[derive(Subcommand)]
+enum ConnectivityCommand {
+    /// Run the test against the clusters of kubeconfig contexts.
+    Test(connectivity::TestArgs),
+}
+
+#[derive(Subcommand)]
 enum PeerCommand {
     /// Print the ClusterMeshPeer manifest that describes this cluster.
     Export {
@@ -239,10 +260,19 @@ async fn main() -> anyhow::Result<()> {
         } => mcs_render(&etcd_config, endpoint, &namespaces, clusterset_cidr, &out).await,
         Command::Observe {
             agents,
+            cluster,
             filter,
             follow,
             last,
-        } => observe(&agents, &filter.into(), follow, last).await,
+        } => {
+            let filter = filter.into();
+            if cluster.enabled() {
+                let output = agents.output;
+                cluster_observe::observe(&cluster, &filter, follow, last, |f| print_flow(f, output)).await
+            } else {
+                observe(&agents, &filter, follow, last).await
+            }
+        }
         Command::Services { agents } => show(&agents, "/v1/services", knit_operator::inspect::services).await,
         Command::Identities { agents } => {
             show(&agents, "/v1/identities", knit_operator::inspect::identities).await
@@ -258,6 +288,9 @@ async fn main() -> anyhow::Result<()> {
             let path = format!("/v1/policy?pod={pod}");
             show(&agents, &path, knit_operator::inspect::policy).await
         }
+        Command::Connectivity {
+            command: ConnectivityCommand::Test(args),
+        } => connectivity::test(args).await,
         Command::Status {
             etcd_config,
             endpoint,

@@ -21,6 +21,11 @@
 //!   reaches a node's tunnel port can send: a forged mesh packet).
 //!   `--outer-src IP` sends them from IP, whoever holds it (a raw socket:
 //!   a host on the underlay posing as a node).
+//! - `--version`: prints `knit-probe <version>`.
+//! - `control --port P`: an HTTP server on P for a test driven from
+//!   afar (`knitctl connectivity test` through the Kubernetes API's pod
+//!   proxy): `GET /hits?to=A:P&count=C` runs `hits` from here and answers
+//!   with its JSON.
 //! - `hold --to A:P --seconds S`: one TCP connection, a request every
 //!   50 ms; exits non-zero on the first failure.
 //! - `crr` / `rr --to A:P --seconds S`: benchmark loops (connect, request,
@@ -30,6 +35,8 @@
 //!   failures with when each request started (`failures`: UTC seconds since
 //!   the epoch, to line up with the components' logs) and the error;
 //!   `--stop-file F` ends the loop early once F exists.
+
+mod control;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -92,6 +99,8 @@ fn main() {
             required(&args, "--count").parse().expect("count"),
             arg(&args, "--outer-src").map(|a| a.parse().expect("outer source")),
         ),
+        Some("--version") => println!("knit-probe {}", env!("CARGO_PKG_VERSION")),
+        Some("control") => control::serve(required(&args, "--port").parse().expect("port")),
         Some("hold") => hold(
             required(&args, "--to").parse().expect("address"),
             required(&args, "--seconds").parse().expect("seconds"),
@@ -107,7 +116,7 @@ fn main() {
             required(&args, "--seconds").parse().expect("seconds"),
         ),
         _ => {
-            eprintln!("usage: knit-probe serve|hits|hold|crr|rr ...");
+            eprintln!("usage: knit-probe serve|hits|control|hold|crr|rr ...");
             std::process::exit(2)
         }
     }
@@ -232,6 +241,11 @@ fn kind(e: &std::io::Error) -> String {
 }
 
 fn hits(to: SocketAddr, count: usize, udp: bool, source_port: Option<u16>) {
+    println!("{}", hits_json(to, count, udp, source_port));
+}
+
+/// `hits`' JSON: answers by server name, failures by kind.
+fn hits_json(to: SocketAddr, count: usize, udp: bool, source_port: Option<u16>) -> serde_json::Value {
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut mismatch = 0;
@@ -248,10 +262,7 @@ fn hits(to: SocketAddr, count: usize, udp: bool, source_port: Option<u16>) {
             Err(e) => *errors.entry(e).or_default() += 1,
         }
     }
-    println!(
-        "{}",
-        serde_json::json!({"names": names, "errors": errors, "peer_mismatch": mismatch})
-    );
+    serde_json::json!({"names": names, "errors": errors, "peer_mismatch": mismatch})
 }
 
 fn count(port: u16, seconds: f64) {
