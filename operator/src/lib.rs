@@ -17,6 +17,7 @@ pub mod files;
 pub mod gsp;
 pub mod inspect;
 pub mod kube;
+pub mod leadership;
 pub mod mcs;
 pub mod names;
 pub mod peer_export;
@@ -91,6 +92,9 @@ pub enum Error {
     /// The ClusterMeshPeer to export could not be built.
     #[error("exporting this cluster as a peer: {0}")]
     Export(String),
+    /// This replica led and no longer does: it must stop reconciling.
+    #[error("lost the operator's leader lease: {0}")]
+    LeadershipLost(String),
     /// A step of `knitctl connectivity test` failed at a site.
     #[error("connectivity test: {step}")]
     Connectivity {

@@ -1,5 +1,6 @@
 //! knit-operator: reconciles ClusterMeshPeers into the mesh control plane
-//! and GlobalServicePolicies into status.
+//! and GlobalServicePolicies into status. Several replicas may run: they
+//! elect a leader on the Lease `knit-operator`, and only it reconciles.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +9,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use knit_operator::config::ClusterConfig;
 use knit_operator::config_files::ConfigFiles;
+use knit_operator::kube::lease::LeaderElector;
 use knit_operator::kube::{Applier, gsp_controller, mcs_controller, mesh, mesh_status};
+use knit_operator::leadership::LeaseTimes;
 use knit_telemetry::prometheus_client::metrics::counter::Counter;
 use knit_telemetry::prometheus_client::metrics::family::Family;
 use knit_telemetry::prometheus_client::metrics::gauge::Gauge;
@@ -110,6 +113,12 @@ async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
         failures.clone(),
     );
     registry.register("accepted_peers", "ClusterMeshPeers configured", peers.clone());
+    let leader = Gauge::<i64>::default();
+    registry.register(
+        "leader",
+        "1 while this replica holds the leader lease and reconciles, 0 while it follows",
+        leader.clone(),
+    );
     let expiries = Family::<CertificateLabel, Gauge>::default();
     registry.register(
         "certificate_expiry_timestamp_seconds",
@@ -121,6 +130,12 @@ async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    // Replicas compete for one Lease; only the leader reconciles.
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("knit-operator-{}", std::process::id()));
+    let elector = LeaderElector::new(client.clone(), &config.namespace, identity, LeaseTimes::default());
     let applier = Applier::new(client, &config.namespace, args.pod_name.clone());
     let mcs_loop = {
         let (applier, config) = (applier.clone(), config.clone());
@@ -140,6 +155,7 @@ async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
         reports: Default::default(),
         node_sources: Default::default(),
     };
+    let standby = health.clone();
     let mesh_loop = mesh::run(mesh_ctx, move |outcome| match outcome {
         Ok(plan) => {
             reconciles.inc();
@@ -154,11 +170,24 @@ async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
             failures.inc();
         }
     });
+    let work = async move {
+        tokio::select! {
+            () = mesh_loop => "mesh loop",
+            () = gsp_controller::run(applier) => "policy controller",
+            () = mcs_loop => "multi-cluster services loop",
+        }
+    };
+    let leading = elector.lead(work, move |leads| {
+        leader.set(i64::from(leads));
+        // A follower is a ready standby: a rollout must not wait for it
+        // to lead. The leader is ready after its first reconcile.
+        if !leads {
+            standby.set_ready(true);
+        }
+    });
     tokio::select! {
         r = server => r.context("metrics server")?,
-        () = mesh_loop => anyhow::bail!("mesh loop ended"),
-        () = gsp_controller::run(applier) => anyhow::bail!("policy controller ended"),
-        () = mcs_loop => anyhow::bail!("multi-cluster services loop ended"),
+        r = leading => anyhow::bail!("{} ended", r?),
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod gsp_controller;
+pub mod lease;
 pub mod mcs_controller;
 pub mod mesh;
 pub mod mesh_status;
