@@ -18,6 +18,7 @@ pub mod container;
 pub mod mesh;
 pub mod netns;
 pub mod path_bench;
+pub mod previous;
 pub mod progress;
 
 pub use knit_testkit::{

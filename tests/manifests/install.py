@@ -76,6 +76,12 @@ def check_release_images(root):
     workflow = open(os.path.join(root, ".github", "workflows", "release.yml")).read()
     if "scripts/build-images.py" not in workflow or "ghcr.io/knit-dev/$c" not in workflow:
         errors.append(".github/workflows/release.yml does not build and push the images with scripts/build-images.py")
+    if "scripts/check-release.py" not in workflow:
+        errors.append(".github/workflows/release.yml does not check the tag against the version and CHANGELOG.md")
+    check = subprocess.run([os.path.join(root, "scripts", "check-release.py"), version],
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        errors.append(f"scripts/check-release.py {version}: {check.stdout}{check.stderr}".strip())
     if not errors:
         print(f"config/default: runs the release images ghcr.io/knit-dev/*:{version}")
     return errors

@@ -84,10 +84,13 @@ impl LocalMesh {
         let bpffs = netns::run_bpffs();
         let logs = TempDir::new("mesh-logs");
         let cni = TempDir::new("mesh-cni");
-        let plugin_dir = cni.path().join("bin");
-        CniRuntime::link_plugins(&plugin_dir, &bins.cni);
         let mut clusters = Vec::new();
         for c in (0..options.clusters).map(ClusterId) {
+            let cluster_bins = options
+                .binaries
+                .iter()
+                .find(|(of, _)| *of == c)
+                .map_or_else(|| bins.clone(), |(_, b)| b.clone());
             let (name, id, letter) = (c.name(), c.mesh_id(), c.letter());
             let cp = Netns::new(&format!("{letter}-cp"));
             let cp_ip = underlay_ip(c, 0);
@@ -119,6 +122,10 @@ impl LocalMesh {
                 let pod_cidr = format!("10.{id}.{}.0/24", n.index + 1);
                 let node_dir = cni.path().join(&tag);
                 let cni_state_dir = node_dir.join("state");
+                // Each node its own plugin directory: install-cni of the
+                // node's agent build puts its knit-cni there.
+                let plugin_dir = node_dir.join("bin");
+                CniRuntime::link_plugins(&plugin_dir, &cluster_bins.cni);
                 let cni = CniRuntime {
                     conflist: knit_cni::conflist::default_conflist(
                         std::slice::from_ref(&pod_cidr),
@@ -126,7 +133,7 @@ impl LocalMesh {
                         Some(&node_dir.join("ipam")),
                         Some(options.pod_mtu_in(c)),
                     ),
-                    bin_dir: plugin_dir.clone(),
+                    bin_dir: plugin_dir,
                     cache_dir: node_dir.join("cache"),
                     node_netns: ns.name().to_owned(),
                 };
@@ -149,6 +156,7 @@ impl LocalMesh {
                 cp,
                 cp_ip,
                 agent_config,
+                bins: cluster_bins,
             });
         }
         let mut mesh = Self {
@@ -247,7 +255,7 @@ impl LocalMesh {
     /// Starts (or restarts) cluster `c`'s etcd and apiserver.
     pub fn start_control_plane(&mut self, c: ClusterId) {
         let grace = format!("--grace-period={}", self.options.grace_period);
-        let bin = self.bins.apiserver.to_string_lossy().into_owned();
+        let bin = self.cluster(c).bins.apiserver.to_string_lossy().into_owned();
         let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
         let mode = format!("--routing-mode={}", self.options.routing_mode(c));
         let control = &mut self.clusters[c.0].control;
@@ -259,7 +267,7 @@ impl LocalMesh {
     /// arguments beside the harness's own.
     pub fn restart_apiserver_with(&mut self, c: ClusterId, extra: &[&str]) {
         let grace = format!("--grace-period={}", self.options.grace_period);
-        let bin = self.bins.apiserver.to_string_lossy().into_owned();
+        let bin = self.cluster(c).bins.apiserver.to_string_lossy().into_owned();
         let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
         let mode = format!("--routing-mode={}", self.options.routing_mode(c));
         let mut args = vec!["--poll-interval=1s", grace.as_str(), ttl.as_str(), mode.as_str()];
@@ -347,7 +355,7 @@ impl LocalMesh {
         let log = self.logs.path().join(format!("agent-{}.log", node.name));
         let agent = crate::process::ChildProcess::spawn_in(
             &format!("knit-agent {}", node.name),
-            &self.bins.agent.to_string_lossy(),
+            &cluster.bins.agent.to_string_lossy(),
             &args,
             &log,
             &Placement {
@@ -356,6 +364,29 @@ impl LocalMesh {
             },
         );
         self.clusters[n.cluster.0].nodes[n.index].agent = Some(agent);
+    }
+
+    /// Makes cluster `c` run `bins` from the next start of each component
+    /// on: an upgrade or a rollback, applied by
+    /// [`LocalMesh::restart_control_plane_empty`] (the mesh apiserver pod
+    /// replaced) and [`LocalMesh::replace_agent`] (node by node).
+    pub fn set_cluster_binaries(&mut self, c: ClusterId, bins: Binaries) {
+        self.clusters[c.0].bins = bins;
+    }
+
+    /// Replaces node `n`'s agent with its cluster's build, as a DaemonSet
+    /// rollout does: install-cni puts that build's knit-cni in place, the
+    /// old agent stops (its pinned programs and maps keep forwarding), the
+    /// new one starts, and this returns once it has every pod of the node
+    /// in its datapath again.
+    pub fn replace_agent(&mut self, n: NodeId) {
+        let endpoints = self.agent_metric(n, "knit_agent_map_entries{name=\"endpoints\"}");
+        let knit = self.node(n).cni.bin_dir.join("knit");
+        let _ = std::fs::remove_file(&knit);
+        std::os::unix::fs::symlink(&self.cluster(n.cluster).bins.cni, &knit).expect("linking knit-cni");
+        self.kill_agent(n);
+        self.start_agent(n);
+        self.wait_attached(n, endpoints);
     }
 
     /// The unix socket of node `n`'s agent API (`knitctl --agent-socket`).

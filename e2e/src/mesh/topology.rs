@@ -94,6 +94,11 @@ impl Binaries {
                     exe.display()
                 )
             });
+        Self::in_dir(&dir)
+    }
+
+    /// The binaries in `dir` (a cargo profile directory).
+    pub fn in_dir(dir: &Path) -> Self {
         let bin = |n: &str| {
             let p = dir.join(n);
             assert!(
@@ -143,6 +148,10 @@ pub struct MeshOptions {
     /// Routing mode of each cluster by position (agents' and apiserver's
     /// `--routing-mode`); clusters past the end tunnel.
     pub routing_modes: Vec<knit_kvstore::records::RoutingMode>,
+    /// Knit's components (apiserver, agent, knit-cni) of some clusters from
+    /// other builds than the one under test: a previous release, say
+    /// ([`crate::previous`]). Clusters not listed run the ones under test.
+    pub binaries: Vec<(ClusterId, Binaries)>,
 }
 
 impl MeshOptions {
@@ -184,6 +193,7 @@ impl Default for MeshOptions {
             encrypted: false,
             plaintext_clusters: Vec::new(),
             routing_modes: Vec::new(),
+            binaries: Vec::new(),
         }
     }
 }
@@ -228,6 +238,9 @@ pub struct MeshCluster {
     /// Control-plane underlay address.
     pub cp_ip: String,
     pub(super) agent_config: PathBuf,
+    /// The build its apiserver, agents and knit-cni run (from the next
+    /// start of each on).
+    pub bins: Binaries,
 }
 
 /// A pod: a namespace attached to a node by the CNI, in its own cgroup.
