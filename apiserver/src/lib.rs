@@ -32,6 +32,15 @@ pub enum Error {
     /// The kvstore layer failed.
     #[error("kvstore")]
     Store(#[source] knit_kvstore::Error),
+    /// The identity store could not be read or written.
+    #[error("{action}")]
+    IdentityStore {
+        /// What was being done, e.g. "reading ConfigMap knit-identities".
+        action: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The peer front could not serve (files, TLS, etcd upstream).
     #[error("peer front: {0}")]
     Front(String),

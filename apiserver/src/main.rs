@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use knit_apiserver::export::LocalCluster;
 use knit_apiserver::export::exporter::{ExporterSettings, run_exporter};
+use knit_apiserver::export::identity_store::IdentityStore;
 use knit_apiserver::metrics::Metrics;
 use knit_apiserver::mirror::{MeshSettings, run_mesh};
 use knit_kvstore::{EtcdAccess, etcd};
@@ -53,6 +54,18 @@ struct Args {
     /// the Kubernetes API (sites without Kubernetes, the local mesh).
     #[arg(long)]
     source_dir: Option<PathBuf>,
+    /// With --source-dir: keep identity numbers in this JSON file, so they
+    /// survive restarts of etcd and agree between apiservers sharing it
+    /// (without it, numbers live only in etcd).
+    #[arg(long, requires = "source_dir")]
+    identity_file: Option<PathBuf>,
+    /// Without --source-dir: the ConfigMap identity numbers are kept in, in
+    /// the pod's namespace.
+    #[arg(long, default_value = "knit-identities")]
+    identity_configmap: String,
+    /// The namespace of the identity ConfigMap (the pod's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "knit-system")]
+    namespace: String,
     /// How often the source directory is fully rescanned (a safety net: inotify
     /// reports changes as they happen).
     #[arg(long, default_value = "5s", value_parser = knit_telemetry::parse_duration)]
@@ -233,22 +246,39 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tunnel_port: Some(args.tunnel_port),
         routing_mode: args.routing_mode,
     };
-    let settings = ExporterSettings {
+    let settings = |identities| ExporterSettings {
         cluster,
         lease_ttl_secs: args.lease_ttl,
+        identities,
     };
     let exporter = async {
         match &args.source_dir {
             Some(dir) => {
                 let source = DirectorySource::new(dir, args.poll_interval);
+                let identities = match &args.identity_file {
+                    Some(file) => IdentityStore::File(file.clone()),
+                    None => IdentityStore::Memory(Default::default()),
+                };
+                let settings = settings(identities);
                 run_exporter(client.clone(), source, settings, metrics.clone(), health).await
             }
             None => {
                 let kube = kube::Client::try_default()
                     .await
                     .context("connecting to the Kubernetes API")?;
+                let identities = IdentityStore::ConfigMap(
+                    Box::new(kube::Api::namespaced(kube.clone(), &args.namespace)),
+                    args.identity_configmap.clone(),
+                );
                 let source = KubernetesSource::new(kube, knit_sources::Kinds::ALL);
-                run_exporter(client.clone(), source, settings, metrics.clone(), health).await
+                run_exporter(
+                    client.clone(),
+                    source,
+                    settings(identities),
+                    metrics.clone(),
+                    health,
+                )
+                .await
             }
         }
         .map_err(anyhow::Error::from)

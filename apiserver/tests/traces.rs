@@ -47,6 +47,7 @@ async fn exporting(name: &str, id: u16) -> TestCluster {
             routing_mode: Default::default(),
         },
         lease_ttl_secs: 10,
+        identities: knit_apiserver::export::identity_store::IdentityStore::Memory(Default::default()),
     };
     let source = DirectorySource::new(cluster.source_dir(), Duration::from_secs(1));
     tokio::spawn(run_exporter(

@@ -15,9 +15,10 @@ use knit_kvstore::sync_store::SyncStore;
 use knit_telemetry::Health;
 use tracing::Instrument as _;
 
-use crate::export::identity::IdentityAllocator;
+use crate::export::identity::{IdentityAllocator, Labels};
+use crate::export::identity_store::{IdentityStore, Update};
 use crate::export::node_keys::{NodeWireguards, watch_node_keys};
-use crate::export::{LocalCluster, local_prefix, plan};
+use crate::export::{LocalCluster, labels_in_use, local_prefix, plan};
 use crate::metrics::{Metrics, PeerDetail};
 use crate::{Error, Result, unix_now};
 use knit_sources::Source;
@@ -33,6 +34,8 @@ pub struct ExporterSettings {
     pub cluster: LocalCluster,
     /// Lease TTL of published keys.
     pub lease_ttl_secs: i64,
+    /// Where identity numbers are kept across restarts and writers.
+    pub identities: IdentityStore,
 }
 
 /// Runs until the process stops; etcd errors are retried.
@@ -84,10 +87,18 @@ pub async fn export_loop<B: SyncBackend, S: Source>(
     metrics: Metrics,
     health: Health,
 ) -> Result<()> {
+    // What etcd published before: kept for label sets the store lacks
+    // (an upgrade from before the store, an apiserver restarted beside a
+    // running etcd).
+    let preferred = ids
+        .identities()
+        .map(|(id, labels)| (labels.clone(), id))
+        .collect();
     let mut exporter = Exporter {
         own: cluster_prefix(&settings.cluster.name),
         settings,
         ids,
+        preferred,
         metrics,
         health,
         synced: false,
@@ -133,6 +144,8 @@ struct Exporter {
     /// `clusters/<this cluster>/`.
     own: String,
     ids: IdentityAllocator,
+    /// Numbers etcd held at start, by labels.
+    preferred: BTreeMap<Labels, u32>,
     metrics: Metrics,
     health: Health,
     /// The canaries are written (the first complete export is in).
@@ -151,6 +164,14 @@ impl Exporter {
         state: &knit_sources::ClusterState,
         node_keys: &NodeWireguards,
     ) -> bool {
+        if let Err(e) = self.number_identities(state).await {
+            // Numbering on our own could give a pod another number than
+            // the store: export nothing new until the store answers.
+            self.metrics.export_failures.inc();
+            tracing::warn!(error = %knit_telemetry::error_chain(&e), "identity store unavailable; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return true;
+        }
         let plan = plan(&self.settings.cluster, state, node_keys, &mut self.ids);
         let exported = plan.exported;
         for kind in Kind::ALL {
@@ -225,6 +246,24 @@ impl Exporter {
     }
 }
 
+impl Exporter {
+    /// Brings the identity store in line with the label sets `state`'s
+    /// pods use, and numbers this pass from it.
+    async fn number_identities(&mut self, state: &knit_sources::ClusterState) -> Result<()> {
+        let in_use = labels_in_use(&self.settings.cluster, state);
+        let cluster_id = self.settings.cluster.id;
+        let update = Update {
+            in_use: &in_use,
+            preferred: &self.preferred,
+            cluster_id,
+            now: crate::unix_now(),
+        };
+        let allocations = self.settings.identities.update(&update).await?;
+        self.ids = IdentityAllocator::from_allocations(cluster_id, &allocations);
+        Ok(())
+    }
+}
+
 /// Canary keys, valued with the time of this run's first complete sync.
 fn canaries(own: &str, synced_at: i64) -> BTreeMap<String, Vec<u8>> {
     Kind::ALL
@@ -269,6 +308,7 @@ mod tests {
                 routing_mode: Default::default(),
             },
             lease_ttl_secs: 30,
+            identities: IdentityStore::Memory(Default::default()),
         }
     }
 

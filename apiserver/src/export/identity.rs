@@ -31,6 +31,18 @@ impl IdentityAllocator {
         }
     }
 
+    /// The numbering of `allocations` (an identity store's).
+    pub fn from_allocations(
+        cluster_id: u16,
+        allocations: &crate::export::identity_store::Allocations,
+    ) -> Self {
+        let mut ids = Self::new(cluster_id);
+        for (id, stored) in allocations {
+            ids.restore(*id, stored.labels.clone());
+        }
+        ids
+    }
+
     /// Adopts an identity published earlier (ignored if outside this cluster's range).
     pub fn restore(&mut self, id: u32, labels: Labels) {
         if id >> knit_kvstore::records::LOCAL_IDENTITY_BITS == u32::from(self.cluster_id)

@@ -50,6 +50,7 @@ pub use services::{ServiceRecords, service_policy};
 
 pub mod exporter;
 pub mod identity;
+pub mod identity_store;
 pub mod node_keys;
 mod services;
 
@@ -120,17 +121,7 @@ pub fn plan<'a>(
         out.published.insert(key.under(&prefix), value);
     };
 
-    // No configured pod CIDRs: the Nodes' podCIDRs are the cluster's.
-    let pod_cidrs: Vec<IpNet> = if cluster.pod_cidrs.is_empty() {
-        let all: BTreeSet<IpNet> = state
-            .nodes
-            .values()
-            .flat_map(|n| n.pod_cidrs.iter().copied())
-            .collect();
-        all.into_iter().collect()
-    } else {
-        cluster.pod_cidrs.clone()
-    };
+    let pod_cidrs = cluster_pod_cidrs(cluster, state);
     let config = ClusterConfigRecord {
         name: cluster.name.clone(),
         id: cluster.id,
@@ -220,6 +211,35 @@ pub fn plan<'a>(
 
 /// Pods share an identity when they share their (interned) label set and
 /// namespace: the two allocations' addresses.
+/// The cluster's pod CIDRs: the configured ones, or when none are
+/// configured the Nodes' podCIDRs.
+fn cluster_pod_cidrs(cluster: &LocalCluster, state: &ClusterState) -> Vec<IpNet> {
+    if cluster.pod_cidrs.is_empty() {
+        let all: BTreeSet<IpNet> = state
+            .nodes
+            .values()
+            .flat_map(|n| n.pod_cidrs.iter().copied())
+            .collect();
+        all.into_iter().collect()
+    } else {
+        cluster.pod_cidrs.clone()
+    }
+}
+
+/// The label sets of the pods [`plan`] publishes (an address inside the
+/// cluster's pod CIDRs): what needs an identity number.
+pub fn labels_in_use(cluster: &LocalCluster, state: &ClusterState) -> BTreeSet<Labels> {
+    let pod_cidrs = cluster_pod_cidrs(cluster, state);
+    let mut seen = HashMap::new();
+    for pod in state.pods.values() {
+        if pod.ips.iter().any(|ip| pod_cidrs.iter().any(|c| c.contains(ip))) {
+            seen.entry(shared_identity_key(pod))
+                .or_insert_with(|| identity_labels(cluster, state, pod));
+        }
+    }
+    seen.into_values().collect()
+}
+
 type SharedIdentityKey = (usize, usize);
 
 fn shared_identity_key(pod: &PodInfo) -> SharedIdentityKey {

@@ -254,27 +254,50 @@ impl LocalMesh {
 
     /// Starts (or restarts) cluster `c`'s etcd and apiserver.
     pub fn start_control_plane(&mut self, c: ClusterId) {
-        let grace = format!("--grace-period={}", self.options.grace_period);
-        let bin = self.cluster(c).bins.apiserver.to_string_lossy().into_owned();
-        let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
-        let mode = format!("--routing-mode={}", self.options.routing_mode(c));
+        let (bin, args) = self.apiserver_args(c);
         let control = &mut self.clusters[c.0].control;
         control.start_etcd();
-        control.start_apiserver(&bin, &["--poll-interval=1s", &grace, &ttl, &mode]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        control.start_apiserver(&bin, &args);
     }
 
     /// Restarts cluster `c`'s apiserver (etcd keeps running) with `extra`
     /// arguments beside the harness's own.
     pub fn restart_apiserver_with(&mut self, c: ClusterId, extra: &[&str]) {
-        let grace = format!("--grace-period={}", self.options.grace_period);
-        let bin = self.cluster(c).bins.apiserver.to_string_lossy().into_owned();
-        let ttl = format!("--lease-ttl={}", self.options.lease_ttl_secs);
-        let mode = format!("--routing-mode={}", self.options.routing_mode(c));
-        let mut args = vec!["--poll-interval=1s", grace.as_str(), ttl.as_str(), mode.as_str()];
+        let (bin, args) = self.apiserver_args(c);
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend_from_slice(extra);
         let control = &mut self.clusters[c.0].control;
         control.stop_apiserver();
         control.start_apiserver(&bin, &args);
+    }
+
+    /// Cluster `c`'s apiserver binary and the harness's arguments for it.
+    /// Identity numbers are kept in a file beside the source directory
+    /// (what the ConfigMap `knit-identities` is in Kubernetes), when the
+    /// build knows the flag (a previous release may not).
+    fn apiserver_args(&self, c: ClusterId) -> (String, Vec<String>) {
+        let bin = self.cluster(c).bins.apiserver.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--poll-interval=1s".to_owned(),
+            format!("--grace-period={}", self.options.grace_period),
+            format!("--lease-ttl={}", self.options.lease_ttl_secs),
+            format!("--routing-mode={}", self.options.routing_mode(c)),
+        ];
+        let help = Command::new(&bin)
+            .arg("--help")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        if String::from_utf8_lossy(&help).contains("--identity-file") {
+            let file = self
+                .cluster(c)
+                .control
+                .source_dir()
+                .with_file_name("identities.json");
+            args.push(format!("--identity-file={}", file.display()));
+        }
+        (bin, args)
     }
 
     /// Kills cluster `c`'s apiserver (by PID); its etcd keeps running, as

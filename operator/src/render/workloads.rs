@@ -100,6 +100,11 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                                 "valueFrom": { "configMapKeyRef": {
                                     "name": names::AGENT_CONFIG, "key": "routingMode", "optional": true,
                                 } },
+                            }, {
+                                // Where the ConfigMap knit-identities is
+                                // (identity numbers that outlive etcd).
+                                "name": "POD_NAMESPACE",
+                                "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } },
                             }],
                             "ports": [
                                 { "name": "metrics", "containerPort": names::APISERVER_METRICS_PORT },
