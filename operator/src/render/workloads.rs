@@ -87,25 +87,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                             "name": "apiserver",
                             "image": config.images.apiserver,
                             "args": apiserver_args(config),
-                            // The agents' tunnel port and routing mode,
-                            // set once in knit-agent-config, announced to
-                            // peers.
-                            "env": [{
-                                "name": "KNIT_TUNNEL_PORT",
-                                "valueFrom": { "configMapKeyRef": {
-                                    "name": names::AGENT_CONFIG, "key": "tunnelPort", "optional": true,
-                                } },
-                            }, {
-                                "name": "KNIT_ROUTING_MODE",
-                                "valueFrom": { "configMapKeyRef": {
-                                    "name": names::AGENT_CONFIG, "key": "routingMode", "optional": true,
-                                } },
-                            }, {
-                                // Where the ConfigMap knit-identities is
-                                // (identity numbers that outlive etcd).
-                                "name": "POD_NAMESPACE",
-                                "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } },
-                            }],
+                            "env": apiserver_env(),
                             "ports": [
                                 { "name": "metrics", "containerPort": names::APISERVER_METRICS_PORT },
                                 { "name": "peers", "containerPort": config.apiserver.peer_port },
@@ -202,6 +184,27 @@ pub fn peers_service(config: &ClusterConfig) -> Result<Service> {
         peers["nodePort"] = json!(node_port);
     }
     service(config, names::PEERS_SERVICE, service_type, peers)
+}
+
+/// The apiserver container's environment: the agents' tunnel port and
+/// routing mode, set once in knit-agent-config and announced to peers, and
+/// the namespace of the ConfigMap knit-identities (identity numbers that
+/// outlive etcd).
+fn apiserver_env() -> serde_json::Value {
+    json!([{
+        "name": "KNIT_TUNNEL_PORT",
+        "valueFrom": { "configMapKeyRef": {
+            "name": names::AGENT_CONFIG, "key": "tunnelPort", "optional": true,
+        } },
+    }, {
+        "name": "KNIT_ROUTING_MODE",
+        "valueFrom": { "configMapKeyRef": {
+            "name": names::AGENT_CONFIG, "key": "routingMode", "optional": true,
+        } },
+    }, {
+        "name": "POD_NAMESPACE",
+        "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } },
+    }])
 }
 
 /// The mesh apiserver's PodDisruptionBudget: a voluntary eviction (a
