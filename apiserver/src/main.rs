@@ -239,50 +239,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
 
     health.set_waiting_for("the first complete export of the cluster");
-    let cluster = LocalCluster {
-        name: args.cluster_name.clone(),
-        id: args.cluster_id,
-        pod_cidrs: args.pod_cidrs.clone(),
-        tunnel_port: Some(args.tunnel_port),
-        routing_mode: args.routing_mode,
-    };
-    let settings = |identities| ExporterSettings {
-        cluster,
-        lease_ttl_secs: args.lease_ttl,
-        identities,
-    };
-    let exporter = async {
-        match &args.source_dir {
-            Some(dir) => {
-                let source = DirectorySource::new(dir, args.poll_interval);
-                let identities = match &args.identity_file {
-                    Some(file) => IdentityStore::File(file.clone()),
-                    None => IdentityStore::Memory(Default::default()),
-                };
-                let settings = settings(identities);
-                run_exporter(client.clone(), source, settings, metrics.clone(), health).await
-            }
-            None => {
-                let kube = kube::Client::try_default()
-                    .await
-                    .context("connecting to the Kubernetes API")?;
-                let identities = IdentityStore::ConfigMap(
-                    Box::new(kube::Api::namespaced(kube.clone(), &args.namespace)),
-                    args.identity_configmap.clone(),
-                );
-                let source = KubernetesSource::new(kube, knit_sources::Kinds::ALL);
-                run_exporter(
-                    client.clone(),
-                    source,
-                    settings(identities),
-                    metrics.clone(),
-                    health,
-                )
-                .await
-            }
-        }
-        .map_err(anyhow::Error::from)
-    };
+    let exporter = export(&args, client.clone(), metrics.clone(), health);
     let mesh = async {
         match &args.peer_configs {
             Some(dir) => {
@@ -314,6 +271,51 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         r = exporter => r.context("exporter")?,
         () = mesh => anyhow::bail!("mesh ended"),
         r = front => r.context("peer front")?,
+    }
+    Ok(())
+}
+
+/// Exports the cluster from its source (a directory, or the Kubernetes
+/// API) into the local etcd, with identity numbers kept in the matching
+/// store (`--identity-file`, or the ConfigMap `--identity-configmap`).
+async fn export(
+    args: &Args,
+    client: etcd_client::Client,
+    metrics: Metrics,
+    health: knit_telemetry::Health,
+) -> anyhow::Result<()> {
+    let cluster = LocalCluster {
+        name: args.cluster_name.clone(),
+        id: args.cluster_id,
+        pod_cidrs: args.pod_cidrs.clone(),
+        tunnel_port: Some(args.tunnel_port),
+        routing_mode: args.routing_mode,
+    };
+    let settings = |identities| ExporterSettings {
+        cluster,
+        lease_ttl_secs: args.lease_ttl,
+        identities,
+    };
+    match &args.source_dir {
+        Some(dir) => {
+            let source = DirectorySource::new(dir, args.poll_interval);
+            let identities = match &args.identity_file {
+                Some(file) => IdentityStore::File(file.clone()),
+                None => IdentityStore::Memory(Default::default()),
+            };
+            run_exporter(client, source, settings(identities), metrics, health).await?;
+        }
+        None => {
+            let kube = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?;
+            let identities = IdentityStore::ConfigMap(
+                Box::new(kube::Api::namespaced(kube.clone(), &args.namespace)),
+                args.identity_configmap.clone(),
+            );
+            let source = KubernetesSource::new(kube, knit_sources::Kinds::ALL);
+            run_exporter(client, source, settings(identities), metrics, health).await?;
+        }
     }
     Ok(())
 }
