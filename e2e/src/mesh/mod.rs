@@ -314,6 +314,25 @@ impl LocalMesh {
         control.stop_etcd();
     }
 
+    /// Kills cluster `c`'s etcd (by PID); its apiserver keeps running, as
+    /// when the etcd container of the mesh apiserver pod crashes. Start it
+    /// again with [`LocalMesh::start_etcd`]: its data is kept (the pod's
+    /// memory volume outlives the container).
+    pub fn stop_etcd(&mut self, c: ClusterId) {
+        self.clusters[c.0].control.stop_etcd();
+    }
+
+    /// Starts cluster `c`'s etcd again on its data.
+    pub fn start_etcd(&mut self, c: ClusterId) {
+        self.clusters[c.0].control.start_etcd();
+    }
+
+    /// Deletes cluster `c`'s etcd data (its control plane stopped), as a
+    /// new mesh apiserver pod starts on a new memory volume.
+    pub fn wipe_etcd(&mut self, c: ClusterId) {
+        self.clusters[c.0].control.wipe_etcd();
+    }
+
     /// Restarts cluster `c`'s control plane with an **empty** etcd, as a
     /// restart of the mesh apiserver pod does in Kubernetes (its etcd lives
     /// in memory): apiserver and etcd stop, etcd's data goes, both start.

@@ -1,0 +1,149 @@
+//! Faults of a cluster's control plane under steady cross-cluster traffic,
+//! while pods and global-service backends change in both clusters: every
+//! fault fails 0 requests, and what changed during it reaches the other
+//! cluster's agents, with the time that took printed.
+//!
+//! The mesh apiserver runs one replica (docs/operations.md), so these are
+//! the faults one replica meets: its etcd container crashes and restarts
+//! on its data (the pod's memory volume outlives the container), its
+//! apiserver container crashes and restarts beside a live etcd, and the
+//! pod is replaced (a new, empty etcd).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use knit_e2e::mesh::{ClusterId, GlobalService, LocalMesh, MeshOptions, NodeId, PodId, SERVER_PORT};
+
+const A: ClusterId = ClusterId(0);
+const B: ClusterId = ClusterId(1);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 11, 1);
+
+/// Whether node `n`'s datapath maps `ip` (its ipcache, read by knitctl).
+fn in_ipcache(mesh: &LocalMesh, n: NodeId, ip: Ipv4Addr) -> bool {
+    let out = mesh.knitctl_agent(n, &["ipcache", "-o", "json"]);
+    let tables: Vec<knit_agent_api::IpcacheTable> = serde_json::from_str(&out).unwrap();
+    let prefix = format!("{ip}/32");
+    tables[0].entries.iter().any(|e| e.prefix == prefix)
+}
+
+/// The global service's backends: `web` pods of each cluster.
+fn deploy_web(mesh: &LocalMesh, webs: &[(ClusterId, PodId)]) {
+    for c in [A, B] {
+        let backends = webs.iter().filter(|(of, _)| *of == c).map(|(_, p)| *p).collect();
+        mesh.deploy_service(c, &GlobalService::web(VIP, backends));
+    }
+}
+
+/// How a fault starts and ends.
+struct Fault {
+    name: &'static str,
+    start: fn(&mut LocalMesh),
+    end: fn(&mut LocalMesh),
+}
+
+/// Runs `fault`: while it lasts, a new `web` pod in each cluster joins the
+/// global service. Returns how long after the fault ended the other
+/// cluster's client node mapped each new pod and its client was answered
+/// by it through the VIP.
+fn run_fault(
+    mesh: &mut LocalMesh,
+    fault: &Fault,
+    webs: &mut Vec<(ClusterId, PodId)>,
+    clients: [PodId; 2],
+) -> Vec<(String, Duration)> {
+    (fault.start)(mesh);
+    std::thread::sleep(Duration::from_secs(1));
+    let new_a = mesh.add_pod(A.node(0), "shop", &format!("{}-a", fault.name), &[("app", "web")]);
+    let new_b = mesh.add_pod(B.node(0), "shop", &format!("{}-b", fault.name), &[("app", "web")]);
+    webs.extend([(A, new_a), (B, new_b)]);
+    deploy_web(mesh, webs);
+    std::thread::sleep(Duration::from_secs(2));
+    (fault.end)(mesh);
+    let ended = Instant::now();
+    let mut seen = Vec::new();
+    for (pod, watcher, client) in [(new_b, A.node(1), clients[0]), (new_a, B.node(1), clients[1])] {
+        let (ip, name) = (mesh.pod(pod).ip, mesh.pod(pod).name.clone());
+        let of = mesh.pod(pod).node.cluster.name();
+        let node = mesh.node(watcher).name.clone();
+        mesh.wait_until(
+            &format!("{name} in {node}'s ipcache"),
+            Duration::from_secs(60),
+            || in_ipcache(mesh, watcher, ip),
+        );
+        seen.push((format!("{of}/{name} mapped on {node}"), ended.elapsed()));
+        let server = format!("{of}/{name}");
+        mesh.wait_for_hits(&format!("{server} behind the VIP"), client, VIP, false, |h| {
+            h.names.contains_key(&server)
+        });
+        seen.push((format!("{server} answering the VIP"), ended.elapsed()));
+    }
+    seen
+}
+
+#[test]
+fn control_plane_faults_fail_no_request_and_changes_propagate() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 2,
+        nodes: 2,
+        ..MeshOptions::default()
+    });
+    let client_a = mesh.add_pod(A.node(1), "shop", "client-a", &[("app", "client")]);
+    let client_b = mesh.add_pod(B.node(1), "shop", "client-b", &[("app", "client")]);
+    let web_a = mesh.add_pod(A.node(0), "shop", "web-a", &[("app", "web")]);
+    let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
+    let mut webs = vec![(A, web_a), (B, web_b)];
+    deploy_web(&mesh, &webs);
+    for client in [client_a, client_b] {
+        mesh.wait_for_hits("the VIP to reach both clusters", client, VIP, false, |h| {
+            h.names.len() == 2
+        });
+    }
+
+    let stop = knit_e2e::TempDir::new("ha");
+    let stop = stop.path().join("stop");
+    let addr = |p: PodId| SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT);
+    let vip = SocketAddrV4::new(VIP, SERVER_PORT);
+    let mut steady = vec![
+        mesh.start_steady_client(client_a, addr(web_b), &stop, "a to b pod"),
+        mesh.start_steady_client(client_b, addr(web_a), &stop, "b to a pod"),
+        mesh.start_steady_client(client_a, vip, &stop, "a to VIP"),
+        mesh.start_steady_client(client_b, vip, &stop, "b to VIP"),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+
+    let faults = [
+        Fault {
+            name: "etcd-crash",
+            start: |m| m.stop_etcd(A),
+            end: |m| m.start_etcd(A),
+        },
+        Fault {
+            name: "apiserver-crash",
+            start: |m| m.stop_apiserver(B),
+            end: |m| m.restart_apiserver_with(B, &[]),
+        },
+        Fault {
+            name: "pod-replaced",
+            start: |m| {
+                m.stop_control_plane(A);
+                m.wipe_etcd(A);
+            },
+            end: |m| m.start_control_plane(A),
+        },
+    ];
+    let mut report = Vec::new();
+    for fault in &faults {
+        let seen = run_fault(&mut mesh, fault, &mut webs, [client_a, client_b]);
+        for (what, took) in &seen {
+            eprintln!(
+                "{}: {what} {:.1} s after the fault ended",
+                fault.name,
+                took.as_secs_f64()
+            );
+        }
+        report.push((fault.name, seen));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::fs::write(&stop, "").unwrap();
+    knit_e2e::mesh::assert_no_failures(&mesh, &mut steady, 300, &format!("during the faults: {report:?}"));
+}
