@@ -53,25 +53,6 @@ fn bulk(c: ClusterId) -> String {
     out
 }
 
-/// Waits until `c`'s KVStoreMesh has every peer synced with at least
-/// `endpoints` endpoints mirrored.
-fn wait_synced(mesh: &LocalMesh, c: ClusterId, endpoints: usize) {
-    mesh.wait_until(
-        &format!("{} to sync its peer again", c.name()),
-        Duration::from_secs(120),
-        || {
-            mesh.status_report(c).is_some_and(|r| {
-                r.ready_peers().len() == 1
-                    && r.peers.iter().all(|p| {
-                        p.counts
-                            .get(&knit_kvstore::keys::Kind::Endpoints)
-                            .is_some_and(|n| *n as usize >= endpoints)
-                    })
-            })
-        },
-    );
-}
-
 #[test]
 fn empty_etcd_restarts_fail_no_request() {
     let mut mesh = LocalMesh::start(MeshOptions {
@@ -95,7 +76,7 @@ fn empty_etcd_restarts_fail_no_request() {
     }
     let total = BULK_NODES * PODS_PER_NODE;
     for c in [A, B] {
-        wait_synced(&mesh, c, total);
+        mesh.wait_peer_synced(c, total);
     }
     mesh.wait_for_hits("the VIP to reach both clusters", client_a, vip, false, |h| {
         h.names.len() == 2
@@ -116,7 +97,7 @@ fn empty_etcd_restarts_fail_no_request() {
         let (started, at) = (Instant::now(), knit_testkit::unix_seconds());
         mesh.restart_control_plane_empty(c);
         for other in [A, B] {
-            wait_synced(&mesh, other, total);
+            mesh.wait_peer_synced(other, total);
         }
         took.push((c.name(), at, started.elapsed()));
         std::thread::sleep(Duration::from_secs(2));
@@ -149,7 +130,7 @@ fn an_apiserver_down_longer_than_its_lease_fails_no_request() {
         mesh.deploy_service(c, &GlobalService::web(vip, vec![backend]));
     }
     for c in [A, B] {
-        wait_synced(&mesh, c, 2);
+        mesh.wait_peer_synced(c, 2);
     }
     mesh.wait_for_hits("b's VIP to reach both clusters", client_b, vip, false, |h| {
         h.names.len() == 2
@@ -174,7 +155,7 @@ fn an_apiserver_down_longer_than_its_lease_fails_no_request() {
     std::thread::sleep(Duration::from_secs(3));
     mesh.restart_apiserver_with(B, &[]);
     for c in [A, B] {
-        wait_synced(&mesh, c, 2);
+        mesh.wait_peer_synced(c, 2);
     }
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop, "").unwrap();
@@ -221,7 +202,7 @@ fn identities_survive_an_empty_restart() {
     }
     let before = identities_of_a(&mesh);
     mesh.restart_control_plane_empty(A);
-    wait_synced(&mesh, B, 3);
+    mesh.wait_peer_synced(B, 3);
     mesh.wait_until(
         "cluster-b to hold a's identities again",
         Duration::from_secs(30),

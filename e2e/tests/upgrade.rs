@@ -27,20 +27,7 @@ const B: ClusterId = ClusterId(1);
 /// endpoints: an empty etcd has been filled again, on both sides.
 fn wait_synced(mesh: &LocalMesh, endpoints: usize) {
     for c in [A, B] {
-        mesh.wait_until(
-            &format!("{} to sync its peer", c.name()),
-            Duration::from_secs(120),
-            || {
-                mesh.status_report(c).is_some_and(|r| {
-                    r.ready_peers().len() == 1
-                        && r.peers.iter().all(|p| {
-                            p.counts
-                                .get(&knit_kvstore::keys::Kind::Endpoints)
-                                .is_some_and(|n| *n as usize >= endpoints)
-                        })
-                })
-            },
-        );
+        mesh.wait_peer_synced(c, endpoints);
     }
 }
 

@@ -46,13 +46,7 @@ async fn expect(handle: &mut Handle, method: Method, path_and_query: &str) -> (V
             "unexpected request {uri}"
         );
     }
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (body, send)
+    (json_body(req).await, send)
 }
 
 fn node(name: &str, ready: bool, taint: Option<&str>) -> Value {

@@ -49,13 +49,7 @@ async fn expect(
             "{uri}"
         );
     }
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (body, send)
+    (json_body(req).await, send)
 }
 
 fn cmp_b() -> ClusterMeshPeer {

@@ -31,13 +31,7 @@ async fn expect(handle: &mut Handle, method: Method, path: &str) -> (Value, Send
         "unexpected request {}",
         req.uri()
     );
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (body, send)
+    (json_body(req).await, send)
 }
 
 /// A Lease held by `holder`, renewed `ago` seconds before now.

@@ -582,6 +582,26 @@ impl LocalMesh {
         );
     }
 
+    /// Waits (up to 2 minutes) until cluster `c`'s KVStoreMesh has its one
+    /// peer synced with at least `endpoints` endpoints mirrored: an etcd
+    /// that restarted empty has been filled again.
+    pub fn wait_peer_synced(&self, c: ClusterId, endpoints: usize) {
+        self.wait_until(
+            &format!("{} to sync its peer", c.name()),
+            Duration::from_secs(120),
+            || {
+                self.status_report(c).is_some_and(|r| {
+                    r.ready_peers().len() == 1
+                        && r.peers.iter().all(|p| {
+                            p.counts
+                                .get(&knit_kvstore::keys::Kind::Endpoints)
+                                .is_some_and(|n| *n as usize >= endpoints)
+                        })
+                })
+            },
+        );
+    }
+
     /// Polls `done` until it holds, panicking with every log after `timeout`.
     pub fn wait_until(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;

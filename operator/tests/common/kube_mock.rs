@@ -40,3 +40,13 @@ pub fn with_meta(mut body: Value) -> Value {
     body["metadata"]["uid"] = json!("uid-1");
     body
 }
+
+/// A request's body as JSON (`Null` when empty).
+pub async fn json_body(req: Request<Body>) -> Value {
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
