@@ -31,6 +31,7 @@ pub mod preference;
 pub mod render;
 pub mod routing;
 pub mod run;
+pub mod status_publish;
 pub mod tunnel_port;
 
 /// Errors of the agent.

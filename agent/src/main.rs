@@ -26,6 +26,16 @@ struct Args {
     /// etcd client config of the local kvstore.
     #[arg(long, default_value = "/etc/knit/etcd/config.yaml")]
     etcd_config: PathBuf,
+    /// Every replica of the mesh apiserver's etcd (`host:port`, comma
+    /// separated; a name stands for every address it resolves to, e.g. the
+    /// headless Service knit-apiserver-replicas): this node's status is
+    /// written into each. Unset or unresolvable: through --etcd-config.
+    #[arg(long, env = "KNIT_ETCD_REPLICAS", value_delimiter = ',')]
+    etcd_replicas: Vec<String>,
+    /// The name the replicas' certificate is checked for; the first
+    /// --etcd-replicas host when unset.
+    #[arg(long, env = "KNIT_ETCD_REPLICAS_SERVER_NAME")]
+    etcd_replicas_server_name: Option<String>,
     /// Read NetworkPolicies from this directory of Kubernetes YAML instead
     /// of the Kubernetes API.
     #[arg(long)]
@@ -213,6 +223,10 @@ async fn agent<S: knit_sources::Source>(
         cluster: args.cluster_name.clone(),
         node: args.node_name.clone(),
         etcd_config: args.etcd_config.clone(),
+        etcd_replicas: knit_agent::status_publish::EtcdReplicas {
+            addresses: args.etcd_replicas.clone(),
+            server_name: args.etcd_replicas_server_name.clone(),
+        },
         pin_dir: args.bpf_pin_dir.clone(),
         cgroup: args.cgroup_path.clone(),
         tunnel_interface: args.tunnel_interface.clone(),

@@ -1,7 +1,7 @@
 //! What this node reports about each peer: [`views`] decides (pure) from
-//! the index and the failing nodes; [`publish`] keeps the result at
-//! `knit/v1/agent-status/<node>` under a lease, so an agent that is gone
-//! stops counting. The operator counts the reports into each
+//! the index and the failing nodes; [`crate::status_publish`] keeps the
+//! result at `knit/v1/agent-status/<node>` under a lease, so an agent that
+//! is gone stops counting. The operator counts the reports into each
 //! ClusterMeshPeer's `connected: n/m`.
 //!
 //! A node reaches a peer when the peer's data is synced in the local
@@ -16,18 +16,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Duration;
 
-use knit_kvstore::EtcdClientConfig;
-use knit_kvstore::keys::{Kind, agent_status_key};
-use knit_kvstore::records::{AgentPeerView, AgentStatusRecord};
-use knit_kvstore::sync_store::SyncStore;
-use tokio::sync::watch;
+use knit_kvstore::keys::Kind;
+use knit_kvstore::records::AgentPeerView;
 
 use crate::index::MeshIndex;
-
-/// Seconds a report outlives its agent.
-pub const REPORT_TTL_SECS: i64 = 15;
 
 /// This node's view of every peer in `index`, given the tunnel endpoints
 /// failing their probes, this node's tunnel port and whether it encrypts.
@@ -92,46 +85,6 @@ pub fn views(
             )
         })
         .collect()
-}
-
-/// Keeps the latest report of `rx` written for `node` until the task is
-/// dropped, reconnecting and rewriting after any failure.
-pub async fn publish(config: EtcdClientConfig, node: String, mut rx: watch::Receiver<AgentStatusRecord>) {
-    let key = agent_status_key(&node);
-    loop {
-        let store = match knit_kvstore::etcd::connect(&config).await {
-            Ok(client) => SyncStore::new(client, Vec::new(), REPORT_TTL_SECS)
-                .await
-                .map(SyncStore::keep_values),
-            Err(e) => Err(e),
-        };
-        let mut store = match store {
-            Ok(store) => store,
-            Err(e) => {
-                tracing::debug!(error = %knit_telemetry::error_chain(&e), "peer report not written yet");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        loop {
-            let report = rx.borrow_and_update().clone();
-            match serde_json::to_vec(&report) {
-                Ok(value) => store.set(key.clone(), value),
-                Err(e) => tracing::warn!(error = %e, "encoding the peer report"),
-            }
-            if let Err(e) = store.flush().await {
-                tracing::debug!(error = %knit_telemetry::error_chain(&e), "writing the peer report failed; reconnecting");
-                break;
-            }
-            // A lost lease (etcd restarted empty) is noticed by the store and
-            // everything is written again on the next flush.
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 #[cfg(test)]

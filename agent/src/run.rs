@@ -49,6 +49,8 @@ pub struct AgentSettings {
     pub node: String,
     /// etcd client config of the local kvstore (the `local` certificate).
     pub etcd_config: PathBuf,
+    /// The mesh apiserver's replicas, each of which gets this node's status.
+    pub etcd_replicas: crate::status_publish::EtcdReplicas,
     /// bpffs directory for pinned maps and links.
     pub pin_dir: PathBuf,
     /// cgroup v2 directory holding this node's pods (socket LB); none
@@ -136,8 +138,9 @@ pub async fn run<S: Source>(
         wireguard: encryption.as_ref().map(NodeEncryption::report),
         wireguard_tunnels: Default::default(),
     });
-    let _report = AbortOnDrop(tokio::spawn(crate::peer_report::publish(
+    let _report = AbortOnDrop(tokio::spawn(crate::status_publish::publish(
         client_config.clone(),
+        settings.etcd_replicas.clone(),
         settings.node.clone(),
         report_rx,
     )));

@@ -30,19 +30,34 @@ pub async fn connect_pem(endpoints: &[String], ca: &[u8], cert: &[u8], key: &[u8
 /// HTTP/2 keepalives detect a dead server within about ten seconds, so a
 /// watch on a vanished peer ends instead of hanging.
 pub async fn connect(config: &EtcdClientConfig) -> Result<Client> {
+    connect_tls(&config.endpoints, tls_options(config)?).await
+}
+
+/// Connects with `config`'s certificates to one replica of a replicated
+/// etcd at `address`, checking the server's certificate for `server_name`
+/// (the name the replicas share, not the address that was dialled).
+pub async fn connect_replica(
+    config: &EtcdClientConfig,
+    address: std::net::SocketAddr,
+    server_name: &str,
+) -> Result<Client> {
+    let tls = tls_options(config)?.domain_name(server_name);
+    connect_tls(&[format!("https://{address}")], tls).await
+}
+
+fn tls_options(config: &EtcdClientConfig) -> Result<TlsOptions> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| Error::ReadFile {
             path: p.to_owned(),
             source,
         })
     };
-    let tls = TlsOptions::new()
+    Ok(TlsOptions::new()
         .ca_certificate(Certificate::from_pem(read(&config.trusted_ca_file)?))
         .identity(Identity::from_pem(
             read(&config.cert_file)?,
             read(&config.key_file)?,
-        ));
-    connect_tls(&config.endpoints, tls).await
+        )))
 }
 
 async fn connect_tls(endpoints: &[String], tls: TlsOptions) -> Result<Client> {

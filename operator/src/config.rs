@@ -81,6 +81,12 @@ pub struct ApiserverExposure {
     /// certificates of the local CA).
     #[serde(default, rename = "etcdClientCIDRs", skip_serializing_if = "Vec::is_empty")]
     pub etcd_client_cidrs: Vec<String>,
+    /// Replicas of the mesh apiserver, each with its own etcd (1 to 5).
+    /// Agents and peers read through the Services from any one of them;
+    /// agents write their status into every one (the headless Service
+    /// `knit-apiserver-replicas`).
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
 }
 
 /// Images of the mesh apiserver Deployment.
@@ -151,6 +157,9 @@ fn default_port() -> u16 {
 fn default_peer_port() -> u16 {
     2480
 }
+fn default_replicas() -> u8 {
+    2
+}
 fn default_apiserver_image() -> String {
     format!("ghcr.io/knit-dev/knit-apiserver:v{}", env!("CARGO_PKG_VERSION"))
 }
@@ -176,6 +185,7 @@ impl Default for ApiserverExposure {
             node_port: None,
             external_addresses: Vec::new(),
             etcd_client_cidrs: Vec::new(),
+            replicas: default_replicas(),
         }
     }
 }
@@ -235,6 +245,12 @@ impl ClusterConfig {
                 problem: format!("{cidr:?} is not a CIDR such as 192.168.0.0/16"),
             })?;
         }
+        if !(1..=5).contains(&self.apiserver.replicas) {
+            return invalid(
+                "apiserver.replicas",
+                format!("is {}; use a number from 1 to 5", self.apiserver.replicas),
+            );
+        }
         if let Some(port) = self.apiserver.node_port
             && !(30000..=32767).contains(&port)
         {
@@ -259,15 +275,22 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// In-cluster DNS names of the mesh apiserver Service.
+    /// In-cluster DNS names of the mesh apiserver Service, then of the
+    /// headless Service naming every replica (agents check each replica's
+    /// certificate for it when they write their status).
     pub fn service_dns_names(&self) -> Vec<String> {
-        let (svc, ns) = (crate::names::APISERVER, &self.namespace);
-        vec![
-            svc.to_owned(),
-            format!("{svc}.{ns}"),
-            format!("{svc}.{ns}.svc"),
-            format!("{svc}.{ns}.svc.cluster.local"),
-        ]
+        let ns = &self.namespace;
+        [crate::names::APISERVER, crate::names::REPLICAS_SERVICE]
+            .into_iter()
+            .flat_map(|svc| {
+                [
+                    svc.to_owned(),
+                    format!("{svc}.{ns}"),
+                    format!("{svc}.{ns}.svc"),
+                    format!("{svc}.{ns}.svc.cluster.local"),
+                ]
+            })
+            .collect()
     }
 
     /// Addresses (host names or IPs) peers use to reach this cluster:
@@ -392,6 +415,10 @@ mod tests {
             (
                 "clusterName: a\nclusterID: 1\napiserver: {nodePort: 80}\n",
                 "apiserver.nodePort",
+            ),
+            (
+                "clusterName: a\nclusterID: 1\napiserver: {replicas: 0}\n",
+                "apiserver.replicas",
             ),
             (
                 "clusterName: a\nclusterID: 1\ncertificates: {meshCARotation: Later}\n",

@@ -13,6 +13,9 @@ pub const AGENT_CONFIG: &str = "knit-agent-config";
 /// Service peers reach (port `peers`, the peer front): the one exposed as
 /// NodePort or LoadBalancer. etcd itself is never exposed outside.
 pub const PEERS_SERVICE: &str = "knit-apiserver-peers";
+/// Headless Service whose name resolves to every ready mesh apiserver
+/// replica: agents write their status into each replica's etcd.
+pub const REPLICAS_SERVICE: &str = "knit-apiserver-replicas";
 /// Secret: the mesh CA, which signs what peers see (`ca.crt`, `ca.key`;
 /// `next.crt`, `next.key` while it is being rolled).
 pub const CA_SECRET: &str = "knit-ca";

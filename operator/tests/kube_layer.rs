@@ -119,6 +119,18 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     let (body, send) = expect(
         &mut handle,
         Method::PATCH,
+        &format!("{ns}/services/knit-apiserver-replicas"),
+    )
+    .await;
+    assert_eq!(
+        body["spec"]["clusterIP"], "None",
+        "headless: one address per replica"
+    );
+    assert_eq!(body["spec"]["ports"][0]["name"], "etcd");
+    respond(send, with_meta(body));
+    let (body, send) = expect(
+        &mut handle,
+        Method::PATCH,
         &format!("{ns}/services/knit-apiserver-peers"),
     )
     .await;
@@ -153,6 +165,12 @@ async fn first_reconcile_applies_every_object_prunes_leftovers_and_writes_status
     )
     .await;
     assert_eq!(body["kind"], "Deployment");
+    assert_eq!(body["spec"]["replicas"], 2);
+    assert_eq!(
+        body["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            [0]["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
     respond(send, with_meta(body));
 
     let (_, send) = expect(
@@ -275,8 +293,8 @@ async fn reconcile_with_nothing_changed_writes_no_status_and_no_events() {
     )
     .await;
     respond_not_found(send);
-    // Sixteen idempotent applies, one ConfigMap list; nothing else.
-    for _ in 0..16 {
+    // Seventeen idempotent applies, one ConfigMap list; nothing else.
+    for _ in 0..17 {
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH, "{}", req.uri());
         assert!(

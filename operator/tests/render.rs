@@ -27,6 +27,10 @@ fn names_of(plan: &knit_operator::render::MeshPlan) -> Vec<String> {
     out.push(format!("Service/{}", plan.service.metadata.name.clone().unwrap()));
     out.push(format!(
         "Service/{}",
+        plan.replicas_service.metadata.name.clone().unwrap()
+    ));
+    out.push(format!(
+        "Service/{}",
         plan.peer_service.metadata.name.clone().unwrap()
     ));
     out
@@ -54,6 +58,7 @@ fn one_peer_yields_every_object_with_its_name() {
             "ConfigMap/knit-etcd-users",
             "Deployment/knit-apiserver",
             "Service/knit-apiserver",
+            "Service/knit-apiserver-replicas",
             "Service/knit-apiserver-peers",
         ]
     );

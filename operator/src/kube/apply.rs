@@ -90,6 +90,7 @@ impl Applier {
             self.apply_namespaced(cm).await?;
         }
         self.apply_namespaced(&plan.service).await?;
+        self.apply_namespaced(&plan.replicas_service).await?;
         self.apply_namespaced(&plan.peer_service).await?;
         self.apply_namespaced(&plan.network_policy).await?;
         self.apply_namespaced(&plan.disruption_budget).await?;

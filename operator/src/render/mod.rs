@@ -90,6 +90,8 @@ pub struct MeshPlan {
     pub deployment: Deployment,
     /// The mesh apiserver's ClusterIP Service (etcd, for local agents).
     pub service: Service,
+    /// The headless Service naming every replica (agents' status writes).
+    pub replicas_service: Service,
     /// The Service peers reach the peer front through (configured type).
     pub peer_service: Service,
     /// Which ports of the mesh apiserver pod are reachable, from where.
@@ -134,6 +136,7 @@ pub fn render_mesh(inputs: &MeshInputs<'_>) -> Result<MeshPlan> {
         config_maps,
         deployment: workloads::apiserver_deployment(config, &trust_hash)?,
         service: workloads::apiserver_service(config)?,
+        replicas_service: workloads::replicas_service(config)?,
         peer_service: workloads::peers_service(config)?,
         network_policy: workloads::apiserver_network_policy(config, inputs.node_sources)?,
         disruption_budget: workloads::apiserver_disruption_budget(config)?,

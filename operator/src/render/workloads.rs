@@ -1,9 +1,14 @@
 //! The mesh apiserver's Deployment, Services and NetworkPolicy.
 //!
-//! One pod runs etcd (client-certificate auth; only this cluster's CA) and
+//! Each replica (`apiserver.replicas`, 2 by default, spread over nodes)
+//! runs etcd (client-certificate auth; only this cluster's CA) and
 //! knit-apiserver beside it, which bootstraps etcd's users and roles from
 //! `knit-etcd-users`, exports cluster state, mirrors peers and serves peers
 //! through its peer front (`--peer-listen`), the only way in for them.
+//! Replicas share nothing but the identity numbers (ConfigMap
+//! `knit-identities`): readers reach one of them through a Service and
+//! resynchronise by value when they are moved to another; agents write
+//! their status into every one (headless Service `knit-apiserver-replicas`).
 //! Leaf certificates are renewed in place: etcd reads its certificate files
 //! on every handshake, so open connections survive. A change of trust (a
 //! peer added or removed) changes the pod template's trust hash and rolls the
@@ -34,7 +39,7 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
             "labels": names::managed_labels("mesh-apiserver"),
         },
         "spec": {
-            "replicas": 1,
+            "replicas": config.apiserver.replicas,
             "selector": { "matchLabels": names::apiserver_selector() },
             "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 0 } },
             "template": {
@@ -48,6 +53,15 @@ pub fn apiserver_deployment(config: &ClusterConfig, trust_hash: &str) -> Result<
                     // peer once it stays away past their grace period.
                     "priorityClassName": "system-cluster-critical",
                     "nodeSelector": { "kubernetes.io/os": "linux" },
+                    // One replica per node where the nodes allow; a
+                    // one-node cluster still runs them all.
+                    "affinity": { "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [{
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": { "matchLabels": names::apiserver_selector() },
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }] } },
                     "serviceAccountName": names::APISERVER,
                     "automountServiceAccountToken": true,
                     "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532,
@@ -162,6 +176,27 @@ pub fn apiserver_service(config: &ClusterConfig) -> Result<Service> {
             "protocol": "TCP",
         }),
     )
+}
+
+/// The headless Service whose name resolves to every ready replica's pod
+/// address (agents' `--etcd-replicas`): each replica has its own etcd, and
+/// each needs every agent's status.
+pub fn replicas_service(config: &ClusterConfig) -> Result<Service> {
+    let mut service = service(
+        config,
+        names::REPLICAS_SERVICE,
+        "ClusterIP",
+        json!({
+            "name": "etcd",
+            "port": config.apiserver.port,
+            "targetPort": "etcd",
+            "protocol": "TCP",
+        }),
+    )?;
+    if let Some(spec) = service.spec.as_mut() {
+        spec.cluster_ip = Some("None".to_owned());
+    }
+    Ok(service)
 }
 
 /// The Service peers reach the peer front through, of the configured type
