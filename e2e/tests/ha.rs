@@ -1,13 +1,18 @@
 //! Faults of a cluster's control plane under steady cross-cluster traffic,
 //! while pods and global-service backends change in both clusters: every
-//! fault fails 0 requests, and what changed during it reaches the other
-//! cluster's agents, with the time that took printed.
+//! fault fails 0 requests, and what changed reaches the other cluster's
+//! agents, with the time that took printed.
 //!
-//! The mesh apiserver runs one replica (docs/operations.md), so these are
-//! the faults one replica meets: its etcd container crashes and restarts
-//! on its data (the pod's memory volume outlives the container), its
-//! apiserver container crashes and restarts beside a live etcd, and the
-//! pod is replaced (a new, empty etcd).
+//! - One replica (`apiserver.replicas: 1`): its etcd container crashes and
+//!   restarts on its data (the pod's memory volume outlives the
+//!   container), its apiserver container crashes and restarts beside a
+//!   live etcd, and the pod is replaced (a new, empty etcd). Changes made
+//!   during a fault arrive after it ends.
+//! - Two replicas per cluster (the default), behind the local mesh's
+//!   Service proxy: one replica's pod is killed, or its etcd, and changes
+//!   made meanwhile arrive **while the fault lasts**, through the other
+//!   replica; killed pods come back empty, and the next fault kills the
+//!   other replica, so readers must move to the one that came back.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -143,6 +148,134 @@ fn control_plane_faults_fail_no_request_and_changes_propagate() {
         }
         report.push((fault.name, seen));
         std::thread::sleep(Duration::from_secs(2));
+    }
+    std::fs::write(&stop, "").unwrap();
+    knit_e2e::mesh::assert_no_failures(&mesh, &mut steady, 300, &format!("during the faults: {report:?}"));
+}
+
+/// Runs a fault of one replica: while it lasts, a new `web` pod in each
+/// cluster joins the global service, and the other cluster must map it and
+/// be answered by it before the fault ends. Returns how long after the
+/// change each took.
+fn run_replica_fault(
+    mesh: &mut LocalMesh,
+    fault: &Fault,
+    webs: &mut Vec<(ClusterId, PodId)>,
+    clients: [PodId; 2],
+) -> Vec<(String, Duration)> {
+    (fault.start)(mesh);
+    std::thread::sleep(Duration::from_secs(1));
+    let changed = Instant::now();
+    let new_a = mesh.add_pod(A.node(0), "shop", &format!("{}-a", fault.name), &[("app", "web")]);
+    let new_b = mesh.add_pod(B.node(0), "shop", &format!("{}-b", fault.name), &[("app", "web")]);
+    webs.extend([(A, new_a), (B, new_b)]);
+    deploy_web(mesh, webs);
+    let mut seen = Vec::new();
+    for (pod, watcher, client) in [(new_b, A.node(1), clients[0]), (new_a, B.node(1), clients[1])] {
+        let (ip, name) = (mesh.pod(pod).ip, mesh.pod(pod).name.clone());
+        let of = mesh.pod(pod).node.cluster.name();
+        let node = mesh.node(watcher).name.clone();
+        mesh.wait_until(
+            &format!("{name} in {node}'s ipcache during the fault"),
+            Duration::from_secs(60),
+            || in_ipcache(mesh, watcher, ip),
+        );
+        seen.push((format!("{of}/{name} mapped on {node}"), changed.elapsed()));
+        let server = format!("{of}/{name}");
+        mesh.wait_for_hits(&format!("{server} behind the VIP"), client, VIP, false, |h| {
+            h.names.contains_key(&server)
+        });
+        seen.push((format!("{server} answering the VIP"), changed.elapsed()));
+    }
+    (fault.end)(mesh);
+    seen
+}
+
+#[test]
+fn replica_faults_fail_no_request_and_changes_propagate_while_they_last() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 2,
+        nodes: 2,
+        apiserver_replicas: 2,
+        ..MeshOptions::default()
+    });
+    let client_a = mesh.add_pod(A.node(1), "shop", "client-a", &[("app", "client")]);
+    let client_b = mesh.add_pod(B.node(1), "shop", "client-b", &[("app", "client")]);
+    let web_a = mesh.add_pod(A.node(0), "shop", "web-a", &[("app", "web")]);
+    let web_b = mesh.add_pod(B.node(0), "shop", "web-b", &[("app", "web")]);
+    let mut webs = vec![(A, web_a), (B, web_b)];
+    deploy_web(&mesh, &webs);
+    for client in [client_a, client_b] {
+        mesh.wait_for_hits("the VIP to reach both clusters", client, VIP, false, |h| {
+            h.names.len() == 2
+        });
+    }
+
+    let stop = knit_e2e::TempDir::new("ha-replicas");
+    let stop = stop.path().join("stop");
+    let addr = |p: PodId| SocketAddrV4::new(mesh.pod(p).ip, SERVER_PORT);
+    let vip = SocketAddrV4::new(VIP, SERVER_PORT);
+    let mut steady = vec![
+        mesh.start_steady_client(client_a, addr(web_b), &stop, "a to b pod"),
+        mesh.start_steady_client(client_b, addr(web_a), &stop, "b to a pod"),
+        mesh.start_steady_client(client_a, vip, &stop, "a to VIP"),
+        mesh.start_steady_client(client_b, vip, &stop, "b to VIP"),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A killed replica comes back as a new, empty pod; each is synced
+    // again before the next fault, which takes the other one.
+    let faults = [
+        Fault {
+            name: "a-replica0-killed",
+            start: |m| m.stop_replica(A, 0),
+            end: |m| {
+                m.wipe_replica(A, 0);
+                m.start_replica(A, 0);
+            },
+        },
+        Fault {
+            name: "a-replica1-killed",
+            start: |m| m.stop_replica(A, 1),
+            end: |m| {
+                m.wipe_replica(A, 1);
+                m.start_replica(A, 1);
+            },
+        },
+        Fault {
+            name: "b-replica0-etcd-crash",
+            start: |m| m.stop_replica_etcd(B, 0),
+            end: |m| m.start_replica_etcd(B, 0),
+        },
+        Fault {
+            name: "b-replica1-killed",
+            start: |m| m.stop_replica(B, 1),
+            end: |m| {
+                m.wipe_replica(B, 1);
+                m.start_replica(B, 1);
+            },
+        },
+    ];
+    let mut report = Vec::new();
+    for fault in &faults {
+        let seen = run_replica_fault(&mut mesh, fault, &mut webs, [client_a, client_b]);
+        for (what, took) in &seen {
+            eprintln!(
+                "{}: {what} {:.1} s after the change",
+                fault.name,
+                took.as_secs_f64()
+            );
+        }
+        report.push((fault.name, seen));
+        let endpoints = webs.len() / 2 + 1;
+        for c in [A, B] {
+            for r in 0..2 {
+                mesh.wait_replica_synced(c, r, endpoints);
+            }
+        }
+    }
+    for c in [A, B] {
+        eprintln!("{} service proxy:\n{}", c.name(), mesh.service_proxy_log(c));
     }
     std::fs::write(&stop, "").unwrap();
     knit_e2e::mesh::assert_no_failures(&mesh, &mut steady, 300, &format!("during the faults: {report:?}"));

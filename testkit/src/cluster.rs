@@ -28,17 +28,27 @@ pub struct TestCluster {
     pub port: u16,
     /// Port of its peer front (knit-apiserver), where peers connect.
     pub front_port: u16,
-    peer_port: u16,
     config: ClusterConfig,
     peers: Vec<ClusterMeshPeer>,
+    /// The mesh apiserver's replicas: one pod each, sharing the
+    /// certificates (`dir`) and nothing else.
+    replicas: Vec<Replica>,
+    dir: TempDir,
+}
+
+/// One replica of the mesh apiserver: its own etcd and knit-apiserver, as
+/// one pod of the Deployment.
+struct Replica {
+    /// Network namespace and underlay address; `None`: loopback of the
+    /// test's own namespace.
+    netns: Option<(String, String)>,
+    peer_port: u16,
     etcd: Option<ChildProcess>,
     apiserver: Option<ChildProcess>,
-    /// Network namespace of the control plane and its underlay address;
-    /// `None`: loopback of the test's own namespace.
-    netns: Option<(String, String)>,
-    dir: TempDir,
     /// etcd's data, on tmpfs like the Deployment's `emptyDir: {medium: Memory}`.
     data: TempDir,
+    /// Log file prefix (`etcd`, `etcd-r1`, …).
+    tag: String,
 }
 
 impl TestCluster {
@@ -49,20 +59,52 @@ impl TestCluster {
 
     /// Like [`TestCluster::new`] with another pod CIDR.
     pub fn with_pod_cidr(name: &str, id: u16, cidr: &str) -> Self {
-        Self::build(name, id, cidr, None)
+        Self::build(name, id, cidr, "127.0.0.1", &[])
     }
 
     /// A cluster whose control plane runs in network namespace `netns`,
     /// reachable by peers and agents at `ip` (etcd on port 2379).
     pub fn in_netns(name: &str, id: u16, cidr: &str, netns: &str, ip: &str) -> Self {
-        Self::build(name, id, cidr, Some((netns.to_owned(), ip.to_owned())))
+        Self::build(name, id, cidr, ip, &[(netns.to_owned(), ip.to_owned())])
     }
 
-    fn build(name: &str, id: u16, cidr: &str, netns: Option<(String, String)>) -> Self {
-        let (port, front_port, external) = match &netns {
-            Some((_, ip)) => (NETNS_ETCD_PORT, NETNS_FRONT_PORT, ip.clone()),
-            None => (free_port(), free_port(), "127.0.0.1".to_owned()),
+    /// A cluster whose mesh apiserver runs as one replica per
+    /// `(netns, ip)` of `replicas`, each with its own etcd on port 2379,
+    /// while agents and peers reach them at `service_ip` (a proxy the
+    /// caller runs, as the Services are in Kubernetes).
+    pub fn replicated(
+        name: &str,
+        id: u16,
+        cidr: &str,
+        service_ip: &str,
+        replicas: &[(String, String)],
+    ) -> Self {
+        Self::build(name, id, cidr, service_ip, replicas)
+    }
+
+    fn build(name: &str, id: u16, cidr: &str, external: &str, netns: &[(String, String)]) -> Self {
+        let (port, front_port) = if netns.is_empty() {
+            (free_port(), free_port())
+        } else {
+            (NETNS_ETCD_PORT, NETNS_FRONT_PORT)
         };
+        let placements: Vec<Option<(String, String)>> = if netns.is_empty() {
+            vec![None]
+        } else {
+            netns.iter().cloned().map(Some).collect()
+        };
+        let replicas = placements
+            .into_iter()
+            .enumerate()
+            .map(|(r, netns)| Replica {
+                peer_port: if netns.is_some() { 2380 } else { free_port() },
+                netns,
+                etcd: None,
+                apiserver: None,
+                data: TempDir::new_in(Path::new("/dev/shm"), &format!("etcd-{name}")),
+                tag: if r == 0 { String::new() } else { format!("-r{r}") },
+            })
+            .collect();
         let yaml = format!(
             "clusterName: {name}\nclusterID: {id}\npodCIDRs: [{cidr}]\napiserver:\n  port: {port}\n  peerPort: {front_port}\n  externalAddresses: [{external}]\n"
         );
@@ -72,14 +114,10 @@ impl TestCluster {
             id,
             port,
             front_port,
-            peer_port: if netns.is_some() { 2380 } else { free_port() },
             config,
             peers: Vec::new(),
-            etcd: None,
-            apiserver: None,
-            netns,
+            replicas,
             dir: TempDir::new(&format!("cluster-{name}")),
-            data: TempDir::new_in(Path::new("/dev/shm"), &format!("etcd-{name}")),
         };
         std::fs::create_dir_all(cluster.source_dir()).expect("source dir");
         cluster.render();
@@ -172,17 +210,32 @@ impl TestCluster {
         etcd::load_client_config(&self.peer_configs().join(format!("{peer}.yaml"))).expect("peer config")
     }
 
-    /// Starts etcd with client-certificate auth and waits until it accepts connections.
+    /// Number of mesh apiserver replicas.
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Starts every replica's etcd with client-certificate auth and waits
+    /// until each accepts connections.
     pub fn start_etcd(&mut self) {
         self.start_etcd_with(&[]);
     }
 
     /// [`start_etcd`](Self::start_etcd) with `extra` flags (say, a quota).
     pub fn start_etcd_with(&mut self, extra: &[&str]) {
+        for r in 0..self.replicas.len() {
+            self.start_replica_etcd(r, extra);
+        }
+    }
+
+    /// Starts replica `r`'s etcd on its data and waits until it accepts
+    /// connections.
+    pub fn start_replica_etcd(&mut self, r: usize, extra: &[&str]) {
         let pki = self.pki();
-        let data = self.data.path().join("etcd");
-        let (port, peer_port) = (self.port, self.peer_port);
-        let (client_urls, advertise) = match &self.netns {
+        let replica = &self.replicas[r];
+        let data = replica.data.path().join("etcd");
+        let (port, peer_port) = (self.port, replica.peer_port);
+        let (client_urls, advertise) = match &replica.netns {
             Some((_, ip)) => (
                 format!("https://127.0.0.1:{port},https://{ip}:{port}"),
                 format!("https://{ip}:{port}"),
@@ -218,16 +271,16 @@ impl TestCluster {
         .into_iter()
         .chain(extra.iter().map(|s| s.to_string()))
         .collect();
-        let log = self.dir.path().join("etcd.log");
+        let log = self.dir.path().join(format!("etcd{}.log", replica.tag));
         let mut child = ChildProcess::spawn_in(
-            &format!("etcd {}", self.name),
+            &format!("etcd {}{}", self.name, replica.tag),
             "etcd",
             &args,
             &log,
-            &self.placement(),
+            &replica.placement(),
         );
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.etcd_listening() {
+        while !replica.etcd_listening(port) {
             assert!(
                 child.is_running() && Instant::now() < deadline,
                 "etcd did not start\n{}",
@@ -235,36 +288,37 @@ impl TestCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.etcd = Some(child);
+        self.replicas[r].etcd = Some(child);
     }
 
-    fn placement(&self) -> Placement<'_> {
-        Placement {
-            netns: self.netns.as_ref().map(|(ns, _)| ns.as_str()),
-            ..Placement::default()
-        }
-    }
-
-    fn etcd_listening(&self) -> bool {
-        match &self.netns {
-            Some((ns, _)) => crate::process::tcp_open(ns, "127.0.0.1", self.port),
-            None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
-        }
-    }
-
-    /// Kills etcd (by PID); its data directory stays for a restart.
+    /// Kills every replica's etcd (by PID); the data stays for a restart.
     pub fn stop_etcd(&mut self) {
-        if let Some(mut e) = self.etcd.take() {
+        for r in 0..self.replicas.len() {
+            self.stop_replica_etcd(r);
+        }
+    }
+
+    /// Kills replica `r`'s etcd (by PID); its data stays for a restart.
+    pub fn stop_replica_etcd(&mut self, r: usize) {
+        if let Some(mut e) = self.replicas[r].etcd.take() {
             e.stop();
         }
     }
 
-    /// Deletes etcd's data directory (etcd must be stopped): the next
+    /// Deletes every replica's etcd data (etcd must be stopped): the next
     /// start is empty, as the mesh apiserver's in-memory etcd is after a
     /// pod restart.
     pub fn wipe_etcd(&mut self) {
-        assert!(self.etcd.is_none(), "stop etcd before wiping its data");
-        let _ = std::fs::remove_dir_all(self.data.path().join("etcd"));
+        for r in 0..self.replicas.len() {
+            self.wipe_replica_etcd(r);
+        }
+    }
+
+    /// Deletes replica `r`'s etcd data (its etcd must be stopped).
+    pub fn wipe_replica_etcd(&mut self, r: usize) {
+        let replica = &self.replicas[r];
+        assert!(replica.etcd.is_none(), "stop etcd before wiping its data");
+        let _ = std::fs::remove_dir_all(replica.data.path().join("etcd"));
     }
 
     /// A client with the admin certificate, retrying until etcd answers.
@@ -272,8 +326,16 @@ impl TestCluster {
         connect_retrying(&self.admin_config()).await
     }
 
-    /// Starts the `knit-apiserver` binary at `bin` for this cluster.
+    /// Starts the `knit-apiserver` binary at `bin` in every replica.
     pub fn start_apiserver(&mut self, bin: &str, extra: &[&str]) {
+        for r in 0..self.replicas.len() {
+            self.start_replica_apiserver(r, bin, extra);
+        }
+    }
+
+    /// Starts the `knit-apiserver` binary at `bin` in replica `r`.
+    pub fn start_replica_apiserver(&mut self, r: usize, bin: &str, extra: &[&str]) {
+        let replica = &self.replicas[r];
         let mut args = vec![
             format!("--cluster-name={}", self.name),
             format!("--cluster-id={}", self.id),
@@ -283,7 +345,7 @@ impl TestCluster {
             format!("--peer-configs={}", self.peer_configs().display()),
             format!(
                 "--peer-listen={}:{}",
-                if self.netns.is_some() {
+                if replica.netns.is_some() {
                     "0.0.0.0"
                 } else {
                     "127.0.0.1"
@@ -302,32 +364,46 @@ impl TestCluster {
             "--metrics-addr=127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log = self.dir.path().join("apiserver.log");
-        self.apiserver = Some(ChildProcess::spawn_in(
-            &format!("knit-apiserver {}", self.name),
+        let log = self.dir.path().join(format!("apiserver{}.log", replica.tag));
+        let child = ChildProcess::spawn_in(
+            &format!("knit-apiserver {}{}", self.name, replica.tag),
             bin,
             &args,
             &log,
-            &self.placement(),
-        ));
+            &replica.placement(),
+        );
+        self.replicas[r].apiserver = Some(child);
     }
 
-    /// PID of the running apiserver.
+    /// PID of the first replica's running apiserver.
     pub fn apiserver_pid(&self) -> Option<u32> {
-        self.apiserver.as_ref().and_then(ChildProcess::pid)
+        self.replica_apiserver_pid(0)
     }
 
-    /// Kills the apiserver (by PID).
+    /// PID of replica `r`'s running apiserver.
+    pub fn replica_apiserver_pid(&self, r: usize) -> Option<u32> {
+        self.replicas[r].apiserver.as_ref().and_then(ChildProcess::pid)
+    }
+
+    /// Kills every replica's apiserver (by PID).
     pub fn stop_apiserver(&mut self) {
-        if let Some(mut a) = self.apiserver.take() {
+        for r in 0..self.replicas.len() {
+            self.stop_replica_apiserver(r);
+        }
+    }
+
+    /// Kills replica `r`'s apiserver (by PID).
+    pub fn stop_replica_apiserver(&mut self, r: usize) {
+        if let Some(mut a) = self.replicas[r].apiserver.take() {
             a.stop();
         }
     }
 
-    /// Tails of the etcd and apiserver logs.
+    /// Tails of every replica's etcd and apiserver logs.
     pub fn logs(&self) -> String {
-        [&self.etcd, &self.apiserver]
+        self.replicas
             .iter()
+            .flat_map(|r| [&r.etcd, &r.apiserver])
             .filter_map(|p| p.as_ref().map(ChildProcess::log_tail))
             .collect::<Vec<_>>()
             .join("\n")
@@ -341,6 +417,22 @@ impl TestCluster {
     /// Removes a source manifest.
     pub fn remove_source(&self, file: &str) {
         let _ = std::fs::remove_file(self.source_dir().join(file));
+    }
+}
+
+impl Replica {
+    fn placement(&self) -> Placement<'_> {
+        Placement {
+            netns: self.netns.as_ref().map(|(ns, _)| ns.as_str()),
+            ..Placement::default()
+        }
+    }
+
+    fn etcd_listening(&self, port: u16) -> bool {
+        match &self.netns {
+            Some((ns, _)) => crate::process::tcp_open(ns, "127.0.0.1", port),
+            None => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //! - [`topology`]: typed ids ([`ClusterId`], [`NodeId`], [`PodId`]) and
 //!   what clusters, nodes and pods hold;
 //! - this module: building the mesh, its control planes and agents;
+//! - [`replicas`]: a mesh apiserver of several replicas behind a proxy;
 //! - [`workloads`]: pods, Services and other manifests;
 //! - [`probes`]: traffic and the answers counted ([`Hits`]).
 //!
@@ -25,6 +26,7 @@
 //! [`netns::clean_stale`] when the next mesh starts.
 
 pub mod probes;
+pub mod replicas;
 pub mod topology;
 pub mod workloads;
 
@@ -39,7 +41,7 @@ use crate::netns::{self, BpffsRoot, CgroupRoot, Netns, sh};
 use crate::process::{Placement, TempDir};
 pub use probes::{Hits, SteadyClient, assert_no_failures};
 pub use topology::{Binaries, ClusterId, MeshCluster, MeshNode, MeshOptions, NodeId, Pod, PodId};
-use topology::{attach_underlay, underlay_ip};
+use topology::{REPLICA_SLOT, attach_underlay, underlay_ip};
 pub use workloads::GlobalService;
 
 /// Port every probe server listens on (TCP and UDP).
@@ -105,7 +107,26 @@ impl LocalMesh {
                 Some((of, extra)) if *of == c => format!("10.{id}.0.0/16, {extra}"),
                 _ => format!("10.{id}.0.0/16"),
             };
-            let control = TestCluster::in_netns(&name, id, &cidrs, cp.name(), &cp_ip);
+            let mut replica_netns = Vec::new();
+            let control = if options.apiserver_replicas <= 1 {
+                TestCluster::in_netns(&name, id, &cidrs, cp.name(), &cp_ip)
+            } else {
+                let mut placements = Vec::new();
+                for r in 0..options.apiserver_replicas {
+                    let ns = Netns::new(&format!("{letter}-cp{r}"));
+                    let ip = underlay_ip(c, REPLICA_SLOT + r);
+                    attach_underlay(
+                        &underlay,
+                        &ns,
+                        &format!("u{letter}cp{r}"),
+                        &ip,
+                        options.underlay_mtu,
+                    );
+                    placements.push((ns.name().to_owned(), ip));
+                    replica_netns.push(ns);
+                }
+                TestCluster::replicated(&name, id, &cidrs, &cp_ip, &placements)
+            };
             let agent_config = control.local_config_path().with_file_name("agent.yaml");
             let mut nodes = Vec::new();
             for n in (0..options.nodes).map(|i| c.node(i)) {
@@ -153,8 +174,10 @@ impl LocalMesh {
             clusters.push(MeshCluster {
                 nodes,
                 control,
+                service_proxy: None,
                 cp,
                 cp_ip,
+                replica_netns,
                 agent_config,
                 bins: cluster_bins,
             });
@@ -259,6 +282,7 @@ impl LocalMesh {
         control.start_etcd();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         control.start_apiserver(&bin, &args);
+        self.start_service_proxy(c);
     }
 
     /// Restarts cluster `c`'s apiserver (etcd keeps running) with `extra`
@@ -284,12 +308,7 @@ impl LocalMesh {
             format!("--lease-ttl={}", self.options.lease_ttl_secs),
             format!("--routing-mode={}", self.options.routing_mode(c)),
         ];
-        let help = Command::new(&bin)
-            .arg("--help")
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        if String::from_utf8_lossy(&help).contains("--identity-file") {
+        if build_knows(&self.cluster(c).bins.apiserver, "--identity-file") {
             let file = self
                 .cluster(c)
                 .control
@@ -394,6 +413,7 @@ impl LocalMesh {
             args.push("--encryption=wireguard".into());
         }
         args.extend(self.options.agent_args.iter().cloned());
+        args.extend(self.replica_agent_args(n.cluster));
         let log = self.logs.path().join(format!("agent-{}.log", node.name));
         let agent = crate::process::ChildProcess::spawn_in(
             &format!("knit-agent {}", node.name),
@@ -662,6 +682,17 @@ impl LocalMesh {
     pub fn etcd_url(&self, c: ClusterId) -> String {
         format!("https://{}:{NETNS_ETCD_PORT}", self.cluster(c).cp_ip)
     }
+}
+
+/// Whether the binary at `bin` lists `flag` in its `--help` (a previous
+/// release may not have it).
+fn build_knows(bin: &std::path::Path, flag: &str) -> bool {
+    let help = Command::new(bin)
+        .arg("--help")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&help).contains(flag)
 }
 
 /// Runs `etcdctl args…` in network namespace `netns` against `endpoint`

@@ -75,6 +75,10 @@ pub struct Binaries {
     pub probe: PathBuf,
     /// knit-cni.
     pub cni: PathBuf,
+    /// knit-service-proxy, the Services of a replicated control plane (not
+    /// checked for: a previous release has none, the harness runs the one
+    /// under test).
+    pub service_proxy: PathBuf,
     /// knit-operator (not checked for: the kernel VMs of `make
     /// test-kernels` carry only what the datapath tests run).
     pub operator: PathBuf,
@@ -114,6 +118,7 @@ impl Binaries {
             knitctl: bin("knitctl"),
             probe: bin("knit-probe"),
             cni: bin("knit-cni"),
+            service_proxy: dir.join("knit-service-proxy"),
             operator: dir.join("knit-operator"),
         }
     }
@@ -152,6 +157,11 @@ pub struct MeshOptions {
     /// other builds than the one under test: a previous release, say
     /// ([`crate::previous`]). Clusters not listed run the ones under test.
     pub binaries: Vec<(ClusterId, Binaries)>,
+    /// Mesh apiserver replicas per cluster. With more than one, each
+    /// replica (etcd + apiserver) has a namespace of its own, and the
+    /// control-plane namespace runs `knit-service-proxy` at the cluster's
+    /// address in front of them, as the Services do in Kubernetes.
+    pub apiserver_replicas: usize,
 }
 
 impl MeshOptions {
@@ -194,6 +204,7 @@ impl Default for MeshOptions {
             plaintext_clusters: Vec::new(),
             routing_modes: Vec::new(),
             binaries: Vec::new(),
+            apiserver_replicas: 1,
         }
     }
 }
@@ -233,10 +244,18 @@ pub struct MeshCluster {
     pub nodes: Vec<MeshNode>,
     /// etcd, certificates, apiserver.
     pub control: TestCluster,
+    /// The Services in front of the replicas (stopped before the
+    /// namespaces go).
+    pub(super) service_proxy: Option<ChildProcess>,
     /// Control-plane namespace.
     pub cp: Netns,
-    /// Control-plane underlay address.
+    /// Control-plane underlay address: the Services' address with
+    /// replicas.
     pub cp_ip: String,
+    /// The replicas' namespaces (none with a single replica, which runs in
+    /// `cp`), dropped after the control plane.
+    pub replica_netns: Vec<Netns>,
+
     pub(super) agent_config: PathBuf,
     /// The build its apiserver, agents and knit-cni run (from the next
     /// start of each on).
@@ -264,11 +283,15 @@ pub struct Pod {
     pub cgroup: PathBuf,
 }
 
-/// Underlay address of a cluster's control plane (`slot` 0) or node
-/// (`slot` = index + 1).
+/// Underlay address of a cluster's control plane (`slot` 0), node (`slot`
+/// = index + 1) or mesh apiserver replica (`slot` = [`REPLICA_SLOT`] + index).
 pub(super) fn underlay_ip(cluster: ClusterId, slot: usize) -> String {
+    assert!(slot < 10, "a cluster has 10 underlay addresses");
     format!("192.168.50.{}", 10 + cluster.0 * 10 + slot)
 }
+
+/// The first underlay slot of a cluster's replicas (after up to 6 nodes).
+pub(super) const REPLICA_SLOT: usize = 7;
 
 /// Connects `ns` to the underlay bridge with `ip`/24 on its `eth0`.
 pub(super) fn attach_underlay(underlay: &Netns, ns: &Netns, bridge_side: &str, ip: &str, mtu: u32) {
