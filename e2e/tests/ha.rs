@@ -268,11 +268,17 @@ fn replica_faults_fail_no_request_and_changes_propagate_while_they_last() {
         }
         report.push((fault.name, seen));
         let endpoints = webs.len() / 2 + 1;
+        let ended = Instant::now();
         for c in [A, B] {
             for r in 0..2 {
                 mesh.wait_replica_synced(c, r, endpoints);
             }
         }
+        eprintln!(
+            "{}: every replica synced {:.1} s after the fault ended",
+            fault.name,
+            ended.elapsed().as_secs_f64()
+        );
     }
     for c in [A, B] {
         eprintln!("{} service proxy:\n{}", c.name(), mesh.service_proxy_log(c));

@@ -2,11 +2,13 @@
 //! (built from a pinned commit, [`knit_e2e::previous`]) and the ones under
 //! test in one mesh, under steady cross-cluster traffic.
 //!
-//! Both clusters start on the previous release. cluster-a is upgraded the
-//! way a rollout does it: the mesh apiserver pod is replaced (a new pod,
-//! an empty in-memory etcd, the new apiserver), then the agent DaemonSet
-//! node by node (the new install-cni's knit-cni, the new agent; pinned
-//! programs keep forwarding meanwhile). That leaves a new cluster beside
+//! Both clusters start on the previous release, each with two mesh
+//! apiserver replicas. cluster-a is upgraded the way a rollout does it:
+//! the mesh apiserver replicas one by one (each a new pod: an empty
+//! in-memory etcd, the new apiserver; the next goes only once the new one
+//! has caught up, and the peer's replicas mirror it again), then the agent
+//! DaemonSet node by node (the new install-cni's knit-cni, the new agent;
+//! pinned programs keep forwarding meanwhile). That leaves a new cluster beside
 //! an old one; cluster-b follows, and then cluster-a is rolled back, which
 //! leaves an old cluster beside a new one. At each mixed step, freshly
 //! created pods of both clusters must reach each other, and the global
@@ -23,26 +25,41 @@ use knit_e2e::previous::{PREVIOUS, previous_binaries};
 const A: ClusterId = ClusterId(0);
 const B: ClusterId = ClusterId(1);
 
-/// Waits until both clusters mirror their peer with at least `endpoints`
-/// endpoints: an empty etcd has been filled again, on both sides.
+/// Mesh apiserver replicas per cluster.
+const REPLICAS: usize = 2;
+
+/// Waits until every replica of both clusters mirrors its peer with at
+/// least `endpoints` endpoints: an empty etcd has been filled again, and
+/// the peer's replicas read the new one.
 fn wait_synced(mesh: &LocalMesh, endpoints: usize) {
     for c in [A, B] {
-        mesh.wait_peer_synced(c, endpoints);
+        for r in 0..REPLICAS {
+            mesh.wait_replica_synced(c, r, endpoints);
+        }
     }
 }
 
-/// Moves cluster `c` to `bins` as a rollout does: the mesh apiserver pod
-/// first (empty etcd), then each node's agent. Returns how long it took.
+/// Moves cluster `c` to `bins` as a rollout does: the mesh apiserver
+/// replicas one by one (each a new pod, empty etcd; the next once every
+/// replica is synced), then each node's agent. Returns how long it took.
 fn roll(mesh: &mut LocalMesh, c: ClusterId, bins: &Binaries, endpoints: usize) -> Duration {
     let started = Instant::now();
     mesh.set_cluster_binaries(c, bins.clone());
-    mesh.restart_control_plane_empty(c);
-    wait_synced(mesh, endpoints);
-    assert_runs(
-        mesh.cluster(c).control.apiserver_pid(),
-        &bins.apiserver,
-        "the apiserver",
-    );
+    for r in 0..REPLICAS {
+        mesh.replace_replica(c, r);
+        let t = Instant::now();
+        wait_synced(mesh, endpoints);
+        eprintln!(
+            "{} replica {r} replaced, every replica synced {:.1} s later",
+            c.name(),
+            t.elapsed().as_secs_f64()
+        );
+        assert_runs(
+            mesh.cluster(c).control.replica_apiserver_pid(r),
+            &bins.apiserver,
+            "an apiserver replica",
+        );
+    }
     for i in 0..mesh.options().nodes {
         mesh.replace_agent(c.node(i));
         assert_runs(mesh.agent_pid(c.node(i)), &bins.agent, "an agent");
@@ -99,6 +116,7 @@ fn a_rolling_upgrade_and_a_rollback_between_releases_fail_no_request() {
         clusters: 2,
         nodes: 2,
         binaries: vec![(A, old.clone()), (B, old.clone())],
+        apiserver_replicas: REPLICAS,
         ..MeshOptions::default()
     });
     for n in mesh.node_ids() {

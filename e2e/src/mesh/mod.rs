@@ -169,6 +169,7 @@ impl LocalMesh {
                     cni,
                     cni_state_dir,
                     next_pod: 10,
+                    status_in_every_replica: false,
                 });
             }
             clusters.push(MeshCluster {
@@ -413,7 +414,9 @@ impl LocalMesh {
             args.push("--encryption=wireguard".into());
         }
         args.extend(self.options.agent_args.iter().cloned());
-        args.extend(self.replica_agent_args(n.cluster));
+        let replica_args = self.replica_agent_args(n.cluster);
+        let status_in_every_replica = !replica_args.is_empty();
+        args.extend(replica_args);
         let log = self.logs.path().join(format!("agent-{}.log", node.name));
         let agent = crate::process::ChildProcess::spawn_in(
             &format!("knit-agent {}", node.name),
@@ -425,7 +428,9 @@ impl LocalMesh {
                 ..Placement::default()
             },
         );
-        self.clusters[n.cluster.0].nodes[n.index].agent = Some(agent);
+        let node = &mut self.clusters[n.cluster.0].nodes[n.index];
+        node.agent = Some(agent);
+        node.status_in_every_replica = status_in_every_replica;
     }
 
     /// Makes cluster `c` run `bins` from the next start of each component

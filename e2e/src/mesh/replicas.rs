@@ -155,16 +155,17 @@ impl LocalMesh {
     }
 
     /// Waits (up to 2 minutes) until replica `r` of cluster `c` has every
-    /// peer synced with at least `endpoints` endpoints each, and (for
-    /// agents that write into every replica) every agent's status: a
-    /// replica that started empty has caught up.
+    /// peer synced with at least `endpoints` endpoints each, and the
+    /// status of every agent that writes into every replica: a replica
+    /// that started empty has caught up.
     pub fn wait_replica_synced(&self, c: ClusterId, r: usize, endpoints: usize) {
         let peers = self.clusters.len() - 1;
-        let agents = if super::build_knows(&self.cluster(c).bins.agent, "--etcd-replicas") {
-            self.cluster(c).nodes.len()
-        } else {
-            0
-        };
+        let agents = self
+            .cluster(c)
+            .nodes
+            .iter()
+            .filter(|n| n.status_in_every_replica)
+            .count();
         self.wait_until(
             &format!(
                 "replica {r} of {} to sync its peers and hold {agents} agents' status",

@@ -227,6 +227,9 @@ pub struct MeshNode {
     pub(super) pin_dir: PathBuf,
     pub(super) cgroup: PathBuf,
     pub(super) next_pod: u8,
+    /// Whether its agent writes its status into every replica (a build
+    /// that knows `--etcd-replicas`, with replicas).
+    pub(super) status_in_every_replica: bool,
 }
 
 impl Drop for MeshNode {
