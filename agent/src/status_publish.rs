@@ -7,7 +7,8 @@
 //! status written through the Service (one replica) would be missing from
 //! the others. `--etcd-replicas` names the replicas: in Kubernetes the
 //! headless Service `knit-apiserver-replicas`, whose name resolves to every
-//! ready replica. Every [`RESOLVE_EVERY`] the names are resolved again,
+//! replica pod, ready or not (a new replica's first export waits for the
+//! agents' reports when the cluster encrypts). Every [`RESOLVE_EVERY`] the names are resolved again,
 //! [`targets`] (pure) turns the addresses into the set of writers, and one
 //! writer task runs per target: started when its address appears, stopped
 //! when it goes. While nothing resolves (an older control plane without
@@ -33,7 +34,7 @@ use tokio::sync::watch;
 pub const REPORT_TTL_SECS: i64 = 15;
 
 /// How often the replicas' names are resolved again.
-pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// The mesh apiserver's replicas, as `--etcd-replicas` names them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -41,6 +41,15 @@ struct Args {
     /// config record.
     #[arg(long, env = "KNIT_ROUTING_MODE", default_value = "tunnel")]
     routing_mode: knit_kvstore::records::RoutingMode,
+    /// The agents' `encryption` (none or wireguard). With wireguard, the
+    /// first export waits for every node's key (--node-report-wait).
+    #[arg(long, env = "KNIT_ENCRYPTION", default_value = "none", value_parser = ["none", "wireguard"])]
+    encryption: String,
+    /// With encryption on: the longest the first export waits for every
+    /// node's agent to report its key into this etcd (an etcd that started
+    /// empty has none until they write again).
+    #[arg(long, default_value = "20s", value_parser = knit_telemetry::parse_duration)]
+    node_report_wait: std::time::Duration,
     /// etcd client config of the local writer (the `admin` certificate).
     #[arg(long)]
     etcd_config: PathBuf,
@@ -295,6 +304,7 @@ async fn export(
         cluster,
         lease_ttl_secs: args.lease_ttl,
         identities,
+        node_report_wait: (args.encryption == "wireguard").then_some(args.node_report_wait),
     };
     match &args.source_dir {
         Some(dir) => {

@@ -48,6 +48,7 @@ async fn exporting(name: &str, id: u16) -> TestCluster {
         },
         lease_ttl_secs: 10,
         identities: knit_apiserver::export::identity_store::IdentityStore::Memory(Default::default()),
+        node_report_wait: None,
     };
     let source = DirectorySource::new(cluster.source_dir(), Duration::from_secs(1));
     tokio::spawn(run_exporter(

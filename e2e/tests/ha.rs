@@ -286,3 +286,63 @@ fn replica_faults_fail_no_request_and_changes_propagate_while_they_last() {
     std::fs::write(&stop, "").unwrap();
     knit_e2e::mesh::assert_no_failures(&mesh, &mut steady, 300, &format!("during the faults: {report:?}"));
 }
+
+/// The node records replica `r` of cluster `c` holds now, each with
+/// whether it carries a WireGuard key (read from the replica's own etcd).
+fn exported_node_keys(mesh: &LocalMesh, c: ClusterId, r: usize) -> Vec<(String, bool)> {
+    let prefix = format!("{}nodes/", knit_kvstore::cluster_prefix(&c.name()));
+    let (_, out) = knit_e2e::mesh::etcdctl_in(
+        mesh.cluster(c).replica_netns[r].name(),
+        &mesh.cluster(c).control.admin_config(),
+        "https://127.0.0.1:2379",
+        &["get", "--prefix", &prefix, "--print-value-only"],
+    );
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let name = v["name"].as_str().unwrap_or_default().to_owned();
+            (name, v.get("wireguard").is_some_and(|w| !w.is_null()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_that_starts_empty_exports_every_node_with_its_key() {
+    let mut mesh = LocalMesh::start(MeshOptions {
+        clusters: 2,
+        nodes: 2,
+        encrypted: true,
+        apiserver_replicas: 2,
+        ..MeshOptions::default()
+    });
+    for r in 0..2 {
+        mesh.wait_replica_synced(A, r, 0);
+        assert!(exported_node_keys(&mesh, A, r).iter().all(|(_, keyed)| *keyed));
+    }
+    // A new pod of replica 0 (empty etcd), while the agents still write
+    // into replica 1: from the first node record it exports on, each
+    // carries its node's key; a record without one would strip the key
+    // from every reader that moves to this replica.
+    mesh.replace_replica(A, 0);
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "replica 0 exported {seen:?} within 60 s\n{}",
+            mesh.logs()
+        );
+        seen = exported_node_keys(&mesh, A, 0);
+        let unkeyed: Vec<_> = seen.iter().filter(|(_, keyed)| !keyed).collect();
+        assert!(
+            unkeyed.is_empty(),
+            "replica 0 exported {unkeyed:?} without a key {:.1} s after it started",
+            started.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "replica 0 exported both nodes with their keys {:.1} s after it started",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -601,8 +601,10 @@ fn the_apiserver_announces_the_agents_tunnel_port_and_routing_mode_from_their_co
             "name": "knit-agent-config", "key": "tunnelPort", "optional": true}}},
             {"name": "KNIT_ROUTING_MODE", "valueFrom": {"configMapKeyRef": {
             "name": "knit-agent-config", "key": "routingMode", "optional": true}}},
+            {"name": "KNIT_ENCRYPTION", "valueFrom": {"configMapKeyRef": {
+            "name": "knit-agent-config", "key": "encryption", "optional": true}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]),
-        "one place for the port and the mode: the agents' ConfigMap; the pod's namespace holds knit-identities"
+        "one place for the port, the mode and the encryption: the agents' ConfigMap; the pod's namespace holds knit-identities"
     );
 }
 

@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 
 use crate::export::identity::{IdentityAllocator, Labels};
 use crate::export::identity_store::{IdentityStore, Update};
-use crate::export::node_keys::{NodeWireguards, watch_node_keys};
+use crate::export::node_keys::{NodeReports, NodeWireguards, reports_settled, watch_node_keys};
 use crate::export::{LocalCluster, labels_in_use, local_prefix, plan};
 use crate::metrics::{Metrics, PeerDetail};
 use crate::{Error, Result, unix_now};
@@ -36,6 +36,9 @@ pub struct ExporterSettings {
     pub lease_ttl_secs: i64,
     /// Where identity numbers are kept across restarts and writers.
     pub identities: IdentityStore,
+    /// With encryption on: how long the first export waits for every
+    /// node's report (its WireGuard key). None: it does not wait.
+    pub node_report_wait: Option<Duration>,
 }
 
 /// Runs until the process stops; etcd errors are retried.
@@ -69,7 +72,7 @@ pub async fn run_exporter<S: Source>(
             }
         }
     };
-    let (keys_tx, node_keys) = tokio::sync::watch::channel(NodeWireguards::new());
+    let (keys_tx, node_keys) = tokio::sync::watch::channel(NodeReports::default());
     let _keys = knit_telemetry::AbortOnDrop(tokio::spawn(watch_node_keys(local, keys_tx)));
     export_loop(store, ids, source, node_keys, settings, metrics, health).await
 }
@@ -82,7 +85,7 @@ pub async fn export_loop<B: SyncBackend, S: Source>(
     mut store: SyncStore<B>,
     ids: IdentityAllocator,
     mut source: S,
-    mut node_keys: tokio::sync::watch::Receiver<NodeWireguards>,
+    mut node_keys: tokio::sync::watch::Receiver<NodeReports>,
     settings: ExporterSettings,
     metrics: Metrics,
     health: Health,
@@ -109,6 +112,9 @@ pub async fn export_loop<B: SyncBackend, S: Source>(
     while !source.is_ready() {
         source.next_change().await;
     }
+    if let Some(wait) = exporter.settings.node_report_wait {
+        wait_for_node_reports(&mut source, &mut node_keys, wait).await;
+    }
     loop {
         if last_heartbeat.elapsed() >= Duration::from_secs(5) {
             pending |= store.needs_values();
@@ -124,7 +130,7 @@ pub async fn export_loop<B: SyncBackend, S: Source>(
                 cluster = %exporter.settings.cluster.name,
                 records = tracing::field::Empty
             );
-            let keys = node_keys.borrow_and_update().clone();
+            let keys = node_keys.borrow_and_update().keys.clone();
             pending = exporter
                 .pass(&mut store, source.state(), &keys)
                 .instrument(span)
@@ -134,6 +140,49 @@ pub async fn export_loop<B: SyncBackend, S: Source>(
             changed = source.next_change() => pending |= changed,
             Ok(()) = node_keys.changed() => pending = true,
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Waits until every node of the source has reported into this etcd, or
+/// `wait` has passed: the first export of an encrypting cluster carries
+/// every node's key (see [`crate::export::node_keys`]).
+async fn wait_for_node_reports<S: Source>(
+    source: &mut S,
+    reports: &mut tokio::sync::watch::Receiver<NodeReports>,
+    wait: Duration,
+) {
+    let started = Instant::now();
+    let missing = |source: &S, reports: &NodeReports| -> Vec<String> {
+        let nodes = source.state().nodes.values().map(|n| n.name.as_str());
+        if reports_settled(nodes, reports) {
+            return Vec::new();
+        }
+        source
+            .state()
+            .nodes
+            .values()
+            .filter(|n| !reports.reported.contains(&n.name))
+            .map(|n| n.name.clone())
+            .collect()
+    };
+    loop {
+        let waiting_for = missing(source, &reports.borrow_and_update());
+        if waiting_for.is_empty() {
+            tracing::info!(after = ?started.elapsed(), "every node reported; exporting");
+            return;
+        }
+        let Some(left) = wait.checked_sub(started.elapsed()) else {
+            tracing::warn!(
+                nodes = ?waiting_for,
+                "exporting before these nodes reported their keys (--node-report-wait passed): their records carry no key until they do"
+            );
+            return;
+        };
+        tokio::select! {
+            _ = source.next_change() => {}
+            Ok(()) = reports.changed() => {}
+            () = tokio::time::sleep(left) => {}
         }
     }
 }
@@ -309,6 +358,7 @@ mod tests {
             },
             lease_ttl_secs: 30,
             identities: IdentityStore::Memory(Default::default()),
+            node_report_wait: None,
         }
     }
 
@@ -336,7 +386,7 @@ mod tests {
         let owned = vec![cluster_prefix("a"), local_prefix()];
         let store = SyncStore::with_backend(backend.clone(), owned, 30).await.unwrap();
         let source = DirectorySource::new(manifests.path(), Duration::from_millis(20));
-        let (keys_tx, keys_rx) = tokio::sync::watch::channel(NodeWireguards::new());
+        let (keys_tx, keys_rx) = tokio::sync::watch::channel(NodeReports::default());
         let metrics = Metrics::default();
         let exporting = export_loop(
             store,
@@ -394,7 +444,10 @@ mod tests {
             next: None,
         };
         keys_tx
-            .send(NodeWireguards::from([("a-n1".to_owned(), reported.clone())]))
+            .send(NodeReports {
+                keys: NodeWireguards::from([("a-n1".to_owned(), reported.clone())]),
+                reported: ["a-n1".to_owned()].into(),
+            })
             .unwrap();
         until("the key in the node's record", || {
             backend.dump().get(&node).is_some_and(|v| {
@@ -403,5 +456,80 @@ mod tests {
             })
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn with_encryption_the_first_export_waits_for_every_nodes_key() {
+        let manifests = TempDir::new("exporter-keys");
+        std::fs::write(
+            manifests.path().join("cluster.yaml"),
+            node("a-n1", "192.168.1.1", "10.1.1.0/24") + &node("a-n2", "192.168.1.2", "10.1.2.0/24"),
+        )
+        .unwrap();
+        let backend = MemoryBackend::new();
+        let owned = vec![cluster_prefix("a"), local_prefix()];
+        let store = SyncStore::with_backend(backend.clone(), owned, 30).await.unwrap();
+        let source = DirectorySource::new(manifests.path(), Duration::from_millis(20));
+        let (keys_tx, keys_rx) = tokio::sync::watch::channel(NodeReports::default());
+        let exporting = export_loop(
+            store,
+            IdentityAllocator::new(1),
+            source,
+            keys_rx,
+            ExporterSettings {
+                node_report_wait: Some(Duration::from_secs(600)),
+                ..settings()
+            },
+            Metrics::default(),
+            Health::default(),
+        );
+        let _exporter = AbortOnDrop(tokio::spawn(async move {
+            let _ = exporting.await;
+        }));
+        let key = |n: u8| knit_kvstore::records::NodeWireguard {
+            public_key: format!(
+                "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTm{}=",
+                ["A", "E"][n as usize - 1]
+            )
+            .try_into()
+            .unwrap(),
+            port: 51871,
+            next: None,
+        };
+        let node_key = |n: &str| RelativeKey::Record(Kind::Nodes, n.into()).under(&cluster_prefix("a"));
+        // One node reported: still nothing exported.
+        keys_tx
+            .send(NodeReports {
+                keys: NodeWireguards::from([("a-n1".to_owned(), key(1))]),
+                reported: ["a-n1".to_owned()].into(),
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            backend.transactions().is_empty(),
+            "exported before a-n2 reported: {:?}",
+            backend.dump().keys().collect::<Vec<_>>()
+        );
+        keys_tx
+            .send(NodeReports {
+                keys: NodeWireguards::from([("a-n1".to_owned(), key(1)), ("a-n2".to_owned(), key(2))]),
+                reported: ["a-n1".to_owned(), "a-n2".to_owned()].into(),
+            })
+            .unwrap();
+        until("the node records", || {
+            backend.dump().contains_key(&node_key("a-n1")) && backend.dump().contains_key(&node_key("a-n2"))
+        })
+        .await;
+        let written: Vec<(String, knit_kvstore::records::NodeRecord)> = backend
+            .transactions()
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.contains("/nodes/"))
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice(v.as_ref()?).ok()?)))
+            .collect();
+        assert!(written.len() >= 2, "{written:?}");
+        for (key, record) in written {
+            assert!(record.wireguard.is_some(), "{key} was written without its key");
+        }
     }
 }

@@ -309,6 +309,12 @@ impl LocalMesh {
             format!("--lease-ttl={}", self.options.lease_ttl_secs),
             format!("--routing-mode={}", self.options.routing_mode(c)),
         ];
+        if self.options.encrypted
+            && !self.options.plaintext_clusters.contains(&c)
+            && build_knows(&self.cluster(c).bins.apiserver, "--node-report-wait")
+        {
+            args.push("--encryption=wireguard".to_owned());
+        }
         if build_knows(&self.cluster(c).bins.apiserver, "--identity-file") {
             let file = self
                 .cluster(c)

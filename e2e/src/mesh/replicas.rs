@@ -166,24 +166,30 @@ impl LocalMesh {
             .iter()
             .filter(|n| n.status_in_every_replica)
             .count();
-        self.wait_until(
-            &format!(
-                "replica {r} of {} to sync its peers and hold {agents} agents' status",
-                c.name()
-            ),
-            Duration::from_secs(120),
-            || {
-                self.replica_status_report(c, r).is_some_and(|report| {
-                    report.nodes.len() >= agents
-                        && report.ready_peers().len() == peers
-                        && report.peers.iter().all(|p| {
-                            p.counts
-                                .get(&knit_kvstore::keys::Kind::Endpoints)
-                                .is_some_and(|n| *n as usize >= endpoints)
-                        })
+        let synced = |report: &knit_operator::status_table::StatusReport| {
+            report.nodes.len() >= agents
+                && report.ready_peers().len() == peers
+                && report.peers.iter().all(|p| {
+                    p.counts
+                        .get(&knit_kvstore::keys::Kind::Endpoints)
+                        .map_or(0, |n| *n as usize)
+                        >= endpoints
                 })
-            },
-        );
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let report = self.replica_status_report(c, r);
+            if report.as_ref().is_some_and(synced) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for replica {r} of {} to sync its peers and hold {agents} agents' status; it reports {report:?}\n{}",
+                c.name(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Kills only replica `r`'s etcd (its apiserver runs on), as a crash

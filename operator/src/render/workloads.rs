@@ -195,6 +195,9 @@ pub fn replicas_service(config: &ClusterConfig) -> Result<Service> {
     )?;
     if let Some(spec) = service.spec.as_mut() {
         spec.cluster_ip = Some("None".to_owned());
+        // A replica's first export waits for the agents' reports (with
+        // encryption), so agents must find it before it is ready.
+        spec.publish_not_ready_addresses = Some(true);
     }
     Ok(service)
 }
@@ -222,7 +225,8 @@ pub fn peers_service(config: &ClusterConfig) -> Result<Service> {
 }
 
 /// The apiserver container's environment: the agents' tunnel port and
-/// routing mode, set once in knit-agent-config and announced to peers, and
+/// routing mode, set once in knit-agent-config and announced to peers,
+/// their encryption (the first export waits for the nodes' keys), and
 /// the namespace of the ConfigMap knit-identities (identity numbers that
 /// outlive etcd).
 fn apiserver_env() -> serde_json::Value {
@@ -235,6 +239,11 @@ fn apiserver_env() -> serde_json::Value {
         "name": "KNIT_ROUTING_MODE",
         "valueFrom": { "configMapKeyRef": {
             "name": names::AGENT_CONFIG, "key": "routingMode", "optional": true,
+        } },
+    }, {
+        "name": "KNIT_ENCRYPTION",
+        "valueFrom": { "configMapKeyRef": {
+            "name": names::AGENT_CONFIG, "key": "encryption", "optional": true,
         } },
     }, {
         "name": "POD_NAMESPACE",
