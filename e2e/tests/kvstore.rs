@@ -465,3 +465,80 @@ async fn reading_a_prefix_past_the_grpc_limit_is_paged() {
     let records: Vec<serde_json::Value> = etcd::read_all(&mut c, prefix).await.unwrap();
     assert_eq!(records.len(), n);
 }
+
+/// A reader moved from one mesh apiserver replica to another (each with
+/// its own etcd: other revisions, other write order) reports only what
+/// differs between them, never a deletion of a key both hold (Cilium's
+/// failover removals, cilium/cilium#30964). It goes to a replica whose
+/// revision is far behind, and back to one far ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_to_another_replica_reports_only_what_differs() {
+    let prefix = "knit/v1/clusters/e/";
+    let canary = format!("{prefix}synced/nodes");
+    let node = |i: usize| format!("{prefix}nodes/n{i:03}");
+    let mut replicas = [TestCluster::new("r0", 9), TestCluster::new("r1", 9)];
+    for r in &mut replicas {
+        r.start_etcd();
+    }
+    // Replica 0: nodes 0-99, far ahead in revisions. Replica 1: nodes 1-100
+    // written in reverse, node 7 with another value.
+    let mut c0 = replicas[0].admin().await;
+    for _ in 0..500 {
+        c0.put("filler", "x", None).await.unwrap();
+    }
+    for i in 0..100 {
+        c0.put(node(i), "v", None).await.unwrap();
+    }
+    c0.put(canary.as_str(), "1", None).await.unwrap();
+    let mut c1 = replicas[1].admin().await;
+    for i in (1..=100).rev() {
+        c1.put(node(i), if i == 7 { "other" } else { "v" }, None)
+            .await
+            .unwrap();
+    }
+    c1.put(canary.as_str(), "1", None).await.unwrap();
+
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let configs = [replicas[0].admin_config(), replicas[1].admin_config()];
+    let serving = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let which = serving.clone();
+    let connect = move || {
+        let config = configs[which.load(Ordering::SeqCst)].clone();
+        async move { etcd::connect(&config).await }
+    };
+    let watcher = tokio::spawn(watch_prefix(connect, prefix.to_owned(), tx));
+    events_until(&mut rx, |e| *e == WatchEvent::ListDone).await;
+
+    let mut moved = Vec::new();
+    for (from, to) in [(0, 1), (1, 0)] {
+        serving.store(to, Ordering::SeqCst);
+        replicas[from].stop_etcd();
+        let events = events_until(&mut rx, |e| *e == WatchEvent::ListDone).await;
+        // Releases of held keys follow the list at once.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut changes: Vec<WatchEvent> = events
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            .filter(|e| !matches!(e, WatchEvent::Disconnected { .. } | WatchEvent::ListDone))
+            .collect();
+        changes.sort_by_key(|e| format!("{e:?}"));
+        moved.push(changes);
+        replicas[from].start_etcd();
+    }
+    let upsert = |i: usize, v: &str| WatchEvent::Upsert {
+        key: node(i),
+        value: v.as_bytes().to_vec(),
+    };
+    let delete = |i: usize| WatchEvent::Delete { key: node(i) };
+    assert_eq!(
+        moved[0],
+        [delete(0), upsert(7, "other"), upsert(100, "v")],
+        "to replica 1: node 0 is gone, node 100 is new, node 7 changed; nothing else"
+    );
+    assert_eq!(
+        moved[1],
+        [delete(100), upsert(0, "v"), upsert(7, "v")],
+        "back to replica 0"
+    );
+    watcher.abort();
+}
