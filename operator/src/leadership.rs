@@ -106,6 +106,21 @@ pub fn desired(current: Option<&LeaseSpec>, me: &str, now: Timestamp, times: &Le
     }
 }
 
+/// The spec a leader `me` writes when it stops on purpose (a rollout, a
+/// drain), as client-go's `ReleaseOnCancel`: nobody holds it, so another
+/// replica takes it on its next retry instead of after the lease duration.
+/// None when `me` does not hold `current`.
+pub fn released(current: &LeaseSpec, me: &str, now: Timestamp) -> Option<LeaseSpec> {
+    (current.holder_identity.as_deref() == Some(me)).then(|| LeaseSpec {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        acquire_time: Some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: current.lease_transitions,
+        ..LeaseSpec::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +178,21 @@ mod tests {
         let first = desired(None, "op-0", at(0), &times);
         assert_eq!(first.lease_transitions, Some(0));
         assert_eq!(expiry(&first), Some(at(15)));
+    }
+
+    #[test]
+    fn only_the_holder_releases_and_a_released_lease_is_taken_at_once() {
+        let held = held_by("op-1", 0);
+        assert_eq!(released(&held, "op-2", at(1)), None);
+        let free = released(&held, "op-1", at(1)).unwrap();
+        assert_eq!(free.holder_identity, None);
+        assert_eq!(free.lease_transitions, Some(3));
+        assert_eq!(decide(Some(&free), "op-2", at(1)), Decision::Acquire);
+        let taken = desired(Some(&free), "op-2", at(1), &LeaseTimes::default());
+        assert_eq!(
+            taken.lease_transitions,
+            Some(3),
+            "a free lease taken is no transition"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! asserts the exact Lease requests: created when missing, followed while
 //! another replica renews it, taken over (replace with the read
 //! resourceVersion, one more transition) once it expires, a lost race
-//! (409) followed, and a leader that finds another holder steps down.
+//! (409) followed, a leader that finds another holder steps down, and a
+//! stopping leader releases the lease (only its own).
 
 mod common;
 
@@ -191,4 +192,34 @@ async fn a_leader_that_cannot_renew_for_the_deadline_stops() {
     assert!(err.to_string().contains("not renewed for 200ms"), "{err}");
     drop(elector);
     server.abort();
+}
+
+#[tokio::test]
+async fn a_stopping_leader_releases_the_lease_and_a_follower_leaves_it_alone() {
+    let (client, mut handle) = mock();
+    let elector = LeaderElector::new(client, "knit-system", "op-0", fast(Duration::from_secs(600)));
+    let server = tokio::spawn(async move {
+        let path = format!("{LEASES}/knit-operator");
+        // Ours: replaced at the version read, held by nobody, 1 s long.
+        let (_, send) = expect(&mut handle, Method::GET, &path).await;
+        respond(send, lease("op-0", 1, "7"));
+        let (body, send) = expect(&mut handle, Method::PUT, &path).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        assert_eq!(body["spec"].get("holderIdentity"), None, "{body}");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 1);
+        assert_eq!(body["spec"]["leaseTransitions"], 3);
+        respond(send, with_meta(body));
+        // Another replica's: read, not written.
+        let (_, send) = expect(&mut handle, Method::GET, &path).await;
+        respond(send, lease("op-1", 1, "9"));
+        // Taken over between our read and write: the 409 is not an error.
+        let (_, send) = expect(&mut handle, Method::GET, &path).await;
+        respond(send, lease("op-0", 1, "10"));
+        let (_, send) = expect(&mut handle, Method::PUT, &path).await;
+        respond_conflict(send);
+    });
+    assert!(elector.release().await.unwrap(), "our lease is released");
+    assert!(!elector.release().await.unwrap(), "another's lease is left alone");
+    assert!(!elector.release().await.unwrap(), "a lost race releases nothing");
+    server.await.unwrap();
 }

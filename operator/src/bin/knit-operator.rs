@@ -64,13 +64,41 @@ struct CertificateLabel {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _tracing = knit_telemetry::init_tracing("knit-operator")?;
-    knit_telemetry::until_shutdown(serve(args), "shutting down").await
+    let stop = knit_telemetry::shutdown_signal()?;
+    let elector = ElectorSlot::default();
+    tokio::select! {
+        r = serve(args, elector.clone()) => r,
+        signal = stop => {
+            tracing::info!(signal, "shutting down");
+            release_lease(&elector).await;
+            Ok(())
+        }
+    }
+}
+
+/// The elector of the running operator loop, for releasing the lease when
+/// the process stops.
+type ElectorSlot = std::sync::Arc<std::sync::Mutex<Option<LeaderElector>>>;
+
+/// Gives the lease up if this replica leads, so the next replica leads
+/// within its retry period (2 s) instead of the lease duration (15 s): a
+/// rollout of the operator is not leaderless for long. Bounded by 2 s; on
+/// failure the lease simply expires.
+async fn release_lease(slot: &ElectorSlot) {
+    let elector = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(elector) = elector else { return };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), elector.release()).await {
+        Ok(Ok(true)) => tracing::info!(me = %elector.identity(), "released the leader lease"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %knit_telemetry::error_chain(&e), "releasing the leader lease"),
+        Err(_) => tracing::warn!("releasing the leader lease timed out; it expires on its own"),
+    }
 }
 
 /// Runs the operator with the mounted config and starts it again, in the
 /// same process, whenever the config files change (a ConfigMap edit or a
 /// GitOps commit takes effect without a rollout).
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, elector: ElectorSlot) -> anyhow::Result<()> {
     let files = ConfigFiles {
         config: args.config.clone(),
         images_dir: args.images_dir.clone(),
@@ -86,7 +114,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             config.images.etcd = image.clone();
         }
         tokio::select! {
-            r = operate(&args, config) => return r,
+            r = operate(&args, config, &elector) => return r,
             next = files.next_change(&loaded, args.config_check_interval) => {
                 tracing::info!(
                     mesh_ca_rotation = ?next.config.certificates.mesh_ca_rotation,
@@ -99,7 +127,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 /// Runs until a loop ends.
-async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
+async fn operate(args: &Args, config: ClusterConfig, slot: &ElectorSlot) -> anyhow::Result<()> {
     tracing::info!(cluster = %config.cluster_name, id = config.cluster_id, "starting knit-operator");
 
     let mut registry = Registry::with_prefix("knit_operator");
@@ -136,6 +164,7 @@ async fn operate(args: &Args, config: ClusterConfig) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("knit-operator-{}", std::process::id()));
     let elector = LeaderElector::new(client.clone(), &config.namespace, identity, LeaseTimes::default());
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(elector.clone());
     let applier = Applier::new(client, &config.namespace, args.pod_name.clone());
     let mcs_loop = {
         let (applier, config) = (applier.clone(), config.clone());

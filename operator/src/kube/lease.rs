@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 
-use crate::leadership::{Decision, LEASE_NAME, LeaseTimes, decide, desired};
+use crate::leadership::{Decision, LEASE_NAME, LeaseTimes, decide, desired, released};
 use crate::{Error, Result};
 
 /// One replica's side of the election.
@@ -86,6 +86,37 @@ impl LeaderElector {
             Ok(_) => Ok(Ok(())),
             Err(e) if is_conflict(&e) => Ok(Err("another replica, which wrote it first".into())),
             Err(e) => Err(kube_error("writing Lease knit-operator")(e)),
+        }
+    }
+
+    /// Gives the lease up if this replica holds it (replace at the read
+    /// resourceVersion), so another replica leads within its retry period
+    /// rather than the lease duration. Returns whether it was released.
+    pub async fn release(&self) -> Result<bool> {
+        let current = self
+            .leases
+            .get_opt(LEASE_NAME)
+            .await
+            .map_err(kube_error("reading Lease knit-operator"))?;
+        let Some(mut lease) = current else {
+            return Ok(false);
+        };
+        let Some(free) = lease
+            .spec
+            .as_ref()
+            .and_then(|spec| released(spec, &self.me, Timestamp::now()))
+        else {
+            return Ok(false);
+        };
+        lease.spec = Some(free);
+        match self
+            .leases
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(kube_error("releasing Lease knit-operator")(e)),
         }
     }
 
