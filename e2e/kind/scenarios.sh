@@ -121,11 +121,21 @@ deploy $A cluster-a remote true true; sleep 5
 deploy $A cluster-a none true true
 pass "affinity local (with fallback), remote and none"
 
+# Two mesh apiserver replicas: one pod deleted, the other serves; the
+# replacement starts empty and catches up.
+[[ $(kubectl --context $B -n knit-system get deploy knit-apiserver -o jsonpath='{.status.readyReplicas}') == 2 ]]
+replica=$(kubectl --context $B -n knit-system get pod -l app.kubernetes.io/name=knit-apiserver -o name | head -1)
+kubectl --context $B -n knit-system delete "$replica" --wait=false
+[[ $(from "$(hits $A "$web_b" 20)" cluster-b) == 20 ]]
+kubectl --context $B -n knit-system rollout status deploy/knit-apiserver --timeout=120s
+[[ $(from "$(hits $A "$(vip $A)" 100)" cluster-b) -gt 0 ]]
+pass "a mesh apiserver replica deleted: the other serves, the new one catches up"
+
 kubectl --context $B -n knit-system scale deploy/knit-apiserver --replicas=0
 sleep 40   # the grace period (30 s) and a margin
 [[ $(from "$(hits $A "$(vip $A)" 100)" cluster-b) == 0 ]]
 kubectl --context $B -n shop delete pod -l app=web --wait=false
-kubectl --context $B -n knit-system scale deploy/knit-apiserver --replicas=1
+kubectl --context $B -n knit-system scale deploy/knit-apiserver --replicas=2
 kubectl --context $B -n shop rollout status deploy/web --timeout=120s; sleep 20
 h=$(hits $A "$(vip $A)" 200)
 [[ $(from "$h" cluster-b) -gt 0 ]] && ! grep -q "$web_b" <<<"$(kubectl --context $A -n knit-system exec ds/knit-agent -- knitctl status)"
