@@ -124,22 +124,51 @@ pub async fn publish(
     }
 }
 
-/// A store writing into `target` under a new lease.
+/// A store writing into `target` under a new lease, and a watch on this
+/// node's key there: the watch ends the moment that etcd goes (or its
+/// record is deleted), so a replaced replica gets the record again as
+/// soon as it answers, not when the lease's keep-alive or the next
+/// periodic flush notices.
 async fn open_store(
     target: StatusTarget,
     config: &EtcdClientConfig,
     server_name: Option<&str>,
-) -> knit_kvstore::Result<SyncStore<EtcdBackend>> {
-    let client = match target {
+    key: &str,
+) -> knit_kvstore::Result<(SyncStore<EtcdBackend>, etcd_client::WatchStream)> {
+    let mut client = match target {
         StatusTarget::Replica(address) => {
             let ip = address.ip().to_string();
             knit_kvstore::etcd::connect_replica(config, address, server_name.unwrap_or(&ip)).await?
         }
         StatusTarget::Service => knit_kvstore::etcd::connect(config).await?,
     };
-    Ok(SyncStore::new(client, Vec::new(), REPORT_TTL_SECS)
+    let own = client
+        .watch(key, None)
+        .await
+        .map_err(|source| knit_kvstore::Error::Etcd {
+            action: format!("watching {key}"),
+            source,
+        })?;
+    let store = SyncStore::new(client, Vec::new(), REPORT_TTL_SECS)
         .await?
-        .keep_values())
+        .keep_values();
+    Ok((store, own))
+}
+
+/// Whether a message of the watch on this node's own key means the record
+/// must be written again elsewhere or anew: the watch failed or ended, or
+/// the record was deleted (its lease expired).
+fn record_gone(message: &Result<Option<etcd_client::WatchResponse>, etcd_client::Error>) -> bool {
+    match message {
+        Ok(Some(response)) => {
+            response.canceled()
+                || response
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == etcd_client::EventType::Delete)
+        }
+        Ok(None) | Err(_) => true,
+    }
 }
 
 /// One writer: the latest record under a lease in `target`, rewritten after
@@ -153,11 +182,11 @@ async fn write_to(
 ) {
     let key = agent_status_key(&node);
     loop {
-        let mut store = match open_store(target, &config, server_name.as_deref()).await {
-            Ok(store) => store,
+        let (mut store, mut own) = match open_store(target, &config, server_name.as_deref(), &key).await {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::debug!(?target, error = %knit_telemetry::error_chain(&e), "status not written yet");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -171,14 +200,18 @@ async fn write_to(
                 tracing::debug!(?target, error = %knit_telemetry::error_chain(&e), "writing the status failed; reconnecting");
                 break;
             }
-            // A lost lease (etcd restarted empty) is noticed by the store and
-            // everything is written again on the next flush.
+            // A lost lease is also noticed by the store, and everything is
+            // written again on the next flush.
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
+                message = own.message() => if record_gone(&message) {
+                    tracing::debug!(?target, "this node's status record or its etcd went; writing it again");
+                    break;
+                },
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
